@@ -1,0 +1,15 @@
+"""tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
+
+from .pruners import ViTPruner
+from .vit import attention_maps, eager_attention, sync_attention, vit_pruning_kwargs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "ViTPruner",
+    "attention_maps",
+    "eager_attention",
+    "sync_attention",
+    "vit_pruning_kwargs",
+]

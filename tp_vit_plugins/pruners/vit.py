@@ -1,0 +1,282 @@
+"""``ViTPruner``: a ``tp.pruner.BasePruner`` that knows timm ViTs.
+
+Differences from a bare ``BasePruner`` (all through tp's public extension points):
+
+* fills :func:`~tp_vit_plugins.vit_pruning_kwargs` (head counts, classifier heads, prefix
+  tokens, position embedding, LayerScale, per-head norms) itself;
+* removes **exact** head counts, per layer (uniform) or globally (heterogeneous, at least
+  ``min_heads`` per layer), and also when ``pruning_ratio == 0`` (tp 1.6.1 prunes no head
+  then), by building head groups with ``DG.get_pruning_group``;
+* lets you choose which structures the width ratio touches (MLP neurons, head dims,
+  embedding dims) by returning no importance for the others;
+* calls :func:`~tp_vit_plugins.sync_attention` after every step, and rolls the model back if
+  a step fails.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from collections.abc import Generator, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..snapshot import ModuleSnapshot
+from ..vit import attention_modules, sync_attention, vit_pruning_kwargs
+
+__all__ = ["ViTPruner", "check_ratio"]
+
+_OWN_KWARGS = ("num_heads", "unwrapped_parameters", "customized_pruners", "head_pruning_ratio_dict")
+
+
+def check_ratio(name: str, value: float) -> float:
+    """Validate a pruning ratio in ``[0, 1)``.
+
+    Raises:
+        ValueError: ``value`` is not a real number in ``[0, 1)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5 + 1e-9))
+
+
+class ViTPruner(tp.pruner.BasePruner):
+    """Structured pruner for timm ViTs, a drop-in ``tp.pruner.BasePruner``.
+
+    Example::
+
+        imp = tp.importance.GroupMagnitudeImportance(p=2)
+        pruner = tpv.ViTPruner(model, torch.randn(1, 3, 224, 224), imp,
+                               pruning_ratio=0.3, head_pruning_ratio=0.5)
+        pruner.step()          # heads, MLP neurons removed; attention already synced
+
+    Args:
+        model: A timm ViT-family model (pruned in place).
+        example_inputs: Input for tp's graph tracing, e.g. ``[1, C, H, W]``.
+        importance: A ``tp.importance.Importance``; default group L2 magnitude.
+        pruning_ratio: Share of width channels to remove, in ``[0, 1)``: MLP neurons (and
+            head dims / embedding dims when enabled below).
+        head_pruning_ratio: Share of attention heads to remove, in ``[0, 1)``. Per layer the
+            count is ``round(ratio * H)`` (half up); globally ``round(ratio * sum H)``.
+        global_pruning: Rank width channels across layers (tp's global pruning).
+        global_head_pruning: Rank heads across layers (heterogeneous head counts); defaults
+            to ``global_pruning``.
+        prune_num_heads: Accepted for tp compatibility. ``None`` means "prune heads when
+            ``head_pruning_ratio > 0``"; ``False`` with a positive head ratio is an error.
+        prune_head_dims: Let the width ratio remove dims inside every head.
+        prune_mlp: Let the width ratio remove MLP hidden neurons.
+        prune_embed_dim: Let the width ratio remove embedding (residual stream) dims.
+        min_heads: Heads every layer keeps in global head pruning (at least 1).
+        ignored_layers: Extra layers tp must not prune (classifier heads are added).
+        **kwargs: Passed to ``tp.pruner.BasePruner`` (``iterative_steps``, ``round_to``,
+            ``pruning_ratio_dict``, ``max_pruning_ratio``, ...).
+
+    Raises:
+        TypeError: The model has no timm attention, or a kwarg this class sets itself.
+        ValueError: A ratio outside ``[0, 1)``, or a head budget leaving a layer with fewer
+            than ``min_heads`` heads. The model is untouched in every error case.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor | Sequence,
+        importance: tp.importance.Importance | None = None,
+        pruning_ratio: float = 0.0,
+        head_pruning_ratio: float = 0.0,
+        *,
+        global_pruning: bool = False,
+        global_head_pruning: bool | None = None,
+        prune_num_heads: bool | None = None,
+        prune_head_dims: bool = False,
+        prune_mlp: bool = True,
+        prune_embed_dim: bool = False,
+        min_heads: int = 1,
+        ignored_layers: Sequence[nn.Module] | None = None,
+        **kwargs: typing.Any,
+    ) -> None:
+        pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
+        head_pruning_ratio = check_ratio("head_pruning_ratio", head_pruning_ratio)
+        for key in _OWN_KWARGS:
+            if key in kwargs:
+                raise TypeError(f"ViTPruner sets {key!r} itself; do not pass it")
+        if prune_num_heads is False and head_pruning_ratio > 0:
+            raise ValueError("prune_num_heads=False contradicts head_pruning_ratio > 0")
+        if not isinstance(min_heads, int) or min_heads < 1:
+            raise ValueError(f"min_heads must be an int >= 1, got {min_heads!r}")
+        vit_kw = vit_pruning_kwargs(model)  # TypeError for non-ViT models
+        self._attentions = attention_modules(model)
+        self.global_head_pruning = global_pruning if global_head_pruning is None else bool(global_head_pruning)
+        self.min_heads = min_heads
+        self.target_head_pruning_ratio = head_pruning_ratio
+        self._check_head_budget(head_pruning_ratio)
+        self._enabled_kinds = {"attention": prune_head_dims, "mlp": prune_mlp, "embed": prune_embed_dim}
+        self._embed_modules = self._embedding_modules(model)
+        super().__init__(
+            model,
+            example_inputs,
+            importance=importance if importance is not None else tp.importance.GroupMagnitudeImportance(p=2),
+            global_pruning=global_pruning,
+            pruning_ratio=pruning_ratio,
+            ignored_layers=[*vit_kw["ignored_layers"], *(ignored_layers or [])],
+            num_heads=vit_kw["num_heads"],
+            prune_num_heads=False,  # heads are removed by _prune_heads, with exact counts
+            prune_head_dims=prune_head_dims,
+            head_pruning_ratio=0.0,
+            unwrapped_parameters=vit_kw["unwrapped_parameters"],
+            customized_pruners=vit_kw["customized_pruners"],
+            **kwargs,
+        )
+        self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
+        self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
+
+    # ------------------------------------------------------------------ validation
+    def _check_head_budget(self, ratio: float) -> None:
+        heads = [int(a.num_heads) for _, a in self._attentions]
+        if self.global_head_pruning:
+            removed = _round_half_up(ratio * sum(heads))
+            room = sum(h - self.min_heads for h in heads)
+            if removed > room:
+                raise ValueError(
+                    f"head_pruning_ratio={ratio} removes {removed} of {sum(heads)} heads but only "
+                    f"{room} can go while every layer keeps min_heads={self.min_heads}; lower the ratio"
+                )
+        else:
+            for (name, _), h in zip(self._attentions, heads):
+                if h - _round_half_up(ratio * h) < 1:
+                    raise ValueError(
+                        f"head_pruning_ratio={ratio} would leave {name} with 0 of its {h} heads; "
+                        "lower the ratio or use global_head_pruning=True"
+                    )
+
+    @staticmethod
+    def _embedding_modules(model: nn.Module) -> set[nn.Module]:
+        mods = set()
+        patch = getattr(getattr(model, "patch_embed", None), "proj", None)
+        if isinstance(patch, nn.Module):
+            mods.add(patch)
+        for attr in ("norm", "fc_norm"):
+            m = getattr(model, attr, None)
+            if isinstance(m, nn.Module) and any(True for _ in m.parameters()):
+                mods.add(m)
+        return mods
+
+    # ------------------------------------------------------------------ tp hooks
+    def group_kind(self, group: tp.Group) -> str:
+        """``"attention"`` (head dims), ``"embed"`` (residual stream) or ``"mlp"``."""
+        if self._is_atten_group(group)[0]:
+            return "attention"
+        if any(dep.target.module in self._embed_modules for dep, _ in group):
+            return "embed"
+        return "mlp"
+
+    def estimate_importance(self, group: tp.Group) -> torch.Tensor | None:
+        """tp's importance, or ``None`` (tp then skips the group) for disabled structures."""
+        if not self._enabled_kinds[self.group_kind(group)]:
+            return None
+        return super().estimate_importance(group)
+
+    def head_scores(self) -> dict[nn.Module, torch.Tensor]:
+        """Current per-head scores ``{attn.qkv: [H]}``: the importance averaged over each head's channels.
+
+        Raises:
+            RuntimeError: The importance returned no score or a wrongly sized one.
+        """
+        scores = {}
+        for name, attn in self._attentions:
+            heads, attn_dim = self.num_heads[attn.qkv], attn.qkv.out_features // 3
+            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(attn_dim)))
+            imp = self.importance(group)
+            if imp is None or imp.numel() != attn_dim:
+                raise RuntimeError(
+                    f"{type(self.importance).__name__} returned "
+                    f"{'no score' if imp is None else f'{imp.numel()} scores'} for the {attn_dim} "
+                    f"channels of {name}; it cannot rank heads"
+                )
+            scores[attn.qkv] = imp.detach().float().cpu().view(heads, -1).mean(1)
+        return scores
+
+    def _heads_to_remove(self, ratio: float) -> dict[nn.Module, list[int]]:
+        scores = self.head_scores()
+        qkvs = [a.qkv for _, a in self._attentions]
+        plan: dict[nn.Module, list[int]] = {q: [] for q in qkvs}
+        if self.global_head_pruning:
+            total0 = sum(self.init_num_heads[q] for q in qkvs)
+            todo = _round_half_up(ratio * total0) - (total0 - sum(self.num_heads[q] for q in qkvs))
+            ranked = sorted(
+                (float(s), li, h) for li, q in enumerate(qkvs) for h, s in enumerate(scores[q].tolist())
+            )
+            left = {q: self.num_heads[q] for q in qkvs}
+            for _, li, h in ranked:
+                if todo <= 0:
+                    break
+                q = qkvs[li]
+                if left[q] > self.min_heads:
+                    plan[q].append(h)
+                    left[q] -= 1
+                    todo -= 1
+        else:
+            for q in qkvs:
+                k = _round_half_up(ratio * self.init_num_heads[q]) - (self.init_num_heads[q] - self.num_heads[q])
+                if k > 0:
+                    plan[q] = torch.argsort(scores[q], stable=True)[:k].tolist()
+        return plan
+
+    def _prune_heads(self) -> Generator[tp.Group, None, None]:
+        ratio = self._head_schedule[min(self.current_step, self.iterative_steps)]
+        if ratio <= 0:
+            return
+        plan = self._heads_to_remove(ratio)
+        for _, attn in self._attentions:
+            heads = sorted(plan[attn.qkv])
+            if not heads:
+                continue
+            head_dim = attn.qkv.out_features // 3 // self.num_heads[attn.qkv]
+            idxs = [h * head_dim + j for h in heads for j in range(head_dim)]
+            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+            self.num_heads[attn.qkv] -= len(heads)
+            self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
+            yield group
+
+    def _prune(self) -> Generator[tp.Group, None, None]:
+        if self.current_step > self.iterative_steps:
+            yield from super()._prune()  # tp warns and yields nothing
+            return
+        yield from self._prune_heads()
+        sync_attention(self.model, self.num_heads)  # head norms need the new layout
+        if self._width_active:
+            yield from super()._prune()
+        sync_attention(self.model, self.num_heads)
+
+    def step(self, interactive: bool = False) -> Generator | None:
+        """One pruning step; attention modules are synced afterwards.
+
+        With ``interactive=True`` a generator of groups is returned; prune each one and
+        exhaust the generator (the final sync runs when it ends). Otherwise the model is
+        restored to its state before the step if anything fails.
+        """
+        if interactive:
+            return super().step(interactive=True)
+        snapshot = ModuleSnapshot(self.model)
+        books = (dict(self.num_heads), dict(self.out_channel_groups), self.current_step)
+        try:
+            super().step()
+        except Exception:
+            snapshot.restore()
+            self.num_heads.clear()
+            self.num_heads.update(books[0])
+            self.out_channel_groups.clear()
+            self.out_channel_groups.update(books[1])
+            self.current_step = books[2]
+            raise
+        return None
+
+    def heads_per_layer(self) -> list[int]:
+        """Current head count of every block, in order."""
+        return [int(self.num_heads[a.qkv]) for _, a in self._attentions]

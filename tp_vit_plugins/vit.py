@@ -1,0 +1,452 @@
+"""The timm adapter: the only module that knows timm attention internals.
+
+It supplies what Torch-Pruning needs to prune a timm ``VisionTransformer`` (and its
+relatives: DeiT, distilled DeiT, register tokens, LayerScale, ``qk_norm``, average pooling):
+
+* :func:`vit_pruning_kwargs` — keyword arguments for any ``tp.pruner.BasePruner``;
+* :func:`sync_attention` — makes every attention module consistent with its pruned
+  ``qkv`` / ``proj`` (``num_heads``, ``head_dim``, ``attn_dim``, ``scale``);
+* :func:`attention_maps` — captures attention probabilities ``[B, H, N, N]`` per block;
+* :class:`HeadNormPruner` — a tp layer pruner for per-head ``q_norm`` / ``k_norm`` layers,
+  which tp would otherwise index with attention-wide channel indices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from timm.layers import Attention, LayerScale
+from torch import nn
+
+__all__ = [
+    "HeadNormPruner",
+    "AttentionMaps",
+    "attention_modules",
+    "attention_maps",
+    "eager_attention",
+    "vit_pruning_kwargs",
+    "sync_attention",
+    "classifier_heads",
+    "head_norm_dims",
+]
+
+_PREFIX_TOKEN_ATTRS = ("cls_token", "dist_token", "reg_token")
+_CLASSIFIER_ATTRS = ("head", "head_dist")
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
+    """All timm ``Attention`` modules of ``model`` in forward (registration) order.
+
+    Args:
+        model: A timm ViT-family model.
+
+    Returns:
+        ``[(qualified_name, attention_module), ...]``, one entry per transformer block.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or contains no ``timm.layers.Attention``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, Attention)]
+    if not found:
+        raise TypeError(
+            f"{type(model).__name__} contains no timm.layers.Attention module; tp_vit_plugins "
+            "expects a timm VisionTransformer-family model (vit_*, deit_*, ...)."
+        )
+    return found
+
+
+def classifier_heads(model: nn.Module) -> list[nn.Module]:
+    """Classifier layers whose outputs (classes) must never be pruned (``head``, ``head_dist``)."""
+    heads = []
+    for attr in _CLASSIFIER_ATTRS:
+        m = getattr(model, attr, None)
+        if isinstance(m, nn.Module) and any(True for _ in m.parameters()):
+            heads.append(m)
+    return heads
+
+
+def head_norm_dims(idxs: Sequence[int], num_heads: int, head_dim: int) -> list[int]:
+    """Translate attention-wide channel indices into the in-head dims a shared head norm loses.
+
+    tp hands ``q_norm`` / ``k_norm`` (normalised over ``head_dim``, shared by all heads) the
+    indices it removes from the attention output, i.e. in ``[0, num_heads * head_dim)``.
+    Heads whose every channel is removed disappear and leave the norm alone; every surviving
+    head must lose the same in-head dims, which the norm then loses too.
+
+    Args:
+        idxs: Removed channel indices in ``[0, num_heads * head_dim)``.
+        num_heads: Heads before this pruning step.
+        head_dim: Head width before this pruning step.
+
+    Returns:
+        Sorted in-head dims to remove from the norm (empty for pure head removal).
+
+    Raises:
+        ValueError: Indices out of range, or surviving heads would lose different dims.
+    """
+    per_head: list[set[int]] = [set() for _ in range(num_heads)]
+    for i in idxs:
+        i = int(i)
+        if not 0 <= i < num_heads * head_dim:
+            raise ValueError(f"channel index {i} outside [0, {num_heads * head_dim})")
+        per_head[i // head_dim].add(i % head_dim)
+    surviving = [s for s in per_head if len(s) < head_dim]
+    if not surviving:
+        raise ValueError("every head of the attention module would be removed")
+    if any(s != surviving[0] for s in surviving):
+        raise ValueError(
+            "surviving heads would lose different in-head dims, which a shared q_norm/k_norm "
+            "cannot represent; prune head dims with a channel grouping of num_heads"
+        )
+    return sorted(surviving[0])
+
+
+class HeadNormPruner(tp.pruner.function.LayernormPruner):
+    """tp layer pruner for the per-head ``q_norm`` / ``k_norm`` of timm ``Attention``.
+
+    tp couples these norms (normalised over ``head_dim``, shared by all heads) with the
+    attention channels and indexes them with attention-wide indices, which fails — tp's own
+    magnitude importances crash on ``qk_norm`` ViTs. tp 1.6.1 keys customized pruners by
+    class, so this pruner is registered for the norms' class and dispatches per instance:
+
+    * a known head norm gets the indices translated by :func:`head_norm_dims`, and reports
+      no channel count (whole-head removal is not mistaken for emptying the norm);
+    * any other norm of that class (``norm1``, ``norm2``, ...) is pruned exactly as tp's
+      ``LayernormPruner`` would.
+
+    tp's importances do not score layers handled by a customized pruner, so in ``qk_norm``
+    models the LayerNorm affine weights do not enter magnitude scores (Linear weights do).
+
+    Args:
+        head_norms: ``{norm_module: owning Attention}``. Each attention's ``num_heads`` must
+            describe the layout *before* the pruning step (true whenever
+            :func:`sync_attention` ran after the previous step).
+    """
+
+    def __init__(self, head_norms: Mapping[nn.Module, Attention]) -> None:
+        super().__init__()
+        self.head_norms = dict(head_norms)
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        attn = self.head_norms.get(layer)
+        if attn is None:
+            return super().prune_out_channels(layer, idxs)
+        head_dim = int(layer.normalized_shape[-1])
+        dims = head_norm_dims(idxs, int(attn.num_heads), head_dim)
+        return super().prune_out_channels(layer, dims) if dims else layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int | None:
+        return None if layer in self.head_norms else super().get_out_channels(layer)
+
+    get_in_channels = get_out_channels
+
+
+def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments that let any ``tp.pruner.BasePruner`` prune a timm ViT correctly.
+
+    Returns a fresh dict on each call (tp mutates ``num_heads`` in place):
+
+    * ``num_heads`` — ``{attn.qkv: H}`` for every block;
+    * ``ignored_layers`` — the classifier heads (``head``, ``head_dist``), so classes stay;
+    * ``unwrapped_parameters`` — ``cls_token`` / ``dist_token`` / ``reg_token`` /
+      ``pos_embed`` (embedding dim = last axis) and LayerScale ``gamma`` (axis 0), so
+      embedding-dim pruning keeps prefix tokens and position embeddings consistent;
+    * ``customized_pruners`` — a :class:`HeadNormPruner` for the class of the ``q_norm`` /
+      ``k_norm`` layers (only in ``qk_norm`` models).
+
+    After ``pruner.step()`` call ``sync_attention(model, pruner.num_heads)``.
+
+    Args:
+        model: A timm ViT-family model.
+
+    Returns:
+        The kwargs dict.
+
+    Raises:
+        TypeError: ``model`` has no timm ``Attention``.
+    """
+    attns = attention_modules(model)
+    unwrapped: list[tuple[nn.Parameter, int]] = []
+    for attr in (*_PREFIX_TOKEN_ATTRS, "pos_embed"):
+        p = getattr(model, attr, None)
+        if isinstance(p, nn.Parameter):
+            unwrapped.append((p, p.dim() - 1))
+    for m in model.modules():
+        if isinstance(m, LayerScale):
+            unwrapped.append((m.gamma, 0))
+    head_norms = {
+        norm: a for _, a in attns for norm in (a.q_norm, a.k_norm) if not isinstance(norm, nn.Identity)
+    }
+    # tp 1.6.1 keys customized pruners by class; one dispatching pruner per norm class
+    pruner = HeadNormPruner(head_norms) if head_norms else None
+    customized = {cls: pruner for cls in {type(n) for n in head_norms}}
+    return {
+        "num_heads": {a.qkv: int(a.num_heads) for _, a in attns},
+        "ignored_layers": classifier_heads(model),
+        "unwrapped_parameters": unwrapped,
+        "customized_pruners": customized,
+    }
+
+
+def _lookup_heads(num_heads: Mapping[Any, int] | None, name: str, attn: Attention) -> int | None:
+    if not num_heads:
+        return None
+    for key in (attn.qkv, attn, name):
+        try:
+            if key in num_heads:
+                return int(num_heads[key])
+        except TypeError:  # unhashable key types in exotic mappings
+            continue
+    return None
+
+
+def _head_norm_size(norm: nn.Module) -> int | None:
+    if isinstance(norm, nn.Identity):
+        return None
+    w = getattr(norm, "weight", None)
+    if w is not None:
+        return int(w.shape[-1])
+    shape = getattr(norm, "normalized_shape", None)
+    return int(shape[-1]) if shape else None
+
+
+def _infer_num_heads(name: str, attn: Attention, attn_dim: int) -> int:
+    """Head count after tp pruning when the caller gave none; refuses to guess."""
+    if attn_dim == attn.attn_dim:
+        return int(attn.num_heads)
+    norm_dim = _head_norm_size(attn.q_norm)
+    candidates = set()
+    if norm_dim and attn_dim % norm_dim == 0:
+        candidates.add(attn_dim // norm_dim)
+    else:
+        if attn_dim % attn.head_dim == 0:  # whole heads removed
+            candidates.add(attn_dim // attn.head_dim)
+        if attn_dim % attn.num_heads == 0:  # head dims removed
+            candidates.add(int(attn.num_heads))
+    if len(candidates) != 1:
+        raise ValueError(
+            f"cannot tell how {name!r} was pruned (attn_dim {attn.attn_dim} -> {attn_dim}, "
+            f"{attn.num_heads} heads x {attn.head_dim}); pass the head counts, e.g. "
+            "sync_attention(model, pruner.num_heads)"
+        )
+    return candidates.pop()
+
+
+def _fold_logit_scale(attn: Attention, factor: float) -> None:
+    """Multiply the attention logits by ``factor`` through the query path."""
+    norm = attn.q_norm
+    with torch.no_grad():
+        if isinstance(norm, nn.Identity):
+            d = attn.qkv.out_features // 3
+            attn.qkv.weight[:d].mul_(factor)
+            if attn.qkv.bias is not None:
+                attn.qkv.bias[:d].mul_(factor)
+        else:
+            norm.weight.mul_(factor)
+            b = getattr(norm, "bias", None)
+            if b is not None:
+                b.mul_(factor)
+
+
+def _check_one(name: str, attn: Attention, heads: int | None) -> int:
+    """Validate one attention module's pruned layout; return its head count."""
+    qkv_out, proj_in = attn.qkv.out_features, attn.proj.in_features
+    if qkv_out % 3 or qkv_out // 3 != proj_in:
+        raise ValueError(
+            f"{name}: qkv.out_features={qkv_out} and proj.in_features={proj_in} disagree; "
+            "the qkv and proj of one attention must be pruned together (use tp with "
+            "vit_pruning_kwargs(model))"
+        )
+    attn_dim = qkv_out // 3
+    if heads is None:
+        heads = _infer_num_heads(name, attn, attn_dim)
+    if heads < 1 or attn_dim % heads:
+        raise ValueError(f"{name}: attn_dim {attn_dim} is not divisible by num_heads={heads}")
+    head_dim = attn_dim // heads
+    for norm_name in ("q_norm", "k_norm"):
+        size = _head_norm_size(getattr(attn, norm_name))
+        if size is not None and size != head_dim:
+            raise ValueError(
+                f"{name}.{norm_name} normalises {size} dims but heads now have {head_dim}; "
+                "prune with tpv.ViTPruner or with tp + vit_pruning_kwargs(model)"
+            )
+    gate = getattr(attn, "gate", None)
+    if isinstance(gate, nn.Linear) and gate.out_features != attn_dim:
+        raise ValueError(f"{name}.gate has {gate.out_features} outputs, expected {attn_dim}")
+    if head_dim != attn.head_dim and not isinstance(attn.q_norm, nn.Identity):
+        if getattr(attn.q_norm, "weight", None) is None:
+            raise ValueError(
+                f"{name}.q_norm has no affine weight, so the logit scale cannot be preserved "
+                "after head-dim pruning; prune whole heads only"
+            )
+    return heads
+
+
+def _apply_one(attn: Attention, heads: int) -> None:
+    attn_dim = attn.qkv.out_features // 3
+    head_dim = attn_dim // heads
+    new_scale = head_dim ** -0.5
+    # Fused SDPA always uses 1/sqrt(head_dim); keep the logits the model was trained with
+    # by folding old_scale/new_scale into the query path, then use the SDPA scale everywhere.
+    factor = float(attn.scale) / new_scale
+    if not math.isclose(factor, 1.0, rel_tol=1e-7):
+        _fold_logit_scale(attn, factor)
+    attn.num_heads = heads
+    attn.head_dim = head_dim
+    attn.attn_dim = attn_dim
+    attn.scale = new_scale
+
+
+def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None) -> nn.Module:
+    """Make every timm ``Attention`` consistent with its (possibly pruned) ``qkv`` / ``proj``.
+
+    Sets ``num_heads``, ``head_dim``, ``attn_dim`` and ``scale`` so that
+    ``num_heads * head_dim == attn_dim == qkv.out_features // 3``. Fused (SDPA) attention
+    always scales logits by ``1/sqrt(head_dim)`` of the *current* head width; when head dims
+    were pruned the original scale is folded into the query projection (or the affine
+    ``q_norm``) so that both paths compute exactly what the unpruned model computed with the
+    same dims zeroed. Also refreshes ``model.embed_dim`` / ``num_features`` after
+    embedding-dim pruning. Idempotent.
+
+    Args:
+        model: A timm ViT-family model, pruned by tp or not.
+        num_heads: Head counts after pruning, keyed by ``attn.qkv``, the ``Attention`` module
+            or its qualified name — e.g. ``pruner.num_heads``. Without it the count is
+            inferred where unambiguous (pure head removal or pure head-dim removal).
+
+    Returns:
+        ``model`` (modified in place).
+
+    Raises:
+        TypeError: No timm ``Attention`` in ``model``.
+        ValueError: Inconsistent shapes or an ambiguous layout; nothing is changed then.
+    """
+    attns = attention_modules(model)
+    # validate every module before touching any, so a bad layout changes nothing
+    plan = [(attn, _check_one(name, attn, _lookup_heads(num_heads, name, attn))) for name, attn in attns]
+    for attn, heads in plan:
+        _apply_one(attn, heads)
+    _sync_model_dims(model)
+    return model
+
+
+def _sync_model_dims(model: nn.Module) -> None:
+    norm = getattr(model, "norm", None)
+    dim = _head_norm_size(norm) if isinstance(norm, nn.Module) else None
+    if dim is None:
+        patch = getattr(getattr(model, "patch_embed", None), "proj", None)
+        dim = getattr(patch, "out_channels", None)
+    if dim is None:
+        return
+    for attr in ("embed_dim", "num_features", "head_hidden_size"):
+        if isinstance(getattr(model, attr, None), int):
+            setattr(model, attr, int(dim))
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[list[tuple[str, Attention]]]:
+    """Force the eager (non-SDPA) attention path inside the block; restore ``fused_attn`` after.
+
+    Yields:
+        The model's ``[(name, Attention)]`` list.
+    """
+    attns = attention_modules(model)
+    saved = [a.fused_attn for _, a in attns]
+    try:
+        for _, a in attns:
+            a.fused_attn = False
+        yield attns
+    finally:
+        for (_, a), flag in zip(attns, saved):
+            a.fused_attn = flag
+
+
+class AttentionMaps:
+    """Attention probabilities captured by :func:`attention_maps`.
+
+    ``maps[i]`` is block ``i``'s ``[B, H, N, N]`` probability tensor from the latest forward
+    (``None`` until that block ran). ``names[i]`` is the block's attention module name.
+    """
+
+    def __init__(self, names: list[str], store: bool, callback: Callable[[int, torch.Tensor], None] | None):
+        self.names = names
+        self.maps: list[torch.Tensor | None] = [None] * len(names)
+        self._store = store
+        self._callback = callback
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def __getitem__(self, i: int) -> torch.Tensor | None:
+        return self.maps[i]
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        return iter(self.maps)
+
+    def _hook(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        probs = args[0].detach()  # attn_drop's input: softmax probabilities, before dropout
+        if self._store:
+            self.maps[index] = probs
+        if self._callback is not None:
+            self._callback(index, probs)
+
+
+@contextlib.contextmanager
+def attention_maps(
+    model: nn.Module,
+    store: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> Iterator[AttentionMaps]:
+    """Capture per-block attention probabilities ``[B, H, N, N]``.
+
+    Inside the block every attention runs its eager path (the fused path never materialises
+    probabilities); on exit — also when the body raises — hooks are removed and each
+    module's ``fused_attn`` flag is restored.
+
+    Example::
+
+        with tpv.attention_maps(model) as maps:
+            model(images)
+        first_block = maps[0]            # [B, H, N, N], rows sum to 1
+
+    Args:
+        model: A timm ViT-family model.
+        store: Keep the latest map of each block in ``maps`` (disable for long calibration
+            runs that only use ``callback``).
+        callback: Called as ``callback(block_index, probs)`` for every captured map.
+
+    Yields:
+        An :class:`AttentionMaps`.
+
+    Raises:
+        TypeError: No timm ``Attention`` in ``model``.
+    """
+    handles = []
+    with eager_attention(model) as attns:
+        recorder = AttentionMaps([n for n, _ in attns], store, callback)
+        try:
+            for i, (_, a) in enumerate(attns):
+                handles.append(a.attn_drop.register_forward_hook(_BoundHook(recorder, i)))
+            yield recorder
+        finally:
+            for h in handles:
+                h.remove()
+
+
+class _BoundHook:
+    """A picklable forward hook bound to one block index."""
+
+    def __init__(self, recorder: AttentionMaps, index: int) -> None:
+        self.recorder, self.index = recorder, index
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.recorder._hook(self.index, module, args, output)
