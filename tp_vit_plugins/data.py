@@ -129,9 +129,7 @@ def make_loaders(
         ``(train_loader, test_loader)``.
     """
     gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(
-        TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=True, generator=gen
-    )
+    train = DataLoader(TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=True, generator=gen)
     test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=eval_batch_size)
     return train, test
 
@@ -173,8 +171,9 @@ def image_folder_loaders(
     val_tf = timm.data.create_transform(**cfg)
     train = DataLoader(
         ImageFolder(os.path.join(root, "train"), train_tf),
-        batch_size=batch_size, shuffle=True, num_workers=workers,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
     )
     val = DataLoader(ImageFolder(os.path.join(root, "val"), val_tf), batch_size=batch_size, num_workers=workers)
     return train, val
-

@@ -183,9 +183,7 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     for m in model.modules():
         if isinstance(m, LayerScale):
             unwrapped.append((m.gamma, 0))
-    head_norms = {
-        norm: a for _, a in attns for norm in (a.q_norm, a.k_norm) if not isinstance(norm, nn.Identity)
-    }
+    head_norms = {norm: a for _, a in attns for norm in (a.q_norm, a.k_norm) if not isinstance(norm, nn.Identity)}
     # tp 1.6.1 keys customized pruners by class; one dispatching pruner per norm class
     pruner = HeadNormPruner(head_norms) if head_norms else None
     customized = {cls: pruner for cls in {type(n) for n in head_norms}}
@@ -294,7 +292,7 @@ def _check_one(name: str, attn: Attention, heads: int | None) -> int:
 def _apply_one(attn: Attention, heads: int) -> None:
     attn_dim = attn.qkv.out_features // 3
     head_dim = attn_dim // heads
-    new_scale = head_dim ** -0.5
+    new_scale = head_dim**-0.5
     # Fused SDPA always uses 1/sqrt(head_dim); keep the logits the model was trained with
     # by folding old_scale/new_scale into the query path, then use the SDPA scale everywhere.
     factor = float(attn.scale) / new_scale

@@ -177,7 +177,7 @@ class ViTPruner(tp.pruner.BasePruner):
         return "mlp"
 
     def estimate_importance(self, group: tp.Group) -> torch.Tensor | None:
-        """tp's importance, or ``None`` (tp then skips the group) for disabled structures."""
+        """Tp's importance, or ``None`` (tp then skips the group) for disabled structures."""
         if not self._enabled_kinds[self.group_kind(group)]:
             return None
         return super().estimate_importance(group)
@@ -209,9 +209,7 @@ class ViTPruner(tp.pruner.BasePruner):
         if self.global_head_pruning:
             total0 = sum(self.init_num_heads[q] for q in qkvs)
             todo = _round_half_up(ratio * total0) - (total0 - sum(self.num_heads[q] for q in qkvs))
-            ranked = sorted(
-                (float(s), li, h) for li, q in enumerate(qkvs) for h, s in enumerate(scores[q].tolist())
-            )
+            ranked = sorted((float(s), li, h) for li, q in enumerate(qkvs) for h, s in enumerate(scores[q].tolist()))
             left = {q: self.num_heads[q] for q in qkvs}
             for _, li, h in ranked:
                 if todo <= 0:

@@ -1,0 +1,77 @@
+"""Tiny seeded timm ViTs covering every supported family."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+
+warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+
+FAMILIES = {
+    "vit": (VisionTransformer, {}),
+    "deit_distilled": (VisionTransformerDistilled, {}),
+    "avgpool_no_cls": (VisionTransformer, dict(class_token=False, global_pool="avg")),
+    "reg_tokens": (VisionTransformer, dict(reg_tokens=2)),
+    "layerscale": (VisionTransformer, dict(init_values=0.5)),
+    "qk_norm": (VisionTransformer, dict(qk_norm=True)),
+    "no_qkv_bias": (VisionTransformer, dict(qkv_bias=False)),
+}
+
+
+def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny eval-mode model of ``family`` with non-trivial random weights."""
+    cls, kw = FAMILIES[family]
+    torch.manual_seed(seed)
+    model = cls(**{**TINY, **kw, **overrides}).eval()
+    with torch.no_grad():  # timm zero-inits some tensors; make every unit matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "token" in name or "pos_embed" in name:
+                p.normal_(0, 0.2)
+            elif name.endswith("gamma"):
+                p.uniform_(0.5, 1.5)
+            elif p.dim() == 1:  # norm weights
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    torch.manual_seed(123)
+    return torch.randn(4, 3, 32, 32)
+
+
+def set_fused(model: torch.nn.Module, flag: bool) -> None:
+    from timm.layers import Attention
+
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_attn = flag
+
+
+@torch.no_grad()
+def fused_and_eager(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    m = copy.deepcopy(model)
+    set_fused(m, True)
+    a = m(x)
+    set_fused(m, False)
+    return a, m(x)
+
+
+def state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def snapshot(model: torch.nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}

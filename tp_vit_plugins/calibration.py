@@ -1,0 +1,157 @@
+"""The one calibration path shared by every data-driven criterion.
+
+Loaders may yield image tensors ``[B, C, H, W]`` or ``(images, target, ...)`` tuples. Every
+helper validates the loader, shows a tqdm bar, runs at most ``max_batches`` batches, and
+restores the model's train/eval mode on exit (exceptions included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .vit import attention_maps
+
+__all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
+
+
+def _check_max_batches(max_batches: int | None) -> None:
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+
+
+def iter_batches(
+    loader: Iterable,
+    max_batches: int | None = None,
+    desc: str = "calibrate",
+    progress: bool = True,
+    with_targets: bool = False,
+) -> Iterator:
+    """Yield the image tensors (or ``(images, targets)``) of a calibration loader.
+
+    Args:
+        loader: Iterable of tensors or of tuples/lists whose first item is the image tensor.
+        max_batches: Stop after this many batches (``None``: the whole loader).
+        desc: Progress-bar label.
+        progress: Show a tqdm bar.
+        with_targets: Yield ``(images, targets)``; the loader must then provide targets.
+
+    Yields:
+        ``images`` ``[B, C, H, W]``, or ``(images, targets)``.
+
+    Raises:
+        ValueError: ``max_batches`` is invalid or the loader yields no batch.
+        TypeError: A batch is not a tensor / tuple starting with a tensor, or targets are
+            requested but missing.
+    """
+    _check_max_batches(max_batches)
+    total = max_batches
+    if total is None:
+        try:
+            total = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    count = 0
+    for batch in tqdm(loader, desc=desc, total=total, disable=not progress, leave=False):
+        if max_batches is not None and count >= max_batches:
+            break
+        if isinstance(batch, torch.Tensor):
+            images, targets = batch, None
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            images, targets = batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            raise TypeError(f"calibration batches must be tensors or (tensor, target) tuples, got {type(batch).__name__}")
+        if with_targets and targets is None:
+            raise TypeError("this criterion needs labels: the loader must yield (images, targets)")
+        count += 1
+        yield (images, targets) if with_targets else images
+    if count == 0:
+        raise ValueError("the calibration loader yielded no batches; pass a non-empty loader")
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def collect_attention(
+    model: nn.Module,
+    loader: Iterable,
+    callback: Callable[[int, torch.Tensor], None],
+    max_batches: int | None = None,
+    desc: str = "attention",
+    progress: bool = True,
+) -> int:
+    """Run calibration batches through ``model`` and hand each block's attention to ``callback``.
+
+    The model runs in eval mode with eager attention; hooks and ``fused_attn`` flags are
+    restored afterwards (see :func:`~tp_vit_plugins.attention_maps`).
+
+    Args:
+        model: A timm ViT-family model.
+        loader: Calibration loader (tensors or ``(images, target)`` tuples).
+        callback: ``callback(block_index, probs)`` with ``probs`` ``[B, H, N, N]``.
+        max_batches: Batch limit.
+        desc: Progress-bar label.
+        progress: Show a tqdm bar.
+
+    Returns:
+        Number of images processed.
+
+    Raises:
+        ValueError: Empty loader or invalid ``max_batches``.
+        TypeError: No timm attention in ``model`` or malformed batches.
+    """
+    _check_max_batches(max_batches)
+    was_training = model.training
+    device = _device(model)
+    seen = 0
+    model.eval()
+    try:
+        with attention_maps(model, store=False, callback=callback):
+            for images in iter_batches(loader, max_batches, desc, progress):
+                model(images.to(device))
+                seen += int(images.shape[0])
+    finally:
+        model.train(was_training)
+    return seen
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    loader: Iterable,
+    max_batches: int | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    desc: str = "gradients",
+    progress: bool = True,
+) -> int:
+    """Zero the gradients, then accumulate ``loss_fn`` gradients over calibration batches.
+
+    This is the gradient pass tp's ``GroupTaylorImportance`` (and Hessian criteria) need
+    before ``pruner.step()``. The model runs in eval mode (no dropout), restored afterwards.
+
+    Returns:
+        Number of images processed.
+
+    Raises:
+        ValueError: Empty loader or invalid ``max_batches``.
+        TypeError: The loader yields no targets.
+    """
+    _check_max_batches(max_batches)
+    was_training = model.training
+    device = _device(model)
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    seen = 0
+    try:
+        for images, targets in iter_batches(loader, max_batches, desc, progress, with_targets=True):
+            loss_fn(model(images.to(device)), targets.to(device)).backward()
+            seen += int(images.shape[0])
+    finally:
+        model.train(was_training)
+    return seen

@@ -1,0 +1,212 @@
+"""``tp-vit`` command line: prune a timm ViT and print a before/after table.
+
+Examples::
+
+    tp-vit prune                                   # embedded MNIST ViT, tp Taylor
+    tp-vit prune --method l2 --head-ratio 0.5 --width-ratio 0
+    tp-vit prune --model deit_small_patch16_224 --pretrained --data-path /data/imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .calibration import accumulate_gradients
+from .importance import TP_CRITERIA, needs_gradients, tp_importance
+from .metrics import count_macs, count_params, measure_latency
+from .pruners import ViTPruner
+from .pruners.vit import check_ratio
+
+__all__ = ["main", "build_parser"]
+
+
+@dataclass
+class Workload:
+    """What a prune runs on: the model, its loaders and an example input."""
+
+    model: nn.Module
+    calib_loader: object | None
+    train_loader: object | None
+    test_loader: object | None
+    example: torch.Tensor
+    name: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tp-vit`` argument parser."""
+    parser = argparse.ArgumentParser(prog="tp-vit", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prune", help="prune a model and print a before/after table")
+    p.add_argument("--method", default="taylor", choices=list(TP_CRITERIA), help="importance criterion")
+    p.add_argument("--head-ratio", type=float, default=0.5, help="share of attention heads to remove")
+    p.add_argument("--width-ratio", type=float, default=0.3, help="share of width channels to remove (MLP neurons by default)")
+    p.add_argument("--global", dest="global_pruning", action="store_true", help="rank heads and channels across layers")
+    p.add_argument("--prune-head-dims", action="store_true", help="the width ratio also removes dims inside heads")
+    p.add_argument("--prune-embed-dim", action="store_true", help="the width ratio also removes embedding dims")
+    p.add_argument("--no-mlp", dest="prune_mlp", action="store_false", help="leave MLP neurons alone")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for data-driven criteria")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tune epochs after pruning (0: one-shot)")
+    p.add_argument("--lr", type=float, default=5e-4, help="fine-tune learning rate")
+    p.add_argument("--model", default=None, help="timm model name (default: the embedded MNIST ViT)")
+    p.add_argument("--pretrained", action="store_true", help="load timm pretrained weights (needs network or a HF cache)")
+    p.add_argument("--data-path", default=None, help="ImageFolder root with train/ and val/ (real data for --model)")
+    p.add_argument("--eval-batches", type=int, default=None, help="limit evaluation batches (real data)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size for --data-path loaders")
+    p.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 64], help="batch sizes to time")
+    p.add_argument("--no-latency", dest="latency", action="store_false", help="skip latency measurement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--retrain", action="store_true", help="retrain the embedded model instead of using the cache")
+    p.add_argument("--out", default=None, help="save the pruned model here (tpv.save_pruned)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+class _Limited:
+    """A loader view that stops after ``n`` batches (``None``: no limit)."""
+
+    def __init__(self, loader, n: int | None) -> None:
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if self.n is not None and i >= self.n:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.n is None else min(self.n, len(self.loader))
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    progress = not args.quiet
+    if args.model is None:
+        if args.pretrained or args.data_path:
+            raise SystemExit("--pretrained/--data-path need --model")
+        from .data import make_loaders
+        from .embedded import embedded_model
+
+        model, split, meta = embedded_model(retrain=args.retrain, progress=progress)
+        train_loader, test_loader = make_loaders(split, seed=args.seed)
+        example = split.x_test[:1]
+        return Workload(model, train_loader, train_loader, test_loader, example, "embedded MNIST ViT")
+    import timm
+
+    model = timm.create_model(args.model, pretrained=args.pretrained)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    example = torch.randn(1, *cfg.get("input_size", (3, 224, 224)))
+    if args.data_path:
+        from .data import image_folder_loaders
+
+        train_loader, val_loader = image_folder_loaders(args.data_path, model, batch_size=args.batch_size)
+        return Workload(model, train_loader, train_loader, _Limited(val_loader, args.eval_batches), example, args.model)
+    if needs_gradients(args.method) or args.finetune_epochs:
+        raise SystemExit(f"--method {args.method} / fine-tuning need labelled data: add --data-path")
+    return Workload(model, None, None, None, example, args.model)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _measure(model: nn.Module, w: Workload, args: argparse.Namespace, label: str) -> dict:
+    from .train import evaluate
+
+    row = {"params": count_params(model), "macs": count_macs(model, w.example)}
+    row["acc"] = evaluate(model, w.test_loader, desc=f"eval {label}", progress=not args.quiet) if w.test_loader else None
+    row["lat"] = measure_latency(model, w.example, args.latency_batch_sizes) if args.latency else {}
+    return row
+
+
+def _table(dense: dict, pruned: dict, args: argparse.Namespace, heads: list[int], dense_heads: list[int]) -> str:
+    bss = args.latency_batch_sizes if args.latency else []
+    head = f"{'':<16}{'params':>10}{'MACs':>10}{'test acc':>10}" + "".join(f"{f'ms @bs{b}':>12}" for b in bss)
+    lines = [head, "-" * len(head)]
+    for name, r in (("dense", dense), ("pruned", pruned)):
+        acc = f"{100 * r['acc']:.2f}%" if r["acc"] is not None else "-"
+        lat = "".join(f"{1e3 * r['lat'][b]:>12.2f}" for b in bss)
+        lines.append(f"{name:<16}{_fmt_count(r['params']):>10}{_fmt_count(r['macs']):>10}{acc:>10}{lat}")
+    dacc = f"{100 * (pruned['acc'] - dense['acc']):+.2f}pt" if dense["acc"] is not None and pruned["acc"] is not None else "-"
+    lat = "".join(f"{dense['lat'][b] / pruned['lat'][b]:>11.2f}x" for b in bss)
+    lines.append(
+        f"{'dense/pruned':<16}{dense['params'] / pruned['params']:>9.2f}x{dense['macs'] / pruned['macs']:>9.2f}x{dacc:>10}{lat}"
+    )
+    lines.append("")
+    lines.append(f"heads per block: {dense_heads} -> {heads}")
+    macs_ratio = dense["macs"] / pruned["macs"]
+    for b in bss:
+        speed = dense["lat"][b] / pruned["lat"][b]
+        lines.append(
+            f"bs {b}: measured speed-up {speed:.2f}x vs MACs ratio {macs_ratio:.2f}x "
+            f"(speed-up / MACs ratio = {speed / macs_ratio:.2f})"
+        )
+    return "\n".join(lines)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Run ``tp-vit prune``."""
+    try:
+        check_ratio("--head-ratio", args.head_ratio)
+        check_ratio("--width-ratio", args.width_ratio)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    torch.manual_seed(args.seed)
+    w = _workload(args)
+    w.model.to(args.device).eval()
+    w.example = w.example.to(args.device)
+    progress = not args.quiet
+    print(f"model: {w.name} | method: {args.method} | head ratio {args.head_ratio} | width ratio {args.width_ratio}")
+    dense = _measure(w.model, w, args, "dense")
+    model = copy.deepcopy(w.model)
+    pruner = ViTPruner(
+        model,
+        w.example,
+        tp_importance(args.method),
+        pruning_ratio=args.width_ratio,
+        head_pruning_ratio=args.head_ratio,
+        global_pruning=args.global_pruning,
+        prune_head_dims=args.prune_head_dims,
+        prune_mlp=args.prune_mlp,
+        prune_embed_dim=args.prune_embed_dim,
+    )
+    dense_heads = pruner.heads_per_layer()
+    if needs_gradients(args.method):
+        accumulate_gradients(model, w.calib_loader, max_batches=args.calib_batches, progress=progress)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    if args.finetune_epochs and w.train_loader is not None:
+        from .train import train
+
+        one_shot = _measure(model, w, argparse.Namespace(**{**vars(args), "latency": False}), "one-shot")
+        print(f"one-shot accuracy (before fine-tune): {100 * one_shot['acc']:.2f}%")
+        train(model, w.train_loader, args.finetune_epochs, lr=args.lr, seed=args.seed, desc="fine-tune", progress=progress)
+    model.eval()
+    pruned = _measure(model, w, args, "pruned")
+    print(_table(dense, pruned, args, pruner.heads_per_layer(), dense_heads))
+    if args.out:
+        from .io import save_pruned
+
+        print(f"saved pruned model to {save_pruned(model, args.out)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``tp-vit``."""
+    args = build_parser().parse_args(argv)
+    if args.command == "prune":
+        return cmd_prune(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

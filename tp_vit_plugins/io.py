@@ -1,0 +1,199 @@
+"""Safe save/load of pruned timm ViTs: safetensors weights + a JSON spec, no pickle.
+
+``save_pruned(model, path)`` writes a directory::
+
+    path/
+      model.safetensors   every parameter and persistent buffer
+      spec.json           timm class + structural constructor kwargs + every pruned dimension
+
+``load_pruned(path)`` rebuilds the timm skeleton from the spec (allow-listed classes only,
+never unpickling anything), resizes every tensor and module attribute to the saved shapes,
+restores each attention's ``num_heads`` / ``head_dim`` / ``scale``, and loads the weights
+strictly, so outputs are identical to the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from timm.layers import Attention, LayerScale
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .vit import _sync_model_dims, attention_modules
+
+__all__ = ["save_pruned", "load_pruned", "FORMAT"]
+
+#: Format tag written into every spec.
+FORMAT = "tp_vit_plugins.pruned/1"
+_WEIGHTS, _SPEC = "model.safetensors", "spec.json"
+_CLASSES: dict[str, type[nn.Module]] = {
+    "VisionTransformer": VisionTransformer,
+    "VisionTransformerDistilled": VisionTransformerDistilled,
+}
+
+
+def _is_on(m: Any) -> bool:
+    return isinstance(m, nn.Module) and not isinstance(m, nn.Identity)
+
+
+def _structural_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Constructor kwargs that reproduce ``model``'s module tree (dims are resized later)."""
+    pe = model.patch_embed
+    blk = model.blocks[0]
+    norm = model.norm if _is_on(model.norm) else model.fc_norm
+    eps = getattr(norm, "eps", 1e-6)
+    if not isinstance(norm, nn.LayerNorm) or abs(eps - 1e-6) > 1e-12:
+        raise NotImplementedError(
+            f"save_pruned supports timm's default LayerNorm(eps=1e-6) norms, got {type(norm).__name__}(eps={eps})"
+        )
+    act = getattr(blk.mlp, "act", None)
+    if not isinstance(act, nn.GELU) or type(blk.mlp).__name__ != "Mlp":
+        raise NotImplementedError("save_pruned supports the default Mlp with GELU")
+    return {
+        "img_size": list(pe.img_size) if pe.img_size is not None else None,
+        "patch_size": list(pe.patch_size),
+        "in_chans": int(pe.proj.in_channels),
+        "num_classes": int(model.num_classes),
+        "global_pool": model.global_pool,
+        "embed_dim": int(pe.proj.out_channels),
+        "depth": len(model.blocks),
+        "num_heads": 1,  # any divisor works: per-block layouts come from the spec
+        "mlp_ratio": 1.0,
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "proj_bias": blk.attn.proj.bias is not None,
+        "qk_norm": _is_on(blk.attn.q_norm),
+        "init_values": 1.0 if isinstance(blk.ls1, LayerScale) else None,
+        "class_token": model.cls_token is not None,
+        "reg_tokens": int(getattr(model, "num_reg_tokens", 0)),
+        "no_embed_class": bool(model.no_embed_class),
+        "pos_embed": "learn" if model.pos_embed is not None else "none",
+        "pre_norm": _is_on(model.norm_pre),
+        "final_norm": _is_on(model.norm) or _is_on(model.fc_norm),
+        "fc_norm": _is_on(model.fc_norm),
+        "dynamic_img_size": bool(model.dynamic_img_size),
+    }
+
+
+def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
+    """Save a (pruned) timm ViT as safetensors weights plus a JSON spec.
+
+    Args:
+        model: A timm ``VisionTransformer`` or ``VisionTransformerDistilled``, pruned or not.
+            Call :func:`~tp_vit_plugins.sync_attention` after pruning first.
+        path: Directory to create (existing files of the same names are overwritten).
+
+    Returns:
+        The directory path.
+
+    Raises:
+        TypeError: ``model`` is not one of the supported timm classes.
+        ValueError: An attention module is out of sync with its weights.
+        NotImplementedError: A layer variant the spec cannot describe (custom norm/MLP).
+    """
+    cls_name = type(model).__name__
+    if _CLASSES.get(cls_name) is not type(model):
+        raise TypeError(f"save_pruned supports {sorted(_CLASSES)} from timm, got {type(model).__qualname__}")
+    attns = {}
+    for name, a in attention_modules(model):
+        if a.num_heads * a.head_dim != a.attn_dim or a.attn_dim != a.qkv.out_features // 3:
+            raise ValueError(f"{name} is out of sync with its qkv weights; call tpv.sync_attention(model) first")
+        attns[name] = {"num_heads": int(a.num_heads), "head_dim": int(a.head_dim), "scale": float(a.scale)}
+    norms = {
+        n: list(m.normalized_shape) for n, m in model.named_modules() if isinstance(getattr(m, "normalized_shape", None), tuple)
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    spec = {
+        "format": FORMAT,
+        "class": cls_name,
+        "architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
+        "kwargs": _structural_kwargs(model),
+        "attention": attns,
+        "norms": norms,
+        "shapes": {k: list(v.shape) for k, v in state.items()},
+    }
+    os.makedirs(path, exist_ok=True)
+    save_file(state, os.path.join(path, _WEIGHTS), metadata={"format": FORMAT})
+    with open(os.path.join(path, _SPEC), "w") as f:
+        json.dump(spec, f, indent=1)
+    return os.fspath(path)
+
+
+def _resize(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every parameter/buffer the saved shape, then fix the owning module's attributes."""
+    touched: set[nn.Module] = set()
+    for key, tensor in state.items():
+        mod_name, _, attr = key.rpartition(".")
+        module = model.get_submodule(mod_name) if mod_name else model
+        current = getattr(module, attr, None)
+        if current is None:
+            raise ValueError(f"saved tensor {key!r} has no counterpart in the rebuilt model")
+        if tuple(current.shape) == tuple(tensor.shape):
+            continue
+        empty = torch.empty(tensor.shape, dtype=tensor.dtype)
+        if isinstance(current, nn.Parameter):
+            setattr(module, attr, nn.Parameter(empty, requires_grad=current.requires_grad))
+        else:
+            module._buffers[attr] = empty
+        touched.add(module)
+    for m in touched:
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.Conv2d):
+            m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned`; no pickle is involved.
+
+    Args:
+        path: Directory written by :func:`save_pruned`.
+        map_location: Device for the weights.
+
+    Returns:
+        The model in eval mode, with outputs identical to the saved one.
+
+    Raises:
+        FileNotFoundError: The directory lacks ``model.safetensors`` or ``spec.json``.
+        ValueError: Unknown format/class, or weights that do not match the spec.
+    """
+    wpath, spath = os.path.join(path, _WEIGHTS), os.path.join(path, _SPEC)
+    for p in (wpath, spath):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p} not found; was {path!r} written by tpv.save_pruned?")
+    with open(spath) as f:
+        spec = json.load(f)
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{spath}: unsupported format {spec.get('format')!r}, expected {FORMAT!r}")
+    cls = _CLASSES.get(spec.get("class"))
+    if cls is None:
+        raise ValueError(f"{spath}: class {spec.get('class')!r} is not one of {sorted(_CLASSES)}")
+    state = load_file(wpath, device=str(map_location))
+    if {k: list(v.shape) for k, v in state.items()} != spec["shapes"]:
+        raise ValueError(f"{wpath} does not match the shapes recorded in {spath}")
+    kwargs = dict(spec["kwargs"])
+    for key in ("img_size", "patch_size"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    model = cls(**kwargs)
+    missing = set(model.state_dict()) ^ set(state)
+    if missing:
+        raise ValueError(f"rebuilt {cls.__name__} and saved weights differ in keys: {sorted(missing)[:8]}")
+    _resize(model, state)
+    for name, shape in spec["norms"].items():
+        model.get_submodule(name).normalized_shape = tuple(shape)
+    for name, layout in spec["attention"].items():
+        attn = model.get_submodule(name)
+        if not isinstance(attn, Attention):
+            raise ValueError(f"{name} is not a timm Attention in the rebuilt model")
+        attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
+        attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
+    _sync_model_dims(model)
+    model.load_state_dict(state, strict=True)
+    model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=spec.get("architecture"))
+    return model.to(map_location).eval()

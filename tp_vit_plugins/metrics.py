@@ -1,0 +1,121 @@
+"""Model cost measurements: MACs, parameters, latency.
+
+MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on a real forward pass
+with eager attention forced on timm attention modules, so the ``q @ k^T`` and ``attn @ v``
+products are counted the same way for every method (MACs = FLOPs / 2). Latency uses
+``torch.utils.benchmark`` on CPU and CUDA events on GPU: warm-up first, then the median.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_macs", "count_params", "measure_latency"]
+
+
+def _eager(model: nn.Module) -> contextlib.AbstractContextManager:
+    from .vit import eager_attention
+
+    try:
+        return eager_attention(model)
+    except TypeError:  # not a timm ViT: nothing to switch
+        return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass on ``example_inputs``.
+
+    Args:
+        model: Any module; timm attention runs eagerly during the count.
+        example_inputs: Input batch, e.g. ``[1, C, H, W]``; MACs scale with its batch size.
+
+    Returns:
+        Total MACs (``FlopCounterMode`` FLOPs / 2).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with _eager(model), FlopCounterMode(display=False) as counter:
+            model(example_inputs)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (each shared tensor counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch_sizes: Sequence[int] = (1, 64),
+    min_run_time: float = 1.0,
+    warmup: int = 3,
+    repeats: int = 30,
+    num_threads: int | None = None,
+) -> dict[int, float]:
+    """Median forward latency in seconds for each batch size.
+
+    On CPU the timing is ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks
+    covering ``min_run_time`` seconds); on CUDA it is the median of ``repeats`` CUDA-event
+    timed runs. ``warmup`` untimed runs come first in both cases.
+
+    Args:
+        model: Model to time (eval mode during the measurement, restored afterwards).
+        example_input: One input ``[1, C, H, W]`` (or any batch; only ``[0]`` is used) on the
+            device to time on.
+        batch_sizes: Batch sizes to time.
+        min_run_time: CPU: seconds of timed runs per batch size.
+        warmup: Untimed runs before timing.
+        repeats: CUDA: timed runs per batch size.
+        num_threads: CPU threads; defaults to ``torch.get_num_threads()``.
+
+    Returns:
+        ``{batch_size: median_seconds}``.
+
+    Raises:
+        ValueError: A batch size below 1.
+    """
+    import torch.utils.benchmark as benchmark
+
+    if any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    was_training = model.training
+    model.eval()
+    sample = example_input[:1]
+    out: dict[int, float] = {}
+    try:
+        for b in batch_sizes:
+            x = sample.expand(int(b), *sample.shape[1:]).contiguous()
+            for _ in range(warmup):
+                model(x)
+            if x.is_cuda:
+                times = []
+                for _ in range(repeats):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    model(x)
+                    end.record()
+                    torch.cuda.synchronize()
+                    times.append(start.elapsed_time(end) / 1e3)
+                out[int(b)] = statistics.median(times)
+            else:
+                timer = benchmark.Timer(
+                    stmt="model(x)",
+                    globals={"model": model, "x": x},
+                    num_threads=num_threads or torch.get_num_threads(),
+                )
+                out[int(b)] = timer.blocked_autorange(min_run_time=min_run_time).median
+    finally:
+        model.train(was_training)
+    return out
