@@ -1,5 +1,7 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
 
+from .io import load_pruned, save_pruned
+from .metrics import count_macs, count_params, measure_latency
 from .pruners import ViTPruner
 from .vit import attention_maps, eager_attention, sync_attention, vit_pruning_kwargs
 
@@ -8,6 +10,11 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "ViTPruner",
+    "count_macs",
+    "count_params",
+    "load_pruned",
+    "measure_latency",
+    "save_pruned",
     "attention_maps",
     "eager_attention",
     "sync_attention",

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--retrain", action="store_true", help="retrain the embedded model instead of using the cache")
+    p.add_argument("--embedded-epochs", type=int, default=None, help="training epochs of the embedded model (default recipe)")
     p.add_argument("--out", default=None, help="save the pruned model here (tpv.save_pruned)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -90,10 +91,15 @@ def _workload(args: argparse.Namespace) -> Workload:
     if args.model is None:
         if args.pretrained or args.data_path:
             raise SystemExit("--pretrained/--data-path need --model")
-        from .data import make_loaders
-        from .embedded import embedded_model
+        from dataclasses import replace
 
-        model, split, meta = embedded_model(retrain=args.retrain, progress=progress)
+        from .data import make_loaders
+        from .embedded import EmbeddedRecipe, embedded_model
+
+        recipe = EmbeddedRecipe()
+        if args.embedded_epochs is not None:
+            recipe = replace(recipe, epochs=args.embedded_epochs)
+        model, split, meta = embedded_model(recipe, retrain=args.retrain, progress=progress)
         train_loader, test_loader = make_loaders(split, seed=args.seed)
         example = split.x_test[:1]
         return Workload(model, train_loader, train_loader, test_loader, example, "embedded MNIST ViT")

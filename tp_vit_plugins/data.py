@@ -30,7 +30,6 @@ __all__ = [
 DATASETS = ("mnist", "digits")
 
 _SPLIT_SEED = 20230112
-_MNIST_MEAN, _MNIST_STD = 0.1307, 0.3081
 
 
 @dataclass(frozen=True)
@@ -84,8 +83,8 @@ def load_split(name: str = "mnist", test_fraction: float = 0.2) -> DatasetSplit:
         test_fraction: Share of each class held out for testing, in (0, 1).
 
     Returns:
-        The split, images normalised to zero mean / unit variance (MNIST statistics for
-        ``mnist``; ``digits`` is scaled to [0, 1] first, then the same constants).
+        The split, pixels scaled to [0, 1] and then normalised with the mean and standard
+        deviation of the training split (so both splits share the same constants).
 
     Raises:
         ValueError: Unknown name or a test fraction outside (0, 1).
@@ -104,8 +103,9 @@ def load_split(name: str = "mnist", test_fraction: float = 0.2) -> DatasetSplit:
 
         digits = load_digits()
         images, y = digits.images[:, None] / 16.0, digits.target
-    images = (images.astype(np.float32) - _MNIST_MEAN) / _MNIST_STD
     train, test = _stratified_split(np.asarray(y), test_fraction, _SPLIT_SEED)
+    images = images.astype(np.float32)
+    images = (images - images[train].mean()) / images[train].std()
     as_x = lambda i: torch.from_numpy(np.ascontiguousarray(images[i]))  # noqa: E731
     as_y = lambda i: torch.from_numpy(np.asarray(y)[i].astype(np.int64))  # noqa: E731
     return DatasetSplit(as_x(train), as_y(train), as_x(test), as_y(test), int(np.max(y)) + 1)

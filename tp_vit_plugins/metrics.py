@@ -20,12 +20,13 @@ __all__ = ["count_macs", "count_params", "measure_latency"]
 
 
 def _eager(model: nn.Module) -> contextlib.AbstractContextManager:
+    from timm.layers import Attention
+
     from .vit import eager_attention
 
-    try:
+    if any(isinstance(m, Attention) for m in model.modules()):
         return eager_attention(model)
-    except TypeError:  # not a timm ViT: nothing to switch
-        return contextlib.nullcontext()
+    return contextlib.nullcontext()  # not a timm ViT: nothing to switch
 
 
 @torch.no_grad()

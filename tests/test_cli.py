@@ -1,0 +1,88 @@
+"""tp-vit prune end to end (embedded path with a 1-epoch model, and a timm name)."""
+
+from __future__ import annotations
+
+import pytest
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins import cli, embedded
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_prune_embedded_prints_table_and_saves(cache, capsys, monkeypatch):
+    out = cache / "pruned"
+    args = [
+        "prune",
+        "--embedded-epochs",
+        "1",
+        "--method",
+        "taylor",
+        "--calib-batches",
+        "2",
+        "--finetune-epochs",
+        "0",
+        "--latency-batch-sizes",
+        "1",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    for needle in ("params", "MACs", "test acc", "ms @bs1", "ms @bs2", "dense", "pruned", "speed-up", "heads per block"):
+        assert needle in text
+    assert "[6, 6, 6, 6, 6, 6] -> [3, 3, 3, 3, 3, 3]" in text
+    model = tpv.load_pruned(out)
+    assert [b.attn.num_heads for b in model.blocks] == [3] * 6
+    assert all(b.mlp.fc1.out_features == int(384 * (1 - 0.3)) for b in model.blocks)  # tp keeps int(C * (1 - r))
+
+    # second run: the cached embedded model is reused, no training
+    monkeypatch.setattr(embedded, "train", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    assert (
+        cli.main(["prune", "--embedded-epochs", "1", "--method", "l2", "--no-latency", "--finetune-epochs", "0", "--quiet"]) == 0
+    )
+
+
+def test_prune_timm_name_without_data(capsys):
+    assert (
+        cli.main(
+            [
+                "prune",
+                "--model",
+                "vit_tiny_patch16_224",
+                "--method",
+                "l1",
+                "--head-ratio",
+                "0.5",
+                "--width-ratio",
+                "0",
+                "--finetune-epochs",
+                "0",
+                "--no-latency",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "[3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3] -> [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" in text  # round(1.5) = 2 removed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--head-ratio", "1.0"], "--head-ratio"),
+        (["prune", "--width-ratio", "-0.2"], "--width-ratio"),
+        (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "labelled data"),
+        (["prune", "--data-path", "/nowhere"], "need --model"),
+    ],
+)
+def test_cli_errors(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(argv)

@@ -1,0 +1,74 @@
+"""save_pruned / load_pruned round trips and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import make_model
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.vit import attention_modules
+
+
+@pytest.mark.parametrize("setting", ["dense", "heads", "everything"])
+def test_round_trip_is_exact(family, x, tmp_path, setting):
+    model = make_model(family)
+    if setting == "heads":
+        tpv.ViTPruner(model, x, head_pruning_ratio=0.34, global_head_pruning=True).step()
+    elif setting == "everything":
+        tpv.ViTPruner(
+            model,
+            x,
+            pruning_ratio=0.3,
+            head_pruning_ratio=0.34,
+            prune_head_dims=True,
+            prune_embed_dim=True,
+            global_pruning=True,
+        ).step()
+    tpv.save_pruned(model, tmp_path / "m")
+    loaded = tpv.load_pruned(tmp_path / "m")
+    assert type(loaded) is type(model)
+    assert [(a.num_heads, a.head_dim, a.scale) for _, a in attention_modules(loaded)] == [
+        (a.num_heads, a.head_dim, a.scale) for _, a in attention_modules(model)
+    ]
+    sd0, sd1 = model.state_dict(), loaded.state_dict()
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_files_are_safetensors_and_json(tmp_path, x):
+    model = make_model("qk_norm")
+    tpv.ViTPruner(model, x, pruning_ratio=0.25, prune_head_dims=True).step()
+    path = tpv.save_pruned(model, tmp_path / "m")
+    assert sorted(os.listdir(path)) == ["model.safetensors", "spec.json"]
+    spec = json.loads((tmp_path / "m" / "spec.json").read_text())
+    assert spec["class"] == "VisionTransformer"
+    assert spec["attention"]["blocks.0.attn"]["head_dim"] == 12
+    assert spec["shapes"]["blocks.1.mlp.fc1.weight"] == [144, 48]
+
+
+def test_load_errors(tmp_path, x):
+    with pytest.raises(FileNotFoundError, match="save_pruned"):
+        tpv.load_pruned(tmp_path / "missing")
+    tpv.save_pruned(make_model(), tmp_path / "m")
+    spec_path = tmp_path / "m" / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec_path.write_text(json.dumps({**spec, "class": "os.system"}))
+    with pytest.raises(ValueError, match="not one of"):
+        tpv.load_pruned(tmp_path / "m")
+    spec_path.write_text(json.dumps({**spec, "shapes": {**spec["shapes"], "head.weight": [1, 1]}}))
+    with pytest.raises(ValueError, match="does not match"):
+        tpv.load_pruned(tmp_path / "m")
+
+
+def test_save_rejects_unsupported_or_unsynced(tmp_path, x):
+    with pytest.raises(TypeError, match="supports"):
+        tpv.save_pruned(torch.nn.Linear(2, 2), tmp_path / "a")
+    model = make_model()
+    model.blocks[0].attn.num_heads = 2
+    with pytest.raises(ValueError, match="sync_attention"):
+        tpv.save_pruned(model, tmp_path / "b")
