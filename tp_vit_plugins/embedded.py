@@ -30,10 +30,12 @@ class EmbeddedRecipe:
 
     arch: dict = field(default_factory=lambda: dict(_ARCH))
     dataset: str = "mnist"
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
     weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
     max_shift: int = 2
     seed: int = 0
 

@@ -48,6 +48,7 @@ def train(
     weight_decay: float = 0.05,
     warmup_epochs: float = 1.0,
     max_shift: int = 0,
+    label_smoothing: float = 0.0,
     seed: int = 0,
     step_hook: Callable[[nn.Module, torch.Tensor], None] | None = None,
     desc: str = "train",
@@ -63,6 +64,7 @@ def train(
         weight_decay: AdamW weight decay.
         warmup_epochs: Length of the linear warm-up.
         max_shift: Random-translation augmentation in pixels (0 disables it).
+        label_smoothing: Label smoothing of the cross-entropy loss.
         seed: Seed for the augmentation generator.
         step_hook: Called as ``step_hook(model, loss)`` after ``loss.backward()`` and before
             the optimizer step — the place for a pruner's ``regularize``.
@@ -99,7 +101,7 @@ def train(
             for x, y in loader:
                 x = random_shift(x, max_shift, gen).to(device)
                 y = y.to(device)
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if step_hook is not None:
