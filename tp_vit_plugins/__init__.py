@@ -1,14 +1,17 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
 
+from .importance import GraphHeadImportance
 from .io import load_pruned, save_pruned
 from .metrics import count_macs, count_params, measure_latency
-from .pruners import ViTPruner
+from .pruners import GOHSPPruner, ViTPruner
 from .vit import attention_maps, eager_attention, sync_attention, vit_pruning_kwargs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "GOHSPPruner",
+    "GraphHeadImportance",
     "ViTPruner",
     "count_macs",
     "count_params",

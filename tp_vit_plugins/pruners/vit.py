@@ -240,6 +240,9 @@ class ViTPruner(tp.pruner.BasePruner):
             group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
             self.num_heads[attn.qkv] -= len(heads)
             self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
+            remove = getattr(self.importance, "remove_heads", None)
+            if remove is not None:  # calibrated head scores stay aligned with the heads left
+                remove(attn.qkv, heads)
             yield group
 
     def _prune(self) -> Generator[tp.Group, None, None]:
@@ -263,10 +266,12 @@ class ViTPruner(tp.pruner.BasePruner):
             return super().step(interactive=True)
         snapshot = ModuleSnapshot(self.model)
         books = (dict(self.num_heads), dict(self.out_channel_groups), self.current_step)
+        imp_state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self.importance).items()}
         try:
             super().step()
         except Exception:
             snapshot.restore()
+            vars(self.importance).update(imp_state)
             self.num_heads.clear()
             self.num_heads.update(books[0])
             self.out_channel_groups.clear()

@@ -1,0 +1,184 @@
+"""GOHSP: graph maths, GraphHeadImportance and the ADMM GOHSPPruner."""
+
+from __future__ import annotations
+
+import copy
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+import torch_pruning as tp
+from conftest import make_model, snapshot, state_equal
+from torch.utils.data import DataLoader, TensorDataset
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.importance.graph_math import build_head_graph, head_similarity, pagerank_head_scores
+from tp_vit_plugins.vit import attention_modules
+
+
+def closed_form_pagerank(weights: np.ndarray, damping: float) -> np.ndarray:
+    """pr = (1-d)/n (I - d P^T)^-1 1 with P the row-normalised weight matrix."""
+    n = len(weights)
+    P = weights / weights.sum(1, keepdims=True)
+    return np.linalg.solve(np.eye(n) - damping * P.T, np.full(n, (1 - damping) / n))
+
+
+def test_pagerank_on_hand_built_two_layer_graph():
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.6]], dtype=torch.float64)
+    g = build_head_graph([sim])
+    scores = pagerank_head_scores(g, [2, 2], damping=0.85)
+    W = np.zeros((4, 4))  # nodes (0,0) (0,1) (1,0) (1,1)
+    W[:2, 2:] = sim.numpy()
+    W[2:, :2] = sim.numpy().T
+    expected = closed_form_pagerank(W, 0.85)
+    got = torch.cat(scores).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-8)
+    ref = nx.pagerank(g, alpha=0.85, weight="weight", tol=1e-12)
+    np.testing.assert_allclose(got, [ref[(0, 0)], ref[(0, 1)], ref[(1, 0)], ref[(1, 1)]], atol=1e-8)
+    assert got.sum() == pytest.approx(1.0)
+
+
+def test_head_similarity_closed_form():
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[-1.0, 0.0], [0.0, 2.0]])
+    s = head_similarity(a, b, "abs_cosine")
+    torch.testing.assert_close(s, torch.tensor([[1.0, 0.0], [2**-0.5, 2**-0.5]], dtype=torch.float64))
+    assert head_similarity(a, b, "relu_cosine")[0, 0] == 0.0
+    with pytest.raises(ValueError, match="unknown similarity"):
+        head_similarity(a, b, "dot")
+
+
+def test_head_scores_broadcast_to_channels_of_a_tp_group(x):
+    model = make_model("vit")
+    imp = tpv.GraphHeadImportance(combine="head")
+    a0 = model.blocks[0].attn
+    imp.set_head_scores({a0.qkv: torch.tensor([1.0, 2.0, 3.0]), model.blocks[1].attn.qkv: torch.tensor([2.0, 2.0, 2.0])})
+    DG = tp.DependencyGraph().build_dependency(
+        model,
+        x,
+        **{k: v for k, v in tpv.vit_pruning_kwargs(model).items() if k in ("unwrapped_parameters", "customized_pruners")},
+    )
+    group = DG.get_pruning_group(a0.proj, tp.prune_linear_in_channels, list(range(48)))
+    scores = imp(group)
+    mean = 12.0 / 6  # normalised to mean 1 over all six heads
+    torch.testing.assert_close(scores, torch.tensor([1.0, 2.0, 3.0]).repeat_interleave(16) / mean)
+    subset = DG.get_pruning_group(a0.proj, tp.prune_linear_in_channels, [5, 20, 40, 47])
+    torch.testing.assert_close(imp(subset), torch.tensor([1.0, 2.0, 3.0, 3.0]) / mean)
+    mlp = DG.get_pruning_group(model.blocks[0].mlp.fc1, tp.prune_linear_out_channels, list(range(192)))
+    torch.testing.assert_close(imp(mlp), tp.importance.GroupMagnitudeImportance(p=2)(mlp))  # base criterion
+
+
+def loader(n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)), batch_size=8
+    )
+
+
+@pytest.mark.parametrize("statistic", ["mean_map", "per_image"])
+def test_calibration_is_deterministic_and_clean(statistic):
+    model = make_model("vit", depth=3)
+    before = snapshot(model)
+    hooks = sum(len(m._forward_hooks) for m in model.modules())
+    s1 = tpv.GraphHeadImportance(statistic=statistic, progress=False).calibrate(model, loader()).head_scores
+    s2 = tpv.GraphHeadImportance(statistic=statistic, progress=False).calibrate(model, loader()).head_scores
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks
+    assert state_equal(before, model.state_dict()) and all(a.fused_attn for _, a in attention_modules(model))
+    assert all(v.shape == (3,) for v in s1.values())
+
+
+def test_modes_are_inverse_rankings():
+    model = make_model("vit", depth=3)
+    imp = tpv.GraphHeadImportance(mode="importance", progress=False).calibrate(model, loader())
+    red = tpv.GraphHeadImportance(mode="redundancy", progress=False).calibrate(model, loader())
+    for qkv, pr in imp.pagerank.items():
+        torch.testing.assert_close(red.raw_head_scores[qkv], 1.0 / pr)
+        torch.testing.assert_close(imp.raw_head_scores[qkv], pr)
+
+
+def test_calibration_errors():
+    empty = DataLoader(TensorDataset(torch.empty(0, 3, 32, 32)), batch_size=4)
+    with pytest.raises(ValueError, match="no batches"):
+        tpv.GraphHeadImportance(progress=False).calibrate(make_model(), empty)
+    with pytest.raises(TypeError, match="timm.layers.Attention"):
+        tpv.GraphHeadImportance(progress=False).calibrate(torch.nn.Linear(3, 3), loader())
+    with pytest.raises(ValueError, match="damping"):
+        tpv.GraphHeadImportance(damping=1.0)
+
+
+def test_vitpruner_removes_lowest_graph_heads(x):
+    model = make_model("vit", depth=2, num_heads=4)
+    imp = tpv.GraphHeadImportance(combine="head")
+    imp.set_head_scores({model.blocks[0].attn.qkv: [4.0, 1.0, 3.0, 2.0], model.blocks[1].attn.qkv: [0.5, 9.0, 8.0, 7.0]})
+    ref = copy.deepcopy(model)
+    pruner = tpv.ViTPruner(
+        model,
+        x,
+        imp,
+        head_pruning_ratio=0.25,
+        global_head_pruning=True,
+        pruning_ratio=0.25,
+        prune_mlp=False,
+        prune_head_dims=True,
+    )
+    pruner.step()  # 2 of 8 heads: block 1 head 0 (0.5), block 0 head 1 (1.0); then head dims on the rest
+    assert pruner.heads_per_layer() == [3, 3]
+    assert [len(v) for v in imp.head_scores.values()] == [3, 3]
+    kept_v = model.blocks[1].attn.qkv.weight[2 * model.blocks[1].attn.attn_dim :]
+    assert not any(torch.equal(kept_v[0], r) for r in ref.blocks[1].attn.qkv.weight[96 : 96 + 12])
+
+
+def test_gohsp_projection_counts_and_budget(x):
+    model = make_model("vit", depth=3, num_heads=4)
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
+    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.3)
+    plan = pruner.project(use_dual=False)
+    assert plan.removed_params >= pruner.budget
+    # exact accounting: params removed by the plan == params gone after step()
+    n0 = tpv.count_params(model)
+    pruner.step()
+    assert n0 - tpv.count_params(model) == plan.removed_params
+    heads = [len(h) for h in plan.heads]
+    assert [4 - h for h in heads] == pruner.heads_per_layer()
+    assert [b.mlp.fc1.out_features for b in model.blocks] == [192 - len(n) for n in plan.neurons]
+    assert all(a.num_heads >= 1 for _, a in attention_modules(model))
+
+
+def test_gohsp_step_yields_the_z_support(x):
+    torch.manual_seed(0)
+    model = make_model("vit", depth=2, num_heads=4)
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
+    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=1.0, rho_growth=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(40):  # pure ADMM: drive W onto Z (no task loss)
+        opt.zero_grad()
+        pruner.regularize(model)
+        opt.step()
+        pruner.update_regularizer()
+    assert pruner.admm_residual() < 1e-3
+    z_plan = pruner.project(use_dual=True)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for p_m, p in zip(masked.parameters(), model.parameters()):
+            if p in pruner.Z:
+                p_m.copy_(pruner.Z[p])
+    pruner.step()
+    assert pruner.final_plan.heads == z_plan.heads and pruner.final_plan.neurons == z_plan.neurons
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), masked(x), atol=1e-3, rtol=1e-3)
+
+
+def test_gohsp_errors(x):
+    model = make_model("vit")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="calibrate"):
+        tpv.GOHSPPruner(model, x, tpv.GraphHeadImportance())
+    with pytest.raises(ValueError, match="target_params_ratio"):
+        tpv.GOHSPPruner(model, x, None, target_params_ratio=1.2)
+    with pytest.raises(ValueError, match="at most"):
+        tpv.GOHSPPruner(model, x, None, target_params_ratio=0.95, structures=("heads",))
+    with pytest.raises(ValueError, match="structures"):
+        tpv.GOHSPPruner(model, x, None, structures=("tokens",))
+    assert state_equal(before, model.state_dict())

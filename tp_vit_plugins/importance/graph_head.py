@@ -1,0 +1,136 @@
+"""GOHSP head ranking: PageRank over a graph of attention heads (Yin et al., AAAI 2023).
+
+Calibration captures attention probabilities through the shared path
+(:func:`tp_vit_plugins.calibration.collect_attention`), summarises every head, connects
+heads of consecutive blocks with the similarity of those summaries, and ranks all heads with
+``networkx.pagerank``. Every choice the paper leaves open is a constructor argument:
+
+* ``statistic`` — ``"mean_map"``: similarity of the head's attention map averaged over the
+  calibration images; ``"per_image"``: similarity per image, then averaged;
+* ``similarity`` — ``abs_cosine`` (default), ``relu_cosine``, ``abs_pearson``;
+* ``damping`` — PageRank damping (default 0.85);
+* ``mode`` — ``"importance"``: a central head (high PageRank) is important and kept;
+  ``"redundancy"``: a central head shares its pattern with many others and is pruned first
+  (score = 1 / PageRank);
+* ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` — how the
+  graph score meets weight information (see :class:`~tp_vit_plugins.importance.head_base.HeadImportance`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .graph_math import SIMILARITIES, build_head_graph, head_similarity, pagerank_head_scores
+from .head_base import HeadImportance
+
+__all__ = ["GraphHeadImportance", "STATISTICS", "MODES"]
+
+#: Head summaries accepted by ``statistic``.
+STATISTICS = ("mean_map", "per_image")
+#: Directions accepted by ``mode``.
+MODES = ("importance", "redundancy")
+
+
+class _MapAccumulator:
+    """Running per-head statistics from the attention callback."""
+
+    def __init__(self, statistic: str, similarity: str) -> None:
+        self.statistic, self.similarity = statistic, similarity
+        self.sums: dict[int, torch.Tensor] = {}
+        self.pair_sums: dict[int, torch.Tensor] = {}
+        self.count = 0
+        self._prev: torch.Tensor | None = None
+
+    def __call__(self, block: int, probs: torch.Tensor) -> None:
+        p = probs.double()  # [B, H, N, N]
+        if block == 0:
+            self.count += p.shape[0]
+            self._prev = None
+        self.sums[block] = self.sums.get(block, 0) + p.sum(0)
+        if self.statistic == "per_image" and self._prev is not None:
+            prev = self._prev.flatten(2)  # [B, H_prev, N*N]
+            sims = torch.stack([head_similarity(a, b, self.similarity) for a, b in zip(prev, p.flatten(2))])
+            self.pair_sums[block - 1] = self.pair_sums.get(block - 1, 0) + sims.sum(0)
+        self._prev = p
+
+    def similarities(self) -> list[torch.Tensor]:
+        blocks = sorted(self.sums)
+        if self.statistic == "per_image":
+            return [self.pair_sums[b] / self.count for b in blocks[:-1]]
+        means = [self.sums[b].flatten(1) / self.count for b in blocks]  # [H, N*N]
+        return [head_similarity(means[i], means[i + 1], self.similarity) for i in range(len(means) - 1)]
+
+
+class GraphHeadImportance(HeadImportance):
+    """GOHSP graph-based head importance, a ``tp.importance.Importance``.
+
+    Example::
+
+        imp = tpv.GraphHeadImportance()
+        imp.calibrate(model, calib_loader, max_batches=8)
+        pruner = tpv.ViTPruner(model, example, imp, head_pruning_ratio=0.5, global_pruning=True)
+        pruner.step()
+
+    Args:
+        damping: PageRank damping factor in ``(0, 1)``.
+        similarity: Edge weight, one of :data:`~tp_vit_plugins.importance.graph_math.SIMILARITIES`.
+        statistic: Head summary, one of :data:`STATISTICS`.
+        mode: One of :data:`MODES`.
+        base_importance: Criterion combined with the graph score and used for non-head groups.
+        combine: ``"product"`` (graph score ** head_weight × base) or ``"head"`` (graph only).
+        head_weight: Exponent of the graph score in ``"product"`` mode.
+        normalize_per_layer: Normalise head scores within each block.
+        progress: Show a tqdm bar during calibration.
+
+    Attributes:
+        head_scores: ``{attn.qkv: [H]}`` normalised scores (higher = keep).
+        pagerank: ``{attn.qkv: [H]}`` raw PageRank values after :meth:`calibrate`.
+        graph: The ``networkx.Graph`` of the last calibration.
+    """
+
+    def __init__(
+        self,
+        damping: float = 0.85,
+        similarity: str = "abs_cosine",
+        statistic: str = "mean_map",
+        mode: str = "redundancy",
+        base_importance: tp.importance.Importance | None = None,
+        combine: str = "product",
+        head_weight: float = 1.0,
+        normalize_per_layer: bool = False,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(base_importance, combine, head_weight, normalize_per_layer)
+        if not 0.0 < damping < 1.0:
+            raise ValueError(f"damping must lie in (0, 1), got {damping}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.damping, self.similarity, self.statistic, self.mode = damping, similarity, statistic, mode
+        self.progress = progress
+        self.pagerank: dict[nn.Module, torch.Tensor] = {}
+        self.graph: nx.Graph | None = None
+
+    def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
+        from ..calibration import collect_attention
+        from ..vit import attention_modules
+
+        attns = attention_modules(model)
+        acc = _MapAccumulator(self.statistic, self.similarity)
+        collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress)
+        sims = acc.similarities()
+        heads = [int(a.num_heads) for _, a in attns]
+        self.graph = build_head_graph(sims) if sims else nx.Graph()
+        pr = pagerank_head_scores(self.graph, heads, self.damping)
+        self.pagerank = {a.qkv: p for (_, a), p in zip(attns, pr)}
+        if self.mode == "importance":
+            return pr
+        return [1.0 / p for p in pr]

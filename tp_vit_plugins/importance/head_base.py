@@ -1,0 +1,145 @@
+"""The protocol shared by the data-driven head criteria (GOHSP graph, CP-ViT cumulative).
+
+``imp.calibrate(model, loader, max_batches=None)`` fills ``imp.head_scores``
+(``{attn.qkv: [H]}``); ``imp(group)`` then returns tp's 1-D per-channel score:
+
+* attention groups: every channel carries its head's score, combined with a base
+  criterion (default tp group-L2 with mean normalisation) — ``combine="product"`` gives
+  ``head_score ** head_weight * base``, ``combine="head"`` the head score alone;
+* other groups (MLP neurons, embedding dims): the base criterion.
+
+Head scores are normalised to mean 1 (over all heads, or per block), the same scale as tp's
+mean-normalised base criterion, so a global ranking across structure types is meaningful.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+__all__ = ["HeadImportance", "COMBINE_MODES"]
+
+#: Ways to combine head scores with the base criterion.
+COMBINE_MODES = ("product", "head")
+
+
+class HeadImportance(tp.importance.Importance):
+    """Base class: subclasses implement :meth:`_compute_head_scores`.
+
+    Args:
+        base_importance: Criterion for channels inside heads and for non-attention groups;
+            default ``tp.importance.GroupMagnitudeImportance(p=2)``.
+        combine: ``"product"`` or ``"head"`` (see module docs).
+        head_weight: Exponent of the head score in ``"product"`` mode (0 = base only).
+        normalize_per_layer: Normalise head scores to mean 1 within each block instead of
+            over all heads (a global ranking then ignores between-block differences).
+    """
+
+    def __init__(
+        self,
+        base_importance: tp.importance.Importance | None = None,
+        combine: str = "product",
+        head_weight: float = 1.0,
+        normalize_per_layer: bool = False,
+    ) -> None:
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
+        self.base_importance = base_importance if base_importance is not None else tp.importance.GroupMagnitudeImportance(p=2)
+        self.combine = combine
+        self.head_weight = float(head_weight)
+        self.normalize_per_layer = normalize_per_layer
+        self.head_scores: dict[nn.Module, torch.Tensor] = {}
+        self.raw_head_scores: dict[nn.Module, torch.Tensor] = {}
+
+    # -- to implement -------------------------------------------------------------------
+    def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
+        """Return one ``[H_l]`` score tensor per attention block, higher = keep."""
+        raise NotImplementedError
+
+    # -- protocol -----------------------------------------------------------------------
+    def calibrate(self, model: nn.Module, loader: Iterable, max_batches: int | None = None) -> HeadImportance:
+        """Compute ``head_scores`` for ``model`` from calibration batches.
+
+        Args:
+            model: A timm ViT-family model (left unchanged; hooks removed afterwards).
+            loader: Yields image tensors or ``(images, target)`` tuples.
+            max_batches: Use at most this many batches.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            TypeError: No timm attention in ``model`` or malformed batches.
+            ValueError: Empty loader.
+        """
+        from ..vit import attention_modules
+
+        attns = attention_modules(model)
+        scores = self._compute_head_scores(model, loader, max_batches)
+        self.set_head_scores({a.qkv: s for (_, a), s in zip(attns, scores, strict=True)})
+        return self
+
+    def set_head_scores(self, scores: dict[nn.Module, torch.Tensor]) -> None:
+        """Install raw per-head scores ``{attn.qkv: [H]}`` (higher = keep) and normalise them."""
+        raw = {k: torch.as_tensor(v, dtype=torch.float64).flatten().clone() for k, v in scores.items()}
+        for v in raw.values():
+            if not torch.isfinite(v).all() or (v < 0).any():
+                raise ValueError("head scores must be finite and non-negative")
+        self.raw_head_scores = raw
+        self._normalize()
+
+    def _normalize(self) -> None:
+        raw = self.raw_head_scores
+        if self.normalize_per_layer:
+            self.head_scores = {k: (v / v.mean().clamp_min(1e-12)).float() for k, v in raw.items()}
+        else:
+            mean = torch.cat(list(raw.values())).mean().clamp_min(1e-12) if raw else 1.0
+            self.head_scores = {k: (v / mean).float() for k, v in raw.items()}
+
+    def remove_heads(self, qkv: nn.Module, heads: Sequence[int]) -> None:
+        """Forget the scores of heads tp is removing (called by ``ViTPruner``), keep the rest aligned."""
+        if qkv not in self.raw_head_scores:
+            return
+        keep = [h for h in range(len(self.raw_head_scores[qkv])) if h not in set(heads)]
+        self.raw_head_scores[qkv] = self.raw_head_scores[qkv][keep]
+        self.head_scores[qkv] = self.head_scores[qkv][keep]
+
+    def _attention_of(self, group: tp.Group) -> nn.Module | None:
+        for dep, _ in group:
+            if dep.target.module in self.head_scores and dep.handler == tp.prune_linear_out_channels:
+                return dep.target.module
+        return None
+
+    def head_channel_scores(self, group: tp.Group) -> torch.Tensor | None:
+        """Per-channel head score of an attention group (``None`` for other groups)."""
+        qkv = self._attention_of(group)
+        if qkv is None:
+            return None
+        scores = self.head_scores[qkv]
+        attn_dim = qkv.out_features // 3
+        if attn_dim % len(scores):
+            raise RuntimeError(
+                f"the attention has {attn_dim} channels but {len(scores)} calibrated heads: it was "
+                "pruned since calibrate(); calibrate again"
+            )
+        head_dim = attn_dim // len(scores)
+        # tp roots attention groups at the proj inputs (one index per attention channel)
+        idxs = torch.as_tensor([int(i) for i in group[0][1]])
+        if idxs.numel() and int(idxs.max()) >= attn_dim:
+            raise ValueError("attention groups must be rooted at attn.proj inputs, as tp's pruners build them")
+        return scores[idxs // head_dim]
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        head = self.head_channel_scores(group)
+        if head is None:
+            return self.base_importance(group)
+        if self.combine == "head":
+            return head
+        base = self.base_importance(group)
+        if base is None:
+            return head
+        return head.to(base.device) ** self.head_weight * base

@@ -1,0 +1,306 @@
+"""GOHSP optimisation stage: ADMM towards a heterogeneous structured-sparse ViT.
+
+Yin et al., AAAI 2023 (arXiv 2301.05345). With ``W`` the prunable weights (qkv rows and
+proj columns of every head and head dim, fc1 rows and fc2 columns of every MLP neuron):
+
+* ``regularize(model)`` (after ``loss.backward()``, before ``optimizer.step()``) adds the
+  ADMM proximal gradient ``rho * (W - Z + U)``;
+* ``update_regularizer()`` sets ``Z = project(W + U)``, ``U = U + W - Z``, ``rho *= rho_growth``;
+* ``step()`` projects the final weights once more and hard-prunes everything outside the
+  support through tp (heads, head dims, MLP neurons), then syncs attention.
+
+``project`` keeps the structured pattern with the highest scores under a parameter budget:
+every unit (head, head dim shared by a block's heads, MLP neuron) is scored by its weight
+energy per parameter, normalised by the mean of its unit type; heads are additionally
+multiplied by ``head_score ** graph_bias`` from a calibrated
+:class:`~tp_vit_plugins.GraphHeadImportance` — the graph ranking is a soft guideline that
+weights can overrule, not a fixed mask. Units are removed greedily, lowest score first,
+across all blocks (so blocks end with different head / neuron counts) until the removed
+parameters reach ``target_params_ratio`` of the model's parameters; each block keeps at
+least ``min_heads`` heads, one head dim and one MLP neuron.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..vit import sync_attention
+from .vit import ViTPruner, check_ratio
+
+__all__ = ["GOHSPPruner", "StructurePlan", "STRUCTURES"]
+
+#: Unit types GOHSP can remove.
+STRUCTURES = ("heads", "head_dims", "mlp")
+
+
+@dataclass
+class StructurePlan:
+    """Removed units per block (indices in the current, unpruned layout)."""
+
+    heads: list[list[int]] = field(default_factory=list)
+    head_dims: list[list[int]] = field(default_factory=list)
+    neurons: list[list[int]] = field(default_factory=list)
+    removed_params: int = 0
+
+    def kept_heads(self, heads_per_block: Sequence[int]) -> list[int]:
+        return [h - len(r) for h, r in zip(heads_per_block, self.heads)]
+
+
+class GOHSPPruner(ViTPruner):
+    """GOHSP: graph-guided ADMM structured pruning of a timm ViT, a ``tp.pruner.BasePruner``.
+
+    Example::
+
+        imp = tpv.GraphHeadImportance().calibrate(model, calib_loader, max_batches=8)
+        pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=0.4)
+        for _ in range(rounds):
+            train(model, loader, epochs=1, step_hook=pruner.regularize)
+            pruner.update_regularizer()
+        pruner.step()        # hard prune to the support, attention synced
+        train(model, loader, epochs=finetune_epochs)
+
+    Args:
+        model: A timm ViT-family model.
+        example_inputs: Input for tp's graph tracing.
+        importance: A calibrated :class:`~tp_vit_plugins.GraphHeadImportance` (or any head
+            importance with ``head_scores``); ``None`` means no graph bias.
+        target_params_ratio: Share of the model's parameters to remove, in ``[0, 1)``.
+        structures: Unit types to prune, a subset of :data:`STRUCTURES`.
+        rho: Initial ADMM penalty.
+        rho_growth: Factor applied to ``rho`` by every :meth:`update_regularizer`.
+        graph_bias: Exponent of the graph head score in the projection (0 ignores it).
+        min_heads: Heads every block keeps.
+        **kwargs: Passed to :class:`ViTPruner` / ``tp.pruner.BasePruner``.
+
+    Raises:
+        ValueError: Bad ratio / structures / rho, an uncalibrated importance, or a budget the
+            structures cannot reach. The model is untouched then.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: torch.Tensor | Sequence,
+        importance: tp.importance.Importance | None = None,
+        target_params_ratio: float = 0.4,
+        structures: Sequence[str] = STRUCTURES,
+        rho: float = 1e-2,
+        rho_growth: float = 1.5,
+        graph_bias: float = 1.0,
+        min_heads: int = 1,
+        **kwargs: typing.Any,
+    ) -> None:
+        self.target_params_ratio = check_ratio("target_params_ratio", target_params_ratio)
+        bad = set(structures) - set(STRUCTURES)
+        if bad or not structures:
+            raise ValueError(f"structures must be a non-empty subset of {STRUCTURES}, got {list(structures)}")
+        if rho <= 0 or rho_growth < 1:
+            raise ValueError(f"need rho > 0 and rho_growth >= 1, got rho={rho}, rho_growth={rho_growth}")
+        if importance is not None and hasattr(importance, "head_scores") and not importance.head_scores and graph_bias:
+            raise ValueError("calibrate the head importance first: importance.calibrate(model, loader)")
+        for key in ("pruning_ratio", "head_pruning_ratio"):
+            if key in kwargs:
+                raise TypeError(f"GOHSPPruner decides the structure from target_params_ratio; do not pass {key}")
+        self.structures = tuple(structures)
+        self.rho, self.rho_growth, self.graph_bias = float(rho), float(rho_growth), float(graph_bias)
+        super().__init__(model, example_inputs, importance, min_heads=min_heads, **kwargs)
+        self.total_params = sum(p.numel() for p in model.parameters())
+        self.budget = int(round(self.target_params_ratio * self.total_params))
+        self._blocks = [self._block_params(a) for _, a in self._attentions]
+        self.Z: dict[nn.Parameter, torch.Tensor] = {}
+        self.U: dict[nn.Parameter, torch.Tensor] = {}
+        plan = self.project(use_dual=False)
+        if plan.removed_params < self.budget:
+            raise ValueError(
+                f"target_params_ratio={self.target_params_ratio} asks for {self.budget} parameters but the "
+                f"structures {self.structures} can remove at most {plan.removed_params}; lower the ratio"
+            )
+        self._set_z(plan)
+        self.U = {p: torch.zeros_like(p.detach()) for p in self.Z}
+
+    # ------------------------------------------------------------------ structure
+    def _block_params(self, attn: nn.Module) -> dict[str, nn.Module]:
+        for blk in self.model.modules():
+            if getattr(blk, "attn", None) is attn and hasattr(blk, "mlp"):
+                return {"attn": attn, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
+        raise TypeError("GOHSPPruner expects timm Blocks with .attn and .mlp.fc1/.fc2")
+
+    def _value(self, p: nn.Parameter, use_dual: bool) -> torch.Tensor:
+        v = p.detach()
+        return v + self.U[p] if use_dual and p in self.U else v
+
+    @torch.no_grad()
+    def _unit_energies(self, use_dual: bool) -> list[dict[str, torch.Tensor]]:
+        """Per block: squared weight norm of every head [H], head dim [d], neuron [M]."""
+        out = []
+        for b in self._blocks:
+            attn, fc1, fc2 = b["attn"], b["fc1"], b["fc2"]
+            H, d = int(attn.num_heads), int(attn.head_dim)
+            qkv_w = self._value(attn.qkv.weight, use_dual).view(3, H, d, -1).pow(2).sum((0, 3))  # [H, d]
+            if attn.qkv.bias is not None:
+                qkv_w = qkv_w + self._value(attn.qkv.bias, use_dual).view(3, H, d).pow(2).sum(0)
+            proj_w = self._value(attn.proj.weight, use_dual).pow(2).sum(0).view(H, d)
+            per = qkv_w + proj_w  # [H, d]
+            neuron = self._value(fc1.weight, use_dual).pow(2).sum(1) + self._value(fc2.weight, use_dual).pow(2).sum(0)
+            if fc1.bias is not None:
+                neuron = neuron + self._value(fc1.bias, use_dual).pow(2)
+            out.append({"head": per.sum(1), "dim": per.sum(0), "neuron": neuron})
+        return out
+
+    def _costs(self, b: dict[str, nn.Module]) -> tuple[int, int, int]:
+        """Parameters per head-dim-in-one-head, per (dim × head) cell, per neuron."""
+        attn, fc1 = b["attn"], b["fc1"]
+        embed = attn.qkv.in_features
+        cell = 4 * embed + (3 if attn.qkv.bias is not None else 0)  # q, k, v rows + proj column
+        neuron = 2 * embed + (1 if fc1.bias is not None else 0)
+        return cell, cell, neuron
+
+    @torch.no_grad()
+    def project(self, use_dual: bool = True) -> StructurePlan:
+        """Choose the structured support of ``W (+ U)`` under the parameter budget.
+
+        Returns:
+            The removed units per block (indices in the current layout).
+        """
+        energies = self._unit_energies(use_dual)
+        graph = getattr(self.importance, "head_scores", {}) or {}
+        units: list[tuple[float, int, str, int]] = []  # (score, block, kind, index)
+        raw: dict[str, list[tuple[float, int, int]]] = {"head": [], "dim": [], "neuron": []}
+        for li, (b, e) in enumerate(zip(self._blocks, energies)):
+            attn = b["attn"]
+            H, d = int(attn.num_heads), int(attn.head_dim)
+            cell, _, ncost = self._costs(b)
+            if "heads" in self.structures:
+                for h, v in enumerate(e["head"].tolist()):
+                    raw["head"].append((v / (d * cell), li, h))
+            if "head_dims" in self.structures:
+                for j, v in enumerate(e["dim"].tolist()):
+                    raw["dim"].append((v / (H * cell), li, j))
+            if "mlp" in self.structures:
+                for n, v in enumerate(e["neuron"].tolist()):
+                    raw["neuron"].append((v / ncost, li, n))
+        for kind, items in raw.items():
+            if not items:
+                continue
+            mean = sum(v for v, _, _ in items) / len(items) or 1.0
+            for v, li, idx in items:
+                score = v / mean
+                if kind == "head" and self.graph_bias and graph:
+                    qkv = self._blocks[li]["attn"].qkv
+                    if qkv in graph and len(graph[qkv]) == int(self._blocks[li]["attn"].num_heads):
+                        score *= float(graph[qkv][idx]) ** self.graph_bias
+                units.append((score, li, kind, idx))
+        units.sort()
+        plan = StructurePlan(
+            heads=[[] for _ in self._blocks], head_dims=[[] for _ in self._blocks], neurons=[[] for _ in self._blocks]
+        )
+        heads_left = [int(b["attn"].num_heads) for b in self._blocks]
+        dims_left = [int(b["attn"].head_dim) for b in self._blocks]
+        neurons_left = [b["fc1"].out_features for b in self._blocks]
+        removed = 0
+        for _, li, kind, idx in units:
+            if removed >= self.budget:
+                break
+            cell, _, ncost = self._costs(self._blocks[li])
+            if kind == "head" and heads_left[li] > self.min_heads:
+                plan.heads[li].append(idx)
+                heads_left[li] -= 1
+                removed += dims_left[li] * cell
+            elif kind == "dim" and dims_left[li] > 1:
+                plan.head_dims[li].append(idx)
+                dims_left[li] -= 1
+                removed += heads_left[li] * cell
+            elif kind == "neuron" and neurons_left[li] > 1:
+                plan.neurons[li].append(idx)
+                neurons_left[li] -= 1
+                removed += ncost
+        plan.removed_params = removed
+        return plan
+
+    @torch.no_grad()
+    def _set_z(self, plan: StructurePlan, use_dual: bool = True) -> None:
+        """``Z`` = ``W (+ U)`` with every removed unit zeroed."""
+        for li, b in enumerate(self._blocks):
+            attn, fc1, fc2 = b["attn"], b["fc1"], b["fc2"]
+            H, d = int(attn.num_heads), int(attn.head_dim)
+            for p in (attn.qkv.weight, attn.qkv.bias, attn.proj.weight, fc1.weight, fc1.bias, fc2.weight):
+                if p is not None:
+                    self.Z[p] = self._value(p, use_dual).clone()
+            keep = torch.ones(H, d, dtype=torch.bool)
+            keep[plan.heads[li]] = False
+            keep[:, plan.head_dims[li]] = False
+            flat = keep.flatten()  # [attn_dim]
+            self.Z[attn.qkv.weight].view(3, H * d, -1)[:, ~flat] = 0
+            if attn.qkv.bias is not None:
+                self.Z[attn.qkv.bias].view(3, H * d)[:, ~flat] = 0
+            self.Z[attn.proj.weight][:, ~flat] = 0
+            n = plan.neurons[li]
+            self.Z[fc1.weight][n] = 0
+            if fc1.bias is not None:
+                self.Z[fc1.bias][n] = 0
+            self.Z[fc2.weight][:, n] = 0
+
+    # ------------------------------------------------------------------ ADMM hooks
+    def regularize(self, model: nn.Module | None = None, loss: torch.Tensor | None = None) -> None:
+        """Add ``rho * (W - Z + U)`` to the gradient of every prunable weight (call after backward)."""
+        with torch.no_grad():
+            for p, z in self.Z.items():
+                g = self.rho * (p.detach() - z + self.U[p])
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.add_(g)
+
+    @torch.no_grad()
+    def update_regularizer(self) -> None:
+        """ADMM dual step: ``Z = project(W + U)``, ``U += W - Z``, ``rho *= rho_growth``."""
+        self._set_z(self.project(use_dual=True), use_dual=True)
+        for p, z in self.Z.items():
+            self.U[p] += p.detach() - z
+        self.rho *= self.rho_growth
+
+    def admm_residual(self) -> float:
+        """Primal residual ``||W - Z|| / ||W||`` over the prunable weights (0 = on the pattern)."""
+        num = sum(float((p.detach() - z).pow(2).sum()) for p, z in self.Z.items())
+        den = sum(float(p.detach().pow(2).sum()) for p in self.Z)
+        return (num / max(den, 1e-30)) ** 0.5
+
+    # ------------------------------------------------------------------ hard prune
+    def _prune(self) -> Generator[tp.Group, None, None]:
+        if self.current_step > self.iterative_steps:
+            yield from super()._prune()
+            return
+        plan = self.project(use_dual=False)
+        self.final_plan = plan
+        for li, b in enumerate(self._blocks):  # 1) whole heads
+            attn, heads = b["attn"], sorted(plan.heads[li])
+            if not heads:
+                continue
+            d = int(attn.head_dim)
+            idxs = [h * d + j for h in heads for j in range(d)]
+            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+            self.num_heads[attn.qkv] -= len(heads)
+            self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
+            remove = getattr(self.importance, "remove_heads", None)
+            if remove is not None:
+                remove(attn.qkv, heads)
+            yield group
+        sync_attention(self.model, self.num_heads)
+        for li, b in enumerate(self._blocks):  # 2) head dims, same dims in every kept head
+            attn, dims = b["attn"], sorted(plan.head_dims[li])
+            if dims:
+                H, d = int(attn.num_heads), int(attn.head_dim)
+                idxs = [h * d + j for h in range(H) for j in dims]
+                yield self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+        sync_attention(self.model, self.num_heads)
+        for li, b in enumerate(self._blocks):  # 3) MLP neurons
+            if plan.neurons[li]:
+                yield self.DG.get_pruning_group(b["fc1"], tp.prune_linear_out_channels, sorted(plan.neurons[li]))
+        sync_attention(self.model, self.num_heads)
+        self.Z, self.U = {}, {}
