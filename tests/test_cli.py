@@ -49,6 +49,31 @@ def test_prune_embedded_prints_table_and_saves(cache, capsys, monkeypatch):
     )
 
 
+def test_prune_gohsp_admm_embedded(cache, capsys):
+    args = [
+        "prune",
+        "--embedded-epochs",
+        "1",
+        "--method",
+        "gohsp",
+        "--admm-epochs",
+        "1",
+        "--target-params",
+        "0.3",
+        "--calib-batches",
+        "2",
+        "--finetune-epochs",
+        "0",
+        "--no-latency",
+        "--quiet",
+    ]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "ADMM residual" in text and "heads per block: [6, 6, 6, 6, 6, 6] ->" in text
+    ratio = float(text.split("dense/pruned")[1].split("x")[0])
+    assert ratio >= 1 / 0.7 - 1e-3  # at least 30 % of the parameters removed
+
+
 def test_prune_timm_name_without_data(capsys):
     assert (
         cli.main(
@@ -79,7 +104,8 @@ def test_prune_timm_name_without_data(capsys):
     [
         (["prune", "--head-ratio", "1.0"], "--head-ratio"),
         (["prune", "--width-ratio", "-0.2"], "--width-ratio"),
-        (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "labelled data"),
+        (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "calibration data"),
+        (["prune", "--target-params", "1.0"], "--target-params"),
         (["prune", "--data-path", "/nowhere"], "need --model"),
     ],
 )

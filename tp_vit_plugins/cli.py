@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tp-vit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prune", help="prune a model and print a before/after table")
-    p.add_argument("--method", default="taylor", choices=list(TP_CRITERIA), help="importance criterion")
+    p.add_argument("--method", default="taylor", choices=[*TP_CRITERIA, "gohsp"], help="importance criterion / method")
     p.add_argument("--head-ratio", type=float, default=0.5, help="share of attention heads to remove")
     p.add_argument("--width-ratio", type=float, default=0.3, help="share of width channels to remove (MLP neurons by default)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank heads and channels across layers")
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-embed-dim", action="store_true", help="the width ratio also removes embedding dims")
     p.add_argument("--no-mlp", dest="prune_mlp", action="store_false", help="leave MLP neurons alone")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for data-driven criteria")
+    p.add_argument("--admm-epochs", type=int, default=0, help="gohsp: ADMM epochs (>0 runs GOHSPPruner to --target-params)")
+    p.add_argument("--target-params", type=float, default=0.4, help="gohsp with ADMM: share of parameters to remove")
     p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tune epochs after pruning (0: one-shot)")
     p.add_argument("--lr", type=float, default=5e-4, help="fine-tune learning rate")
     p.add_argument("--model", default=None, help="timm model name (default: the embedded MNIST ViT)")
@@ -113,8 +115,8 @@ def _workload(args: argparse.Namespace) -> Workload:
 
         train_loader, val_loader = image_folder_loaders(args.data_path, model, batch_size=args.batch_size)
         return Workload(model, train_loader, train_loader, _Limited(val_loader, args.eval_batches), example, args.model)
-    if needs_gradients(args.method) or args.finetune_epochs:
-        raise SystemExit(f"--method {args.method} / fine-tuning need labelled data: add --data-path")
+    if needs_gradients(args.method) or args.finetune_epochs or args.method == "gohsp":
+        raise SystemExit(f"--method {args.method} / fine-tuning need calibration data: add --data-path")
     return Workload(model, None, None, None, example, args.model)
 
 
@@ -159,11 +161,48 @@ def _table(dense: dict, pruned: dict, args: argparse.Namespace, heads: list[int]
     return "\n".join(lines)
 
 
+def dense_heads_of(model: nn.Module) -> list[int]:
+    """Head count of every attention block."""
+    from .vit import attention_modules
+
+    return [int(a.num_heads) for _, a in attention_modules(model)]
+
+
+def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViTPruner:
+    common = dict(prune_head_dims=args.prune_head_dims, prune_mlp=args.prune_mlp, prune_embed_dim=args.prune_embed_dim)
+    if args.method != "gohsp":
+        return ViTPruner(
+            model,
+            w.example,
+            tp_importance(args.method),
+            pruning_ratio=args.width_ratio,
+            head_pruning_ratio=args.head_ratio,
+            global_pruning=args.global_pruning,
+            **common,
+        )
+    from .importance import GraphHeadImportance
+    from .pruners import GOHSPPruner
+
+    imp = GraphHeadImportance(progress=not args.quiet).calibrate(model, w.calib_loader, max_batches=args.calib_batches)
+    if args.admm_epochs:
+        return GOHSPPruner(model, w.example, imp, target_params_ratio=args.target_params)
+    return ViTPruner(
+        model,
+        w.example,
+        imp,
+        pruning_ratio=args.width_ratio,
+        head_pruning_ratio=args.head_ratio,
+        global_pruning=args.global_pruning,
+        **common,
+    )
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """Run ``tp-vit prune``."""
     try:
         check_ratio("--head-ratio", args.head_ratio)
         check_ratio("--width-ratio", args.width_ratio)
+        check_ratio("--target-params", args.target_params)
     except ValueError as e:
         raise SystemExit(str(e)) from e
     torch.manual_seed(args.seed)
@@ -174,20 +213,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"model: {w.name} | method: {args.method} | head ratio {args.head_ratio} | width ratio {args.width_ratio}")
     dense = _measure(w.model, w, args, "dense")
     model = copy.deepcopy(w.model)
-    pruner = ViTPruner(
-        model,
-        w.example,
-        tp_importance(args.method),
-        pruning_ratio=args.width_ratio,
-        head_pruning_ratio=args.head_ratio,
-        global_pruning=args.global_pruning,
-        prune_head_dims=args.prune_head_dims,
-        prune_mlp=args.prune_mlp,
-        prune_embed_dim=args.prune_embed_dim,
-    )
-    dense_heads = pruner.heads_per_layer()
+    dense_heads = dense_heads_of(model)
+    pruner = _make_pruner(args, model, w)
     if needs_gradients(args.method):
         accumulate_gradients(model, w.calib_loader, max_batches=args.calib_batches, progress=progress)
+    if args.method == "gohsp" and args.admm_epochs:
+        from .train import train
+
+        train(
+            model,
+            w.train_loader,
+            args.admm_epochs,
+            lr=args.lr,
+            seed=args.seed,
+            step_hook=pruner.regularize,
+            epoch_hook=lambda _: pruner.update_regularizer(),
+            desc="GOHSP ADMM",
+            progress=progress,
+        )
+        print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
     pruner.step()
     model.zero_grad(set_to_none=True)
     if args.finetune_epochs and w.train_loader is not None:
@@ -198,7 +242,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         train(model, w.train_loader, args.finetune_epochs, lr=args.lr, seed=args.seed, desc="fine-tune", progress=progress)
     model.eval()
     pruned = _measure(model, w, args, "pruned")
-    print(_table(dense, pruned, args, pruner.heads_per_layer(), dense_heads))
+    print(_table(dense, pruned, args, dense_heads_of(model), dense_heads))
     if args.out:
         from .io import save_pruned
 

@@ -51,6 +51,7 @@ def train(
     label_smoothing: float = 0.0,
     seed: int = 0,
     step_hook: Callable[[nn.Module, torch.Tensor], None] | None = None,
+    epoch_hook: Callable[[int], None] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> list[float]:
@@ -68,6 +69,8 @@ def train(
         seed: Seed for the augmentation generator.
         step_hook: Called as ``step_hook(model, loss)`` after ``loss.backward()`` and before
             the optimizer step — the place for a pruner's ``regularize``.
+        epoch_hook: Called as ``epoch_hook(epoch)`` after every epoch — e.g. a pruner's
+            ``update_regularizer`` for ADMM rounds.
         desc: Progress-bar label.
         progress: Show a tqdm bar.
 
@@ -113,6 +116,8 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{running / count:.3f}")
             history.append(running / count)
+            if epoch_hook is not None:
+                epoch_hook(len(history) - 1)
     finally:
         bar.close()
         model.train(was_training)
