@@ -30,7 +30,7 @@ class EmbeddedRecipe:
 
     arch: dict = field(default_factory=lambda: dict(_ARCH))
     dataset: str = "mnist"
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
