@@ -1,6 +1,7 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
 
-from .importance import GraphHeadImportance
+from . import tokens
+from .importance import CumulativeHeadImportance, GraphHeadImportance
 from .io import load_pruned, save_pruned
 from .metrics import count_macs, count_params, measure_latency
 from .pruners import GOHSPPruner, ViTPruner
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "CumulativeHeadImportance",
     "GOHSPPruner",
     "GraphHeadImportance",
     "ViTPruner",
@@ -21,5 +23,6 @@ __all__ = [
     "attention_maps",
     "eager_attention",
     "sync_attention",
+    "tokens",
     "vit_pruning_kwargs",
 ]

@@ -1,0 +1,190 @@
+"""CP-ViT cascade: maths, timm patch, MACs and the static head importance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_model, set_fused
+from torch.utils.data import DataLoader, TensorDataset
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.metrics import count_macs
+from tp_vit_plugins.tokens import apply_cascade, cascade_macs, find_cascade, remove_cascade
+from tp_vit_plugins.tokens.cascade import adjusted_count, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
+
+
+def deeper(family="vit", **kw):
+    return make_model(family, depth=4, img_size=32, patch_size=4, **kw)  # 64 patches
+
+
+@pytest.fixture
+def x64():
+    torch.manual_seed(7)
+    return torch.randn(3, 3, 32, 32)
+
+
+def test_token_scores_and_selection_on_hand_set_attention():
+    # B=1, H=2, N=1 prefix + 3 patches
+    A = torch.zeros(1, 2, 4, 4)
+    A[0, 0, :, 1] = torch.tensor([0.1, 0.5, 0.2, 0.3])  # head 0, patch 0: column max 0.5
+    A[0, 0, :, 2] = torch.tensor([0.9, 0.1, 0.0, 0.0])  # patch 1: 0.9
+    A[0, 1, :, 3] = torch.tensor([0.2, 0.2, 0.2, 0.2])  # head 1, patch 2: 0.2
+    A[0, 1, :, 1] = torch.tensor([0.3, 0.0, 0.0, 0.0])  # patch 0 gets +0.3 from head 1
+    s = token_scores(A, num_prefix=1)
+    torch.testing.assert_close(s, torch.tensor([[0.8, 0.9, 0.2]]))
+    torch.testing.assert_close(head_scores(A, 1), torch.tensor([[0.5 + 0.9 + 0.0, 0.3 + 0.0 + 0.2]]))
+    keep = topk_sorted(s, 2)
+    assert keep.tolist() == [[0, 1]]  # the lowest (patch 2) is dropped, order kept
+    tokens = torch.arange(4.0).view(1, 4, 1)
+    assert gather_tokens(tokens, keep, 1).flatten().tolist() == [0.0, 1.0, 2.0]  # prefix survives
+
+
+def test_schedule_closed_form():
+    assert keep_schedule(64, 4, 0.5, 1) == [64, 64, 48, 32]
+    assert keep_schedule(49, 6, 0.5, 1) == [49, 49, 43, 37, 31, 25]
+    assert adjusted_count(48, 32, 32, False, locality=1.0, beta=0.5) == 40  # half the drop deferred
+    assert adjusted_count(40, 32, 32, True, locality=1.0, beta=0.5) == 32  # last point lands exactly
+    with pytest.raises(ValueError, match="keep_ratio"):
+        keep_schedule(64, 4, 0.0, 1)
+    with pytest.raises(ValueError, match="start_block"):
+        keep_schedule(64, 4, 0.5, 3)
+
+
+def test_keep_one_and_apply_remove_are_identity(family, x):
+    model = make_model(family)
+    with torch.no_grad():
+        ref = model(x)
+        apply_cascade(model, keep_ratio=1.0, start_block=0)
+        assert torch.equal(model(x), ref)
+        remove_cascade(model)
+        apply_cascade(model, keep_ratio=0.5, head_keep_ratio=0.5, start_block=0)
+        assert not torch.equal(model(x), ref)
+        remove_cascade(model)
+        assert torch.equal(model(x), ref)
+    assert find_cascade(model) is None
+    assert all("forward" not in b.attn.__dict__ for b in model.blocks)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+
+
+@pytest.mark.parametrize("family_", ["vit", "deit_distilled", "reg_tokens", "layerscale", "avgpool_no_cls"])
+def test_counts_follow_schedule_and_prefix_survives(family_, x64):
+    model = deeper(family_)
+    prefix = model.num_prefix_tokens
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0)
+    seen = []
+    h = model.blocks[-1].register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    with torch.no_grad():
+        model(x64)
+    h.remove()
+    assert c.state.counts == [64, 64, 48, 32] == c.schedule
+    assert seen[0].shape == (3, prefix + 32, 48)
+    # prefix tokens are the first rows and were never dropped: recompute block-0 input prefix path
+    remove_cascade(model)
+
+
+def test_beta_defers_drops_but_lands_on_the_final_count(x64):
+    model = deeper()
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=1.0)
+    with torch.no_grad():
+        model(x64)
+    counts = c.state.counts
+    assert counts[-1] == 32 and counts[2] >= 48 and len(c.state.localities) == 3
+    assert all(0 <= v <= 1 for v in c.state.localities)
+
+
+def test_mask_mode_equals_drop_mode_for_token_pooling(x64):
+    model = deeper()
+    with torch.no_grad():
+        apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0, mode="drop")
+        dropped = model(x64)
+        remove_cascade(model)
+        apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0, mode="mask")
+        masked = model(x64)
+        remove_cascade(model)
+    torch.testing.assert_close(dropped, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_head_skipping_equals_zeroing_those_heads(x64):
+    model = deeper(num_heads=4)
+    block = model.blocks[2]
+    apply_cascade(model, keep_ratio=1.0, head_keep_ratio=0.5, start_block=1, head_start_block=2)
+    inputs = {}
+    h = block.attn.register_forward_pre_hook(lambda m, a: inputs.setdefault("x", a[0].detach()))
+    with torch.no_grad():
+        out = block.attn(block.norm1(model.blocks[1](model.blocks[0](model._pos_embed(model.patch_embed(x64))))))
+    h.remove()
+    remove_cascade(model)
+    a, xin = block.attn, block.norm1(model.blocks[1](model.blocks[0](model._pos_embed(model.patch_embed(x64)))))
+    with torch.no_grad():
+        B, N, _ = xin.shape
+        q, k, v = a.qkv(xin).reshape(B, N, 3, 4, 12).permute(2, 0, 3, 1, 4)
+        probs = ((q * a.scale) @ k.transpose(-2, -1)).softmax(-1)
+        keep = topk_sorted(head_scores(probs, 1), 2)
+        heads_out = probs @ v  # [B, H, N, d]
+        mask = torch.zeros(B, 4, dtype=torch.bool).scatter_(1, keep, True)
+        heads_out = heads_out * mask[:, :, None, None]
+        ref = a.proj(heads_out.transpose(1, 2).reshape(B, N, 48))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_works_on_a_tp_pruned_model_and_fused_equals_eager(x64):
+    model = deeper(num_heads=4)
+    tpv.ViTPruner(model, x64[:1], pruning_ratio=0.25, head_pruning_ratio=0.25, prune_head_dims=True).step()
+    assert [b.attn.num_heads for b in model.blocks] == [3] * 4
+    with torch.no_grad():
+        ref = model(x64)
+        apply_cascade(model, keep_ratio=1.0, start_block=0)
+        assert torch.equal(model(x64), ref)
+        remove_cascade(model)
+        apply_cascade(model, keep_ratio=0.5, head_keep_ratio=0.67, start_block=1)
+        set_fused(model, True)
+        fused = model(x64)
+        set_fused(model, False)
+        eager = model(x64)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family_", ["vit", "deit_distilled", "reg_tokens"])
+@pytest.mark.parametrize("head_keep", [1.0, 0.5])
+def test_macs_match_flop_counter(family_, head_keep, x64):
+    model = deeper(family_, num_heads=4)
+    c = apply_cascade(model, keep_ratio=0.5, head_keep_ratio=head_keep, start_block=1, beta=0.5)
+    measured = count_macs(model, x64)
+    expected = cascade_macs(
+        model, (3, 32, 32), keep_ratio=0.5, head_keep_ratio=head_keep, start_block=1, counts=c.state.counts, batch_size=3
+    )
+    assert measured == expected
+    remove_cascade(model)
+    assert count_macs(model, x64) == cascade_macs(model, (3, 32, 32), keep_ratio=1.0, start_block=1, batch_size=3)
+
+
+def test_cascade_errors(x):
+    model = make_model()
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        apply_cascade(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="keep_ratio"):
+        apply_cascade(model, keep_ratio=1.5, start_block=0)
+    with pytest.raises(ValueError, match="mode"):
+        apply_cascade(model, mode="zero", start_block=0)
+    apply_cascade(model, start_block=0)
+    with pytest.raises(TypeError, match="already applied"):
+        apply_cascade(model, start_block=0)
+    remove_cascade(model)
+    with pytest.raises(ValueError, match="start_block"):
+        apply_cascade(model, start_block=1)  # 2 blocks: nothing after block 1 to prune
+    assert find_cascade(model) is None
+
+
+def test_cumulative_head_importance_matches_statistic(x64):
+    model = deeper(num_heads=4)
+    data = DataLoader(TensorDataset(x64), batch_size=2)
+    imp = tpv.CumulativeHeadImportance(progress=False).calibrate(model, data)
+    with tpv.attention_maps(model) as maps:
+        model(x64)
+    for blk, m in zip(model.blocks, maps):
+        torch.testing.assert_close(imp.raw_head_scores[blk.attn.qkv], head_scores(m.double(), 1).mean(0))
+    pruned = copy.deepcopy(model)
+    tpv.ViTPruner(pruned, x64[:1], imp, head_pruning_ratio=0.5).step()
+    assert [b.attn.num_heads for b in pruned.blocks] == [2] * 4

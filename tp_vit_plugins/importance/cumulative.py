@@ -1,0 +1,60 @@
+"""CP-ViT's cumulative head statistic as a static tp importance.
+
+For every block ``l`` and head ``h`` the score is the calibration mean of
+``sum_p max_i A_l[b, h, i, p]`` (see :mod:`tp_vit_plugins.tokens.cascade`): how strongly the
+head's queries focus on patches. The runtime cascade skips low heads per input; this class
+uses the same statistic, averaged over a loader, to remove heads for good with tp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..tokens.cascade import head_scores
+from .head_base import HeadImportance
+
+__all__ = ["CumulativeHeadImportance"]
+
+
+class CumulativeHeadImportance(HeadImportance):
+    """Static CP-ViT head importance, a ``tp.importance.Importance``.
+
+    Example::
+
+        imp = tpv.CumulativeHeadImportance().calibrate(model, calib_loader, max_batches=8)
+        tpv.ViTPruner(model, example, imp, head_pruning_ratio=0.5).step()
+
+    Args:
+        base_importance: Criterion for non-head groups (and head dims in ``"product"`` mode).
+        combine: ``"head"`` (default: the statistic alone) or ``"product"``.
+        head_weight: Exponent of the head score in ``"product"`` mode.
+        normalize_per_layer: Normalise head scores within each block.
+        progress: Show a tqdm bar during calibration.
+    """
+
+    def __init__(
+        self,
+        base_importance: tp.importance.Importance | None = None,
+        combine: str = "head",
+        head_weight: float = 1.0,
+        normalize_per_layer: bool = False,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(base_importance, combine, head_weight, normalize_per_layer)
+        self.progress = progress
+
+    def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
+        from ..calibration import collect_attention
+
+        num_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        sums: dict[int, torch.Tensor] = {}
+
+        def accumulate(block: int, probs: torch.Tensor) -> None:
+            sums[block] = sums.get(block, 0) + head_scores(probs.double(), num_prefix).sum(0)
+
+        seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress)
+        return [sums[b] / seen for b in sorted(sums)]

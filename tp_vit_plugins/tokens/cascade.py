@@ -1,0 +1,159 @@
+"""CP-ViT cascade maths as pure tensor functions (no timm).
+
+Notation: ``A`` is a block's attention probability tensor ``[B, H, N, N]`` (rows = queries
+``i``, columns = keys), the first ``num_prefix`` tokens are prefix tokens (class,
+distillation, register) and the other ``P`` are patch tokens.
+
+* Token score of block ``l`` (Song et al., CP-ViT): ``s_l[b, p] = sum_h max_i A[b, h, i, p]``
+  for every patch column ``p`` — how strongly *any* query of *any* head attends to the patch.
+  The cascade accumulates ``S_l = S_{l-1} + s_l`` over blocks; a dropped token's score
+  leaves with it. Prefix tokens are never scored or dropped.
+* Head score: ``h_l[b, h] = sum_p max_i A[b, h, i, p]``, the same statistic per head.
+* Attention range (locality) of a block: the share of patch-to-patch attention mass that
+  lands within Chebyshev distance ``radius`` on the original patch grid, averaged over
+  images, heads and query patches. 1 = purely local, ``(2r+1)^2 / P`` ≈ uniform.
+* Schedule: with ``P`` patches, ``L`` blocks and final keep ratio ``rho``, the token count
+  entering block ``l`` for ``start_block < l`` is
+  ``n_l = round(P * (1 - (1 - rho) * (l - start_block) / (L - 1 - start_block)))`` (linear
+  ramp; ``n_{L-1} = round(P * rho)`` exactly). A block with attention range ``a`` defers a
+  share ``beta * a`` of its scheduled drop to later blocks (local layers prune less); the
+  last pruning point always lands exactly on ``round(P * rho)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "token_scores",
+    "head_scores",
+    "attention_range",
+    "keep_schedule",
+    "adjusted_count",
+    "topk_sorted",
+    "gather_tokens",
+]
+
+
+def token_scores(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Per-patch score ``sum_h max_i A[b, h, i, p]``.
+
+    Args:
+        attn: Attention probabilities ``[B, H, N, N]``.
+        num_prefix: Leading prefix tokens (not scored).
+
+    Returns:
+        ``[B, N - num_prefix]``.
+    """
+    return attn[..., num_prefix:].amax(dim=2).sum(dim=1)
+
+
+def head_scores(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Per-head score ``sum_p max_i A[b, h, i, p]`` over patch columns, ``[B, H]``."""
+    return attn[..., num_prefix:].amax(dim=2).sum(dim=-1)
+
+
+def attention_range(
+    attn: torch.Tensor,
+    positions: torch.Tensor,
+    grid_width: int,
+    num_prefix: int,
+    radius: int = 1,
+) -> float:
+    """Share of patch-to-patch attention mass within ``radius`` on the patch grid.
+
+    Args:
+        attn: ``[B, H, N, N]`` probabilities.
+        positions: ``[B, N - num_prefix]`` original flat grid index of every patch token.
+        grid_width: Patches per grid row.
+        num_prefix: Leading prefix tokens.
+        radius: Chebyshev radius counted as "near".
+
+    Returns:
+        Locality in ``[0, 1]``.
+    """
+    a = attn[:, :, num_prefix:, num_prefix:]  # [B, H, P, P]
+    row, col = positions // grid_width, positions % grid_width  # [B, P]
+    near = ((row[:, :, None] - row[:, None, :]).abs() <= radius) & ((col[:, :, None] - col[:, None, :]).abs() <= radius)
+    total = a.sum(-1)  # [B, H, P]; 0 for query rows left out (masked tokens)
+    local = (a * near[:, None].to(a.dtype)).sum(-1)
+    rows = total > 0
+    return float((local[rows] / total[rows]).mean()) if rows.any() else 0.0
+
+
+def keep_schedule(num_patches: int, depth: int, keep_ratio: float, start_block: int) -> list[int]:
+    """Patch-token count entering every block under the linear CP-ViT ramp.
+
+    Args:
+        num_patches: Patch tokens ``P`` of the input.
+        depth: Number of blocks ``L``.
+        keep_ratio: Fraction of patches present in the last block, in ``(0, 1]``.
+        start_block: First block whose scores may drop tokens (drops happen after it).
+
+    Returns:
+        ``[n_0, ..., n_{L-1}]``, non-increasing, ``n_l = P`` up to ``start_block``.
+
+    Raises:
+        ValueError: ``keep_ratio`` outside ``(0, 1]`` or ``start_block`` not in ``[0, L - 2]``.
+    """
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
+    if not 0 <= start_block <= depth - 2:
+        raise ValueError(f"start_block must lie in [0, {depth - 2}] for {depth} blocks, got {start_block}")
+    span = depth - 1 - start_block
+    counts = []
+    for layer in range(depth):
+        frac = 1.0 if layer <= start_block else 1.0 - (1.0 - keep_ratio) * (layer - start_block) / span
+        counts.append(max(1, min(num_patches, int(math.floor(num_patches * frac + 0.5)))))
+    return counts
+
+
+def adjusted_count(current: int, scheduled_next: int, final: int, is_last: bool, locality: float, beta: float) -> int:
+    """Token count after a pruning point, with the attention-range adjustment.
+
+    Args:
+        current: Patch tokens present now.
+        scheduled_next: Count the linear schedule wants next.
+        final: Count required in the last block.
+        is_last: This is the last pruning point (land exactly on ``final``).
+        locality: The block's attention range in ``[0, 1]``.
+        beta: Strength of the adjustment (0 = plain schedule).
+
+    Returns:
+        The new count, between ``scheduled_next`` (or ``final``) and ``current``.
+    """
+    if is_last:
+        return min(current, final)
+    target = min(current, scheduled_next)
+    deferred = int(math.floor(beta * min(max(locality, 0.0), 1.0) * (current - target) + 0.5))
+    return max(1, target + deferred)
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores per row, in ascending index order (token order kept).
+
+    Args:
+        scores: ``[B, P]``.
+        k: Number to keep, ``1 <= k <= P``.
+
+    Returns:
+        ``[B, k]`` int64.
+    """
+    return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def gather_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """Keep the prefix tokens and the patch tokens ``keep`` of ``x``.
+
+    Args:
+        x: Tokens ``[B, N, C]`` (prefix first).
+        keep: Patch indices ``[B, k]`` relative to the patch tokens.
+        num_prefix: Leading prefix tokens.
+
+    Returns:
+        ``[B, num_prefix + k, C]``.
+    """
+    patches = x[:, num_prefix:].gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))
+    return torch.cat([x[:, :num_prefix], patches], dim=1)

@@ -1,0 +1,319 @@
+"""Apply / remove the CP-ViT cascade on a timm ViT (the only token code touching timm).
+
+``apply_cascade`` replaces every block's ``attn.forward`` with an instance attribute (the
+class and its weights are untouched) and registers a forward hook on every block:
+
+* blocks whose scores are needed compute attention eagerly, feed the cumulative token /
+  head statistics (:mod:`tp_vit_plugins.tokens.cascade`), and, where head skipping is on,
+  compute ``attn @ v`` and the output projection only for each input's kept heads;
+* other blocks call the module's own forward (fused SDPA stays fused);
+* at each pruning point the block's forward hook gathers out the lowest-scoring patch
+  tokens (``mode="drop"``: later blocks really run on fewer tokens) or records them as
+  masked keys (``mode="mask"``: shapes unchanged, for analysis).
+
+``remove_cascade`` deletes the instance attributes and hooks: the model behaves exactly as
+before. Works on tp-pruned models (any ``num_heads`` / ``head_dim``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from timm.layers import Attention
+from torch import nn
+
+from .cascade import adjusted_count, attention_range, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
+
+__all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade", "cascade_macs", "MODES"]
+
+#: Token modes: really drop tokens, or keep shapes and mask them out as keys.
+MODES = ("drop", "mask")
+
+
+@dataclass
+class _ForwardState:
+    """What one forward pass carries from block to block."""
+
+    scores: torch.Tensor | None = None  # [B, P_cur] cumulative token scores
+    positions: torch.Tensor | None = None  # [B, P_cur] original grid index of each patch token
+    key_mask: torch.Tensor | None = None  # [B, P] True = masked (mask mode)
+    counts: list[int] = field(default_factory=list)  # patch tokens entering each block
+    localities: list[float] = field(default_factory=list)
+    heads_kept: list[int] = field(default_factory=list)
+
+
+def _blocks_of(model: nn.Module) -> list[nn.Module]:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
+        raise TypeError(
+            f"{type(model).__name__} is not a timm VisionTransformer-family model "
+            "(expected .blocks made of blocks with a timm.layers.Attention .attn)"
+        )
+    return list(blocks)
+
+
+class _CascadeAttention:
+    """Replacement ``attn.forward`` bound to one block."""
+
+    def __init__(self, cascade: Cascade, index: int, attn: Attention) -> None:
+        self.cascade, self.index, self.attn = cascade, index, attn
+
+    def __call__(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        c, a = self.cascade, self.attn
+        if self.index not in c.score_blocks and self.index not in c.head_blocks and c.state.key_mask is None:
+            return type(a).forward(a, x, attn_mask=attn_mask, is_causal=is_causal)
+        B, N, _ = x.shape
+        H, d = a.num_heads, a.head_dim
+        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
+        q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = a.q_norm(q), a.k_norm(k)
+        logits = (q * a.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
+        masked = None
+        if c.state.key_mask is not None:  # mask mode: dropped patches are neither keys nor scored queries
+            pad = torch.zeros(B, c.num_prefix, dtype=torch.bool, device=x.device)
+            masked = torch.cat([pad, c.state.key_mask], dim=1)
+            logits = logits.masked_fill(masked[:, None, None, :], float("-inf"))
+        probs = logits.softmax(dim=-1)
+        stats = probs if masked is None else probs.masked_fill(masked[:, None, :, None], 0.0)
+        c._observe(self.index, stats)
+        probs = a.attn_drop(probs)
+        if self.index in c.head_blocks:
+            keep = max(1, int(math.floor(H * c.head_keep_ratio + 0.5)))
+            heads = topk_sorted(head_scores(stats, c.num_prefix), keep)  # [B, k]
+            c.state.heads_kept.append(keep)
+            idx = heads[:, :, None, None]
+            out = probs.gather(1, idx.expand(-1, -1, N, N)) @ v.gather(1, idx.expand(-1, -1, N, d))  # [B, k, N, d]
+            out = out.transpose(1, 2)  # [B, N, k, d]
+            if not isinstance(a.norm, nn.Identity) or gate is not None:  # need the full [B, N, attn_dim] layout
+                full = out.new_zeros(B, N, H, d).scatter(2, heads[:, None, :, None].expand(-1, N, -1, d), out)
+                y = a.norm(full.reshape(B, N, H * d))
+                y = y * gate if gate is not None else y
+                return a.proj_drop(a.proj(y))
+            w = a.proj.weight.view(a.proj.out_features, H, d)  # [C, H, d]
+            w_kept = w[:, None].expand(-1, B, -1, -1).gather(2, heads[None, :, :, None].expand(w.shape[0], -1, -1, d))
+            y = torch.einsum("bnkd,cbkd->bnc", out, w_kept)
+            if a.proj.bias is not None:
+                y = y + a.proj.bias
+            return a.proj_drop(y)
+        y = (probs @ v).transpose(1, 2).reshape(B, N, H * d)
+        y = a.norm(y)
+        if gate is not None:
+            y = y * gate
+        return a.proj_drop(a.proj(y))
+
+
+class Cascade:
+    """A CP-ViT cascade attached to one model (see :func:`apply_cascade`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        keep_ratio: float,
+        head_keep_ratio: float,
+        start_block: int,
+        head_start_block: int,
+        mode: str,
+        beta: float,
+        radius: int,
+    ) -> None:
+        self.model = model
+        self.blocks = _blocks_of(model)
+        self.depth = len(self.blocks)
+        self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        grid = getattr(model.patch_embed, "grid_size", None)
+        if grid is None:
+            raise TypeError("the patch embedding has no fixed grid_size; dynamic image sizes are not supported")
+        self.grid_width, self.num_patches = int(grid[1]), int(grid[0] * grid[1])
+        self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
+        self.start_block, self.head_start_block = start_block, head_start_block
+        self.mode, self.beta, self.radius = mode, beta, radius
+        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block)
+        self.final_count = self.schedule[-1]
+        prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
+        self.last_point = prune_points[-1] if prune_points else -1
+        self.score_blocks = set(range(self.last_point + 1)) if self.last_point >= 0 else set()
+        self.head_blocks = set(range(head_start_block, self.depth)) if head_keep_ratio < 1.0 else set()
+        self.state = _ForwardState()
+        self.last = _ForwardState()
+        self._handles: list = []
+
+    # -------------------------------------------------------------- lifecycle
+    def _attach(self) -> None:
+        for i, blk in enumerate(self.blocks):
+            blk.attn.forward = _CascadeAttention(self, i, blk.attn)
+            self._handles.append(blk.register_forward_hook(self._after_block(i)))
+        self._handles.append(self.blocks[0].register_forward_pre_hook(self._reset))
+
+    def detach(self) -> None:
+        """Remove every hook and patched forward; the model is exactly as before."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for blk in self.blocks:
+            if isinstance(blk.attn.__dict__.get("forward"), _CascadeAttention):
+                del blk.attn.forward
+
+    # -------------------------------------------------------------- per forward
+    def _reset(self, module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        B = x.shape[0]
+        if x.shape[1] != self.num_prefix + self.num_patches:
+            raise ValueError(f"expected {self.num_prefix + self.num_patches} tokens, got {x.shape[1]}")
+        self.last = self.state
+        pos = torch.arange(self.num_patches, device=x.device).expand(B, -1)
+        self.state = _ForwardState(positions=pos, counts=[self.num_patches])
+
+    def _observe(self, index: int, probs: torch.Tensor) -> None:
+        st = self.state
+        if index in self.score_blocks:
+            s = token_scores(probs, self.num_prefix)
+            if self.mode == "mask" and st.key_mask is not None:
+                s = s.masked_fill(st.key_mask, 0.0)
+            st.scores = s if st.scores is None else st.scores + s
+            if self.beta:
+                st.localities.append(attention_range(probs, st.positions, self.grid_width, self.num_prefix, self.radius))
+
+    def _after_block(self, index: int):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+            st = self.state
+            if index > self.last_point or index + 1 >= self.depth:
+                return None
+            current = st.counts[-1]
+            loc = st.localities[-1] if (self.beta and st.localities) else 0.0
+            n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
+            if n >= current:
+                st.counts.append(current)
+                return None
+            st.counts.append(n)
+            if self.mode == "drop":
+                keep = topk_sorted(st.scores, n)
+                st.scores = st.scores.gather(1, keep)
+                st.positions = st.positions.gather(1, keep)
+                return gather_tokens(out, keep, self.num_prefix)
+            alive = ~st.key_mask if st.key_mask is not None else torch.ones_like(st.scores, dtype=torch.bool)
+            masked_scores = st.scores.masked_fill(~alive, float("-inf"))
+            keep = topk_sorted(masked_scores, n)
+            st.key_mask = torch.ones_like(alive).scatter_(1, keep, False)
+            return None
+
+        return hook
+
+
+def find_cascade(model: nn.Module) -> Cascade | None:
+    """The cascade currently applied to ``model``, if any."""
+    for blk in getattr(model, "blocks", []):
+        fwd = getattr(blk, "attn", None) and blk.attn.__dict__.get("forward")
+        if isinstance(fwd, _CascadeAttention):
+            return fwd.cascade
+    return None
+
+
+def apply_cascade(
+    model: nn.Module,
+    keep_ratio: float = 0.5,
+    head_keep_ratio: float = 1.0,
+    start_block: int | None = None,
+    mode: str = "drop",
+    beta: float = 0.5,
+    radius: int = 1,
+    head_start_block: int | None = None,
+) -> Cascade:
+    """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
+
+    Args:
+        model: timm ``VisionTransformer`` family model (DeiT, distilled, register tokens,
+            LayerScale, tp-pruned ones included).
+        keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``.
+        head_keep_ratio: Fraction of heads each input keeps in blocks ``>= head_start_block``
+            (1.0 = no head skipping).
+        start_block: First block whose scores drop tokens (after it); default ``depth // 4``.
+        mode: ``"drop"`` (gather tokens out) or ``"mask"`` (analysis: mask them as keys).
+        beta: Attention-range adjustment strength (0 = plain linear schedule).
+        radius: Chebyshev radius of "near" patches for the attention range.
+        head_start_block: First block with head skipping; default ``start_block``.
+
+    Returns:
+        The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
+
+    Raises:
+        TypeError: Not a timm ViT, or a cascade is already applied.
+        ValueError: Invalid ratio, block index, mode, beta or radius.
+    """
+    blocks = _blocks_of(model)
+    if find_cascade(model) is not None:
+        raise TypeError("a cascade is already applied; call remove_cascade(model) first")
+    depth = len(blocks)
+    start_block = depth // 4 if start_block is None else start_block
+    head_start_block = start_block if head_start_block is None else head_start_block
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0.0 < head_keep_ratio <= 1.0:
+        raise ValueError(f"head_keep_ratio must lie in (0, 1], got {head_keep_ratio}")
+    if not 0 <= head_start_block < depth:
+        raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {head_start_block}")
+    if not 0.0 <= beta <= 1.0 or radius < 0:
+        raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={beta}, radius={radius}")
+    keep_schedule(1, depth, keep_ratio, start_block)  # validates keep_ratio and start_block
+    cascade = Cascade(model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius)
+    cascade._attach()
+    return cascade
+
+
+def remove_cascade(model: nn.Module) -> None:
+    """Remove the cascade from ``model`` (no-op if none is applied)."""
+    cascade = find_cascade(model)
+    if cascade is not None:
+        cascade.detach()
+
+
+def cascade_macs(
+    model: nn.Module,
+    input_size: Sequence[int],
+    keep_ratio: float = 0.5,
+    head_keep_ratio: float = 1.0,
+    start_block: int | None = None,
+    head_start_block: int | None = None,
+    counts: Sequence[int] | None = None,
+    batch_size: int = 1,
+) -> int:
+    """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
+
+    Args:
+        model: timm ViT (pruned or not); only shapes are read.
+        input_size: ``(C, H, W)`` of one image.
+        keep_ratio, head_keep_ratio, start_block, head_start_block: As in :func:`apply_cascade`.
+        counts: Patch tokens entering each block, e.g. ``cascade.last.counts`` of a real
+            forward (needed when ``beta > 0`` made the counts input-dependent); default: the
+            linear schedule.
+        batch_size: Images per forward.
+
+    Returns:
+        Total multiply-accumulates.
+    """
+    blocks = _blocks_of(model)
+    depth = len(blocks)
+    start_block = depth // 4 if start_block is None else start_block
+    head_start_block = start_block if head_start_block is None else head_start_block
+    pe = model.patch_embed
+    P = int(pe.grid_size[0] * pe.grid_size[1])
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    counts = list(counts) if counts is not None else keep_schedule(P, depth, keep_ratio, start_block)
+    conv = pe.proj
+    macs = P * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    for i, blk in enumerate(blocks):
+        a, n = blk.attn, prefix + counts[i]
+        C, A, H, d = a.qkv.in_features, a.attn_dim, a.num_heads, a.head_dim
+        kept = max(1, int(math.floor(H * head_keep_ratio + 0.5))) if (head_keep_ratio < 1 and i >= head_start_block) else H
+        macs += n * C * 3 * A + H * n * n * d + kept * n * n * d + n * kept * d * a.proj.out_features
+        gate = getattr(a, "gate", None)
+        if gate is not None:
+            macs += n * C * A
+        macs += n * blk.mlp.fc1.in_features * blk.mlp.fc1.out_features + n * blk.mlp.fc2.in_features * blk.mlp.fc2.out_features
+    for name in ("head", "head_dist"):
+        h = getattr(model, name, None)
+        if isinstance(h, nn.Linear):
+            macs += h.in_features * h.out_features
+    return batch_size * macs
