@@ -160,6 +160,16 @@ def test_macs_match_flop_counter(family_, head_keep, x64):
     assert count_macs(model, x64) == cascade_macs(model, (3, 32, 32), keep_ratio=1.0, start_block=1, batch_size=3)
 
 
+@pytest.mark.parametrize("score", ["cls", "random"])
+def test_baseline_scorers_share_the_schedule(score, x64):
+    model = deeper()
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0, score=score)
+    with torch.no_grad():
+        model(x64)
+    assert c.state.counts == [64, 64, 48, 32]
+    remove_cascade(model)
+
+
 def test_cascade_errors(x):
     model = make_model()
     with pytest.raises(TypeError, match="VisionTransformer"):
@@ -168,6 +178,8 @@ def test_cascade_errors(x):
         apply_cascade(model, keep_ratio=1.5, start_block=0)
     with pytest.raises(ValueError, match="mode"):
         apply_cascade(model, mode="zero", start_block=0)
+    with pytest.raises(ValueError, match="score"):
+        apply_cascade(model, score="norm", start_block=0)
     apply_cascade(model, start_block=0)
     with pytest.raises(TypeError, match="already applied"):
         apply_cascade(model, start_block=0)

@@ -27,10 +27,13 @@ from torch import nn
 
 from .cascade import adjusted_count, attention_range, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
 
-__all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade", "cascade_macs", "MODES"]
+__all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade", "cascade_macs", "MODES", "SCORES"]
 
 #: Token modes: really drop tokens, or keep shapes and mask them out as keys.
 MODES = ("drop", "mask")
+#: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
+#: EViT-style attention of the class token in the current block, and random scores.
+SCORES = ("cumulative", "cls", "random")
 
 
 @dataclass
@@ -118,8 +121,12 @@ class Cascade:
         mode: str,
         beta: float,
         radius: int,
+        score: str = "cumulative",
+        seed: int = 0,
     ) -> None:
         self.model = model
+        self.score = score
+        self._generator = torch.Generator().manual_seed(seed)
         self.blocks = _blocks_of(model)
         self.depth = len(self.blocks)
         self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
@@ -169,10 +176,17 @@ class Cascade:
     def _observe(self, index: int, probs: torch.Tensor) -> None:
         st = self.state
         if index in self.score_blocks:
-            s = token_scores(probs, self.num_prefix)
+            if self.score == "cumulative":
+                s = token_scores(probs, self.num_prefix)
+                st.scores = s if st.scores is None else st.scores + s
+            elif self.score == "cls":  # EViT-style: the class token's attention in this block
+                rows = probs[:, :, 0] if getattr(self.model, "cls_token", None) is not None else probs.mean(2)
+                st.scores = rows[..., self.num_prefix :].mean(1)
+            else:
+                shape = probs.shape[0], probs.shape[-1] - self.num_prefix
+                st.scores = torch.rand(shape, generator=self._generator).to(probs.device)
             if self.mode == "mask" and st.key_mask is not None:
-                s = s.masked_fill(st.key_mask, 0.0)
-            st.scores = s if st.scores is None else st.scores + s
+                st.scores = st.scores.masked_fill(st.key_mask, 0.0)
             if self.beta:
                 st.localities.append(attention_range(probs, st.positions, self.grid_width, self.num_prefix, self.radius))
 
@@ -220,6 +234,8 @@ def apply_cascade(
     beta: float = 0.5,
     radius: int = 1,
     head_start_block: int | None = None,
+    score: str = "cumulative",
+    seed: int = 0,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -234,6 +250,9 @@ def apply_cascade(
         beta: Attention-range adjustment strength (0 = plain linear schedule).
         radius: Chebyshev radius of "near" patches for the attention range.
         head_start_block: First block with head skipping; default ``start_block``.
+        score: Token scorer, one of :data:`SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
+            and ``"random"`` are baselines on the identical schedule).
+        seed: Seed of the ``"random"`` scorer.
 
     Returns:
         The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
@@ -250,6 +269,8 @@ def apply_cascade(
     head_start_block = start_block if head_start_block is None else head_start_block
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if not 0.0 < head_keep_ratio <= 1.0:
         raise ValueError(f"head_keep_ratio must lie in (0, 1], got {head_keep_ratio}")
     if not 0 <= head_start_block < depth:
@@ -257,7 +278,7 @@ def apply_cascade(
     if not 0.0 <= beta <= 1.0 or radius < 0:
         raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={beta}, radius={radius}")
     keep_schedule(1, depth, keep_ratio, start_block)  # validates keep_ratio and start_block
-    cascade = Cascade(model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius)
+    cascade = Cascade(model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed)
     cascade._attach()
     return cascade
 
