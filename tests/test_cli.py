@@ -74,6 +74,29 @@ def test_prune_gohsp_admm_embedded(cache, capsys):
     assert ratio >= 1 / 0.7 - 1e-3  # at least 30 % of the parameters removed
 
 
+def test_prune_cpvit_embedded(cache, capsys):
+    args = [
+        "prune",
+        "--embedded-epochs",
+        "1",
+        "--method",
+        "cpvit",
+        "--keep",
+        "0.5",
+        "--start-block",
+        "1",
+        "--finetune-epochs",
+        "0",
+        "--no-latency",
+        "--quiet",
+    ]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "patch tokens per block [49, 49, 43, 37, 31, 25]" in text
+    params_ratio, macs_ratio = (float(v.split("x")[0]) for v in text.split("dense/pruned")[1].split()[:2])
+    assert params_ratio == 1.0 and macs_ratio > 1.3  # same weights, fewer tokens
+
+
 def test_prune_timm_name_without_data(capsys):
     assert (
         cli.main(
@@ -106,6 +129,7 @@ def test_prune_timm_name_without_data(capsys):
         (["prune", "--width-ratio", "-0.2"], "--width-ratio"),
         (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "calibration data"),
         (["prune", "--target-params", "1.0"], "--target-params"),
+        (["prune", "--method", "cpvit", "--keep", "0"], "--keep"),
         (["prune", "--data-path", "/nowhere"], "need --model"),
     ],
 )

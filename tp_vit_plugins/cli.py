@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tp-vit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prune", help="prune a model and print a before/after table")
-    p.add_argument("--method", default="taylor", choices=[*TP_CRITERIA, "gohsp"], help="importance criterion / method")
+    p.add_argument("--method", default="taylor", choices=[*TP_CRITERIA, "gohsp", "cpvit"], help="importance criterion / method")
     p.add_argument("--head-ratio", type=float, default=0.5, help="share of attention heads to remove")
     p.add_argument("--width-ratio", type=float, default=0.3, help="share of width channels to remove (MLP neurons by default)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank heads and channels across layers")
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-embed-dim", action="store_true", help="the width ratio also removes embedding dims")
     p.add_argument("--no-mlp", dest="prune_mlp", action="store_false", help="leave MLP neurons alone")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches for data-driven criteria")
+    p.add_argument("--keep", type=float, default=0.5, help="cpvit: share of patch tokens left in the last block")
+    p.add_argument("--head-keep", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
+    p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
     p.add_argument("--admm-epochs", type=int, default=0, help="gohsp: ADMM epochs (>0 runs GOHSPPruner to --target-params)")
     p.add_argument("--target-params", type=float, default=0.4, help="gohsp with ADMM: share of parameters to remove")
     p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tune epochs after pruning (0: one-shot)")
@@ -203,6 +206,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_ratio("--head-ratio", args.head_ratio)
         check_ratio("--width-ratio", args.width_ratio)
         check_ratio("--target-params", args.target_params)
+        if not 0.0 < args.keep <= 1.0 or not 0.0 < args.head_keep <= 1.0:
+            raise ValueError(f"--keep and --head-keep must lie in (0, 1], got {args.keep} and {args.head_keep}")
     except ValueError as e:
         raise SystemExit(str(e)) from e
     torch.manual_seed(args.seed)
@@ -214,6 +219,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     dense = _measure(w.model, w, args, "dense")
     model = copy.deepcopy(w.model)
     dense_heads = dense_heads_of(model)
+    if args.method == "cpvit":
+        from .tokens import apply_cascade
+
+        cascade = apply_cascade(model, keep_ratio=args.keep, head_keep_ratio=args.head_keep, start_block=args.start_block)
+        print(
+            f"CP-ViT cascade: patch tokens per block {cascade.schedule} (linear schedule, adjusted per batch by "
+            "attention range); structure unchanged, --head-ratio/--width-ratio are not used"
+        )
+        return _finish(
+            args,
+            w,
+            dense,
+            model,
+            dense_heads,
+            note="the cascade is a runtime setting: save_pruned stores "
+            "the weights only; call tpv.tokens.apply_cascade again after loading",
+        )
     pruner = _make_pruner(args, model, w)
     if needs_gradients(args.method):
         accumulate_gradients(model, w.calib_loader, max_batches=args.calib_batches, progress=progress)
@@ -234,6 +256,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
     pruner.step()
     model.zero_grad(set_to_none=True)
+    return _finish(args, w, dense, model, dense_heads)
+
+
+def _finish(
+    args: argparse.Namespace, w: Workload, dense: dict, model: nn.Module, dense_heads: list[int], note: str | None = None
+) -> int:
+    progress = not args.quiet
     if args.finetune_epochs and w.train_loader is not None:
         from .train import train
 
@@ -247,6 +276,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from .io import save_pruned
 
         print(f"saved pruned model to {save_pruned(model, args.out)}")
+        if note:
+            print(f"note: {note}")
     return 0
 
 

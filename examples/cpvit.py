@@ -1,0 +1,68 @@
+"""CP-ViT cascade: drop low-score patch tokens (and skip low heads) per input, at inference.
+
+Embedded default (offline):
+
+    python examples/cpvit.py --keep 0.5
+
+A real timm model on an ImageFolder root:
+
+    python examples/cpvit.py --model deit_small_patch16_224 --pretrained --data-path /data/imagenet \
+        --keep 0.5 --start-block 3 --eval-batches 100
+
+Optionally fine-tune briefly with the cascade active (``--finetune-epochs 1``): the token
+gather is differentiable, so the model adapts to the tokens it will see.
+"""
+
+import argparse
+import itertools
+
+import torch
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.tokens import apply_cascade, remove_cascade
+from tp_vit_plugins.train import evaluate, train
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", default=None)
+p.add_argument("--pretrained", action="store_true")
+p.add_argument("--data-path", default=None)
+p.add_argument("--keep", type=float, default=0.5, help="share of patch tokens left in the last block")
+p.add_argument("--head-keep", type=float, default=1.0, help="share of heads each input keeps")
+p.add_argument("--start-block", type=int, default=None)
+p.add_argument("--finetune-epochs", type=int, default=0)
+p.add_argument("--eval-batches", type=int, default=None)
+args = p.parse_args()
+
+if args.model is None:
+    from tp_vit_plugins.data import make_loaders
+    from tp_vit_plugins.embedded import embedded_model
+
+    model, split, _ = embedded_model()
+    train_loader, val_loader = make_loaders(split, batch_size=64)
+    example = split.x_test[:1]
+else:
+    import timm
+
+    from tp_vit_plugins.data import image_folder_loaders
+
+    if not args.data_path:
+        raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+    model = timm.create_model(args.model, pretrained=args.pretrained).eval()
+    train_loader, val_loader = image_folder_loaders(args.data_path, model)
+    example = torch.randn(1, *model.pretrained_cfg.get("input_size", (3, 224, 224)))
+if args.eval_batches:
+    val_loader = list(itertools.islice(val_loader, args.eval_batches))
+
+dense_acc, dense_macs = evaluate(model, val_loader), tpv.count_macs(model, example)
+dense_lat = tpv.measure_latency(model, example, (1, 64))
+cascade = apply_cascade(model, keep_ratio=args.keep, head_keep_ratio=args.head_keep, start_block=args.start_block)
+if args.finetune_epochs:
+    train(model, train_loader, args.finetune_epochs, lr=2e-4, desc="fine-tune with cascade")
+acc, macs = evaluate(model, val_loader), tpv.count_macs(model, example)
+lat = tpv.measure_latency(model, example, (1, 64))
+print(f"patch tokens entering each block: {cascade.schedule}")
+print(f"{'':<10}{'accuracy':>10}{'MACs':>12}{'ms @bs1':>10}{'ms @bs64':>10}")
+print(f"{'dense':<10}{100 * dense_acc:>9.2f}%{dense_macs / 1e6:>11.2f}M{1e3 * dense_lat[1]:>10.2f}{1e3 * dense_lat[64]:>10.2f}")
+print(f"{'cascade':<10}{100 * acc:>9.2f}%{macs / 1e6:>11.2f}M{1e3 * lat[1]:>10.2f}{1e3 * lat[64]:>10.2f}")
+print(f"MACs ratio {dense_macs / macs:.2f}x, speed-up @bs64 {dense_lat[64] / lat[64]:.2f}x")
+remove_cascade(model)  # back to the exact original model
