@@ -8,21 +8,20 @@ without copying any weights.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
 __all__ = ["ModuleSnapshot"]
 
-_DICT_SLOTS = ("_parameters", "_buffers", "_modules")
-
 
 class ModuleSnapshot:
     """Remember the structure of ``model`` now; :meth:`restore` puts it back.
 
     Only valid while the operation in between replaces tensors rather than writing into
-    them (true for tp pruning and for :func:`tp_vit_plugins.sync_attention`'s attribute
-    updates; the latter's in-place scale folding runs only after all validation passed).
+    them — true for tp pruning, :func:`tp_vit_plugins.sync_attention` (its scale folding
+    creates new tensors) and VTP's gate folding.
 
     Args:
         model: The module tree to remember.
@@ -30,14 +29,11 @@ class ModuleSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self._states: list[tuple[nn.Module, dict[str, Any]]] = []
-        for m in model.modules():
-            state = dict(vars(m))
-            for slot in _DICT_SLOTS:
-                state[slot] = dict(state[slot])
-            self._states.append((m, state))
+        for m in model.modules():  # dict-valued slots (parameters, buffers, children, hooks) copied one level
+            self._states.append((m, {k: copy.copy(v) if isinstance(v, dict) else v for k, v in vars(m).items()}))
 
     def restore(self) -> None:
-        """Restore every module's attributes, parameters, buffers and children."""
+        """Restore every module's attributes, parameters, buffers, children and hooks."""
         for m, state in self._states:
             vars(m).clear()
-            vars(m).update({k: (dict(v) if k in _DICT_SLOTS else v) for k, v in state.items()})
+            vars(m).update({k: copy.copy(v) if isinstance(v, dict) else v for k, v in state.items()})

@@ -239,20 +239,25 @@ def _infer_num_heads(name: str, attn: Attention, attn_dim: int) -> int:
     return candidates.pop()
 
 
+def _scaled(p: nn.Parameter, factor: torch.Tensor | float) -> nn.Parameter:
+    """A new parameter ``p * factor`` (never in place, so snapshots of the old tensor stay valid)."""
+    return nn.Parameter(p.detach() * factor, requires_grad=p.requires_grad)
+
+
 def _fold_logit_scale(attn: Attention, factor: float) -> None:
     """Multiply the attention logits by ``factor`` through the query path."""
     norm = attn.q_norm
-    with torch.no_grad():
-        if isinstance(norm, nn.Identity):
-            d = attn.qkv.out_features // 3
-            attn.qkv.weight[:d].mul_(factor)
-            if attn.qkv.bias is not None:
-                attn.qkv.bias[:d].mul_(factor)
-        else:
-            norm.weight.mul_(factor)
-            b = getattr(norm, "bias", None)
-            if b is not None:
-                b.mul_(factor)
+    if isinstance(norm, nn.Identity):
+        d = attn.qkv.out_features // 3
+        rows = torch.ones(attn.qkv.out_features, dtype=attn.qkv.weight.dtype, device=attn.qkv.weight.device)
+        rows[:d] = factor
+        attn.qkv.weight = _scaled(attn.qkv.weight, rows[:, None])
+        if attn.qkv.bias is not None:
+            attn.qkv.bias = _scaled(attn.qkv.bias, rows)
+    else:
+        norm.weight = _scaled(norm.weight, factor)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias = _scaled(norm.bias, factor)
 
 
 def _check_one(name: str, attn: Attention, heads: int | None) -> int:
