@@ -1,10 +1,10 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
 
 from . import tokens
-from .importance import CumulativeHeadImportance, GraphHeadImportance
+from .importance import CumulativeHeadImportance, GateImportance, GraphHeadImportance
 from .io import load_pruned, save_pruned
 from .metrics import count_macs, count_params, measure_latency
-from .pruners import GOHSPPruner, ViTPruner
+from .pruners import GOHSPPruner, ViTPruner, VTPPruner
 from .vit import attention_maps, eager_attention, sync_attention, vit_pruning_kwargs
 
 __version__ = "0.1.0"
@@ -13,8 +13,10 @@ __all__ = [
     "__version__",
     "CumulativeHeadImportance",
     "GOHSPPruner",
+    "GateImportance",
     "GraphHeadImportance",
     "ViTPruner",
+    "VTPPruner",
     "count_macs",
     "count_params",
     "load_pruned",

@@ -2,5 +2,6 @@
 
 from .gohsp import GOHSPPruner
 from .vit import ViTPruner
+from .vtp import VTPPruner
 
-__all__ = ["GOHSPPruner", "ViTPruner"]
+__all__ = ["GOHSPPruner", "ViTPruner", "VTPPruner"]
