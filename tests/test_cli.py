@@ -97,6 +97,30 @@ def test_prune_cpvit_embedded(cache, capsys):
     assert params_ratio == 1.0 and macs_ratio > 1.3  # same weights, fewer tokens
 
 
+def test_prune_vtp_embedded(cache, capsys):
+    args = [
+        "prune",
+        "--embedded-epochs",
+        "1",
+        "--method",
+        "vtp",
+        "--sparse-epochs",
+        "1",
+        "--width-ratio",
+        "0.3",
+        "--head-ratio",
+        "0",
+        "--finetune-epochs",
+        "1",
+        "--no-latency",
+        "--quiet",
+    ]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "gates below 0.01 after sparse training" in text and "one-shot accuracy" in text
+    assert float(text.split("dense/pruned")[1].split("x")[0]) > 1.2  # parameters removed
+
+
 def test_prune_timm_name_without_data(capsys):
     assert (
         cli.main(

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tp-vit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prune", help="prune a model and print a before/after table")
-    p.add_argument("--method", default="taylor", choices=[*TP_CRITERIA, "gohsp", "cpvit"], help="importance criterion / method")
+    p.add_argument(
+        "--method", default="taylor", choices=[*TP_CRITERIA, "gohsp", "vtp", "cpvit"], help="importance criterion / method"
+    )
     p.add_argument("--head-ratio", type=float, default=0.5, help="share of attention heads to remove")
     p.add_argument("--width-ratio", type=float, default=0.3, help="share of width channels to remove (MLP neurons by default)")
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank heads and channels across layers")
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, default=0.5, help="cpvit: share of patch tokens left in the last block")
     p.add_argument("--head-keep", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
     p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
+    p.add_argument("--sparse-epochs", type=int, default=3, help="vtp: epochs of gated L1 sparse training before pruning")
+    p.add_argument("--reg", type=float, default=1e-4, help="vtp: L1 strength on the gates")
     p.add_argument("--admm-epochs", type=int, default=0, help="gohsp: ADMM epochs (>0 runs GOHSPPruner to --target-params)")
     p.add_argument("--target-params", type=float, default=0.4, help="gohsp with ADMM: share of parameters to remove")
     p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tune epochs after pruning (0: one-shot)")
@@ -118,7 +122,7 @@ def _workload(args: argparse.Namespace) -> Workload:
 
         train_loader, val_loader = image_folder_loaders(args.data_path, model, batch_size=args.batch_size)
         return Workload(model, train_loader, train_loader, _Limited(val_loader, args.eval_batches), example, args.model)
-    if needs_gradients(args.method) or args.finetune_epochs or args.method == "gohsp":
+    if needs_gradients(args.method) or args.finetune_epochs or args.method in ("gohsp", "vtp"):
         raise SystemExit(f"--method {args.method} / fine-tuning need calibration data: add --data-path")
     return Workload(model, None, None, None, example, args.model)
 
@@ -173,6 +177,10 @@ def dense_heads_of(model: nn.Module) -> list[int]:
 
 def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViTPruner:
     common = dict(prune_head_dims=args.prune_head_dims, prune_mlp=args.prune_mlp, prune_embed_dim=args.prune_embed_dim)
+    if args.method == "vtp":
+        from .pruners import VTPPruner
+
+        return VTPPruner(model, w.example, pruning_ratio=args.width_ratio, reg=args.reg, head_pruning_ratio=args.head_ratio)
     if args.method != "gohsp":
         return ViTPruner(
             model,
@@ -254,6 +262,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
             progress=progress,
         )
         print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
+    if args.method == "vtp" and args.sparse_epochs:
+        from .train import train
+
+        train(
+            model,
+            w.train_loader,
+            args.sparse_epochs,
+            lr=args.lr,
+            seed=args.seed,
+            step_hook=pruner.regularize,
+            desc="VTP sparse training",
+            progress=progress,
+        )
+        print(f"gates below 0.01 after sparse training: {100 * pruner.gate_sparsity():.1f}%")
     pruner.step()
     model.zero_grad(set_to_none=True)
     return _finish(args, w, dense, model, dense_heads)
