@@ -97,12 +97,6 @@ def test_step_leaves_no_trace_and_round_trips(tmp_path, x):
 
 def test_gate_importance_scores_groups(x):
     model = make_model()
-    gates = GateSet([model.blocks[0].mlp.fc2, model.blocks[0].attn.qkv, model.blocks[1].attn.qkv])
-    with torch.no_grad():
-        getattr(model.blocks[0].mlp.fc2, GATE_NAME).copy_(torch.linspace(-1, 1, 192))
-        getattr(model.blocks[0].attn.qkv, GATE_NAME).fill_(2.0)
-        getattr(model.blocks[1].attn.qkv, GATE_NAME).fill_(4.0)
-    gates.remove(fold=False)
     imp = tpv.GateImportance()
     imp.set_gates(
         {
@@ -122,6 +116,20 @@ def test_gate_importance_scores_groups(x):
     torch.testing.assert_close(imp(subset), torch.tensor([1.0, 1.0]))
     attn = DG.get_pruning_group(model.blocks[0].attn.proj, tp.prune_linear_in_channels, list(range(48)))
     assert imp(attn) is None  # no gate on proj here
+
+
+def test_gate_importance_reads_live_gates(x):
+    model = make_model()
+    gates = GateSet([model.blocks[0].mlp.fc2])
+    with torch.no_grad():
+        getattr(model.blocks[0].mlp.fc2, GATE_NAME).copy_(torch.linspace(-2, 2, 192))
+    DG = tp.DependencyGraph().build_dependency(
+        model, x, unwrapped_parameters=tpv.vit_pruning_kwargs(model)["unwrapped_parameters"]
+    )
+    mlp = DG.get_pruning_group(model.blocks[0].mlp.fc1, tp.prune_linear_out_channels, list(range(192)))
+    torch.testing.assert_close(tpv.GateImportance(p=2)(mlp), torch.linspace(-2, 2, 192).pow(2))
+    gates.remove(fold=False)
+    assert tpv.GateImportance()(mlp) is None
 
 
 def test_vtp_errors_leave_model_untouched(x):
