@@ -94,7 +94,7 @@ def test_prune_cpvit_embedded(cache, capsys):
     text = capsys.readouterr().out
     assert "patch tokens per block [49, 49, 43, 37, 31, 25]" in text
     params_ratio, macs_ratio = (float(v.split("x")[0]) for v in text.split("dense/pruned")[1].split()[:2])
-    assert params_ratio == 1.0 and macs_ratio > 1.3  # same weights, fewer tokens
+    assert params_ratio == 1.0 and macs_ratio > 1.1  # same weights, fewer tokens (beta defers some drops)
 
 
 def test_prune_vtp_embedded(cache, capsys):
