@@ -57,4 +57,7 @@ class CumulativeHeadImportance(HeadImportance):
             sums[block] = sums.get(block, 0) + head_scores(probs.double(), num_prefix).sum(0)
 
         seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress)
-        return [sums[b] / seen for b in sorted(sums)]
+        from ..distributed import all_reduce_sum  # sums over ranks: split loaders rank like one loader
+
+        total = float(all_reduce_sum(torch.tensor([float(seen)], dtype=torch.float64)).item())
+        return [all_reduce_sum(sums[b].contiguous()) / total for b in sorted(sums)]

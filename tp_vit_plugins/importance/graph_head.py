@@ -58,6 +58,17 @@ class _MapAccumulator:
             self.pair_sums[block - 1] = self.pair_sums.get(block - 1, 0) + sims.sum(0)
         self._prev = p
 
+    def all_reduce(self) -> None:
+        """Sum the statistics over ranks (no-op in one process), so N processes on a split
+        loader rank exactly like one process on the whole loader.
+        """
+        from ..distributed import all_reduce_sum
+
+        for stats in (self.sums, self.pair_sums):
+            for key in sorted(stats):
+                stats[key] = all_reduce_sum(stats[key].contiguous())
+        self.count = int(all_reduce_sum(torch.tensor([self.count], dtype=torch.float64)).item())
+
     def similarities(self) -> list[torch.Tensor]:
         blocks = sorted(self.sums)
         if self.statistic == "per_image":
@@ -126,6 +137,7 @@ class GraphHeadImportance(HeadImportance):
         attns = attention_modules(model)
         acc = _MapAccumulator(self.statistic, self.similarity)
         collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress)
+        acc.all_reduce()
         sims = acc.similarities()
         heads = [int(a.num_heads) for _, a in attns]
         self.graph = build_head_graph(sims) if sims else nx.Graph()

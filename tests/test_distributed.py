@@ -1,0 +1,123 @@
+"""Distributed calibration, DDP fine-tuning and resume (CPU, gloo, 2 processes)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from dist_workers import data, ddp_step_worker, make_pruner, ranking_worker, tiny_model
+from torch.utils.data import DataLoader, TensorDataset
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.finetune import finetune
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ranking_equals_one_process(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(ranking_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    x, _ = data()
+    loader = DataLoader(TensorDataset(x), batch_size=4)
+    model = tiny_model()
+    graph = tpv.GraphHeadImportance(statistic="per_image", progress=False).calibrate(model, loader)
+    cum = tpv.CumulativeHeadImportance(progress=False).calibrate(model, loader)
+    for split, whole in ((got["graph"], graph.raw_head_scores.values()), (got["cum"], cum.raw_head_scores.values())):
+        for a, b in zip(split, whole):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+            assert torch.equal(torch.argsort(a), torch.argsort(b))  # identical ranking
+
+
+@pytest.mark.parametrize("kind", ["plain", "vtp", "gohsp"])
+def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path, kind):
+    # lr 1e-3: Adam's first step is ~lr * g / (|g| + eps), so entries whose gradient is near eps
+    # amplify summation-order noise in proportion to lr
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(ddp_step_worker, args=(2, free_port(), kind, out), nprocs=2, join=True)
+    ddp = torch.load(out, weights_only=True)
+    x, y = data(8)
+    model = tiny_model()
+    pruner = make_pruner(kind, model, x[:1])
+    finetune(
+        model,
+        DataLoader(TensorDataset(x, y), batch_size=8),
+        epochs=1,
+        lr=1e-3,
+        progress=False,
+        step_hook=pruner.regularize if pruner else None,
+    )
+    single = model.state_dict()
+    assert ddp.keys() == single.keys()
+    moved = 0.0
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-5, rtol=1e-5)
+        moved = max(moved, float((single[k] - tiny_model().state_dict().get(k, single[k])).abs().max()))
+    assert moved > 1e-4  # the step really changed the weights
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    x, y = data(48)
+
+    def loader():
+        return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5))
+
+    common = dict(epochs=3, lr=5e-3, max_shift=2, seed=1, progress=False)
+    straight = tiny_model()
+    hist = finetune(straight, loader(), checkpoint_dir=tmp_path / "a", **common)
+
+    steps = {"n": 0}
+
+    def die_mid_epoch_two(model, loss):
+        steps["n"] += 1
+        if steps["n"] == 6 + 3:  # 6 steps per epoch: 3 steps into the second epoch
+            raise Interrupt
+
+    victim = tiny_model()
+    with pytest.raises(Interrupt):
+        finetune(victim, loader(), checkpoint_dir=tmp_path / "b", step_hook=die_mid_epoch_two, **common)
+    restarted = tiny_model()  # a fresh process rebuilds the model and resumes
+    hist_b = finetune(restarted, loader(), checkpoint_dir=tmp_path / "b", **common)
+    assert hist_b["resumed_from"] == 1
+    assert hist_b["loss"] == pytest.approx(hist["loss"])
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(restarted.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_kd_losses_closed_form():
+    from tp_vit_plugins.finetune import distillation_loss
+
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[0.0, 3.0, 0.0]])
+    y = torch.tensor([0])
+    ce = torch.nn.functional.cross_entropy(s, y)
+    hard = distillation_loss(s, y, t, "hard", alpha=0.25)
+    torch.testing.assert_close(hard, 0.75 * ce + 0.25 * torch.nn.functional.cross_entropy(s, torch.tensor([1])))
+    soft = distillation_loss(s, y, t, "soft", alpha=1.0, temperature=2.0)
+    p_t, log_p_s = torch.softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
+    torch.testing.assert_close(soft, 4.0 * (p_t * (p_t.log() - log_p_s)).sum())
+    assert distillation_loss(s, y, s, "soft", alpha=1.0) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kd_finetune_runs_and_errors():
+    x, y = data(16)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    student, teacher = tiny_model(1), tiny_model(2)
+    hist = finetune(student, loader, loader, epochs=1, teacher=teacher, kd="soft", progress=False)
+    assert len(hist["loss"]) == 1 and 0.0 <= hist["val_acc"][0] <= 1.0
+    with pytest.raises(ValueError, match="needs a teacher"):
+        finetune(student, loader, epochs=1, kd="hard")
+    with pytest.raises(ValueError, match="kd must be"):
+        finetune(student, loader, epochs=1, teacher=teacher, kd="feature")
