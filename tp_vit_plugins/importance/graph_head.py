@@ -59,8 +59,9 @@ class _MapAccumulator:
         self._prev = p
 
     def all_reduce(self) -> None:
-        """Sum the statistics over ranks (no-op in one process), so N processes on a split
-        loader rank exactly like one process on the whole loader.
+        """Sum the statistics over ranks (no-op in one process).
+
+        N processes on a split loader then rank exactly like one process on the whole loader.
         """
         from ..distributed import all_reduce_sum
 
