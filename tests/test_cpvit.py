@@ -44,12 +44,16 @@ def test_token_scores_and_selection_on_hand_set_attention():
 def test_schedule_closed_form():
     assert keep_schedule(64, 4, 0.5, 1) == [64, 64, 48, 32]
     assert keep_schedule(49, 6, 0.5, 1) == [49, 49, 43, 37, 31, 25]
+    # gamma = 0.5: n = round(64 * (1 - 0.5 * t ** 0.5)), t = 1/2, 1
+    assert keep_schedule(64, 4, 0.5, 1, power=0.5) == [64, 64, round(64 * (1 - 0.5 * 0.5**0.5)), 32]
     assert adjusted_count(48, 32, 32, False, locality=1.0, beta=0.5) == 40  # half the drop deferred
     assert adjusted_count(40, 32, 32, True, locality=1.0, beta=0.5) == 32  # last point lands exactly
     with pytest.raises(ValueError, match="keep_ratio"):
         keep_schedule(64, 4, 0.0, 1)
     with pytest.raises(ValueError, match="start_block"):
         keep_schedule(64, 4, 0.5, 3)
+    with pytest.raises(ValueError, match="power"):
+        keep_schedule(64, 4, 0.5, 1, power=0.0)
 
 
 def test_keep_one_and_apply_remove_are_identity(family, x):

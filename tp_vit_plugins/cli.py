@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, default=0.5, help="cpvit: share of patch tokens left in the last block")
     p.add_argument("--head-keep", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
     p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
+    p.add_argument("--schedule-power", type=float, default=1.0, help="cpvit: keep-schedule ramp exponent (<1 drops early)")
     p.add_argument("--sparse-epochs", type=int, default=3, help="vtp: epochs of gated L1 sparse training before pruning")
     p.add_argument("--reg", type=float, default=1e-4, help="vtp: L1 strength on the gates")
     p.add_argument("--admm-epochs", type=int, default=0, help="gohsp: ADMM epochs (>0 runs GOHSPPruner to --target-params)")
@@ -230,7 +231,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.method == "cpvit":
         from .tokens import apply_cascade
 
-        cascade = apply_cascade(model, keep_ratio=args.keep, head_keep_ratio=args.head_keep, start_block=args.start_block)
+        cascade = apply_cascade(
+            model,
+            keep_ratio=args.keep,
+            head_keep_ratio=args.head_keep,
+            start_block=args.start_block,
+            schedule_power=args.schedule_power,
+        )
         print(
             f"CP-ViT cascade: patch tokens per block {cascade.schedule} (linear schedule, adjusted per batch by "
             "attention range); structure unchanged, --head-ratio/--width-ratio are not used"

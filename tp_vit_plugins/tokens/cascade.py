@@ -12,10 +12,11 @@ distillation, register) and the other ``P`` are patch tokens.
 * Attention range (locality) of a block: the share of patch-to-patch attention mass that
   lands within Chebyshev distance ``radius`` on the original patch grid, averaged over
   images, heads and query patches. 1 = purely local, ``(2r+1)^2 / P`` ≈ uniform.
-* Schedule: with ``P`` patches, ``L`` blocks and final keep ratio ``rho``, the token count
-  entering block ``l`` for ``start_block < l`` is
-  ``n_l = round(P * (1 - (1 - rho) * (l - start_block) / (L - 1 - start_block)))`` (linear
-  ramp; ``n_{L-1} = round(P * rho)`` exactly). A block with attention range ``a`` defers a
+* Schedule: with ``P`` patches, ``L`` blocks, final keep ratio ``rho`` and ramp exponent
+  ``gamma``, the token count entering block ``l`` for ``start_block < l`` is
+  ``n_l = round(P * (1 - (1 - rho) * t_l ** gamma))`` with ``t_l = (l - start_block) /
+  (L - 1 - start_block)`` (``gamma = 1``: linear ramp; ``gamma < 1`` drops more tokens early;
+  ``n_{L-1} = round(P * rho)`` exactly). A block with attention range ``a`` defers a
   share ``beta * a`` of its scheduled drop to later blocks (local layers prune less); the
   last pruning point always lands exactly on ``round(P * rho)``.
 """
@@ -83,29 +84,33 @@ def attention_range(
     return float((local[rows] / total[rows]).mean()) if rows.any() else 0.0
 
 
-def keep_schedule(num_patches: int, depth: int, keep_ratio: float, start_block: int) -> list[int]:
-    """Patch-token count entering every block under the linear CP-ViT ramp.
+def keep_schedule(num_patches: int, depth: int, keep_ratio: float, start_block: int, power: float = 1.0) -> list[int]:
+    """Patch-token count entering every block under the progressive CP-ViT ramp.
 
     Args:
         num_patches: Patch tokens ``P`` of the input.
         depth: Number of blocks ``L``.
         keep_ratio: Fraction of patches present in the last block, in ``(0, 1]``.
         start_block: First block whose scores may drop tokens (drops happen after it).
+        power: Ramp exponent ``gamma > 0`` (1 = linear, < 1 = front-loaded).
 
     Returns:
         ``[n_0, ..., n_{L-1}]``, non-increasing, ``n_l = P`` up to ``start_block``.
 
     Raises:
-        ValueError: ``keep_ratio`` outside ``(0, 1]`` or ``start_block`` not in ``[0, L - 2]``.
+        ValueError: ``keep_ratio`` outside ``(0, 1]``, ``start_block`` not in ``[0, L - 2]`` or
+            ``power <= 0``.
     """
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
     if not 0 <= start_block <= depth - 2:
         raise ValueError(f"start_block must lie in [0, {depth - 2}] for {depth} blocks, got {start_block}")
+    if power <= 0:
+        raise ValueError(f"power must be > 0, got {power}")
     span = depth - 1 - start_block
     counts = []
     for layer in range(depth):
-        frac = 1.0 if layer <= start_block else 1.0 - (1.0 - keep_ratio) * (layer - start_block) / span
+        frac = 1.0 if layer <= start_block else 1.0 - (1.0 - keep_ratio) * ((layer - start_block) / span) ** power
         counts.append(max(1, min(num_patches, int(math.floor(num_patches * frac + 0.5)))))
     return counts
 

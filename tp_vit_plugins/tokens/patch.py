@@ -123,6 +123,7 @@ class Cascade:
         radius: int,
         score: str = "cumulative",
         seed: int = 0,
+        schedule_power: float = 1.0,
     ) -> None:
         self.model = model
         self.score = score
@@ -137,7 +138,7 @@ class Cascade:
         self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
         self.start_block, self.head_start_block = start_block, head_start_block
         self.mode, self.beta, self.radius = mode, beta, radius
-        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block)
+        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, schedule_power)
         self.final_count = self.schedule[-1]
         prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
         self.last_point = prune_points[-1] if prune_points else -1
@@ -236,6 +237,7 @@ def apply_cascade(
     head_start_block: int | None = None,
     score: str = "cumulative",
     seed: int = 0,
+    schedule_power: float = 1.0,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -253,6 +255,8 @@ def apply_cascade(
         score: Token scorer, one of :data:`SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
             and ``"random"`` are baselines on the identical schedule).
         seed: Seed of the ``"random"`` scorer.
+        schedule_power: Ramp exponent of the keep schedule (1 = linear, < 1 drops more
+            tokens in early blocks; see :func:`~tp_vit_plugins.tokens.cascade.keep_schedule`).
 
     Returns:
         The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
@@ -277,8 +281,10 @@ def apply_cascade(
         raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {head_start_block}")
     if not 0.0 <= beta <= 1.0 or radius < 0:
         raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={beta}, radius={radius}")
-    keep_schedule(1, depth, keep_ratio, start_block)  # validates keep_ratio and start_block
-    cascade = Cascade(model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed)
+    keep_schedule(1, depth, keep_ratio, start_block, schedule_power)  # validates ratio, block and power
+    cascade = Cascade(
+        model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power
+    )
     cascade._attach()
     return cascade
 
@@ -299,6 +305,7 @@ def cascade_macs(
     head_start_block: int | None = None,
     counts: Sequence[int] | None = None,
     batch_size: int = 1,
+    schedule_power: float = 1.0,
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 
@@ -310,6 +317,7 @@ def cascade_macs(
             forward (needed when ``beta > 0`` made the counts input-dependent); default: the
             linear schedule.
         batch_size: Images per forward.
+        schedule_power: Ramp exponent, as in :func:`apply_cascade`.
 
     Returns:
         Total multiply-accumulates.
@@ -321,7 +329,7 @@ def cascade_macs(
     pe = model.patch_embed
     P = int(pe.grid_size[0] * pe.grid_size[1])
     prefix = int(getattr(model, "num_prefix_tokens", 1))
-    counts = list(counts) if counts is not None else keep_schedule(P, depth, keep_ratio, start_block)
+    counts = list(counts) if counts is not None else keep_schedule(P, depth, keep_ratio, start_block, schedule_power)
     conv = pe.proj
     macs = P * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     for i, blk in enumerate(blocks):
