@@ -1,6 +1,7 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
 
 from . import tokens
+from .budget import BudgetResult, fit_budget
 from .importance import CumulativeHeadImportance, GateImportance, GraphHeadImportance
 from .io import load_pruned, save_pruned
 from .metrics import count_macs, count_params, measure_latency
@@ -15,6 +16,7 @@ __all__ = [
     "GOHSPPruner",
     "GateImportance",
     "GraphHeadImportance",
+    "BudgetResult",
     "ViTPruner",
     "VTPPruner",
     "count_macs",
@@ -24,6 +26,7 @@ __all__ = [
     "save_pruned",
     "attention_maps",
     "eager_attention",
+    "fit_budget",
     "sync_attention",
     "tokens",
     "vit_pruning_kwargs",

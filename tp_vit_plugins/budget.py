@@ -1,0 +1,178 @@
+"""Budgets in MACs or measured latency instead of channel ratios.
+
+tp takes a channel ratio; users think in "keep 60 % of the MACs". :func:`fit_budget` bisects
+one scalar ``r`` that sets the pruning ratios (heads, width or both) of a
+:class:`~tp_vit_plugins.ViTPruner` (or any pruner factory) on throw-away copies until the
+pruned model's MACs — or measured latency — is as close to the target as the structure
+allows, and reports the achieved value next to the target. The user's model is never
+modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .metrics import count_macs, measure_latency
+
+__all__ = ["BudgetResult", "fit_budget", "STRUCTURES"]
+
+#: What the scalar ratio controls.
+STRUCTURES = ("heads", "width", "both")
+
+
+@dataclass
+class BudgetResult:
+    """Outcome of :func:`fit_budget`.
+
+    Attributes:
+        ratio: The scalar pruning ratio found.
+        target: Requested fraction of the dense cost to keep.
+        achieved: Fraction actually kept by ``model``.
+        metric: ``"macs"`` or ``"latency"``.
+        model: The pruned copy at ``ratio``.
+        evaluations: Number of pruned copies built.
+    """
+
+    ratio: float
+    target: float
+    achieved: float
+    metric: str
+    model: nn.Module
+    evaluations: int
+
+    @property
+    def relative_error(self) -> float:
+        """``|achieved - target| / target``."""
+        return abs(self.achieved - self.target) / self.target
+
+
+def _max_head_ratio(model: nn.Module, kwargs: dict) -> float:
+    """Largest head ratio that leaves every block ``min_heads`` heads (ViTPruner's rounding)."""
+    from .vit import attention_modules
+
+    heads = [int(a.num_heads) for _, a in attention_modules(model)]
+    keep = int(kwargs.get("min_heads", 1))
+    if kwargs.get("global_head_pruning", kwargs.get("global_pruning", False)):
+        return (sum(heads) - keep * len(heads)) / sum(heads)
+    return min((h - 1) / h for h in heads)
+
+
+def _vit_factory(
+    importance: tp.importance.Importance | None,
+    head_ratio: Callable[[float], float],
+    width_ratio: Callable[[float], float],
+    **pruner_kwargs,
+) -> Callable[[nn.Module, torch.Tensor, float], None]:
+    from .pruners import ViTPruner
+
+    def prune(model: nn.Module, example: torch.Tensor, r: float) -> None:
+        kwargs = {"global_pruning": True, **pruner_kwargs}
+        heads = min(head_ratio(r), _max_head_ratio(model, kwargs))
+        ViTPruner(model, example, importance, pruning_ratio=width_ratio(r), head_pruning_ratio=heads, **kwargs).step()
+
+    return prune
+
+
+def fit_budget(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    target: float,
+    importance: tp.importance.Importance | None = None,
+    structure: str = "both",
+    metric: str = "macs",
+    prune_fn: Callable[[nn.Module, torch.Tensor, float], None] | None = None,
+    max_ratio: float = 0.95,
+    tolerance: float = 0.01,
+    max_evaluations: int = 16,
+    latency_batch_size: int = 64,
+    **pruner_kwargs,
+) -> BudgetResult:
+    """Find the pruning ratio whose result keeps ``target`` of the dense MACs (or latency).
+
+    Args:
+        model: A timm ViT (left untouched; copies are pruned).
+        example_inputs: Input for tracing and for the MACs count, e.g. ``[1, C, H, W]``.
+        target: Fraction of the dense cost to keep, in ``(0, 1]`` (0.6 = keep 60 % of MACs).
+        importance: Criterion for the default :class:`ViTPruner` factory (gradient-based
+            criteria need ``.grad`` on ``model``; copies keep them).
+        structure: ``"heads"``, ``"width"`` or ``"both"`` for the default factory.
+        metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"``
+            (``measure_latency`` at ``latency_batch_size``; noisy, slower).
+        prune_fn: ``prune_fn(model_copy, example_inputs, r)`` prunes in place with scalar
+            ratio ``r``; overrides ``importance`` / ``structure`` / ``pruner_kwargs``.
+        max_ratio: Largest ratio tried.
+        tolerance: Stop once ``|achieved - target| / target`` is below this.
+        max_evaluations: Cap on the pruned copies built.
+        latency_batch_size: Batch size of the latency metric.
+        **pruner_kwargs: Extra :class:`ViTPruner` arguments for the default factory
+            (``prune_head_dims=True``, ``prune_embed_dim=True``, ``global_pruning=False``, ...).
+
+    Returns:
+        The :class:`BudgetResult` closest to the target.
+
+    Raises:
+        ValueError: Bad target, structure, metric or ratio bounds.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must lie in (0, 1], got {target}")
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+    if metric not in ("macs", "latency"):
+        raise ValueError(f"metric must be 'macs' or 'latency', got {metric!r}")
+    if not 0.0 < max_ratio < 1.0:
+        raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio}")
+    if prune_fn is not None:
+        first = prune_fn
+    else:
+        same, zero = (lambda r: r), (lambda r: 0.0)
+        head = same if structure in ("heads", "both") else zero
+        width = same if structure in ("width", "both") else zero
+        first = _vit_factory(importance, head, width, **pruner_kwargs)
+
+    def cost(m: nn.Module) -> float:
+        if metric == "macs":
+            return float(count_macs(m, example_inputs))
+        return measure_latency(m, example_inputs, (latency_batch_size,), min_run_time=0.5)[latency_batch_size]
+
+    if target >= 1.0:
+        return BudgetResult(0.0, target, 1.0, metric, copy.deepcopy(model), 0)
+    dense = cost(model)
+    evaluations = 0
+
+    def search(prune: Callable[[nn.Module, torch.Tensor, float], None], budget: int) -> tuple[BudgetResult, float]:
+        """Bisect ``r``; return the closest result and the largest ``r`` still keeping >= target."""
+        nonlocal evaluations
+        best: BudgetResult | None = None
+        lo, hi, used = 0.0, max_ratio, 0
+        while used < budget:
+            r = (lo + hi) / 2 if used else hi  # first probe the bound: is the target reachable?
+            candidate = copy.deepcopy(model)
+            prune(candidate, example_inputs, r)
+            used += 1
+            evaluations += 1
+            kept = cost(candidate) / dense
+            result = BudgetResult(r, target, kept, metric, candidate, evaluations)
+            if best is None or result.relative_error < best.relative_error:
+                best = result
+            if best.relative_error <= tolerance or (used == 1 and kept > target):
+                break
+            lo, hi = (r, hi) if kept > target else (lo, r)
+        return best, lo
+
+    two_stage = prune_fn is None and structure == "both"
+    best, lo = search(first, max_evaluations // 2 if two_stage else max_evaluations)
+    if two_stage and best.relative_error > tolerance:
+        # heads move the cost in coarse steps: fix them at the last under-pruned ratio, refine the width alone
+        fixed = lo
+        refine = _vit_factory(importance, lambda r: fixed, lambda r: r, **pruner_kwargs)
+        second, _ = search(refine, max_evaluations - evaluations)
+        if second.relative_error < best.relative_error:
+            best = second
+    best.evaluations = evaluations
+    return best
