@@ -31,10 +31,10 @@ GRAPH_VARIANTS = {
     "graph: central pruned (redundancy), mean map": (dict(mode="redundancy", combine="head"), None),
     "graph: central kept, per-image": (dict(mode="importance", statistic="per_image", combine="head"), None),
     "graph: central pruned, per-image": (dict(mode="redundancy", statistic="per_image", combine="head"), None),
-    "graph x L2: central kept": (dict(mode="importance"), "l2"),
-    "graph x L2: central pruned": (dict(mode="redundancy"), "l2"),
-    "graph x Taylor: central kept": (dict(mode="importance"), "taylor"),
-    "graph x Taylor: central pruned": (dict(mode="redundancy"), "taylor"),
+    "graph x L2: central kept": (dict(mode="importance", combine="product"), "l2"),
+    "graph x L2: central pruned": (dict(mode="redundancy", combine="product"), "l2"),
+    "graph x Taylor: central kept": (dict(mode="importance", combine="product"), "taylor"),
+    "graph x Taylor: central pruned": (dict(mode="redundancy", combine="product"), "taylor"),
 }
 
 

@@ -9,9 +9,10 @@ heads of consecutive blocks with the similarity of those summaries, and ranks al
   calibration images; ``"per_image"``: similarity per image, then averaged;
 * ``similarity`` — ``abs_cosine`` (default), ``relu_cosine``, ``abs_pearson``;
 * ``damping`` — PageRank damping (default 0.85);
-* ``mode`` — ``"importance"``: a central head (high PageRank) is important and kept;
-  ``"redundancy"``: a central head shares its pattern with many others and is pruned first
-  (score = 1 / PageRank);
+* ``mode`` — ``"importance"`` (default): a central head (high PageRank) is important and
+  kept; ``"redundancy"``: a central head shares its pattern with many others and is pruned
+  first (score = 1 / PageRank). On the embedded benchmark "importance" is far better
+  (``benchmarks/RESULTS.md``);
 * ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` — how the
   graph score meets weight information (see :class:`~tp_vit_plugins.importance.head_base.HeadImportance`).
 """
@@ -94,7 +95,8 @@ class GraphHeadImportance(HeadImportance):
         statistic: Head summary, one of :data:`STATISTICS`.
         mode: One of :data:`MODES`.
         base_importance: Criterion combined with the graph score and used for non-head groups.
-        combine: ``"product"`` (graph score ** head_weight × base) or ``"head"`` (graph only).
+        combine: ``"head"`` (default: graph score alone for head channels) or ``"product"``
+            (graph score ** head_weight × base, e.g. with a Taylor base).
         head_weight: Exponent of the graph score in ``"product"`` mode.
         normalize_per_layer: Normalise head scores within each block.
         progress: Show a tqdm bar during calibration.
@@ -110,9 +112,9 @@ class GraphHeadImportance(HeadImportance):
         damping: float = 0.85,
         similarity: str = "abs_cosine",
         statistic: str = "mean_map",
-        mode: str = "redundancy",
+        mode: str = "importance",
         base_importance: tp.importance.Importance | None = None,
-        combine: str = "product",
+        combine: str = "head",
         head_weight: float = 1.0,
         normalize_per_layer: bool = False,
         progress: bool = True,
