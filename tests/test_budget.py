@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch_pruning as tp
 from conftest import make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
@@ -20,6 +21,15 @@ def test_budget_hits_a_macs_target_within_two_percent(structure):
     assert abs(res.achieved - 0.6) / 0.6 <= 0.02
     assert res.achieved == pytest.approx(tpv.count_macs(res.model, x) / tpv.count_macs(model, x))
     assert 0 < res.ratio < 0.95 and res.evaluations <= 16
+
+
+def test_budget_with_taylor_uses_the_gradients():
+    model = make_model("vit", depth=3, num_heads=4)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).logsumexp(-1).mean().backward()
+    res = fit_budget(model, x[:1], target=0.7, importance=tp.importance.GroupTaylorImportance(), structure="width")
+    assert abs(res.achieved - 0.7) / 0.7 <= 0.02
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_unreachable_budget_reports_the_closest():

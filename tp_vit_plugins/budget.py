@@ -20,7 +20,7 @@ from torch import nn
 
 from .metrics import count_macs, measure_latency
 
-__all__ = ["BudgetResult", "fit_budget", "STRUCTURES"]
+__all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "STRUCTURES"]
 
 #: What the scalar ratio controls.
 STRUCTURES = ("heads", "width", "both")
@@ -50,6 +50,15 @@ class BudgetResult:
     def relative_error(self) -> float:
         """``|achieved - target| / target``."""
         return abs(self.achieved - self.target) / self.target
+
+
+def clone_with_grads(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies ``.grad`` (deepcopy drops it; Taylor criteria need it)."""
+    twin = copy.deepcopy(model)
+    for p_twin, p in zip(twin.parameters(), model.parameters()):
+        if p.grad is not None:
+            p_twin.grad = p.grad.detach().clone()
+    return twin
 
 
 def _max_head_ratio(model: nn.Module, kwargs: dict) -> float:
@@ -100,7 +109,7 @@ def fit_budget(
         example_inputs: Input for tracing and for the MACs count, e.g. ``[1, C, H, W]``.
         target: Fraction of the dense cost to keep, in ``(0, 1]`` (0.6 = keep 60 % of MACs).
         importance: Criterion for the default :class:`ViTPruner` factory (gradient-based
-            criteria need ``.grad`` on ``model``; copies keep them).
+            criteria need ``.grad`` on ``model``; every copy receives a copy of it).
         structure: ``"heads"``, ``"width"`` or ``"both"`` for the default factory.
         metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"``
             (``measure_latency`` at ``latency_batch_size``; noisy, slower).
@@ -152,7 +161,7 @@ def fit_budget(
         lo, hi, used = 0.0, max_ratio, 0
         while used < budget:
             r = (lo + hi) / 2 if used else hi  # first probe the bound: is the target reachable?
-            candidate = copy.deepcopy(model)
+            candidate = clone_with_grads(model)
             prune(candidate, example_inputs, r)
             used += 1
             evaluations += 1
