@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import statistics
 import time
@@ -12,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import tp_vit_plugins as tpv
+from tp_vit_plugins.budget import clone_with_grads
 from tp_vit_plugins.data import make_loaders
 from tp_vit_plugins.embedded import embedded_model
 from tp_vit_plugins.train import evaluate
@@ -85,7 +85,8 @@ def write_section(name: str, body: str) -> None:
 
 
 def clone(model):
-    return copy.deepcopy(model)
+    """Deep copy that keeps ``.grad`` (Taylor criteria on copies need it)."""
+    return clone_with_grads(model)
 
 
 __all__ = ["tpv", "load_embedded", "calib_loader", "loaders", "acc", "mean_std", "fit_ratio", "timed", "write_section", "clone"]
