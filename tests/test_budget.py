@@ -32,6 +32,18 @@ def test_budget_with_taylor_uses_the_gradients():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_budget_remaps_calibrated_head_scores_onto_copies():
+    model = make_model("vit", depth=2, num_heads=4)
+    x = torch.randn(1, 3, 32, 32)
+    imp = tpv.GraphHeadImportance()
+    imp.set_head_scores({model.blocks[0].attn.qkv: [1.0, 9.0, 9.0, 9.0], model.blocks[1].attn.qkv: [9.0, 9.0, 9.0, 2.0]})
+    res = fit_budget(model, x, target=0.9, importance=imp, structure="heads", max_evaluations=1, max_ratio=0.25)
+    v0 = model.blocks[0].attn.qkv.weight[96:]  # v rows of the dense model
+    kept = res.model.blocks[0].attn.qkv.weight[2 * res.model.blocks[0].attn.attn_dim :]
+    assert [b.attn.num_heads for b in res.model.blocks] == [3, 3]
+    assert not any(torch.equal(v0[0], r) for r in kept)  # head 0 (score 1) went: the graph scores were used
+
+
 def test_unreachable_budget_reports_the_closest():
     model = make_model("vit", depth=2, num_heads=3)
     x = torch.randn(1, 3, 32, 32)

@@ -20,7 +20,7 @@ from torch import nn
 
 from .metrics import count_macs, measure_latency
 
-__all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "STRUCTURES"]
+__all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "remap_state", "vit_prune_fn", "STRUCTURES"]
 
 #: What the scalar ratio controls.
 STRUCTURES = ("heads", "width", "both")
@@ -61,6 +61,21 @@ def clone_with_grads(model: nn.Module) -> nn.Module:
     return twin
 
 
+def remap_state(obj: object, source: nn.Module, twin: nn.Module) -> object:
+    """Deep copy of ``obj`` whose references to ``source``'s modules/parameters point into ``twin``.
+
+    Data-driven importances key their state by module (``head_scores[attn.qkv]``, gate values
+    per Linear); a pruned *copy* of the model needs a copy of that state keyed by its own
+    modules. ``twin`` must be a deep copy of ``source`` (same module tree).
+    """
+    memo: dict[int, object] = {}
+    for (_, a), (_, b) in zip(source.named_modules(remove_duplicate=False), twin.named_modules(remove_duplicate=False)):
+        memo[id(a)] = b
+    for (_, a), (_, b) in zip(source.named_parameters(remove_duplicate=False), twin.named_parameters(remove_duplicate=False)):
+        memo[id(a)] = b
+    return copy.deepcopy(obj, memo)
+
+
 def _max_head_ratio(model: nn.Module, kwargs: dict) -> float:
     """Largest head ratio that leaves every block ``min_heads`` heads (ViTPruner's rounding)."""
     from .vit import attention_modules
@@ -72,18 +87,25 @@ def _max_head_ratio(model: nn.Module, kwargs: dict) -> float:
     return min((h - 1) / h for h in heads)
 
 
-def _vit_factory(
+def vit_prune_fn(
     importance: tp.importance.Importance | None,
+    source: nn.Module,
     head_ratio: Callable[[float], float],
     width_ratio: Callable[[float], float],
     **pruner_kwargs,
 ) -> Callable[[nn.Module, torch.Tensor, float], None]:
+    """A ``prune_fn`` for :func:`fit_budget`: a :class:`ViTPruner` step on a copy of ``source``.
+
+    The importance is remapped onto every copy (:func:`remap_state`), so calibrated,
+    module-keyed criteria (graph / cumulative head scores, gate values) keep working.
+    """
     from .pruners import ViTPruner
 
     def prune(model: nn.Module, example: torch.Tensor, r: float) -> None:
         kwargs = {"global_pruning": True, **pruner_kwargs}
         heads = min(head_ratio(r), _max_head_ratio(model, kwargs))
-        ViTPruner(model, example, importance, pruning_ratio=width_ratio(r), head_pruning_ratio=heads, **kwargs).step()
+        imp = remap_state(importance, source, model) if importance is not None else None
+        ViTPruner(model, example, imp, pruning_ratio=width_ratio(r), head_pruning_ratio=heads, **kwargs).step()
 
     return prune
 
@@ -114,7 +136,8 @@ def fit_budget(
         metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"``
             (``measure_latency`` at ``latency_batch_size``; noisy, slower).
         prune_fn: ``prune_fn(model_copy, example_inputs, r)`` prunes in place with scalar
-            ratio ``r``; overrides ``importance`` / ``structure`` / ``pruner_kwargs``.
+            ratio ``r``; overrides ``importance`` / ``structure`` / ``pruner_kwargs``. State keyed
+            by ``model``'s modules must be remapped onto the copy (see :func:`vit_prune_fn`).
         max_ratio: Largest ratio tried.
         tolerance: Stop once ``|achieved - target| / target`` is below this.
         max_evaluations: Cap on the pruned copies built.
@@ -142,7 +165,7 @@ def fit_budget(
         same, zero = (lambda r: r), (lambda r: 0.0)
         head = same if structure in ("heads", "both") else zero
         width = same if structure in ("width", "both") else zero
-        first = _vit_factory(importance, head, width, **pruner_kwargs)
+        first = vit_prune_fn(importance, model, head, width, **pruner_kwargs)
 
     def cost(m: nn.Module) -> float:
         if metric == "macs":
@@ -179,7 +202,7 @@ def fit_budget(
     if two_stage and best.relative_error > tolerance:
         # heads move the cost in coarse steps: fix them at the last under-pruned ratio, refine the width alone
         fixed = lo
-        refine = _vit_factory(importance, lambda r: fixed, lambda r: r, **pruner_kwargs)
+        refine = vit_prune_fn(importance, model, lambda r: fixed, lambda r: r, **pruner_kwargs)
         second, _ = search(refine, max_evaluations - evaluations)
         if second.relative_error < best.relative_error:
             best = second

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .bench import BENCH_METHODS
 from .calibration import accumulate_gradients
 from .importance import TP_CRITERIA, needs_gradients, tp_importance
 from .metrics import count_macs, count_params, measure_latency
@@ -77,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedded-epochs", type=int, default=None, help="training epochs of the embedded model (default recipe)")
     p.add_argument("--out", default=None, help="save the pruned model here (tpv.save_pruned)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    b = sub.add_parser("bench", help="compare every method at the same MACs budgets")
+    b.add_argument("--methods", default=",".join(BENCH_METHODS), help=f"comma list from {','.join(BENCH_METHODS)}")
+    b.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6], help="fractions of the dense MACs to keep")
+    b.add_argument("--seeds", type=int, default=2)
+    b.add_argument("--finetune-epochs", type=int, default=1, help="training epochs per method")
+    b.add_argument("--calib-batches", type=int, default=8)
+    b.add_argument("--lr", type=float, default=5e-4)
+    b.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64])
+    b.add_argument("--out", default="bench_out", help="directory for RESULTS.md, results.json and the plots")
+    b.add_argument("--model", default=None, help="timm model name (default: the embedded MNIST ViT)")
+    b.add_argument("--pretrained", action="store_true")
+    b.add_argument("--data-path", default=None, help="ImageFolder root with train/ and val/")
+    b.add_argument("--embedded-epochs", type=int, default=None, help="training epochs of the embedded model")
+    b.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -310,11 +326,67 @@ def _finish(
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``tp-vit bench``."""
+    from .bench import run_bench
+
+    methods = [m for m in args.methods.split(",") if m]
+    if set(methods) - set(BENCH_METHODS) or not methods:
+        raise SystemExit(f"--methods must be a comma list from {','.join(BENCH_METHODS)}")
+    if any(not 0.0 < t <= 1.0 for t in args.targets):
+        raise SystemExit("--targets must lie in (0, 1]")
+    if args.model is None:
+        from dataclasses import replace
+
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from .embedded import EmbeddedRecipe, embedded_model
+
+        recipe = EmbeddedRecipe()
+        if args.embedded_epochs is not None:
+            recipe = replace(recipe, epochs=args.embedded_epochs)
+        model, split, _ = embedded_model(recipe, progress=not args.quiet)
+        train_set = TensorDataset(split.x_train, split.y_train)
+        test_loader = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)
+        example = split.x_test[:1]
+    else:
+        import timm
+
+        from .data import image_folder_loaders
+
+        if not args.data_path:
+            raise SystemExit("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
+        model = timm.create_model(args.model, pretrained=args.pretrained)
+        train_loader, test_loader = image_folder_loaders(args.data_path, model)
+        train_set = train_loader.dataset
+        example = torch.randn(1, *model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    run_bench(
+        model,
+        train_set,
+        test_loader,
+        example,
+        targets=args.targets,
+        methods=methods,
+        seeds=list(range(args.seeds)),
+        finetune_epochs=args.finetune_epochs,
+        calib_batches=args.calib_batches,
+        lr=args.lr,
+        latency_batch_sizes=args.latency_batch_sizes,
+        out_dir=args.out,
+        progress=not args.quiet,
+    )
+    print(open(f"{args.out}/RESULTS.md").read())
+    print(f"wrote {args.out}/RESULTS.md, {args.out}/results.json and the plots (with matplotlib installed)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tp-vit``."""
     args = build_parser().parse_args(argv)
     if args.command == "prune":
         return cmd_prune(args)
+    if args.command == "bench":
+        return cmd_bench(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
