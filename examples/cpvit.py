@@ -14,13 +14,11 @@ gather is differentiable, so the model adapts to the tokens it will see.
 """
 
 import argparse
-import itertools
-
-import torch
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.tokens import apply_cascade, remove_cascade
 from tp_vit_plugins.train import evaluate, train
+from tp_vit_plugins.workload import load_workload
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default=None)
@@ -33,25 +31,10 @@ p.add_argument("--finetune-epochs", type=int, default=0)
 p.add_argument("--eval-batches", type=int, default=None)
 args = p.parse_args()
 
-if args.model is None:
-    from tp_vit_plugins.data import make_loaders
-    from tp_vit_plugins.embedded import embedded_model
-
-    model, split, _ = embedded_model()
-    train_loader, val_loader = make_loaders(split, batch_size=64)
-    example = split.x_test[:1]
-else:
-    import timm
-
-    from tp_vit_plugins.data import image_folder_loaders
-
-    if not args.data_path:
-        raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
-    model = timm.create_model(args.model, pretrained=args.pretrained).eval()
-    train_loader, val_loader = image_folder_loaders(args.data_path, model)
-    example = torch.randn(1, *model.pretrained_cfg.get("input_size", (3, 224, 224)))
-if args.eval_batches:
-    val_loader = list(itertools.islice(val_loader, args.eval_batches))
+w = load_workload(args.model, args.pretrained, args.data_path, eval_batches=args.eval_batches)
+if w.train_loader is None:
+    raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+model, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 dense_acc, dense_macs = evaluate(model, val_loader), tpv.count_macs(model, example)
 dense_lat = tpv.measure_latency(model, example, (1, 64))

@@ -12,12 +12,10 @@ A real timm model on an ImageFolder root (e.g. ImageNet with train/ and val/):
 
 import argparse
 import copy
-import itertools
-
-import torch
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.train import evaluate, train
+from tp_vit_plugins.workload import load_workload
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default=None)
@@ -31,25 +29,10 @@ p.add_argument("--lr", type=float, default=5e-4)
 p.add_argument("--eval-batches", type=int, default=None)
 args = p.parse_args()
 
-if args.model is None:
-    from tp_vit_plugins.data import make_loaders
-    from tp_vit_plugins.embedded import embedded_model
-
-    dense, split, _ = embedded_model()
-    train_loader, val_loader = make_loaders(split, batch_size=64)
-    example = split.x_test[:1]
-else:
-    import timm
-
-    from tp_vit_plugins.data import image_folder_loaders
-
-    if not args.data_path:
-        raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
-    dense = timm.create_model(args.model, pretrained=args.pretrained)
-    train_loader, val_loader = image_folder_loaders(args.data_path, dense)
-    example = torch.randn(1, *dense.pretrained_cfg.get("input_size", (3, 224, 224)))
-if args.eval_batches:
-    val_loader = list(itertools.islice(val_loader, args.eval_batches))
+w = load_workload(args.model, args.pretrained, args.data_path, eval_batches=args.eval_batches)
+if w.train_loader is None:
+    raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+dense, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 model = copy.deepcopy(dense)
 # 1) graph ranking: PageRank over heads, edges = similarity of attention maps of consecutive blocks

@@ -154,7 +154,7 @@ def test_prune_timm_name_without_data(capsys):
         (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "calibration data"),
         (["prune", "--target-params", "1.0"], "--target-params"),
         (["prune", "--method", "cpvit", "--keep", "0"], "--keep"),
-        (["prune", "--data-path", "/nowhere"], "need --model"),
+        (["prune", "--data-path", "/nowhere"], "need a timm model name"),
     ],
 )
 def test_cli_errors(argv, message):

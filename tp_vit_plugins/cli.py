@@ -13,7 +13,6 @@ import argparse
 import copy
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,20 +23,9 @@ from .importance import TP_CRITERIA, needs_gradients, tp_importance
 from .metrics import count_macs, count_params, measure_latency
 from .pruners import ViTPruner
 from .pruners.vit import check_ratio
+from .workload import Workload, load_workload
 
 __all__ = ["main", "build_parser"]
-
-
-@dataclass
-class Workload:
-    """What a prune runs on: the model, its loaders and an example input."""
-
-    model: nn.Module
-    calib_loader: object | None
-    train_loader: object | None
-    test_loader: object | None
-    example: torch.Tensor
-    name: str
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,52 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Limited:
-    """A loader view that stops after ``n`` batches (``None``: no limit)."""
-
-    def __init__(self, loader, n: int | None) -> None:
-        self.loader, self.n = loader, n
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.n is not None and i >= self.n:
-                return
-            yield batch
-
-    def __len__(self) -> int:
-        return len(self.loader) if self.n is None else min(self.n, len(self.loader))
-
-
 def _workload(args: argparse.Namespace) -> Workload:
-    progress = not args.quiet
-    if args.model is None:
-        if args.pretrained or args.data_path:
-            raise SystemExit("--pretrained/--data-path need --model")
-        from dataclasses import replace
+    try:
+        w = load_workload(
+            args.model,
+            args.pretrained,
+            args.data_path,
+            batch_size=getattr(args, "batch_size", 64),
+            eval_batches=getattr(args, "eval_batches", None),
+            embedded_epochs=args.embedded_epochs,
+            retrain=getattr(args, "retrain", False),
+            seed=getattr(args, "seed", 0),
+            progress=not args.quiet,
+        )
+    except ValueError as e:
+        raise SystemExit(f"{e} (add --model)") from e
+    return w
 
-        from .data import make_loaders
-        from .embedded import EmbeddedRecipe, embedded_model
 
-        recipe = EmbeddedRecipe()
-        if args.embedded_epochs is not None:
-            recipe = replace(recipe, epochs=args.embedded_epochs)
-        model, split, meta = embedded_model(recipe, retrain=args.retrain, progress=progress)
-        train_loader, test_loader = make_loaders(split, seed=args.seed)
-        example = split.x_test[:1]
-        return Workload(model, train_loader, train_loader, test_loader, example, "embedded MNIST ViT")
-    import timm
-
-    model = timm.create_model(args.model, pretrained=args.pretrained)
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    example = torch.randn(1, *cfg.get("input_size", (3, 224, 224)))
-    if args.data_path:
-        from .data import image_folder_loaders
-
-        train_loader, val_loader = image_folder_loaders(args.data_path, model, batch_size=args.batch_size)
-        return Workload(model, train_loader, train_loader, _Limited(val_loader, args.eval_batches), example, args.model)
-    if needs_gradients(args.method) or args.finetune_epochs or args.method in ("gohsp", "vtp"):
-        raise SystemExit(f"--method {args.method} / fine-tuning need calibration data: add --data-path")
-    return Workload(model, None, None, None, example, args.model)
+def _needs_data(args: argparse.Namespace) -> bool:
+    return needs_gradients(args.method) or bool(args.finetune_epochs) or args.method in ("gohsp", "vtp")
 
 
 def _fmt_count(n: float) -> str:
@@ -211,7 +173,7 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViT
     from .importance import GraphHeadImportance
     from .pruners import GOHSPPruner
 
-    imp = GraphHeadImportance(progress=not args.quiet).calibrate(model, w.calib_loader, max_batches=args.calib_batches)
+    imp = GraphHeadImportance(progress=not args.quiet).calibrate(model, w.train_loader, max_batches=args.calib_batches)
     if args.admm_epochs:
         return GOHSPPruner(model, w.example, imp, target_params_ratio=args.target_params)
     return ViTPruner(
@@ -237,6 +199,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise SystemExit(str(e)) from e
     torch.manual_seed(args.seed)
     w = _workload(args)
+    if w.train_loader is None and _needs_data(args):
+        raise SystemExit(f"--method {args.method} / fine-tuning need calibration data: add --data-path")
     w.model.to(args.device).eval()
     w.example = w.example.to(args.device)
     progress = not args.quiet
@@ -269,7 +233,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         )
     pruner = _make_pruner(args, model, w)
     if needs_gradients(args.method):
-        accumulate_gradients(model, w.calib_loader, max_batches=args.calib_batches, progress=progress)
+        accumulate_gradients(model, w.train_loader, max_batches=args.calib_batches, progress=progress)
     if args.method == "gohsp" and args.admm_epochs:
         from .train import train
 
@@ -335,36 +299,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"--methods must be a comma list from {','.join(BENCH_METHODS)}")
     if any(not 0.0 < t <= 1.0 for t in args.targets):
         raise SystemExit("--targets must lie in (0, 1]")
-    if args.model is None:
-        from dataclasses import replace
-
-        from torch.utils.data import DataLoader, TensorDataset
-
-        from .embedded import EmbeddedRecipe, embedded_model
-
-        recipe = EmbeddedRecipe()
-        if args.embedded_epochs is not None:
-            recipe = replace(recipe, epochs=args.embedded_epochs)
-        model, split, _ = embedded_model(recipe, progress=not args.quiet)
-        train_set = TensorDataset(split.x_train, split.y_train)
-        test_loader = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)
-        example = split.x_test[:1]
-    else:
-        import timm
-
-        from .data import image_folder_loaders
-
-        if not args.data_path:
-            raise SystemExit("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
-        model = timm.create_model(args.model, pretrained=args.pretrained)
-        train_loader, test_loader = image_folder_loaders(args.data_path, model)
-        train_set = train_loader.dataset
-        example = torch.randn(1, *model.pretrained_cfg.get("input_size", (3, 224, 224)))
+    w = _workload(args)
+    if w.train_set is None:
+        raise SystemExit("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
     run_bench(
-        model,
-        train_set,
-        test_loader,
-        example,
+        w.model,
+        w.train_set,
+        w.test_loader,
+        w.example,
         targets=args.targets,
         methods=methods,
         seeds=list(range(args.seeds)),

@@ -15,10 +15,19 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["GateSet", "GATE_NAME"]
+__all__ = ["GateSet", "GATE_NAME", "add_to_grad"]
 
 #: Name of the gate parameter on every gated Linear.
 GATE_NAME = "vtp_gate"
+
+
+@torch.no_grad()
+def add_to_grad(p: nn.Parameter, g: torch.Tensor) -> None:
+    """``p.grad += g`` (creating the gradient when there is none): the regularisers' hook."""
+    if p.grad is None:
+        p.grad = g.detach().clone()
+    else:
+        p.grad.add_(g)
 
 
 class _GateHook:
@@ -70,11 +79,7 @@ class GateSet:
     def l1_subgradient(self, strength: float) -> None:
         """Add ``strength * sign(g)`` to every gate gradient (the L1 term's subgradient)."""
         for g in self.parameters():
-            step = strength * torch.sign(g)
-            if g.grad is None:
-                g.grad = step.clone()
-            else:
-                g.grad.add_(step)
+            add_to_grad(g, strength * torch.sign(g))
 
     @torch.no_grad()
     def fold(self) -> None:

@@ -30,6 +30,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..gates import add_to_grad
 from ..vit import sync_attention
 from .vit import ViTPruner, check_ratio
 
@@ -251,11 +252,7 @@ class GOHSPPruner(ViTPruner):
         """Add ``rho * (W - Z + U)`` to the gradient of every prunable weight (call after backward)."""
         with torch.no_grad():
             for p, z in self.Z.items():
-                g = self.rho * (p.detach() - z + self.U[p])
-                if p.grad is None:
-                    p.grad = g.clone()
-                else:
-                    p.grad.add_(g)
+                add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
 
     @torch.no_grad()
     def update_regularizer(self) -> None:
@@ -279,18 +276,8 @@ class GOHSPPruner(ViTPruner):
         plan = self.project(use_dual=False)
         self.final_plan = plan
         for li, b in enumerate(self._blocks):  # 1) whole heads
-            attn, heads = b["attn"], sorted(plan.heads[li])
-            if not heads:
-                continue
-            d = int(attn.head_dim)
-            idxs = [h * d + j for h in heads for j in range(d)]
-            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
-            self.num_heads[attn.qkv] -= len(heads)
-            self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
-            remove = getattr(self.importance, "remove_heads", None)
-            if remove is not None:
-                remove(attn.qkv, heads)
-            yield group
+            if plan.heads[li]:
+                yield self.head_group(b["attn"], plan.heads[li])
         sync_attention(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 2) head dims, same dims in every kept head
             attn, dims = b["attn"], sorted(plan.head_dims[li])

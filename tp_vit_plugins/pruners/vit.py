@@ -232,18 +232,25 @@ class ViTPruner(tp.pruner.BasePruner):
             return
         plan = self._heads_to_remove(ratio)
         for _, attn in self._attentions:
-            heads = sorted(plan[attn.qkv])
-            if not heads:
-                continue
-            head_dim = attn.qkv.out_features // 3 // self.num_heads[attn.qkv]
-            idxs = [h * head_dim + j for h in heads for j in range(head_dim)]
-            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
-            self.num_heads[attn.qkv] -= len(heads)
-            self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
-            remove = getattr(self.importance, "remove_heads", None)
-            if remove is not None:  # calibrated head scores stay aligned with the heads left
-                remove(attn.qkv, heads)
-            yield group
+            if plan[attn.qkv]:
+                yield self.head_group(attn, plan[attn.qkv])
+
+    def head_group(self, attn: nn.Module, heads: Sequence[int]) -> tp.Group:
+        """The tp group removing whole ``heads`` of ``attn``; head bookkeeping is updated.
+
+        ``num_heads`` / ``out_channel_groups`` are decremented (as tp does for the groups it
+        yields) and a calibrated importance is told which heads go (``remove_heads``).
+        """
+        heads = sorted(int(h) for h in heads)
+        head_dim = attn.qkv.out_features // 3 // self.num_heads[attn.qkv]
+        idxs = [h * head_dim + j for h in heads for j in range(head_dim)]
+        group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+        self.num_heads[attn.qkv] -= len(heads)
+        self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
+        remove = getattr(self.importance, "remove_heads", None)
+        if remove is not None:  # calibrated head scores stay aligned with the heads left
+            remove(attn.qkv, heads)
+        return group
 
     def _prune(self) -> Generator[tp.Group, None, None]:
         if self.current_step > self.iterative_steps:
