@@ -52,6 +52,18 @@ def x() -> torch.Tensor:
     return torch.randn(4, 3, 32, 32)
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One embedded-model cache for the whole session: the 1-epoch model trains once."""
+    return tmp_path_factory.mktemp("tpv_cache")
+
+
+@pytest.fixture
+def cache(shared_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("TPV_CACHE_DIR", str(shared_cache))
+    return tmp_path
+
+
 def set_fused(model: torch.nn.Module, flag: bool) -> None:
     from timm.layers import Attention
 

@@ -9,10 +9,9 @@ import pytest
 from tp_vit_plugins import cli
 
 
-def test_bench_tiny_config_writes_the_three_outputs(tmp_path, monkeypatch, capsys):
+def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
     pytest.importorskip("matplotlib")
-    monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "bench"
+    out = cache / "bench"
     argv = [
         "bench",
         "--embedded-epochs",

@@ -8,12 +8,6 @@ import tp_vit_plugins as tpv
 from tp_vit_plugins import cli, embedded
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
-
-
 def test_prune_embedded_prints_table_and_saves(cache, capsys, monkeypatch):
     out = cache / "pruned"
     args = [
