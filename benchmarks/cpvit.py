@@ -52,26 +52,17 @@ def accuracy_sweep(base, split, keeps, starts, seeds, beta, powers):
     input_size = tuple(split.x_test.shape[1:])
     dense_macs = cascade_macs(base, input_size, keep_ratio=1.0, start_block=0)
     rows = []
-    for start in starts:
-        for keep in keeps:
-            common = dict(keep_ratio=keep, start_block=start, beta=0.0)
-            cp, macs = evaluate_cascade(base, test, score="cumulative", **common)
-            ev, _ = evaluate_cascade(base, test, score="cls", **common)
-            rnd = [evaluate_cascade(base, test, score="random", seed=s, **common)[0] for s in seeds]
-            cpb, macs_b = evaluate_cascade(base, test, score="cumulative", keep_ratio=keep, start_block=start, beta=beta)
-            rows.append(
-                dict(
-                    start=start,
-                    keep=keep,
-                    macs=100 * macs / dense_macs,
-                    cp=cp,
-                    evit=ev,
-                    rnd=rnd,
-                    cpb=cpb,
-                    macs_b=100 * macs_b / dense_macs,
-                )
-            )
-            print(rows[-1], flush=True)
+    for power in powers:
+        for start in starts:
+            for keep in keeps:
+                common = dict(keep_ratio=keep, start_block=start, beta=0.0, schedule_power=power)
+                cp, macs = evaluate_cascade(base, test, score="cumulative", **common)
+                ev, _ = evaluate_cascade(base, test, score="cls", **common)
+                rnd = [evaluate_cascade(base, test, score="random", seed=s, **common)[0] for s in seeds]
+                cpb, macs_b = evaluate_cascade(base, test, score="cumulative", **{**common, "beta": beta})
+                row = dict(power=power, start=start, keep=keep, macs=100 * macs / dense_macs, cp=cp, evit=ev, rnd=rnd)
+                rows.append({**row, "cpb": cpb, "macs_b": 100 * macs_b / dense_macs})
+                print(rows[-1], flush=True)
     return rows, dense_macs
 
 
