@@ -66,6 +66,20 @@ def accuracy_sweep(base, split, keeps, starts, seeds, beta, powers):
     return rows, dense_macs
 
 
+def table_lines(rows):
+    """Markdown table of the sweep rows (γ = schedule ramp exponent)."""
+    lines = [
+        "| γ | start block | keep ratio | MACs kept % | CP-ViT % | EViT-style (CLS attn) % | random % | CP-ViT β % | MACs kept (β) % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['power']} | {r['start']} | {r['keep']} | {r['macs']:.1f} | {r['cp']:.2f} | {r['evit']:.2f} | "
+            f"{mean_std(r['rnd'])} | {r['cpb']:.2f} | {r['macs_b']:.1f} |"
+        )
+    return lines
+
+
 def latency(model_name, keeps, start, batch_sizes, min_run_time):
     import timm
 
@@ -109,18 +123,10 @@ def main(argv=None) -> int:
         body.append(f"### Accuracy vs MACs, embedded MNIST ViT (recipe {meta['key']}), no fine-tune\n")
         body.append(
             f"Dense: {dense:.2f} % at {dense_macs / 1e6:.2f} M MACs per image (49 patches, 6 blocks). "
-            "Columns 4-6 share one token schedule (equal MACs); random: mean ± std over "
+            "Columns 5-7 share one token schedule (equal MACs); random: mean ± std over "
             f"{args.seeds} seeds. Last two columns: CP-ViT with the attention-range adjustment (beta={args.beta}).\n"
         )
-        body.append(
-            "| start block | keep ratio | MACs kept % | CP-ViT % | EViT-style (CLS attn) % | random % | CP-ViT β % | MACs kept (β) % |"
-        )
-        body.append("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            body.append(
-                f"| {r['start']} | {r['keep']} | {r['macs']:.1f} | {r['cp']:.2f} | {r['evit']:.2f} | {mean_std(r['rnd'])} | "
-                f"{r['cpb']:.2f} | {r['macs_b']:.1f} |"
-            )
+        body.extend(table_lines(rows))
         wins = sum(r["cp"] >= r["evit"] for r in rows)
         within = [r for r in rows if r["cp"] >= dense - 1.0]
         best = min(within, key=lambda r: r["macs"]) if within else None
