@@ -2,6 +2,7 @@
 
 from . import tokens
 from .budget import BudgetResult, fit_budget
+from .finetune import finetune
 from .importance import CumulativeHeadImportance, GateImportance, GraphHeadImportance
 from .io import load_pruned, save_pruned
 from .metrics import count_macs, count_params, measure_latency
@@ -26,6 +27,7 @@ __all__ = [
     "save_pruned",
     "attention_maps",
     "eager_attention",
+    "finetune",
     "fit_budget",
     "sync_attention",
     "tokens",
