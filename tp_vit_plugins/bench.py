@@ -11,8 +11,8 @@ MACs ratio. Methods:
   (global heads + width + head dims);
 * ``gohsp`` — heads ranked by :class:`~tp_vit_plugins.GraphHeadImportance`, widths by L2
   (the one-shot graph ranking; the ADMM stage is benchmarked in ``benchmarks/gohsp.py``);
-* ``vtp`` — gated L1 sparse training for half of the epoch budget, |gate| ranking, the other
-  half fine-tuning;
+* ``vtp`` — gated L1 sparse training for half of the epoch budget (at least one epoch: untrained
+  gates are all 1 and rank nothing), |gate| ranking, the rest fine-tuning;
 * ``cpvit`` — the CP-ViT cascade (``beta = 0``: exact MACs), fine-tuned with it active;
 * ``gohsp+cpvit`` — half of the MACs cut (in log scale) from GOHSP structure, the rest from
   the cascade.
@@ -165,14 +165,14 @@ def run_bench(
             struct_target = target if method == "gohsp" else math.sqrt(target)
             pruned = fit_budget(base, example, struct_target, prune_fn=_structure_fn(imp, base), **_FIT).model
         elif method == "vtp":
-            sparse = finetune_epochs // 2
+            sparse = max(1, finetune_epochs // 2)  # gates need >= 1 epoch; total epochs stay equal when >= 1
             vtp = VTPPruner(base, example, pruning_ratio=0.0)
             finetune(base, train_loader, epochs=sparse, lr=lr, seed=seed, step_hook=vtp.regularize, progress=False)
             imp = vtp.importance
             imp.set_gates(vtp.gates.values())
             vtp.remove_gates(fold=True)
             pruned = fit_budget(base, example, target, prune_fn=_structure_fn(imp, base), **_FIT).model
-            epochs = finetune_epochs - sparse
+            epochs = max(0, finetune_epochs - sparse)
         else:  # cpvit
             pruned = base
         pruned.zero_grad(set_to_none=True)

@@ -234,35 +234,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruner = _make_pruner(args, model, w)
     if needs_gradients(args.method):
         accumulate_gradients(model, w.train_loader, max_batches=args.calib_batches, progress=progress)
-    if args.method == "gohsp" and args.admm_epochs:
+    sparse_epochs = {"gohsp": args.admm_epochs, "vtp": args.sparse_epochs}.get(args.method, 0)
+    if sparse_epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         from .train import train
 
         train(
             model,
             w.train_loader,
-            args.admm_epochs,
+            sparse_epochs,
             lr=args.lr,
             seed=args.seed,
             step_hook=pruner.regularize,
             epoch_hook=lambda _: pruner.update_regularizer(),
-            desc="GOHSP ADMM",
+            desc=f"{args.method} sparse training",
             progress=progress,
         )
-        print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
-    if args.method == "vtp" and args.sparse_epochs:
-        from .train import train
-
-        train(
-            model,
-            w.train_loader,
-            args.sparse_epochs,
-            lr=args.lr,
-            seed=args.seed,
-            step_hook=pruner.regularize,
-            desc="VTP sparse training",
-            progress=progress,
-        )
-        print(f"gates below 0.01 after sparse training: {100 * pruner.gate_sparsity():.1f}%")
+        if args.method == "gohsp":
+            print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
+        else:
+            print(f"gates below 0.01 after sparse training: {100 * pruner.gate_sparsity():.1f}%")
     pruner.step()
     model.zero_grad(set_to_none=True)
     return _finish(args, w, dense, model, dense_heads)
