@@ -155,27 +155,19 @@ def dense_heads_of(model: nn.Module) -> list[int]:
 
 
 def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViTPruner:
-    common = dict(prune_head_dims=args.prune_head_dims, prune_mlp=args.prune_mlp, prune_embed_dim=args.prune_embed_dim)
     if args.method == "vtp":
         from .pruners import VTPPruner
 
         return VTPPruner(model, w.example, pruning_ratio=args.width_ratio, reg=args.reg, head_pruning_ratio=args.head_ratio)
-    if args.method != "gohsp":
-        return ViTPruner(
-            model,
-            w.example,
-            tp_importance(args.method),
-            pruning_ratio=args.width_ratio,
-            head_pruning_ratio=args.head_ratio,
-            global_pruning=args.global_pruning,
-            **common,
-        )
-    from .importance import GraphHeadImportance
-    from .pruners import GOHSPPruner
+    if args.method == "gohsp":
+        from .importance import GraphHeadImportance
+        from .pruners import GOHSPPruner
 
-    imp = GraphHeadImportance(progress=not args.quiet).calibrate(model, w.train_loader, max_batches=args.calib_batches)
-    if args.admm_epochs:
-        return GOHSPPruner(model, w.example, imp, target_params_ratio=args.target_params)
+        imp = GraphHeadImportance(progress=not args.quiet).calibrate(model, w.train_loader, max_batches=args.calib_batches)
+        if args.admm_epochs:
+            return GOHSPPruner(model, w.example, imp, target_params_ratio=args.target_params)
+    else:
+        imp = tp_importance(args.method)
     return ViTPruner(
         model,
         w.example,
@@ -183,7 +175,9 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViT
         pruning_ratio=args.width_ratio,
         head_pruning_ratio=args.head_ratio,
         global_pruning=args.global_pruning,
-        **common,
+        prune_head_dims=args.prune_head_dims,
+        prune_mlp=args.prune_mlp,
+        prune_embed_dim=args.prune_embed_dim,
     )
 
 
