@@ -1,4 +1,4 @@
-"""Budget search in MACs."""
+"""Budget search in MACs and in (faked and real) latency; CP-ViT keep-ratio fitting."""
 
 from __future__ import annotations
 
@@ -58,6 +58,78 @@ def test_budget_errors():
         (dict(target=0.0), "target"),
         (dict(target=0.5, structure="tokens"), "structure"),
         (dict(target=0.5, metric="flops"), "metric"),
+        (dict(target=0.5, max_ratio=1.0), "max_ratio"),
+        (dict(target=0.5, max_evaluations=0), "max_evaluations"),
+        (dict(target=0.5, metric="latency", latency_min_run_time=0), "latency_min_run_time"),
     ):
         with pytest.raises(ValueError, match=msg):
             fit_budget(model, x, **kwargs)
+
+
+def fake_latency(log: list):
+    """A deterministic stand-in for measure_latency: 0.2 ms fixed overhead + 1 ms per 10 M MACs at the batch size."""
+
+    def measure(model, example, batch_sizes, **kwargs):
+        log.append(model)
+        macs = tpv.count_macs(model, example[:1])
+        return {b: 2e-4 + b * macs / 1e10 for b in batch_sizes}
+
+    return measure
+
+
+@pytest.mark.parametrize("structure", ["width", "both"])
+def test_budget_hits_a_latency_target_with_the_dense_model_timed_alongside(monkeypatch, structure):
+    from tp_vit_plugins import budget
+
+    log: list = []
+    monkeypatch.setattr(budget, "measure_latency", fake_latency(log))
+    model = make_model("vit", depth=3, num_heads=4)
+    x = torch.randn(1, 3, 32, 32)
+    before = snapshot(model)
+    res = fit_budget(model, x, target=0.7, structure=structure, metric="latency", latency_batch_size=8, prune_head_dims=True)
+    assert state_equal(before, model.state_dict())
+    assert res.metric == "latency" and abs(res.achieved - 0.7) / 0.7 <= 0.02
+    lat = fake_latency([])
+    assert res.achieved == pytest.approx(lat(res.model, x, (8,))[8] / lat(model, x, (8,))[8])
+    # the fixed overhead makes latency shrink slower than MACs: more MACs must go than latency
+    assert res.macs_kept == pytest.approx(tpv.count_macs(res.model, x) / tpv.count_macs(model, x))
+    assert res.macs_kept < res.achieved
+    assert sum(m is model for m in log) == res.evaluations  # dense re-timed next to every candidate
+    assert len(log) == 2 * res.evaluations
+
+
+def test_budget_latency_with_the_real_timer_runs_and_reports():
+    """No timing assertion: the real timer path builds, times and returns a pruned copy."""
+    model = make_model("vit", depth=2, num_heads=4)
+    x = torch.randn(1, 3, 32, 32)
+    res = fit_budget(
+        model,
+        x,
+        target=0.5,
+        structure="width",
+        metric="latency",
+        latency_batch_size=2,
+        latency_min_run_time=0.02,
+        max_evaluations=2,
+    )
+    assert 1 <= res.evaluations <= 2 and res.achieved > 0 and 0 < res.macs_kept < 1
+    assert tpv.count_params(res.model) < tpv.count_params(model)
+
+
+def test_fit_keep_ratio_matches_the_cascade_macs():
+    from tp_vit_plugins.budget import fit_keep_ratio
+    from tp_vit_plugins.tokens import apply_cascade, remove_cascade
+
+    model = make_model("vit", depth=4, img_size=64)
+    x = torch.randn(1, 3, 64, 64)
+    dense = tpv.count_macs(model, x)
+    for target in (0.9, 0.7):
+        keep = fit_keep_ratio(model, (3, 64, 64), target, start_block=0)
+        apply_cascade(model, keep_ratio=keep, start_block=0, beta=0.0)
+        kept = tpv.count_macs(model, x) / dense
+        remove_cascade(model)
+        assert kept <= target and target - kept < 0.05  # tokens are discrete: 64 patches here
+    assert fit_keep_ratio(model, (3, 64, 64), 1.0) == 1.0
+    assert fit_keep_ratio(model, (3, 64, 64), 0.01) == pytest.approx(1e-3)  # unreachable: the smallest keep
+    with pytest.raises(ValueError, match="target"):
+        fit_keep_ratio(model, (3, 64, 64), 0.0)

@@ -140,9 +140,50 @@ def test_prune_timm_name_without_data(capsys):
     assert "[3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3] -> [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" in text  # round(1.5) = 2 removed
 
 
+def _macs_ratio(text: str) -> float:
+    """dense/pruned MACs ratio from the printed table."""
+    return float(text.split("dense/pruned")[1].split()[1].rstrip("x"))
+
+
+@pytest.mark.parametrize("method, structure, target", [("l2", "both", 0.6), ("gohsp", "heads", 0.8)])
+def test_prune_to_a_macs_target(cache, capsys, method, structure, target):
+    args = ["prune", "--embedded-epochs", "1", "--method", method, "--target-macs", str(target), "--budget-structure", structure]
+    out = cache / f"budget-{method}"
+    args += ["--calib-batches", "2", "--finetune-epochs", "0", "--no-latency", "--quiet", "--out", str(out)]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    achieved = float(text.split("-> achieved ")[1].split()[0])
+    assert f"budget: keep {target:.3f} of the dense macs" in text and abs(achieved - target) / target <= 0.02
+    assert "warning" not in text
+    assert abs(1 / _macs_ratio(text) - target) / target <= 0.02 + 0.01  # the table's own MACs count agrees (2-digit print)
+    model = tpv.load_pruned(out)
+    if structure == "heads":  # MLPs untouched: every block keeps its 384 neurons, only heads went
+        assert all(b.mlp.fc1.out_features == 384 for b in model.blocks) and sum(b.attn.num_heads for b in model.blocks) < 36
+
+
+def test_unreachable_macs_target_warns(cache, capsys):
+    args = ["prune", "--embedded-epochs", "1", "--method", "l1", "--target-macs", "0.5", "--budget-structure", "heads"]
+    assert cli.main([*args, "--finetune-epochs", "0", "--no-latency", "--quiet"]) == 0
+    assert "is out of reach for --budget-structure heads" in capsys.readouterr().out
+
+
+def test_prune_cpvit_to_a_macs_target(cache, capsys):
+    args = ["prune", "--embedded-epochs", "1", "--method", "cpvit", "--target-macs", "0.7", "--start-block", "0"]
+    args += ["--finetune-epochs", "0", "--no-latency", "--quiet"]
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert "budget: keep ratio" in text and "fixed" in text
+    assert 0.66 <= 1 / _macs_ratio(text) <= 0.7 + 0.005  # discrete tokens: at most the target, close to it
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["prune", "--target-macs", "1.5"], "--target-macs must lie in"),
+        (["prune", "--target-latency", "0"], "--target-latency must lie in"),
+        (["prune", "--method", "cpvit", "--target-latency", "0.5"], "cpvit takes --target-macs"),
+        (["prune", "--method", "gohsp", "--admm-epochs", "1", "--target-macs", "0.5"], "--admm-epochs prunes"),
+        (["prune", "--target-latency", "0.5", "--no-latency"], "drop --no-latency"),
         (["prune", "--head-ratio", "1.0"], "--head-ratio"),
         (["prune", "--width-ratio", "-0.2"], "--width-ratio"),
         (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "calibration data"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_model
 
@@ -36,3 +37,49 @@ def test_params_and_latency():
     lat = measure_latency(model, torch.randn(1, 3, 32, 32), batch_sizes=(1, 4), min_run_time=0.05, warmup=1)
     assert set(lat) == {1, 4} and all(v > 0 for v in lat.values())
     assert model.training is False
+
+
+def test_cuda_event_median_times_each_run_after_a_sync(monkeypatch):
+    """The CUDA-event path with fake events (no GPU here): ms -> s, median, sync before reading."""
+    from tp_vit_plugins import metrics
+
+    clock = {"now": 0.0, "synced": False}
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            clock["synced"] = False
+            self.t = clock["now"]
+
+        def elapsed_time(self, other):
+            assert clock["synced"], "elapsed_time read before torch.cuda.synchronize()"
+            return other.t - self.t
+
+    def sync():
+        clock["synced"] = True
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", sync)
+    durations = iter([3.0, 1.0, 2.0, 10.0, 2.5])  # milliseconds per run
+
+    def run():
+        clock["now"] += next(durations)
+
+    assert metrics.cuda_event_median(run, repeats=5) == pytest.approx(2.5e-3)
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.cuda_event_median(run, repeats=0)
+
+
+def test_latency_errors():
+    model = make_model("vit")
+    x = torch.randn(1, 3, 32, 32)
+    for kwargs, msg in (
+        (dict(batch_sizes=(0,)), "batch sizes"),
+        (dict(repeats=0), "repeats"),
+        (dict(min_run_time=0), "min_run_time"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            measure_latency(model, x, **kwargs)

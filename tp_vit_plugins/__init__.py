@@ -1,7 +1,7 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm."""
 
 from . import tokens
-from .budget import BudgetResult, fit_budget
+from .budget import BudgetResult, fit_budget, fit_keep_ratio
 from .finetune import finetune
 from .importance import CumulativeHeadImportance, GateImportance, GraphHeadImportance
 from .io import load_pruned, save_pruned
@@ -29,6 +29,7 @@ __all__ = [
     "eager_attention",
     "finetune",
     "fit_budget",
+    "fit_keep_ratio",
     "sync_attention",
     "tokens",
     "vit_pruning_kwargs",

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .budget import clone_with_grads, fit_budget, vit_prune_fn
+from .budget import clone_with_grads, fit_budget, fit_keep_ratio, vit_prune_fn
 from .calibration import accumulate_gradients
 from .finetune import finetune
 from .metrics import count_macs, count_params, measure_latency
@@ -75,21 +75,6 @@ def _blocks(model: nn.Module) -> tuple[list[int], list[int]]:
 def _structure_fn(importance: tp.importance.Importance, source: nn.Module):
     """Global heads + width + head dims at one scalar ratio, as :func:`fit_budget` expects."""
     return vit_prune_fn(importance, source, lambda r: r, lambda r: r, prune_head_dims=True)
-
-
-def _fit_keep(model: nn.Module, input_size: Sequence[int], target: float) -> float:
-    """Keep ratio whose cascade (start block depth // 4, linear schedule) keeps ``target`` of ``model``'s MACs."""
-    from .tokens import cascade_macs
-
-    dense = cascade_macs(model, input_size, keep_ratio=1.0)
-    lo, hi = 1e-3, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if cascade_macs(model, input_size, keep_ratio=mid) / dense > target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def run_bench(
@@ -177,7 +162,7 @@ def run_bench(
             pruned = base
         pruned.zero_grad(set_to_none=True)
         if method.endswith("cpvit"):
-            keep = _fit_keep(pruned, input_size, target * dense_macs / count_macs(pruned, example))
+            keep = fit_keep_ratio(pruned, input_size, min(1.0, target * dense_macs / count_macs(pruned, example)))
             apply_cascade(pruned, keep_ratio=keep, beta=0.0)
         oneshot = evaluate(pruned, test_loader, progress=False)
         if epochs:

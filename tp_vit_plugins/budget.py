@@ -6,21 +6,28 @@ one scalar ``r`` that sets the pruning ratios (heads, width or both) of a
 pruned model's MACs — or measured latency — is as close to the target as the structure
 allows, and reports the achieved value next to the target. The user's model is never
 modified.
+
+Latency targets are measured, not modelled: every candidate is timed back to back with the
+dense model (``measure_latency``, same batch size, same thread count), so slow drifts of the
+machine cancel in the ratio. Timing noise (typically 1–3 % on a loaded CPU) still limits how
+close a latency target can be hit; the bisection tolerates a non-monotone step and keeps the
+closest candidate it measured.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from tqdm.auto import tqdm
 
 from .metrics import count_macs, measure_latency
 
-__all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "remap_state", "vit_prune_fn", "STRUCTURES"]
+__all__ = ["BudgetResult", "fit_budget", "fit_keep_ratio", "clone_with_grads", "remap_state", "vit_prune_fn", "STRUCTURES"]
 
 #: What the scalar ratio controls.
 STRUCTURES = ("heads", "width", "both")
@@ -37,6 +44,7 @@ class BudgetResult:
         metric: ``"macs"`` or ``"latency"``.
         model: The pruned copy at ``ratio``.
         evaluations: Number of pruned copies built.
+        macs_kept: Fraction of the dense MACs ``model`` keeps (whatever the metric).
     """
 
     ratio: float
@@ -45,6 +53,7 @@ class BudgetResult:
     metric: str
     model: nn.Module
     evaluations: int
+    macs_kept: float = 1.0
 
     @property
     def relative_error(self) -> float:
@@ -122,6 +131,8 @@ def fit_budget(
     tolerance: float = 0.01,
     max_evaluations: int = 16,
     latency_batch_size: int = 64,
+    latency_min_run_time: float = 0.5,
+    progress: bool = False,
     **pruner_kwargs,
 ) -> BudgetResult:
     """Find the pruning ratio whose result keeps ``target`` of the dense MACs (or latency).
@@ -133,8 +144,9 @@ def fit_budget(
         importance: Criterion for the default :class:`ViTPruner` factory (gradient-based
             criteria need ``.grad`` on ``model``; every copy receives a copy of it).
         structure: ``"heads"``, ``"width"`` or ``"both"`` for the default factory.
-        metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"``
-            (``measure_latency`` at ``latency_batch_size``; noisy, slower).
+        metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"`` (median
+            ``measure_latency`` at ``latency_batch_size`` on ``example_inputs``' device,
+            candidate and dense model timed back to back; noisy, slower).
         prune_fn: ``prune_fn(model_copy, example_inputs, r)`` prunes in place with scalar
             ratio ``r``; overrides ``importance`` / ``structure`` / ``pruner_kwargs``. State keyed
             by ``model``'s modules must be remapped onto the copy (see :func:`vit_prune_fn`).
@@ -142,6 +154,8 @@ def fit_budget(
         tolerance: Stop once ``|achieved - target| / target`` is below this.
         max_evaluations: Cap on the pruned copies built.
         latency_batch_size: Batch size of the latency metric.
+        latency_min_run_time: Seconds of timed runs per model and candidate (CPU timer).
+        progress: A tqdm bar over the candidates (ratio and achieved fraction as postfix).
         **pruner_kwargs: Extra :class:`ViTPruner` arguments for the default factory
             (``prune_head_dims=True``, ``prune_embed_dim=True``, ``global_pruning=False``, ...).
 
@@ -149,7 +163,7 @@ def fit_budget(
         The :class:`BudgetResult` closest to the target.
 
     Raises:
-        ValueError: Bad target, structure, metric or ratio bounds.
+        ValueError: Bad target, structure, metric, ratio bounds or latency settings.
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target must lie in (0, 1], got {target}")
@@ -159,6 +173,12 @@ def fit_budget(
         raise ValueError(f"metric must be 'macs' or 'latency', got {metric!r}")
     if not 0.0 < max_ratio < 1.0:
         raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio}")
+    if max_evaluations < 1:
+        raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
+    if metric == "latency" and (latency_batch_size < 1 or latency_min_run_time <= 0):
+        raise ValueError(
+            f"latency_batch_size must be >= 1 and latency_min_run_time > 0, got {latency_batch_size} and {latency_min_run_time}"
+        )
     if prune_fn is not None:
         first = prune_fn
     else:
@@ -167,14 +187,18 @@ def fit_budget(
         width = same if structure in ("width", "both") else zero
         first = vit_prune_fn(importance, model, head, width, **pruner_kwargs)
 
-    def cost(m: nn.Module) -> float:
-        if metric == "macs":
-            return float(count_macs(m, example_inputs))
-        return measure_latency(m, example_inputs, (latency_batch_size,), min_run_time=0.5)[latency_batch_size]
+    def seconds(m: nn.Module) -> float:
+        return measure_latency(m, example_inputs, (latency_batch_size,), min_run_time=latency_min_run_time)[latency_batch_size]
 
     if target >= 1.0:
         return BudgetResult(0.0, target, 1.0, metric, copy.deepcopy(model), 0)
-    dense = cost(model)
+    dense_macs = float(count_macs(model, example_inputs))
+
+    def kept_fraction(m: nn.Module) -> float:
+        if metric == "macs":
+            return count_macs(m, example_inputs) / dense_macs
+        return seconds(m) / seconds(model)  # dense re-timed next to every candidate: drift cancels
+
     evaluations = 0
 
     def search(prune: Callable[[nn.Module, torch.Tensor, float], None], budget: int) -> tuple[BudgetResult, float]:
@@ -188,8 +212,11 @@ def fit_budget(
             prune(candidate, example_inputs, r)
             used += 1
             evaluations += 1
-            kept = cost(candidate) / dense
-            result = BudgetResult(r, target, kept, metric, candidate, evaluations)
+            kept = kept_fraction(candidate)
+            macs = kept if metric == "macs" else count_macs(candidate, example_inputs) / dense_macs
+            result = BudgetResult(r, target, kept, metric, candidate, evaluations, macs)
+            bar.update()
+            bar.set_postfix(ratio=f"{r:.3f}", kept=f"{kept:.3f}", target=f"{target:.3f}")
             if best is None or result.relative_error < best.relative_error:
                 best = result
             if best.relative_error <= tolerance or (used == 1 and kept > target):
@@ -198,13 +225,53 @@ def fit_budget(
         return best, lo
 
     two_stage = prune_fn is None and structure == "both"
-    best, lo = search(first, max_evaluations // 2 if two_stage else max_evaluations)
-    if two_stage and best.relative_error > tolerance:
-        # heads move the cost in coarse steps: fix them at the last under-pruned ratio, refine the width alone
-        fixed = lo
-        refine = vit_prune_fn(importance, model, lambda r: fixed, lambda r: r, **pruner_kwargs)
-        second, _ = search(refine, max_evaluations - evaluations)
-        if second.relative_error < best.relative_error:
-            best = second
+    with tqdm(total=max_evaluations, desc=f"fit_budget ({metric})", disable=not progress, leave=False) as bar:
+        best, lo = search(first, max(1, max_evaluations // 2) if two_stage else max_evaluations)
+        if two_stage and best.relative_error > tolerance and evaluations < max_evaluations:
+            # heads move the cost in coarse steps: fix them at the last under-pruned ratio, refine the width alone
+            fixed = lo
+            refine = vit_prune_fn(importance, model, lambda r: fixed, lambda r: r, **pruner_kwargs)
+            second, _ = search(refine, max_evaluations - evaluations)
+            if second.relative_error < best.relative_error:
+                best = second
     best.evaluations = evaluations
     return best
+
+
+def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
+    """Largest CP-ViT keep ratio whose cascade keeps at most ``target`` of ``model``'s MACs.
+
+    Bisects ``keep_ratio`` against :func:`~tp_vit_plugins.tokens.cascade_macs` (analytic,
+    exact for ``beta = 0``; with ``beta > 0`` the per-batch counts move around it).
+
+    Args:
+        model: timm ViT (pruned or not; only shapes are read).
+        input_size: ``(C, H, W)`` of one image.
+        target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
+        iterations: Bisection steps.
+        **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
+            ``schedule_power`` as in :func:`~tp_vit_plugins.tokens.apply_cascade`.
+
+    Returns:
+        The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,
+        when even that keeps more than ``target``: tokens alone cannot reach it).
+
+    Raises:
+        ValueError: ``target`` outside ``(0, 1]``.
+    """
+    from .tokens import cascade_macs
+
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must lie in (0, 1], got {target}")
+    dense = cascade_macs(model, input_size, keep_ratio=1.0)
+
+    def kept(r: float) -> float:
+        return cascade_macs(model, input_size, keep_ratio=r, **cascade_kwargs) / dense
+
+    if kept(1.0) <= target:
+        return 1.0
+    lo, hi = 1e-3, 1.0  # invariant: kept(hi) > target
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if kept(mid) > target else (mid, hi)
+    return lo

@@ -4,6 +4,8 @@ Examples::
 
     tp-vit prune                                   # embedded MNIST ViT, tp Taylor
     tp-vit prune --method l2 --head-ratio 0.5 --width-ratio 0
+    tp-vit prune --method l2 --target-macs 0.6     # ratios fitted to keep 60 % of the MACs
+    tp-vit prune --method l2 --target-latency 0.7  # ... or 70 % of the measured bs-64 latency
     tp-vit prune --model deit_small_patch16_224 --pretrained --data-path /data/imagenet
 """
 
@@ -38,6 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--head-ratio", type=float, default=0.5, help="share of attention heads to remove")
     p.add_argument("--width-ratio", type=float, default=0.3, help="share of width channels to remove (MLP neurons by default)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--target-macs", type=float, default=None, help="keep this fraction of the dense MACs (ratios are fitted; tpv.fit_budget)"
+    )
+    budget.add_argument(
+        "--target-latency",
+        type=float,
+        default=None,
+        help="keep this fraction of the dense latency measured at the largest --latency-batch-sizes",
+    )
+    p.add_argument(
+        "--budget-structure",
+        default="both",
+        choices=["heads", "width", "both"],
+        help="what a --target-* budget prunes: heads, width (see --prune-head-dims/--prune-embed-dim/--no-mlp) or both",
+    )
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank heads and channels across layers")
     p.add_argument("--prune-head-dims", action="store_true", help="the width ratio also removes dims inside heads")
     p.add_argument("--prune-embed-dim", action="store_true", help="the width ratio also removes embedding dims")
@@ -181,6 +199,65 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViT
     )
 
 
+def _budget(args: argparse.Namespace) -> tuple[str, float] | None:
+    """``("macs" | "latency", target)`` when a budget flag is given."""
+    if args.target_macs is not None:
+        return "macs", args.target_macs
+    if args.target_latency is not None:
+        return "latency", args.target_latency
+    return None
+
+
+def _check_budget(args: argparse.Namespace) -> None:
+    budget = _budget(args)
+    if budget is None:
+        return
+    metric, target = budget
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"--target-{metric} must lie in (0, 1] (fraction of the dense {metric} to keep), got {target}")
+    if args.method == "gohsp" and args.admm_epochs:
+        raise ValueError("--admm-epochs prunes to --target-params; drop either it or --target-macs/--target-latency")
+    if args.method == "cpvit" and metric == "latency":
+        raise ValueError("--method cpvit takes --target-macs (the cascade's MACs are exact); use --keep otherwise")
+    if metric == "latency" and not args.latency:
+        raise ValueError("--target-latency measures latency: drop --no-latency")
+
+
+def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, pruner: ViTPruner) -> nn.Module:
+    """Prune a copy of ``model`` to the ``--target-*`` budget with ``pruner``'s criterion; return it."""
+    from .budget import fit_budget
+
+    metric, target = _budget(args)
+    if args.method == "vtp":  # the trained gates are the importance: fold them, then rank by them
+        pruner.importance.set_gates(pruner.gates.values())
+        pruner.remove_gates(fold=True)
+    res = fit_budget(
+        model,
+        w.example,
+        target,
+        importance=pruner.importance,
+        structure=args.budget_structure,
+        metric=metric,
+        latency_batch_size=max(args.latency_batch_sizes),
+        progress=not args.quiet,
+        global_pruning=args.global_pruning,
+        prune_head_dims=args.prune_head_dims,
+        prune_mlp=args.prune_mlp,
+        prune_embed_dim=args.prune_embed_dim,
+    )
+    print(
+        f"budget: keep {target:.3f} of the dense {metric} -> achieved {res.achieved:.3f} "
+        f"({100 * res.relative_error:.1f} % off; MACs kept {res.macs_kept:.3f}; scalar ratio {res.ratio:.3f}, "
+        f"{res.evaluations} candidates)"
+    )
+    if res.relative_error > 0.02:
+        print(
+            f"warning: {target:.3f} of the {metric} is out of reach for --budget-structure {args.budget_structure} "
+            "(or too noisy); the closest candidate is kept. Prune more structure (both, --prune-head-dims) or relax it."
+        )
+    return res.model
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """Run ``tp-vit prune``."""
     try:
@@ -189,6 +266,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         check_ratio("--target-params", args.target_params)
         if not 0.0 < args.keep <= 1.0 or not 0.0 < args.head_keep <= 1.0:
             raise ValueError(f"--keep and --head-keep must lie in (0, 1], got {args.keep} and {args.head_keep}")
+        _check_budget(args)
     except ValueError as e:
         raise SystemExit(str(e)) from e
     torch.manual_seed(args.seed)
@@ -198,23 +276,38 @@ def cmd_prune(args: argparse.Namespace) -> int:
     w.model.to(args.device).eval()
     w.example = w.example.to(args.device)
     progress = not args.quiet
-    print(f"model: {w.name} | method: {args.method} | head ratio {args.head_ratio} | width ratio {args.width_ratio}")
+    budget = _budget(args)
+    setting = (
+        f"target {budget[0]} {budget[1]} ({args.budget_structure})"
+        if budget
+        else f"head ratio {args.head_ratio} | width ratio {args.width_ratio}"
+    )
+    print(f"model: {w.name} | method: {args.method} | {setting}")
     dense = _measure(w.model, w, args, "dense")
     model = copy.deepcopy(w.model)
     dense_heads = dense_heads_of(model)
     if args.method == "cpvit":
         from .tokens import apply_cascade
 
+        keep = args.keep
+        if budget is not None:  # --target-macs: the keep ratio whose (beta = 0) schedule hits it
+            from .budget import fit_keep_ratio
+
+            kwargs = dict(head_keep_ratio=args.head_keep, start_block=args.start_block, schedule_power=args.schedule_power)
+            keep = fit_keep_ratio(model, tuple(w.example.shape[1:]), budget[1], **kwargs)
+            print(f"budget: keep ratio {keep:.4f} for {budget[1]:.3f} of the dense MACs (beta 0: the schedule is exact)")
         cascade = apply_cascade(
             model,
-            keep_ratio=args.keep,
+            keep_ratio=keep,
+            beta=0.0 if budget is not None else 0.5,
             head_keep_ratio=args.head_keep,
             start_block=args.start_block,
             schedule_power=args.schedule_power,
         )
+        adjust = "fixed" if budget is not None else "adjusted per batch by attention range"
         print(
-            f"CP-ViT cascade: patch tokens per block {cascade.schedule} (linear schedule, adjusted per batch by "
-            "attention range); structure unchanged, --head-ratio/--width-ratio are not used"
+            f"CP-ViT cascade: patch tokens per block {cascade.schedule} (schedule power {args.schedule_power}, {adjust}); "
+            "structure unchanged, --head-ratio/--width-ratio are not used"
         )
         return _finish(
             args,
@@ -247,7 +340,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
         else:
             print(f"gates below 0.01 after sparse training: {100 * pruner.gate_sparsity():.1f}%")
-    pruner.step()
+    if budget is not None:
+        model = _fit_structure(args, model, w, pruner)
+    else:
+        pruner.step()
     model.zero_grad(set_to_none=True)
     return _finish(args, w, dense, model, dense_heads)
 

@@ -9,8 +9,9 @@ products are counted the same way for every method (MACs = FLOPs / 2). Latency u
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -55,6 +56,32 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def cuda_event_median(run: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``run``, each timed with a pair of CUDA events.
+
+    The events are recorded on the current stream around ``run()`` and read after a
+    device-wide ``torch.cuda.synchronize()``, so asynchronous kernel launches are included.
+
+    Args:
+        run: The work to time (e.g. ``lambda: model(x)`` with ``x`` on the GPU).
+        repeats: Timed calls, >= 1.
+
+    Returns:
+        Median elapsed time in seconds.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)  # elapsed_time is in milliseconds
+    return statistics.median(times)
+
+
 @torch.no_grad()
 def measure_latency(
     model: nn.Module,
@@ -85,12 +112,14 @@ def measure_latency(
         ``{batch_size: median_seconds}``.
 
     Raises:
-        ValueError: A batch size below 1.
+        ValueError: A batch size below 1, ``repeats`` below 1 or ``min_run_time`` not positive.
     """
     import torch.utils.benchmark as benchmark
 
     if any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
+    if repeats < 1 or min_run_time <= 0:
+        raise ValueError(f"repeats must be >= 1 and min_run_time > 0, got {repeats} and {min_run_time}")
     was_training = model.training
     model.eval()
     sample = example_input[:1]
@@ -101,15 +130,7 @@ def measure_latency(
             for _ in range(warmup):
                 model(x)
             if x.is_cuda:
-                times = []
-                for _ in range(repeats):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    model(x)
-                    end.record()
-                    torch.cuda.synchronize()
-                    times.append(start.elapsed_time(end) / 1e3)
-                out[int(b)] = statistics.median(times)
+                out[int(b)] = cuda_event_median(functools.partial(model, x), repeats)
             else:
                 timer = benchmark.Timer(
                     stmt="model(x)",
