@@ -61,6 +61,7 @@ def test_budget_errors():
         (dict(target=0.5, max_ratio=1.0), "max_ratio"),
         (dict(target=0.5, max_evaluations=0), "max_evaluations"),
         (dict(target=0.5, metric="latency", latency_min_run_time=0), "latency_min_run_time"),
+        (dict(target=0.5, metric="latency", latency_rounds=0), "latency_rounds"),
     ):
         with pytest.raises(ValueError, match=msg):
             fit_budget(model, x, **kwargs)
@@ -94,8 +95,10 @@ def test_budget_hits_a_latency_target_with_the_dense_model_timed_alongside(monke
     # the fixed overhead makes latency shrink slower than MACs: more MACs must go than latency
     assert res.macs_kept == pytest.approx(tpv.count_macs(res.model, x) / tpv.count_macs(model, x))
     assert res.macs_kept < res.achieved
-    assert sum(m is model for m in log) == res.evaluations  # dense re-timed next to every candidate
-    assert len(log) == 2 * res.evaluations
+    # dense re-timed in each of the 7 rounds per candidate, and once more for the reported value
+    assert sum(m is model for m in log) == 7 * (res.evaluations + 1)
+    assert len(log) == 2 * 7 * (res.evaluations + 1) and log[-2] is res.model
+    assert [m is model for m in log[:4]] == [False, True, False, True]  # alternated
 
 
 def test_budget_latency_with_the_real_timer_runs_and_reports():

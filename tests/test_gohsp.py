@@ -62,9 +62,15 @@ def test_head_scores_broadcast_to_channels_of_a_tp_group(x):
     group = DG.get_pruning_group(a0.proj, tp.prune_linear_in_channels, list(range(48)))
     scores = imp(group)
     mean = 12.0 / 6  # normalised to mean 1 over all six heads
-    torch.testing.assert_close(scores, torch.tensor([1.0, 2.0, 3.0]).repeat_interleave(16) / mean)
-    subset = DG.get_pruning_group(a0.proj, tp.prune_linear_in_channels, [5, 20, 40, 47])
-    torch.testing.assert_close(imp(subset), torch.tensor([1.0, 2.0, 3.0, 3.0]) / mean)
+    head = torch.tensor([1.0, 2.0, 3.0]).repeat_interleave(16) / mean
+    l2 = tp.importance.GroupMagnitudeImportance(p=2)(group)
+    relative = l2 / l2.view(3, 16).mean(1).repeat_interleave(16)  # base criterion relative to its head's mean
+    torch.testing.assert_close(scores, head * relative)
+    torch.testing.assert_close(scores.view(3, 16).mean(1), torch.tensor([1.0, 2.0, 3.0]) / mean)  # heads rank by graph
+    assert torch.equal(scores.view(3, 16).argsort(1), l2.view(3, 16).argsort(1))  # dims inside a head rank by L2
+    product = tpv.GraphHeadImportance(combine="product")
+    product.set_head_scores(imp.raw_head_scores)
+    torch.testing.assert_close(product(group), head * l2)
     mlp = DG.get_pruning_group(model.blocks[0].mlp.fc1, tp.prune_linear_out_channels, list(range(192)))
     torch.testing.assert_close(imp(mlp), tp.importance.GroupMagnitudeImportance(p=2)(mlp))  # base criterion
 

@@ -17,6 +17,7 @@ closest candidate it measured.
 from __future__ import annotations
 
 import copy
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,9 @@ class BudgetResult:
     Attributes:
         ratio: The scalar pruning ratio found.
         target: Requested fraction of the dense cost to keep.
-        achieved: Fraction actually kept by ``model``.
+        achieved: Fraction actually kept by ``model``; for latency a fresh measurement of the
+            returned model after the search (the value that selected it is biased toward the
+            target by the selection).
         metric: ``"macs"`` or ``"latency"``.
         model: The pruned copy at ``ratio``.
         evaluations: Number of pruned copies built.
@@ -131,7 +134,8 @@ def fit_budget(
     tolerance: float = 0.01,
     max_evaluations: int = 16,
     latency_batch_size: int = 64,
-    latency_min_run_time: float = 0.5,
+    latency_min_run_time: float = 0.1,
+    latency_rounds: int = 7,
     progress: bool = False,
     **pruner_kwargs,
 ) -> BudgetResult:
@@ -145,8 +149,8 @@ def fit_budget(
             criteria need ``.grad`` on ``model``; every copy receives a copy of it).
         structure: ``"heads"``, ``"width"`` or ``"both"`` for the default factory.
         metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"`` (median
-            ``measure_latency`` at ``latency_batch_size`` on ``example_inputs``' device,
-            candidate and dense model timed back to back; noisy, slower).
+            ``measure_latency`` ratio at ``latency_batch_size`` on ``example_inputs``' device,
+            candidate and dense model timed alternately; noisy, slower).
         prune_fn: ``prune_fn(model_copy, example_inputs, r)`` prunes in place with scalar
             ratio ``r``; overrides ``importance`` / ``structure`` / ``pruner_kwargs``. State keyed
             by ``model``'s modules must be remapped onto the copy (see :func:`vit_prune_fn`).
@@ -154,7 +158,8 @@ def fit_budget(
         tolerance: Stop once ``|achieved - target| / target`` is below this.
         max_evaluations: Cap on the pruned copies built.
         latency_batch_size: Batch size of the latency metric.
-        latency_min_run_time: Seconds of timed runs per model and candidate (CPU timer).
+        latency_min_run_time: Seconds of timed runs per model per round (CPU timer).
+        latency_rounds: Alternated dense / candidate timings per candidate (median ratio).
         progress: A tqdm bar over the candidates (ratio and achieved fraction as postfix).
         **pruner_kwargs: Extra :class:`ViTPruner` arguments for the default factory
             (``prune_head_dims=True``, ``prune_embed_dim=True``, ``global_pruning=False``, ...).
@@ -175,9 +180,10 @@ def fit_budget(
         raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio}")
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
-    if metric == "latency" and (latency_batch_size < 1 or latency_min_run_time <= 0):
+    if metric == "latency" and (latency_batch_size < 1 or latency_min_run_time <= 0 or latency_rounds < 1):
         raise ValueError(
-            f"latency_batch_size must be >= 1 and latency_min_run_time > 0, got {latency_batch_size} and {latency_min_run_time}"
+            "latency_batch_size and latency_rounds must be >= 1 and latency_min_run_time > 0, got "
+            f"{latency_batch_size}, {latency_rounds} and {latency_min_run_time}"
         )
     if prune_fn is not None:
         first = prune_fn
@@ -187,8 +193,9 @@ def fit_budget(
         width = same if structure in ("width", "both") else zero
         first = vit_prune_fn(importance, model, head, width, **pruner_kwargs)
 
-    def seconds(m: nn.Module) -> float:
-        return measure_latency(m, example_inputs, (latency_batch_size,), min_run_time=latency_min_run_time)[latency_batch_size]
+    def seconds(m: nn.Module, warmup: int) -> float:
+        bs = latency_batch_size
+        return measure_latency(m, example_inputs, (bs,), min_run_time=latency_min_run_time, warmup=warmup)[bs]
 
     if target >= 1.0:
         return BudgetResult(0.0, target, 1.0, metric, copy.deepcopy(model), 0)
@@ -197,7 +204,8 @@ def fit_budget(
     def kept_fraction(m: nn.Module) -> float:
         if metric == "macs":
             return count_macs(m, example_inputs) / dense_macs
-        return seconds(m) / seconds(model)  # dense re-timed next to every candidate: drift cancels
+        # dense re-timed alternately with every candidate: drift cancels, the median tames the noise
+        return statistics.median(seconds(m, 3 if i == 0 else 1) / seconds(model, 1) for i in range(latency_rounds))
 
     evaluations = 0
 
@@ -235,6 +243,8 @@ def fit_budget(
             if second.relative_error < best.relative_error:
                 best = second
     best.evaluations = evaluations
+    if metric == "latency":
+        best.achieved = kept_fraction(best.model)  # unbiased: not the measurement that picked it
     return best
 
 

@@ -5,7 +5,11 @@
 
 * attention groups: every channel carries its head's score, combined with a base
   criterion (default tp group-L2 with mean normalisation) — ``combine="product"`` gives
-  ``head_score ** head_weight * base``, ``combine="head"`` the head score alone;
+  ``head_score ** head_weight * base``; ``combine="head"`` gives
+  ``head_score * base / mean(base over the head's channels)``: the mean over a head's channels
+  (how tp and :class:`~tp_vit_plugins.ViTPruner` rank whole heads) is exactly the head score,
+  while channels *inside* a head (head-dim pruning) are ordered by the base criterion instead
+  of tying;
 * other groups (MLP neurons, embedding dims): the base criterion.
 
 Head scores are normalised to mean 1 (over all heads, or per block), the same scale as tp's
@@ -32,7 +36,8 @@ class HeadImportance(tp.importance.Importance):
     Args:
         base_importance: Criterion for channels inside heads and for non-attention groups;
             default ``tp.importance.GroupMagnitudeImportance(p=2)``.
-        combine: ``"product"`` or ``"head"`` (see module docs).
+        combine: ``"product"`` or ``"head"`` (see module docs; in both the whole-head ranking
+            is driven by the head scores).
         head_weight: Exponent of the head score in ``"product"`` mode (0 = base only).
         normalize_per_layer: Normalise head scores to mean 1 within each block instead of
             over all heads (a global ranking then ignores between-block differences).
@@ -125,21 +130,35 @@ class HeadImportance(tp.importance.Importance):
                 f"the attention has {attn_dim} channels but {len(scores)} calibrated heads: it was "
                 "pruned since calibrate(); calibrate again"
             )
-        head_dim = attn_dim // len(scores)
+        return scores[self._head_index(group)]
+
+    def _head_index(self, group: tp.Group) -> torch.Tensor:
+        """Head of every channel of an attention group, ``[n]`` (channel index // head_dim)."""
+        qkv = self._attention_of(group)
+        attn_dim = qkv.out_features // 3
+        head_dim = attn_dim // len(self.head_scores[qkv])
         # tp roots attention groups at the proj inputs (one index per attention channel)
-        idxs = torch.as_tensor([int(i) for i in group[0][1]])
+        idxs = torch.as_tensor([int(i) for i in group[0][1]], dtype=torch.long)
         if idxs.numel() and int(idxs.max()) >= attn_dim:
             raise ValueError("attention groups must be rooted at attn.proj inputs, as tp's pruners build them")
-        return scores[idxs // head_dim]
+        return idxs // head_dim
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
         head = self.head_channel_scores(group)
         if head is None:
             return self.base_importance(group)
-        if self.combine == "head":
-            return head
         base = self.base_importance(group)
         if base is None:
             return head
-        return head.to(base.device) ** self.head_weight * base
+        head = head.to(base.device)
+        if self.combine == "product" or base.numel() == 0:
+            return head**self.head_weight * base
+        # "head": the head score, redistributed over the head's channels by the base criterion
+        heads = self._head_index(group).to(base.device)
+        base = base.float().clamp_min(0)
+        sums = torch.zeros(int(heads.max()) + 1, device=base.device).index_add_(0, heads, base)
+        counts = torch.zeros_like(sums).index_add_(0, heads, torch.ones_like(base))
+        mean = (sums / counts.clamp_min(1))[heads]
+        relative = torch.where(mean > 0, base / mean.clamp_min(1e-12), torch.ones_like(base))
+        return head * relative
