@@ -9,8 +9,9 @@ MACs ratio. Methods:
 
 * ``random``, ``l2``, ``taylor`` — tp's criteria through :class:`~tp_vit_plugins.ViTPruner`
   (global heads + width + head dims);
-* ``gohsp`` — heads ranked by :class:`~tp_vit_plugins.GraphHeadImportance`, widths by L2
-  (the one-shot graph ranking; the ADMM stage is benchmarked in ``benchmarks/gohsp.py``);
+* ``gohsp`` — heads ranked by :class:`~tp_vit_plugins.GraphHeadImportance` (normalised per
+  block), widths and dims inside heads by L2 (the one-shot graph ranking; the ADMM stage is
+  benchmarked in ``benchmarks/gohsp.py``);
 * ``vtp`` — gated L1 sparse training for half of the epoch budget (at least one epoch: untrained
   gates are all 1 and rank nothing), |gate| ranking, the rest fine-tuning;
 * ``cpvit`` — the CP-ViT cascade (``beta = 0``: exact MACs), fine-tuned with it active;
@@ -146,7 +147,10 @@ def run_bench(
                 accumulate_gradients(base, calib, progress=False)
             pruned = fit_budget(base, example, target, prune_fn=_structure_fn(tp_importance(method), base), **_FIT).model
         elif method in ("gohsp", "gohsp+cpvit"):
-            imp = GraphHeadImportance(progress=False, base_importance=tp_importance("l2")).calibrate(base, calib)
+            # heads are ranked across blocks here: per-block normalisation removes the chain graph's
+            # boundary bias (blocks 0 and L-1 have one neighbouring block, so less PageRank)
+            imp = GraphHeadImportance(progress=False, base_importance=tp_importance("l2"), normalize_per_layer=True)
+            imp.calibrate(base, calib)
             struct_target = target if method == "gohsp" else math.sqrt(target)
             pruned = fit_budget(base, example, struct_target, prune_fn=_structure_fn(imp, base), **_FIT).model
         elif method == "vtp":
