@@ -48,7 +48,19 @@ def test_unreachable_budget_reports_the_closest():
     model = make_model("vit", depth=2, num_heads=3)
     x = torch.randn(1, 3, 32, 32)
     res = fit_budget(model, x, target=0.05, structure="heads")  # heads alone cannot reach 5 % of the MACs
-    assert res.achieved > 0.05 and res.relative_error > 0.02 and res.evaluations == 1
+    assert res.achieved > 0.05 and res.relative_error > 0.02
+    assert res.evaluations == 8  # the bound, then the 7-point scan for a ratio that reaches it
+
+
+def test_budget_survives_a_cost_that_is_not_monotone_in_the_ratio():
+    """tp can leave a group whole at large ratios; the bound then keeps more than smaller ratios do."""
+    from tp_vit_plugins.budget import vit_prune_fn
+
+    model = make_model("vit", depth=3, num_heads=4)
+    x = torch.randn(1, 3, 32, 32)
+    fn = vit_prune_fn(None, model, lambda r: 0.0, lambda r: r if r < 0.8 else 0.05, prune_head_dims=True)
+    res = fit_budget(model, x, target=0.6, prune_fn=fn)
+    assert abs(res.achieved - 0.6) / 0.6 <= 0.02 and res.ratio < 0.8
 
 
 def test_budget_errors():
@@ -62,28 +74,20 @@ def test_budget_errors():
         (dict(target=0.5, max_evaluations=0), "max_evaluations"),
         (dict(target=0.5, metric="latency", latency_min_run_time=0), "latency_min_run_time"),
         (dict(target=0.5, metric="latency", latency_rounds=0), "latency_rounds"),
-        (dict(target=0.5, metric="latency", latency_iterations=0), "latency_iterations"),
     ):
         with pytest.raises(ValueError, match=msg):
             fit_budget(model, x, **kwargs)
 
 
-def fake_latency(log: list, noise: float = 0.0, seed: int = 0):
-    """A stand-in for measure_latency: 0.2 ms fixed + 1 ms per 10 M MACs at the batch size, times (1 ± noise)."""
-    g = torch.Generator().manual_seed(seed)
+def fake_latency(log: list):
+    """A deterministic stand-in for measure_latency: 0.2 ms fixed overhead + 1 ms per 10 M MACs at the batch size."""
 
     def measure(model, example, batch_sizes, **kwargs):
         log.append(model)
         macs = tpv.count_macs(model, example[:1])
-        jitter = 1 + noise * (2 * torch.rand((), generator=g).item() - 1)
-        return {b: (2e-4 + b * macs / 1e10) * jitter for b in batch_sizes}
+        return {b: 2e-4 + b * macs / 1e10 for b in batch_sizes}
 
     return measure
-
-
-def true_latency_kept(pruned, model, x, bs=8):
-    lat = fake_latency([])
-    return lat(pruned, x, (bs,))[bs] / lat(model, x, (bs,))[bs]
 
 
 @pytest.mark.parametrize("structure", ["width", "both"])
@@ -98,29 +102,15 @@ def test_budget_hits_a_latency_target_with_the_dense_model_timed_alongside(monke
     res = fit_budget(model, x, target=0.7, structure=structure, metric="latency", latency_batch_size=8, prune_head_dims=True)
     assert state_equal(before, model.state_dict())
     assert res.metric == "latency" and abs(res.achieved - 0.7) / 0.7 <= 0.02
-    assert res.achieved == pytest.approx(true_latency_kept(res.model, model, x))
+    lat = fake_latency([])
+    assert res.achieved == pytest.approx(lat(res.model, x, (8,))[8] / lat(model, x, (8,))[8])
     # the fixed overhead makes latency shrink slower than MACs: more MACs must go than latency
     assert res.macs_kept == pytest.approx(tpv.count_macs(res.model, x) / tpv.count_macs(model, x))
     assert res.macs_kept < res.achieved
-    # latency is exactly affine in MACs here: the first timed candidate (at 0.7 of the MACs) fixes the
-    # fit, the second lands on the target; each was timed in 7 rounds alternated with the dense model,
-    # and the returned one once more
-    timed = {id(m) for m in log if m is not model}
-    assert len(timed) == 2
-    assert sum(m is model for m in log) == 7 * (len(timed) + 1) and len(log) == 2 * 7 * (len(timed) + 1)
-    assert [m is model for m in log[:4]] == [False, True, False, True] and log[-2] is res.model
-
-
-def test_latency_search_pools_noisy_measurements(monkeypatch):
-    """±4 % timing noise per measurement: the fit over all timed candidates still lands within 2 % (true latency)."""
-    from tp_vit_plugins import budget
-
-    monkeypatch.setattr(budget, "measure_latency", fake_latency([], noise=0.04, seed=3))
-    model = make_model("vit", depth=3, num_heads=4)
-    x = torch.randn(1, 3, 32, 32)
-    for target in (0.8, 0.6):
-        res = fit_budget(model, x, target=target, structure="width", metric="latency", latency_batch_size=8, prune_head_dims=True)
-        assert abs(true_latency_kept(res.model, model, x) - target) / target <= 0.02
+    # dense re-timed in each of the 7 rounds per candidate, and once more for the reported value
+    assert sum(m is model for m in log) == 7 * (res.evaluations + 1)
+    assert len(log) == 2 * 7 * (res.evaluations + 1) and log[-2] is res.model
+    assert [m is model for m in log[:4]] == [False, True, False, True]  # alternated
 
 
 def test_budget_latency_with_the_real_timer_runs_and_reports():
@@ -137,7 +127,7 @@ def test_budget_latency_with_the_real_timer_runs_and_reports():
         latency_min_run_time=0.02,
         max_evaluations=2,
     )
-    assert 1 <= res.evaluations <= 4 and res.achieved > 0 and 0 < res.macs_kept < 1
+    assert 1 <= res.evaluations <= 2 and res.achieved > 0 and 0 < res.macs_kept < 1
     assert tpv.count_params(res.model) < tpv.count_params(model)
 
 

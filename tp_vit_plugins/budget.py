@@ -7,11 +7,12 @@ pruned model's MACs — or measured latency — is as close to the target as the
 allows, and reports the achieved value next to the target. The user's model is never
 modified.
 
-Latency targets are measured, not modelled: every candidate is timed back to back with the
-dense model (``measure_latency``, same batch size, same thread count), so slow drifts of the
-machine cancel in the ratio. Timing noise (typically 1–3 % on a loaded CPU) still limits how
-close a latency target can be hit; the bisection tolerates a non-monotone step and keeps the
-closest candidate it measured.
+Latency targets are measured, not modelled: the bisection runs on the measured ratio. Every
+candidate is timed alternately with the dense model (``measure_latency``, same batch size, same
+thread count) for ``latency_rounds`` rounds and the median of the per-round ratios is its kept
+fraction, so drifts of the machine cancel in the ratio. The returned model is timed once more
+for ``achieved`` (the measurement that selected it is biased toward the target). Timing noise
+still limits how close a latency target can be hit: see ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from tqdm.auto import tqdm
 from .metrics import count_macs, measure_latency
 
 __all__ = ["BudgetResult", "fit_budget", "fit_keep_ratio", "clone_with_grads", "remap_state", "vit_prune_fn", "STRUCTURES"]
+
+#: Ratios tried by the fallback scan when ``max_ratio`` itself does not reach the target.
+_SCAN_POINTS = 8
 
 #: What the scalar ratio controls.
 STRUCTURES = ("heads", "width", "both")
@@ -136,7 +140,6 @@ def fit_budget(
     latency_batch_size: int = 64,
     latency_min_run_time: float = 0.1,
     latency_rounds: int = 7,
-    latency_iterations: int = 5,
     progress: bool = False,
     **pruner_kwargs,
 ) -> BudgetResult:
@@ -151,19 +154,17 @@ def fit_budget(
         structure: ``"heads"``, ``"width"`` or ``"both"`` for the default factory.
         metric: ``"macs"`` (FlopCounterMode, eager attention) or ``"latency"`` (median
             ``measure_latency`` ratio at ``latency_batch_size`` on ``example_inputs``' device,
-            candidate and dense model timed alternately; see :func:`_fit_latency`).
+            candidate and dense model timed alternately; noisy, slower).
         prune_fn: ``prune_fn(model_copy, example_inputs, r)`` prunes in place with scalar
             ratio ``r``; overrides ``importance`` / ``structure`` / ``pruner_kwargs``. State keyed
             by ``model``'s modules must be remapped onto the copy (see :func:`vit_prune_fn`).
         max_ratio: Largest ratio tried.
         tolerance: Stop once ``|achieved - target| / target`` is below this.
-        max_evaluations: Cap on the pruned copies built per MACs search (a latency search
-            runs one MACs search per timed candidate).
+        max_evaluations: Cap on the pruned copies built.
         latency_batch_size: Batch size of the latency metric.
         latency_min_run_time: Seconds of timed runs per model per round (CPU timer).
         latency_rounds: Alternated dense / candidate timings per candidate (median ratio).
-        latency_iterations: Most candidates timed by a latency search.
-        progress: A tqdm bar over the candidates (MACs searches) or timed candidates (latency).
+        progress: A tqdm bar over the candidates (ratio and achieved fraction as postfix).
         **pruner_kwargs: Extra :class:`ViTPruner` arguments for the default factory
             (``prune_head_dims=True``, ``prune_embed_dim=True``, ``global_pruning=False``, ...).
 
@@ -183,12 +184,10 @@ def fit_budget(
         raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio}")
     if max_evaluations < 1:
         raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
-    if metric == "latency" and (
-        latency_batch_size < 1 or latency_min_run_time <= 0 or latency_rounds < 1 or latency_iterations < 1
-    ):
+    if metric == "latency" and (latency_batch_size < 1 or latency_min_run_time <= 0 or latency_rounds < 1):
         raise ValueError(
-            "latency_batch_size, latency_rounds and latency_iterations must be >= 1 and latency_min_run_time > 0, "
-            f"got {latency_batch_size}, {latency_rounds}, {latency_iterations} and {latency_min_run_time}"
+            "latency_batch_size and latency_rounds must be >= 1 and latency_min_run_time > 0, got "
+            f"{latency_batch_size}, {latency_rounds} and {latency_min_run_time}"
         )
     if prune_fn is not None:
         first = prune_fn
@@ -202,106 +201,77 @@ def fit_budget(
         bs = latency_batch_size
         return measure_latency(m, example_inputs, (bs,), min_run_time=latency_min_run_time, warmup=warmup)[bs]
 
-    def latency_kept(m: nn.Module) -> float:
-        # dense re-timed alternately with the candidate: drift cancels, the median tames the noise
-        return statistics.median(seconds(m, 3 if i == 0 else 1) / seconds(model, 1) for i in range(latency_rounds))
-
     if target >= 1.0:
         return BudgetResult(0.0, target, 1.0, metric, copy.deepcopy(model), 0)
     dense_macs = float(count_macs(model, example_inputs))
-    evaluations = 0
-    bar = tqdm(
-        total=latency_iterations if metric == "latency" else max_evaluations,
-        desc=f"fit_budget ({metric})",
-        disable=not progress,
-        leave=False,
-    )
 
-    def search(prune: Callable[[nn.Module, torch.Tensor, float], None], goal: float, budget: int) -> tuple[BudgetResult, float]:
-        """Bisect ``r`` on MACs; return the closest result and the largest ``r`` still keeping >= goal."""
+    def kept_fraction(m: nn.Module) -> float:
+        if metric == "macs":
+            return count_macs(m, example_inputs) / dense_macs
+        # dense re-timed alternately with every candidate: drift cancels, the median tames the noise
+        return statistics.median(seconds(m, 3 if i == 0 else 1) / seconds(model, 1) for i in range(latency_rounds))
+
+    evaluations = 0
+
+    def search(prune: Callable[[nn.Module, torch.Tensor, float], None], budget: int) -> tuple[BudgetResult, float]:
+        """Bisect ``r``; return the closest result and the largest ``r`` seen still keeping > target.
+
+        The cost is not always monotone in ``r`` (tp leaves a group alone rather than remove
+        all of its channels, so at large ratios whole head-dim groups can survive): when the
+        bound ``max_ratio`` does not reach the target, a coarse scan of ``r`` looks for a
+        ratio that does before the target is declared out of reach.
+        """
         nonlocal evaluations
         best: BudgetResult | None = None
-        lo, hi, used = 0.0, max_ratio, 0
-        while used < budget:
-            r = (lo + hi) / 2 if used else hi  # first probe the bound: is the goal reachable?
+        used = 0
+
+        def evaluate(r: float) -> float:
+            nonlocal best, used, evaluations
             candidate = clone_with_grads(model)
             prune(candidate, example_inputs, r)
             used += 1
             evaluations += 1
-            kept = count_macs(candidate, example_inputs) / dense_macs
-            result = BudgetResult(r, goal, kept, "macs", candidate, evaluations, kept)
-            if metric == "macs":
-                bar.update()
-                bar.set_postfix(ratio=f"{r:.3f}", kept=f"{kept:.3f}", target=f"{goal:.3f}")
+            kept = kept_fraction(candidate)
+            macs = kept if metric == "macs" else count_macs(candidate, example_inputs) / dense_macs
+            result = BudgetResult(r, target, kept, metric, candidate, evaluations, macs)
+            bar.update()
+            bar.set_postfix(ratio=f"{r:.3f}", kept=f"{kept:.3f}", target=f"{target:.3f}")
             if best is None or result.relative_error < best.relative_error:
                 best = result
-            if best.relative_error <= tolerance or (used == 1 and kept > goal):
-                break
-            lo, hi = (r, hi) if kept > goal else (lo, r)
+            return kept
+
+        lo, hi = 0.0, max_ratio
+        if evaluate(hi) > target:  # the bound does not reach the target: scan for a ratio that does
+            hi = None
+            for k in range(1, _SCAN_POINTS):
+                if used >= budget or best.relative_error <= tolerance:
+                    break
+                r = max_ratio * k / _SCAN_POINTS
+                if evaluate(r) <= target:
+                    hi = r
+                    break
+                lo = r
+            if hi is None:
+                return best, lo
+        while used < budget and best.relative_error > tolerance:
+            r = (lo + hi) / 2
+            lo, hi = (r, hi) if evaluate(r) > target else (lo, r)
         return best, lo
 
-    def fit_macs(goal: float) -> BudgetResult:
-        """The candidate keeping ``goal`` of the dense MACs (two-stage for heads + width)."""
-        budget = max_evaluations
-        two_stage = prune_fn is None and structure == "both"
-        start = evaluations
-        best, lo = search(first, goal, max(1, budget // 2) if two_stage else budget)
-        if two_stage and best.relative_error > tolerance and evaluations - start < budget:
+    two_stage = prune_fn is None and structure == "both"
+    with tqdm(total=max_evaluations, desc=f"fit_budget ({metric})", disable=not progress, leave=False) as bar:
+        best, lo = search(first, max(1, max_evaluations // 2) if two_stage else max_evaluations)
+        if two_stage and best.relative_error > tolerance and evaluations < max_evaluations:
             # heads move the cost in coarse steps: fix them at the last under-pruned ratio, refine the width alone
             fixed = lo
             refine = vit_prune_fn(importance, model, lambda r: fixed, lambda r: r, **pruner_kwargs)
-            second, _ = search(refine, goal, budget - (evaluations - start))
+            second, _ = search(refine, max_evaluations - evaluations)
             if second.relative_error < best.relative_error:
                 best = second
-        return best
-
-    with bar:
-        if metric == "macs":
-            best = fit_macs(target)
-        else:
-            best = _fit_latency(fit_macs, latency_kept, target, tolerance, latency_iterations, bar)
     best.evaluations = evaluations
+    if metric == "latency":
+        best.achieved = kept_fraction(best.model)  # unbiased: not the measurement that picked it
     return best
-
-
-def _fit_latency(
-    fit_macs: Callable[[float], BudgetResult],
-    latency_kept: Callable[[nn.Module], float],
-    target: float,
-    tolerance: float,
-    iterations: int,
-    bar: tqdm,
-) -> BudgetResult:
-    """Measured-then-fitted latency search.
-
-    Each iteration builds the candidate for a MACs goal (exact, cheap), times it against the
-    dense model, and refits ``latency_kept ≈ c + (1 - c) * macs_kept`` (a fixed share ``c`` of
-    the dense latency that pruning does not remove; through the dense point ``(1, 1)``) by
-    least squares over every timed candidate. The next MACs goal is where that line meets
-    the target. Pooling all measurements in the fit averages the timing noise that makes a
-    plain bisection on noisy latencies wander. The candidate whose MACs are closest to the
-    final fit's goal is returned, with ``achieved`` timed afresh (not the measurement that
-    selected it).
-    """
-    points: list[tuple[float, float, BudgetResult]] = []
-    goal = target  # first guess: latency shrinks like MACs
-    for _ in range(iterations):
-        cand = fit_macs(goal)
-        lat = latency_kept(cand.model)
-        points.append((cand.macs_kept, lat, cand))
-        bar.update()
-        bar.set_postfix(macs=f"{cand.macs_kept:.3f}", latency=f"{lat:.3f}", target=f"{target:.3f}")
-        den = sum((1 - m) ** 2 for m, _, _ in points)
-        c = sum((lt - m) * (1 - m) for m, lt, _ in points) / den if den > 0 else 0.0
-        c = min(max(c, -1.0), 0.99)  # a sane fixed share; keeps the goal finite
-        new_goal = min(max((target - c) / (1 - c), 1e-3), 1.0)
-        if abs(lat - target) / target <= tolerance or abs(new_goal - goal) < 1e-3:
-            goal = new_goal
-            break
-        goal = new_goal
-    best = min(points, key=lambda p: abs(p[0] - goal))[2]
-    lat = latency_kept(best.model)  # unbiased: not the measurement that picked it
-    return BudgetResult(best.ratio, target, lat, "latency", best.model, best.evaluations, best.macs_kept)
 
 
 def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
