@@ -188,3 +188,15 @@ def test_gohsp_errors(x):
     with pytest.raises(ValueError, match="structures"):
         tpv.GOHSPPruner(model, x, None, structures=("tokens",))
     assert state_equal(before, model.state_dict())
+
+
+def test_graph_scores_are_normalised_per_block_by_default():
+    """The chain graph gives the first and last blocks less PageRank; the default removes that bias."""
+    model = make_model("vit", depth=4)
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
+    for qkv, scores in imp.head_scores.items():
+        torch.testing.assert_close(scores.mean(), torch.tensor(1.0))
+        torch.testing.assert_close(scores, (imp.pagerank[qkv] / imp.pagerank[qkv].mean()).float())
+    raw = tpv.GraphHeadImportance(progress=False, normalize_per_layer=False).calibrate(model, loader())
+    block_mass = [float(v.sum()) for v in raw.pagerank.values()]
+    assert max(block_mass[0], block_mass[-1]) < min(block_mass[1:-1])  # the boundary bias itself

@@ -147,10 +147,9 @@ def run_bench(
                 accumulate_gradients(base, calib, progress=False)
             pruned = fit_budget(base, example, target, prune_fn=_structure_fn(tp_importance(method), base), **_FIT).model
         elif method in ("gohsp", "gohsp+cpvit"):
-            # heads are ranked across blocks here: per-block normalisation removes the chain graph's
+            # heads ranked across blocks: the default per-block normalisation removes the chain graph's
             # boundary bias (blocks 0 and L-1 have one neighbouring block, so less PageRank)
-            imp = GraphHeadImportance(progress=False, base_importance=tp_importance("l2"), normalize_per_layer=True)
-            imp.calibrate(base, calib)
+            imp = GraphHeadImportance(progress=False, base_importance=tp_importance("l2")).calibrate(base, calib)
             struct_target = target if method == "gohsp" else math.sqrt(target)
             pruned = fit_budget(base, example, struct_target, prune_fn=_structure_fn(imp, base), **_FIT).model
         elif method == "vtp":

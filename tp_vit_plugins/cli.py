@@ -181,10 +181,7 @@ def _make_pruner(args: argparse.Namespace, model: nn.Module, w: Workload) -> ViT
         from .importance import GraphHeadImportance
         from .pruners import GOHSPPruner
 
-        # ranked across blocks (--global): normalise per block, raw PageRank favours the inner blocks
-        per_block = args.global_pruning and not args.admm_epochs
-        imp = GraphHeadImportance(progress=not args.quiet, normalize_per_layer=per_block)
-        imp.calibrate(model, w.train_loader, max_batches=args.calib_batches)
+        imp = GraphHeadImportance(progress=not args.quiet).calibrate(model, w.train_loader, max_batches=args.calib_batches)
         if args.admm_epochs:
             return GOHSPPruner(model, w.example, imp, target_params_ratio=args.target_params)
     else:

@@ -16,11 +16,12 @@ heads of consecutive blocks with the similarity of those summaries, and ranks al
 * ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` — how the
   graph score meets weight information (see :class:`~tp_vit_plugins.importance.head_base.HeadImportance`).
 
-Ranking heads *across* blocks (global head pruning): pass ``normalize_per_layer=True``. The
-graph is a chain of blocks, so the first and last blocks have neighbours on one side only and
-collect less PageRank; raw scores then strip those blocks first (``tp-vit bench`` of commit
-ee429ed kept ``[1, 4, 4, 6, 6, 1]`` heads at 60 % of the MACs: 58.2 % one-shot vs 86.3 % for L2).
-Within one block (uniform per-layer pruning) the normalisation changes nothing.
+Scores are normalised per block by default (``normalize_per_layer=True``). The graph is a
+chain of blocks, so the first and last blocks have neighbours on one side only and collect less
+PageRank; raw scores compared *across* blocks (global head pruning, GOHSP's ADMM projection)
+then strip those blocks first (``tp-vit bench`` of commit ee429ed, raw scores, kept
+``[1, 4, 4, 6, 6, 1]`` heads at 60 % of the MACs: 58.2 % one-shot vs 86.3 % for L2). Within one
+block (uniform per-layer pruning) the normalisation changes nothing.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class GraphHeadImportance(HeadImportance):
         combine: ``"head"`` (default: graph score alone for head channels) or ``"product"``
             (graph score ** head_weight × base, e.g. with a Taylor base).
         head_weight: Exponent of the graph score in ``"product"`` mode.
-        normalize_per_layer: Normalise head scores within each block.
+        normalize_per_layer: Normalise head scores within each block (default; see module docs).
         progress: Show a tqdm bar during calibration.
 
     Attributes:
@@ -122,7 +123,7 @@ class GraphHeadImportance(HeadImportance):
         base_importance: tp.importance.Importance | None = None,
         combine: str = "head",
         head_weight: float = 1.0,
-        normalize_per_layer: bool = False,
+        normalize_per_layer: bool = True,
         progress: bool = True,
     ) -> None:
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
