@@ -30,7 +30,8 @@ class CumulativeHeadImportance(HeadImportance):
 
     Args:
         base_importance: Criterion for non-head groups (and head dims in ``"product"`` mode).
-        combine: ``"head"`` (default: the statistic alone) or ``"product"``.
+        combine: ``"head"`` (default: heads ranked by the statistic alone, channels inside a
+            head by the base criterion) or ``"product"``.
         head_weight: Exponent of the head score in ``"product"`` mode.
         normalize_per_layer: Normalise head scores within each block.
         progress: Show a tqdm bar during calibration.

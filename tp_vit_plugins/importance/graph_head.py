@@ -102,8 +102,9 @@ class GraphHeadImportance(HeadImportance):
         statistic: Head summary, one of :data:`STATISTICS`.
         mode: One of :data:`MODES`.
         base_importance: Criterion combined with the graph score and used for non-head groups.
-        combine: ``"head"`` (default: graph score alone for head channels) or ``"product"``
-            (graph score ** head_weight × base, e.g. with a Taylor base).
+        combine: ``"head"`` (default: heads ranked by the graph score alone, channels inside a
+            head by the base criterion) or ``"product"`` (graph score ** head_weight × base,
+            e.g. with a Taylor base).
         head_weight: Exponent of the graph score in ``"product"`` mode.
         normalize_per_layer: Normalise head scores within each block (default; see module docs).
         progress: Show a tqdm bar during calibration.
