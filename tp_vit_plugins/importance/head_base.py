@@ -120,42 +120,44 @@ class HeadImportance(tp.importance.Importance):
 
     def head_channel_scores(self, group: tp.Group) -> torch.Tensor | None:
         """Per-channel head score of an attention group (``None`` for other groups)."""
+        located = self._head_index(group)
+        if located is None:
+            return None
+        qkv, heads = located
+        return self.head_scores[qkv][heads]
+
+    def _head_index(self, group: tp.Group) -> tuple[nn.Module, torch.Tensor] | None:
+        """``(attn.qkv, head of every channel [n])`` of an attention group; ``None`` for other groups."""
         qkv = self._attention_of(group)
         if qkv is None:
             return None
-        scores = self.head_scores[qkv]
+        num_heads = len(self.head_scores[qkv])
         attn_dim = qkv.out_features // 3
-        if attn_dim % len(scores):
+        if attn_dim % num_heads:
             raise RuntimeError(
-                f"the attention has {attn_dim} channels but {len(scores)} calibrated heads: it was "
+                f"the attention has {attn_dim} channels but {num_heads} calibrated heads: it was "
                 "pruned since calibrate(); calibrate again"
             )
-        return scores[self._head_index(group)]
-
-    def _head_index(self, group: tp.Group) -> torch.Tensor:
-        """Head of every channel of an attention group, ``[n]`` (channel index // head_dim)."""
-        qkv = self._attention_of(group)
-        attn_dim = qkv.out_features // 3
-        head_dim = attn_dim // len(self.head_scores[qkv])
         # tp roots attention groups at the proj inputs (one index per attention channel)
         idxs = torch.as_tensor([int(i) for i in group[0][1]], dtype=torch.long)
         if idxs.numel() and int(idxs.max()) >= attn_dim:
             raise ValueError("attention groups must be rooted at attn.proj inputs, as tp's pruners build them")
-        return idxs // head_dim
+        return qkv, idxs // (attn_dim // num_heads)
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
-        head = self.head_channel_scores(group)
-        if head is None:
+        located = self._head_index(group)
+        if located is None:
             return self.base_importance(group)
+        qkv, heads = located
+        head = self.head_scores[qkv][heads]
         base = self.base_importance(group)
         if base is None:
             return head
-        head = head.to(base.device)
+        head, heads = head.to(base.device), heads.to(base.device)
         if self.combine == "product" or base.numel() == 0:
             return head**self.head_weight * base
         # "head": the head score, redistributed over the head's channels by the base criterion
-        heads = self._head_index(group).to(base.device)
         base = base.float().clamp_min(0)
         sums = torch.zeros(int(heads.max()) + 1, device=base.device).index_add_(0, heads, base)
         counts = torch.zeros_like(sums).index_add_(0, heads, torch.ones_like(base))
