@@ -156,10 +156,8 @@ def run_bench(
             sparse = max(1, finetune_epochs // 2)  # gates need >= 1 epoch; total epochs stay equal when >= 1
             vtp = VTPPruner(base, example, pruning_ratio=0.0)
             finetune(base, train_loader, epochs=sparse, lr=lr, seed=seed, step_hook=vtp.regularize, progress=False)
-            imp = vtp.importance
-            imp.set_gates(vtp.gates.values())
-            vtp.remove_gates(fold=True)
-            pruned = fit_budget(base, example, target, prune_fn=_structure_fn(imp, base), **_FIT).model
+            vtp.fold_gates()
+            pruned = fit_budget(base, example, target, prune_fn=_structure_fn(vtp.importance, base), **_FIT).model
             epochs = max(0, finetune_epochs - sparse)
         else:  # cpvit
             pruned = base

@@ -229,8 +229,7 @@ def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, prun
 
     metric, target = _budget(args)
     if args.method == "vtp":  # the trained gates are the importance: fold them, then rank by them
-        pruner.importance.set_gates(pruner.gates.values())
-        pruner.remove_gates(fold=True)
+        pruner.fold_gates()
     res = fit_budget(
         model,
         w.example,

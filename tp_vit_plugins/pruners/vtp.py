@@ -119,9 +119,17 @@ class VTPPruner(ViTPruner):
         """Fold (by default) and detach the gates without pruning."""
         self.gates.remove(fold=fold)
 
-    def _prune(self) -> Generator[tp.Group, None, None]:
+    def fold_gates(self) -> None:
+        """Hand the trained gate values to the :class:`GateImportance` and fold the gates away.
+
+        :meth:`step` does this itself; call it directly to rank by the gates elsewhere, e.g. on
+        copies of the model in :func:`~tp_vit_plugins.fit_budget`. No-op once folded.
+        """
         if self.gates.active:
             if isinstance(self.importance, GateImportance):
                 self.importance.set_gates(self.gates.values())
             self.gates.remove(fold=True)  # exact: W <- W * g, before tp changes any shape
+
+    def _prune(self) -> Generator[tp.Group, None, None]:
+        self.fold_gates()
         yield from super()._prune()
