@@ -11,10 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.budget import clone_with_grads
-from tp_vit_plugins.data import make_loaders
-from tp_vit_plugins.embedded import embedded_model
-from tp_vit_plugins.train import evaluate
+from tp_vit_plugins.core.training import evaluate
+from tp_vit_plugins.demo.data import make_loaders
+from tp_vit_plugins.demo.embedded import embedded_model
 
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
@@ -46,24 +45,6 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
-def fit_ratio(
-    build: Callable[[float], torch.nn.Module],
-    measure: Callable[[torch.nn.Module], float],
-    target: float,
-    lo: float = 0.0,
-    hi: float = 0.95,
-    iters: int = 12,
-) -> float:
-    """Bisection on a pruning ratio so that ``measure(build(r))`` (decreasing in r) hits ``target``."""
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if measure(build(mid)) > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
-
-
 def timed(fn: Callable[[], object]) -> tuple[object, float]:
     t = time.perf_counter()
     out = fn()
@@ -84,9 +65,4 @@ def write_section(name: str, body: str) -> None:
         f.write(text)
 
 
-def clone(model):
-    """Deep copy that keeps ``.grad`` (Taylor criteria on copies need it)."""
-    return clone_with_grads(model)
-
-
-__all__ = ["tpv", "load_embedded", "calib_loader", "loaders", "acc", "mean_std", "fit_ratio", "timed", "write_section", "clone"]
+__all__ = ["tpv", "load_embedded", "calib_loader", "loaders", "acc", "mean_std", "timed", "write_section"]

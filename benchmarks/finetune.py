@@ -17,11 +17,11 @@ import subprocess
 import sys
 
 import torch
-from common import clone, load_embedded, mean_std, tpv, write_section
+from common import load_embedded, mean_std, tpv, write_section
 from torch.utils.data import DataLoader, TensorDataset
 
-from tp_vit_plugins.finetune import finetune
-from tp_vit_plugins.train import evaluate
+from tp_vit_plugins.budget import clone_with_grads
+from tp_vit_plugins.core.training import evaluate, finetune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,14 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def kd_study(base, split, seeds, epochs, lr):
     example = split.x_test[:1]
     val = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)
-    pruned = clone(base)
+    pruned = clone_with_grads(base)
     tpv.ViTPruner(pruned, example, pruning_ratio=0.3, head_pruning_ratio=0.5).step()
     one_shot = 100 * evaluate(pruned, val, progress=False)
     rows = {}
     for kd in (None, "soft", "hard"):
         accs = []
         for seed in seeds:
-            student = clone(pruned)
+            student = clone_with_grads(pruned)
             loader = DataLoader(
                 TensorDataset(split.x_train, split.y_train),
                 batch_size=64,

@@ -19,11 +19,13 @@ import sys
 
 import torch
 import torch_pruning as tp
-from common import acc, calib_loader, clone, fit_ratio, load_embedded, loaders, mean_std, timed, tpv, write_section
+from common import acc, calib_loader, load_embedded, loaders, mean_std, timed, tpv, write_section
 
-from tp_vit_plugins.calibration import accumulate_gradients
-from tp_vit_plugins.importance import tp_importance
-from tp_vit_plugins.train import train
+from tp_vit_plugins.budget import clone_with_grads
+from tp_vit_plugins.core.calibration import accumulate_gradients
+from tp_vit_plugins.core.criteria import tp_importance
+from tp_vit_plugins.core.search import bisect_threshold
+from tp_vit_plugins.core.training import finetune
 
 GRAPH_VARIANTS = {
     # name: (GraphHeadImportance kwargs, base criterion or None)
@@ -51,12 +53,12 @@ def oneshot(base, split, seeds, calib_batches):
         calib = calib_loader(split, seed, calib_batches)
         _, test = loaders(split, seed)
         for name in ("random", "l1", "l2", "taylor"):
-            m = clone(base)
+            m = clone_with_grads(base)
             if name == "taylor":
                 accumulate_gradients(m, calib, progress=False)
             rows.setdefault(f"tp {name}", []).append(acc(prune_heads(m, tp_importance(name), example), test))
         for name, (kw, base_name) in GRAPH_VARIANTS.items():
-            m = clone(base)
+            m = clone_with_grads(base)
             base_imp = tp_importance(base_name) if base_name else None
             if base_name == "taylor":
                 accumulate_gradients(m, calib, progress=False)
@@ -83,13 +85,14 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
         calib = calib_loader(split, seed, calib_batches)
         train_loader, test = loaders(split, seed)
         # GOHSP: graph ranking -> ADMM epochs -> hard prune -> fine-tune
-        m = clone(base)
+        m = clone_with_grads(base)
         imp = tpv.GraphHeadImportance(progress=False).calibrate(m, calib)
         pruner = tpv.GOHSPPruner(m, example, imp, target_params_ratio=target)
-        train(
+        finetune(
             m,
             train_loader,
-            admm_epochs,
+            epochs=admm_epochs,
+            warmup_epochs=1.0,
             lr=lr,
             seed=seed,
             step_hook=pruner.regularize,
@@ -99,7 +102,7 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
         residual = pruner.admm_residual()
         pruner.step()
         one = acc(m, test)
-        train(m, train_loader, epochs - admm_epochs, lr=lr, seed=seed, desc="GOHSP fine-tune")
+        finetune(m, train_loader, epochs=epochs - admm_epochs, warmup_epochs=1.0, lr=lr, seed=seed, desc="GOHSP fine-tune")
         record("GOHSP (ADMM + prune + fine-tune)", m, one, acc(m, test))
         print(
             f"seed {seed} GOHSP: residual {residual:.3f}, heads {pruner.heads_per_layer()}, one-shot {one:.2f}, final {out['GOHSP (ADMM + prune + fine-tune)']['final'][-1]:.2f}",
@@ -107,11 +110,11 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
         )
         # tp Taylor at the same parameter count
         target_params = tpv.count_params(m)
-        g = clone(base)
+        g = clone_with_grads(base)
         accumulate_gradients(g, calib, progress=False)
 
         def build(r, g=g):
-            c = clone(g)
+            c = clone_with_grads(g)
             tpv.ViTPruner(
                 c,
                 example,
@@ -123,10 +126,11 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
             ).step()
             return c
 
-        r = fit_ratio(build, tpv.count_params, target_params)
+        # the ratio whose model has at most target_params parameters (hi end of the bracket)
+        _, r = bisect_threshold(lambda r: tpv.count_params(build(r)) > target_params, 0.0, 0.95, iterations=12)
         t = build(r)
         one = acc(t, test)
-        train(t, train_loader, epochs, lr=lr, seed=seed, desc="Taylor fine-tune")
+        finetune(t, train_loader, epochs=epochs, warmup_epochs=1.0, lr=lr, seed=seed, desc="Taylor fine-tune")
         record("tp Taylor (prune + fine-tune)", t, one, acc(t, test))
         print(
             f"seed {seed} Taylor: ratio {r:.3f}, heads {[b.attn.num_heads for b in t.blocks]}, final {out['tp Taylor (prune + fine-tune)']['final'][-1]:.2f}",
@@ -139,7 +143,7 @@ def timing(base, split, seeds, calib_batches):
     rows = {"GOHSP calibrate + PageRank": [], "tp Taylor gradient pass": []}
     for seed in seeds:
         calib = calib_loader(split, seed, calib_batches)
-        m = clone(base)
+        m = clone_with_grads(base)
         rows["GOHSP calibrate + PageRank"].append(timed(lambda: tpv.GraphHeadImportance(progress=False).calibrate(m, calib))[1])
         rows["tp Taylor gradient pass"].append(timed(lambda: accumulate_gradients(m, calib, progress=False))[1])
     return rows

@@ -22,26 +22,29 @@ import sys
 
 import torch
 import torch_pruning as tp
-from common import acc, calib_loader, clone, load_embedded, loaders, mean_std, tpv, write_section
+from common import acc, calib_loader, load_embedded, loaders, mean_std, tpv, write_section
 
-from tp_vit_plugins.calibration import accumulate_gradients
-from tp_vit_plugins.train import train
+from tp_vit_plugins.budget import clone_with_grads
+from tp_vit_plugins.core.calibration import accumulate_gradients
+from tp_vit_plugins.core.training import finetune
 
 
 def run_vtp(base, split, seed, ratio, sparse_epochs, total_epochs, lr, reg):
-    m = clone(base)
+    m = clone_with_grads(base)
     train_loader, test = loaders(split, seed)
     pruner = tpv.VTPPruner(m, split.x_test[:1], pruning_ratio=ratio, reg=reg)
-    train(m, train_loader, sparse_epochs, lr=lr, seed=seed, step_hook=pruner.regularize, desc="VTP sparse")
+    finetune(
+        m, train_loader, epochs=sparse_epochs, warmup_epochs=1.0, lr=lr, seed=seed, step_hook=pruner.regularize, desc="VTP sparse"
+    )
     pruner.step()
     one = acc(m, test)
-    train(m, train_loader, total_epochs - sparse_epochs, lr=lr, seed=seed, desc="VTP fine-tune")
+    finetune(m, train_loader, epochs=total_epochs - sparse_epochs, warmup_epochs=1.0, lr=lr, seed=seed, desc="VTP fine-tune")
     return m, one, acc(m, test)
 
 
 def run_group_norm(base, split, seed, ratio, sparse_epochs, total_epochs, lr, reg):
     """tp's GroupNormPruner through the plain-tp path: vit_pruning_kwargs + sync_attention."""
-    m = clone(base)
+    m = clone_with_grads(base)
     train_loader, test = loaders(split, seed)
     example = split.x_test[:1]
     pruner = tp.pruner.GroupNormPruner(
@@ -53,10 +56,11 @@ def run_group_norm(base, split, seed, ratio, sparse_epochs, total_epochs, lr, re
         reg=reg,
         **tpv.vit_pruning_kwargs(m),
     )
-    train(
+    finetune(
         m,
         train_loader,
-        sparse_epochs,
+        epochs=sparse_epochs,
+        warmup_epochs=1.0,
         lr=lr,
         seed=seed,
         step_hook=lambda model, loss: pruner.regularize(model),
@@ -65,12 +69,14 @@ def run_group_norm(base, split, seed, ratio, sparse_epochs, total_epochs, lr, re
     pruner.step()
     tpv.sync_attention(m, pruner.num_heads)
     one = acc(m, test)
-    train(m, train_loader, total_epochs - sparse_epochs, lr=lr, seed=seed, desc="GroupNorm fine-tune")
+    finetune(
+        m, train_loader, epochs=total_epochs - sparse_epochs, warmup_epochs=1.0, lr=lr, seed=seed, desc="GroupNorm fine-tune"
+    )
     return m, one, acc(m, test)
 
 
 def run_taylor(base, split, seed, ratio, sparse_epochs, total_epochs, lr, reg, calib_batches=8):
-    m = clone(base)
+    m = clone_with_grads(base)
     train_loader, test = loaders(split, seed)
     accumulate_gradients(m, calib_loader(split, seed, calib_batches), progress=False)
     tpv.ViTPruner(
@@ -84,7 +90,7 @@ def run_taylor(base, split, seed, ratio, sparse_epochs, total_epochs, lr, reg, c
     ).step()
     m.zero_grad(set_to_none=True)
     one = acc(m, test)
-    train(m, train_loader, total_epochs, lr=lr, seed=seed, desc="Taylor fine-tune")
+    finetune(m, train_loader, epochs=total_epochs, warmup_epochs=1.0, lr=lr, seed=seed, desc="Taylor fine-tune")
     return m, one, acc(m, test)
 
 

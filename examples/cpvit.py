@@ -16,31 +16,26 @@ gather is differentiable, so the model adapts to the tokens it will see.
 import argparse
 
 import tp_vit_plugins as tpv
+from tp_vit_plugins.core.training import evaluate, finetune
+from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_args
 from tp_vit_plugins.tokens import apply_cascade, remove_cascade
-from tp_vit_plugins.train import evaluate, train
-from tp_vit_plugins.workload import load_workload
 
 p = argparse.ArgumentParser()
-p.add_argument("--model", default=None)
-p.add_argument("--pretrained", action="store_true")
-p.add_argument("--data-path", default=None)
+add_workload_arguments(p)
 p.add_argument("--keep", type=float, default=0.5, help="share of patch tokens left in the last block")
 p.add_argument("--head-keep", type=float, default=1.0, help="share of heads each input keeps")
 p.add_argument("--start-block", type=int, default=None)
 p.add_argument("--finetune-epochs", type=int, default=0)
-p.add_argument("--eval-batches", type=int, default=None)
 args = p.parse_args()
 
-w = load_workload(args.model, args.pretrained, args.data_path, eval_batches=args.eval_batches)
-if w.train_loader is None:
-    raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+w = workload_from_args(args)
 model, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 dense_acc, dense_macs = evaluate(model, val_loader), tpv.count_macs(model, example)
 dense_lat = tpv.measure_latency(model, example, (1, 64))
 cascade = apply_cascade(model, keep_ratio=args.keep, head_keep_ratio=args.head_keep, start_block=args.start_block)
 if args.finetune_epochs:
-    train(model, train_loader, args.finetune_epochs, lr=2e-4, desc="fine-tune with cascade")
+    finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=2e-4, desc="fine-tune with cascade")
 acc, macs = evaluate(model, val_loader), tpv.count_macs(model, example)
 lat = tpv.measure_latency(model, example, (1, 64))
 print(f"patch tokens entering each block: {cascade.schedule}")

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins import distributed as D
-from tp_vit_plugins.finetune import finetune
+from tp_vit_plugins.core import distributed as D
+from tp_vit_plugins.core.training import finetune
 
 p = argparse.ArgumentParser()
 p.add_argument("--pruned", default=None, help="directory written by tpv.save_pruned")
@@ -36,7 +36,7 @@ args = p.parse_args()
 distributed = D.init_from_env()  # gloo on CPU, nccl on GPU; no-op without torchrun
 torch.manual_seed(args.seed)
 if args.model is None:
-    from tp_vit_plugins.embedded import embedded_model
+    from tp_vit_plugins.demo.embedded import embedded_model
 
     if D.is_main():
         embedded_model()  # train/cache once, on rank 0

@@ -14,24 +14,19 @@ import argparse
 import copy
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.train import evaluate, train
-from tp_vit_plugins.workload import load_workload
+from tp_vit_plugins.core.training import evaluate, finetune
+from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_args
 
 p = argparse.ArgumentParser()
-p.add_argument("--model", default=None)
-p.add_argument("--pretrained", action="store_true")
-p.add_argument("--data-path", default=None)
+add_workload_arguments(p)
 p.add_argument("--target-params", type=float, default=0.4, help="share of parameters to remove")
 p.add_argument("--calib-batches", type=int, default=8)
 p.add_argument("--admm-epochs", type=int, default=4)
 p.add_argument("--finetune-epochs", type=int, default=6)
 p.add_argument("--lr", type=float, default=5e-4)
-p.add_argument("--eval-batches", type=int, default=None)
 args = p.parse_args()
 
-w = load_workload(args.model, args.pretrained, args.data_path, eval_batches=args.eval_batches)
-if w.train_loader is None:
-    raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+w = workload_from_args(args)
 dense, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 model = copy.deepcopy(dense)
@@ -39,10 +34,11 @@ model = copy.deepcopy(dense)
 imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.calib_batches)
 # 2) ADMM towards a heterogeneous structured pattern (heads + head dims + MLP neurons)
 pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params)
-train(
+finetune(
     model,
     train_loader,
-    args.admm_epochs,
+    epochs=args.admm_epochs,
+    warmup_epochs=1.0,
     lr=args.lr,
     step_hook=pruner.regularize,
     epoch_hook=lambda _: pruner.update_regularizer(),
@@ -52,7 +48,7 @@ print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
 # 3) hard prune the support through tp, 4) fine-tune
 pruner.step()
 one_shot = evaluate(model, val_loader)
-train(model, train_loader, args.finetune_epochs, lr=args.lr, desc="fine-tune")
+finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=args.lr, desc="fine-tune")
 
 # 5) report
 rows = [("dense", dense), ("GOHSP", model)]

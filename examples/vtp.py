@@ -14,33 +14,36 @@ import argparse
 import copy
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.train import evaluate, train
-from tp_vit_plugins.workload import load_workload
+from tp_vit_plugins.core.training import evaluate, finetune
+from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_args
 
 p = argparse.ArgumentParser()
-p.add_argument("--model", default=None)
-p.add_argument("--pretrained", action="store_true")
-p.add_argument("--data-path", default=None)
+add_workload_arguments(p)
 p.add_argument("--ratio", type=float, default=0.4, help="share of dimensions to prune")
 p.add_argument("--reg", type=float, default=1e-4, help="L1 strength on the gates")
 p.add_argument("--sparse-epochs", type=int, default=2)
 p.add_argument("--finetune-epochs", type=int, default=4)
 p.add_argument("--lr", type=float, default=5e-4)
-p.add_argument("--eval-batches", type=int, default=None)
 args = p.parse_args()
 
-w = load_workload(args.model, args.pretrained, args.data_path, eval_batches=args.eval_batches)
-if w.train_loader is None:
-    raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+w = workload_from_args(args)
 dense, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 model = copy.deepcopy(dense)
 pruner = tpv.VTPPruner(model, example, pruning_ratio=args.ratio, reg=args.reg)  # gates on qkv/proj/fc1/fc2 inputs
-train(model, train_loader, args.sparse_epochs, lr=args.lr, step_hook=pruner.regularize, desc="sparse training")
+finetune(
+    model,
+    train_loader,
+    epochs=args.sparse_epochs,
+    warmup_epochs=1.0,
+    lr=args.lr,
+    step_hook=pruner.regularize,
+    desc="sparse training",
+)
 print(f"gates below 0.01: {100 * pruner.gate_sparsity():.1f}%")
 pruner.step()  # |gate| -> tp group scores, gates folded into weights, dims removed, attention synced
 one_shot = evaluate(model, val_loader)
-train(model, train_loader, args.finetune_epochs, lr=args.lr, desc="fine-tune")
+finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=args.lr, desc="fine-tune")
 
 print(f"{'':<6}{'params':>10}{'MACs':>12}{'accuracy':>10}")
 for name, m in (("dense", dense), ("VTP", model)):

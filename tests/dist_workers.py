@@ -65,7 +65,7 @@ def make_pruner(kind: str, model, example):
 
 
 def ddp_step_worker(rank: int, world: int, port: int, kind: str, out: str) -> None:
-    from tp_vit_plugins.finetune import finetune
+    from tp_vit_plugins.core.training import finetune
 
     _init(rank, world, port)
     try:

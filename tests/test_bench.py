@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from tp_vit_plugins import cli
+from tp_vit_plugins.demo import cli
 
 
+@pytest.mark.slow
 def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
     pytest.importorskip("matplotlib")
     out = cache / "bench"

@@ -1,179 +1,109 @@
-"""tp-vit prune end to end (embedded path with a 1-epoch model, and a timm name)."""
+"""tp-vit prune end to end (embedded path with a 1-epoch model, and a timm name).
+
+The tests read the :class:`PruneResult` that ``run_prune`` returns, not the printed table.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins import cli, embedded
+from tp_vit_plugins.demo import cli, embedded
+
+QUIET = ["--embedded-epochs", "1", "--calib-batches", "2", "--finetune-epochs", "0", "--quiet"]
 
 
-def test_prune_embedded_prints_table_and_saves(cache, capsys, monkeypatch):
+def prune(*argv: str) -> cli.PruneResult:
+    return cli.run_prune(cli.build_parser().parse_args(["prune", *argv]))
+
+
+@pytest.mark.slow
+def test_prune_embedded_reports_and_saves(cache, capsys, monkeypatch):
     out = cache / "pruned"
-    args = [
-        "prune",
-        "--embedded-epochs",
-        "1",
-        "--method",
-        "taylor",
-        "--calib-batches",
-        "2",
-        "--finetune-epochs",
-        "0",
-        "--latency-batch-sizes",
-        "1",
-        "2",
-        "--quiet",
-        "--out",
-        str(out),
-    ]
-    assert cli.main(args) == 0
-    text = capsys.readouterr().out
-    for needle in ("params", "MACs", "test acc", "ms @bs1", "ms @bs2", "dense", "pruned", "speed-up", "heads per block"):
-        assert needle in text
-    assert "[6, 6, 6, 6, 6, 6] -> [3, 3, 3, 3, 3, 3]" in text
+    r = prune(*QUIET, "--method", "taylor", "--latency-batch-sizes", "1", "2", "--out", str(out))
+    assert r.heads_before == [6] * 6 and r.heads_after == [3] * 6
+    assert r.pruned.params < r.dense.params and r.macs_ratio > 1.2
+    assert set(r.dense.latency) == set(r.pruned.latency) == {1, 2} and r.speedup(2) > 0
+    assert 0.0 <= r.pruned.accuracy <= 1.0 and r.dense.accuracy is not None
+    assert r.saved_to == str(out)
     model = tpv.load_pruned(out)
     assert [b.attn.num_heads for b in model.blocks] == [3] * 6
     assert all(b.mlp.fc1.out_features == int(384 * (1 - 0.3)) for b in model.blocks)  # tp keeps int(C * (1 - r))
+    report = cli.format_report(r)
+    assert "[6, 6, 6, 6, 6, 6] -> [3, 3, 3, 3, 3, 3]" in report and "speed-up / MACs ratio" in report
 
-    # second run: the cached embedded model is reused, no training
-    monkeypatch.setattr(embedded, "train", lambda *a, **k: pytest.fail("retrained despite the cache"))
-    assert (
-        cli.main(["prune", "--embedded-epochs", "1", "--method", "l2", "--no-latency", "--finetune-epochs", "0", "--quiet"]) == 0
-    )
-
-
-def test_prune_gohsp_admm_embedded(cache, capsys):
-    args = [
-        "prune",
-        "--embedded-epochs",
-        "1",
-        "--method",
-        "gohsp",
-        "--admm-epochs",
-        "1",
-        "--target-params",
-        "0.3",
-        "--calib-batches",
-        "2",
-        "--finetune-epochs",
-        "0",
-        "--no-latency",
-        "--quiet",
-    ]
-    assert cli.main(args) == 0
-    text = capsys.readouterr().out
-    assert "ADMM residual" in text and "heads per block: [6, 6, 6, 6, 6, 6] ->" in text
-    ratio = float(text.split("dense/pruned")[1].split("x")[0])
-    assert ratio >= 1 / 0.7 - 1e-3  # at least 30 % of the parameters removed
+    # second run through main(): the cached embedded model is reused, no training
+    monkeypatch.setattr(embedded, "finetune", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    assert cli.main(["prune", *QUIET, "--method", "l2", "--no-latency"]) == 0
+    assert "heads per block" in capsys.readouterr().out
 
 
-def test_prune_cpvit_embedded(cache, capsys):
-    args = [
-        "prune",
-        "--embedded-epochs",
-        "1",
-        "--method",
-        "cpvit",
-        "--keep",
-        "0.5",
-        "--start-block",
-        "1",
-        "--finetune-epochs",
-        "0",
-        "--no-latency",
-        "--quiet",
-    ]
-    assert cli.main(args) == 0
-    text = capsys.readouterr().out
-    assert "patch tokens per block [49, 49, 43, 37, 31, 25]" in text
-    params_ratio, macs_ratio = (float(v.split("x")[0]) for v in text.split("dense/pruned")[1].split()[:2])
-    assert params_ratio == 1.0 and macs_ratio > 1.1  # same weights, fewer tokens (beta defers some drops)
+@pytest.mark.slow
+def test_prune_gohsp_admm_embedded(cache):
+    r = prune(*QUIET, "--method", "gohsp", "--admm-epochs", "1", "--target-params", "0.3", "--no-latency")
+    assert any(n.startswith("ADMM residual") for n in r.notes)
+    assert r.heads_before == [6] * 6
+    assert r.pruned.params <= 0.7 * r.dense.params + 1  # at least 30 % of the parameters removed
 
 
-def test_prune_vtp_embedded(cache, capsys):
-    args = [
-        "prune",
-        "--embedded-epochs",
-        "1",
-        "--method",
-        "vtp",
-        "--sparse-epochs",
-        "1",
-        "--width-ratio",
-        "0.3",
-        "--head-ratio",
-        "0",
-        "--finetune-epochs",
-        "1",
-        "--no-latency",
-        "--quiet",
-    ]
-    assert cli.main(args) == 0
-    text = capsys.readouterr().out
-    assert "gates below 0.01 after sparse training" in text and "one-shot accuracy" in text
-    assert float(text.split("dense/pruned")[1].split("x")[0]) > 1.2  # parameters removed
+@pytest.mark.slow
+def test_prune_cpvit_embedded(cache):
+    r = prune(*QUIET, "--method", "cpvit", "--keep", "0.5", "--start-block", "1", "--no-latency")
+    assert r.token_schedule == [49, 49, 43, 37, 31, 25]
+    assert r.pruned.params == r.dense.params and r.macs_ratio > 1.1  # same weights, fewer tokens (beta defers some drops)
 
 
-def test_prune_timm_name_without_data(capsys):
-    assert (
-        cli.main(
-            [
-                "prune",
-                "--model",
-                "vit_tiny_patch16_224",
-                "--method",
-                "l1",
-                "--head-ratio",
-                "0.5",
-                "--width-ratio",
-                "0",
-                "--finetune-epochs",
-                "0",
-                "--no-latency",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    text = capsys.readouterr().out
-    assert "[3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3] -> [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]" in text  # round(1.5) = 2 removed
+@pytest.mark.slow
+def test_prune_vtp_embedded(cache):
+    argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--width-ratio", "0.3"]
+    r = prune(*argv, "--head-ratio", "0", "--finetune-epochs", "1", "--no-latency")
+    assert any(n.startswith("gates below 0.01 after sparse training") for n in r.notes)
+    assert r.one_shot_accuracy is not None and r.finetune_epochs == 1
+    assert r.dense.params / r.pruned.params > 1.2  # parameters removed
 
 
-def _macs_ratio(text: str) -> float:
-    """dense/pruned MACs ratio from the printed table."""
-    return float(text.split("dense/pruned")[1].split()[1].rstrip("x"))
+def test_prune_timm_name_without_data():
+    argv = ["--model", "vit_tiny_patch16_224", "--method", "l1", "--head-ratio", "0.5", "--width-ratio", "0"]
+    r = prune(*argv, "--finetune-epochs", "0", "--no-latency", "--quiet")
+    assert r.heads_before == [3] * 12 and r.heads_after == [1] * 12  # round(1.5) = 2 removed
+    assert r.dense.accuracy is None and r.pruned.accuracy is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, structure, target", [("l2", "both", 0.6), ("gohsp", "heads", 0.8)])
-def test_prune_to_a_macs_target(cache, capsys, method, structure, target):
-    args = ["prune", "--embedded-epochs", "1", "--method", method, "--target-macs", str(target), "--budget-structure", structure]
+def test_prune_to_a_macs_target(cache, method, structure, target):
     out = cache / f"budget-{method}"
-    args += ["--calib-batches", "2", "--finetune-epochs", "0", "--no-latency", "--quiet", "--out", str(out)]
-    assert cli.main(args) == 0
-    text = capsys.readouterr().out
-    achieved = float(text.split("-> achieved ")[1].split()[0])
-    assert f"budget: keep {target:.3f} of the dense macs" in text and abs(achieved - target) / target <= 0.02
-    assert "warning" not in text
-    assert abs(1 / _macs_ratio(text) - target) / target <= 0.02 + 0.01  # the table's own MACs count agrees (2-digit print)
+    r = prune(
+        *QUIET,
+        "--method",
+        method,
+        "--target-macs",
+        str(target),
+        "--budget-structure",
+        structure,
+        "--no-latency",
+        "--out",
+        str(out),
+    )
+    assert r.budget is not None and r.budget.metric == "macs" and r.budget.relative_error <= 0.02
+    assert not any(n.startswith("warning") for n in r.notes)
+    assert abs(1 / r.macs_ratio - target) / target <= 0.02  # the report's own MACs count agrees
     model = tpv.load_pruned(out)
     if structure == "heads":  # MLPs untouched: every block keeps its 384 neurons, only heads went
         assert all(b.mlp.fc1.out_features == 384 for b in model.blocks) and sum(b.attn.num_heads for b in model.blocks) < 36
 
 
-def test_unreachable_macs_target_warns(cache, capsys):
-    args = ["prune", "--embedded-epochs", "1", "--method", "l1", "--target-macs", "0.5", "--budget-structure", "heads"]
-    assert cli.main([*args, "--finetune-epochs", "0", "--no-latency", "--quiet"]) == 0
-    assert "is out of reach for --budget-structure heads" in capsys.readouterr().out
+@pytest.mark.slow
+def test_unreachable_macs_target_warns(cache):
+    r = prune(*QUIET, "--method", "l1", "--target-macs", "0.5", "--budget-structure", "heads", "--no-latency")
+    assert any("is out of reach for --budget-structure heads" in n for n in r.notes)
 
 
-def test_prune_cpvit_to_a_macs_target(cache, capsys):
-    args = ["prune", "--embedded-epochs", "1", "--method", "cpvit", "--target-macs", "0.7", "--start-block", "0"]
-    args += ["--finetune-epochs", "0", "--no-latency", "--quiet"]
-    assert cli.main(args) == 0
-    text = capsys.readouterr().out
-    assert "budget: keep ratio" in text and "fixed" in text
-    assert 0.66 <= 1 / _macs_ratio(text) <= 0.7 + 0.005  # discrete tokens: at most the target, close to it
+@pytest.mark.slow
+def test_prune_cpvit_to_a_macs_target(cache):
+    r = prune(*QUIET, "--method", "cpvit", "--target-macs", "0.7", "--start-block", "0", "--no-latency")
+    assert any(n.startswith("budget: keep ratio") for n in r.notes)
+    assert 0.66 <= 1 / r.macs_ratio <= 0.7 + 1e-9  # discrete tokens: at most the target, close to it
 
 
 @pytest.mark.parametrize(

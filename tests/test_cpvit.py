@@ -10,9 +10,10 @@ from conftest import make_model, set_fused
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.metrics import count_macs
+from tp_vit_plugins.core.metrics import count_macs
+from tp_vit_plugins.cpvit import cascade_attention
+from tp_vit_plugins.cpvit.maths import adjusted_count, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
 from tp_vit_plugins.tokens import apply_cascade, cascade_macs, find_cascade, remove_cascade
-from tp_vit_plugins.tokens.cascade import adjusted_count, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
 
 
 def deeper(family="vit", **kw):
@@ -142,12 +143,58 @@ def test_works_on_a_tp_pruned_model_and_fused_equals_eager(x64):
         apply_cascade(model, keep_ratio=1.0, start_block=0)
         assert torch.equal(model(x64), ref)
         remove_cascade(model)
-        apply_cascade(model, keep_ratio=0.5, head_keep_ratio=0.67, start_block=1)
+        c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0)
+        # the last block scores nothing: it runs timm's own forward, so the fused flag matters there
+        assert 3 not in c.score_blocks and not c.head_blocks
         set_fused(model, True)
         fused = model(x64)
         set_fused(model, False)
         eager = model(x64)
+    assert c.last.counts[-1] < 64  # tokens were dropped before the delegating block
     torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cascade_attention_equals_timm_forward(family, fused):
+    """The cascade's copy of timm's eager attention is locked to ``Attention.forward`` on every family."""
+    model = make_model(family)
+    set_fused(model, fused)
+    torch.manual_seed(3)
+    tokens = torch.randn(2, 17, 48)
+    with torch.no_grad():
+        for blk in model.blocks:
+            torch.testing.assert_close(cascade_attention(blk.attn, tokens), blk.attn(tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_cascade_attention_equals_timm_forward_after_head_dim_pruning(fused, x):
+    model = make_model("qk_norm")
+    tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_head_dims=True, prune_mlp=False).step()
+    set_fused(model, fused)
+    tokens = torch.randn(2, 17, 48)
+    with torch.no_grad():
+        for blk in model.blocks:
+            torch.testing.assert_close(cascade_attention(blk.attn, tokens), blk.attn(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_cascade_that_keeps_everything_equals_the_model_on_every_family(family, x):
+    model = make_model(family)
+    with torch.no_grad():
+        ref = model(x)
+        # every head kept (round(3 * 0.999) = 3) but head skipping on: every block runs the copied path
+        c = apply_cascade(model, keep_ratio=1.0, head_keep_ratio=0.999, start_block=0)
+        out = model(x)
+    assert c.head_blocks == {0, 1} and c.state.heads_kept == [3, 3]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cascade_refuses_attention_masks():
+    model = deeper()
+    apply_cascade(model, keep_ratio=0.5, start_block=0)
+    with pytest.raises(ValueError, match="attn_mask"):
+        model.blocks[0].attn(torch.randn(1, 65, 48), attn_mask=torch.zeros(65, 65))
+    remove_cascade(model)
+    model.blocks[0].attn(torch.randn(1, 65, 48), attn_mask=torch.zeros(65, 65))  # timm's own forward takes it again
 
 
 @pytest.mark.parametrize("family_", ["vit", "deit_distilled", "reg_tokens"])

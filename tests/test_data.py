@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tp_vit_plugins.data import load_split, make_loaders
+from tp_vit_plugins.demo.data import load_split, make_loaders
 
 
 @pytest.mark.parametrize("name, size, n", [("mnist", 28, 5000), ("digits", 8, 1797)])

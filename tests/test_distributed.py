@@ -11,7 +11,7 @@ from dist_workers import data, ddp_step_worker, make_pruner, ranking_worker, tin
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.finetune import finetune
+from tp_vit_plugins.core.training import finetune
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -22,6 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ranking_equals_one_process(tmp_path):
     out = str(tmp_path / "rank0.pt")
     mp.spawn(ranking_worker, args=(2, free_port(), out), nprocs=2, join=True)
@@ -38,6 +39,7 @@ def test_two_process_ranking_equals_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["plain", "vtp", "gohsp"])
+@pytest.mark.slow
 def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path, kind):
     # lr 1e-3: Adam's first step is ~lr * g / (|g| + eps), so entries whose gradient is near eps
     # amplify summation-order noise in proportion to lr
@@ -97,7 +99,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 
 
 def test_kd_losses_closed_form():
-    from tp_vit_plugins.finetune import distillation_loss
+    from tp_vit_plugins.core.training import distillation_loss
 
     s = torch.tensor([[2.0, 0.0, -1.0]])
     t = torch.tensor([[0.0, 3.0, 0.0]])

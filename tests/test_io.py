@@ -10,7 +10,7 @@ import torch
 from conftest import make_model
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.vit import attention_modules
+from tp_vit_plugins.core.adapter import attention_modules
 
 
 @pytest.mark.parametrize("setting", ["dense", "heads", "everything"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_model
 
-from tp_vit_plugins.metrics import count_macs, count_params, measure_latency
+from tp_vit_plugins.core.metrics import count_macs, count_params, measure_latency
 
 
 def vit_macs(batch, tokens, dim, depth, hidden, classes, patch_in):
@@ -41,7 +41,7 @@ def test_params_and_latency():
 
 def test_cuda_event_median_times_each_run_after_a_sync(monkeypatch):
     """The CUDA-event path with fake events (no GPU here): ms -> s, median, sync before reading."""
-    from tp_vit_plugins import metrics
+    from tp_vit_plugins.core import metrics
 
     clock = {"now": 0.0, "synced": False}
 

@@ -10,7 +10,7 @@ import torch_pruning as tp
 from conftest import FAMILIES, fused_and_eager, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.vit import attention_modules
+from tp_vit_plugins.core.adapter import attention_modules
 
 
 def match_rows(orig: torch.Tensor, new: torch.Tensor) -> list[int]:

@@ -11,7 +11,7 @@ from conftest import fused_and_eager, make_model, snapshot, state_equal
 from timm.layers import LayerScale
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.vit import attention_modules, head_norm_dims
+from tp_vit_plugins.core.adapter import attention_modules, head_norm_dims
 
 
 def hooks_left(model) -> int:

@@ -10,7 +10,7 @@ import torch_pruning as tp
 from conftest import make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.gates import GATE_NAME, GateSet
+from tp_vit_plugins.vtp.gates import GATE_NAME, GateSet
 
 
 def hooks(model) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,15 +27,18 @@ import torch_pruning as tp
 from torch import nn
 from tqdm.auto import tqdm
 
-from .metrics import count_macs, measure_latency
+from .core.adapter import heads_per_block
+from .core.metrics import count_macs, measure_latency
+from .core.pruner import ViTPruner
+from .core.search import bisect_threshold
 
-__all__ = ["BudgetResult", "fit_budget", "fit_keep_ratio", "clone_with_grads", "remap_state", "vit_prune_fn", "STRUCTURES"]
+__all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "remap_state", "vit_prune_fn", "BUDGET_STRUCTURES"]
 
 #: Ratios tried by the fallback scan when ``max_ratio`` itself does not reach the target.
 _SCAN_POINTS = 8
 
 #: What the scalar ratio controls.
-STRUCTURES = ("heads", "width", "both")
+BUDGET_STRUCTURES = ("heads", "width", "both")
 
 
 @dataclass
@@ -94,13 +97,14 @@ def remap_state(obj: object, source: nn.Module, twin: nn.Module) -> object:
 
 def _max_head_ratio(model: nn.Module, kwargs: dict) -> float:
     """Largest head ratio that leaves every block ``min_heads`` heads (ViTPruner's rounding)."""
-    from .vit import attention_modules
-
-    heads = [int(a.num_heads) for _, a in attention_modules(model)]
+    heads = heads_per_block(model)
     keep = int(kwargs.get("min_heads", 1))
     if kwargs.get("global_head_pruning", kwargs.get("global_pruning", False)):
         return (sum(heads) - keep * len(heads)) / sum(heads)
     return min((h - 1) / h for h in heads)
+
+
+PruneFn = Callable[[nn.Module, torch.Tensor, float], None]
 
 
 def vit_prune_fn(
@@ -109,13 +113,12 @@ def vit_prune_fn(
     head_ratio: Callable[[float], float],
     width_ratio: Callable[[float], float],
     **pruner_kwargs,
-) -> Callable[[nn.Module, torch.Tensor, float], None]:
+) -> PruneFn:
     """A ``prune_fn`` for :func:`fit_budget`: a :class:`ViTPruner` step on a copy of ``source``.
 
     The importance is remapped onto every copy (:func:`remap_state`), so calibrated,
     module-keyed criteria (graph / cumulative head scores, gate values) keep working.
     """
-    from .pruners import ViTPruner
 
     def prune(model: nn.Module, example: torch.Tensor, r: float) -> None:
         kwargs = {"global_pruning": True, **pruner_kwargs}
@@ -126,6 +129,98 @@ def vit_prune_fn(
     return prune
 
 
+class _Search:
+    """State of one :func:`fit_budget` run: the cost of candidates and the best one so far."""
+
+    def __init__(
+        self, model: nn.Module, example: torch.Tensor, target: float, metric: str, tolerance: float, latency: dict
+    ) -> None:
+        self.model, self.example, self.target, self.metric = model, example, target, metric
+        self.tolerance, self.latency = tolerance, latency
+        self.dense_macs = float(count_macs(model, example))
+        self.best: BudgetResult | None = None
+        self.evaluations = 0
+        self.bar: tqdm | None = None
+
+    def _seconds(self, m: nn.Module, warmup: int) -> float:
+        bs = self.latency["batch_size"]
+        return measure_latency(m, self.example, (bs,), min_run_time=self.latency["min_run_time"], warmup=warmup)[bs]
+
+    def kept_fraction(self, m: nn.Module) -> float:
+        """MACs kept, or the median latency ratio with the dense model re-timed alternately (drift cancels)."""
+        if self.metric == "macs":
+            return count_macs(m, self.example) / self.dense_macs
+        rounds = self.latency["rounds"]
+        return statistics.median(self._seconds(m, 3 if i == 0 else 1) / self._seconds(self.model, 1) for i in range(rounds))
+
+    def converged(self) -> bool:
+        return self.best is not None and self.best.relative_error <= self.tolerance
+
+    def evaluate(self, prune: PruneFn, r: float) -> float:
+        """Prune a copy at ratio ``r``, measure it, remember it if it is the closest yet."""
+        candidate = clone_with_grads(self.model)
+        prune(candidate, self.example, r)
+        self.evaluations += 1
+        kept = self.kept_fraction(candidate)
+        macs = kept if self.metric == "macs" else count_macs(candidate, self.example) / self.dense_macs
+        result = BudgetResult(r, self.target, kept, self.metric, candidate, self.evaluations, macs)
+        if self.bar is not None:
+            self.bar.update()
+            self.bar.set_postfix(ratio=f"{r:.3f}", kept=f"{kept:.3f}", target=f"{self.target:.3f}")
+        if self.best is None or result.relative_error < self.best.relative_error:
+            self.best = result
+        return kept
+
+    def run(self, prune: PruneFn, max_ratio: float, budget: int) -> float:
+        """Bisect ``r`` with at most ``budget`` candidates; return the largest ``r`` seen still keeping > target.
+
+        The cost is not always monotone in ``r`` (tp leaves a group alone rather than remove
+        all of its channels, so at large ratios whole head-dim groups can survive): when the
+        bound ``max_ratio`` does not reach the target, a coarse scan of ``r`` looks for a
+        ratio that does before the target is declared out of reach.
+        """
+        stop = self.evaluations + budget
+        lo, hi = 0.0, max_ratio
+        if self.evaluate(prune, hi) > self.target:
+            hi = None
+            for k in range(1, _SCAN_POINTS):
+                if self.evaluations >= stop or self.converged():
+                    break
+                r = max_ratio * k / _SCAN_POINTS
+                if self.evaluate(prune, r) <= self.target:
+                    hi = r
+                    break
+                lo = r
+            if hi is None:
+                return lo
+        lo, _ = bisect_threshold(
+            lambda r: self.evaluate(prune, r) > self.target,
+            lo,
+            hi,
+            iterations=max(0, stop - self.evaluations),
+            done=self.converged,
+        )
+        return lo
+
+
+def _check_budget_args(target: float, structure: str, metric: str, max_ratio: float, max_evaluations: int, latency: dict) -> None:
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must lie in (0, 1], got {target}")
+    if structure not in BUDGET_STRUCTURES:
+        raise ValueError(f"structure must be one of {BUDGET_STRUCTURES}, got {structure!r}")
+    if metric not in ("macs", "latency"):
+        raise ValueError(f"metric must be 'macs' or 'latency', got {metric!r}")
+    if not 0.0 < max_ratio < 1.0:
+        raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio}")
+    if max_evaluations < 1:
+        raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
+    if metric == "latency" and (latency["batch_size"] < 1 or latency["min_run_time"] <= 0 or latency["rounds"] < 1):
+        raise ValueError(
+            "latency_batch_size and latency_rounds must be >= 1 and latency_min_run_time > 0, got "
+            f"{latency['batch_size']}, {latency['rounds']} and {latency['min_run_time']}"
+        )
+
+
 def fit_budget(
     model: nn.Module,
     example_inputs: torch.Tensor,
@@ -133,7 +228,7 @@ def fit_budget(
     importance: tp.importance.Importance | None = None,
     structure: str = "both",
     metric: str = "macs",
-    prune_fn: Callable[[nn.Module, torch.Tensor, float], None] | None = None,
+    prune_fn: PruneFn | None = None,
     max_ratio: float = 0.95,
     tolerance: float = 0.01,
     max_evaluations: int = 16,
@@ -174,140 +269,25 @@ def fit_budget(
     Raises:
         ValueError: Bad target, structure, metric, ratio bounds or latency settings.
     """
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target must lie in (0, 1], got {target}")
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
-    if metric not in ("macs", "latency"):
-        raise ValueError(f"metric must be 'macs' or 'latency', got {metric!r}")
-    if not 0.0 < max_ratio < 1.0:
-        raise ValueError(f"max_ratio must lie in (0, 1), got {max_ratio}")
-    if max_evaluations < 1:
-        raise ValueError(f"max_evaluations must be >= 1, got {max_evaluations}")
-    if metric == "latency" and (latency_batch_size < 1 or latency_min_run_time <= 0 or latency_rounds < 1):
-        raise ValueError(
-            "latency_batch_size and latency_rounds must be >= 1 and latency_min_run_time > 0, got "
-            f"{latency_batch_size}, {latency_rounds} and {latency_min_run_time}"
-        )
-    if prune_fn is not None:
-        first = prune_fn
-    else:
+    latency = {"batch_size": latency_batch_size, "min_run_time": latency_min_run_time, "rounds": latency_rounds}
+    _check_budget_args(target, structure, metric, max_ratio, max_evaluations, latency)
+    if target >= 1.0:
+        return BudgetResult(0.0, target, 1.0, metric, copy.deepcopy(model), 0)
+    two_stage = prune_fn is None and structure == "both"
+    if prune_fn is None:
         same, zero = (lambda r: r), (lambda r: 0.0)
         head = same if structure in ("heads", "both") else zero
         width = same if structure in ("width", "both") else zero
-        first = vit_prune_fn(importance, model, head, width, **pruner_kwargs)
-
-    def seconds(m: nn.Module, warmup: int) -> float:
-        bs = latency_batch_size
-        return measure_latency(m, example_inputs, (bs,), min_run_time=latency_min_run_time, warmup=warmup)[bs]
-
-    if target >= 1.0:
-        return BudgetResult(0.0, target, 1.0, metric, copy.deepcopy(model), 0)
-    dense_macs = float(count_macs(model, example_inputs))
-
-    def kept_fraction(m: nn.Module) -> float:
-        if metric == "macs":
-            return count_macs(m, example_inputs) / dense_macs
-        # dense re-timed alternately with every candidate: drift cancels, the median tames the noise
-        return statistics.median(seconds(m, 3 if i == 0 else 1) / seconds(model, 1) for i in range(latency_rounds))
-
-    evaluations = 0
-
-    def search(prune: Callable[[nn.Module, torch.Tensor, float], None], budget: int) -> tuple[BudgetResult, float]:
-        """Bisect ``r``; return the closest result and the largest ``r`` seen still keeping > target.
-
-        The cost is not always monotone in ``r`` (tp leaves a group alone rather than remove
-        all of its channels, so at large ratios whole head-dim groups can survive): when the
-        bound ``max_ratio`` does not reach the target, a coarse scan of ``r`` looks for a
-        ratio that does before the target is declared out of reach.
-        """
-        nonlocal evaluations
-        best: BudgetResult | None = None
-        used = 0
-
-        def evaluate(r: float) -> float:
-            nonlocal best, used, evaluations
-            candidate = clone_with_grads(model)
-            prune(candidate, example_inputs, r)
-            used += 1
-            evaluations += 1
-            kept = kept_fraction(candidate)
-            macs = kept if metric == "macs" else count_macs(candidate, example_inputs) / dense_macs
-            result = BudgetResult(r, target, kept, metric, candidate, evaluations, macs)
-            bar.update()
-            bar.set_postfix(ratio=f"{r:.3f}", kept=f"{kept:.3f}", target=f"{target:.3f}")
-            if best is None or result.relative_error < best.relative_error:
-                best = result
-            return kept
-
-        lo, hi = 0.0, max_ratio
-        if evaluate(hi) > target:  # the bound does not reach the target: scan for a ratio that does
-            hi = None
-            for k in range(1, _SCAN_POINTS):
-                if used >= budget or best.relative_error <= tolerance:
-                    break
-                r = max_ratio * k / _SCAN_POINTS
-                if evaluate(r) <= target:
-                    hi = r
-                    break
-                lo = r
-            if hi is None:
-                return best, lo
-        while used < budget and best.relative_error > tolerance:
-            r = (lo + hi) / 2
-            lo, hi = (r, hi) if evaluate(r) > target else (lo, r)
-        return best, lo
-
-    two_stage = prune_fn is None and structure == "both"
-    with tqdm(total=max_evaluations, desc=f"fit_budget ({metric})", disable=not progress, leave=False) as bar:
-        best, lo = search(first, max(1, max_evaluations // 2) if two_stage else max_evaluations)
-        if two_stage and best.relative_error > tolerance and evaluations < max_evaluations:
+        prune_fn = vit_prune_fn(importance, model, head, width, **pruner_kwargs)
+    search = _Search(model, example_inputs, target, metric, tolerance, latency)
+    with tqdm(total=max_evaluations, desc=f"fit_budget ({metric})", disable=not progress, leave=False) as search.bar:
+        lo = search.run(prune_fn, max_ratio, max(1, max_evaluations // 2) if two_stage else max_evaluations)
+        if two_stage and not search.converged() and search.evaluations < max_evaluations:
             # heads move the cost in coarse steps: fix them at the last under-pruned ratio, refine the width alone
-            fixed = lo
-            refine = vit_prune_fn(importance, model, lambda r: fixed, lambda r: r, **pruner_kwargs)
-            second, _ = search(refine, max_evaluations - evaluations)
-            if second.relative_error < best.relative_error:
-                best = second
-    best.evaluations = evaluations
+            refine = vit_prune_fn(importance, model, lambda r: lo, lambda r: r, **pruner_kwargs)
+            search.run(refine, max_ratio, max_evaluations - search.evaluations)
+    best = search.best
+    best.evaluations = search.evaluations
     if metric == "latency":
-        best.achieved = kept_fraction(best.model)  # unbiased: not the measurement that picked it
+        best.achieved = search.kept_fraction(best.model)  # unbiased: not the measurement that picked it
     return best
-
-
-def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
-    """Largest CP-ViT keep ratio whose cascade keeps at most ``target`` of ``model``'s MACs.
-
-    Bisects ``keep_ratio`` against :func:`~tp_vit_plugins.tokens.cascade_macs` (analytic,
-    exact for ``beta = 0``; with ``beta > 0`` the per-batch counts move around it).
-
-    Args:
-        model: timm ViT (pruned or not; only shapes are read).
-        input_size: ``(C, H, W)`` of one image.
-        target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
-        iterations: Bisection steps.
-        **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
-            ``schedule_power`` as in :func:`~tp_vit_plugins.tokens.apply_cascade`.
-
-    Returns:
-        The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,
-        when even that keeps more than ``target``: tokens alone cannot reach it).
-
-    Raises:
-        ValueError: ``target`` outside ``(0, 1]``.
-    """
-    from .tokens import cascade_macs
-
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target must lie in (0, 1], got {target}")
-    dense = cascade_macs(model, input_size, keep_ratio=1.0)
-
-    def kept(r: float) -> float:
-        return cascade_macs(model, input_size, keep_ratio=r, **cascade_kwargs) / dense
-
-    if kept(1.0) <= target:
-        return 1.0
-    lo, hi = 1e-3, 1.0  # invariant: kept(hi) > target
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if kept(mid) > target else (mid, hi)
-    return lo

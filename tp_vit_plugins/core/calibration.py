@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .vit import attention_maps
+from .adapter import attention_maps
 
 __all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
 

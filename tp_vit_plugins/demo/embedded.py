@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from ..core.io import load_pruned, save_pruned
+from ..core.training import evaluate, finetune
 from .data import DatasetSplit, load_split, make_loaders
-from .io import load_pruned, save_pruned
-from .train import evaluate, train
 
 __all__ = ["EmbeddedRecipe", "cache_dir", "create_embedded_model", "embedded_model"]
 
@@ -34,8 +35,8 @@ class EmbeddedRecipe:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
     max_shift: int = 2
     seed: int = 0
 
@@ -87,12 +88,14 @@ def embedded_model(
         return load_pruned(path), split, meta
     model = create_embedded_model(recipe)
     train_loader, test_loader = make_loaders(split, batch_size=recipe.batch_size, seed=recipe.seed)
-    train(
+    finetune(
         model,
         train_loader,
-        recipe.epochs,
+        epochs=recipe.epochs,
         lr=recipe.lr,
         weight_decay=recipe.weight_decay,
+        warmup_epochs=recipe.warmup_epochs,
+        label_smoothing=recipe.label_smoothing,
         max_shift=recipe.max_shift,
         seed=recipe.seed,
         desc="train embedded ViT",
@@ -106,8 +109,6 @@ def embedded_model(
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     if os.path.isdir(path):
-        import shutil
-
         shutil.rmtree(path)
     os.replace(tmp, path)
     return model, split, meta

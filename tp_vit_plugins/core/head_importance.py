@@ -24,6 +24,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .adapter import attention_modules
+
 __all__ = ["HeadImportance", "COMBINE_MODES"]
 
 #: Ways to combine head scores with the base criterion.
@@ -80,8 +82,6 @@ class HeadImportance(tp.importance.Importance):
             TypeError: No timm attention in ``model`` or malformed batches.
             ValueError: Empty loader.
         """
-        from ..vit import attention_modules
-
         attns = attention_modules(model)
         scores = self._compute_head_scores(model, loader, max_batches)
         self.set_head_scores({a.qkv: s for (_, a), s in zip(attns, scores, strict=True)})
@@ -117,14 +117,6 @@ class HeadImportance(tp.importance.Importance):
             if dep.target.module in self.head_scores and dep.handler == tp.prune_linear_out_channels:
                 return dep.target.module
         return None
-
-    def head_channel_scores(self, group: tp.Group) -> torch.Tensor | None:
-        """Per-channel head score of an attention group (``None`` for other groups)."""
-        located = self._head_index(group)
-        if located is None:
-            return None
-        qkv, heads = located
-        return self.head_scores[qkv][heads]
 
     def _head_index(self, group: tp.Group) -> tuple[nn.Module, torch.Tensor] | None:
         """``(attn.qkv, head of every channel [n])`` of an attention group; ``None`` for other groups."""

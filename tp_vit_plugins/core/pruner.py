@@ -1,6 +1,7 @@
 """``ViTPruner``: a ``tp.pruner.BasePruner`` that knows timm ViTs.
 
-Differences from a bare ``BasePruner`` (all through tp's public extension points):
+Differences from a bare ``BasePruner`` (public tp extension points, plus the private
+``_prune`` / ``_is_atten_group`` seams listed and guarded in :mod:`.tp_seams`):
 
 * fills :func:`~tp_vit_plugins.vit_pruning_kwargs` (head counts, classifier heads, prefix
   tokens, position embedding, LayerScale, per-head norms) itself;
@@ -15,7 +16,6 @@ Differences from a bare ``BasePruner`` (all through tp's public extension points
 
 from __future__ import annotations
 
-import math
 import typing
 from collections.abc import Generator, Sequence
 
@@ -23,8 +23,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..snapshot import ModuleSnapshot
-from ..vit import attention_modules, sync_attention, vit_pruning_kwargs
+from .adapter import attention_modules, sync_attention, vit_pruning_kwargs
+from .search import round_half_up
+from .snapshot import ModuleSnapshot
+from .tp_seams import check_pruner_state, check_tp_seams
 
 __all__ = ["ViTPruner", "check_ratio"]
 
@@ -40,10 +42,6 @@ def check_ratio(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5 + 1e-9))
 
 
 class ViTPruner(tp.pruner.BasePruner):
@@ -110,6 +108,7 @@ class ViTPruner(tp.pruner.BasePruner):
             raise ValueError("prune_num_heads=False contradicts head_pruning_ratio > 0")
         if not isinstance(min_heads, int) or min_heads < 1:
             raise ValueError(f"min_heads must be an int >= 1, got {min_heads!r}")
+        check_tp_seams()
         vit_kw = vit_pruning_kwargs(model)  # TypeError for non-ViT models
         self._attentions = attention_modules(model)
         self.global_head_pruning = global_pruning if global_head_pruning is None else bool(global_head_pruning)
@@ -133,6 +132,7 @@ class ViTPruner(tp.pruner.BasePruner):
             customized_pruners=vit_kw["customized_pruners"],
             **kwargs,
         )
+        check_pruner_state(self)
         self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
         self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
 
@@ -140,7 +140,7 @@ class ViTPruner(tp.pruner.BasePruner):
     def _check_head_budget(self, ratio: float) -> None:
         heads = [int(a.num_heads) for _, a in self._attentions]
         if self.global_head_pruning:
-            removed = _round_half_up(ratio * sum(heads))
+            removed = round_half_up(ratio * sum(heads))
             room = sum(h - self.min_heads for h in heads)
             if removed > room:
                 raise ValueError(
@@ -149,7 +149,7 @@ class ViTPruner(tp.pruner.BasePruner):
                 )
         else:
             for (name, _), h in zip(self._attentions, heads):
-                if h - _round_half_up(ratio * h) < 1:
+                if h - round_half_up(ratio * h) < 1:
                     raise ValueError(
                         f"head_pruning_ratio={ratio} would leave {name} with 0 of its {h} heads; "
                         "lower the ratio or use global_head_pruning=True"
@@ -208,7 +208,7 @@ class ViTPruner(tp.pruner.BasePruner):
         plan: dict[nn.Module, list[int]] = {q: [] for q in qkvs}
         if self.global_head_pruning:
             total0 = sum(self.init_num_heads[q] for q in qkvs)
-            todo = _round_half_up(ratio * total0) - (total0 - sum(self.num_heads[q] for q in qkvs))
+            todo = round_half_up(ratio * total0) - (total0 - sum(self.num_heads[q] for q in qkvs))
             ranked = sorted((float(s), li, h) for li, q in enumerate(qkvs) for h, s in enumerate(scores[q].tolist()))
             left = {q: self.num_heads[q] for q in qkvs}
             for _, li, h in ranked:
@@ -221,7 +221,7 @@ class ViTPruner(tp.pruner.BasePruner):
                     todo -= 1
         else:
             for q in qkvs:
-                k = _round_half_up(ratio * self.init_num_heads[q]) - (self.init_num_heads[q] - self.num_heads[q])
+                k = round_half_up(ratio * self.init_num_heads[q]) - (self.init_num_heads[q] - self.num_heads[q])
                 if k > 0:
                     plan[q] = torch.argsort(scores[q], stable=True)[:k].tolist()
         return plan

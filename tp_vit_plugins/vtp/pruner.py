@@ -20,9 +20,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..gates import GateSet
-from ..importance.gate import GateImportance
-from .vit import ViTPruner
+from ..core.adapter import block_layers
+from ..core.pruner import ViTPruner
+from .gates import GateSet
+from .importance import GateImportance
 
 __all__ = ["VTPPruner", "GATED_LAYERS"]
 
@@ -32,10 +33,8 @@ GATED_LAYERS = ("qkv", "proj", "fc1", "fc2")
 
 def _block_linears(model: nn.Module, names: Sequence[str]) -> list[nn.Linear]:
     layers = []
-    for blk in getattr(model, "blocks", []):
-        attn, mlp = blk.attn, blk.mlp
-        lookup = {"qkv": attn.qkv, "proj": attn.proj, "fc1": getattr(mlp, "fc1", None), "fc2": getattr(mlp, "fc2", None)}
-        layers.extend(lookup[n] for n in names if isinstance(lookup[n], nn.Linear))
+    for b in block_layers(model):
+        layers.extend(getattr(b, n) for n in names if isinstance(getattr(b, n), nn.Linear))
     return layers
 
 

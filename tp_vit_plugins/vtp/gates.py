@@ -15,19 +15,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["GateSet", "GATE_NAME", "add_to_grad"]
+from ..core.training import add_to_grad
+
+__all__ = ["GateSet", "GATE_NAME"]
 
 #: Name of the gate parameter on every gated Linear.
 GATE_NAME = "vtp_gate"
-
-
-@torch.no_grad()
-def add_to_grad(p: nn.Parameter, g: torch.Tensor) -> None:
-    """``p.grad += g`` (creating the gradient when there is none): the regularisers' hook."""
-    if p.grad is None:
-        p.grad = g.detach().clone()
-    else:
-        p.grad.add_(g)
 
 
 class _GateHook:

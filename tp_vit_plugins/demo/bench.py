@@ -5,7 +5,7 @@ target (fraction of the dense MACs to keep) each method is fitted to the target 
 :func:`~tp_vit_plugins.budget.fit_budget` (structure) or a bisection on the keep ratio
 (tokens), fine-tuned for the same number of epochs, and measured: achieved MACs, params,
 accuracy right after pruning and after fine-tuning, CPU latency, speed-up and speed-up ÷
-MACs ratio. Methods:
+MACs ratio. Every method is a recipe of :mod:`.methods` (the same table ``tp-vit prune`` uses):
 
 * ``random``, ``l2``, ``taylor`` — tp's criteria through :class:`~tp_vit_plugins.ViTPruner`
   (global heads + width + head dims);
@@ -32,17 +32,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .budget import clone_with_grads, fit_budget, fit_keep_ratio, vit_prune_fn
-from .calibration import accumulate_gradients
-from .finetune import finetune
-from .metrics import count_macs, count_params, measure_latency
-from .pruners import VTPPruner
-from .train import evaluate
+from ..budget import clone_with_grads, fit_budget, vit_prune_fn
+from ..core.adapter import block_layers
+from ..core.metrics import count_macs, count_params, measure_latency
+from ..core.training import evaluate, finetune
+from ..cpvit import remove_cascade
+from .methods import MethodSettings, get_method
 
 _FIT = dict(tolerance=0.015, max_evaluations=12)  # within the 2 % the comparison promises
 
@@ -69,13 +68,70 @@ class BenchRow:
     mlp: list
 
 
-def _blocks(model: nn.Module) -> tuple[list[int], list[int]]:
-    return [int(b.attn.num_heads) for b in model.blocks], [int(b.mlp.fc1.out_features) for b in model.blocks]
+@dataclass
+class _Setup:
+    """What every run of one bench shares."""
+
+    model: nn.Module
+    train_set: Dataset
+    test_loader: DataLoader
+    example: torch.Tensor
+    finetune_epochs: int
+    calib_batches: int
+    batch_size: int
+    lr: float
+    latency_batch_sizes: Sequence[int]
+    dense_macs: int = 0
+    dense_latency: dict | None = None
 
 
-def _structure_fn(importance: tp.importance.Importance, source: nn.Module):
-    """Global heads + width + head dims at one scalar ratio, as :func:`fit_budget` expects."""
-    return vit_prune_fn(importance, source, lambda r: r, lambda r: r, prune_head_dims=True)
+def _structure(model: nn.Module) -> tuple[list[int], list[int]]:
+    blocks = block_layers(model)
+    return [int(b.attn.num_heads) for b in blocks], [b.fc1.out_features if b.fc1 is not None else 0 for b in blocks]
+
+
+def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
+    """Prune a copy of the dense model with recipe ``name`` to ``target`` of its MACs, train, measure."""
+    recipe = get_method(name)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(1000 + seed)
+    idx = torch.randperm(len(setup.train_set), generator=g)[: setup.calib_batches * setup.batch_size].tolist()
+    calib = DataLoader(Subset(setup.train_set, idx), batch_size=setup.batch_size)
+    train_loader = DataLoader(
+        setup.train_set, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    settings = MethodSettings(head_ratio=0.0, width_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
+    base, epochs = clone_with_grads(setup.model), setup.finetune_epochs
+    pruned = base
+    if recipe.prunes_structure:
+        pruner = recipe.prepare(base, setup.example, calib, settings)
+        sparse = recipe.sparse_epochs(settings, 0, budget=setup.finetune_epochs)
+        if sparse:  # the sparse phase counts against the method's epoch budget
+            step_hook, epoch_hook = recipe.hooks(pruner)
+            hooks = dict(step_hook=step_hook, epoch_hook=epoch_hook)
+            finetune(base, train_loader, epochs=sparse, lr=setup.lr, seed=seed, progress=False, **hooks)
+            epochs = max(0, epochs - sparse)
+        recipe.finish(pruner)
+        # half of the MACs cut (in log scale) from structure when tokens take the other half
+        struct_target = math.sqrt(target) if recipe.drops_tokens else target
+        prune_fn = vit_prune_fn(pruner.importance, base, lambda r: r, lambda r: r, prune_head_dims=True)
+        pruned = fit_budget(base, setup.example, struct_target, prune_fn=prune_fn, **_FIT).model
+    pruned.zero_grad(set_to_none=True)
+    if recipe.drops_tokens:
+        rest = min(1.0, target * setup.dense_macs / count_macs(pruned, setup.example))
+        recipe.attach_tokens(pruned, tuple(setup.example.shape[1:]), settings, rest)
+    oneshot = evaluate(pruned, setup.test_loader, progress=False)
+    if epochs:
+        finetune(pruned, train_loader, epochs=epochs, lr=setup.lr, seed=seed, progress=False)
+    pruned.eval()
+    final = evaluate(pruned, setup.test_loader, progress=False)
+    macs = count_macs(pruned, setup.example)
+    lat = measure_latency(pruned, setup.example, setup.latency_batch_sizes) if setup.latency_batch_sizes else {}
+    heads, mlp = _structure(pruned)
+    if recipe.drops_tokens:
+        remove_cascade(pruned)
+    speedup = {b: setup.dense_latency[b] / lat[b] for b in lat}
+    return BenchRow(name, target, seed, macs / setup.dense_macs, count_params(pruned), oneshot, final, lat, speedup, heads, mlp)
 
 
 def run_bench(
@@ -118,9 +174,6 @@ def run_bench(
     Raises:
         ValueError: Unknown method or a target outside ``(0, 1]``.
     """
-    from .importance import GraphHeadImportance, tp_importance
-    from .tokens import apply_cascade, remove_cascade
-
     bad = set(methods) - set(BENCH_METHODS)
     if bad:
         raise ValueError(f"unknown methods {sorted(bad)}; choose from {BENCH_METHODS}")
@@ -128,69 +181,13 @@ def run_bench(
         raise ValueError(f"targets must lie in (0, 1], got {list(targets)}")
     os.makedirs(out_dir, exist_ok=True)
     model = model.eval()
-    dense_macs, dense_params = count_macs(model, example), count_params(model)
-    dense_lat = measure_latency(model, example, latency_batch_sizes) if latency_batch_sizes else {}
+    setup = _Setup(model, train_set, test_loader, example, finetune_epochs, calib_batches, batch_size, lr, latency_batch_sizes)
+    setup.dense_macs = count_macs(model, example)
+    setup.dense_latency = measure_latency(model, example, latency_batch_sizes) if latency_batch_sizes else {}
     dense_acc = evaluate(model, test_loader, progress=False)
-    input_size = tuple(example.shape[1:])
-    rows: list[BenchRow] = []
     runs = [(s, t, m) for s in seeds for t in targets for m in methods]
-    for seed, target, method in tqdm(runs, desc="bench", disable=not progress):
-        torch.manual_seed(seed)
-        g = torch.Generator().manual_seed(1000 + seed)
-        idx = torch.randperm(len(train_set), generator=g)[: calib_batches * batch_size].tolist()
-        calib = DataLoader(Subset(train_set, idx), batch_size=batch_size)
-        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-        epochs = finetune_epochs
-        base = clone_with_grads(model)
-        if method in ("random", "l2", "taylor"):
-            if method == "taylor":
-                accumulate_gradients(base, calib, progress=False)
-            pruned = fit_budget(base, example, target, prune_fn=_structure_fn(tp_importance(method), base), **_FIT).model
-        elif method in ("gohsp", "gohsp+cpvit"):
-            # heads ranked across blocks: the default per-block normalisation removes the chain graph's
-            # boundary bias (blocks 0 and L-1 have one neighbouring block, so less PageRank)
-            imp = GraphHeadImportance(progress=False, base_importance=tp_importance("l2")).calibrate(base, calib)
-            struct_target = target if method == "gohsp" else math.sqrt(target)
-            pruned = fit_budget(base, example, struct_target, prune_fn=_structure_fn(imp, base), **_FIT).model
-        elif method == "vtp":
-            sparse = max(1, finetune_epochs // 2)  # gates need >= 1 epoch; total epochs stay equal when >= 1
-            vtp = VTPPruner(base, example, pruning_ratio=0.0)
-            finetune(base, train_loader, epochs=sparse, lr=lr, seed=seed, step_hook=vtp.regularize, progress=False)
-            vtp.fold_gates()
-            pruned = fit_budget(base, example, target, prune_fn=_structure_fn(vtp.importance, base), **_FIT).model
-            epochs = max(0, finetune_epochs - sparse)
-        else:  # cpvit
-            pruned = base
-        pruned.zero_grad(set_to_none=True)
-        if method.endswith("cpvit"):
-            keep = fit_keep_ratio(pruned, input_size, min(1.0, target * dense_macs / count_macs(pruned, example)))
-            apply_cascade(pruned, keep_ratio=keep, beta=0.0)
-        oneshot = evaluate(pruned, test_loader, progress=False)
-        if epochs:
-            finetune(pruned, train_loader, epochs=epochs, lr=lr, seed=seed, progress=False)
-        pruned.eval()
-        final = evaluate(pruned, test_loader, progress=False)
-        macs = count_macs(pruned, example)
-        lat = measure_latency(pruned, example, latency_batch_sizes) if latency_batch_sizes else {}
-        heads, mlp = _blocks(pruned)
-        if method.endswith("cpvit"):
-            remove_cascade(pruned)
-        rows.append(
-            BenchRow(
-                method,
-                target,
-                seed,
-                macs / dense_macs,
-                count_params(pruned),
-                oneshot,
-                final,
-                lat,
-                {b: dense_lat[b] / lat[b] for b in lat},
-                heads,
-                mlp,
-            )
-        )
-    _write(rows, out_dir, dense_acc, dense_macs, dense_params, dense_lat)
+    rows = [_bench_one(setup, m, t, s) for s, t, m in tqdm(runs, desc="bench", disable=not progress)]
+    _write(rows, out_dir, dense_acc, setup.dense_macs, count_params(model), setup.dense_latency)
     return rows
 
 

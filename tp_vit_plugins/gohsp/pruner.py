@@ -30,14 +30,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..gates import add_to_grad
-from ..vit import sync_attention
-from .vit import ViTPruner, check_ratio
+from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention
+from ..core.pruner import ViTPruner, check_ratio
+from ..core.training import add_to_grad
 
-__all__ = ["GOHSPPruner", "StructurePlan", "STRUCTURES"]
+__all__ = ["GOHSPPruner", "StructurePlan", "UNIT_TYPES"]
 
 #: Unit types GOHSP can remove.
-STRUCTURES = ("heads", "head_dims", "mlp")
+UNIT_TYPES = ("heads", "head_dims", "mlp")
 
 
 @dataclass
@@ -48,9 +48,6 @@ class StructurePlan:
     head_dims: list[list[int]] = field(default_factory=list)
     neurons: list[list[int]] = field(default_factory=list)
     removed_params: int = 0
-
-    def kept_heads(self, heads_per_block: Sequence[int]) -> list[int]:
-        return [h - len(r) for h, r in zip(heads_per_block, self.heads)]
 
 
 class GOHSPPruner(ViTPruner):
@@ -72,7 +69,7 @@ class GOHSPPruner(ViTPruner):
         importance: A calibrated :class:`~tp_vit_plugins.GraphHeadImportance` (or any head
             importance with ``head_scores``); ``None`` means no graph bias.
         target_params_ratio: Share of the model's parameters to remove, in ``[0, 1)``.
-        structures: Unit types to prune, a subset of :data:`STRUCTURES`.
+        structures: Unit types to prune, a subset of :data:`UNIT_TYPES`.
         rho: Initial ADMM penalty.
         rho_growth: Factor applied to ``rho`` by every :meth:`update_regularizer`.
         graph_bias: Exponent of the graph head score in the projection (0 ignores it).
@@ -90,7 +87,7 @@ class GOHSPPruner(ViTPruner):
         example_inputs: torch.Tensor | Sequence,
         importance: tp.importance.Importance | None = None,
         target_params_ratio: float = 0.4,
-        structures: Sequence[str] = STRUCTURES,
+        structures: Sequence[str] = UNIT_TYPES,
         rho: float = 1e-2,
         rho_growth: float = 1.5,
         graph_bias: float = 1.0,
@@ -98,9 +95,9 @@ class GOHSPPruner(ViTPruner):
         **kwargs: typing.Any,
     ) -> None:
         self.target_params_ratio = check_ratio("target_params_ratio", target_params_ratio)
-        bad = set(structures) - set(STRUCTURES)
+        bad = set(structures) - set(UNIT_TYPES)
         if bad or not structures:
-            raise ValueError(f"structures must be a non-empty subset of {STRUCTURES}, got {list(structures)}")
+            raise ValueError(f"structures must be a non-empty subset of {UNIT_TYPES}, got {list(structures)}")
         if rho <= 0 or rho_growth < 1:
             raise ValueError(f"need rho > 0 and rho_growth >= 1, got rho={rho}, rho_growth={rho_growth}")
         if importance is not None and hasattr(importance, "head_scores") and not importance.head_scores and graph_bias:
@@ -113,9 +110,10 @@ class GOHSPPruner(ViTPruner):
         super().__init__(model, example_inputs, importance, min_heads=min_heads, **kwargs)
         self.total_params = sum(p.numel() for p in model.parameters())
         self.budget = int(round(self.target_params_ratio * self.total_params))
-        self._blocks = [self._block_params(a) for _, a in self._attentions]
+        self._blocks = self._prunable_blocks(model)
         self.Z: dict[nn.Parameter, torch.Tensor] = {}
         self.U: dict[nn.Parameter, torch.Tensor] = {}
+        self.final_plan: StructurePlan | None = None  # the support hard-pruned by step()
         plan = self.project(use_dual=False)
         if plan.removed_params < self.budget:
             raise ValueError(
@@ -126,11 +124,12 @@ class GOHSPPruner(ViTPruner):
         self.U = {p: torch.zeros_like(p.detach()) for p in self.Z}
 
     # ------------------------------------------------------------------ structure
-    def _block_params(self, attn: nn.Module) -> dict[str, nn.Module]:
-        for blk in self.model.modules():
-            if getattr(blk, "attn", None) is attn and hasattr(blk, "mlp"):
-                return {"attn": attn, "fc1": blk.mlp.fc1, "fc2": blk.mlp.fc2}
-        raise TypeError("GOHSPPruner expects timm Blocks with .attn and .mlp.fc1/.fc2")
+    @staticmethod
+    def _prunable_blocks(model: nn.Module) -> list[BlockLayers]:
+        blocks = block_layers(model)
+        if any(b.fc1 is None for b in blocks):
+            raise TypeError("GOHSPPruner expects timm blocks with an MLP of two nn.Linear layers (mlp.fc1 / mlp.fc2)")
+        return blocks
 
     def _value(self, p: nn.Parameter, use_dual: bool) -> torch.Tensor:
         v = p.detach()
@@ -141,12 +140,12 @@ class GOHSPPruner(ViTPruner):
         """Per block: squared weight norm of every head [H], head dim [d], neuron [M]."""
         out = []
         for b in self._blocks:
-            attn, fc1, fc2 = b["attn"], b["fc1"], b["fc2"]
-            H, d = int(attn.num_heads), int(attn.head_dim)
-            qkv_w = self._value(attn.qkv.weight, use_dual).view(3, H, d, -1).pow(2).sum((0, 3))  # [H, d]
-            if attn.qkv.bias is not None:
-                qkv_w = qkv_w + self._value(attn.qkv.bias, use_dual).view(3, H, d).pow(2).sum(0)
-            proj_w = self._value(attn.proj.weight, use_dual).pow(2).sum(0).view(H, d)
+            fc1, fc2 = b.fc1, b.fc2
+            H, d = head_layout(b.attn)
+            qkv_w = split_qkv(self._value(b.qkv.weight, use_dual), H, d).pow(2).sum((0, 3))  # [H, d]
+            if b.qkv.bias is not None:
+                qkv_w = qkv_w + split_qkv(self._value(b.qkv.bias, use_dual), H, d).pow(2).sum(0)
+            proj_w = self._value(b.proj.weight, use_dual).pow(2).sum(0).view(H, d)
             per = qkv_w + proj_w  # [H, d]
             neuron = self._value(fc1.weight, use_dual).pow(2).sum(1) + self._value(fc2.weight, use_dual).pow(2).sum(0)
             if fc1.bias is not None:
@@ -154,13 +153,13 @@ class GOHSPPruner(ViTPruner):
             out.append({"head": per.sum(1), "dim": per.sum(0), "neuron": neuron})
         return out
 
-    def _costs(self, b: dict[str, nn.Module]) -> tuple[int, int, int]:
-        """Parameters per head-dim-in-one-head, per (dim × head) cell, per neuron."""
-        attn, fc1 = b["attn"], b["fc1"]
-        embed = attn.qkv.in_features
-        cell = 4 * embed + (3 if attn.qkv.bias is not None else 0)  # q, k, v rows + proj column
-        neuron = 2 * embed + (1 if fc1.bias is not None else 0)
-        return cell, cell, neuron
+    @staticmethod
+    def _costs(b: BlockLayers) -> tuple[int, int]:
+        """Parameters of one (head, head dim) cell and of one MLP neuron."""
+        embed = b.qkv.in_features
+        cell = 4 * embed + (3 if b.qkv.bias is not None else 0)  # q, k, v rows + proj column
+        neuron = 2 * embed + (1 if b.fc1.bias is not None else 0)
+        return cell, neuron
 
     @torch.no_grad()
     def project(self, use_dual: bool = True) -> StructurePlan:
@@ -174,9 +173,8 @@ class GOHSPPruner(ViTPruner):
         units: list[tuple[float, int, str, int]] = []  # (score, block, kind, index)
         raw: dict[str, list[tuple[float, int, int]]] = {"head": [], "dim": [], "neuron": []}
         for li, (b, e) in enumerate(zip(self._blocks, energies)):
-            attn = b["attn"]
-            H, d = int(attn.num_heads), int(attn.head_dim)
-            cell, _, ncost = self._costs(b)
+            H, d = head_layout(b.attn)
+            cell, ncost = self._costs(b)
             if "heads" in self.structures:
                 for h, v in enumerate(e["head"].tolist()):
                     raw["head"].append((v / (d * cell), li, h))
@@ -193,22 +191,22 @@ class GOHSPPruner(ViTPruner):
             for v, li, idx in items:
                 score = v / mean
                 if kind == "head" and self.graph_bias and graph:
-                    qkv = self._blocks[li]["attn"].qkv
-                    if qkv in graph and len(graph[qkv]) == int(self._blocks[li]["attn"].num_heads):
+                    qkv = self._blocks[li].qkv
+                    if qkv in graph and len(graph[qkv]) == head_layout(self._blocks[li].attn)[0]:
                         score *= float(graph[qkv][idx]) ** self.graph_bias
                 units.append((score, li, kind, idx))
         units.sort()
         plan = StructurePlan(
             heads=[[] for _ in self._blocks], head_dims=[[] for _ in self._blocks], neurons=[[] for _ in self._blocks]
         )
-        heads_left = [int(b["attn"].num_heads) for b in self._blocks]
-        dims_left = [int(b["attn"].head_dim) for b in self._blocks]
-        neurons_left = [b["fc1"].out_features for b in self._blocks]
+        heads_left = [head_layout(b.attn)[0] for b in self._blocks]
+        dims_left = [head_layout(b.attn)[1] for b in self._blocks]
+        neurons_left = [b.fc1.out_features for b in self._blocks]
         removed = 0
         for _, li, kind, idx in units:
             if removed >= self.budget:
                 break
-            cell, _, ncost = self._costs(self._blocks[li])
+            cell, ncost = self._costs(self._blocks[li])
             if kind == "head" and heads_left[li] > self.min_heads:
                 plan.heads[li].append(idx)
                 heads_left[li] -= 1
@@ -228,19 +226,18 @@ class GOHSPPruner(ViTPruner):
     def _set_z(self, plan: StructurePlan, use_dual: bool = True) -> None:
         """``Z`` = ``W (+ U)`` with every removed unit zeroed."""
         for li, b in enumerate(self._blocks):
-            attn, fc1, fc2 = b["attn"], b["fc1"], b["fc2"]
-            H, d = int(attn.num_heads), int(attn.head_dim)
-            for p in (attn.qkv.weight, attn.qkv.bias, attn.proj.weight, fc1.weight, fc1.bias, fc2.weight):
+            fc1, fc2 = b.fc1, b.fc2
+            H, d = head_layout(b.attn)
+            for p in (b.qkv.weight, b.qkv.bias, b.proj.weight, fc1.weight, fc1.bias, fc2.weight):
                 if p is not None:
                     self.Z[p] = self._value(p, use_dual).clone()
             keep = torch.ones(H, d, dtype=torch.bool)
             keep[plan.heads[li]] = False
             keep[:, plan.head_dims[li]] = False
-            flat = keep.flatten()  # [attn_dim]
-            self.Z[attn.qkv.weight].view(3, H * d, -1)[:, ~flat] = 0
-            if attn.qkv.bias is not None:
-                self.Z[attn.qkv.bias].view(3, H * d)[:, ~flat] = 0
-            self.Z[attn.proj.weight][:, ~flat] = 0
+            split_qkv(self.Z[b.qkv.weight], H, d)[:, ~keep] = 0
+            if b.qkv.bias is not None:
+                split_qkv(self.Z[b.qkv.bias], H, d)[:, ~keep] = 0
+            self.Z[b.proj.weight][:, ~keep.flatten()] = 0
             n = plan.neurons[li]
             self.Z[fc1.weight][n] = 0
             if fc1.bias is not None:
@@ -277,17 +274,17 @@ class GOHSPPruner(ViTPruner):
         self.final_plan = plan
         for li, b in enumerate(self._blocks):  # 1) whole heads
             if plan.heads[li]:
-                yield self.head_group(b["attn"], plan.heads[li])
+                yield self.head_group(b.attn, plan.heads[li])
         sync_attention(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 2) head dims, same dims in every kept head
-            attn, dims = b["attn"], sorted(plan.head_dims[li])
+            dims = sorted(plan.head_dims[li])
             if dims:
-                H, d = int(attn.num_heads), int(attn.head_dim)
+                H, d = head_layout(b.attn)
                 idxs = [h * d + j for h in range(H) for j in dims]
-                yield self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+                yield self.DG.get_pruning_group(b.proj, tp.prune_linear_in_channels, idxs)
         sync_attention(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 3) MLP neurons
             if plan.neurons[li]:
-                yield self.DG.get_pruning_group(b["fc1"], tp.prune_linear_out_channels, sorted(plan.neurons[li]))
+                yield self.DG.get_pruning_group(b.fc1, tp.prune_linear_out_channels, sorted(plan.neurons[li]))
         sync_attention(self.model, self.num_heads)
         self.Z, self.U = {}, {}

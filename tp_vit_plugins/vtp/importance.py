@@ -13,6 +13,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .gates import GATE_NAME
+
 __all__ = ["GateImportance"]
 
 
@@ -37,8 +39,6 @@ class GateImportance(tp.importance.Importance):
     def _gate_of(self, layer: nn.Module) -> torch.Tensor | None:
         if layer in self.gates:
             return self.gates[layer]
-        from ..gates import GATE_NAME
-
         g = getattr(layer, GATE_NAME, None)
         return g.detach() if g is not None else None
 

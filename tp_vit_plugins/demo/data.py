@@ -12,9 +12,11 @@ For real ImageNet-style data use :func:`image_folder_loaders` with an ImageFolde
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
+import timm.data
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -49,11 +51,6 @@ class DatasetSplit:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
-
-    @property
-    def image_size(self) -> int:
-        """Side length of the (square) images."""
-        return int(self.x_train.shape[-1])
 
     @property
     def in_chans(self) -> int:
@@ -158,10 +155,7 @@ def image_folder_loaders(
     Raises:
         FileNotFoundError: ``root/train`` or ``root/val`` is missing.
     """
-    import os
-
-    import timm.data
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # optional: only real-data users need torchvision
 
     for sub in ("train", "val"):
         if not os.path.isdir(os.path.join(root, sub)):

@@ -23,9 +23,9 @@ distillation, register) and the other ``P`` are patch tokens.
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from ..core.search import round_half_up
 
 __all__ = [
     "token_scores",
@@ -34,6 +34,7 @@ __all__ = [
     "keep_schedule",
     "adjusted_count",
     "topk_sorted",
+    "heads_kept",
     "gather_tokens",
 ]
 
@@ -111,7 +112,7 @@ def keep_schedule(num_patches: int, depth: int, keep_ratio: float, start_block: 
     counts = []
     for layer in range(depth):
         frac = 1.0 if layer <= start_block else 1.0 - (1.0 - keep_ratio) * ((layer - start_block) / span) ** power
-        counts.append(max(1, min(num_patches, int(math.floor(num_patches * frac + 0.5)))))
+        counts.append(max(1, min(num_patches, round_half_up(num_patches * frac))))
     return counts
 
 
@@ -132,8 +133,13 @@ def adjusted_count(current: int, scheduled_next: int, final: int, is_last: bool,
     if is_last:
         return min(current, final)
     target = min(current, scheduled_next)
-    deferred = int(math.floor(beta * min(max(locality, 0.0), 1.0) * (current - target) + 0.5))
+    deferred = round_half_up(beta * min(max(locality, 0.0), 1.0) * (current - target))
     return max(1, target + deferred)
+
+
+def heads_kept(num_heads: int, head_keep_ratio: float) -> int:
+    """Heads an input keeps under head skipping: ``round(H * ratio)`` half up, at least 1."""
+    return max(1, round_half_up(num_heads * head_keep_ratio))
 
 
 def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """GOHSP head ranking: PageRank over a graph of attention heads (Yin et al., AAAI 2023).
 
 Calibration captures attention probabilities through the shared path
-(:func:`tp_vit_plugins.calibration.collect_attention`), summarises every head, connects
+(:func:`tp_vit_plugins.core.calibration.collect_attention`), summarises every head, connects
 heads of consecutive blocks with the similarity of those summaries, and ranks all heads with
 ``networkx.pagerank``. Every choice the paper leaves open is a constructor argument:
 
@@ -14,7 +14,7 @@ heads of consecutive blocks with the similarity of those summaries, and ranks al
   first (score = 1 / PageRank). On the embedded benchmark "importance" is far better
   (``benchmarks/RESULTS.md``);
 * ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` — how the
-  graph score meets weight information (see :class:`~tp_vit_plugins.importance.head_base.HeadImportance`).
+  graph score meets weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).
 
 Scores are normalised per block by default (``normalize_per_layer=True``). The graph is a
 chain of blocks, so the first and last blocks have neighbours on one side only and collect less
@@ -33,15 +33,18 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph_math import SIMILARITIES, build_head_graph, head_similarity, pagerank_head_scores
-from .head_base import HeadImportance
+from ..core.adapter import attention_modules
+from ..core.calibration import collect_attention
+from ..core.distributed import all_reduce_sum
+from ..core.head_importance import HeadImportance
+from .graph import SIMILARITIES, build_head_graph, head_similarity, pagerank_head_scores
 
-__all__ = ["GraphHeadImportance", "STATISTICS", "MODES"]
+__all__ = ["GraphHeadImportance", "STATISTICS", "GRAPH_MODES"]
 
 #: Head summaries accepted by ``statistic``.
 STATISTICS = ("mean_map", "per_image")
 #: Directions accepted by ``mode``.
-MODES = ("importance", "redundancy")
+GRAPH_MODES = ("importance", "redundancy")
 
 
 class _MapAccumulator:
@@ -71,8 +74,6 @@ class _MapAccumulator:
 
         N processes on a split loader then rank exactly like one process on the whole loader.
         """
-        from ..distributed import all_reduce_sum
-
         for stats in (self.sums, self.pair_sums):
             for key in sorted(stats):
                 stats[key] = all_reduce_sum(stats[key].contiguous())
@@ -98,9 +99,9 @@ class GraphHeadImportance(HeadImportance):
 
     Args:
         damping: PageRank damping factor in ``(0, 1)``.
-        similarity: Edge weight, one of :data:`~tp_vit_plugins.importance.graph_math.SIMILARITIES`.
+        similarity: Edge weight, one of :data:`~tp_vit_plugins.gohsp.graph.SIMILARITIES`.
         statistic: Head summary, one of :data:`STATISTICS`.
-        mode: One of :data:`MODES`.
+        mode: One of :data:`GRAPH_MODES`.
         base_importance: Criterion combined with the graph score and used for non-head groups.
         combine: ``"head"`` (default: heads ranked by the graph score alone, channels inside a
             head by the base criterion) or ``"product"`` (graph score ** head_weight × base,
@@ -134,17 +135,14 @@ class GraphHeadImportance(HeadImportance):
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in GRAPH_MODES:
+            raise ValueError(f"mode must be one of {GRAPH_MODES}, got {mode!r}")
         self.damping, self.similarity, self.statistic, self.mode = damping, similarity, statistic, mode
         self.progress = progress
         self.pagerank: dict[nn.Module, torch.Tensor] = {}
         self.graph: nx.Graph | None = None
 
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
-        from ..calibration import collect_attention
-        from ..vit import attention_modules
-
         attns = attention_modules(model)
         acc = _MapAccumulator(self.statistic, self.similarity)
         collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress)

@@ -25,7 +25,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .vit import _sync_model_dims, attention_modules
+from .adapter import _sync_model_dims, attention_modules
 
 __all__ = ["save_pruned", "load_pruned", "FORMAT"]
 

@@ -6,14 +6,19 @@ ImageNet with ``--model NAME --pretrained --data-path ROOT``" behaves the same e
 
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import dataclass, replace
 
+import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["Workload", "load_workload"]
+from .data import image_folder_loaders, make_loaders
+from .embedded import EmbeddedRecipe, embedded_model
+
+__all__ = ["Workload", "load_workload", "add_workload_arguments", "workload_from_args"]
 
 
 @dataclass
@@ -71,24 +76,41 @@ def load_workload(
     if model_name is None:
         if pretrained or data_path:
             raise ValueError("pretrained weights and --data-path need a timm model name")
-        from .data import make_loaders
-        from .embedded import EmbeddedRecipe, embedded_model
-
         recipe = EmbeddedRecipe()
         if embedded_epochs is not None:
             recipe = replace(recipe, epochs=embedded_epochs)
         model, split, _ = embedded_model(recipe, retrain=retrain, progress=progress)
         train_loader, test_loader = make_loaders(split, batch_size=batch_size, seed=seed)
         return Workload(model.eval(), train_loader.dataset, train_loader, test_loader, split.x_test[:1], "embedded MNIST ViT")
-    import timm
-
     model = timm.create_model(model_name, pretrained=pretrained).eval()
     cfg = getattr(model, "pretrained_cfg", None) or {}
     example = torch.randn(1, *cfg.get("input_size", (3, 224, 224)))
     if not data_path:
         return Workload(model, None, None, None, example, model_name)
-    from .data import image_folder_loaders
-
     train_loader, val_loader = image_folder_loaders(data_path, model, batch_size=batch_size)
     test = list(itertools.islice(val_loader, eval_batches)) if eval_batches else val_loader
     return Workload(model, train_loader.dataset, train_loader, test, example, model_name)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the example scripts' ``--model``, ``--pretrained``, ``--data-path`` and ``--eval-batches``."""
+    parser.add_argument("--model", default=None, help="timm model name (default: the embedded MNIST ViT)")
+    parser.add_argument("--pretrained", action="store_true", help="load timm pretrained weights")
+    parser.add_argument("--data-path", default=None, help="ImageFolder root with train/ and val/ (needed with --model)")
+    parser.add_argument("--eval-batches", type=int, default=None, help="limit evaluation batches (real data)")
+    return parser
+
+
+def workload_from_args(args: argparse.Namespace) -> Workload:
+    """The workload an example script asked for; exits with one line when it has no data.
+
+    Raises:
+        SystemExit: ``--model`` without ``--data-path``, or ``--data-path`` without ``--model``.
+    """
+    try:
+        w = load_workload(args.model, args.pretrained, args.data_path, eval_batches=args.eval_batches)
+    except ValueError as e:
+        raise SystemExit(f"{e} (add --model)") from e
+    if w.train_loader is None:
+        raise SystemExit("--model needs --data-path (an ImageFolder root with train/ and val/)")
+    return w

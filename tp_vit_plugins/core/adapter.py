@@ -1,12 +1,17 @@
-"""The timm adapter: the only module that knows timm attention internals.
+"""The timm adapter: where the library reads timm's internals.
 
-It supplies what Torch-Pruning needs to prune a timm ``VisionTransformer`` (and its
-relatives: DeiT, distilled DeiT, register tokens, LayerScale, ``qk_norm``, average pooling):
+Only this module (with :mod:`.io`, which rebuilds timm skeletons, and the CP-ViT token patch
+:mod:`tp_vit_plugins.cpvit.patch`, which replaces ``Attention.forward``) knows timm's
+attribute names; every method asks it for blocks, layers and head layouts. It supplies
+what Torch-Pruning needs to prune a timm ``VisionTransformer`` (and its relatives: DeiT,
+distilled DeiT, register tokens, LayerScale, ``qk_norm``, average pooling):
 
 * :func:`vit_pruning_kwargs` — keyword arguments for any ``tp.pruner.BasePruner``;
 * :func:`sync_attention` — makes every attention module consistent with its pruned
   ``qkv`` / ``proj`` (``num_heads``, ``head_dim``, ``attn_dim``, ``scale``);
 * :func:`attention_maps` — captures attention probabilities ``[B, H, N, N]`` per block;
+* :func:`block_layers`, :func:`head_layout`, :func:`prefix_tokens`, :func:`heads_per_block`
+  — the structure the methods need (qkv / proj / fc1 / fc2 per block, heads x head dim);
 * :class:`HeadNormPruner` — a tp layer pruner for per-head ``q_norm`` / ``k_norm`` layers,
   which tp would otherwise index with attention-wide channel indices.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +32,13 @@ from torch import nn
 __all__ = [
     "HeadNormPruner",
     "AttentionMaps",
+    "BlockLayers",
+    "block_layers",
+    "head_layout",
+    "split_qkv",
+    "heads_per_block",
+    "prefix_tokens",
+    "is_timm_vit",
     "attention_modules",
     "attention_maps",
     "eager_attention",
@@ -60,6 +73,76 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
             "expects a timm VisionTransformer-family model (vit_*, deit_*, ...)."
         )
     return found
+
+
+def is_timm_vit(model: nn.Module) -> bool:
+    """Whether ``model`` contains at least one timm ``Attention`` (what this library prunes)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, Attention) for m in model.modules())
+
+
+@dataclass(frozen=True)
+class BlockLayers:
+    """The prunable layers of one transformer block.
+
+    Attributes:
+        name: Qualified name of the block's attention module.
+        attn: The timm ``Attention``.
+        qkv: Fused query/key/value projection, ``out_features = 3 * num_heads * head_dim``.
+        proj: Attention output projection, ``in_features = num_heads * head_dim``.
+        fc1: MLP input projection (``None`` when the block has no plain timm MLP).
+        fc2: MLP output projection (``None`` likewise).
+    """
+
+    name: str
+    attn: Attention
+    qkv: nn.Linear
+    proj: nn.Linear
+    fc1: nn.Linear | None
+    fc2: nn.Linear | None
+
+
+def block_layers(model: nn.Module) -> list[BlockLayers]:
+    """Every block's attention and MLP layers, in forward order.
+
+    Raises:
+        TypeError: No timm ``Attention`` in ``model``.
+    """
+    owners = {}
+    for m in model.modules():
+        attn = getattr(m, "attn", None)
+        if isinstance(attn, Attention):
+            owners[attn] = getattr(m, "mlp", None)
+    out = []
+    for name, attn in attention_modules(model):
+        mlp = owners.get(attn)
+        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+            fc1 = fc2 = None
+        out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2))
+    return out
+
+
+def head_layout(attn: nn.Module) -> tuple[int, int]:
+    """``(num_heads, head_dim)`` of a (synced) timm ``Attention``."""
+    return int(attn.num_heads), int(attn.head_dim)
+
+
+def split_qkv(t: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """View a timm ``qkv`` weight ``[3 * H * d, C]`` (or bias ``[3 * H * d]``) as ``[3, H, d, ...]``.
+
+    timm's fused projection stacks the q, k and v rows, each grouped head by head.
+    """
+    return t.view(3, num_heads, head_dim, *t.shape[1:])
+
+
+def heads_per_block(model: nn.Module) -> list[int]:
+    """Head count of every attention block, in order."""
+    return [int(a.num_heads) for _, a in attention_modules(model)]
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """Leading tokens that are not patches (class, distillation, register tokens)."""
+    return int(getattr(model, "num_prefix_tokens", 1))
 
 
 def classifier_heads(model: nn.Module) -> list[nn.Module]:

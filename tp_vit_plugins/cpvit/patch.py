@@ -17,23 +17,44 @@ before. Works on tp-pruned models (any ``num_heads`` / ``head_dim``).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from timm.layers import Attention
 from torch import nn
 
-from .cascade import adjusted_count, attention_range, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
+from ..core.adapter import prefix_tokens
+from .maths import (
+    adjusted_count,
+    attention_range,
+    gather_tokens,
+    head_scores,
+    heads_kept,
+    keep_schedule,
+    token_scores,
+    topk_sorted,
+)
 
-__all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade", "cascade_macs", "MODES", "SCORES"]
+__all__ = [
+    "Cascade",
+    "apply_cascade",
+    "remove_cascade",
+    "find_cascade",
+    "cascade_attention",
+    "patch_grid",
+    "patch_embed_macs",
+    "token_blocks",
+    "TOKEN_MODES",
+    "TOKEN_SCORES",
+]
 
 #: Token modes: really drop tokens, or keep shapes and mask them out as keys.
-MODES = ("drop", "mask")
+TOKEN_MODES = ("drop", "mask")
 #: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
 #: EViT-style attention of the class token in the current block, and random scores.
-SCORES = ("cumulative", "cls", "random")
+TOKEN_SCORES = ("cumulative", "cls", "random")
 
 
 @dataclass
@@ -48,7 +69,12 @@ class _ForwardState:
     heads_kept: list[int] = field(default_factory=list)
 
 
-def _blocks_of(model: nn.Module) -> list[nn.Module]:
+def token_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks tokens flow through, in order (one global token sequence).
+
+    Raises:
+        TypeError: ``model`` is not a timm ``VisionTransformer``-family model.
+    """
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
         raise TypeError(
@@ -56,6 +82,92 @@ def _blocks_of(model: nn.Module) -> list[nn.Module]:
             "(expected .blocks made of blocks with a timm.layers.Attention .attn)"
         )
     return list(blocks)
+
+
+def patch_grid(model: nn.Module) -> tuple[int, int]:
+    """``(rows, cols)`` of the patch grid.
+
+    Raises:
+        TypeError: The patch embedding has no fixed grid (dynamic image sizes).
+    """
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None:
+        raise TypeError("the patch embedding has no fixed grid_size; dynamic image sizes are not supported")
+    return int(grid[0]), int(grid[1])
+
+
+def patch_embed_macs(model: nn.Module) -> int:
+    """MACs of the patch-embedding convolution for one image."""
+    conv = model.patch_embed.proj
+    rows, cols = patch_grid(model)
+    return rows * cols * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+
+
+def cascade_attention(
+    attn: Attention,
+    x: torch.Tensor,
+    num_prefix: int = 1,
+    key_mask: torch.Tensor | None = None,
+    heads_kept: int | None = None,
+    observe: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """The timm ``Attention.forward`` eager path, plus what the cascade needs.
+
+    With the defaults this computes exactly what timm's own forward computes (fused or
+    eager; ``tests/test_cpvit.py`` locks the two together on every supported family). The
+    cascade adds: ``key_mask`` (mask mode: masked patches are neither keys nor scored
+    queries), ``observe(probs)`` (the softmax probabilities ``[B, H, N, N]`` before dropout,
+    masked query rows zeroed) and ``heads_kept`` (every input keeps only its ``k``
+    highest-scoring heads; ``attn @ v`` and the output projection run on those alone).
+
+    Args:
+        attn: A (possibly tp-pruned and synced) timm ``Attention``.
+        x: Tokens ``[B, N, C]``.
+        num_prefix: Leading prefix tokens (never masked, not scored).
+        key_mask: ``[B, N - num_prefix]``, ``True`` = masked patch.
+        heads_kept: Heads each input keeps (``None`` = all).
+        observe: Callback receiving the attention probabilities.
+
+    Returns:
+        ``[B, N, C_out]``.
+    """
+    a = attn
+    B, N, _ = x.shape
+    H, d = a.num_heads, a.head_dim
+    gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
+    q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = a.q_norm(q), a.k_norm(k)
+    logits = (q * a.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
+    masked = None
+    if key_mask is not None:
+        pad = torch.zeros(B, num_prefix, dtype=torch.bool, device=x.device)
+        masked = torch.cat([pad, key_mask], dim=1)
+        logits = logits.masked_fill(masked[:, None, None, :], float("-inf"))
+    probs = logits.softmax(dim=-1)
+    stats = probs if masked is None else probs.masked_fill(masked[:, None, :, None], 0.0)
+    if observe is not None:
+        observe(stats)
+    probs = a.attn_drop(probs)
+    if heads_kept is None or heads_kept >= H:
+        y = (probs @ v).transpose(1, 2).reshape(B, N, H * d)
+        y = a.norm(y)
+        y = y * gate if gate is not None else y
+        return a.proj_drop(a.proj(y))
+    heads = topk_sorted(head_scores(stats, num_prefix), heads_kept)  # [B, k]
+    idx = heads[:, :, None, None]
+    out = probs.gather(1, idx.expand(-1, -1, N, N)) @ v.gather(1, idx.expand(-1, -1, N, d))  # [B, k, N, d]
+    out = out.transpose(1, 2)  # [B, N, k, d]
+    if not isinstance(a.norm, nn.Identity) or gate is not None:  # need the full [B, N, attn_dim] layout
+        full = out.new_zeros(B, N, H, d).scatter(2, heads[:, None, :, None].expand(-1, N, -1, d), out)
+        y = a.norm(full.reshape(B, N, H * d))
+        y = y * gate if gate is not None else y
+        return a.proj_drop(a.proj(y))
+    w = a.proj.weight.view(a.proj.out_features, H, d)  # [C, H, d]
+    w_kept = w[:, None].expand(-1, B, -1, -1).gather(2, heads[None, :, :, None].expand(w.shape[0], -1, -1, d))
+    y = torch.einsum("bnkd,cbkd->bnc", out, w_kept)
+    if a.proj.bias is not None:
+        y = y + a.proj.bias
+    return a.proj_drop(y)
 
 
 class _CascadeAttention:
@@ -66,46 +178,18 @@ class _CascadeAttention:
 
     def __call__(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         c, a = self.cascade, self.attn
+        if attn_mask is not None or is_causal:
+            raise ValueError(
+                "the CP-ViT cascade does not support attn_mask / is_causal (dropping tokens changes the sequence "
+                "length a mask was built for); call tpv.tokens.remove_cascade(model) before masked attention"
+            )
         if self.index not in c.score_blocks and self.index not in c.head_blocks and c.state.key_mask is None:
-            return type(a).forward(a, x, attn_mask=attn_mask, is_causal=is_causal)
-        B, N, _ = x.shape
-        H, d = a.num_heads, a.head_dim
-        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-        q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = a.q_norm(q), a.k_norm(k)
-        logits = (q * a.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-        masked = None
-        if c.state.key_mask is not None:  # mask mode: dropped patches are neither keys nor scored queries
-            pad = torch.zeros(B, c.num_prefix, dtype=torch.bool, device=x.device)
-            masked = torch.cat([pad, c.state.key_mask], dim=1)
-            logits = logits.masked_fill(masked[:, None, None, :], float("-inf"))
-        probs = logits.softmax(dim=-1)
-        stats = probs if masked is None else probs.masked_fill(masked[:, None, :, None], 0.0)
-        c._observe(self.index, stats)
-        probs = a.attn_drop(probs)
+            return type(a).forward(a, x)
+        kept = None
         if self.index in c.head_blocks:
-            keep = max(1, int(math.floor(H * c.head_keep_ratio + 0.5)))
-            heads = topk_sorted(head_scores(stats, c.num_prefix), keep)  # [B, k]
-            c.state.heads_kept.append(keep)
-            idx = heads[:, :, None, None]
-            out = probs.gather(1, idx.expand(-1, -1, N, N)) @ v.gather(1, idx.expand(-1, -1, N, d))  # [B, k, N, d]
-            out = out.transpose(1, 2)  # [B, N, k, d]
-            if not isinstance(a.norm, nn.Identity) or gate is not None:  # need the full [B, N, attn_dim] layout
-                full = out.new_zeros(B, N, H, d).scatter(2, heads[:, None, :, None].expand(-1, N, -1, d), out)
-                y = a.norm(full.reshape(B, N, H * d))
-                y = y * gate if gate is not None else y
-                return a.proj_drop(a.proj(y))
-            w = a.proj.weight.view(a.proj.out_features, H, d)  # [C, H, d]
-            w_kept = w[:, None].expand(-1, B, -1, -1).gather(2, heads[None, :, :, None].expand(w.shape[0], -1, -1, d))
-            y = torch.einsum("bnkd,cbkd->bnc", out, w_kept)
-            if a.proj.bias is not None:
-                y = y + a.proj.bias
-            return a.proj_drop(y)
-        y = (probs @ v).transpose(1, 2).reshape(B, N, H * d)
-        y = a.norm(y)
-        if gate is not None:
-            y = y * gate
-        return a.proj_drop(a.proj(y))
+            kept = heads_kept(a.num_heads, c.head_keep_ratio)
+            c.state.heads_kept.append(kept)
+        return cascade_attention(a, x, c.num_prefix, c.state.key_mask, kept, partial(c._observe, self.index))
 
 
 class Cascade:
@@ -128,13 +212,11 @@ class Cascade:
         self.model = model
         self.score = score
         self._generator = torch.Generator().manual_seed(seed)
-        self.blocks = _blocks_of(model)
+        self.blocks = token_blocks(model)
         self.depth = len(self.blocks)
-        self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))
-        grid = getattr(model.patch_embed, "grid_size", None)
-        if grid is None:
-            raise TypeError("the patch embedding has no fixed grid_size; dynamic image sizes are not supported")
-        self.grid_width, self.num_patches = int(grid[1]), int(grid[0] * grid[1])
+        self.num_prefix = prefix_tokens(model)
+        rows, self.grid_width = patch_grid(model)
+        self.num_patches = rows * self.grid_width
         self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
         self.start_block, self.head_start_block = start_block, head_start_block
         self.mode, self.beta, self.radius = mode, beta, radius
@@ -252,7 +334,7 @@ def apply_cascade(
         beta: Attention-range adjustment strength (0 = plain linear schedule).
         radius: Chebyshev radius of "near" patches for the attention range.
         head_start_block: First block with head skipping; default ``start_block``.
-        score: Token scorer, one of :data:`SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
+        score: Token scorer, one of :data:`TOKEN_SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
             and ``"random"`` are baselines on the identical schedule).
         seed: Seed of the ``"random"`` scorer.
         schedule_power: Ramp exponent of the keep schedule (1 = linear, < 1 drops more
@@ -265,16 +347,16 @@ def apply_cascade(
         TypeError: Not a timm ViT, or a cascade is already applied.
         ValueError: Invalid ratio, block index, mode, beta or radius.
     """
-    blocks = _blocks_of(model)
+    blocks = token_blocks(model)
     if find_cascade(model) is not None:
         raise TypeError("a cascade is already applied; call remove_cascade(model) first")
     depth = len(blocks)
     start_block = depth // 4 if start_block is None else start_block
     head_start_block = start_block if head_start_block is None else head_start_block
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if mode not in TOKEN_MODES:
+        raise ValueError(f"mode must be one of {TOKEN_MODES}, got {mode!r}")
+    if score not in TOKEN_SCORES:
+        raise ValueError(f"score must be one of {TOKEN_SCORES}, got {score!r}")
     if not 0.0 < head_keep_ratio <= 1.0:
         raise ValueError(f"head_keep_ratio must lie in (0, 1], got {head_keep_ratio}")
     if not 0 <= head_start_block < depth:
@@ -294,55 +376,3 @@ def remove_cascade(model: nn.Module) -> None:
     cascade = find_cascade(model)
     if cascade is not None:
         cascade.detach()
-
-
-def cascade_macs(
-    model: nn.Module,
-    input_size: Sequence[int],
-    keep_ratio: float = 0.5,
-    head_keep_ratio: float = 1.0,
-    start_block: int | None = None,
-    head_start_block: int | None = None,
-    counts: Sequence[int] | None = None,
-    batch_size: int = 1,
-    schedule_power: float = 1.0,
-) -> int:
-    """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
-
-    Args:
-        model: timm ViT (pruned or not); only shapes are read.
-        input_size: ``(C, H, W)`` of one image.
-        keep_ratio, head_keep_ratio, start_block, head_start_block: As in :func:`apply_cascade`.
-        counts: Patch tokens entering each block, e.g. ``cascade.last.counts`` of a real
-            forward (needed when ``beta > 0`` made the counts input-dependent); default: the
-            linear schedule.
-        batch_size: Images per forward.
-        schedule_power: Ramp exponent, as in :func:`apply_cascade`.
-
-    Returns:
-        Total multiply-accumulates.
-    """
-    blocks = _blocks_of(model)
-    depth = len(blocks)
-    start_block = depth // 4 if start_block is None else start_block
-    head_start_block = start_block if head_start_block is None else head_start_block
-    pe = model.patch_embed
-    P = int(pe.grid_size[0] * pe.grid_size[1])
-    prefix = int(getattr(model, "num_prefix_tokens", 1))
-    counts = list(counts) if counts is not None else keep_schedule(P, depth, keep_ratio, start_block, schedule_power)
-    conv = pe.proj
-    macs = P * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    for i, blk in enumerate(blocks):
-        a, n = blk.attn, prefix + counts[i]
-        C, A, H, d = a.qkv.in_features, a.attn_dim, a.num_heads, a.head_dim
-        kept = max(1, int(math.floor(H * head_keep_ratio + 0.5))) if (head_keep_ratio < 1 and i >= head_start_block) else H
-        macs += n * C * 3 * A + H * n * n * d + kept * n * n * d + n * kept * d * a.proj.out_features
-        gate = getattr(a, "gate", None)
-        if gate is not None:
-            macs += n * C * A
-        macs += n * blk.mlp.fc1.in_features * blk.mlp.fc1.out_features + n * blk.mlp.fc2.in_features * blk.mlp.fc2.out_features
-    for name in ("head", "head_dist"):
-        h = getattr(model, name, None)
-        if isinstance(h, nn.Linear):
-            macs += h.in_features * h.out_features
-    return batch_size * macs

@@ -14,18 +14,17 @@ import statistics
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .adapter import eager_attention, is_timm_vit
 
 __all__ = ["count_macs", "count_params", "measure_latency"]
 
 
 def _eager(model: nn.Module) -> contextlib.AbstractContextManager:
-    from timm.layers import Attention
-
-    from .vit import eager_attention
-
-    if any(isinstance(m, Attention) for m in model.modules()):
+    if is_timm_vit(model):
         return eager_attention(model)
     return contextlib.nullcontext()  # not a timm ViT: nothing to switch
 
@@ -114,8 +113,6 @@ def measure_latency(
     Raises:
         ValueError: A batch size below 1, ``repeats`` below 1 or ``min_run_time`` not positive.
     """
-    import torch.utils.benchmark as benchmark
-
     if any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be >= 1, got {list(batch_sizes)}")
     if repeats < 1 or min_run_time <= 0:

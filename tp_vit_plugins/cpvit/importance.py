@@ -1,7 +1,7 @@
 """CP-ViT's cumulative head statistic as a static tp importance.
 
 For every block ``l`` and head ``h`` the score is the calibration mean of
-``sum_p max_i A_l[b, h, i, p]`` (see :mod:`tp_vit_plugins.tokens.cascade`): how strongly the
+``sum_p max_i A_l[b, h, i, p]`` (see :mod:`tp_vit_plugins.cpvit.maths`): how strongly the
 head's queries focus on patches. The runtime cascade skips low heads per input; this class
 uses the same statistic, averaged over a loader, to remove heads for good with tp.
 """
@@ -14,8 +14,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..tokens.cascade import head_scores
-from .head_base import HeadImportance
+from ..core.adapter import prefix_tokens
+from ..core.calibration import collect_attention
+from ..core.distributed import all_reduce_sum
+from ..core.head_importance import HeadImportance
+from .maths import head_scores
 
 __all__ = ["CumulativeHeadImportance"]
 
@@ -49,16 +52,13 @@ class CumulativeHeadImportance(HeadImportance):
         self.progress = progress
 
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
-        from ..calibration import collect_attention
-
-        num_prefix = int(getattr(model, "num_prefix_tokens", 1))
+        num_prefix = prefix_tokens(model)
         sums: dict[int, torch.Tensor] = {}
 
         def accumulate(block: int, probs: torch.Tensor) -> None:
             sums[block] = sums.get(block, 0) + head_scores(probs.double(), num_prefix).sum(0)
 
         seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress)
-        from ..distributed import all_reduce_sum  # sums over ranks: split loaders rank like one loader
-
+        # sums over ranks: split loaders rank like one loader
         total = float(all_reduce_sum(torch.tensor([float(seen)], dtype=torch.float64)).item())
         return [all_reduce_sum(sums[b].contiguous()) / total for b in sorted(sums)]

@@ -1,0 +1,96 @@
+"""CP-ViT costs: analytic MACs of a cascade and the keep ratio that meets a MACs target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..core.adapter import block_layers, classifier_heads, head_layout, prefix_tokens
+from ..core.search import bisect_threshold
+from .maths import heads_kept, keep_schedule
+from .patch import patch_embed_macs, patch_grid, token_blocks
+
+__all__ = ["cascade_macs", "fit_keep_ratio"]
+
+
+def cascade_macs(
+    model: nn.Module,
+    input_size: Sequence[int],
+    keep_ratio: float = 0.5,
+    head_keep_ratio: float = 1.0,
+    start_block: int | None = None,
+    head_start_block: int | None = None,
+    counts: Sequence[int] | None = None,
+    batch_size: int = 1,
+    schedule_power: float = 1.0,
+) -> int:
+    """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
+
+    Args:
+        model: timm ViT (pruned or not); only shapes are read.
+        input_size: ``(C, H, W)`` of one image.
+        keep_ratio, head_keep_ratio, start_block, head_start_block: As in
+            :func:`~tp_vit_plugins.cpvit.patch.apply_cascade`.
+        counts: Patch tokens entering each block, e.g. ``cascade.last.counts`` of a real
+            forward (needed when ``beta > 0`` made the counts input-dependent); default: the
+            schedule.
+        batch_size: Images per forward.
+        schedule_power: Ramp exponent, as in ``apply_cascade``.
+
+    Returns:
+        Total multiply-accumulates.
+    """
+    depth = len(token_blocks(model))
+    start_block = depth // 4 if start_block is None else start_block
+    head_start_block = start_block if head_start_block is None else head_start_block
+    rows, cols = patch_grid(model)
+    P, prefix = rows * cols, prefix_tokens(model)
+    counts = list(counts) if counts is not None else keep_schedule(P, depth, keep_ratio, start_block, schedule_power)
+    macs = patch_embed_macs(model)
+    for i, b in enumerate(block_layers(model)):
+        n = prefix + counts[i]
+        H, d = head_layout(b.attn)
+        C, A = b.qkv.in_features, H * d
+        kept = heads_kept(H, head_keep_ratio) if (head_keep_ratio < 1 and i >= head_start_block) else H
+        macs += n * C * 3 * A + H * n * n * d + kept * n * n * d + n * kept * d * b.proj.out_features
+        if isinstance(getattr(b.attn, "gate", None), nn.Linear):
+            macs += n * C * A
+        if b.fc1 is not None:
+            macs += n * b.fc1.in_features * b.fc1.out_features + n * b.fc2.in_features * b.fc2.out_features
+    macs += sum(h.in_features * h.out_features for h in classifier_heads(model) if isinstance(h, nn.Linear))
+    return batch_size * macs
+
+
+def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
+    """Largest CP-ViT keep ratio whose cascade keeps at most ``target`` of ``model``'s MACs.
+
+    Bisects ``keep_ratio`` against :func:`cascade_macs` (analytic, exact for ``beta = 0``; with
+    ``beta > 0`` the per-batch counts move around it).
+
+    Args:
+        model: timm ViT (pruned or not; only shapes are read).
+        input_size: ``(C, H, W)`` of one image.
+        target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
+        iterations: Bisection steps.
+        **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
+            ``schedule_power`` as in ``apply_cascade``.
+
+    Returns:
+        The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,
+        when even that keeps more than ``target``: tokens alone cannot reach it).
+
+    Raises:
+        ValueError: ``target`` outside ``(0, 1]``.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must lie in (0, 1], got {target}")
+    dense = cascade_macs(model, input_size, keep_ratio=1.0)
+
+    def keeps_less(r: float) -> bool:  # True at small ratios: the cascade is within the target
+        return cascade_macs(model, input_size, keep_ratio=r, **cascade_kwargs) / dense <= target
+
+    if keeps_less(1.0):
+        return 1.0
+    lo, _ = bisect_threshold(keeps_less, 1e-3, 1.0, iterations)  # invariant: keeps_less(lo) or lo == 1e-3
+    return lo

@@ -1,0 +1,207 @@
+"""The method table: one recipe per method, shared by ``tp-vit prune`` and ``tp-vit bench``.
+
+A recipe says how a method turns a dense model into a pruner, in three steps:
+
+1. :meth:`Method.prepare` — calibrate (attention statistics, a gradient pass) and build the
+   pruner (a :class:`~tp_vit_plugins.ViTPruner` or one of its subclasses) for given ratios;
+2. :meth:`Method.hooks` — the sparse-training hooks (GOHSP's ADMM, VTP's gate L1) that run
+   inside :func:`~tp_vit_plugins.finetune` for :meth:`Method.sparse_epochs` epochs;
+3. :meth:`Method.finish` — what must happen after sparse training and before the pruner's
+   importance ranks anything (VTP folds its gates); returns a one-line report.
+
+The pruner then either steps at its ratios or lends its importance to
+:func:`~tp_vit_plugins.fit_budget` for a MACs / latency target. Token methods (CP-ViT)
+instead attach a cascade (:meth:`Method.attach_tokens`); ``gohsp+cpvit`` does both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..core.calibration import accumulate_gradients
+from ..core.criteria import TP_CRITERIA, tp_importance
+from ..core.pruner import ViTPruner
+from ..cpvit import Cascade, apply_cascade, fit_keep_ratio
+from ..gohsp import GOHSPPruner, GraphHeadImportance
+from ..vtp import VTPPruner
+
+__all__ = ["MethodSettings", "Method", "METHODS", "get_method"]
+
+Hook = Callable[..., Any]
+
+
+@dataclass
+class MethodSettings:
+    """Everything a recipe may read (the CLI fills it from its flags, the bench from its protocol)."""
+
+    head_ratio: float = 0.5
+    width_ratio: float = 0.3
+    global_pruning: bool = False
+    prune_head_dims: bool = False
+    prune_mlp: bool = True
+    prune_embed_dim: bool = False
+    calib_batches: int = 8
+    progress: bool = True
+    # GOHSP
+    admm: bool = False
+    target_params: float = 0.4
+    # VTP
+    reg: float = 1e-4
+    # CP-ViT
+    keep: float = 0.5
+    head_keep: float = 1.0
+    start_block: int | None = None
+    schedule_power: float = 1.0
+    beta: float = 0.5
+
+    def pruner_kwargs(self) -> dict:
+        """The :class:`ViTPruner` structure switches."""
+        return dict(
+            global_pruning=self.global_pruning,
+            prune_head_dims=self.prune_head_dims,
+            prune_mlp=self.prune_mlp,
+            prune_embed_dim=self.prune_embed_dim,
+        )
+
+
+class Method:
+    """A recipe (see module docs). Subclasses override what they need."""
+
+    name = ""
+    summary = ""
+    #: Needs calibration / training data (gradients, attention statistics, sparse training).
+    needs_data = False
+    #: Changes the weights' structure (tp) / drops tokens at run time (CP-ViT cascade).
+    prunes_structure = True
+    drops_tokens = False
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, calib: Iterable | None, s: MethodSettings) -> ViTPruner | None:
+        """Calibrate and build the pruner for ``s``'s ratios (``None`` for token-only methods)."""
+        raise NotImplementedError
+
+    def sparse_epochs(self, s: MethodSettings, requested: int, budget: int | None = None) -> int:
+        """Epochs of sparse training: ``requested`` (CLI) or a share of the bench's epoch ``budget``."""
+        return 0
+
+    def hooks(self, pruner: ViTPruner) -> tuple[Hook | None, Hook | None]:
+        """``(step_hook, epoch_hook)`` for :func:`~tp_vit_plugins.finetune` during sparse training."""
+        return None, None
+
+    def finish(self, pruner: ViTPruner) -> str | None:
+        """Run after sparse training, before ranking; returns a report line (or ``None``)."""
+        return None
+
+    def attach_tokens(self, model: nn.Module, input_size: tuple[int, ...], s: MethodSettings, target: float | None) -> Cascade:
+        """Attach the token cascade (token methods only)."""
+        raise TypeError(f"{self.name} drops no tokens")
+
+
+class TPCriterion(Method):
+    """tp's own criteria (random, l1, l2, taylor) through :class:`ViTPruner`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.summary = f"tp {name} importance"
+        self.needs_data = name == "taylor"
+
+    def prepare(self, model, example, calib, s):
+        imp = tp_importance(self.name)
+        if self.name == "taylor":
+            accumulate_gradients(model, calib, max_batches=s.calib_batches, progress=s.progress)
+        return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
+
+
+class GOHSP(Method):
+    """GOHSP: graph-ranked heads; with ``admm`` the ADMM stage prunes to ``target_params``."""
+
+    name, summary, needs_data = "gohsp", "GOHSP graph head ranking (+ ADMM with --admm-epochs)", True
+
+    def prepare(self, model, example, calib, s):
+        imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2))
+        imp.calibrate(model, calib, max_batches=s.calib_batches)
+        if s.admm:
+            return GOHSPPruner(model, example, imp, target_params_ratio=s.target_params)
+        return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
+
+    def sparse_epochs(self, s, requested, budget=None):
+        return requested if s.admm else 0
+
+    def hooks(self, pruner):
+        if isinstance(pruner, GOHSPPruner):
+            return pruner.regularize, lambda _epoch: pruner.update_regularizer()
+        return None, None
+
+    def finish(self, pruner):
+        if isinstance(pruner, GOHSPPruner):
+            return f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}"
+        return None
+
+
+class VTP(Method):
+    """VTP: gates + L1 sparse training, |gate| ranking."""
+
+    name, summary, needs_data = "vtp", "VTP gates + L1 sparse training", True
+
+    def prepare(self, model, example, calib, s):
+        # VTP's own defaults: one global ranking over MLP, head and embedding dims
+        return VTPPruner(model, example, pruning_ratio=s.width_ratio, reg=s.reg, head_pruning_ratio=s.head_ratio)
+
+    def sparse_epochs(self, s, requested, budget=None):
+        # the bench spends half of the epoch budget on sparse training, at least one: untrained gates rank nothing
+        return requested if budget is None else max(1, budget // 2)
+
+    def hooks(self, pruner):
+        return pruner.regularize, None
+
+    def finish(self, pruner):
+        line = f"gates below 0.01 after sparse training: {100 * pruner.gate_sparsity():.1f}%"
+        pruner.fold_gates()  # the trained gates become the importance; weights absorb them exactly
+        return line
+
+
+class CPViT(Method):
+    """CP-ViT: the token cascade (no structural change)."""
+
+    name, summary = "cpvit", "CP-ViT cascade token dropping"
+    prunes_structure, drops_tokens = False, True
+
+    def prepare(self, model, example, calib, s):
+        return None
+
+    def attach_tokens(self, model, input_size, s, target):
+        kwargs = dict(head_keep_ratio=s.head_keep, start_block=s.start_block, schedule_power=s.schedule_power)
+        if target is None:
+            return apply_cascade(model, keep_ratio=s.keep, beta=s.beta, **kwargs)
+        keep = fit_keep_ratio(model, input_size, target, **kwargs)  # beta 0: the schedule's MACs are exact
+        return apply_cascade(model, keep_ratio=keep, beta=0.0, **kwargs)
+
+
+class GOHSPWithCascade(GOHSP):
+    """GOHSP structure and the CP-ViT cascade together (the bench splits the MACs cut between them)."""
+
+    name, summary = "gohsp+cpvit", "GOHSP structure + CP-ViT cascade"
+    drops_tokens = True
+    attach_tokens = CPViT.attach_tokens
+
+
+#: Every recipe by name, in the order the CLI and the bench list them.
+METHODS: dict[str, Method] = {
+    m.name: m for m in (*(TPCriterion(n) for n in TP_CRITERIA), GOHSP(), VTP(), CPViT(), GOHSPWithCascade())
+}
+
+
+def get_method(name: str) -> Method:
+    """The recipe called ``name``.
+
+    Raises:
+        ValueError: Unknown name.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
