@@ -1,27 +1,37 @@
-"""tp-vit prune end to end (embedded path with a 1-epoch model, and a timm name).
+"""tp-vit prune end to end (embedded path with a 1-epoch model, and a timm name), and its errors.
 
 The tests read the :class:`PruneResult` that ``run_prune`` returns, not the printed table.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
+import torch
+from safetensors.torch import save_file
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.demo import cli, embedded
+from tp_vit_plugins.demo import prune as prune_cmd
 
 QUIET = ["--embedded-epochs", "1", "--calib-batches", "2", "--finetune-epochs", "0", "--quiet"]
 
 
-def prune(*argv: str) -> cli.PruneResult:
-    return cli.run_prune(cli.build_parser().parse_args(["prune", *argv]))
+def prune(*argv: str) -> prune_cmd.PruneResult:
+    args = cli.build_parser().parse_args(["prune", *argv])
+    cli.validate_prune(args)
+    return prune_cmd.run_prune(args)
 
 
 @pytest.mark.slow
 def test_prune_embedded_reports_and_saves(cache, capsys, monkeypatch):
     out = cache / "pruned"
     r = prune(*QUIET, "--method", "taylor", "--latency-batch-sizes", "1", "2", "--out", str(out))
-    assert r.heads_before == [6] * 6 and r.heads_after == [3] * 6
+    assert r.before.heads == [6] * 6 and r.after.heads == [3] * 6
+    assert r.after.mlp == [int(384 * (1 - 0.3))] * 6 and r.after.head_dims == [16] * 6
     assert r.pruned.params < r.dense.params and r.macs_ratio > 1.2
     assert set(r.dense.latency) == set(r.pruned.latency) == {1, 2} and r.speedup(2) > 0
     assert 0.0 <= r.pruned.accuracy <= 1.0 and r.dense.accuracy is not None
@@ -29,20 +39,23 @@ def test_prune_embedded_reports_and_saves(cache, capsys, monkeypatch):
     model = tpv.load_pruned(out)
     assert [b.attn.num_heads for b in model.blocks] == [3] * 6
     assert all(b.mlp.fc1.out_features == int(384 * (1 - 0.3)) for b in model.blocks)  # tp keeps int(C * (1 - r))
-    report = cli.format_report(r)
-    assert "[6, 6, 6, 6, 6, 6] -> [3, 3, 3, 3, 3, 3]" in report and "speed-up / MACs ratio" in report
+    report = prune_cmd.format_report(r)
+    assert "[6, 6, 6, 6, 6, 6] -> [3, 3, 3, 3, 3, 3]" in report and f"load_pruned({str(out)!r})" in report
 
-    # second run through main(): the cached embedded model is reused, no training
+    # second run through main(): the cached embedded model is reused, no training; --json written
     monkeypatch.setattr(embedded, "finetune", lambda *a, **k: pytest.fail("retrained despite the cache"))
-    assert cli.main(["prune", *QUIET, "--method", "l2", "--no-latency"]) == 0
-    assert "heads per block" in capsys.readouterr().out
+    report_path = cache / "reports" / "r.json"
+    assert cli.main(["prune", *QUIET, "--method", "l2", "--no-latency", "--json", str(report_path)]) == 0
+    data = json.loads(report_path.read_text())
+    assert data["after"]["heads"] == [3] * 6 and data["method"] == "l2" and data["macs_ratio"] > 1
+    assert any("cached at" in n for n in data["notes"])
 
 
 @pytest.mark.slow
 def test_prune_gohsp_admm_embedded(cache):
     r = prune(*QUIET, "--method", "gohsp", "--admm-epochs", "1", "--target-params", "0.3", "--no-latency")
     assert any(n.startswith("ADMM residual") for n in r.notes)
-    assert r.heads_before == [6] * 6
+    assert r.before.heads == [6] * 6
     assert r.pruned.params <= 0.7 * r.dense.params + 1  # at least 30 % of the parameters removed
 
 
@@ -65,7 +78,7 @@ def test_prune_vtp_embedded(cache):
 def test_prune_timm_name_without_data():
     argv = ["--model", "vit_tiny_patch16_224", "--method", "l1", "--head-ratio", "0.5", "--width-ratio", "0"]
     r = prune(*argv, "--finetune-epochs", "0", "--no-latency", "--quiet")
-    assert r.heads_before == [3] * 12 and r.heads_after == [1] * 12  # round(1.5) = 2 removed
+    assert r.before.heads == [3] * 12 and r.after.heads == [1] * 12  # round(1.5) = 2 removed
     assert r.dense.accuracy is None and r.pruned.accuracy is None
 
 
@@ -120,8 +133,75 @@ def test_prune_cpvit_to_a_macs_target(cache):
         (["prune", "--target-params", "1.0"], "--target-params"),
         (["prune", "--method", "cpvit", "--keep", "0"], "--keep"),
         (["prune", "--data-path", "/nowhere"], "need a timm model name"),
+        (["prune", "--model", "vit_tiny_patch16_224", "--data-path", "/nowhere"], "does not exist"),
+        (
+            ["prune", "--model", "deit_smal_patch16_224", "--method", "l2", "--finetune-epochs", "0"],
+            "did you mean deit_small_patch16_224",
+        ),
+        (["prune", "--model", "vit_does_not_exist", "--method", "l2", "--finetune-epochs", "0"], "is not a timm model"),
+        (["prune", "--out", "/proc/version/x"], "--out"),
+        (["prune", "--out", "/proc/version"], "is a file"),
+        (["prune", "--checkpoint", "/nowhere.pt"], "need a timm model name"),
+        (["prune", "--sparse-epochs", "-1"], "--sparse-epochs"),
+        (["prune", "--threads", "0"], "--threads"),
+        (["bench", "--methods", "magic"], "--methods"),
+        (["bench", "--targets", "1.5"], "--targets"),
     ],
 )
-def test_cli_errors(argv, message):
-    with pytest.raises(SystemExit, match=message):
+def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
         cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("tp-vit")  # usage line, then one line that says what to change
+
+
+def test_empty_data_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prune", "--model", "vit_tiny_patch16_224", "--data-path", str(tmp_path)])
+    assert e.value.code == 2 and "non-empty train/" in capsys.readouterr().err
+
+
+def test_help_version_and_usage_errors_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from tp_vit_plugins.demo import cli\n"
+        "for argv in (['--help'], ['--version'], ['prune', '--head-ratio', '2']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        print('exit', e.code)\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "exit 0\n" in out and "exit 2" in out and f"tp-vit (tp_vit_plugins) {tpv.__version__}" in out
+    assert out.strip().endswith("torch loaded: False")
+
+
+def test_checkpoint_state_dict_is_loaded_and_a_mismatch_names_the_file(tmp_path, capsys):
+    import timm
+
+    torch.manual_seed(0)
+    source = timm.create_model("test_vit")
+    weights = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    r = prune("--model", "test_vit", "--checkpoint", str(weights), "--method", "l2", "--head-ratio", "0", "--width-ratio", "0.5",
+              "--finetune-epochs", "0", "--no-latency", "--quiet")  # fmt: skip
+    assert f"weights from --checkpoint {weights}" in r.notes
+    torch.testing.assert_close(r.model.patch_embed.proj.weight, source.patch_embed.proj.weight)  # loaded, not re-initialised
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": {"head.weight": torch.zeros(3, 3)}}, bad)
+    with pytest.raises(SystemExit) as e:
+        cli.main(
+            ["prune", "--model", "test_vit", "--checkpoint", str(bad), "--method", "l2", "--finetune-epochs", "0", "--quiet"]
+        )
+    assert e.value.code == 2 and str(bad) in capsys.readouterr().err
+
+
+def test_method_names_match_the_recipe_table():
+    from tp_vit_plugins.demo.methods import METHODS
+    from tp_vit_plugins.demo.names import BENCH_METHODS, PRUNE_METHODS
+
+    assert set(METHODS) == {*PRUNE_METHODS, *BENCH_METHODS}

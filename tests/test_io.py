@@ -63,6 +63,16 @@ def test_load_errors(tmp_path, x):
     spec_path.write_text(json.dumps({**spec, "shapes": {**spec["shapes"], "head.weight": [1, 1]}}))
     with pytest.raises(ValueError, match="does not match"):
         tpv.load_pruned(tmp_path / "m")
+    spec_path.write_text("")
+    with pytest.raises(ValueError, match=r"spec\.json is not valid JSON"):
+        tpv.load_pruned(tmp_path / "m")
+    spec_path.write_text(json.dumps({k: v for k, v in spec.items() if k != "shapes"}))
+    with pytest.raises(ValueError, match="lacks shapes"):
+        tpv.load_pruned(tmp_path / "m")
+    spec_path.write_text(json.dumps(spec))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors cannot be read"):
+        tpv.load_pruned(tmp_path / "m")
 
 
 def test_save_rejects_unsupported_or_unsynced(tmp_path, x):

@@ -9,51 +9,56 @@ Layout (one folder per method around a small core; the demo lives outside the li
 * :mod:`.budget` — MACs / latency targets (:func:`fit_budget`);
 * :mod:`.demo` — embedded data and models, the ``tp-vit`` CLI and bench (needs the
   ``[demo]`` extra; never imported by ``import tp_vit_plugins``).
+
+Names are resolved on first use (PEP 562), so ``import tp_vit_plugins`` and ``tp-vit --help``
+stay fast: torch, timm and Torch-Pruning load with the first name that needs them.
 """
 
-from . import tokens
-from .budget import BudgetResult, fit_budget
-from .core import (
-    ViTPruner,
-    attention_maps,
-    count_macs,
-    count_params,
-    eager_attention,
-    evaluate,
-    finetune,
-    load_pruned,
-    measure_latency,
-    save_pruned,
-    sync_attention,
-    vit_pruning_kwargs,
-)
-from .cpvit import CumulativeHeadImportance, fit_keep_ratio
-from .gohsp import GOHSPPruner, GraphHeadImportance
-from .vtp import GateImportance, VTPPruner
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "__version__",
-    "BudgetResult",
-    "CumulativeHeadImportance",
-    "GOHSPPruner",
-    "GateImportance",
-    "GraphHeadImportance",
-    "VTPPruner",
-    "ViTPruner",
-    "attention_maps",
-    "count_macs",
-    "count_params",
-    "eager_attention",
-    "evaluate",
-    "finetune",
-    "fit_budget",
-    "fit_keep_ratio",
-    "load_pruned",
-    "measure_latency",
-    "save_pruned",
-    "sync_attention",
-    "tokens",
-    "vit_pruning_kwargs",
-]
+#: Public name -> the submodule that defines it.
+_EXPORTS = {
+    "BudgetResult": ".budget",
+    "fit_budget": ".budget",
+    "ViTPruner": ".core",
+    "attention_maps": ".core",
+    "count_macs": ".core",
+    "count_params": ".core",
+    "eager_attention": ".core",
+    "evaluate": ".core",
+    "finetune": ".core",
+    "load_pruned": ".core",
+    "measure_latency": ".core",
+    "save_pruned": ".core",
+    "sync_attention": ".core",
+    "vit_pruning_kwargs": ".core",
+    "CumulativeHeadImportance": ".cpvit",
+    "fit_keep_ratio": ".cpvit",
+    "GOHSPPruner": ".gohsp",
+    "GraphHeadImportance": ".gohsp",
+    "GateImportance": ".vtp",
+    "VTPPruner": ".vtp",
+}
+_SUBMODULES = ("budget", "core", "cpvit", "gohsp", "tokens", "vtp")
+
+__all__ = ["__version__", *_EXPORTS, "tokens"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})

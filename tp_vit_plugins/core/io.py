@@ -160,20 +160,32 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
 
     Raises:
         FileNotFoundError: The directory lacks ``model.safetensors`` or ``spec.json``.
-        ValueError: Unknown format/class, or weights that do not match the spec.
+        ValueError: Unknown format/class, a damaged spec or weights file, or weights that do
+            not match the spec; every message names the file.
     """
     wpath, spath = os.path.join(path, _WEIGHTS), os.path.join(path, _SPEC)
     for p in (wpath, spath):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p} not found; was {path!r} written by tpv.save_pruned?")
-    with open(spath) as f:
-        spec = json.load(f)
+    try:
+        with open(spath) as f:
+            spec = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{spath} is not valid JSON ({e.msg} at line {e.lineno}); re-save the model with tpv.save_pruned") from e
+    if not isinstance(spec, dict):
+        raise ValueError(f"{spath} holds no spec object; re-save the model with tpv.save_pruned")
     if spec.get("format") != FORMAT:
         raise ValueError(f"{spath}: unsupported format {spec.get('format')!r}, expected {FORMAT!r}")
     cls = _CLASSES.get(spec.get("class"))
     if cls is None:
         raise ValueError(f"{spath}: class {spec.get('class')!r} is not one of {sorted(_CLASSES)}")
-    state = load_file(wpath, device=str(map_location))
+    try:
+        state = load_file(wpath, device=str(map_location))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise ValueError(f"{wpath} cannot be read as safetensors ({e}); re-save the model with tpv.save_pruned") from e
+    missing = [k for k in ("kwargs", "shapes", "attention", "norms") if k not in spec]
+    if missing:
+        raise ValueError(f"{spath} lacks {', '.join(missing)}; re-save the model with tpv.save_pruned")
     if {k: list(v.shape) for k, v in state.items()} != spec["shapes"]:
         raise ValueError(f"{wpath} does not match the shapes recorded in {spath}")
     kwargs = dict(spec["kwargs"])

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import statistics
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,6 +27,22 @@ def _eager(model: nn.Module) -> contextlib.AbstractContextManager:
     if is_timm_vit(model):
         return eager_attention(model)
     return contextlib.nullcontext()  # not a timm ViT: nothing to switch
+
+
+def _torch_benchmark():
+    """``torch.utils.benchmark``, imported on first use.
+
+    Importing it pulls in ``torch.utils.cpp_extension``, which logs "No CUDA runtime is found" on
+    machines with CUDA wheels but no GPU; a pruning library should not print that on import.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.benchmark as benchmark
+    finally:
+        logger.setLevel(level)
+    return benchmark
 
 
 @torch.no_grad()
@@ -129,7 +145,7 @@ def measure_latency(
             if x.is_cuda:
                 out[int(b)] = cuda_event_median(functools.partial(model, x), repeats)
             else:
-                timer = benchmark.Timer(
+                timer = _torch_benchmark().Timer(
                     stmt="model(x)",
                     globals={"model": model, "x": x},
                     num_threads=num_threads or torch.get_num_threads(),

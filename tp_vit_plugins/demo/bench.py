@@ -24,6 +24,7 @@ Outputs in ``out_dir``: ``RESULTS.md``, ``results.json``, ``accuracy_vs_macs.png
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -42,13 +43,12 @@ from ..core.metrics import count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
 from ..cpvit import remove_cascade
 from .methods import MethodSettings, get_method
+from .names import BENCH_METHODS
+from .prune import load_args_workload, show_bars, usage_error
 
 _FIT = dict(tolerance=0.015, max_evaluations=12)  # within the 2 % the comparison promises
 
-__all__ = ["BENCH_METHODS", "BenchRow", "run_bench"]
-
-#: Methods ``tp-vit bench`` knows.
-BENCH_METHODS = ("random", "l2", "taylor", "gohsp", "vtp", "cpvit", "gohsp+cpvit")
+__all__ = ["BENCH_METHODS", "BenchRow", "run_bench", "cmd_bench"]
 
 
 @dataclass
@@ -273,3 +273,31 @@ def _plots(rows: list[BenchRow], groups: dict, out_dir: str, dense_acc: float) -
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "structure.png"), dpi=120)
     plt.close(fig)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run ``tp-vit bench`` for parsed, validated ``args`` and print its table."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    w = load_args_workload(args)
+    if w.train_set is None:
+        usage_error("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
+    run_bench(
+        w.model,
+        w.train_set,
+        w.test_loader,
+        w.example,
+        targets=args.targets,
+        methods=[m for m in args.methods.split(",") if m],
+        seeds=list(range(args.seeds)),
+        finetune_epochs=args.finetune_epochs,
+        calib_batches=args.calib_batches,
+        lr=args.lr,
+        latency_batch_sizes=args.latency_batch_sizes,
+        out_dir=args.out,
+        progress=show_bars(args),
+    )
+    with open(os.path.join(args.out, "RESULTS.md")) as f:
+        print(f.read())
+    print(f"wrote {args.out}/RESULTS.md, {args.out}/results.json and the plots (with matplotlib installed)")
+    return 0

@@ -1,12 +1,16 @@
 """The embedded benchmark: a small timm ViT trained on the offline MNIST-5000 subset.
 
-The first call trains it (tqdm bar, a few minutes on 2 CPU cores) and caches the checkpoint
-with :func:`~tp_vit_plugins.save_pruned` in the user cache directory; later calls load it
-at once. The cache key covers the architecture, the training recipe and the seed.
+The default recipe's trained weights ship inside the package (``assets/embedded-mnist-vit``:
+safetensors + spec + ``meta.json`` with the recipe key and the measured test accuracy), made
+by ``python -m tp_vit_plugins.demo.embedded --ship``. Any other recipe trains on first use
+(tqdm bar; the default takes about 10 minutes on 2 CPU cores) and is cached with
+:func:`~tp_vit_plugins.save_pruned` under a key that covers the architecture, the training
+recipe and the seed.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -62,30 +66,33 @@ def create_embedded_model(recipe: EmbeddedRecipe | None = None) -> VisionTransfo
     return VisionTransformer(**recipe.arch)
 
 
-def embedded_model(
-    recipe: EmbeddedRecipe | None = None,
-    retrain: bool = False,
-    progress: bool = True,
-) -> tuple[VisionTransformer, DatasetSplit, dict]:
-    """Return the trained embedded model, its data split and its cached metadata.
+def shipped_dir() -> str:
+    """Where the package ships the default model: ``assets/embedded-mnist-vit`` next to this module."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "embedded-mnist-vit")
 
-    Args:
-        recipe: Training recipe (default :class:`EmbeddedRecipe`).
-        retrain: Ignore the cache and train again.
-        progress: Show tqdm bars while training.
+
+def shipped_meta() -> dict | None:
+    """The shipped model's ``meta.json`` (recipe, key, test accuracy), or ``None`` when absent."""
+    path = os.path.join(shipped_dir(), "meta.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def cache_path(recipe: EmbeddedRecipe) -> str:
+    """The cache entry of ``recipe``: its key is in the name, so no recipe overwrites another's."""
+    return os.path.join(cache_dir(), f"embedded-{recipe.dataset}-vit-{recipe.key()}")
+
+
+def train_embedded(
+    recipe: EmbeddedRecipe, split: DatasetSplit, out_dir: str, progress: bool = True
+) -> tuple[VisionTransformer, dict]:
+    """Train ``recipe`` from scratch and save model + ``meta.json`` to ``out_dir`` (atomically).
 
     Returns:
-        ``(model in eval mode, split, meta)`` where ``meta`` holds the recipe, its key, the
-        cache path and the test accuracy measured right after training.
+        ``(model in eval mode, meta)``; ``meta`` holds the recipe, its key and the test accuracy.
     """
-    recipe = recipe or EmbeddedRecipe()
-    split = load_split(recipe.dataset)
-    path = os.path.join(cache_dir(), f"embedded-{recipe.dataset}-vit-{recipe.key()}")
-    meta_path = os.path.join(path, "meta.json")
-    if not retrain and os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        return load_pruned(path), split, meta
     model = create_embedded_model(recipe)
     train_loader, test_loader = make_loaders(split, batch_size=recipe.batch_size, seed=recipe.seed)
     finetune(
@@ -102,13 +109,66 @@ def embedded_model(
         progress=progress,
     )
     model.eval()
-    acc = evaluate(model, test_loader, progress=progress)
-    tmp = path + ".tmp"
+    meta = {"recipe": asdict(recipe), "key": recipe.key(), "test_accuracy": evaluate(model, test_loader, progress=progress)}
+    tmp = out_dir.rstrip(os.sep) + ".tmp"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
     save_pruned(model, tmp)
-    meta = {"recipe": asdict(recipe), "key": recipe.key(), "test_accuracy": acc, "path": path}
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return model, split, meta
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return model, meta
+
+
+def embedded_model(
+    recipe: EmbeddedRecipe | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> tuple[VisionTransformer, DatasetSplit, dict]:
+    """Return the trained embedded model, its data split and its metadata.
+
+    The default recipe's weights ship with the package (:func:`shipped_dir`), so the first
+    ``tp-vit prune`` trains nothing. Another recipe (or ``retrain=True``) trains once and is
+    cached under its own key (:func:`cache_path`); the shipped weights are never overwritten.
+
+    Args:
+        recipe: Training recipe (default :class:`EmbeddedRecipe`).
+        retrain: Train again, ignoring shipped and cached weights (the result goes to the cache).
+        progress: Show tqdm bars while training.
+
+    Returns:
+        ``(model in eval mode, split, meta)``; ``meta`` holds the recipe, its key, the test
+        accuracy measured right after training and ``source``: ``"shipped"``, ``"cache"`` or
+        ``"trained"``.
+    """
+    recipe = recipe or EmbeddedRecipe()
+    split = load_split(recipe.dataset)
+    path = cache_path(recipe)
+    if not retrain:
+        shipped = shipped_meta()
+        if shipped is not None and shipped.get("key") == recipe.key():
+            return load_pruned(shipped_dir()), split, {**shipped, "source": "shipped", "path": shipped_dir()}
+        if os.path.isfile(os.path.join(path, "meta.json")):
+            with open(os.path.join(path, "meta.json")) as f:
+                return load_pruned(path), split, {**json.load(f), "source": "cache", "path": path}
+    model, meta = train_embedded(recipe, split, path, progress)
+    return model, split, {**meta, "source": "trained", "path": path}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tp_vit_plugins.demo.embedded --ship``: train the default recipe into the package assets."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--ship", action="store_true", help="write the trained default model to shipped_dir()")
+    args = parser.parse_args(argv)
+    if not args.ship:
+        parser.error("pass --ship to (re)train the default embedded model into the package assets")
+    recipe = EmbeddedRecipe()
+    _, meta = train_embedded(recipe, load_split(recipe.dataset), shipped_dir())
+    print(f"wrote {shipped_dir()}: key {meta['key']}, test accuracy {100 * meta['test_accuracy']:.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import dataclass, replace
+import os
+from dataclasses import dataclass, field, replace
 
+import safetensors.torch
 import timm
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.io import load_pruned
 from .data import image_folder_loaders, make_loaders
 from .embedded import EmbeddedRecipe, embedded_model
 
@@ -32,6 +35,7 @@ class Workload:
         test_loader: Evaluation loader (``None`` without data).
         example: One input ``[1, C, H, W]``.
         name: Human-readable description.
+        notes: Lines worth reporting (where the weights came from, their accuracy).
     """
 
     model: nn.Module
@@ -40,6 +44,7 @@ class Workload:
     test_loader: object | None
     example: torch.Tensor
     name: str
+    notes: list[str] = field(default_factory=list)
 
 
 def load_workload(
@@ -52,6 +57,7 @@ def load_workload(
     retrain: bool = False,
     seed: int = 0,
     progress: bool = True,
+    checkpoint: str | None = None,
 ) -> Workload:
     """Load the embedded MNIST ViT (default) or ``timm.create_model(model_name)`` with data.
 
@@ -66,30 +72,78 @@ def load_workload(
         retrain: Ignore the embedded model cache.
         seed: Seed of the training loader's shuffling.
         progress: Progress bars while the embedded model trains.
+        checkpoint: Local weights for ``model_name``: a ``.safetensors`` or ``torch.save``d state
+            dict (optionally under a ``"model"`` / ``"state_dict"`` key), or a
+            :func:`~tp_vit_plugins.save_pruned` directory (its architecture replaces ``model_name``'s).
 
     Returns:
         The :class:`Workload`.
 
     Raises:
-        ValueError: ``pretrained`` / ``data_path`` given without ``model_name``.
+        ValueError: ``pretrained`` / ``data_path`` / ``checkpoint`` given without ``model_name``, or
+            a checkpoint that does not fit the model (the message names the file).
     """
     if model_name is None:
-        if pretrained or data_path:
-            raise ValueError("pretrained weights and --data-path need a timm model name")
-        recipe = EmbeddedRecipe()
-        if embedded_epochs is not None:
-            recipe = replace(recipe, epochs=embedded_epochs)
-        model, split, _ = embedded_model(recipe, retrain=retrain, progress=progress)
-        train_loader, test_loader = make_loaders(split, batch_size=batch_size, seed=seed)
-        return Workload(model.eval(), train_loader.dataset, train_loader, test_loader, split.x_test[:1], "embedded MNIST ViT")
+        if pretrained or data_path or checkpoint:
+            raise ValueError("pretrained weights, --checkpoint and --data-path need a timm model name")
+        return _embedded_workload(embedded_epochs, retrain, batch_size, seed, progress)
     model = timm.create_model(model_name, pretrained=pretrained).eval()
+    if checkpoint:
+        model = load_checkpoint(model, checkpoint)
     cfg = getattr(model, "pretrained_cfg", None) or {}
     example = torch.randn(1, *cfg.get("input_size", (3, 224, 224)))
+    notes = [f"weights from --checkpoint {checkpoint}"] if checkpoint else []
     if not data_path:
-        return Workload(model, None, None, None, example, model_name)
+        return Workload(model, None, None, None, example, model_name, notes)
     train_loader, val_loader = image_folder_loaders(data_path, model, batch_size=batch_size)
     test = list(itertools.islice(val_loader, eval_batches)) if eval_batches else val_loader
-    return Workload(model, train_loader.dataset, train_loader, test, example, model_name)
+    return Workload(model, train_loader.dataset, train_loader, test, example, model_name, notes)
+
+
+def _embedded_workload(epochs: int | None, retrain: bool, batch_size: int, seed: int, progress: bool) -> Workload:
+    recipe = EmbeddedRecipe() if epochs is None else replace(EmbeddedRecipe(), epochs=epochs)
+    model, split, meta = embedded_model(recipe, retrain=retrain, progress=progress)
+    train_loader, test_loader = make_loaders(split, batch_size=batch_size, seed=seed)
+    acc = 100 * meta["test_accuracy"]
+    where = {
+        "shipped": "shipped weights",
+        "cache": f"cached at {meta['path']}",
+        "trained": f"trained now, cached at {meta['path']}",
+    }
+    notes = [f"embedded MNIST ViT: {where[meta['source']]} (recipe {meta['key']}, {acc:.2f}% test accuracy after training)"]
+    if recipe != EmbeddedRecipe():
+        notes.append(f"note: non-default embedded recipe (epochs={recipe.epochs}); the default reaches higher accuracy")
+    return Workload(model.eval(), train_loader.dataset, train_loader, test_loader, split.x_test[:1], "embedded MNIST ViT", notes)
+
+
+def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
+    """``model`` with the weights at ``path`` (see :func:`load_workload`); never unpickles code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: Unreadable file or weights that do not fit ``model`` (the message names the file).
+    """
+    if os.path.isdir(path):
+        return load_pruned(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} not found")
+    try:
+        if path.endswith(".safetensors"):
+            state = safetensors.torch.load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader error is a bad file for the user
+        raise ValueError(f"checkpoint {path!r} cannot be read as safetensors or a torch state dict: {e}") from e
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path!r} holds no state dict of tensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"checkpoint {path!r} does not fit {type(model).__name__}: {first}") from e
+    return model.eval()
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -1,0 +1,12 @@
+"""Method names the CLI offers, kept free of heavy imports so ``tp-vit --help`` is instant.
+
+:data:`tp_vit_plugins.demo.methods.METHODS` holds the recipes under exactly these names
+(a test checks that the two agree).
+"""
+
+__all__ = ["PRUNE_METHODS", "BENCH_METHODS"]
+
+#: ``tp-vit prune --method`` choices.
+PRUNE_METHODS = ("random", "l1", "l2", "taylor", "gohsp", "vtp", "cpvit")
+#: ``tp-vit bench --methods`` choices (``gohsp+cpvit`` combines structure and tokens).
+BENCH_METHODS = ("random", "l2", "taylor", "gohsp", "vtp", "cpvit", "gohsp+cpvit")

@@ -1,0 +1,375 @@
+"""``tp-vit prune``: the work behind the command (arguments parsed and validated in :mod:`.cli`).
+
+Every method comes from the recipe table in :mod:`.methods`; :func:`run_prune` returns a
+:class:`PruneResult` and :func:`format_report` renders it, so scripts and tests read the
+object, not the printed text; ``--json`` writes :meth:`PruneResult.to_dict`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..budget import BudgetResult, fit_budget
+from ..core.adapter import block_layers, head_layout
+from ..core.io import save_pruned
+from ..core.metrics import count_macs, count_params, measure_latency
+from ..core.training import evaluate, finetune
+from .methods import MethodSettings, get_method
+from .workload import Workload, load_workload
+
+__all__ = ["run_prune", "format_report", "cmd_prune", "PruneResult", "Measurement", "Structure", "usage_error", "phase"]
+
+
+def usage_error(message: str) -> None:
+    """Report a usage problem found after parsing (one line, exit code 2) and stop."""
+    print(f"tp-vit: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def phase(args: argparse.Namespace, message: str) -> None:
+    """One line per phase on stderr (what progress bars become when output is piped), unless ``--quiet``."""
+    if not args.quiet:
+        print(f"[tp-vit] {message}", file=sys.stderr, flush=True)
+
+
+def show_bars(args: argparse.Namespace) -> bool:
+    """Tqdm bars only on a terminal: piped output gets the phase lines instead of one huge line."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def load_args_workload(args: argparse.Namespace) -> Workload:
+    """The workload of parsed CLI ``args``; a checkpoint or data problem is a usage error (exit 2)."""
+    phase(args, "loading the model" + (" and data" if args.data_path or not args.model else ""))
+    try:
+        return load_workload(
+            args.model,
+            args.pretrained,
+            args.data_path,
+            batch_size=getattr(args, "batch_size", 64),
+            eval_batches=getattr(args, "eval_batches", None),
+            embedded_epochs=args.embedded_epochs,
+            retrain=getattr(args, "retrain", False),
+            seed=args.seed,
+            progress=show_bars(args),
+            checkpoint=args.checkpoint,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        usage_error(str(e))
+
+
+@dataclass
+class Structure:
+    """What is left per block: heads, head width and MLP hidden width."""
+
+    heads: list[int]
+    head_dims: list[int]
+    mlp: list[int]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Structure:
+        blocks = block_layers(model)
+        layouts = [head_layout(b.attn) for b in blocks]
+        mlp = [b.fc1.out_features if b.fc1 is not None else 0 for b in blocks]
+        return cls([h for h, _ in layouts], [d for _, d in layouts], mlp)
+
+
+@dataclass
+class Measurement:
+    """Params, MACs, test accuracy (``None`` without data) and latency ``{batch size: s}`` of one model."""
+
+    params: int
+    macs: int
+    accuracy: float | None
+    latency: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class PruneResult:
+    """What ``tp-vit prune`` did (see :func:`run_prune`).
+
+    Attributes:
+        model_name: The workload.
+        method: The recipe name.
+        dense: The dense model's measurement.
+        pruned: The pruned model's measurement (after fine-tuning, if any).
+        model: The pruned model.
+        before: Heads, head dims and MLP width per block of the dense model.
+        after: The same after pruning.
+        one_shot_accuracy: Accuracy right after pruning, before fine-tuning (``None`` if no fine-tune).
+        finetune_epochs: Fine-tuning epochs run.
+        notes: One line per event worth reporting (sparse training, budget, cascade).
+        budget: The :class:`~tp_vit_plugins.BudgetResult` of a ``--target-*`` run.
+        token_schedule: Patch tokens per block of a CP-ViT cascade.
+        saved_to: Where the pruned model was saved.
+    """
+
+    model_name: str
+    method: str
+    dense: Measurement
+    pruned: Measurement
+    model: nn.Module
+    before: Structure
+    after: Structure
+    one_shot_accuracy: float | None = None
+    finetune_epochs: int = 0
+    notes: list[str] = field(default_factory=list)
+    budget: BudgetResult | None = None
+    token_schedule: list[int] | None = None
+    saved_to: str | None = None
+
+    @property
+    def macs_ratio(self) -> float:
+        """Dense MACs / pruned MACs."""
+        return self.dense.macs / self.pruned.macs
+
+    def speedup(self, batch_size: int) -> float:
+        """Measured dense / pruned latency at ``batch_size``."""
+        return self.dense.latency[batch_size] / self.pruned.latency[batch_size]
+
+    def to_dict(self) -> dict:
+        """Everything but the model, JSON-ready (what ``--json`` writes)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("model", "budget")}
+        out["macs_ratio"] = self.macs_ratio
+        out["speedup"] = {b: self.speedup(b) for b in self.dense.latency}
+        if self.budget is not None:
+            b = self.budget
+            out["budget"] = {
+                "metric": b.metric,
+                "target": b.target,
+                "achieved": b.achieved,
+                "ratio": b.ratio,
+                "macs_kept": b.macs_kept,
+            }
+        return out
+
+
+def _measure(model: nn.Module, w: Workload, args: argparse.Namespace, label: str, latency: bool = True) -> Measurement:
+    phase(args, f"measuring the {label} model")
+    acc = evaluate(model, w.test_loader, desc=f"eval {label}", progress=show_bars(args)) if w.test_loader else None
+    lat = measure_latency(model, w.example, args.latency_batch_sizes) if (latency and args.latency) else {}
+    return Measurement(count_params(model), count_macs(model, w.example), acc, lat)
+
+
+def _settings(args: argparse.Namespace) -> MethodSettings:
+    return MethodSettings(
+        head_ratio=args.head_ratio,
+        width_ratio=args.width_ratio,
+        global_pruning=args.global_pruning,
+        prune_head_dims=args.prune_head_dims,
+        prune_mlp=args.prune_mlp,
+        prune_embed_dim=args.prune_embed_dim,
+        calib_batches=args.calib_batches,
+        progress=show_bars(args),
+        admm=args.admm_epochs > 0,
+        target_params=args.target_params,
+        reg=args.reg,
+        keep=args.keep,
+        head_keep=args.head_keep,
+        start_block=args.start_block,
+        schedule_power=args.schedule_power,
+    )
+
+
+def _budget(args: argparse.Namespace) -> tuple[str, float] | None:
+    """``("macs" | "latency", target)`` when a budget flag is given."""
+    if args.target_macs is not None:
+        return "macs", args.target_macs
+    if args.target_latency is not None:
+        return "latency", args.target_latency
+    return None
+
+
+def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, importance, result: PruneResult) -> nn.Module:
+    """Prune a copy of ``model`` to the ``--target-*`` budget with ``importance``; return it."""
+    metric, target = _budget(args)
+    res = fit_budget(
+        model,
+        w.example,
+        target,
+        importance=importance,
+        structure=args.budget_structure,
+        metric=metric,
+        latency_batch_size=max(args.latency_batch_sizes),
+        progress=show_bars(args),
+        global_pruning=args.global_pruning,
+        prune_head_dims=args.prune_head_dims,
+        prune_mlp=args.prune_mlp,
+        prune_embed_dim=args.prune_embed_dim,
+    )
+    result.budget = res
+    result.notes.append(
+        f"budget: keep {target:.3f} of the dense {metric} -> achieved {res.achieved:.3f} "
+        f"({100 * res.relative_error:.1f} % off; MACs kept {res.macs_kept:.3f}; scalar ratio {res.ratio:.3f}, "
+        f"{res.evaluations} candidates)"
+    )
+    if res.relative_error > 0.02:
+        result.notes.append(
+            f"warning: {target:.3f} of the {metric} is out of reach for --budget-structure {args.budget_structure} "
+            "(or too noisy); the closest candidate is kept. Prune more structure (both, --prune-head-dims) or relax it."
+        )
+    return res.model
+
+
+def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> nn.Module:
+    """Prepare, sparse-train and prune ``model`` with the method's recipe; returns the pruned model."""
+    recipe, s = get_method(args.method), _settings(args)
+    pruner = recipe.prepare(model, w.example, w.train_loader, s)
+    epochs = recipe.sparse_epochs(s, args.admm_epochs if args.method == "gohsp" else args.sparse_epochs)
+    if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
+        step_hook, epoch_hook = recipe.hooks(pruner)
+        desc = f"{args.method} sparse training"
+        finetune(
+            model,
+            w.train_loader,
+            epochs=epochs,
+            lr=args.lr,
+            warmup_epochs=1.0,
+            seed=args.seed,
+            step_hook=step_hook,
+            epoch_hook=epoch_hook,
+            desc=desc,
+            progress=show_bars(args),
+        )
+    line = recipe.finish(pruner)
+    if line:
+        result.notes.append(line)
+    if _budget(args) is not None:
+        model = _fit_structure(args, model, w, pruner.importance, result)
+    else:
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model
+
+
+def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
+    budget = _budget(args)
+    input_size = tuple(w.example.shape[1:])
+    cascade = get_method(args.method).attach_tokens(model, input_size, _settings(args), budget[1] if budget else None)
+    result.token_schedule = list(cascade.schedule)
+    if budget is not None:
+        result.notes.append(
+            f"budget: keep ratio {cascade.keep_ratio:.4f} for {budget[1]:.3f} of the dense MACs (beta 0: the schedule is exact)"
+        )
+    adjust = "fixed" if budget is not None else "adjusted per batch by attention range"
+    result.notes.append(
+        f"CP-ViT cascade: patch tokens per block {cascade.schedule} (schedule power {args.schedule_power}, {adjust}); "
+        "structure unchanged, --head-ratio/--width-ratio are not used"
+    )
+
+
+def _finetune(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
+    result.one_shot_accuracy = _measure(model, w, args, "one-shot", latency=False).accuracy
+    phase(args, f"fine-tuning for {args.finetune_epochs} epochs")
+    finetune(
+        model,
+        w.train_loader,
+        epochs=args.finetune_epochs,
+        lr=args.lr,
+        warmup_epochs=1.0,
+        seed=args.seed,
+        desc="fine-tune",
+        progress=show_bars(args),
+    )
+    result.finetune_epochs = args.finetune_epochs
+
+
+def run_prune(args: argparse.Namespace) -> PruneResult:
+    """Run ``tp-vit prune`` for parsed and validated ``args`` (see :func:`tp_vit_plugins.demo.cli.validate_prune`).
+
+    Nothing is printed but progress bars and phase lines (stderr).
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    w = load_args_workload(args)
+    recipe = get_method(args.method)
+    if w.train_loader is None and (recipe.needs_data or args.finetune_epochs):
+        usage_error(f"--method {args.method} / fine-tuning need calibration data: add --data-path")
+    w.model.to(args.device).eval()
+    w.example = w.example.to(args.device)
+    dense = _measure(w.model, w, args, "dense")
+    model = copy.deepcopy(w.model)
+    result = PruneResult(w.name, args.method, dense, dense, model, Structure.of(model), Structure.of(model), notes=list(w.notes))
+    phase(args, f"pruning with {recipe.summary}")
+    if recipe.prunes_structure:
+        model = _prune_structure(args, model, w, result)
+    if recipe.drops_tokens:
+        _attach_tokens(args, model, w, result)
+    if args.finetune_epochs and w.train_loader is not None:
+        _finetune(args, model, w, result)
+    model.eval()
+    result.model, result.pruned, result.after = model, _measure(model, w, args, "pruned"), Structure.of(model)
+    if args.out:
+        result.saved_to = save_pruned(model, args.out)
+        if recipe.drops_tokens:
+            result.notes.append(
+                "the cascade is a runtime setting: save_pruned stores the weights only; "
+                "call tpv.tokens.apply_cascade again after loading"
+            )
+    return result
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def _table(r: PruneResult) -> list[str]:
+    bss = sorted(r.dense.latency)
+    head = f"{'':<16}{'params':>10}{'MACs':>10}{'test acc':>10}" + "".join(f"{f'ms @bs{b}':>12}" for b in bss)
+    lines = [head, "-" * len(head)]
+    for name, m in (("dense", r.dense), ("pruned", r.pruned)):
+        acc = f"{100 * m.accuracy:.2f}%" if m.accuracy is not None else "-"
+        lat = "".join(f"{1e3 * m.latency[b]:>12.2f}" for b in bss)
+        lines.append(f"{name:<16}{_fmt_count(m.params):>10}{_fmt_count(m.macs):>10}{acc:>10}{lat}")
+    both = r.dense.accuracy is not None and r.pruned.accuracy is not None
+    dacc = f"{100 * (r.pruned.accuracy - r.dense.accuracy):+.2f}pt" if both else "-"
+    lat = "".join(f"{r.speedup(b):>11.2f}x" for b in bss)
+    lines.append(f"{'dense/pruned':<16}{r.dense.params / r.pruned.params:>9.2f}x{r.macs_ratio:>9.2f}x{dacc:>10}{lat}")
+    return lines
+
+
+def format_report(r: PruneResult) -> str:
+    """The before/after table and notes of a :class:`PruneResult`, as printed by ``tp-vit prune``."""
+    lines = [f"model: {r.model_name} | method: {r.method}", *r.notes, "", *_table(r), ""]
+    if r.one_shot_accuracy is not None:
+        lines.append(
+            f"accuracy: dense {100 * r.dense.accuracy:.2f}% -> one-shot {100 * r.one_shot_accuracy:.2f}% "
+            f"-> after {r.finetune_epochs} fine-tune epochs {100 * r.pruned.accuracy:.2f}%"
+        )
+    lines.append(f"heads per block:     {r.before.heads} -> {r.after.heads}")
+    lines.append(f"head dims per block: {r.before.head_dims} -> {r.after.head_dims}")
+    lines.append(f"MLP width per block: {r.before.mlp} -> {r.after.mlp}")
+    if r.token_schedule is not None:
+        lines.append(f"patch tokens per block (CP-ViT cascade): {r.token_schedule}")
+    for b in sorted(r.dense.latency):
+        speed = r.speedup(b)
+        lines.append(
+            f"bs {b}: measured speed-up {speed:.2f}x vs MACs ratio {r.macs_ratio:.2f}x "
+            f"(speed-up / MACs ratio = {speed / r.macs_ratio:.2f})"
+        )
+    if r.saved_to:
+        lines.append(f"saved to {r.saved_to}; load it with: tp_vit_plugins.load_pruned({r.saved_to!r})")
+    return "\n".join(lines)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Run ``tp-vit prune``, print its report and write ``--json``."""
+    result = run_prune(args)
+    print(format_report(result))
+    if args.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
+        with open(args.json_path, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        print(f"report written to {args.json_path}")
+    return 0
