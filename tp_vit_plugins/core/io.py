@@ -118,9 +118,17 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         "shapes": {k: list(v.shape) for k, v in state.items()},
     }
     os.makedirs(path, exist_ok=True)
-    save_file(state, os.path.join(path, _WEIGHTS), metadata={"format": FORMAT})
-    with open(os.path.join(path, _SPEC), "w") as f:
-        json.dump(spec, f, indent=1)
+    weights, spec_file = os.path.join(path, _WEIGHTS), os.path.join(path, _SPEC)
+    try:  # write both under temporary names, then rename: an interrupted save leaves no half-written model
+        save_file(state, weights + ".tmp", metadata={"format": FORMAT})
+        with open(spec_file + ".tmp", "w") as f:
+            json.dump(spec, f, indent=1)
+        os.replace(weights + ".tmp", weights)
+        os.replace(spec_file + ".tmp", spec_file)
+    finally:
+        for leftover in (weights + ".tmp", spec_file + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return os.fspath(path)
 
 

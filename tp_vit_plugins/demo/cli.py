@@ -164,6 +164,8 @@ def _check_common(args: argparse.Namespace) -> None:
         check_data_path(args.data_path)
     if args.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.model:  # last of the common checks: it imports timm
+        check_model_name(args.model)
 
 
 def validate_prune(args: argparse.Namespace) -> None:
@@ -196,8 +198,6 @@ def validate_prune(args: argparse.Namespace) -> None:
     for path, flag in ((args.out, "--out"), (os.path.dirname(args.json_path or "") or None, "--json")):
         if path:
             check_writable_dir(path, flag)
-    if args.model:
-        check_model_name(args.model)
 
 
 def validate_bench(args: argparse.Namespace) -> None:
@@ -215,8 +215,6 @@ def validate_bench(args: argparse.Namespace) -> None:
     if args.model and not args.data_path:
         raise ValueError("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
     check_writable_dir(args.out, "--out")
-    if args.model:
-        check_model_name(args.model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
