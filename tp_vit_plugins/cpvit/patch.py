@@ -110,6 +110,8 @@ def cascade_attention(
     key_mask: torch.Tensor | None = None,
     heads_kept: int | None = None,
     observe: Callable[[torch.Tensor], None] | None = None,
+    logit_bias: torch.Tensor | None = None,
+    observe_keys: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """The timm ``Attention.forward`` eager path, plus what the cascade needs.
 
@@ -118,7 +120,9 @@ def cascade_attention(
     cascade adds: ``key_mask`` (mask mode: masked patches are neither keys nor scored
     queries), ``observe(probs)`` (the softmax probabilities ``[B, H, N, N]`` before dropout,
     masked query rows zeroed) and ``heads_kept`` (every input keeps only its ``k``
-    highest-scoring heads; ``attn @ v`` and the output projection run on those alone).
+    highest-scoring heads; ``attn @ v`` and the output projection run on those alone). Token
+    merging baselines add ``logit_bias`` (``[B, 1, 1, N]``, e.g. ``log(size)`` for proportional
+    attention) and read the keys through ``observe_keys(k)`` (``[B, H, N, d]``).
 
     Args:
         attn: A (possibly tp-pruned and synced) timm ``Attention``.
@@ -127,6 +131,8 @@ def cascade_attention(
         key_mask: ``[B, N - num_prefix]``, ``True`` = masked patch.
         heads_kept: Heads each input keeps (``None`` = all).
         observe: Callback receiving the attention probabilities.
+        logit_bias: Added to the attention logits before the softmax.
+        observe_keys: Callback receiving the (normed) keys.
 
     Returns:
         ``[B, N, C_out]``.
@@ -137,7 +143,11 @@ def cascade_attention(
     gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
     q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = a.q_norm(q), a.k_norm(k)
+    if observe_keys is not None:
+        observe_keys(k)
     logits = (q * a.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
+    if logit_bias is not None:
+        logits = logits + logit_bias
     masked = None
     if key_mask is not None:
         pad = torch.zeros(B, num_prefix, dtype=torch.bool, device=x.device)

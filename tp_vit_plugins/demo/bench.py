@@ -29,6 +29,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -279,6 +280,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run ``tp-vit bench`` for parsed, validated ``args`` and print its table."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.zoo:
+        return _cmd_zoo(args)
     w = load_args_workload(args)
     if w.train_set is None:
         usage_error("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
@@ -289,7 +292,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         w.example,
         targets=args.targets,
         methods=[m for m in args.methods.split(",") if m],
-        seeds=list(range(args.seeds)),
+        seeds=list(range(args.seeds or 2)),
         finetune_epochs=args.finetune_epochs,
         calib_batches=args.calib_batches,
         lr=args.lr,
@@ -300,4 +303,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with open(os.path.join(args.out, "RESULTS.md")) as f:
         print(f.read())
     print(f"wrote {args.out}/RESULTS.md, {args.out}/results.json and the plots (with matplotlib installed)")
+    return 0
+
+
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    from .zoo_bench import ZooSettings, run_zoo  # the zoo protocols load only when asked for
+
+    protocols = tuple(p for p in args.protocols.split(",") if p)
+    if args.quick:
+        settings = ZooSettings.quick(protocols)
+    else:
+        settings = ZooSettings(seeds=args.seeds or 3, epochs=args.zoo_epochs, protocols=protocols)
+    command = "tp-vit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tp-vit") else "tp-vit bench --zoo"
+    run_zoo(args.out, settings, quick=args.quick, progress=show_bars(args), command=command)
+    with open(os.path.join(args.out, "ZOO.md")) as f:
+        print(f.read())
+    print(f"wrote {args.out}/ZOO.md, {args.out}/zoo.json and {args.out}/zoo_ranks.png (with matplotlib installed)")
     return 0

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from .names import BENCH_METHODS, PRUNE_METHODS
+from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PROTOCOLS
 
 __all__ = ["main", "build_parser", "validate_prune", "validate_bench"]
 
@@ -103,10 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="compare every method at the same MACs budgets")
     b.add_argument("--methods", default=",".join(BENCH_METHODS), help=f"comma list from {','.join(BENCH_METHODS)}")
     b.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6], help="fractions of the dense MACs to keep")
-    b.add_argument("--seeds", type=_positive_int, default=2, help="seeds per (method, target)")
+    b.add_argument("--seeds", type=_positive_int, default=None, help="seeds per (method, target); default 2, with --zoo 3")
     b.add_argument("--finetune-epochs", type=_non_negative_int, default=1, help="training epochs per method")
     b.add_argument("--latency-batch-sizes", type=_positive_int, nargs="*", default=[1, 64], help="batch sizes to time")
     b.add_argument("--out", default="bench_out", help="directory for RESULTS.md, results.json and the plots")
+    b.add_argument("--zoo", action="store_true", help="run the zoo protocols on every zoo model (ZOO.md, zoo.json, PNG)")
+    b.add_argument("--quick", action="store_true", help="with --zoo: two models, one seed, one setting per protocol")
+    b.add_argument("--protocols", default=",".join(ZOO_PROTOCOLS), help=f"with --zoo: comma list from {','.join(ZOO_PROTOCOLS)}")
+    b.add_argument("--zoo-epochs", type=_positive_int, default=2, help="with --zoo: total training epochs per pipeline method")
     _add_common(b)
     b.set_defaults(subparser=b)
     return parser
@@ -214,6 +218,11 @@ def validate_bench(args: argparse.Namespace) -> None:
         _check_ratio("--targets", t, low_open=True)
     if args.model and not args.data_path:
         raise ValueError("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
+    if args.zoo and args.model:
+        raise ValueError("--zoo benchmarks the project's own zoo of models; drop --model")
+    protocols = [p for p in args.protocols.split(",") if p]
+    if not protocols or set(protocols) - set(ZOO_PROTOCOLS):
+        raise ValueError(f"--protocols must be a comma list from {','.join(ZOO_PROTOCOLS)}, got {args.protocols!r}")
     check_writable_dir(args.out, "--out")
 
 

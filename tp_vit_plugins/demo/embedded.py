@@ -24,17 +24,15 @@ from ..core.io import load_pruned, save_pruned
 from ..core.training import evaluate, finetune
 from .data import DatasetSplit, load_split, make_loaders
 
-__all__ = ["EmbeddedRecipe", "cache_dir", "create_embedded_model", "embedded_model"]
+__all__ = ["TrainRecipe", "EmbeddedRecipe", "cache_dir", "create_embedded_model", "embedded_model"]
 
 _ARCH = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=96, depth=6, num_heads=6, mlp_ratio=4.0)
 
 
-@dataclass(frozen=True)
-class EmbeddedRecipe:
-    """Architecture and training recipe of the embedded model (all of it enters the cache key)."""
+@dataclass(frozen=True, kw_only=True)
+class TrainRecipe:
+    """How a demo model is trained (AdamW + warm-up + cosine; every field enters the cache key)."""
 
-    arch: dict = field(default_factory=lambda: dict(_ARCH))
-    dataset: str = "mnist"
     epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
@@ -48,6 +46,18 @@ class EmbeddedRecipe:
         """Short stable hash of the recipe."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def as_dict(self) -> dict:
+        """The recipe as JSON-ready data (written into ``meta.json``)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddedRecipe(TrainRecipe):
+    """Architecture and training recipe of the embedded model (all of it enters the cache key)."""
+
+    arch: dict = field(default_factory=lambda: dict(_ARCH))
+    dataset: str = "mnist"
 
 
 def cache_dir() -> str:
@@ -109,7 +119,7 @@ def train_embedded(
         progress=progress,
     )
     model.eval()
-    meta = {"recipe": asdict(recipe), "key": recipe.key(), "test_accuracy": evaluate(model, test_loader, progress=progress)}
+    meta = {"recipe": recipe.as_dict(), "key": recipe.key(), "test_accuracy": evaluate(model, test_loader, progress=progress)}
     tmp = out_dir.rstrip(os.sep) + ".tmp"
     if os.path.isdir(tmp):
         shutil.rmtree(tmp)

@@ -4,9 +4,11 @@
 (a test checks that the two agree).
 """
 
-__all__ = ["PRUNE_METHODS", "BENCH_METHODS"]
+__all__ = ["PRUNE_METHODS", "BENCH_METHODS", "ZOO_PROTOCOLS"]
 
 #: ``tp-vit prune --method`` choices.
 PRUNE_METHODS = ("random", "l1", "l2", "taylor", "gohsp", "vtp", "cpvit")
 #: ``tp-vit bench --methods`` choices (``gohsp+cpvit`` combines structure and tokens).
 BENCH_METHODS = ("random", "l2", "taylor", "gohsp", "vtp", "cpvit", "gohsp+cpvit")
+#: ``tp-vit bench --zoo --protocols`` choices (see :mod:`tp_vit_plugins.demo.zoo_bench`).
+ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")

@@ -1,0 +1,114 @@
+"""The zoo bench: peers written from their papers, paired bootstrap, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_model
+
+from tp_vit_plugins.demo import zoo_bench
+from tp_vit_plugins.demo.peers import apply_evit, apply_tome, bipartite_merge, evit_blocks, remove_peer
+from tp_vit_plugins.demo.zoo import ZOO, ZooModel
+
+
+def test_zoo_spans_what_the_issue_asks_for():
+    depths = {m.arch["depth"] for m in ZOO}
+    widths = {m.arch["embed_dim"] for m in ZOO}
+    heads = {m.arch["num_heads"] for m in ZOO}
+    head_dims = {m.arch["embed_dim"] // m.arch["num_heads"] for m in ZOO}
+    tokens = {m.tokens for m in ZOO}
+    assert len(ZOO) >= 6 and min(depths) == 4 and max(depths) == 12 and min(widths) == 64 and max(widths) == 192
+    assert min(heads) == 3 and max(heads) == 12 and min(head_dims) == 8 and max(head_dims) == 32
+    assert min(tokens) == 16 and max(tokens) == 196
+    assert any("init_values" in m.arch for m in ZOO) and any("reg_tokens" in m.arch for m in ZOO)
+    assert any(m.arch.get("class_token") is False for m in ZOO) and {m.dataset for m in ZOO} == {"mnist", "digits"}
+    assert len({m.key() for m in ZOO}) == len(ZOO)
+
+
+def test_bipartite_merge_closed_form():
+    # 4 patches: A = {0, 2}, B = {1, 3}; token 2 is identical to token 3, token 0 orthogonal to both B tokens
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [3.0, 3.0], [1.0, 1.0]]])
+    size = torch.tensor([[[1.0], [1.0], [2.0], [1.0]]])
+    metric = torch.tensor([[[1.0, -1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])
+    out, new_size = bipartite_merge(x, size, metric, 1)
+    # kept A token 0, then B tokens 1 and 3; token 2 (size 2) merged into 3: (2 * [3, 3] + 1 * [1, 1]) / 3
+    torch.testing.assert_close(out, torch.tensor([[[1.0, 0.0], [0.0, 1.0], [7 / 3, 7 / 3]]]))
+    torch.testing.assert_close(new_size, torch.tensor([[[1.0], [1.0], [3.0]]]))
+
+
+def test_peers_at_no_reduction_are_the_model_and_per_image(family, x):
+    model = make_model(family, depth=4, img_size=32, patch_size=4)
+    with torch.no_grad():
+        ref = model(x)
+        for attach in (lambda: apply_tome(model, 0), lambda: apply_evit(model, 1.0)):
+            patch = attach()
+            torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
+            remove_peer(patch)
+        assert torch.equal(model(x), ref)
+        for attach in (lambda: apply_tome(model, 6), lambda: apply_evit(model, 0.6)):
+            patch = attach()
+            with pytest.raises(TypeError, match="already"):
+                apply_tome(model, 1)
+            batch = model(x)
+            single = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+            torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)  # an image's output ignores its batch
+            assert patch.counts[-1] < 64
+            remove_peer(patch)
+    assert evit_blocks(12) == [3, 6, 9] and evit_blocks(4) == [1, 2, 3]
+
+
+def test_paired_bootstrap_closed_form():
+    constant = [torch.full((3, 50), 0.25), torch.full((2, 40), -0.05)]
+    point, low, high = zoo_bench.paired_bootstrap(constant, boot=50)
+    assert point == pytest.approx(0.10) and low == pytest.approx(0.10) and high == pytest.approx(0.10)
+    g = torch.Generator().manual_seed(0)
+    noisy = [(torch.rand(3, 400, generator=g) < 0.6).double() - (torch.rand(3, 400, generator=g) < 0.5).double()]
+    point, low, high = zoo_bench.paired_bootstrap(noisy, boot=300)
+    assert low < point < high and 0.02 < point < 0.2 and high - low < 0.15
+
+
+def test_hessian_importance_accumulates_squared_gradients(x):
+    model = make_model()
+    y = torch.tensor([0, 1, 2, 3])
+    loader = [(x[:2], y[:2]), (x[2:], y[2:])]
+    imp = zoo_bench.hessian_importance(model, loader)
+    expected = 0
+    for xb, yb in loader:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        expected = expected + model.head.weight.grad.pow(2)
+    torch.testing.assert_close(imp._accu_grad[model.head.weight], expected)
+    assert imp._counter[model.head.weight] == 2
+
+
+@pytest.mark.slow
+def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = (
+        ZooModel("tiny-a", "digits", 8, dict(patch_size=2, embed_dim=32, depth=4, num_heads=2), epochs=1),
+        ZooModel(
+            "tiny-b",
+            "digits",
+            8,
+            dict(patch_size=2, embed_dim=32, depth=4, num_heads=4, class_token=False, global_pool="avg"),
+            epochs=1,
+        ),
+    )
+    settings = zoo_bench.ZooSettings.quick()
+    summary = zoo_bench.run_zoo(str(tmp_path / "out"), settings, progress=False, members=tiny, command="test")
+    assert set(summary) == {"heads | 50% heads removed", "pipeline | -40% params, 2 epochs", "tokens | 70% MACs",
+                            "latency | bs 1, 60% MACs"}  # fmt: skip
+    heads = summary["heads | 50% heads removed"]
+    assert set(heads["accuracy"]) == set(zoo_bench.HEAD_METHODS) and set(heads["versus_best_peer"]) == {"gohsp", "cpvit"}
+    point, low, high = heads["versus_best_peer"]["gohsp"]["zoo_mean"]
+    assert low <= point <= high
+    data = json.loads((tmp_path / "out" / "zoo.json").read_text())
+    tokens = [r for r in data["records"] if r["protocol"] == "tokens"]
+    assert all(r["kept"] <= 0.7 + 1e-6 for r in tokens)  # every token method at most at the MACs target
+    pipeline = [r for r in data["records"] if r["protocol"] == "pipeline" and r["method"] != "dense+E"]
+    assert all(r["kept"] <= 0.6 + 1e-3 for r in pipeline), [(r["method"], r["kept"]) for r in pipeline]
+    assert "mean rank" in (tmp_path / "out" / "ZOO.md").read_text()
+    assert (tmp_path / "out" / "zoo_ranks.png").stat().st_size > 1000

@@ -1,0 +1,581 @@
+"""``tp-vit bench --zoo``: every method and peer on every zoo model, with paired bootstrap intervals.
+
+Protocols (each over the whole zoo, ``seeds`` seeds, one seeded calibration subset per seed
+shared by every method):
+
+* ``heads`` — one-shot head ranking: 30 / 50 / 70 % of each block's heads removed, no
+  training. Peers: tp random, L1, L2, Taylor, Hessian (squared-gradient OBD); seed methods:
+  GOHSP ``GraphHeadImportance`` and CP-ViT ``CumulativeHeadImportance`` (their defaults).
+* ``pipeline`` — −40 % and −70 % parameters with **equal total epochs** ``E`` for every
+  method: tp L2 / Taylor prune then fine-tune ``E``; tp ``GroupNormPruner`` sparse training
+  ``E // 2`` then L2 prune and fine-tune the rest; GOHSP ADMM ``E // 2`` then prune and
+  fine-tune; VTP gates ``E // 2`` then prune and fine-tune; and a "dense + E epochs" control.
+  tp criteria prune heads, head dims and MLP neurons globally at one scalar ratio bisected to
+  the parameter budget.
+* ``tokens`` — token reduction at equal measured MACs (FlopCounterMode, one image), no
+  fine-tune: the CP-ViT cascade (defaults, ``beta = 0`` so the MACs are exact and per image),
+  the same schedule with random scores, ToMe-style merging and EViT-style pruning with fusion
+  (:mod:`.peers`); each method's knob is bisected to keep at most the target MACs.
+* ``latency`` — CPU speed-up ÷ MACs ratio at batch 1 and 64 for a structured (tp L2, 60 % of
+  the MACs) and two token (CP-ViT, ToMe at 60 %) reductions, dense and reduced timed
+  alternately in one run (median of the per-round ratios).
+
+Reporting: per-model accuracy tables, the mean rank of every method across the zoo, paired
+differences of each seed method against the best peer with 95 % bootstrap intervals
+(resampling test images and seeds, per model and for the zoo mean), a rank heatmap PNG and
+``zoo.json``; a seed method below the random peer on any model is flagged.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+from tqdm.auto import tqdm
+
+from ..budget import clone_with_grads, fit_budget, remap_state, vit_prune_fn
+from ..core.adapter import vit_pruning_kwargs
+from ..core.calibration import accumulate_gradients, iter_batches
+from ..core.criteria import tp_importance
+from ..core.metrics import count_macs, count_params, measure_latency
+from ..core.pruner import ViTPruner
+from ..core.search import bisect_threshold
+from ..core.training import finetune
+from ..cpvit import CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
+from ..gohsp import GOHSPPruner, GraphHeadImportance
+from ..vtp import VTPPruner
+from .peers import apply_evit, apply_tome, remove_peer
+from .zoo import QUICK_ZOO, ZOO, ZooModel, load_zoo
+
+__all__ = ["ZooSettings", "Record", "run_zoo", "PROTOCOLS", "SEED_METHODS"]
+
+PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
+#: The library's own methods per protocol (the rest of each protocol are peers).
+SEED_METHODS = {"heads": ("gohsp", "cpvit"), "pipeline": ("gohsp", "vtp"), "tokens": ("cpvit",), "latency": ()}
+#: The random reference a seed method must beat on every model.
+RANDOM_PEER = {"heads": "random", "tokens": "cpvit-random"}
+
+
+@dataclass
+class ZooSettings:
+    """What one zoo run measures (``quick()`` for smoke runs)."""
+
+    seeds: int = 3
+    calib_batches: int = 8
+    batch_size: int = 64
+    head_ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
+    param_cuts: tuple[float, ...] = (0.4, 0.7)
+    epochs: int = 2
+    lr: float = 5e-4
+    mac_targets: tuple[float, ...] = (0.8, 0.7, 0.6, 0.5)
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    latency_rounds: int = 5
+    protocols: tuple[str, ...] = PROTOCOLS
+    boot: int = 1000
+
+    @classmethod
+    def quick(cls, protocols: tuple[str, ...] = PROTOCOLS) -> ZooSettings:
+        return cls(seeds=1, calib_batches=2, head_ratios=(0.5,), param_cuts=(0.4,), epochs=2, mac_targets=(0.7,),
+                   latency_batch_sizes=(1,), latency_rounds=2, protocols=protocols, boot=200)  # fmt: skip
+
+
+@dataclass
+class Record:
+    """One measurement: ``correct`` holds the per-test-image outcome (for paired bootstraps)."""
+
+    protocol: str
+    setting: str
+    model: str
+    method: str
+    seed: int
+    accuracy: float
+    kept: float  # params kept (pipeline), MACs kept (tokens), heads kept (heads), speed-up / MACs ratio (latency)
+    correct: list[bool] = field(default_factory=list, repr=False)
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- helpers
+@torch.no_grad()
+def _correct(model: nn.Module, loader: DataLoader) -> torch.Tensor:
+    model.eval()
+    return torch.cat([(model(x).argmax(-1) == y) for x, y in loader])
+
+
+def _calib(split, seed: int, s: ZooSettings) -> DataLoader:
+    g = torch.Generator().manual_seed(1000 + seed)
+    idx = torch.randperm(len(split.y_train), generator=g)[: s.calib_batches * s.batch_size].tolist()
+    return DataLoader(Subset(TensorDataset(split.x_train, split.y_train), idx), batch_size=s.batch_size)
+
+
+def _train_loader(split, seed: int, s: ZooSettings) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(split.x_train, split.y_train), batch_size=s.batch_size, shuffle=True, generator=gen)
+
+
+def hessian_importance(model: nn.Module, loader: Iterable) -> tp.importance.GroupHessianImportance:
+    """Tp's ``GroupHessianImportance`` with squared mini-batch gradients accumulated over ``loader``.
+
+    tp 1.6.1's ``accumulate_grad`` keys its running sums by parameter but tests membership by
+    name, so every call restarts the sum; the sums are accumulated here instead.
+    """
+    imp = tp.importance.GroupHessianImportance()
+    was = model.training
+    model.eval()
+    try:
+        for images, targets in iter_batches(loader, desc="hessian", progress=False, with_targets=True):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images), targets).backward()
+            for p in model.parameters():
+                if p.grad is not None:
+                    imp._accu_grad[p] = imp._accu_grad.get(p, 0) + p.grad.detach().pow(2)
+                    imp._counter[p] = imp._counter.get(p, 0) + 1
+    finally:
+        model.train(was)
+    return imp
+
+
+def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.importance.Importance:
+    if name == "gohsp":
+        return GraphHeadImportance(progress=False).calibrate(model, calib)
+    if name == "cpvit":
+        return CumulativeHeadImportance(progress=False).calibrate(model, calib)
+    if name == "hessian":
+        return hessian_importance(model, calib)
+    if name == "taylor":
+        accumulate_gradients(model, calib, progress=False)
+    return tp_importance(name)
+
+
+# ---------------------------------------------------------------------------- protocols
+HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "cpvit")
+
+
+def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
+    """One-shot uniform head removal at every ratio with every criterion."""
+    rows = []
+    example = split.x_test[:1]
+    for seed in range(s.seeds):
+        calib = _calib(split, seed, s)
+        for name in HEAD_METHODS:
+            torch.manual_seed(seed)
+            base = copy.deepcopy(model)
+            imp = _head_importance(name, base, calib)
+            for r in s.head_ratios:
+                pruned = clone_with_grads(base)
+                ViTPruner(pruned, example, remap_state(imp, base, pruned), head_pruning_ratio=r).step()
+                c = _correct(pruned, test)
+                kept = sum(int(b.attn.num_heads) for b in pruned.blocks) / sum(int(b.attn.num_heads) for b in model.blocks)
+                rows.append(
+                    Record(
+                        "heads",
+                        f"{int(100 * r)}% heads removed",
+                        member.name,
+                        name,
+                        seed,
+                        float(c.float().mean()),
+                        kept,
+                        c.tolist(),
+                    )
+                )
+    return rows
+
+
+PIPELINE_METHODS = ("dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp")
+
+
+def _prune_to_params(model: nn.Module, example: torch.Tensor, imp, target_params: float) -> nn.Module:
+    """Global heads + width + head dims at the scalar ratio whose model has at most ``target_params`` parameters."""
+    prune = vit_prune_fn(imp, model, lambda r: r, lambda r: r, prune_head_dims=True)
+
+    def build(r: float) -> nn.Module:
+        twin = clone_with_grads(model)
+        prune(twin, example, r)
+        return twin
+
+    _, hi = bisect_threshold(lambda r: count_params(build(r)) > target_params, 0.0, 0.95, iterations=10)
+    return build(hi)
+
+
+def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> nn.Module:
+    """Prune ``model`` (a copy) with ``name`` to ``1 - cut`` of its parameters, spending exactly ``s.epochs`` epochs."""
+    example, E = split.x_test[:1], s.epochs
+    sparse = E // 2 if name in ("group_norm", "gohsp", "vtp") else 0
+    target = (1 - cut) * count_params(model)
+    loader, calib = _train_loader(split, seed, s), _calib(split, seed, s)
+    m = clone_with_grads(model)
+    train = dict(lr=s.lr, seed=seed, warmup_epochs=0.0, progress=False)
+    if name == "dense+E":
+        finetune(m, loader, epochs=E, **train)
+        return m
+    if name in ("l2", "taylor"):
+        m = _prune_to_params(m, example, _head_importance(name, m, calib), target)
+    elif name == "group_norm":
+        imp = tp.importance.GroupMagnitudeImportance(p=2)
+        gnp = tp.pruner.GroupNormPruner(m, example, importance=imp, reg=1e-4, **vit_pruning_kwargs(m))
+        if sparse:
+            finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), **train)
+        m = _prune_to_params(m, example, tp_importance("l2"), target)
+    elif name == "gohsp":
+        imp = GraphHeadImportance(progress=False).calibrate(m, calib)
+        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut)
+        if sparse:
+            finetune(
+                m, loader, epochs=sparse, step_hook=pruner.regularize, epoch_hook=lambda _: pruner.update_regularizer(), **train
+            )
+        pruner.step()
+    elif name == "vtp":
+        pruner = VTPPruner(m, example, pruning_ratio=0.0)
+        if sparse:
+            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
+        pruner.fold_gates()
+        m = _prune_to_params(m, example, pruner.importance, target)
+    m.zero_grad(set_to_none=True)
+    finetune(m, loader, epochs=E - sparse, **train)
+    return m
+
+
+def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
+    rows = []
+    dense_params = count_params(model)
+    for seed in range(s.seeds):
+        for cut in s.param_cuts:
+            for name in PIPELINE_METHODS:
+                torch.manual_seed(seed)
+                pruned = _pipeline_one(name, model, split, seed, cut, s)
+                c = _correct(pruned, test)
+                setting = f"-{int(100 * cut)}% params, {s.epochs} epochs"
+                kept = count_params(pruned) / dense_params
+                rows.append(Record("pipeline", setting, member.name, name, seed, float(c.float().mean()), kept, c.tolist()))
+    return rows
+
+
+TOKEN_METHODS = ("cpvit", "cpvit-random", "tome", "evit")
+
+
+def _token_patch(name: str, model: nn.Module, knob: float, seed: int):
+    if name == "cpvit":
+        return apply_cascade(model, keep_ratio=knob, beta=0.0)
+    if name == "cpvit-random":
+        return apply_cascade(model, keep_ratio=knob, beta=0.0, score="random", seed=seed)
+    if name == "tome":
+        return apply_tome(model, knob)
+    return apply_evit(model, knob)
+
+
+def _remove(patch) -> None:
+    if hasattr(patch, "blocks") and hasattr(patch, "score"):
+        remove_cascade(patch.model)
+    else:
+        remove_peer(patch)
+
+
+def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
+    """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
+    if name in ("cpvit", "cpvit-random"):
+        return fit_keep_ratio(model, tuple(example.shape[1:]), target)
+
+    def kept(knob: float) -> float:
+        patch = _token_patch(name, model, knob, seed)
+        try:
+            return count_macs(model, example) / dense_macs
+        finally:
+            _remove(patch)
+
+    if name == "tome":  # more merging, fewer MACs: find the smallest r that reaches the target
+        depth = len(model.blocks)
+        hi = (model.patch_embed.num_patches - 1) / max(1, depth - 1)
+        _, r = bisect_threshold(lambda r: kept(r) > target, 0.0, hi, iterations=14)
+        return r
+    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit: keep share
+    return lo
+
+
+def protocol_tokens(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
+    rows = []
+    example = split.x_test[:1]
+    dense_macs = count_macs(model, example)
+    for target in s.mac_targets:
+        for name in TOKEN_METHODS:
+            cached = None
+            for seed in range(s.seeds):
+                if cached is None or name == "cpvit-random":  # the others are deterministic: measured once
+                    knob = _fit_tokens(name, model, example, target, dense_macs, seed)
+                    patch = _token_patch(name, model, knob, seed)
+                    try:
+                        kept = count_macs(model, example) / dense_macs
+                        cached = (_correct(model, test), kept, knob)
+                    finally:
+                        _remove(patch)
+                c, kept, knob = cached
+                setting = f"{int(100 * target)}% MACs"
+                rows.append(
+                    Record("tokens", setting, member.name, name, seed, float(c.float().mean()), kept, c.tolist(), {"knob": knob})
+                )
+    return rows
+
+
+def _alternated_ratio(dense: nn.Module, reduced: nn.Module, example: torch.Tensor, bs: int, rounds: int) -> float:
+    """Median over rounds of dense / reduced latency, the two timed one after the other in every round."""
+    ratios = []
+    for i in range(rounds):
+        warm = 2 if i == 0 else 0
+        t_dense = measure_latency(dense, example, (bs,), min_run_time=0.05, warmup=warm)[bs]
+        t_red = measure_latency(reduced, example, (bs,), min_run_time=0.05, warmup=warm)[bs]
+        ratios.append(t_dense / t_red)
+    return statistics.median(ratios)
+
+
+def protocol_latency(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
+    rows = []
+    example = split.x_test[:1]
+    dense_macs = count_macs(model, example)
+    reductions: dict[str, Callable[[], tuple[nn.Module, Callable[[], None]]]] = {}
+
+    def structured():
+        return fit_budget(
+            model, example, 0.6, importance=tp_importance("l2"), prune_head_dims=True, global_pruning=True
+        ).model, lambda: None
+
+    def tokens(name):
+        def make():
+            twin = copy.deepcopy(model)
+            patch = _token_patch(name, twin, _fit_tokens(name, twin, example, 0.6, dense_macs, 0), 0)
+            return twin, lambda: _remove(patch)
+
+        return make
+
+    reductions = {"l2 (structure)": structured, "cpvit": tokens("cpvit"), "tome": tokens("tome")}
+    for name, make in reductions.items():
+        reduced, cleanup = make()
+        macs_ratio = dense_macs / count_macs(reduced, example)
+        for bs in s.latency_batch_sizes:
+            speedup = _alternated_ratio(model, reduced, example, bs, s.latency_rounds)
+            extra = {"batch_size": bs, "speedup": speedup, "macs_ratio": macs_ratio}
+            rows.append(
+                Record("latency", f"bs {bs}, 60% MACs", member.name, name, 0, float("nan"), speedup / macs_ratio, [], extra)
+            )
+        cleanup()
+    return rows
+
+
+_PROTOCOL_FNS = {"heads": protocol_heads, "pipeline": protocol_pipeline, "tokens": protocol_tokens, "latency": protocol_latency}
+
+
+# ---------------------------------------------------------------------------- statistics
+def paired_bootstrap(diffs: list[torch.Tensor], boot: int, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over models of the mean paired difference, with a 95 % percentile bootstrap interval.
+
+    Args:
+        diffs: One ``[seeds, images]`` tensor of per-image differences (method - peer) per model.
+        boot: Bootstrap replicates; images and seeds are resampled within each model.
+
+    Returns:
+        ``(mean, low, high)`` in accuracy units.
+    """
+    g = torch.Generator().manual_seed(seed)
+    means = torch.zeros(boot, dtype=torch.float64)
+    for d in diffs:
+        d = d.double()
+        S, N = d.shape
+        si = torch.randint(S, (boot, S), generator=g)
+        ni = torch.randint(N, (boot, N), generator=g)
+        rep = torch.stack([d[si[b]][:, ni[b]].mean() for b in range(boot)])
+        means += rep / len(diffs)
+    point = sum(float(d.double().mean()) for d in diffs) / len(diffs)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return point, low, high
+
+
+def _by(rows: list[Record]) -> dict:
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r.protocol, r.setting), {}).setdefault(r.method, {}).setdefault(r.model, []).append(r)
+    return out
+
+
+def summarize(rows: list[Record], boot: int) -> dict:
+    """Per (protocol, setting): accuracy table, mean ranks, seed-vs-best-peer intervals and flags."""
+    summary = {}
+    for (protocol, setting), methods in _by(rows).items():
+        if protocol == "latency":
+            summary[f"{protocol} | {setting}"] = {
+                m: {model: statistics.mean(r.kept for r in rs) for model, rs in per.items()} for m, per in methods.items()
+            }
+            continue
+        models = sorted({model for per in methods.values() for model in per})
+        acc = {m: {model: statistics.mean(r.accuracy for r in per[model]) for model in models} for m, per in methods.items()}
+        ranks = {m: 0.0 for m in methods}
+        for model in models:
+            order = sorted(methods, key=lambda m: -acc[m][model])
+            for i, m in enumerate(order):
+                ranks[m] += (i + 1) / len(models)
+        seeds_methods = [m for m in SEED_METHODS[protocol] if m in methods]
+        peers = [m for m in methods if m not in SEED_METHODS[protocol] and m != "dense+E"]
+        best = max(peers, key=lambda m: statistics.mean(acc[m].values())) if peers else None
+        versus = {}
+        for m in seeds_methods:
+            if best is None:
+                continue
+            diffs = [_diff(methods[m][model], methods[best][model]) for model in models]
+            point, low, high = paired_bootstrap(diffs, boot)
+            per_model = {model: paired_bootstrap([d], boot) for model, d in zip(models, diffs)}
+            versus[m] = {"peer": best, "zoo_mean": (point, low, high), "per_model": per_model}
+        flags = []
+        rnd = RANDOM_PEER.get(protocol)
+        if rnd in methods:
+            for m in seeds_methods:
+                below = [model for model in models if acc[m][model] < acc[rnd][model]]
+                if below:
+                    flags.append(f"{m} is below {rnd} on {', '.join(below)}")
+        summary[f"{protocol} | {setting}"] = {"accuracy": acc, "mean_rank": ranks, "versus_best_peer": versus, "flags": flags}
+    return summary
+
+
+def _diff(a: list[Record], b: list[Record]) -> torch.Tensor:
+    by_seed_a = {r.seed: r.correct for r in a}
+    by_seed_b = {r.seed: r.correct for r in b}
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    return torch.tensor([by_seed_a[s] for s in seeds], dtype=torch.float64) - torch.tensor(
+        [by_seed_b[s] for s in seeds], dtype=torch.float64
+    )
+
+
+# ---------------------------------------------------------------------------- reporting
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def render(summary: dict, zoo_meta: dict, command: str) -> str:
+    """RESULTS markdown for a zoo run."""
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "Zoo (dense test accuracy): " + ", ".join(f"{k} {_pct(v)} %" for k, v in zoo_meta.items()),
+        "",
+    ]
+    for key, block in summary.items():
+        lines.append(f"### {key}")
+        lines.append("")
+        if key.startswith("latency"):
+            models = sorted({model for per in block.values() for model in per})
+            lines.append("| reduction | " + " | ".join(models) + " | mean |")
+            lines.append("|---" * (len(models) + 2) + "|")
+            for m, per in block.items():
+                lines.append(
+                    f"| {m} | " + " | ".join(f"{per[x]:.2f}" for x in models) + f" | {statistics.mean(per.values()):.2f} |"
+                )
+            lines.append("")
+            lines.append("Cells: measured speed-up ÷ MACs ratio (1 = the speed-up the MACs promise).")
+            lines.append("")
+            continue
+        acc, ranks = block["accuracy"], block["mean_rank"]
+        models = sorted(next(iter(acc.values())))
+        lines.append("| method | " + " | ".join(models) + " | zoo mean | mean rank |")
+        lines.append("|---" * (len(models) + 3) + "|")
+        for m in sorted(acc, key=lambda m: ranks[m]):
+            cells = " | ".join(_pct(acc[m][x]) for x in models)
+            lines.append(f"| {m} | {cells} | {_pct(statistics.mean(acc[m].values()))} | {ranks[m]:.2f} |")
+        lines.append("")
+        for m, v in block["versus_best_peer"].items():
+            point, low, high = v["zoo_mean"]
+            per = ", ".join(f"{x} {100 * p:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" for x, (p, lo, hi) in v["per_model"].items())
+            lines.append(
+                f"- **{m}** vs best peer **{v['peer']}**: zoo mean {100 * point:+.2f} pt, "
+                f"95 % CI [{100 * low:+.2f}, {100 * high:+.2f}]; per model: {per}"
+            )
+        for f in block["flags"]:
+            lines.append(f"- FLAG: {f}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _heatmap(summary: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # optional extra
+        return
+    blocks = [(k, b) for k, b in summary.items() if not k.startswith("latency")]
+    if not blocks:
+        return
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.6), squeeze=False)
+    for ax, (key, block) in zip(axes[0], blocks):
+        acc = block["accuracy"]
+        methods = sorted(acc, key=lambda m: block["mean_rank"][m])
+        models = sorted(next(iter(acc.values())))
+        grid = [[1 + sorted(acc, key=lambda m2: -acc[m2][x]).index(m) for x in models] for m in methods]
+        ax.imshow(grid, cmap="viridis_r", aspect="auto")
+        ax.set_xticks(range(len(models)), models, rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(range(len(methods)), methods, fontsize=7)
+        ax.set_title(key, fontsize=7)
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=6, color="white")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_zoo(
+    out_dir: str,
+    settings: ZooSettings | None = None,
+    quick: bool = False,
+    progress: bool = True,
+    command: str = "",
+    members: tuple[ZooModel, ...] | None = None,
+) -> dict:
+    """Run the protocols on the zoo; write ``ZOO.md``, ``zoo.json`` and ``zoo_ranks.png`` to ``out_dir``.
+
+    Args:
+        out_dir: Output directory.
+        settings: What to measure (default :class:`ZooSettings`, or ``ZooSettings.quick()``).
+        quick: Two zoo members and the quick settings.
+        progress: tqdm bars.
+        command: The command line written into ``ZOO.md``.
+        members: Zoo members to use instead of :data:`~tp_vit_plugins.demo.zoo.ZOO`.
+
+    Returns:
+        The summary (what ``zoo.json`` holds besides the raw records).
+
+    Raises:
+        ValueError: Unknown protocol.
+    """
+    s = settings or (ZooSettings.quick() if quick else ZooSettings())
+    bad = set(s.protocols) - set(PROTOCOLS)
+    if bad:
+        raise ValueError(f"unknown protocols {sorted(bad)}; choose from {PROTOCOLS}")
+    os.makedirs(out_dir, exist_ok=True)
+    zoo = load_zoo(members or (QUICK_ZOO if quick else ZOO), progress=progress)
+    rows: list[Record] = []
+    jobs = [(p, z) for p in s.protocols for z in zoo]
+    for protocol, (member, model, split, _) in tqdm(jobs, desc="zoo bench", disable=not progress):
+        test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)
+        rows.extend(_PROTOCOL_FNS[protocol](member, model, split, s, test))
+    summary = summarize(rows, s.boot)
+    zoo_meta = {member.name: meta["test_accuracy"] for member, _, _, meta in zoo}
+    with open(os.path.join(out_dir, "zoo.json"), "w") as f:
+        records = [{**asdict(r), "correct": None} for r in rows]
+        json.dump({"settings": asdict(s), "zoo": zoo_meta, "summary": _jsonable(summary), "records": records}, f, indent=1)
+    with open(os.path.join(out_dir, "ZOO.md"), "w") as f:
+        f.write("# tp-vit bench --zoo\n\n" + render(summary, zoo_meta, command) + "\n")
+    _heatmap(summary, os.path.join(out_dir, "zoo_ranks.png"))
+    return summary
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
