@@ -4,6 +4,11 @@ For every block ``l`` and head ``h`` the score is the calibration mean of
 ``sum_p max_i A_l[b, h, i, p]`` (see :mod:`tp_vit_plugins.cpvit.maths`): how strongly the
 head's queries focus on patches. The runtime cascade skips low heads per input; this class
 uses the same statistic, averaged over a loader, to remove heads for good with tp.
+
+.. warning:: **Flagged by the zoo** (``tp-vit bench --zoo --protocols heads,tokens --threads 1
+   --out benchmarks/zoo``; ``benchmarks/RESULTS.md#zoo``): below tp's random criterion on
+   digits32-wide-d4 at 50 % and 70 % of heads removed (and on mnist-ls-d6 at 70 %); zoo mean
+   66.2 % vs tp Hessian 77.7 % at 50 %. tp Taylor / Hessian are the better head criteria.
 """
 
 from __future__ import annotations

@@ -333,6 +333,13 @@ def apply_cascade(
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
+    .. warning:: **Flagged by the zoo** (``tp-vit bench --zoo --protocols heads,tokens --threads 1
+       --out benchmarks/zoo``; ``benchmarks/RESULTS.md#zoo``, no fine-tune, ``beta = 0``): the
+       cumulative score is below the same schedule with random scores on 2–3 of 6 models at
+       every MACs target from 80 % to 50 %, the schedule cannot go below ~62–66 % of the MACs
+       with the default ``start_block``, and ToMe-style merging leads by 1.0 pt (80 % MACs) to
+       27 pt (60 %) on the zoo mean. Issue 14 reworks it.
+
     Args:
         model: timm ``VisionTransformer`` family model (DeiT, distilled, register tokens,
             LayerScale, tp-pruned ones included).

@@ -436,7 +436,14 @@ def summarize(rows: list[Record], boot: int) -> dict:
                 below = [model for model in models if acc[m][model] < acc[rnd][model]]
                 if below:
                     flags.append(f"{m} is below {rnd} on {', '.join(below)}")
-        summary[f"{protocol} | {setting}"] = {"accuracy": acc, "mean_rank": ranks, "versus_best_peer": versus, "flags": flags}
+        kept = {m: statistics.mean(r.kept for rs in per.values() for r in rs) for m, per in methods.items()}
+        summary[f"{protocol} | {setting}"] = {
+            "accuracy": acc,
+            "mean_rank": ranks,
+            "versus_best_peer": versus,
+            "flags": flags,
+            "kept": kept,
+        }
     return summary
 
 
@@ -477,13 +484,15 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
             lines.append("Cells: measured speed-up ÷ MACs ratio (1 = the speed-up the MACs promise).")
             lines.append("")
             continue
-        acc, ranks = block["accuracy"], block["mean_rank"]
+        acc, ranks, kept = block["accuracy"], block["mean_rank"], block.get("kept", {})
         models = sorted(next(iter(acc.values())))
-        lines.append("| method | " + " | ".join(models) + " | zoo mean | mean rank |")
-        lines.append("|---" * (len(models) + 3) + "|")
+        what = {"heads": "heads kept", "pipeline": "params kept", "tokens": "MACs kept"}[key.split(" |")[0]]
+        lines.append("| method | " + " | ".join(models) + f" | zoo mean | mean rank | {what} |")
+        lines.append("|---" * (len(models) + 4) + "|")
         for m in sorted(acc, key=lambda m: ranks[m]):
             cells = " | ".join(_pct(acc[m][x]) for x in models)
-            lines.append(f"| {m} | {cells} | {_pct(statistics.mean(acc[m].values()))} | {ranks[m]:.2f} |")
+            share = f"{kept[m]:.3f}" if m in kept else "-"
+            lines.append(f"| {m} | {cells} | {_pct(statistics.mean(acc[m].values()))} | {ranks[m]:.2f} | {share} |")
         lines.append("")
         for m, v in block["versus_best_peer"].items():
             point, low, high = v["zoo_mean"]
@@ -496,6 +505,23 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
             lines.append(f"- FLAG: {f}")
         lines.append("")
     return "\n".join(lines)
+
+
+def rerender(out_dir: str) -> None:
+    """Rewrite ``ZOO.md`` from ``zoo.json`` (e.g. after the renderer changed); intervals are not recomputed."""
+    with open(os.path.join(out_dir, "zoo.json")) as f:
+        data = json.load(f)
+    summary = data["summary"]
+    groups: dict = {}
+    for r in data["records"]:
+        groups.setdefault(f"{r['protocol']} | {r['setting']}", {}).setdefault(r["method"], []).append(r["kept"])
+    for key, block in summary.items():
+        if not key.startswith("latency") and "kept" not in block:
+            block["kept"] = {m: statistics.mean(v) for m, v in groups.get(key, {}).items()}
+    with open(os.path.join(out_dir, "ZOO.md")) as f:
+        command = f.read().split("Command: `", 1)[1].split("`", 1)[0]
+    with open(os.path.join(out_dir, "ZOO.md"), "w") as f:
+        f.write("# tp-vit bench --zoo\n\n" + render(summary, data["zoo"], command) + "\n")
 
 
 def _heatmap(summary: dict, path: str) -> None:
@@ -562,6 +588,8 @@ def run_zoo(
     for protocol, (member, model, split, _) in tqdm(jobs, desc="zoo bench", disable=not progress):
         test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)
         rows.extend(_PROTOCOL_FNS[protocol](member, model, split, s, test))
+        with open(os.path.join(out_dir, "zoo_partial.json"), "w") as f:  # what is measured so far survives a stop
+            json.dump([asdict(r) for r in rows], f)
     summary = summarize(rows, s.boot)
     zoo_meta = {member.name: meta["test_accuracy"] for member, _, _, meta in zoo}
     with open(os.path.join(out_dir, "zoo.json"), "w") as f:
@@ -570,6 +598,7 @@ def run_zoo(
     with open(os.path.join(out_dir, "ZOO.md"), "w") as f:
         f.write("# tp-vit bench --zoo\n\n" + render(summary, zoo_meta, command) + "\n")
     _heatmap(summary, os.path.join(out_dir, "zoo_ranks.png"))
+    os.remove(os.path.join(out_dir, "zoo_partial.json"))
     return summary
 
 

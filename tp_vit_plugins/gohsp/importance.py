@@ -11,8 +11,8 @@ heads of consecutive blocks with the similarity of those summaries, and ranks al
 * ``damping`` — PageRank damping (default 0.85);
 * ``mode`` — ``"importance"`` (default): a central head (high PageRank) is important and
   kept; ``"redundancy"``: a central head shares its pattern with many others and is pruned
-  first (score = 1 / PageRank). On the embedded benchmark "importance" is far better
-  (``benchmarks/RESULTS.md``);
+  first (score = 1 / PageRank). On the embedded model "importance" was better, but see the
+  zoo warning below;
 * ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` — how the
   graph score meets weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).
 
@@ -22,6 +22,12 @@ PageRank; raw scores compared *across* blocks (global head pruning, GOHSP's ADMM
 then strip those blocks first (``tp-vit bench`` of commit ee429ed, raw scores, kept
 ``[1, 4, 4, 6, 6, 1]`` heads at 60 % of the MACs: 58.2 % one-shot vs 86.3 % for L2). Within one
 block (uniform per-layer pruning) the normalisation changes nothing.
+
+.. warning:: **Flagged by the zoo** (``tp-vit bench --zoo --protocols heads,tokens --threads 1
+   --out benchmarks/zoo``, 6 models, 3 seeds; ``benchmarks/RESULTS.md#zoo``): with its defaults
+   this ranking is *below tp's random criterion* on 5 of 6 zoo models at 30, 50 and 70 % of
+   heads removed (zoo mean 36.5 % vs random 51.9 % vs tp Hessian 77.7 % at 50 %). Do not
+   use it as a head criterion until issue 13 redefines the graph; tp Taylor / Hessian lead.
 """
 
 from __future__ import annotations
