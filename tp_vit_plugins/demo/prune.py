@@ -225,19 +225,8 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
     epochs = recipe.sparse_epochs(s, args.admm_epochs if args.method == "gohsp" else args.sparse_epochs)
     if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         step_hook, epoch_hook = recipe.hooks(pruner)
-        desc = f"{args.method} sparse training"
-        finetune(
-            model,
-            w.train_loader,
-            epochs=epochs,
-            lr=args.lr,
-            warmup_epochs=1.0,
-            seed=args.seed,
-            step_hook=step_hook,
-            epoch_hook=epoch_hook,
-            desc=desc,
-            progress=show_bars(args),
-        )
+        phase(args, f"{args.method} sparse training for {epochs} epochs")
+        _train(args, model, w, epochs, f"{args.method} sparse training", step_hook=step_hook, epoch_hook=epoch_hook)
     line = recipe.finish(pruner)
     if line:
         result.notes.append(line)
@@ -265,19 +254,16 @@ def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, resu
     )
 
 
+def _train(args: argparse.Namespace, model: nn.Module, w: Workload, epochs: int, desc: str, **hooks) -> None:
+    """The CLI's training runs (sparse phase, fine-tune): AdamW, 1 warm-up epoch, cosine."""
+    finetune(model, w.train_loader, epochs=epochs, lr=args.lr, warmup_epochs=1.0, seed=args.seed, desc=desc,
+             progress=show_bars(args), **hooks)  # fmt: skip
+
+
 def _finetune(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
     result.one_shot_accuracy = _measure(model, w, args, "one-shot", latency=False).accuracy
     phase(args, f"fine-tuning for {args.finetune_epochs} epochs")
-    finetune(
-        model,
-        w.train_loader,
-        epochs=args.finetune_epochs,
-        lr=args.lr,
-        warmup_epochs=1.0,
-        seed=args.seed,
-        desc="fine-tune",
-        progress=show_bars(args),
-    )
+    _train(args, model, w, args.finetune_epochs, "fine-tune")
     result.finetune_epochs = args.finetune_epochs
 
 
