@@ -39,13 +39,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..budget import clone_with_grads, fit_budget, vit_prune_fn
-from ..core.adapter import block_layers
 from ..core.metrics import count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
 from ..cpvit import remove_cascade
 from .methods import MethodSettings, get_method
 from .names import BENCH_METHODS
-from .prune import load_args_workload, show_bars, usage_error
+from .prune import Structure, load_args_workload, show_bars, usage_error
 
 _FIT = dict(tolerance=0.015, max_evaluations=12)  # within the 2 % the comparison promises
 
@@ -86,11 +85,6 @@ class _Setup:
     dense_latency: dict | None = None
 
 
-def _structure(model: nn.Module) -> tuple[list[int], list[int]]:
-    blocks = block_layers(model)
-    return [int(b.attn.num_heads) for b in blocks], [b.fc1.out_features if b.fc1 is not None else 0 for b in blocks]
-
-
 def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
     """Prune a copy of the dense model with recipe ``name`` to ``target`` of its MACs, train, measure."""
     recipe = get_method(name)
@@ -128,11 +122,13 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
     final = evaluate(pruned, setup.test_loader, progress=False)
     macs = count_macs(pruned, setup.example)
     lat = measure_latency(pruned, setup.example, setup.latency_batch_sizes) if setup.latency_batch_sizes else {}
-    heads, mlp = _structure(pruned)
+    kept = Structure.of(pruned)
     if recipe.drops_tokens:
         remove_cascade(pruned)
     speedup = {b: setup.dense_latency[b] / lat[b] for b in lat}
-    return BenchRow(name, target, seed, macs / setup.dense_macs, count_params(pruned), oneshot, final, lat, speedup, heads, mlp)
+    return BenchRow(
+        name, target, seed, macs / setup.dense_macs, count_params(pruned), oneshot, final, lat, speedup, kept.heads, kept.mlp
+    )
 
 
 def run_bench(

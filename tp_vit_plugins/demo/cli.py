@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from .. import __version__
 from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PROTOCOLS
 
-__all__ = ["main", "build_parser", "validate_prune", "validate_bench"]
+__all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of"]
 
 
 def _positive_int(text: str) -> int:
@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def budget_of(args: argparse.Namespace) -> tuple[str, float] | None:
+    """``("macs" | "latency", target)`` when ``--target-macs`` / ``--target-latency`` is given."""
+    if args.target_macs is not None:
+        return "macs", args.target_macs
+    if args.target_latency is not None:
+        return "latency", args.target_latency
+    return None
+
+
 def _check_ratio(name: str, value: float, low_open: bool = False) -> None:
     ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value < 1.0)
     if not ok:
@@ -184,8 +193,9 @@ def validate_prune(args: argparse.Namespace) -> None:
     _check_ratio("--target-params", args.target_params)
     _check_ratio("--keep", args.keep, low_open=True)
     _check_ratio("--head-keep", args.head_keep, low_open=True)
-    metric, target = ("macs", args.target_macs) if args.target_macs is not None else ("latency", args.target_latency)
-    if target is not None:
+    budget = budget_of(args)
+    if budget is not None:
+        metric, target = budget
         _check_ratio(f"--target-{metric}", target, low_open=True)
         if args.method == "gohsp" and args.admm_epochs:
             raise ValueError("--admm-epochs prunes to --target-params; drop either it or --target-macs/--target-latency")

@@ -22,6 +22,7 @@ from ..core.adapter import block_layers, head_layout
 from ..core.io import save_pruned
 from ..core.metrics import count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
+from .cli import budget_of
 from .methods import MethodSettings, get_method
 from .workload import Workload, load_workload
 
@@ -178,18 +179,9 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
     )
 
 
-def _budget(args: argparse.Namespace) -> tuple[str, float] | None:
-    """``("macs" | "latency", target)`` when a budget flag is given."""
-    if args.target_macs is not None:
-        return "macs", args.target_macs
-    if args.target_latency is not None:
-        return "latency", args.target_latency
-    return None
-
-
 def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, importance, result: PruneResult) -> nn.Module:
     """Prune a copy of ``model`` to the ``--target-*`` budget with ``importance``; return it."""
-    metric, target = _budget(args)
+    metric, target = budget_of(args)
     res = fit_budget(
         model,
         w.example,
@@ -230,7 +222,7 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
     line = recipe.finish(pruner)
     if line:
         result.notes.append(line)
-    if _budget(args) is not None:
+    if budget_of(args) is not None:
         model = _fit_structure(args, model, w, pruner.importance, result)
     else:
         pruner.step()
@@ -239,7 +231,7 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
 
 
 def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
-    budget = _budget(args)
+    budget = budget_of(args)
     input_size = tuple(w.example.shape[1:])
     cascade = get_method(args.method).attach_tokens(model, input_size, _settings(args), budget[1] if budget else None)
     result.token_schedule = list(cascade.schedule)

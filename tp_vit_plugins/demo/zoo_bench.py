@@ -43,14 +43,14 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from ..budget import clone_with_grads, fit_budget, remap_state, vit_prune_fn
-from ..core.adapter import vit_pruning_kwargs
+from ..core.adapter import heads_per_block, vit_pruning_kwargs
 from ..core.calibration import accumulate_gradients, iter_batches
 from ..core.criteria import tp_importance
 from ..core.metrics import count_macs, count_params, measure_latency
 from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
-from ..cpvit import CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
+from ..cpvit import Cascade, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
 from ..gohsp import GOHSPPruner, GraphHeadImportance
 from ..vtp import VTPPruner
 from .peers import apply_evit, apply_tome, remove_peer
@@ -173,7 +173,7 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
                 pruned = clone_with_grads(base)
                 ViTPruner(pruned, example, remap_state(imp, base, pruned), head_pruning_ratio=r).step()
                 c = _correct(pruned, test)
-                kept = sum(int(b.attn.num_heads) for b in pruned.blocks) / sum(int(b.attn.num_heads) for b in model.blocks)
+                kept = sum(heads_per_block(pruned)) / sum(heads_per_block(model))
                 rows.append(
                     Record(
                         "heads",
@@ -272,7 +272,7 @@ def _token_patch(name: str, model: nn.Module, knob: float, seed: int):
 
 
 def _remove(patch) -> None:
-    if hasattr(patch, "blocks") and hasattr(patch, "score"):
+    if isinstance(patch, Cascade):
         remove_cascade(patch.model)
     else:
         remove_peer(patch)
@@ -338,7 +338,6 @@ def protocol_latency(member: ZooModel, model: nn.Module, split, s: ZooSettings, 
     rows = []
     example = split.x_test[:1]
     dense_macs = count_macs(model, example)
-    reductions: dict[str, Callable[[], tuple[nn.Module, Callable[[], None]]]] = {}
 
     def structured():
         return fit_budget(
@@ -353,7 +352,11 @@ def protocol_latency(member: ZooModel, model: nn.Module, split, s: ZooSettings, 
 
         return make
 
-    reductions = {"l2 (structure)": structured, "cpvit": tokens("cpvit"), "tome": tokens("tome")}
+    reductions: dict[str, Callable[[], tuple[nn.Module, Callable[[], None]]]] = {
+        "l2 (structure)": structured,
+        "cpvit": tokens("cpvit"),
+        "tome": tokens("tome"),
+    }
     for name, make in reductions.items():
         reduced, cleanup = make()
         macs_ratio = dense_macs / count_macs(reduced, example)
