@@ -69,11 +69,14 @@ def cache_dir() -> str:
     return root
 
 
-def create_embedded_model(recipe: EmbeddedRecipe | None = None) -> VisionTransformer:
-    """The untrained embedded ViT (seeded init): 28×28 input, patch 4, dim 96, 6 blocks × 6 heads."""
+def create_embedded_model(recipe: TrainRecipe | None = None, arch: dict | None = None) -> VisionTransformer:
+    """The untrained ViT of ``recipe`` (seeded init); ``arch`` overrides ``recipe.arch``.
+
+    The default is the embedded model: 28×28 input, patch 4, dim 96, 6 blocks × 6 heads.
+    """
     recipe = recipe or EmbeddedRecipe()
     torch.manual_seed(recipe.seed)
-    return VisionTransformer(**recipe.arch)
+    return VisionTransformer(**(arch if arch is not None else recipe.arch))
 
 
 def shipped_dir() -> str:
@@ -96,14 +99,17 @@ def cache_path(recipe: EmbeddedRecipe) -> str:
 
 
 def train_embedded(
-    recipe: EmbeddedRecipe, split: DatasetSplit, out_dir: str, progress: bool = True
+    recipe: TrainRecipe, split: DatasetSplit, out_dir: str, progress: bool = True, arch: dict | None = None
 ) -> tuple[VisionTransformer, dict]:
     """Train ``recipe`` from scratch and save model + ``meta.json`` to ``out_dir`` (atomically).
+
+    ``arch`` (``VisionTransformer`` kwargs) overrides ``recipe.arch``; the zoo passes its
+    members' full architecture (image size, channels, classes) this way.
 
     Returns:
         ``(model in eval mode, meta)``; ``meta`` holds the recipe, its key and the test accuracy.
     """
-    model = create_embedded_model(recipe)
+    model = create_embedded_model(recipe, arch)
     train_loader, test_loader = make_loaders(split, batch_size=recipe.batch_size, seed=recipe.seed)
     finetune(
         model,

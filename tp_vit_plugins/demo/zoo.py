@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -104,25 +104,8 @@ def load_zoo_model(
     if not retrain and os.path.isfile(os.path.join(path, "meta.json")):
         with open(os.path.join(path, "meta.json")) as f:
             return load_pruned(path), split, json.load(f)
-    recipe = _AsRecipe(member, split.num_classes)
-    model, meta = train_embedded(recipe, split, path, progress=progress)
+    model, meta = train_embedded(member, split, path, progress=progress, arch=member.full_arch(split.num_classes))
     return model, split, meta
-
-
-class _AsRecipe:
-    """Adapts a :class:`ZooModel` to what :func:`~tp_vit_plugins.demo.embedded.train_embedded` reads."""
-
-    def __init__(self, member: ZooModel, num_classes: int) -> None:
-        self.member = member
-        self.arch = member.full_arch(num_classes)
-        for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "max_shift", "seed"):
-            setattr(self, name, getattr(member, name))
-
-    def key(self) -> str:
-        return self.member.key()
-
-    def as_dict(self) -> dict:
-        return {**asdict(self.member), "arch": self.arch}
 
 
 def load_zoo(
