@@ -1,4 +1,4 @@
-"""VTP: gates, L1 subgradient, gate importance, folding and the VTPPruner."""
+"""VTP: gates, the proximal L1 step, gate importance, folding, threshold selection and the VTPPruner."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch_pruning as tp
 from conftest import make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.vtp.gates import GATE_NAME, GateSet
+from tp_vit_plugins.core.training import finetune
+from tp_vit_plugins.vtp.gates import GATE_NAME, OUT_GATE_NAME, GateSet, soft_threshold
 
 
 def hooks(model) -> int:
@@ -46,7 +47,8 @@ def test_folding_preserves_kept_dims_exactly(family, x):
     with torch.no_grad():
         for b_dense, b_pruned in zip(gated.blocks, model.blocks):
             gate = getattr(b_dense.mlp.fc2, GATE_NAME)
-            folded_fc1 = b_dense.mlp.fc1.weight * getattr(b_dense.mlp.fc1, GATE_NAME)[None, :]  # as fold() computes it
+            assert not hasattr(b_dense.mlp.fc1, GATE_NAME)  # only the dims that may go are gated
+            folded_fc1 = b_dense.mlp.fc1.weight
             kept = set()
             for row in b_pruned.mlp.fc1.weight:
                 kept |= {i for i in range(192) if torch.equal(folded_fc1[i], row)}
@@ -57,20 +59,96 @@ def test_folding_preserves_kept_dims_exactly(family, x):
         torch.testing.assert_close(model(x), gated(x), atol=1e-5, rtol=1e-5)
 
 
-def test_l1_subgradient_closed_form(x):
+def test_soft_threshold_closed_form():
+    g = torch.tensor([0.5, -0.2, 0.0, 0.05, -0.05])
+    assert soft_threshold(g, 0.1).tolist() == pytest.approx([0.4, -0.1, 0.0, 0.0, 0.0])
+
+
+def test_proximal_step_closed_form_and_model_optimizer_skips_gates(x):
     model = make_model()
-    pruner = tpv.VTPPruner(model, x, reg=0.01)
+    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2)
     gates = pruner.gate_parameters()
     with torch.no_grad():
-        gates[0][:3] = torch.tensor([0.5, -0.2, 0.0])
+        gates[0][:3] = torch.tensor([0.5, -0.2, 0.04])
     before = [g.detach().clone() for g in gates]
-    opt = torch.optim.SGD(gates, lr=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
     opt.zero_grad()
+    model(x).square().mean().backward()
+    grads = [g.grad.clone() for g in gates]
+    scale = sum(float(gr.abs().sum()) for gr in grads) / sum(gr.numel() for gr in grads)  # first EMA value
     pruner.regularize(model)
-    opt.step()
-    for b, g in zip(before, gates):
-        torch.testing.assert_close(g.detach(), b - 0.1 * 0.01 * torch.sign(b))
-    assert gates[0][:3].tolist() == pytest.approx([0.499, -0.199, 0.0])
+    assert all(g.grad is None for g in gates)
+    after = [g.detach().clone() for g in gates]
+    opt.step()  # AdamW (with weight decay) must not move the gates
+    for b, gr, a, g in zip(before, grads, after, gates):
+        torch.testing.assert_close(a, soft_threshold(b - 0.2 * gr / scale, 0.2 * 0.5), rtol=1e-5, atol=1e-6)
+        assert torch.equal(g.detach(), a)
+
+
+def test_short_run_drives_dead_units_gates_to_exactly_zero(tmp_path):
+    """Hidden units with no input get no gate gradient: the L1 step alone moves them, 1 -> 0 in 4 steps."""
+    torch.manual_seed(0)
+    model = make_model()
+    dead = list(range(0, 192, 4))  # a known 25 % of every block's MLP hidden units
+    with torch.no_grad():
+        for b in model.blocks:
+            b.mlp.fc1.weight[dead] = 0
+            b.mlp.fc1.bias[dead] = 0  # GELU(0) = 0: fc2 sees exact zeros there
+            b.mlp.fc1.requires_grad_(False)  # ... for the whole run (AdamW would revive them)
+    xs, ys = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, ys), batch_size=8)
+    pruner = tpv.VTPPruner(model, xs[:1], prune_head_dims=False, prune_embed_dim=False, reg=1.0, gate_lr=0.3)
+    finetune(model, loader, epochs=1, lr=1e-3, warmup_epochs=0.0, progress=False, step_hook=pruner.regularize)
+    assert pruner.steps_done == 4
+    for b in model.blocks:
+        g = getattr(b.mlp.fc2, GATE_NAME).detach()
+        assert torch.equal(g[dead], torch.zeros(len(dead)))  # max(1 - 4 * 0.3, 0) = 0, exactly
+        alive = g[[i for i in range(192) if i not in dead]]
+        assert bool((alive != 0).any())
+    assert pruner.gate_zero_share() >= 0.25
+    png = pruner.save_gate_histogram(str(tmp_path / "gates.png"))
+    assert (tmp_path / "gates.png").stat().st_size > 1000 and png.endswith("gates.png")
+    without = tpv.VTPPruner(make_model(), xs[:1], prune_head_dims=False, prune_embed_dim=False, reg=0.0, gate_lr=0.3)
+    assert without.gate_zero_share() == 0.0
+
+
+def test_gate_lr_from_sparse_steps(x):
+    pruner = tpv.VTPPruner(make_model(), x, reg=0.5, shrink=2.0, sparse_steps=40)
+    assert pruner.gate_lr == pytest.approx(2.0 / (0.5 * 40))
+
+
+def test_threshold_selection_removes_exactly_the_zeroed_gates(x):
+    model = make_model()
+    pruner = tpv.VTPPruner(model, x, threshold=0.0, prune_head_dims=False, prune_embed_dim=False)
+    zeros = [list(range(0, 30)), list(range(100, 110))]  # 30 and 10 zero gates
+    with torch.no_grad():
+        for b, z in zip(model.blocks, zeros):
+            gate = getattr(b.mlp.fc2, GATE_NAME)
+            gate.uniform_(0.2, 1.0)
+            gate[z] = 0
+    gated = copy.deepcopy(model)
+    pruner.step()
+    assert [b.mlp.fc1.out_features for b in model.blocks] == [162, 182]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), gated(x), atol=1e-5, rtol=1e-5)  # zero gates: removal is exact
+    with pytest.raises(ValueError, match="threshold"):
+        tpv.VTPPruner(make_model(), x, threshold=0.0, global_pruning=False)
+
+
+def test_qkv_output_gates_fold_exactly_and_score_q_k_v_together(x):
+    model = make_model()
+    pruner = tpv.VTPPruner(model, x, head_dim_gate="qkv_out", prune_mlp=False, prune_embed_dim=False)
+    qkv = model.blocks[0].attn.qkv
+    assert hasattr(qkv, OUT_GATE_NAME) and not hasattr(model.blocks[0].attn.proj, GATE_NAME)
+    randomise_gates(pruner, seed=3)
+    with torch.no_grad():
+        ref = model(x)
+        g = getattr(qkv, OUT_GATE_NAME).detach().clone()
+    group = pruner.DG.get_pruning_group(model.blocks[0].attn.proj, tp.prune_linear_in_channels, list(range(48)))
+    torch.testing.assert_close(pruner.importance(group), g.view(3, 48).mean(0))  # mean of the q, k, v gates
+    pruner.remove_gates(fold=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_gate_removal_leaves_no_trace(x):
@@ -129,7 +207,19 @@ def test_gate_importance_reads_live_gates(x):
     mlp = DG.get_pruning_group(model.blocks[0].mlp.fc1, tp.prune_linear_out_channels, list(range(192)))
     torch.testing.assert_close(tpv.GateImportance(p=2)(mlp), torch.linspace(-2, 2, 192).pow(2))
     gates.remove(fold=False)
-    assert tpv.GateImportance()(mlp) is None
+    with pytest.raises(tpv.vtp.NoGateError, match="no VTP gate"):
+        tpv.GateImportance()(mlp)
+    assert tpv.GateImportance(skip_ungated=True)(mlp) is None
+
+
+def test_stock_tp_pruner_with_gate_importance_but_no_gates_raises(x):
+    model = make_model()
+    before = snapshot(model)
+    pruner = tp.pruner.BasePruner(model, x, importance=tpv.GateImportance(), pruning_ratio=0.3,
+                                  **tpv.vit_pruning_kwargs(model))  # fmt: skip
+    with pytest.raises(tpv.vtp.NoGateError):
+        pruner.step()
+    assert state_equal(before, model.state_dict())
 
 
 def test_vtp_errors_leave_model_untouched(x):
@@ -137,6 +227,10 @@ def test_vtp_errors_leave_model_untouched(x):
     before, n_hooks = snapshot(model), hooks(model)
     with pytest.raises(ValueError, match="reg"):
         tpv.VTPPruner(model, x, reg=-1)
+    with pytest.raises(ValueError, match="head_dim_gate"):
+        tpv.VTPPruner(model, x, head_dim_gate="k")
+    with pytest.raises(ValueError, match="sparse_steps"):
+        tpv.VTPPruner(model, x, sparse_steps=0)
     with pytest.raises(ValueError, match="gated_layers"):
         tpv.VTPPruner(model, x, gated_layers=("norm1",))
     with pytest.raises(ValueError, match="pruning_ratio"):

@@ -61,6 +61,8 @@ __all__ = ["ZooSettings", "Record", "run_zoo", "PROTOCOLS", "SEED_METHODS"]
 PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: The library's own methods per protocol (the rest of each protocol are peers).
 SEED_METHODS = {"heads": ("gohsp", "cpvit"), "pipeline": ("gohsp", "vtp"), "tokens": ("cpvit",), "latency": ()}
+#: Pipeline methods run by default (``ZooSettings.pipeline_methods``; VTP variants may be added).
+PIPELINE_METHODS = ("dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp")
 #: The random reference a seed method must beat on every model.
 RANDOM_PEER = {"heads": "random", "tokens": "cpvit-random"}
 
@@ -81,6 +83,7 @@ class ZooSettings:
     latency_rounds: int = 5
     protocols: tuple[str, ...] = PROTOCOLS
     boot: int = 1000
+    pipeline_methods: tuple[str, ...] = PIPELINE_METHODS
 
     @classmethod
     def quick(cls, protocols: tuple[str, ...] = PROTOCOLS) -> ZooSettings:
@@ -189,7 +192,15 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     return rows
 
 
-PIPELINE_METHODS = ("dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp")
+#: VTP settings in the pipeline, per parameter cut: ``vtp`` is the library default (target
+#: sparsity = the cut, q/k/v head-dim gates); the others are the alternatives it was chosen over.
+VTP_VARIANTS = {
+    "vtp": lambda cut: dict(reg=0.5, shrink=1.0, head_dim_gate="proj"),
+    "vtp-qkv": lambda cut: dict(reg=0.5, shrink=1.0, head_dim_gate="qkv_out"),
+    "vtp-s0.5": lambda cut: dict(reg=0.5, shrink=0.5, head_dim_gate="proj"),
+    "vtp-s2": lambda cut: dict(reg=0.5, shrink=2.0, head_dim_gate="proj"),
+    "vtp-r0.25": lambda cut: dict(reg=0.25, shrink=1.0, head_dim_gate="proj"),
+}
 
 
 def _prune_to_params(model: nn.Module, example: torch.Tensor, imp, target_params: float) -> nn.Module:
@@ -208,7 +219,7 @@ def _prune_to_params(model: nn.Module, example: torch.Tensor, imp, target_params
 def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> nn.Module:
     """Prune ``model`` (a copy) with ``name`` to ``1 - cut`` of its parameters, spending exactly ``s.epochs`` epochs."""
     example, E = split.x_test[:1], s.epochs
-    sparse = E // 2 if name in ("group_norm", "gohsp", "vtp") else 0
+    sparse = E // 2 if name in ("group_norm", "gohsp", *VTP_VARIANTS) else 0
     target = (1 - cut) * count_params(model)
     loader, calib = _train_loader(split, seed, s), _calib(split, seed, s)
     m = clone_with_grads(model)
@@ -232,8 +243,9 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
                 m, loader, epochs=sparse, step_hook=pruner.regularize, epoch_hook=lambda _: pruner.update_regularizer(), **train
             )
         pruner.step()
-    elif name == "vtp":
-        pruner = VTPPruner(m, example, pruning_ratio=0.0)
+    elif name in VTP_VARIANTS:
+        pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=False, sparse_steps=max(1, sparse * len(loader)),
+                           **VTP_VARIANTS[name](cut))  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
         pruner.fold_gates()
@@ -248,7 +260,7 @@ def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings,
     dense_params = count_params(model)
     for seed in range(s.seeds):
         for cut in s.param_cuts:
-            for name in PIPELINE_METHODS:
+            for name in s.pipeline_methods:
                 torch.manual_seed(seed)
                 pruned = _pipeline_one(name, model, split, seed, cut, s)
                 c = _correct(pruned, test)

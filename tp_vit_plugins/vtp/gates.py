@@ -1,11 +1,20 @@
-"""VTP gates: learnable per-dimension scales on the inputs of linear projections.
+"""VTP gates: learnable per-dimension scales on the inputs (or outputs) of linear projections.
 
-A gate ``g`` (initialised to 1) on the input of ``y = W x + b`` computes ``W (g * x) + b``.
-Gates are registered as parameters of the gated ``nn.Linear`` (``vtp_gate``), so any
-optimizer built from ``model.parameters()`` trains them, and applied by a forward pre-hook
-— no timm code is copied or replaced. :meth:`GateSet.fold` turns them into weights
-(``W <- W * g``, exact) and :meth:`GateSet.remove` deletes parameters and hooks, leaving no
-trace in ``state_dict``.
+An **input gate** ``g`` (initialised to 1) on ``y = W x + b`` computes ``W (g * x) + b``; an
+**output gate** computes ``g * (W x + b)``. Gates are registered as parameters of the gated
+``nn.Linear`` (``vtp_gate`` / ``vtp_out_gate``), so any optimizer built from
+``model.parameters()`` sees them, and applied by forward (pre-)hooks — no timm code is copied
+or replaced. :meth:`GateSet.fold` turns them into weights (``W <- W * g`` on columns for input
+gates, on rows and bias for output gates; exact) and :meth:`GateSet.remove` deletes parameters
+and hooks, leaving no trace in ``state_dict``.
+
+Sparsity: :meth:`GateSet.proximal_step` is the L1 term's proximal operator. The gates take
+their own plain-SGD step ``g <- g - lr * dL/dg / s`` (``s`` a scalar gradient scale, the same
+for every gate, so the step direction is SGD's) followed by the soft threshold
+``g <- sign(g) * max(|g| - lr * reg, 0)``, and their gradients are cleared so the model's own
+optimizer (AdamW, with its per-parameter step normalisation and weight decay) never moves
+them. Gates therefore reach **exactly** zero, which an L1 subgradient fed through Adam does
+not do (Adam rescales ``reg * sign(g)`` to a step of size ``lr`` whatever ``reg`` is).
 """
 
 from __future__ import annotations
@@ -17,56 +26,86 @@ from torch import nn
 
 from ..core.training import add_to_grad
 
-__all__ = ["GateSet", "GATE_NAME"]
+__all__ = ["GateSet", "GATE_NAME", "OUT_GATE_NAME", "soft_threshold"]
 
-#: Name of the gate parameter on every gated Linear.
+#: Name of the input-gate parameter on every input-gated Linear.
 GATE_NAME = "vtp_gate"
+#: Name of the output-gate parameter on every output-gated Linear.
+OUT_GATE_NAME = "vtp_out_gate"
+
+
+def soft_threshold(g: torch.Tensor, tau: float) -> torch.Tensor:
+    """The proximal operator of ``tau * |g|_1``: ``sign(g) * max(|g| - tau, 0)`` (any shape)."""
+    return torch.sign(g) * (g.abs() - tau).clamp_min(0)
 
 
 class _GateHook:
-    """Forward pre-hook multiplying the input's last dimension by the module's gate."""
+    """Forward pre-hook multiplying the input's last dimension by the module's input gate."""
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         return (args[0] * getattr(module, GATE_NAME),) + tuple(args[1:])
 
 
+class _OutGateHook:
+    """Forward hook multiplying the output's last dimension by the module's output gate."""
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * getattr(module, OUT_GATE_NAME)
+
+
 class GateSet:
-    """Gates on a set of ``nn.Linear`` inputs.
+    """Gates on a set of ``nn.Linear`` inputs and outputs.
 
     Args:
-        layers: The linear layers to gate (each at most once).
+        layers: Linear layers whose **input** is gated (``[in_features]`` gates).
+        out_layers: Linear layers whose **output** is gated (``[out_features]`` gates).
 
     Raises:
         TypeError: A layer is not ``nn.Linear``.
         ValueError: A layer is already gated.
     """
 
-    def __init__(self, layers: Iterable[nn.Linear]) -> None:
-        self.layers: list[nn.Linear] = []
-        self._handles = []
-        for lin in layers:
+    def __init__(self, layers: Iterable[nn.Linear], out_layers: Iterable[nn.Linear] = ()) -> None:
+        self.layers: list[nn.Linear] = list(layers)
+        self.out_layers: list[nn.Linear] = list(out_layers)
+        for lin in (*self.layers, *self.out_layers):
             if not isinstance(lin, nn.Linear):
-                raise TypeError(f"gates go on nn.Linear inputs, got {type(lin).__name__}")
-            if hasattr(lin, GATE_NAME):
+                raise TypeError(f"gates go on nn.Linear layers, got {type(lin).__name__}")
+            if hasattr(lin, GATE_NAME) or hasattr(lin, OUT_GATE_NAME):
                 raise ValueError("layer already carries a VTP gate; remove the other GateSet first")
-            self.layers.append(lin)
+        if len(set(map(id, self.layers))) < len(self.layers) or len(set(map(id, self.out_layers))) < len(self.out_layers):
+            raise ValueError("a layer is listed twice")
         for lin in self.layers:
-            gate = nn.Parameter(torch.ones(lin.in_features, dtype=lin.weight.dtype, device=lin.weight.device))
-            lin.register_parameter(GATE_NAME, gate)
-            self._handles.append(lin.register_forward_pre_hook(_GateHook()))
+            lin.register_parameter(GATE_NAME, nn.Parameter(lin.weight.new_ones(lin.in_features)))
+            lin.register_forward_pre_hook(_GateHook())
+        for lin in self.out_layers:
+            lin.register_parameter(OUT_GATE_NAME, nn.Parameter(lin.weight.new_ones(lin.out_features)))
+            lin.register_forward_hook(_OutGateHook())
+
+    def _gated(self) -> list[tuple[nn.Linear, str]]:
+        return [(lin, GATE_NAME) for lin in self.layers] + [(lin, OUT_GATE_NAME) for lin in self.out_layers]
 
     @property
     def active(self) -> bool:
         """Whether the gates are still attached."""
-        return any(GATE_NAME in lin._parameters for lin in self.layers)
+        return any(name in lin._parameters for lin, name in self._gated())
 
     def parameters(self) -> list[nn.Parameter]:
-        """The gate parameters ``[in_features]`` of every gated layer."""
-        return [getattr(lin, GATE_NAME) for lin in self.layers if hasattr(lin, GATE_NAME)]
+        """The gate parameters of every gated layer (input gates first, then output gates)."""
+        return [getattr(lin, name) for lin, name in self._gated() if name in lin._parameters]
 
     def values(self) -> dict[nn.Linear, torch.Tensor]:
-        """Detached copies of the gates, keyed by layer."""
-        return {lin: getattr(lin, GATE_NAME).detach().clone() for lin in self.layers if hasattr(lin, GATE_NAME)}
+        """Detached copies of the input gates, keyed by layer."""
+        return {lin: getattr(lin, GATE_NAME).detach().clone() for lin in self.layers if GATE_NAME in lin._parameters}
+
+    def out_values(self) -> dict[nn.Linear, torch.Tensor]:
+        """Detached copies of the output gates, keyed by layer."""
+        return {lin: getattr(lin, OUT_GATE_NAME).detach().clone() for lin in self.out_layers if OUT_GATE_NAME in lin._parameters}
+
+    def flat(self) -> torch.Tensor:
+        """Every gate entry in one 1-D tensor (for histograms and sparsity shares)."""
+        params = self.parameters()
+        return torch.cat([p.detach().flatten().cpu() for p in params]) if params else torch.zeros(0)
 
     @torch.no_grad()
     def l1_subgradient(self, strength: float) -> None:
@@ -75,22 +114,50 @@ class GateSet:
             add_to_grad(g, strength * torch.sign(g))
 
     @torch.no_grad()
+    def proximal_step(self, lr: float, strength: float, grad_scale: float = 1.0) -> None:
+        """Proximal SGD on the gates, then their gradients are cleared.
+
+        ``g <- soft_threshold(g - lr * grad / grad_scale, lr * strength)`` for every gate.
+        Call after ``loss.backward()`` and before the model optimizer's step: with the
+        gradients set to ``None`` that optimizer skips the gates (torch optimizers skip
+        parameters without a gradient), so only this plain-SGD step moves them.
+        """
+        for g in self.parameters():
+            if g.grad is not None:
+                g.sub_(g.grad, alpha=lr / grad_scale)
+            g.copy_(soft_threshold(g, lr * strength))
+            g.grad = None
+
+    def mean_abs_grad(self) -> float:
+        """Mean ``|dL/dg|`` over every gate entry that has a gradient (0 when none has)."""
+        grads = [p.grad.detach().abs().flatten() for p in self.parameters() if p.grad is not None]
+        return float(torch.cat(grads).mean()) if grads else 0.0
+
+    @torch.no_grad()
     def fold(self) -> None:
-        """``W <- W * g`` for every gated layer (new tensors), then set every gate to 1."""
+        """Fold every gate into its layer's weights (new tensors), then set the gates to 1."""
         for lin in self.layers:
             g = getattr(lin, GATE_NAME, None)
             if g is None:
                 continue
             lin.weight = nn.Parameter(lin.weight.detach() * g.detach()[None, :], requires_grad=lin.weight.requires_grad)
             setattr(lin, GATE_NAME, nn.Parameter(torch.ones_like(g), requires_grad=g.requires_grad))
+        for lin in self.out_layers:
+            g = getattr(lin, OUT_GATE_NAME, None)
+            if g is None:
+                continue
+            lin.weight = nn.Parameter(lin.weight.detach() * g.detach()[:, None], requires_grad=lin.weight.requires_grad)
+            if lin.bias is not None:
+                lin.bias = nn.Parameter(lin.bias.detach() * g.detach(), requires_grad=lin.bias.requires_grad)
+            setattr(lin, OUT_GATE_NAME, nn.Parameter(torch.ones_like(g), requires_grad=g.requires_grad))
 
     def remove(self, fold: bool = True) -> None:
         """Detach the gates (folding them into the weights first unless ``fold=False``)."""
         if fold:
             self.fold()
-        self._handles.clear()
-        for lin in self.layers:  # by type, not by handle: robust to snapshot rollbacks
-            for key in [k for k, hook in lin._forward_pre_hooks.items() if isinstance(hook, _GateHook)]:
-                del lin._forward_pre_hooks[key]
-            if GATE_NAME in lin._parameters:
-                del lin._parameters[GATE_NAME]
+        for lin, name in self._gated():  # by type, not by handle: robust to snapshot rollbacks
+            for hooks, kind in ((lin._forward_pre_hooks, _GateHook), (lin._forward_hooks, _OutGateHook)):
+                for key in [k for k, hook in hooks.items() if isinstance(hook, kind)]:
+                    del hooks[key]
+            if name in lin._parameters:
+                del lin._parameters[name]

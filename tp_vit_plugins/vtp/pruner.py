@@ -1,14 +1,34 @@
 """VTP: Vision Transformer Pruning by learnable dimension gates (Zhu, Tang, Han, arXiv 2104.08500).
 
-Pipeline: insert gates (init 1) on the inputs of every block's ``qkv``, ``proj``, ``fc1``,
-``fc2``; train with ``loss + reg * sum |g|``; prune the dimensions whose gates are small
-(MLP hidden dims, head dims, embedding dims — tp removes coupled channels); fold the
-surviving gate values into the weights; fine-tune.
+Pipeline (the paper's): insert gates (init 1) on the dimensions of every block; train with
+``loss + reg * sum |g|``; prune the dimensions whose gates are small (MLP hidden dims, head
+dims, embedding dims — tp removes coupled channels); fold the surviving gate values into the
+weights; fine-tune.
 
-The L1 term is applied as a **subgradient**: :meth:`VTPPruner.regularize` adds
-``reg * sign(g)`` to every gate's gradient after ``loss.backward()`` (so it works with any
-optimizer; with plain SGD at learning rate ``lr`` a gate moves by ``-lr * reg * sign(g)``
-per step from the regulariser).
+What follows the paper: gates on every block's dimensions, the L1 penalty on them, pruning
+by gate magnitude with a threshold (``threshold=``), folding, fine-tuning. This library's
+choices (the paper's text is not available here; these are reconstructions):
+
+* **Where the gates sit.** Input gates on ``qkv`` and ``fc1`` (embedding dims), on ``fc2``
+  (MLP hidden dims), and head dims gated where they are removed: output gates on ``qkv``
+  (``"qkv_out"``: q, k and v of each head dim, which tp removes together) or, as in the first
+  versions of this library, the ``proj`` input gate (``"proj"``: the v side only).
+* **How the L1 term is applied.** A proximal step (:meth:`GateSet.proximal_step`): the gates
+  take their own plain-SGD step at ``gate_lr`` and a soft threshold ``gate_lr * reg``, outside
+  the model's optimizer, so gates reach exactly 0 whatever that optimizer is.
+* **Units.** Gate gradients of a mean loss are tiny and model-dependent (median ``|dL/dg|``
+  1e-5 to 3e-4 on the zoo), so the gradient is divided by a running mean of ``|dL/dg|``
+  over all gates (an EMA, one scalar): ``reg`` is then dimensionless — a gate whose mean
+  gradient stays below ``reg`` times the average gate's is driven to 0 — and the same value
+  transfers between models and datasets. ``gate_lr`` is per step; give ``sparse_steps``
+  (the number of sparse-training steps) and it is set from ``shrink``, the distance the L1
+  term alone moves a gate over the run (``gate_lr = shrink / (reg * sparse_steps)``), so
+  a short run on a small dataset and a long one shrink gates alike.
+* **Ratio as well as threshold.** ``pruning_ratio`` (default) ranks by ``|g|`` globally across
+  MLP, head and embedding dims (heterogeneous widths); ``threshold`` removes every dimension
+  whose score is at most the threshold (``0.0``: exactly the gates the L1 step zeroed).
+* Residual-stream dims are scored by the mean of the ``qkv`` / ``fc1`` input gates of all
+  blocks (see :mod:`.importance`).
 """
 
 from __future__ import annotations
@@ -25,17 +45,33 @@ from ..core.pruner import ViTPruner
 from .gates import GateSet
 from .importance import GateImportance
 
-__all__ = ["VTPPruner", "GATED_LAYERS"]
+__all__ = ["VTPPruner", "GATED_LAYERS", "HEAD_DIM_GATES", "default_gated_layers"]
 
-#: Linear layers of a block that can carry gates.
-GATED_LAYERS = ("qkv", "proj", "fc1", "fc2")
+#: Gate positions of a block: input gates of ``qkv``, ``proj``, ``fc1``, ``fc2`` and the
+#: output gate of ``qkv`` (``"qkv_out"``: q, k, v of every head dim).
+GATED_LAYERS = ("qkv", "proj", "fc1", "fc2", "qkv_out")
+#: Gate positions per prunable structure (the default: gate exactly what may be pruned).
+GATES_FOR = {"mlp": ("fc2",), "embed": ("qkv", "fc1")}
+#: Head-dim gate choices: ``"qkv_out"`` (q, k, v of each dim) or ``"proj"`` (the v side).
+HEAD_DIM_GATES = ("qkv_out", "proj")
 
 
-def _block_linears(model: nn.Module, names: Sequence[str]) -> list[nn.Linear]:
-    layers = []
+def default_gated_layers(prune_mlp: bool, prune_head_dims: bool, prune_embed_dim: bool, head_dim_gate: str) -> tuple:
+    """The gate positions that score the enabled structures, and no others."""
+    names = [*(GATES_FOR["mlp"] if prune_mlp else ()), *(GATES_FOR["embed"] if prune_embed_dim else ())]
+    if prune_head_dims:
+        names.append(head_dim_gate)
+    return tuple(names)
+
+
+def _block_linears(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Linear], list[nn.Linear]]:
+    """``(input-gated layers, output-gated layers)`` of every block."""
+    ins, outs = [], []
     for b in block_layers(model):
-        layers.extend(getattr(b, n) for n in names if isinstance(getattr(b, n), nn.Linear))
-    return layers
+        ins.extend(getattr(b, n) for n in names if n != "qkv_out" and isinstance(getattr(b, n), nn.Linear))
+        if "qkv_out" in names and isinstance(b.qkv, nn.Linear):
+            outs.append(b.qkv)
+    return ins, outs
 
 
 class VTPPruner(ViTPruner):
@@ -43,25 +79,39 @@ class VTPPruner(ViTPruner):
 
     Example::
 
-        pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4, reg=1e-4)
-        train(model, loader, epochs, step_hook=pruner.regularize)   # gates are model parameters
+        pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4)
+        train(model, loader, epochs, step_hook=pruner.regularize)   # proximal L1 step on the gates
+        print(pruner.gate_zero_share())   # share of gates the L1 step drove to exactly 0
         pruner.step()        # score by |gate|, fold gates, prune, sync attention
         train(model, loader, finetune_epochs)
 
     Args:
         model: A timm ViT-family model (gates are attached at construction).
         example_inputs: Input for tp's graph tracing.
-        pruning_ratio: Share of dimensions to remove, in ``[0, 1)``.
-        reg: L1 strength ``lambda``.
+        pruning_ratio: Share of dimensions to remove, in ``[0, 1)`` (ignored with ``threshold``).
+        reg: L1 strength, relative to the running mean gate gradient (see module docs).
+        gate_lr: Learning rate of the gates' own proximal SGD step (see :mod:`.gates`); one
+            step shrinks a gate by ``gate_lr * reg`` besides the (normalised) loss gradient.
+            Default: from ``sparse_steps``, else 0.01.
+        sparse_steps: Optimizer steps of the planned sparse training (sets ``gate_lr``).
+        threshold: Prune every dimension whose gate score is ``<= threshold`` (the paper's
+            rule; ``0.0`` = the gates sparse training zeroed) instead of a fixed ratio.
+            Needs ``global_pruning=True``.
         importance: Defaults to :class:`~tp_vit_plugins.GateImportance`.
         global_pruning: One threshold across all layers and structure types (heterogeneous)
             instead of per-layer thresholds.
         prune_mlp, prune_head_dims, prune_embed_dim: Which dimensions may go.
-        gated_layers: Which block linears carry gates (subset of :data:`GATED_LAYERS`).
+        shrink: With ``sparse_steps``: how far the L1 term alone moves a gate over the whole
+            sparse training (``gate_lr * reg * sparse_steps``); 1.0 lets it drive a gate
+            without any loss gradient from 1 to exactly 0 by the last step.
+        head_dim_gate: Where head dims are gated, one of :data:`HEAD_DIM_GATES`.
+        gated_layers: Explicit gate positions (subset of :data:`GATED_LAYERS`); default: the
+            positions that score the enabled structures (:func:`default_gated_layers`).
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
 
     Raises:
-        ValueError: Bad ratio, negative ``reg`` or unknown gated layer names.
+        ValueError: Bad ratio, negative ``reg`` / ``gate_lr`` / ``threshold``, ``threshold``
+            without global pruning, or unknown gate positions.
         TypeError: The model is not a timm ViT.
     """
 
@@ -70,17 +120,32 @@ class VTPPruner(ViTPruner):
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence,
         pruning_ratio: float = 0.4,
-        reg: float = 1e-4,
+        reg: float = 1.0,
+        gate_lr: float | None = None,
+        sparse_steps: int | None = None,
+        threshold: float | None = None,
         importance: tp.importance.Importance | None = None,
         global_pruning: bool = True,
         prune_mlp: bool = True,
         prune_head_dims: bool = True,
         prune_embed_dim: bool = True,
-        gated_layers: Sequence[str] = GATED_LAYERS,
+        shrink: float = 1.0,
+        head_dim_gate: str = "qkv_out",
+        gated_layers: Sequence[str] | None = None,
         **kwargs: typing.Any,
     ) -> None:
-        if reg < 0:
-            raise ValueError(f"reg must be >= 0, got {reg}")
+        if reg < 0 or (gate_lr is not None and gate_lr < 0):
+            raise ValueError(f"reg and gate_lr must be >= 0, got reg={reg}, gate_lr={gate_lr}")
+        if sparse_steps is not None and (not isinstance(sparse_steps, int) or sparse_steps < 1):
+            raise ValueError(f"sparse_steps must be a positive int, got {sparse_steps!r}")
+        if threshold is not None and (threshold < 0 or not global_pruning):
+            raise ValueError(f"threshold={threshold} needs threshold >= 0 and global_pruning=True (one threshold across layers)")
+        if head_dim_gate not in HEAD_DIM_GATES:
+            raise ValueError(f"head_dim_gate must be one of {HEAD_DIM_GATES}, got {head_dim_gate!r}")
+        if shrink <= 0:
+            raise ValueError(f"shrink must be > 0, got {shrink}")
+        if gated_layers is None:
+            gated_layers = default_gated_layers(prune_mlp, prune_head_dims, prune_embed_dim, head_dim_gate)
         bad = set(gated_layers) - set(GATED_LAYERS)
         if bad or not gated_layers:
             raise ValueError(f"gated_layers must be a non-empty subset of {GATED_LAYERS}, got {list(gated_layers)}")
@@ -95,27 +160,81 @@ class VTPPruner(ViTPruner):
             prune_embed_dim=prune_embed_dim,
             **kwargs,
         )
-        self.reg = float(reg)
-        self.gates = GateSet(_block_linears(model, gated_layers))  # after tracing: tp never sees the gates
+        if gate_lr is None:
+            gate_lr = shrink / (max(reg, 1e-12) * sparse_steps) if sparse_steps else 1e-2
+        self.reg, self.gate_lr, self.threshold = float(reg), float(gate_lr), threshold
+        self.sparse_steps, self.steps_done = sparse_steps, 0
+        self.grad_ema_decay = 0.9
+        self._grad_ema = self._grad_ema_weight = 0.0
+        ins, outs = _block_linears(model, gated_layers)
+        self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
+        #: Every gate value at the moment they were folded (``None`` before): for reports and histograms.
+        self.trained_gates: torch.Tensor | None = None
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The gate vectors (already in ``model.parameters()`` while attached)."""
         return self.gates.parameters()
 
     def regularize(self, model: nn.Module | None = None, loss: torch.Tensor | None = None) -> None:
-        """Add the L1 subgradient ``reg * sign(g)`` to every gate gradient (after ``backward``)."""
-        self.gates.l1_subgradient(self.reg)
+        """The proximal L1 step on the gates (``step_hook``: after ``backward``, before the optimizer step).
+
+        Gates move by ``-gate_lr * dL/dg / s`` (``s``: bias-corrected EMA of the mean
+        ``|dL/dg|``), then are soft-thresholded by ``gate_lr * reg``; their gradients are
+        cleared so the model's optimizer leaves them alone.
+        """
+        current = self.gates.mean_abs_grad()
+        if current > 0:
+            d = self.grad_ema_decay
+            self._grad_ema = d * self._grad_ema + (1 - d) * current
+            self._grad_ema_weight = d * self._grad_ema_weight + (1 - d)
+        scale = self._grad_ema / self._grad_ema_weight if self._grad_ema_weight > 0 else 1.0
+        self.gates.proximal_step(self.gate_lr, self.reg, grad_scale=scale)
+        self.steps_done += 1
+
+    def _gate_values(self) -> torch.Tensor:
+        if self.gates.active:
+            return self.gates.flat()
+        return self.trained_gates if self.trained_gates is not None else torch.zeros(0)
 
     def gate_sparsity(self, threshold: float = 1e-2) -> float:
-        """Share of gate entries with ``|g| < threshold``."""
-        values = [g.detach().abs().flatten() for g in self.gates.parameters()]
-        if not values:
-            return 0.0
-        flat = torch.cat(values)
-        return float((flat < threshold).float().mean())
+        """Share of gate entries with ``|g| < threshold`` (live gates, or the values at folding)."""
+        flat = self._gate_values()
+        return float((flat.abs() < threshold).float().mean()) if flat.numel() else 0.0
+
+    def gate_zero_share(self) -> float:
+        """Share of gate entries that are exactly 0 (live gates, or the values at folding)."""
+        flat = self._gate_values()
+        return float((flat == 0).float().mean()) if flat.numel() else 0.0
+
+    def save_gate_histogram(self, path: str, bins: int = 50) -> str:
+        """Write a histogram of the gate values (PNG; needs ``matplotlib``) and return ``path``.
+
+        Raises:
+            ImportError: matplotlib is not installed (``pip install tp-vit-plugins[plot]``).
+        """
+        try:
+            import matplotlib
+        except ImportError as e:
+            raise ImportError("the gate histogram needs matplotlib: pip install 'tp-vit-plugins[plot]'") from e
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        flat = self._gate_values().float()
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.hist(flat.numpy(), bins=bins, color="#4c72b0")
+        ax.set_xlabel("gate value")
+        ax.set_ylabel("gates")
+        ax.set_yscale("log")
+        ax.set_title(f"VTP gates: {100 * self.gate_zero_share():.1f}% exactly 0 of {flat.numel()}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
 
     def remove_gates(self, fold: bool = True) -> None:
         """Fold (by default) and detach the gates without pruning."""
+        if self.gates.active:
+            self.trained_gates = self.gates.flat()
         self.gates.remove(fold=fold)
 
     def fold_gates(self) -> None:
@@ -126,9 +245,46 @@ class VTPPruner(ViTPruner):
         """
         if self.gates.active:
             if isinstance(self.importance, GateImportance):
-                self.importance.set_gates(self.gates.values())
-            self.gates.remove(fold=True)  # exact: W <- W * g, before tp changes any shape
+                self.importance.set_gates(self.gates.values(), self.gates.out_values())
+            self.remove_gates(fold=True)  # exact: W <- W * g, before tp changes any shape
+
+    def width_scores(self) -> torch.Tensor:
+        """Every width score tp's global ranking compares, concatenated (1-D).
+
+        MLP hidden dims and embedding dims one score each; head dims one score per in-head
+        index, averaged over the heads (tp removes the same dims in every head). Disabled
+        structures are left out.
+        """
+        proj_of = {a.qkv: a.proj for _, a in self._attentions}
+        scores = []
+        for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types):
+            kind = self.group_kind(group)
+            if not self._enabled_kinds[kind]:
+                continue
+            if kind == "attention":
+                qkv = self._is_atten_group(group)[1][0]
+                dims = qkv.out_features // 3
+                group = self.DG.get_pruning_group(proj_of[qkv], tp.prune_linear_in_channels, list(range(dims)))
+                imp = self.importance(group)
+                if imp is not None:
+                    scores.append(imp.float().view(self.num_heads[qkv], -1).mean(0))
+                continue
+            imp = self.importance(group)
+            if imp is not None:
+                scores.append(imp.float())
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+    def ratio_for_threshold(self, threshold: float) -> float:
+        """The global width ratio that removes exactly the dims whose score is ``<= threshold``."""
+        scores = self.width_scores()
+        k = int((scores <= threshold).sum())
+        return 0.0 if k == 0 else min((k - 0.5) / scores.numel(), 0.99)  # tp keeps int(n * (1 - r)) = n - k
 
     def _prune(self) -> Generator[tp.Group, None, None]:
         self.fold_gates()
+        if self.threshold is not None and self.current_step <= self.iterative_steps:
+            ratio = self.ratio_for_threshold(self.threshold)
+            self.pruning_ratio = ratio
+            self.per_step_pruning_ratio = self.iterative_pruning_ratio_scheduler(ratio, self.iterative_steps)
+            self._width_active = ratio > 0
         yield from super()._prune()
