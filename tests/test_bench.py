@@ -24,7 +24,7 @@ def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
         "--seeds",
         "1",
         "--finetune-epochs",
-        "0",
+        "1",
         "--calib-batches",
         "2",
         "--latency-batch-sizes",
@@ -40,8 +40,11 @@ def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
         "target",
         "achieved MACs",
         "params",
-        "one-shot acc %",
-        "fine-tuned acc %",
+        "sparse ep",
+        "fine-tune ep",
+        "acc at prune %",
+        "final acc %",
+        "VTP gates = 0 %",
         "ms @bs1",
         "speed-up @bs1",
         "speed-up ÷ MACs ratio @bs1",
@@ -49,9 +52,13 @@ def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
         assert col in table
     data = json.loads((out / "results.json").read_text())
     rows = data["rows"]
-    assert [r["method"] for r in rows] == ["l2", "gohsp", "vtp", "cpvit", "gohsp+cpvit"]
+    assert [r["method"] for r in rows] == ["dense+E", "l2", "gohsp", "vtp", "cpvit", "gohsp+cpvit"]
+    control, rows = rows[0], rows[1:]
+    assert control["macs_kept"] == 1.0 and control["finetune_epochs"] == 1
     for r in rows:
+        assert r["sparse_epochs"] + r["finetune_epochs"] == 1, r  # equal epochs for every method
+        assert (r["gate_zero_share"] is not None) == (r["method"] == "vtp")
         assert abs(r["macs_kept"] - 0.7) / 0.7 <= 0.02, r  # every method hits the budget within 2 %
         assert set(r) >= {"params", "oneshot_acc", "final_acc", "latency", "speedup", "heads", "mlp"}
-    for png in ("accuracy_vs_macs.png", "structure.png"):
+    for png in ("accuracy_vs_macs.png", "structure.png", "vtp_gates_0.70_s0.png"):
         assert (out / png).stat().st_size > 1000

@@ -68,11 +68,24 @@ def test_prune_cpvit_embedded(cache):
 
 @pytest.mark.slow
 def test_prune_vtp_embedded(cache):
+    pytest.importorskip("matplotlib")
     argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--width-ratio", "0.3"]
-    r = prune(*argv, "--head-ratio", "0", "--finetune-epochs", "1", "--no-latency")
-    assert any(n.startswith("gates below 0.01 after sparse training") for n in r.notes)
+    png = cache / "gates.png"
+    r = prune(*argv, "--head-ratio", "0", "--finetune-epochs", "1", "--no-latency", "--gate-histogram", str(png))
+    assert any(n.startswith("VTP gates after") and "exactly 0" in n for n in r.notes)
+    assert r.gate_zero_share is not None and 0.0 <= r.gate_zero_share <= 1.0
+    assert png.stat().st_size > 1000
     assert r.one_shot_accuracy is not None and r.finetune_epochs == 1
     assert r.dense.params / r.pruned.params > 1.2  # parameters removed
+
+
+@pytest.mark.slow
+def test_prune_vtp_by_gate_threshold(cache):
+    """The paper's rule: everything whose gate the L1 step zeroed goes, no ratio needed."""
+    argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--head-ratio", "0"]
+    r = prune(*argv, "--gate-threshold", "0", "--shrink", "3", "--finetune-epochs", "0", "--no-latency")
+    assert r.gate_zero_share > 0.05  # a strong L1 step zeroes gates ...
+    assert r.pruned.params < r.dense.params  # ... and exactly those dims are removed
 
 
 def test_prune_timm_name_without_data():
@@ -146,6 +159,11 @@ def test_prune_cpvit_to_a_macs_target(cache):
         (["prune", "--threads", "0"], "--threads"),
         (["bench", "--methods", "magic"], "--methods"),
         (["bench", "--targets", "1.5"], "--targets"),
+        (["bench", "--methods", "vtp", "--finetune-epochs", "0"], "--finetune-epochs >= 1"),
+        (["prune", "--method", "l2", "--gate-threshold", "0"], "--gate-threshold"),
+        (["prune", "--method", "vtp", "--gate-threshold", "0", "--target-macs", "0.5"], "drop --target-macs"),
+        (["prune", "--method", "vtp", "--shrink", "0"], "--shrink"),
+        (["prune", "--method", "cpvit", "--gate-histogram", "g.png"], "--gate-histogram"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, message, capsys):

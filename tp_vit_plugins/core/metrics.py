@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .adapter import eager_attention, is_timm_vit
 
-__all__ = ["count_macs", "count_params", "measure_latency"]
+__all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup"]
 
 
 def _eager(model: nn.Module) -> contextlib.AbstractContextManager:
@@ -153,4 +153,41 @@ def measure_latency(
                 out[int(b)] = timer.blocked_autorange(min_run_time=min_run_time).median
     finally:
         model.train(was_training)
+    return out
+
+
+def alternated_speedup(
+    dense: nn.Module, reduced: nn.Module, example_input: torch.Tensor, batch_sizes: Sequence[int] = (1, 64), rounds: int = 3,
+    min_run_time: float = 0.05,
+) -> dict[int, tuple[float, float, float]]:  # fmt: skip
+    """Dense and reduced latency timed one after the other in every round (machine drift cancels).
+
+    Args:
+        dense: The reference model.
+        reduced: The pruned / token-reduced model.
+        example_input: One input (see :func:`measure_latency`).
+        batch_sizes: Batch sizes to time.
+        rounds: Alternating rounds; the medians over rounds are returned.
+        min_run_time: CPU seconds per measurement.
+
+    Returns:
+        ``{batch_size: (dense_seconds, reduced_seconds, speed_up)}`` where ``speed_up`` is
+        the median over rounds of the per-round ratio ``dense / reduced``.
+
+    Raises:
+        ValueError: ``rounds`` below 1 (and whatever :func:`measure_latency` refuses).
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    out = {}
+    for bs in batch_sizes:
+        d_times, r_times, ratios = [], [], []
+        for i in range(rounds):
+            warm = 2 if i == 0 else 0
+            d = measure_latency(dense, example_input, (bs,), min_run_time=min_run_time, warmup=warm)[bs]
+            r = measure_latency(reduced, example_input, (bs,), min_run_time=min_run_time, warmup=warm)[bs]
+            d_times.append(d)
+            r_times.append(r)
+            ratios.append(d / r)
+        out[bs] = (statistics.median(d_times), statistics.median(r_times), statistics.median(ratios))
     return out

@@ -12,11 +12,20 @@ MACs ratio. Every method is a recipe of :mod:`.methods` (the same table ``tp-vit
 * ``gohsp`` — heads ranked by :class:`~tp_vit_plugins.GraphHeadImportance` (normalised per
   block), widths and dims inside heads by L2 (the one-shot graph ranking; the ADMM stage is
   benchmarked in ``benchmarks/gohsp.py``);
-* ``vtp`` — gated L1 sparse training for half of the epoch budget (at least one epoch: untrained
-  gates are all 1 and rank nothing), |gate| ranking, the rest fine-tuning;
+* ``vtp`` — gated proximal-L1 sparse training for half of the epoch budget (at least one
+  epoch: untrained gates are all 1 and rank nothing), |gate| ranking, the rest fine-tuning;
+  the share of gates at exactly 0 is a column and ``vtp_gates_<target>_s<seed>.png`` a histogram;
 * ``cpvit`` — the CP-ViT cascade (``beta = 0``: exact MACs), fine-tuned with it active;
 * ``gohsp+cpvit`` — half of the MACs cut (in log scale) from GOHSP structure, the rest from
-  the cascade.
+  the cascade;
+* ``dense+E`` — the control: the dense model trained for the same epochs, no pruning.
+
+**Equal epochs.** Every method gets ``finetune_epochs`` epochs in total; a sparse phase
+(VTP) is part of them, so its "acc at prune" column is measured after those sparse epochs
+(the columns ``sparse ep`` / ``fine-tune ep`` say how the budget was spent). Latency: every
+pruned model is timed alternately with the dense one in the same run
+(:func:`~tp_vit_plugins.core.metrics.alternated_speedup`), so speed-ups are not skewed by
+machine drift since a one-off dense timing.
 
 Outputs in ``out_dir``: ``RESULTS.md``, ``results.json``, ``accuracy_vs_macs.png`` and
 ``structure.png`` (the PNGs need the optional ``matplotlib``).
@@ -39,16 +48,20 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..budget import clone_with_grads, fit_budget, vit_prune_fn
-from ..core.metrics import count_macs, count_params, measure_latency
+from ..core.metrics import alternated_speedup, count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
 from ..cpvit import remove_cascade
+from ..vtp import VTPPruner
 from .methods import MethodSettings, get_method
 from .names import BENCH_METHODS
 from .prune import Structure, load_args_workload, show_bars, usage_error
 
 _FIT = dict(tolerance=0.015, max_evaluations=12)  # within the 2 % the comparison promises
 
-__all__ = ["BENCH_METHODS", "BenchRow", "run_bench", "cmd_bench"]
+__all__ = ["BENCH_METHODS", "BenchRow", "run_bench", "cmd_bench", "DENSE_CONTROL"]
+
+#: The control row: the dense model trained for the same epochs as every method.
+DENSE_CONTROL = "dense+E"
 
 
 @dataclass
@@ -66,6 +79,9 @@ class BenchRow:
     speedup: dict
     heads: list
     mlp: list
+    sparse_epochs: int = 0
+    finetune_epochs: int = 0
+    gate_zero_share: float | None = None
 
 
 @dataclass
@@ -82,12 +98,11 @@ class _Setup:
     lr: float
     latency_batch_sizes: Sequence[int]
     dense_macs: int = 0
-    dense_latency: dict | None = None
+    out_dir: str | None = None
 
 
 def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
     """Prune a copy of the dense model with recipe ``name`` to ``target`` of its MACs, train, measure."""
-    recipe = get_method(name)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(1000 + seed)
     idx = torch.randperm(len(setup.train_set), generator=g)[: setup.calib_batches * setup.batch_size].tolist()
@@ -95,40 +110,52 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
     train_loader = DataLoader(
         setup.train_set, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    settings = MethodSettings(head_ratio=0.0, width_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
-    base, epochs = clone_with_grads(setup.model), setup.finetune_epochs
+    base, epochs, sparse, zero_share = clone_with_grads(setup.model), setup.finetune_epochs, 0, None
     pruned = base
-    if recipe.prunes_structure:
-        pruner = recipe.prepare(base, setup.example, calib, settings)
+    if name == DENSE_CONTROL:
+        recipe = None
+    else:
+        recipe = get_method(name)
+        settings = MethodSettings(head_ratio=0.0, width_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
+    if recipe is not None and recipe.prunes_structure:
         sparse = recipe.sparse_epochs(settings, 0, budget=setup.finetune_epochs)
+        settings.sparse_steps = max(1, sparse * len(train_loader)) if sparse else None
+        pruner = recipe.prepare(base, setup.example, calib, settings)
         if sparse:  # the sparse phase counts against the method's epoch budget
             step_hook, epoch_hook = recipe.hooks(pruner)
             hooks = dict(step_hook=step_hook, epoch_hook=epoch_hook)
             finetune(base, train_loader, epochs=sparse, lr=setup.lr, seed=seed, progress=False, **hooks)
             epochs = max(0, epochs - sparse)
         recipe.finish(pruner)
+        if isinstance(pruner, VTPPruner):
+            zero_share = pruner.gate_zero_share()
+            if setup.out_dir:
+                pruner.save_gate_histogram(os.path.join(setup.out_dir, f"vtp_gates_{target:.2f}_s{seed}.png"))
         # half of the MACs cut (in log scale) from structure when tokens take the other half
         struct_target = math.sqrt(target) if recipe.drops_tokens else target
         prune_fn = vit_prune_fn(pruner.importance, base, lambda r: r, lambda r: r, prune_head_dims=True)
         pruned = fit_budget(base, setup.example, struct_target, prune_fn=prune_fn, **_FIT).model
     pruned.zero_grad(set_to_none=True)
-    if recipe.drops_tokens:
+    if recipe is not None and recipe.drops_tokens:
         rest = min(1.0, target * setup.dense_macs / count_macs(pruned, setup.example))
         recipe.attach_tokens(pruned, tuple(setup.example.shape[1:]), settings, rest)
-    oneshot = evaluate(pruned, setup.test_loader, progress=False)
+    at_prune = evaluate(pruned, setup.test_loader, progress=False)
     if epochs:
         finetune(pruned, train_loader, epochs=epochs, lr=setup.lr, seed=seed, progress=False)
     pruned.eval()
     final = evaluate(pruned, setup.test_loader, progress=False)
     macs = count_macs(pruned, setup.example)
-    lat = measure_latency(pruned, setup.example, setup.latency_batch_sizes) if setup.latency_batch_sizes else {}
-    kept = Structure.of(pruned)
-    if recipe.drops_tokens:
-        remove_cascade(pruned)
-    speedup = {b: setup.dense_latency[b] / lat[b] for b in lat}
-    return BenchRow(
-        name, target, seed, macs / setup.dense_macs, count_params(pruned), oneshot, final, lat, speedup, kept.heads, kept.mlp
+    timing = (
+        alternated_speedup(setup.model, pruned, setup.example, setup.latency_batch_sizes) if setup.latency_batch_sizes else {}
     )
+    kept = Structure.of(pruned)
+    if recipe is not None and recipe.drops_tokens:
+        remove_cascade(pruned)
+    return BenchRow(
+        name, target, seed, macs / setup.dense_macs, count_params(pruned), at_prune, final,
+        {b: t[1] for b, t in timing.items()}, {b: t[2] for b, t in timing.items()}, kept.heads, kept.mlp,
+        sparse, epochs, zero_share,
+    )  # fmt: skip
 
 
 def run_bench(
@@ -180,11 +207,12 @@ def run_bench(
     model = model.eval()
     setup = _Setup(model, train_set, test_loader, example, finetune_epochs, calib_batches, batch_size, lr, latency_batch_sizes)
     setup.dense_macs = count_macs(model, example)
-    setup.dense_latency = measure_latency(model, example, latency_batch_sizes) if latency_batch_sizes else {}
+    setup.out_dir = out_dir
+    dense_latency = measure_latency(model, example, latency_batch_sizes) if latency_batch_sizes else {}
     dense_acc = evaluate(model, test_loader, progress=False)
-    runs = [(s, t, m) for s in seeds for t in targets for m in methods]
+    runs = [(s, 1.0, DENSE_CONTROL) for s in seeds] + [(s, t, m) for s in seeds for t in targets for m in methods]
     rows = [_bench_one(setup, m, t, s) for s, t, m in tqdm(runs, desc="bench", disable=not progress)]
-    _write(rows, out_dir, dense_acc, setup.dense_macs, count_params(model), setup.dense_latency)
+    _write(rows, out_dir, dense_acc, setup.dense_macs, count_params(model), dense_latency)
     return rows
 
 
@@ -206,12 +234,14 @@ def _write(rows: list[BenchRow], out_dir: str, dense_acc: float, dense_macs: int
             indent=1,
         )
     bss = sorted(dense_lat)
-    head = ["method", "target", "achieved MACs", "params", "one-shot acc %", "fine-tuned acc %"]
+    head = ["method", "target", "achieved MACs", "params", "sparse ep", "fine-tune ep", "acc at prune %", "final acc %"]
     head += [f"ms @bs{b}" for b in bss] + [f"speed-up @bs{b}" for b in bss] + [f"speed-up ÷ MACs ratio @bs{b}" for b in bss]
+    head.append("VTP gates = 0 %")
     lines = [
         f"Dense: accuracy {100 * dense_acc:.2f} %, {dense_macs / 1e6:.2f} M MACs, {dense_params / 1e3:.1f} K params"
         + "".join(f", {1e3 * dense_lat[b]:.2f} ms @bs{b}" for b in bss)
-        + ". Mean ± std over seeds.\n",
+        + ". Mean ± std over seeds. Every method trains for the same total epochs (sparse + fine-tune); "
+        "speed-ups time each model alternately with the dense one.\n",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
@@ -224,12 +254,16 @@ def _write(rows: list[BenchRow], out_dir: str, dense_acc: float, dense_macs: int
             f"{target:.2f}",
             _ms([r.macs_kept for r in rs]),
             _ms([r.params for r in rs], 1e-3, "{:.1f}") + " K",
+            str(rs[0].sparse_epochs),
+            str(rs[0].finetune_epochs),
             _ms([r.oneshot_acc for r in rs], 100),
             _ms([r.final_acc for r in rs], 100),
         ]
         cells += [_ms([r.latency[b] for r in rs], 1e3) for b in bss]
         cells += [_ms([r.speedup[b] for r in rs]) for b in bss]
         cells += [_ms([r.speedup[b] * r.macs_kept for r in rs]) for b in bss]
+        zeros = [r.gate_zero_share for r in rs if r.gate_zero_share is not None]
+        cells.append(_ms(zeros, 100, "{:.1f}") if zeros else "")
         lines.append("| " + " | ".join(cells) + " |")
     with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
         f.write("# tp-vit bench\n\n" + "\n".join(lines) + "\n")

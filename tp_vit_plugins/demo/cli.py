@@ -83,7 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
     p.add_argument("--schedule-power", type=float, default=1.0, help="cpvit: keep-schedule ramp exponent (<1 drops early)")
     p.add_argument("--sparse-epochs", type=_non_negative_int, default=3, help="vtp: epochs of gated L1 sparse training")
-    p.add_argument("--reg", type=float, default=1e-4, help="vtp: L1 strength on the gates")
+    p.add_argument("--reg", type=float, default=0.5, help="vtp: L1 strength, relative to the mean gate gradient")
+    p.add_argument("--shrink", type=float, default=1.0, help="vtp: how far the L1 step alone moves a gate over sparse training")
+    p.add_argument("--head-dim-gate", default="proj", choices=["proj", "qkv_out"], help="vtp: where head dims are gated")
+    p.add_argument(
+        "--gate-threshold",
+        type=float,
+        default=None,
+        help="vtp: prune every dim whose gate is <= this (0 = the zeroed gates) instead of --width-ratio",
+    )
+    p.add_argument("--gate-histogram", default=None, help="vtp: write a PNG histogram of the trained gates here")
     p.add_argument(
         "--admm-epochs", type=_non_negative_int, default=0, help="gohsp: ADMM epochs (>0: GOHSPPruner to --target-params)"
     )
@@ -203,13 +212,24 @@ def validate_prune(args: argparse.Namespace) -> None:
             raise ValueError("--method cpvit takes --target-macs (the cascade's MACs are exact); use --keep otherwise")
         if metric == "latency" and not args.latency:
             raise ValueError("--target-latency measures latency: drop --no-latency")
+    if args.reg < 0 or args.shrink <= 0:
+        raise ValueError(f"--reg must be >= 0 and --shrink > 0, got {args.reg} and {args.shrink}")
+    if args.gate_threshold is not None:
+        if args.method != "vtp" or args.gate_threshold < 0:
+            raise ValueError("--gate-threshold is VTP's selection rule: use it with --method vtp and a value >= 0")
+        if budget is not None:
+            raise ValueError("--gate-threshold decides how much goes; drop --target-macs/--target-latency (or the threshold)")
+    if args.gate_histogram and args.method != "vtp":
+        raise ValueError("--gate-histogram plots VTP gates: use it with --method vtp")
     needs_data = args.method in ("taylor", "gohsp", "vtp") or args.finetune_epochs > 0
     if args.model and not args.data_path and needs_data:
         raise ValueError(
             f"--method {args.method} / fine-tuning need calibration data: add --data-path "
             "(or use l1/l2/random with --finetune-epochs 0)"
         )
-    for path, flag in ((args.out, "--out"), (os.path.dirname(args.json_path or "") or None, "--json")):
+    dirs = [(args.out, "--out"), (os.path.dirname(args.json_path or "") or None, "--json")]
+    dirs.append((os.path.dirname(args.gate_histogram or "") or None, "--gate-histogram"))
+    for path, flag in dirs:
         if path:
             check_writable_dir(path, flag)
 
@@ -224,6 +244,8 @@ def validate_bench(args: argparse.Namespace) -> None:
     methods = [m for m in args.methods.split(",") if m]
     if not methods or set(methods) - set(BENCH_METHODS):
         raise ValueError(f"--methods must be a comma list from {','.join(BENCH_METHODS)}, got {args.methods!r}")
+    if "vtp" in methods and args.finetune_epochs == 0 and not args.zoo:
+        raise ValueError("vtp trains its gates within the epoch budget: give --finetune-epochs >= 1 (or drop vtp)")
     for t in args.targets:
         _check_ratio("--targets", t, low_open=True)
     if args.model and not args.data_path:

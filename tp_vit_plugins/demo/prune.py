@@ -22,6 +22,7 @@ from ..core.adapter import block_layers, head_layout
 from ..core.io import save_pruned
 from ..core.metrics import count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
+from ..vtp import VTPPruner
 from .cli import budget_of
 from .methods import MethodSettings, get_method
 from .workload import Workload, load_workload
@@ -110,6 +111,7 @@ class PruneResult:
         budget: The :class:`~tp_vit_plugins.BudgetResult` of a ``--target-*`` run.
         token_schedule: Patch tokens per block of a CP-ViT cascade.
         saved_to: Where the pruned model was saved.
+        gate_zero_share: VTP: share of gates exactly 0 after sparse training.
     """
 
     model_name: str
@@ -124,6 +126,7 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
     budget: BudgetResult | None = None
     token_schedule: list[int] | None = None
+    gate_zero_share: float | None = None
     saved_to: str | None = None
 
     @property
@@ -172,6 +175,9 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         admm=args.admm_epochs > 0,
         target_params=args.target_params,
         reg=args.reg,
+        shrink=args.shrink,
+        head_dim_gate=args.head_dim_gate,
+        gate_threshold=args.gate_threshold,
         keep=args.keep,
         head_keep=args.head_keep,
         start_block=args.start_block,
@@ -213,15 +219,20 @@ def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, impo
 def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> nn.Module:
     """Prepare, sparse-train and prune ``model`` with the method's recipe; returns the pruned model."""
     recipe, s = get_method(args.method), _settings(args)
-    pruner = recipe.prepare(model, w.example, w.train_loader, s)
     epochs = recipe.sparse_epochs(s, args.admm_epochs if args.method == "gohsp" else args.sparse_epochs)
+    s.sparse_steps = max(1, epochs * len(w.train_loader)) if epochs else None
+    pruner = recipe.prepare(model, w.example, w.train_loader, s)
     if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         step_hook, epoch_hook = recipe.hooks(pruner)
         phase(args, f"{args.method} sparse training for {epochs} epochs")
         _train(args, model, w, epochs, f"{args.method} sparse training", step_hook=step_hook, epoch_hook=epoch_hook)
+    if getattr(args, "gate_histogram", None) and isinstance(pruner, VTPPruner):
+        result.notes.append(f"gate histogram: {pruner.save_gate_histogram(args.gate_histogram)}")
     line = recipe.finish(pruner)
     if line:
         result.notes.append(line)
+    if isinstance(pruner, VTPPruner):
+        result.gate_zero_share = pruner.gate_zero_share()
     if budget_of(args) is not None:
         model = _fit_structure(args, model, w, pruner.importance, result)
     else:

@@ -46,7 +46,7 @@ from ..budget import clone_with_grads, fit_budget, remap_state, vit_prune_fn
 from ..core.adapter import heads_per_block, vit_pruning_kwargs
 from ..core.calibration import accumulate_gradients, iter_batches
 from ..core.criteria import tp_importance
-from ..core.metrics import count_macs, count_params, measure_latency
+from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
@@ -335,17 +335,6 @@ def protocol_tokens(member: ZooModel, model: nn.Module, split, s: ZooSettings, t
     return rows
 
 
-def _alternated_ratio(dense: nn.Module, reduced: nn.Module, example: torch.Tensor, bs: int, rounds: int) -> float:
-    """Median over rounds of dense / reduced latency, the two timed one after the other in every round."""
-    ratios = []
-    for i in range(rounds):
-        warm = 2 if i == 0 else 0
-        t_dense = measure_latency(dense, example, (bs,), min_run_time=0.05, warmup=warm)[bs]
-        t_red = measure_latency(reduced, example, (bs,), min_run_time=0.05, warmup=warm)[bs]
-        ratios.append(t_dense / t_red)
-    return statistics.median(ratios)
-
-
 def protocol_latency(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
     rows = []
     example = split.x_test[:1]
@@ -373,7 +362,7 @@ def protocol_latency(member: ZooModel, model: nn.Module, split, s: ZooSettings, 
         reduced, cleanup = make()
         macs_ratio = dense_macs / count_macs(reduced, example)
         for bs in s.latency_batch_sizes:
-            speedup = _alternated_ratio(model, reduced, example, bs, s.latency_rounds)
+            speedup = alternated_speedup(model, reduced, example, (bs,), s.latency_rounds)[bs][2]
             extra = {"batch_size": bs, "speedup": speedup, "macs_ratio": macs_ratio}
             rows.append(
                 Record("latency", f"bs {bs}, 60% MACs", member.name, name, 0, float("nan"), speedup / macs_ratio, [], extra)
