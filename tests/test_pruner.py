@@ -253,3 +253,42 @@ def test_tp_importance_crash_on_qk_norm_is_avoided(x):
     bare_group = bare.get_pruning_group(bare_attn.proj, tp.prune_linear_in_channels, list(range(48)))
     with pytest.raises(IndexError):  # the upstream behaviour this adapter works around
         tp.importance.GroupMagnitudeImportance(p=2)(bare_group)
+
+
+def _calibrated(kind: str, model, x):
+    if kind == "graph":
+        return tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
+    return tpv.CumulativeHeadImportance().calibrate(model, [x])
+
+
+@pytest.mark.parametrize("kind", ["graph", "cumulative"])
+def test_stock_tp_iterative_pruning_cannot_misalign_head_scores(kind, x):
+    """Step 2 of a stock tp pruner would apply 6-head scores to 4 heads: it raises, model untouched."""
+    model = make_model(num_heads=6)
+    imp = _calibrated(kind, model, x)
+    pruner = tp.pruner.BasePruner(model, x[:1], importance=imp, pruning_ratio=0.3, head_pruning_ratio=0.5,
+                                  prune_num_heads=True, iterative_steps=2, **tpv.vit_pruning_kwargs(model))  # fmt: skip
+    pruner.step()
+    assert list(pruner.num_heads.values()) == [4, 4]
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="did not say which heads went"):
+        pruner.step()
+    assert state_equal(before, model.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["graph", "cumulative"])
+def test_vit_pruner_keeps_head_scores_aligned_over_iterative_steps(kind, x):
+    model = make_model(num_heads=6)
+    imp = _calibrated(kind, model, x)
+    raw = {q: v.clone() for q, v in imp.raw_head_scores.items()}
+    pruner = tpv.ViTPruner(model, x[:1], imp, pruning_ratio=0.3, head_pruning_ratio=0.5, prune_head_dims=True,
+                           iterative_steps=2)  # fmt: skip
+    pruner.step()
+    pruner.step()
+    assert pruner.heads_per_layer() == [3, 3]
+    for q, v in imp.raw_head_scores.items():
+        assert len(v) == 3 and imp.layout[q] == q.out_features
+        kept = sorted(raw[q].tolist())[-3:]  # per block the 3 best calibrated heads survive
+        assert sorted(v.tolist()) == pytest.approx(kept)
+    with torch.no_grad():
+        model(x)

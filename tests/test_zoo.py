@@ -112,3 +112,11 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
     assert all(r["kept"] <= 0.6 + 1e-3 for r in pipeline), [(r["method"], r["kept"]) for r in pipeline]
     assert "mean rank" in (tmp_path / "out" / "ZOO.md").read_text()
     assert (tmp_path / "out" / "zoo_ranks.png").stat().st_size > 1000
+
+
+def test_pipeline_method_names_match_the_protocol():
+    from tp_vit_plugins.demo.names import ZOO_PIPELINE_METHODS
+
+    runnable = {"dense+E", "l2", "taylor", "group_norm", "gohsp", *zoo_bench.VTP_VARIANTS}
+    assert set(ZOO_PIPELINE_METHODS) == runnable
+    assert set(zoo_bench.PIPELINE_METHODS) <= runnable and zoo_bench.VTP_VARIANTS["vtp"] == {}  # vtp = the library default

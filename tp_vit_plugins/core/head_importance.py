@@ -14,6 +14,14 @@
 
 Head scores are normalised to mean 1 (over all heads, or per block), the same scale as tp's
 mean-normalised base criterion, so a global ranking across structure types is meaningful.
+
+**Alignment.** Scores belong to the heads that existed at calibration. The importance records
+every attention's width (``qkv.out_features``) with its scores; :class:`~tp_vit_plugins.ViTPruner`
+reports each change (``remove_heads`` for heads, ``sync_layout`` after head-dim pruning), so
+the scores follow the surviving heads through any number of steps. A change nobody reported —
+a stock ``tp.pruner.BasePruner`` with ``iterative_steps > 1`` removes heads without saying
+which — is detected on the next call and raises, instead of applying the old per-head scores
+to whatever heads are left.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ class HeadImportance(tp.importance.Importance):
         self.normalize_per_layer = normalize_per_layer
         self.head_scores: dict[nn.Module, torch.Tensor] = {}
         self.raw_head_scores: dict[nn.Module, torch.Tensor] = {}
+        #: ``qkv.out_features`` the scores of each attention belong to (see module docs).
+        self.layout: dict[nn.Module, int] = {}
 
     # -- to implement -------------------------------------------------------------------
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
@@ -94,6 +104,7 @@ class HeadImportance(tp.importance.Importance):
             if not torch.isfinite(v).all() or (v < 0).any():
                 raise ValueError("head scores must be finite and non-negative")
         self.raw_head_scores = raw
+        self.layout = {k: int(k.out_features) for k in raw if hasattr(k, "out_features")}
         self._normalize()
 
     def _normalize(self) -> None:
@@ -108,9 +119,17 @@ class HeadImportance(tp.importance.Importance):
         """Forget the scores of heads tp is removing (called by ``ViTPruner``), keep the rest aligned."""
         if qkv not in self.raw_head_scores:
             return
-        keep = [h for h in range(len(self.raw_head_scores[qkv])) if h not in set(heads)]
+        n = len(self.raw_head_scores[qkv])
+        keep = [h for h in range(n) if h not in set(heads)]
+        if qkv in self.layout:  # the width after tp removes these heads
+            self.layout[qkv] -= self.layout[qkv] // n * (n - len(keep))
         self.raw_head_scores[qkv] = self.raw_head_scores[qkv][keep]
         self.head_scores[qkv] = self.head_scores[qkv][keep]
+
+    def sync_layout(self, qkv: nn.Module) -> None:
+        """Record ``qkv``'s current width as belonging to the current heads (after head-dim pruning)."""
+        if qkv in self.layout:
+            self.layout[qkv] = int(qkv.out_features)
 
     def _attention_of(self, group: tp.Group) -> nn.Module | None:
         for dep, _ in group:
@@ -125,10 +144,13 @@ class HeadImportance(tp.importance.Importance):
             return None
         num_heads = len(self.head_scores[qkv])
         attn_dim = qkv.out_features // 3
-        if attn_dim % num_heads:
+        if attn_dim % num_heads or self.layout.get(qkv, qkv.out_features) != qkv.out_features:
             raise RuntimeError(
-                f"the attention has {attn_dim} channels but {num_heads} calibrated heads: it was "
-                "pruned since calibrate(); calibrate again"
+                f"{type(self).__name__}: an attention now has {attn_dim} channels but its {num_heads} head "
+                f"scores were calibrated for {self.layout.get(qkv, 3 * attn_dim) // 3}: it was pruned since "
+                "calibrate() by something that did not say which heads went (e.g. tp.pruner.BasePruner "
+                "with iterative_steps > 1). Calibrate again before every step, or prune with tpv.ViTPruner, "
+                "which keeps head scores aligned"
             )
         # tp roots attention groups at the proj inputs (one index per attention channel)
         idxs = torch.as_tensor([int(i) for i in group[0][1]], dtype=torch.long)

@@ -261,6 +261,10 @@ class ViTPruner(tp.pruner.BasePruner):
         if self._width_active:
             yield from super()._prune()
         sync_attention(self.model, self.num_heads)
+        sync = getattr(self.importance, "sync_layout", None)
+        if sync is not None:  # head dims may have gone: calibrated head scores stay with their heads
+            for _, attn in self._attentions:
+                sync(attn.qkv)
 
     def step(self, interactive: bool = False) -> Generator | None:
         """One pruning step; attention modules are synced afterwards.

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PROTOCOLS
+from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS
 
 __all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of"]
 
@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--zoo", action="store_true", help="run the zoo protocols on every zoo model (ZOO.md, zoo.json, PNG)")
     b.add_argument("--quick", action="store_true", help="with --zoo: two models, one seed, one setting per protocol")
     b.add_argument("--protocols", default=",".join(ZOO_PROTOCOLS), help=f"with --zoo: comma list from {','.join(ZOO_PROTOCOLS)}")
+    b.add_argument(
+        "--pipeline-methods",
+        default=None,
+        help=f"with --zoo: comma list from {','.join(ZOO_PIPELINE_METHODS)} (default: dense+E,l2,taylor,group_norm,gohsp,vtp)",
+    )
     b.add_argument("--zoo-epochs", type=_positive_int, default=2, help="with --zoo: total training epochs per pipeline method")
     _add_common(b)
     b.set_defaults(subparser=b)
@@ -252,6 +257,12 @@ def validate_bench(args: argparse.Namespace) -> None:
         raise ValueError("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
     if args.zoo and args.model:
         raise ValueError("--zoo benchmarks the project's own zoo of models; drop --model")
+    if args.pipeline_methods is not None:
+        chosen = [m for m in args.pipeline_methods.split(",") if m]
+        if not chosen or set(chosen) - set(ZOO_PIPELINE_METHODS):
+            raise ValueError(
+                f"--pipeline-methods must be a comma list from {','.join(ZOO_PIPELINE_METHODS)}, got {args.pipeline_methods!r}"
+            )
     protocols = [p for p in args.protocols.split(",") if p]
     if not protocols or set(protocols) - set(ZOO_PROTOCOLS):
         raise ValueError(f"--protocols must be a comma list from {','.join(ZOO_PROTOCOLS)}, got {args.protocols!r}")

@@ -4,7 +4,7 @@
 (a test checks that the two agree).
 """
 
-__all__ = ["PRUNE_METHODS", "BENCH_METHODS", "ZOO_PROTOCOLS"]
+__all__ = ["PRUNE_METHODS", "BENCH_METHODS", "ZOO_PROTOCOLS", "ZOO_PIPELINE_METHODS"]
 
 #: ``tp-vit prune --method`` choices.
 PRUNE_METHODS = ("random", "l1", "l2", "taylor", "gohsp", "vtp", "cpvit")
@@ -12,3 +12,6 @@ PRUNE_METHODS = ("random", "l1", "l2", "taylor", "gohsp", "vtp", "cpvit")
 BENCH_METHODS = ("random", "l2", "taylor", "gohsp", "vtp", "cpvit", "gohsp+cpvit")
 #: ``tp-vit bench --zoo --protocols`` choices (see :mod:`tp_vit_plugins.demo.zoo_bench`).
 ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
+#: Methods the zoo's pipeline protocol can run (``--pipeline-methods``): peers, the seed
+#: methods and the VTP settings the default was chosen among.
+ZOO_PIPELINE_METHODS = ("dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp", "vtp-qkv", "vtp-s0.5", "vtp-s2")

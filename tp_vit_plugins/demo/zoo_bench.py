@@ -192,14 +192,13 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     return rows
 
 
-#: VTP settings in the pipeline, per parameter cut: ``vtp`` is the library default (target
-#: sparsity = the cut, q/k/v head-dim gates); the others are the alternatives it was chosen over.
+#: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
+#: defaults); the others are the alternatives it was chosen over on the zoo.
 VTP_VARIANTS = {
-    "vtp": lambda cut: dict(reg=0.5, shrink=1.0, head_dim_gate="proj"),
-    "vtp-qkv": lambda cut: dict(reg=0.5, shrink=1.0, head_dim_gate="qkv_out"),
-    "vtp-s0.5": lambda cut: dict(reg=0.5, shrink=0.5, head_dim_gate="proj"),
-    "vtp-s2": lambda cut: dict(reg=0.5, shrink=2.0, head_dim_gate="proj"),
-    "vtp-r0.25": lambda cut: dict(reg=0.25, shrink=1.0, head_dim_gate="proj"),
+    "vtp": {},
+    "vtp-qkv": dict(head_dim_gate="qkv_out"),
+    "vtp-s0.5": dict(shrink=0.5),
+    "vtp-s2": dict(shrink=2.0),
 }
 
 
@@ -245,7 +244,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         pruner.step()
     elif name in VTP_VARIANTS:
         pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=False, sparse_steps=max(1, sparse * len(loader)),
-                           **VTP_VARIANTS[name](cut))  # fmt: skip
+                           **VTP_VARIANTS[name])  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
         pruner.fold_gates()
