@@ -87,7 +87,7 @@ def test_attention_maps_callback_without_storing(x):
 
 
 def test_attention_maps_rejects_non_vit():
-    with pytest.raises(TypeError, match="timm.layers.Attention"):
+    with pytest.raises(TypeError, match="not a timm VisionTransformer"):
         with tpv.attention_maps(torch.nn.Linear(2, 2)):
             pass
 

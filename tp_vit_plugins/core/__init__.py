@@ -14,9 +14,11 @@ from .adapter import (
     AttentionMaps,
     BlockLayers,
     HeadNormPruner,
+    UnsupportedModelError,
     attention_maps,
     attention_modules,
     block_layers,
+    check_supported,
     eager_attention,
     head_layout,
     heads_per_block,
@@ -29,7 +31,7 @@ from .calibration import accumulate_gradients, collect_attention, iter_batches
 from .criteria import TP_CRITERIA, needs_gradients, tp_importance
 from .head_importance import COMBINE_MODES, HeadImportance
 from .io import load_pruned, save_pruned
-from .metrics import count_macs, count_params, measure_latency
+from .metrics import alternated_speedup, count_macs, count_params, measure_latency
 from .pruner import ViTPruner, check_ratio
 from .search import bisect_threshold, round_half_up
 from .training import add_to_grad, distillation_loss, evaluate, finetune
@@ -41,14 +43,17 @@ __all__ = [
     "HeadImportance",
     "HeadNormPruner",
     "TP_CRITERIA",
+    "UnsupportedModelError",
     "ViTPruner",
     "accumulate_gradients",
     "add_to_grad",
+    "alternated_speedup",
     "attention_maps",
     "attention_modules",
     "bisect_threshold",
     "block_layers",
     "check_ratio",
+    "check_supported",
     "collect_attention",
     "count_macs",
     "count_params",

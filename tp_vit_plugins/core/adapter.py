@@ -39,6 +39,8 @@ __all__ = [
     "heads_per_block",
     "prefix_tokens",
     "is_timm_vit",
+    "check_supported",
+    "UnsupportedModelError",
     "attention_modules",
     "attention_maps",
     "eager_attention",
@@ -52,6 +54,63 @@ _PREFIX_TOKEN_ATTRS = ("cls_token", "dist_token", "reg_token")
 _CLASSIFIER_ATTRS = ("head", "head_dist")
 
 
+#: Why a timm family is refused, by model class name (the support matrix in the README).
+_UNSUPPORTED_FAMILIES = {
+    "Eva": "EVA / EVA02 (rotary position embedding, SwiGLU MLP, its own EvaAttention)",
+    "Beit": "BEiT (relative position bias tables indexed by head)",
+    "Cait": "CaiT (class attention and talking-head projections)",
+    "SwinTransformer": "Swin (window attention, per-stage heads)",
+    "SwinTransformerV2": "Swin V2 (window attention, per-stage heads)",
+    "VisionTransformerRelPos": "vit_relpos (relative position attention)",
+    "PoolingVisionTransformer": "PiT (token pooling between stages)",
+}
+
+
+class UnsupportedModelError(TypeError):
+    """The model is not a timm ViT this library can prune (raised before anything changes)."""
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse, before anything changes, a model this library cannot prune correctly.
+
+    Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, distilled DeiT,
+    DeiT3, FlexiViT, register tokens, LayerScale, ``qk_norm``, average pooling) whose blocks
+    use timm's own ``Attention``. Refused: other families (EVA/EVA02, BEiT, CaiT, Swin,
+    vit_relpos, PiT, torchvision's ViT, ...), attention subclasses or other attention modules
+    inside a ViT (their forward is not the one the pruners keep consistent), and the
+    attention-pool head (``global_pool="map"``, SigLIP-style), whose q / kv projections tp
+    would prune as if they were MLP channels, leaving a model that fails on its next forward.
+
+    Raises:
+        UnsupportedModelError: (a ``TypeError``) naming the family or module and what is missing.
+    """
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    from timm.models.vision_transformer import VisionTransformer
+
+    name = type(model).__name__
+    if not isinstance(model, VisionTransformer):
+        family = _UNSUPPORTED_FAMILIES.get(name)
+        what = f"{family} is not supported yet" if family else f"{name} is not a timm VisionTransformer"
+        raise UnsupportedModelError(
+            f"{what}; tp_vit_plugins prunes timm VisionTransformer-family models (vit_*, deit_*, deit3_*, "
+            "flexivit_*, with register tokens / LayerScale / qk_norm / avg pooling). Nothing was changed."
+        )
+    for mod_name, m in model.named_modules():
+        kind = type(m).__name__
+        if kind == "AttentionPoolLatent":
+            raise UnsupportedModelError(
+                f"{name} has an attention-pool head ({mod_name}: {kind}, global_pool='map', e.g. SigLIP); "
+                "pruning it is not supported yet. Nothing was changed."
+            )
+        attention_like = hasattr(m, "num_heads") or "Attention" in kind or "Attn" in kind
+        if attention_like and type(m) is not Attention:
+            raise UnsupportedModelError(
+                f"{name}.{mod_name} is a {kind}, not timm.layers.Attention; tp_vit_plugins keeps only timm's own "
+                "Attention consistent after pruning. Nothing was changed."
+            )
+
+
 def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
     """All timm ``Attention`` modules of ``model`` in forward (registration) order.
 
@@ -62,10 +121,10 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
         ``[(qualified_name, attention_module), ...]``, one entry per transformer block.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or contains no ``timm.layers.Attention``.
+        TypeError: ``model`` is not an ``nn.Module``, contains no ``timm.layers.Attention``,
+            or is refused by :func:`check_supported` (:class:`UnsupportedModelError`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    check_supported(model)
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, Attention)]
     if not found:
         raise TypeError(
@@ -76,8 +135,12 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
 
 
 def is_timm_vit(model: nn.Module) -> bool:
-    """Whether ``model`` contains at least one timm ``Attention`` (what this library prunes)."""
-    return isinstance(model, nn.Module) and any(isinstance(m, Attention) for m in model.modules())
+    """Whether ``model`` is a timm ViT this library prunes (:func:`check_supported` passes, with attention)."""
+    try:
+        check_supported(model)
+    except TypeError:
+        return False
+    return any(isinstance(m, Attention) for m in model.modules())
 
 
 @dataclass(frozen=True)

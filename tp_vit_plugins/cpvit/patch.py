@@ -25,7 +25,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from ..core.adapter import prefix_tokens
+from ..core.adapter import check_supported, prefix_tokens
 from .maths import (
     adjusted_count,
     attention_range,
@@ -73,8 +73,10 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks tokens flow through, in order (one global token sequence).
 
     Raises:
-        TypeError: ``model`` is not a timm ``VisionTransformer``-family model.
+        TypeError: ``model`` is not a supported timm ``VisionTransformer``-family model
+            (:func:`~tp_vit_plugins.core.adapter.check_supported`).
     """
+    check_supported(model)
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
         raise TypeError(

@@ -1,0 +1,66 @@
+"""Unsupported timm families are refused before anything changes (issue 16, item 3)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from conftest import snapshot, state_equal
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.core.adapter import UnsupportedModelError, check_supported
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+
+UNSUPPORTED = {
+    "siglip_attention_pool": ("vit_base_patch16_siglip_224", TINY, "attention-pool head"),
+    "eva02": ("eva02_tiny_patch14_224", dict(img_size=28, depth=2, num_classes=10), "EVA / EVA02"),
+    "beit": ("beit_base_patch16_224", TINY, "BEiT"),
+    "cait": ("cait_xxs24_224", TINY, "CaiT"),
+    "swin": (
+        "swin_tiny_patch4_window7_224",
+        dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10),
+        "Swin",
+    ),  # fmt: skip
+    "vit_relpos": ("vit_relpos_small_patch16_224", TINY, "vit_relpos"),
+    "pit": ("pit_ti_224", dict(img_size=64, num_classes=10), "PiT"),
+}
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("family", sorted(UNSUPPORTED))
+def test_unsupported_family_is_refused_before_anything_changes(family):
+    name, kw, words = UNSUPPORTED[family]
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kw).eval()
+    size = kw.get("img_size", 32)
+    x = torch.randn(2, 3, size, size)
+    before, hooks = snapshot(model), _hooks(model)
+    with pytest.raises(UnsupportedModelError, match=words):
+        check_supported(model)
+    assert not tpv.is_timm_vit(model)
+    attempts = [
+        lambda: tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, head_pruning_ratio=0.3),
+        lambda: tpv.VTPPruner(model, x[:1]),
+        lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, [x]),
+        lambda: tpv.CumulativeHeadImportance().calibrate(model, [x]),
+        lambda: tpv.tokens.apply_cascade(model, keep_ratio=0.5),
+        lambda: tpv.vit_pruning_kwargs(model),
+    ]
+    for attempt in attempts:
+        with pytest.raises(TypeError, match=words):
+            attempt()
+    assert state_equal(before, model.state_dict()) and _hooks(model) == hooks
+    with torch.no_grad():
+        model(x)  # still works
+
+
+def test_torchvision_vit_is_refused():
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=48,
+                                        mlp_dim=96, num_classes=10)  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
+        tpv.ViTPruner(model, torch.randn(1, 3, 32, 32), pruning_ratio=0.3)
