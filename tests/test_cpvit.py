@@ -89,14 +89,17 @@ def test_counts_follow_schedule_and_prefix_survives(family_, x64):
     remove_cascade(model)
 
 
-def test_beta_defers_drops_but_lands_on_the_final_count(x64):
+def test_beta_is_calibrated_into_fixed_counts_that_land_on_the_final_count(x64):
     model = deeper()
-    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=1.0)
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=1.0, calib=[x64, x64[:1]])
+    assert c.counts[-1] == 32 and c.counts[2] >= 48 and c.counts[:2] == [64, 64]
     with torch.no_grad():
         model(x64)
-    counts = c.state.counts
-    assert counts[-1] == 32 and counts[2] >= 48 and len(c.state.localities) == 3
-    assert all(0 <= v <= 1 for v in c.state.localities)
+    assert c.state.counts == c.counts and not c.state.localities  # no per-batch statistics at run time
+    remove_cascade(model)
+    with pytest.raises(ValueError, match="calib="):
+        apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.5)
+    assert find_cascade(model) is None
 
 
 def test_mask_mode_equals_drop_mode_for_token_pooling(x64):
@@ -201,7 +204,7 @@ def test_cascade_refuses_attention_masks():
 @pytest.mark.parametrize("head_keep", [1.0, 0.5])
 def test_macs_match_flop_counter(family_, head_keep, x64):
     model = deeper(family_, num_heads=4)
-    c = apply_cascade(model, keep_ratio=0.5, head_keep_ratio=head_keep, start_block=1, beta=0.5)
+    c = apply_cascade(model, keep_ratio=0.5, head_keep_ratio=head_keep, start_block=1, beta=0.5, calib=[x64])
     measured = count_macs(model, x64)
     expected = cascade_macs(
         model, (3, 32, 32), keep_ratio=0.5, head_keep_ratio=head_keep, start_block=1, counts=c.state.counts, batch_size=3
@@ -251,3 +254,31 @@ def test_cumulative_head_importance_matches_statistic(x64):
     pruned = copy.deepcopy(model)
     tpv.ViTPruner(pruned, x64[:1], imp, head_pruning_ratio=0.5).step()
     assert [b.attn.num_heads for b in pruned.blocks] == [2] * 4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(score="cls"),
+        dict(score="random"),
+        dict(mode="mask"),
+        dict(head_keep_ratio=0.5),
+        dict(beta=0.8, calib="x64"),
+        dict(schedule_power=0.5, head_keep_ratio=0.75, beta=0.5, calib="x64"),
+    ],
+)
+def test_an_images_output_does_not_depend_on_its_batch(options, x64):
+    """Per-image determinism for every option: image i alone == image i inside the batch."""
+    model = deeper(num_heads=4)
+    kwargs = {**options, "calib": [x64] if options.get("calib") else None}
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, **kwargs)
+    batch = torch.cat([x64, torch.randn(5, 3, 32, 32) * 3])  # other images, other statistics
+    with torch.no_grad():
+        together = model(batch)
+        counts_together = list(c.state.counts)
+        for i in range(len(x64)):
+            alone = model(batch[i : i + 1])
+            assert c.state.counts == counts_together
+            torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-5)
+    remove_cascade(model)

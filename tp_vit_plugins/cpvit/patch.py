@@ -11,13 +11,21 @@ class and its weights are untouched) and registers a forward hook on every block
   tokens (``mode="drop"``: later blocks really run on fewer tokens) or records them as
   masked keys (``mode="mask"``: shapes unchanged, for analysis).
 
+**Per-image determinism.** An image's output never depends on the other images in its batch:
+token scores, top-k and head skipping are per image, the ``"random"`` baseline scores a fixed
+random value per grid position, and the token counts are one fixed schedule. The paper's
+layer-aware attention-range adjustment (``beta > 0``) measures how local attention is; at run
+time that would be an average over the batch, so here it is **calibrated** once on calibration
+data (:meth:`Cascade.calibrate`, or ``apply_cascade(..., calib=loader)``) into fixed per-block
+counts (this library's reconstruction; the paper adjusts per batch).
+
 ``remove_cascade`` deletes the instance attributes and hooks: the model behaves exactly as
 before. Works on tp-pruned models (any ``num_heads`` / ``head_dim``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,6 +34,7 @@ from timm.layers import Attention
 from torch import nn
 
 from ..core.adapter import check_supported, prefix_tokens
+from ..core.calibration import iter_batches
 from .maths import (
     adjusted_count,
     attention_range,
@@ -241,6 +250,10 @@ class Cascade:
         self.state = _ForwardState()
         self.last = _ForwardState()
         self._handles: list = []
+        #: Fixed patch-token count entering every block (``beta`` calibrated in; see :meth:`calibrate`).
+        self.counts = list(self.schedule) if beta == 0 else None
+        self._calibrating: dict[int, list[tuple[float, int]]] | None = None
+        self._random_table = torch.rand(self.num_patches, generator=self._generator)
 
     # -------------------------------------------------------------- lifecycle
     def _attach(self) -> None:
@@ -258,9 +271,63 @@ class Cascade:
             if isinstance(blk.attn.__dict__.get("forward"), _CascadeAttention):
                 del blk.attn.forward
 
+    @torch.no_grad()
+    def calibrate(self, loader: Iterable, max_batches: int | None = 8) -> list[int]:
+        """Fix the attention-range adjustment into per-block token counts from calibration data.
+
+        Every batch runs with the paper's adjustment (the count after each pruning point is
+        moved towards the current count by ``beta * locality``); the localities are averaged
+        per pruning point over all images, and the counts the averages give become
+        :attr:`counts`, used for every later input. Without ``beta`` there is nothing to
+        calibrate (the counts are the schedule).
+
+        Args:
+            loader: Yields image tensors or ``(images, target)`` tuples.
+            max_batches: Use at most this many batches (``None``: all).
+
+        Returns:
+            The fixed counts ``[n_0, ..., n_{L-1}]``.
+
+        Raises:
+            ValueError: The loader yields no batch.
+        """
+        if self.beta == 0:
+            return list(self.counts)
+        was_training = self.model.training
+        self.model.eval()
+        self._calibrating = {}
+        try:
+            seen = 0
+            for x in iter_batches(loader, max_batches, progress=False):
+                self.model(x)
+                seen += 1
+            if not seen:
+                raise ValueError("calibration loader yielded no batches")
+            records = self._calibrating
+        finally:
+            self._calibrating = None
+            self.model.train(was_training)
+        counts = [self.num_patches]
+        for index in range(self.depth - 1):
+            current = counts[-1]
+            if index > self.last_point:
+                counts.append(current)
+                continue
+            pairs = records.get(index, [])
+            loc = sum(v * b for v, b in pairs) / max(1, sum(b for _, b in pairs))
+            n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
+            counts.append(min(n, current))
+        self.counts = counts
+        return list(counts)
+
     # -------------------------------------------------------------- per forward
     def _reset(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
+        if self.counts is None and self._calibrating is None:
+            raise RuntimeError(
+                "this cascade has beta > 0 and is not calibrated: call cascade.calibrate(loader) (or "
+                "apply_cascade(..., calib=loader)) so the attention-range adjustment becomes a fixed schedule"
+            )
         B = x.shape[0]
         if x.shape[1] != self.num_prefix + self.num_patches:
             raise ValueError(f"expected {self.num_prefix + self.num_patches} tokens, got {x.shape[1]}")
@@ -277,12 +344,11 @@ class Cascade:
             elif self.score == "cls":  # EViT-style: the class token's attention in this block
                 rows = probs[:, :, 0] if getattr(self.model, "cls_token", None) is not None else probs.mean(2)
                 st.scores = rows[..., self.num_prefix :].mean(1)
-            else:
-                shape = probs.shape[0], probs.shape[-1] - self.num_prefix
-                st.scores = torch.rand(shape, generator=self._generator).to(probs.device)
+            else:  # a fixed random value per grid position: per image, whatever the batch
+                st.scores = self._random_table.to(probs.device)[st.positions]
             if self.mode == "mask" and st.key_mask is not None:
                 st.scores = st.scores.masked_fill(st.key_mask, 0.0)
-            if self.beta:
+            if self._calibrating is not None:
                 st.localities.append(attention_range(probs, st.positions, self.grid_width, self.num_prefix, self.radius))
 
     def _after_block(self, index: int):
@@ -291,8 +357,12 @@ class Cascade:
             if index > self.last_point or index + 1 >= self.depth:
                 return None
             current = st.counts[-1]
-            loc = st.localities[-1] if (self.beta and st.localities) else 0.0
-            n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
+            if self._calibrating is not None:  # calibration: the batch's attention range decides
+                loc = st.localities[-1] if st.localities else 0.0
+                self._calibrating.setdefault(index, []).append((loc, out.shape[0]))
+                n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
+            else:
+                n = self.counts[index + 1]
             if n >= current:
                 st.counts.append(current)
                 return None
@@ -326,12 +396,14 @@ def apply_cascade(
     head_keep_ratio: float = 1.0,
     start_block: int | None = None,
     mode: str = "drop",
-    beta: float = 0.5,
+    beta: float = 0.0,
     radius: int = 1,
     head_start_block: int | None = None,
     score: str = "cumulative",
     seed: int = 0,
     schedule_power: float = 1.0,
+    calib: Iterable | None = None,
+    calib_batches: int | None = 8,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -350,7 +422,8 @@ def apply_cascade(
             (1.0 = no head skipping).
         start_block: First block whose scores drop tokens (after it); default ``depth // 4``.
         mode: ``"drop"`` (gather tokens out) or ``"mask"`` (analysis: mask them as keys).
-        beta: Attention-range adjustment strength (0 = plain linear schedule).
+        beta: Attention-range adjustment strength (0 = plain schedule). With ``beta > 0`` the
+            adjustment is calibrated on ``calib`` into fixed counts (see module docs).
         radius: Chebyshev radius of "near" patches for the attention range.
         head_start_block: First block with head skipping; default ``start_block``.
         score: Token scorer, one of :data:`TOKEN_SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
@@ -358,13 +431,16 @@ def apply_cascade(
         seed: Seed of the ``"random"`` scorer.
         schedule_power: Ramp exponent of the keep schedule (1 = linear, < 1 drops more
             tokens in early blocks; see :func:`~tp_vit_plugins.tokens.cascade.keep_schedule`).
+        calib: Calibration batches for ``beta > 0`` (required then).
+        calib_batches: Use at most this many of them.
 
     Returns:
         The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
 
     Raises:
         TypeError: Not a timm ViT, or a cascade is already applied.
-        ValueError: Invalid ratio, block index, mode, beta or radius.
+        ValueError: Invalid ratio, block index, mode, beta or radius, or ``beta > 0`` without
+            ``calib``.
     """
     blocks = token_blocks(model)
     if find_cascade(model) is not None:
@@ -382,11 +458,22 @@ def apply_cascade(
         raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {head_start_block}")
     if not 0.0 <= beta <= 1.0 or radius < 0:
         raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={beta}, radius={radius}")
+    if beta > 0 and calib is None:
+        raise ValueError(
+            f"beta={beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
+            "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
+        )
     keep_schedule(1, depth, keep_ratio, start_block, schedule_power)  # validates ratio, block and power
     cascade = Cascade(
         model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power
     )
     cascade._attach()
+    if beta > 0:
+        try:
+            cascade.calibrate(calib, calib_batches)
+        except Exception:
+            cascade.detach()
+            raise
     return cascade
 
 

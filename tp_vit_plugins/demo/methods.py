@@ -62,7 +62,7 @@ class MethodSettings:
     head_keep: float = 1.0
     start_block: int | None = None
     schedule_power: float = 1.0
-    beta: float = 0.5
+    beta: float = 0.0  # > 0: calibrated into fixed counts on the calibration data
 
     def pruner_kwargs(self) -> dict:
         """The :class:`ViTPruner` structure switches."""
@@ -101,8 +101,15 @@ class Method:
         """Run after sparse training, before ranking; returns a report line (or ``None``)."""
         return None
 
-    def attach_tokens(self, model: nn.Module, input_size: tuple[int, ...], s: MethodSettings, target: float | None) -> Cascade:
-        """Attach the token cascade (token methods only)."""
+    def attach_tokens(
+        self,
+        model: nn.Module,
+        input_size: tuple[int, ...],
+        s: MethodSettings,
+        target: float | None,
+        calib: Iterable | None = None,
+    ) -> Cascade:
+        """Attach the token cascade (token methods only; ``calib`` calibrates ``s.beta > 0``)."""
         raise TypeError(f"{self.name} drops no tokens")
 
 
@@ -185,10 +192,10 @@ class CPViT(Method):
     def prepare(self, model, example, calib, s):
         return None
 
-    def attach_tokens(self, model, input_size, s, target):
+    def attach_tokens(self, model, input_size, s, target, calib=None):
         kwargs = dict(head_keep_ratio=s.head_keep, start_block=s.start_block, schedule_power=s.schedule_power)
         if target is None:
-            return apply_cascade(model, keep_ratio=s.keep, beta=s.beta, **kwargs)
+            return apply_cascade(model, keep_ratio=s.keep, beta=s.beta, calib=calib, calib_batches=s.calib_batches, **kwargs)
         keep = fit_keep_ratio(model, input_size, target, **kwargs)  # beta 0: the schedule's MACs are exact
         return apply_cascade(model, keep_ratio=keep, beta=0.0, **kwargs)
 

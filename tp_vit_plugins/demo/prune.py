@@ -244,15 +244,15 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
 def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
     budget = budget_of(args)
     input_size = tuple(w.example.shape[1:])
-    cascade = get_method(args.method).attach_tokens(model, input_size, _settings(args), budget[1] if budget else None)
-    result.token_schedule = list(cascade.schedule)
+    target = budget[1] if budget else None
+    cascade = get_method(args.method).attach_tokens(model, input_size, _settings(args), target, calib=w.train_loader)
+    result.token_schedule = list(cascade.counts)
     if budget is not None:
         result.notes.append(
             f"budget: keep ratio {cascade.keep_ratio:.4f} for {budget[1]:.3f} of the dense MACs (beta 0: the schedule is exact)"
         )
-    adjust = "fixed" if budget is not None else "adjusted per batch by attention range"
     result.notes.append(
-        f"CP-ViT cascade: patch tokens per block {cascade.schedule} (schedule power {args.schedule_power}, {adjust}); "
+        f"CP-ViT cascade: patch tokens per block {cascade.counts} (power {args.schedule_power}, the same for every image); "
         "structure unchanged, --head-ratio/--width-ratio are not used"
     )
 
