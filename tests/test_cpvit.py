@@ -264,6 +264,7 @@ def test_cumulative_head_importance_matches_statistic(x64):
         dict(score="random"),
         dict(mode="mask"),
         dict(head_keep_ratio=0.5),
+        dict(fold="merge", head_keep_ratio=0.5),
         dict(beta=0.8, calib="x64"),
         dict(schedule_power=0.5, head_keep_ratio=0.75, beta=0.5, calib="x64"),
     ],
@@ -282,3 +283,31 @@ def test_an_images_output_does_not_depend_on_its_batch(options, x64):
             assert c.state.counts == counts_together
             torch.testing.assert_close(alone[0], together[i], rtol=1e-5, atol=1e-5)
     remove_cascade(model)
+
+
+def test_merge_into_kept_closed_form():
+    from tp_vit_plugins.cpvit.patch import merge_into_kept
+
+    x = torch.tensor([[[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.1], [0.1, 3.0]]])  # 1 prefix + 4 patches
+    sizes = torch.tensor([[1.0, 1.0, 2.0, 1.0]])
+    out, new_sizes = merge_into_kept(x, sizes, torch.tensor([[0, 1]]), num_prefix=1)
+    # patch 2 (size 2) joins patch 0 (most similar: x-axis), patch 3 joins patch 1 (y-axis)
+    expected = torch.tensor([[[9.0, 9.0], [(1 + 2 * 2.0) / 3, 0.2 / 3], [0.1 / 2, 4.0 / 2]]])
+    torch.testing.assert_close(out, expected)
+    assert new_sizes.tolist() == [[3.0, 2.0]]
+
+
+def test_merge_fold_keeps_counts_conserves_patches_and_is_identity_without_drops(x64):
+    model = deeper()
+    with torch.no_grad():
+        ref = model(x64)
+        c = apply_cascade(model, keep_ratio=1.0, start_block=1, fold="merge")
+        torch.testing.assert_close(model(x64), ref, rtol=1e-5, atol=1e-5)  # nothing pruned: nothing merged
+        remove_cascade(model)
+        c = apply_cascade(model, keep_ratio=0.5, start_block=1, fold="merge")
+        model(x64)
+    assert c.state.counts == [64, 64, 48, 32] and c.state.sizes.shape == (3, 32)
+    assert c.state.sizes.sum(1).tolist() == [64.0, 64.0, 64.0]  # every patch is accounted for
+    remove_cascade(model)
+    with pytest.raises(ValueError, match="fold"):
+        apply_cascade(model, keep_ratio=0.5, start_block=1, fold="merge", mode="mask")

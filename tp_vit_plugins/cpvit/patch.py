@@ -57,13 +57,55 @@ __all__ = [
     "token_blocks",
     "TOKEN_MODES",
     "TOKEN_SCORES",
+    "TOKEN_FOLDS",
+    "merge_into_kept",
 ]
 
 #: Token modes: really drop tokens, or keep shapes and mask them out as keys.
 TOKEN_MODES = ("drop", "mask")
+#: What happens to pruned tokens: dropped (the paper), or merged into their most similar kept
+#: token with size-weighted averages and proportional attention (this library's extension).
+TOKEN_FOLDS = ("drop", "merge")
 #: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
 #: EViT-style attention of the class token in the current block, and random scores.
 TOKEN_SCORES = ("cumulative", "cls", "random")
+
+
+def merge_into_kept(
+    x: torch.Tensor, sizes: torch.Tensor, keep: torch.Tensor, num_prefix: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the patch tokens ``keep`` and merge every other patch token into its most similar kept one.
+
+    Similarity is the cosine of the token features; a merged token is the size-weighted
+    average of everything merged into it (this library's extension: the CP-ViT paper drops
+    pruned tokens; the merging follows ToMe's size-weighted averaging, with CP-ViT's
+    cumulative score still choosing which tokens stay). Per image: no statistic crosses the batch.
+
+    Args:
+        x: ``[B, num_prefix + P, C]`` tokens.
+        sizes: ``[B, P]`` patches each patch token stands for.
+        keep: ``[B, n]`` indices of the kept patch tokens (ascending).
+        num_prefix: Leading prefix tokens (kept as they are).
+
+    Returns:
+        ``(x [B, num_prefix + n, C], sizes [B, n])``.
+    """
+    patches = x[:, num_prefix:]
+    B, P, C = patches.shape
+    drop_mask = torch.ones(B, P, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
+    m = P - keep.shape[1]
+    if m == 0:
+        return x, sizes
+    dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
+    kx = patches.gather(1, keep[..., None].expand(-1, -1, C))
+    dx = patches.gather(1, dropped[..., None].expand(-1, -1, C))
+    ks, ds = sizes.gather(1, keep), sizes.gather(1, dropped)
+    sim = torch.nn.functional.normalize(dx, dim=-1) @ torch.nn.functional.normalize(kx, dim=-1).transpose(1, 2)
+    dst = sim.argmax(-1)  # [B, m]
+    total = (kx * ks[..., None]).scatter_add(1, dst[..., None].expand(-1, -1, C), dx * ds[..., None])
+    new_sizes = ks.scatter_add(1, dst, ds)
+    merged = total / new_sizes[..., None]
+    return torch.cat([x[:, :num_prefix], merged.to(x.dtype)], dim=1), new_sizes
 
 
 @dataclass
@@ -76,6 +118,7 @@ class _ForwardState:
     counts: list[int] = field(default_factory=list)  # patch tokens entering each block
     localities: list[float] = field(default_factory=list)
     heads_kept: list[int] = field(default_factory=list)
+    sizes: torch.Tensor | None = None  # [B, P_cur] patches each token stands for (fold="merge")
 
 
 def token_blocks(model: nn.Module) -> list[nn.Module]:
@@ -204,13 +247,20 @@ class _CascadeAttention:
                 "the CP-ViT cascade does not support attn_mask / is_causal (dropping tokens changes the sequence "
                 "length a mask was built for); call tpv.tokens.remove_cascade(model) before masked attention"
             )
-        if self.index not in c.score_blocks and self.index not in c.head_blocks and c.state.key_mask is None:
+        sizes = c.state.sizes
+        bias = None
+        if sizes is not None:  # proportional attention: a merged token counts as many patches
+            pad = sizes.new_ones(sizes.shape[0], c.num_prefix)
+            bias = torch.cat([pad, sizes], dim=1).log()[:, None, None, :].to(x.dtype)
+        plain = self.index not in c.score_blocks and self.index not in c.head_blocks and c.state.key_mask is None
+        if plain and bias is None:
             return type(a).forward(a, x)
         kept = None
         if self.index in c.head_blocks:
             kept = heads_kept(a.num_heads, c.head_keep_ratio)
             c.state.heads_kept.append(kept)
-        return cascade_attention(a, x, c.num_prefix, c.state.key_mask, kept, partial(c._observe, self.index))
+        observe = partial(c._observe, self.index) if self.index in c.score_blocks else None
+        return cascade_attention(a, x, c.num_prefix, c.state.key_mask, kept, observe, logit_bias=bias)
 
 
 class Cascade:
@@ -229,8 +279,10 @@ class Cascade:
         score: str = "cumulative",
         seed: int = 0,
         schedule_power: float = 1.0,
+        fold: str = "drop",
     ) -> None:
         self.model = model
+        self.fold = fold
         self.score = score
         self._generator = torch.Generator().manual_seed(seed)
         self.blocks = token_blocks(model)
@@ -371,6 +423,10 @@ class Cascade:
                 keep = topk_sorted(st.scores, n)
                 st.scores = st.scores.gather(1, keep)
                 st.positions = st.positions.gather(1, keep)
+                if self.fold == "merge":
+                    sizes = st.sizes if st.sizes is not None else out.new_ones(out.shape[0], current, dtype=torch.float32)
+                    out, st.sizes = merge_into_kept(out, sizes, keep, self.num_prefix)
+                    return out
                 return gather_tokens(out, keep, self.num_prefix)
             alive = ~st.key_mask if st.key_mask is not None else torch.ones_like(st.scores, dtype=torch.bool)
             masked_scores = st.scores.masked_fill(~alive, float("-inf"))
@@ -404,6 +460,7 @@ def apply_cascade(
     schedule_power: float = 1.0,
     calib: Iterable | None = None,
     calib_batches: int | None = 8,
+    fold: str = "drop",
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -431,6 +488,9 @@ def apply_cascade(
         seed: Seed of the ``"random"`` scorer.
         schedule_power: Ramp exponent of the keep schedule (1 = linear, < 1 drops more
             tokens in early blocks; see :func:`~tp_vit_plugins.tokens.cascade.keep_schedule`).
+        fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"drop"`` (the paper) or
+            ``"merge"`` (into the most similar kept token, size-weighted, with proportional
+            attention ``+ log(size)`` in later blocks; this library's extension). ``drop`` mode only.
         calib: Calibration batches for ``beta > 0`` (required then).
         calib_batches: Use at most this many of them.
 
@@ -450,6 +510,8 @@ def apply_cascade(
     head_start_block = start_block if head_start_block is None else head_start_block
     if mode not in TOKEN_MODES:
         raise ValueError(f"mode must be one of {TOKEN_MODES}, got {mode!r}")
+    if fold not in TOKEN_FOLDS or (fold != "drop" and mode != "drop"):
+        raise ValueError(f"fold must be one of {TOKEN_FOLDS} (merging needs mode='drop'), got fold={fold!r}, mode={mode!r}")
     if score not in TOKEN_SCORES:
         raise ValueError(f"score must be one of {TOKEN_SCORES}, got {score!r}")
     if not 0.0 < head_keep_ratio <= 1.0:
@@ -465,8 +527,9 @@ def apply_cascade(
         )
     keep_schedule(1, depth, keep_ratio, start_block, schedule_power)  # validates ratio, block and power
     cascade = Cascade(
-        model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power
-    )
+        model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power,
+        fold,
+    )  # fmt: skip
     cascade._attach()
     if beta > 0:
         try:
