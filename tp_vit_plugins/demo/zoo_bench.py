@@ -63,6 +63,8 @@ PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 SEED_METHODS = {"heads": ("gohsp", "cpvit"), "pipeline": ("gohsp", "vtp"), "tokens": ("cpvit",), "latency": ()}
 #: Pipeline methods run by default (``ZooSettings.pipeline_methods``; VTP variants may be added).
 PIPELINE_METHODS = ("dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp")
+#: Token methods run by default (``ZooSettings.token_methods``; CP-ViT variants may be added).
+TOKEN_METHODS = ("cpvit", "cpvit-random", "tome", "evit")
 #: The random reference a seed method must beat on every model.
 RANDOM_PEER = {"heads": "random", "tokens": "cpvit-random"}
 
@@ -84,6 +86,7 @@ class ZooSettings:
     protocols: tuple[str, ...] = PROTOCOLS
     boot: int = 1000
     pipeline_methods: tuple[str, ...] = PIPELINE_METHODS
+    token_methods: tuple[str, ...] = TOKEN_METHODS
 
     @classmethod
     def quick(cls, protocols: tuple[str, ...] = PROTOCOLS) -> ZooSettings:
@@ -269,14 +272,22 @@ def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings,
     return rows
 
 
-TOKEN_METHODS = ("cpvit", "cpvit-random", "tome", "evit")
+#: CP-ViT settings in the tokens protocol: ``cpvit`` is ``apply_cascade``'s defaults, the
+#: others the alternatives the defaults are chosen among (``cpvit-random``: random scores on
+#: the default schedule, the reference the cumulative score must beat).
+CPVIT_VARIANTS = {
+    "cpvit": {},
+    "cpvit-random": dict(score="random"),
+    "cpvit-merge": dict(fold="merge"),
+    "cpvit-s0": dict(start_block=0),
+    "cpvit-s0-merge": dict(start_block=0, fold="merge"),
+    "cpvit-s0-random": dict(start_block=0, score="random"),
+}
 
 
 def _token_patch(name: str, model: nn.Module, knob: float, seed: int):
-    if name == "cpvit":
-        return apply_cascade(model, keep_ratio=knob, beta=0.0)
-    if name == "cpvit-random":
-        return apply_cascade(model, keep_ratio=knob, beta=0.0, score="random", seed=seed)
+    if name in CPVIT_VARIANTS:
+        return apply_cascade(model, keep_ratio=knob, seed=seed, **CPVIT_VARIANTS[name])
     if name == "tome":
         return apply_tome(model, knob)
     return apply_evit(model, knob)
@@ -291,8 +302,9 @@ def _remove(patch) -> None:
 
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
-    if name in ("cpvit", "cpvit-random"):
-        return fit_keep_ratio(model, tuple(example.shape[1:]), target)
+    if name in CPVIT_VARIANTS:
+        shape = {k: v for k, v in CPVIT_VARIANTS[name].items() if k in ("start_block", "schedule_power", "head_keep_ratio")}
+        return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
 
     def kept(knob: float) -> float:
         patch = _token_patch(name, model, knob, seed)
@@ -315,10 +327,11 @@ def protocol_tokens(member: ZooModel, model: nn.Module, split, s: ZooSettings, t
     example = split.x_test[:1]
     dense_macs = count_macs(model, example)
     for target in s.mac_targets:
-        for name in TOKEN_METHODS:
+        for name in s.token_methods:
             cached = None
             for seed in range(s.seeds):
-                if cached is None or name == "cpvit-random":  # the others are deterministic: measured once
+                randomised = CPVIT_VARIANTS.get(name, {}).get("score") == "random"
+                if cached is None or randomised:  # the others are deterministic: measured once
                     knob = _fit_tokens(name, model, example, target, dense_macs, seed)
                     patch = _token_patch(name, model, knob, seed)
                     try:
@@ -405,6 +418,13 @@ def _by(rows: list[Record]) -> dict:
     return out
 
 
+def _is_seed(protocol: str, method: str) -> bool:
+    """A library method or one of its variants (``vtp-s2``), not a random reference (``cpvit-random``)."""
+    if "random" in method:
+        return False
+    return any(method == s or method.startswith(s + "-") for s in SEED_METHODS[protocol])
+
+
 def summarize(rows: list[Record], boot: int) -> dict:
     """Per (protocol, setting): accuracy table, mean ranks, seed-vs-best-peer intervals and flags."""
     summary = {}
@@ -421,8 +441,8 @@ def summarize(rows: list[Record], boot: int) -> dict:
             order = sorted(methods, key=lambda m: -acc[m][model])
             for i, m in enumerate(order):
                 ranks[m] += (i + 1) / len(models)
-        seeds_methods = [m for m in SEED_METHODS[protocol] if m in methods]
-        peers = [m for m in methods if m not in SEED_METHODS[protocol] and m != "dense+E"]
+        seeds_methods = [m for m in methods if _is_seed(protocol, m)]  # the library's methods and their variants
+        peers = [m for m in methods if m not in seeds_methods and m != "dense+E"]
         best = max(peers, key=lambda m: statistics.mean(acc[m].values())) if peers else None
         versus = {}
         for m in seeds_methods:
@@ -433,9 +453,11 @@ def summarize(rows: list[Record], boot: int) -> dict:
             per_model = {model: paired_bootstrap([d], boot) for model, d in zip(models, diffs)}
             versus[m] = {"peer": best, "zoo_mean": (point, low, high), "per_model": per_model}
         flags = []
-        rnd = RANDOM_PEER.get(protocol)
-        if rnd in methods:
-            for m in seeds_methods:
+        for m in seeds_methods:
+            rnd = RANDOM_PEER.get(protocol)
+            if protocol == "tokens" and "-s0" in m:
+                rnd = "cpvit-s0-random"  # the random scorer on the same schedule
+            if rnd in methods:
                 below = [model for model in models if acc[m][model] < acc[rnd][model]]
                 if below:
                     flags.append(f"{m} is below {rnd} on {', '.join(below)}")
