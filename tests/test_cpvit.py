@@ -311,3 +311,18 @@ def test_merge_fold_keeps_counts_conserves_patches_and_is_identity_without_drops
     remove_cascade(model)
     with pytest.raises(ValueError, match="fold"):
         apply_cascade(model, keep_ratio=0.5, start_block=1, fold="merge", mode="mask")
+
+
+def test_stepped_schedule_closed_form_and_exact_macs(x64):
+    assert keep_schedule(64, 6, 0.5, 1, steps=3) == [64, 64, 53, 43, 32, 32]  # stages of (64 - 32) / 3 tokens
+    assert keep_schedule(64, 12, 0.4, 2, steps=3) == [64, 64, 64, 51, 51, 51, 38, 38, 38, 26, 26, 26]
+    with pytest.raises(ValueError, match="steps"):
+        keep_schedule(64, 6, 0.5, 1, steps=0)
+    model = deeper()
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=3)
+    with torch.no_grad():
+        model(x64)
+    assert c.state.counts == [64, 64, 43, 32] == keep_schedule(64, 4, 0.5, 1, steps=3)
+    expected = cascade_macs(model, (3, 32, 32), keep_ratio=0.5, start_block=1, schedule_steps=3, batch_size=3)
+    assert count_macs(model, x64) == expected
+    remove_cascade(model)

@@ -24,6 +24,7 @@ def cascade_macs(
     counts: Sequence[int] | None = None,
     batch_size: int = 1,
     schedule_power: float = 1.0,
+    schedule_steps: int | None = None,
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 
@@ -36,7 +37,7 @@ def cascade_macs(
             forward (needed when ``beta > 0`` made the counts input-dependent); default: the
             schedule.
         batch_size: Images per forward.
-        schedule_power: Ramp exponent, as in ``apply_cascade``.
+        schedule_power, schedule_steps: The schedule's shape, as in ``apply_cascade``.
 
     Returns:
         Total multiply-accumulates.
@@ -46,7 +47,9 @@ def cascade_macs(
     head_start_block = start_block if head_start_block is None else head_start_block
     rows, cols = patch_grid(model)
     P, prefix = rows * cols, prefix_tokens(model)
-    counts = list(counts) if counts is not None else keep_schedule(P, depth, keep_ratio, start_block, schedule_power)
+    if counts is None:
+        counts = keep_schedule(P, depth, keep_ratio, start_block, schedule_power, schedule_steps)
+    counts = list(counts)
     macs = patch_embed_macs(model)
     for i, b in enumerate(block_layers(model)):
         n = prefix + counts[i]
@@ -74,7 +77,7 @@ def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, i
         target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
         iterations: Bisection steps.
         **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
-            ``schedule_power`` as in ``apply_cascade``.
+            ``schedule_power``, ``schedule_steps`` as in ``apply_cascade``.
 
     Returns:
         The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,

@@ -23,6 +23,8 @@ distillation, register) and the other ``P`` are patch tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..core.search import round_half_up
@@ -85,22 +87,36 @@ def attention_range(
     return float((local[rows] / total[rows]).mean()) if rows.any() else 0.0
 
 
-def keep_schedule(num_patches: int, depth: int, keep_ratio: float, start_block: int, power: float = 1.0) -> list[int]:
-    """Patch-token count entering every block under the progressive CP-ViT ramp.
+#: Schedule shapes: a continuous ramp, or piecewise-constant steps.
+SCHEDULES = ("ramp", "stepped")
+
+
+def keep_schedule(
+    num_patches: int, depth: int, keep_ratio: float, start_block: int, power: float = 1.0, steps: int | None = None
+) -> list[int]:
+    """Patch-token count entering every block under the progressive CP-ViT schedule.
+
+    The ramp removes tokens after every block from ``start_block`` on:
+    ``frac(l) = 1 - (1 - keep_ratio) * ((l - start) / span) ** power``. With ``steps`` the
+    schedule is **stepped** instead: tokens go at ``steps`` evenly spaced blocks only, an equal
+    share each time (``frac(l) = 1 - (1 - keep_ratio) * ceil(steps * (l - start) / span) / steps``;
+    a reconstruction of the author code's per-stage ratios, whose exact values are not
+    available here).
 
     Args:
         num_patches: Patch tokens ``P`` of the input.
         depth: Number of blocks ``L``.
         keep_ratio: Fraction of patches present in the last block, in ``(0, 1]``.
         start_block: First block whose scores may drop tokens (drops happen after it).
-        power: Ramp exponent ``gamma > 0`` (1 = linear, < 1 = front-loaded).
+        power: Ramp exponent ``gamma > 0`` (1 = linear, < 1 = front-loaded; ignored with ``steps``).
+        steps: Number of pruning stages of the stepped schedule (``None``: the ramp).
 
     Returns:
         ``[n_0, ..., n_{L-1}]``, non-increasing, ``n_l = P`` up to ``start_block``.
 
     Raises:
-        ValueError: ``keep_ratio`` outside ``(0, 1]``, ``start_block`` not in ``[0, L - 2]`` or
-            ``power <= 0``.
+        ValueError: ``keep_ratio`` outside ``(0, 1]``, ``start_block`` not in ``[0, L - 2]``,
+            ``power <= 0`` or ``steps`` below 1.
     """
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must lie in (0, 1], got {keep_ratio}")
@@ -108,10 +124,17 @@ def keep_schedule(num_patches: int, depth: int, keep_ratio: float, start_block: 
         raise ValueError(f"start_block must lie in [0, {depth - 2}] for {depth} blocks, got {start_block}")
     if power <= 0:
         raise ValueError(f"power must be > 0, got {power}")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
     span = depth - 1 - start_block
     counts = []
     for layer in range(depth):
-        frac = 1.0 if layer <= start_block else 1.0 - (1.0 - keep_ratio) * ((layer - start_block) / span) ** power
+        if layer <= start_block:
+            frac = 1.0
+        elif steps is not None:
+            frac = 1.0 - (1.0 - keep_ratio) * math.ceil(steps * (layer - start_block) / span - 1e-9) / steps
+        else:
+            frac = 1.0 - (1.0 - keep_ratio) * ((layer - start_block) / span) ** power
         counts.append(max(1, min(num_patches, round_half_up(num_patches * frac))))
     return counts
 

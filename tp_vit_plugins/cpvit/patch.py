@@ -280,6 +280,7 @@ class Cascade:
         seed: int = 0,
         schedule_power: float = 1.0,
         fold: str = "drop",
+        schedule_steps: int | None = None,
     ) -> None:
         self.model = model
         self.fold = fold
@@ -293,7 +294,7 @@ class Cascade:
         self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
         self.start_block, self.head_start_block = start_block, head_start_block
         self.mode, self.beta, self.radius = mode, beta, radius
-        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, schedule_power)
+        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, schedule_power, schedule_steps)
         self.final_count = self.schedule[-1]
         prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
         self.last_point = prune_points[-1] if prune_points else -1
@@ -461,6 +462,7 @@ def apply_cascade(
     calib: Iterable | None = None,
     calib_batches: int | None = 8,
     fold: str = "drop",
+    schedule_steps: int | None = None,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -491,6 +493,8 @@ def apply_cascade(
         fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"drop"`` (the paper) or
             ``"merge"`` (into the most similar kept token, size-weighted, with proportional
             attention ``+ log(size)`` in later blocks; this library's extension). ``drop`` mode only.
+        schedule_steps: ``None``: the ramp; an int: the stepped schedule with that many
+            pruning stages (see :func:`~tp_vit_plugins.cpvit.maths.keep_schedule`).
         calib: Calibration batches for ``beta > 0`` (required then).
         calib_batches: Use at most this many of them.
 
@@ -525,10 +529,10 @@ def apply_cascade(
             f"beta={beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
-    keep_schedule(1, depth, keep_ratio, start_block, schedule_power)  # validates ratio, block and power
+    keep_schedule(1, depth, keep_ratio, start_block, schedule_power, schedule_steps)  # validates the schedule
     cascade = Cascade(
         model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power,
-        fold,
+        fold, schedule_steps,
     )  # fmt: skip
     cascade._attach()
     if beta > 0:

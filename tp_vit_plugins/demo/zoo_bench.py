@@ -282,6 +282,8 @@ CPVIT_VARIANTS = {
     "cpvit-s0": dict(start_block=0),
     "cpvit-s0-merge": dict(start_block=0, fold="merge"),
     "cpvit-s0-random": dict(start_block=0, score="random"),
+    "cpvit-stepped": dict(schedule_steps=3),
+    "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge"),
 }
 
 
@@ -303,7 +305,7 @@ def _remove(patch) -> None:
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
     if name in CPVIT_VARIANTS:
-        shape = {k: v for k, v in CPVIT_VARIANTS[name].items() if k in ("start_block", "schedule_power", "head_keep_ratio")}
+        shape = {k: v for k, v in CPVIT_VARIANTS[name].items() if k in ("start_block", "schedule_power", "schedule_steps")}
         return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
 
     def kept(knob: float) -> float:
