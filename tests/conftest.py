@@ -22,6 +22,7 @@ FAMILIES = {
     "layerscale": (VisionTransformer, dict(init_values=0.5)),
     "qk_norm": (VisionTransformer, dict(qk_norm=True)),
     "no_qkv_bias": (VisionTransformer, dict(qkv_bias=False)),
+    "deit3": (VisionTransformer, dict(no_embed_class=True, init_values=0.5)),  # deit3_*: LayerScale, patch-only pos_embed
 }
 
 

@@ -112,6 +112,10 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
     assert all(r["kept"] <= 0.6 + 1e-3 for r in pipeline), [(r["method"], r["kept"]) for r in pipeline]
     assert "mean rank" in (tmp_path / "out" / "ZOO.md").read_text()
     assert (tmp_path / "out" / "zoo_ranks.png").stat().st_size > 1000
+    # the per-image outcomes are kept, so runs merge with the same paired intervals
+    merged = zoo_bench.merge_runs(str(tmp_path / "merged"), [str(tmp_path / "out" / "zoo.json")], "merge", boot=settings.boot)
+    assert merged["heads | 50% heads removed"]["versus_best_peer"] == heads["versus_best_peer"]
+    assert merged["tokens | 70% MACs"]["accuracy"] == summary["tokens | 70% MACs"]["accuracy"]
 
 
 def test_pipeline_method_names_match_the_protocol():

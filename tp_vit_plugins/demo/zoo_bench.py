@@ -32,7 +32,7 @@ import copy
 import json
 import os
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -56,7 +56,7 @@ from ..vtp import VTPPruner
 from .peers import apply_evit, apply_tome, remove_peer
 from .zoo import QUICK_ZOO, ZOO, ZooModel, load_zoo
 
-__all__ = ["ZooSettings", "Record", "run_zoo", "PROTOCOLS", "SEED_METHODS"]
+__all__ = ["ZooSettings", "Record", "run_zoo", "merge_runs", "PROTOCOLS", "SEED_METHODS"]
 
 PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: The library's own methods per protocol (the rest of each protocol are peers).
@@ -202,6 +202,9 @@ VTP_VARIANTS = {
     "vtp-qkv": dict(head_dim_gate="qkv_out"),
     "vtp-s0.5": dict(shrink=0.5),
     "vtp-s2": dict(shrink=2.0),
+    "vtp-s0.5-rank": dict(shrink=0.5, fold_values=False),
+    "vtp-s1-rank": dict(shrink=1.0, fold_values=False),
+    "vtp-s0.25": dict(shrink=0.25),
 }
 
 
@@ -619,13 +622,65 @@ def run_zoo(
             json.dump([asdict(r) for r in rows], f)
     summary = summarize(rows, s.boot)
     zoo_meta = {member.name: meta["test_accuracy"] for member, _, _, meta in zoo}
-    with open(os.path.join(out_dir, "zoo.json"), "w") as f:
-        records = [{**asdict(r), "correct": None} for r in rows]
-        json.dump({"settings": asdict(s), "zoo": zoo_meta, "summary": _jsonable(summary), "records": records}, f, indent=1)
+    _write_outputs(out_dir, rows, summary, zoo_meta, command, asdict(s))
+    os.remove(os.path.join(out_dir, "zoo_partial.json"))
+    return summary
+
+
+def _write_outputs(out_dir: str, rows: list[Record], summary: dict, zoo_meta: dict, command: str, settings: dict) -> None:
+    with open(os.path.join(out_dir, "zoo.json"), "w") as f:  # per-image outcomes as "0"/"1" strings: runs can be merged
+        records = [{**asdict(r), "correct": "".join("1" if c else "0" for c in r.correct)} for r in rows]
+        json.dump({"settings": settings, "zoo": zoo_meta, "summary": _jsonable(summary), "records": records}, f, indent=1)
     with open(os.path.join(out_dir, "ZOO.md"), "w") as f:
         f.write("# tp-vit bench --zoo\n\n" + render(summary, zoo_meta, command) + "\n")
     _heatmap(summary, os.path.join(out_dir, "zoo_ranks.png"))
-    os.remove(os.path.join(out_dir, "zoo_partial.json"))
+
+
+def _load_records(path: str) -> tuple[list[Record], dict]:
+    """Records (with per-image outcomes) and the zoo accuracies of a ``zoo.json`` or ``zoo_partial.json``."""
+    with open(path) as f:
+        data = json.load(f)
+    raw, zoo_meta = (data, {}) if isinstance(data, list) else (data["records"], data.get("zoo", {}))
+    rows = []
+    for r in raw:
+        correct = r.get("correct")
+        if not correct:
+            raise ValueError(f"{path} holds no per-image outcomes (written before they were kept); rerun it")
+        r = {**r, "correct": [c in ("1", True) for c in correct]}
+        rows.append(Record(**r))
+    return rows, zoo_meta
+
+
+def merge_runs(out_dir: str, sources: Sequence[str], command: str, boot: int = 1000) -> dict:
+    """Summarise several zoo runs together (e.g. new variants against peers measured earlier).
+
+    Every run's records are deterministic functions of (model, method, seed, setting), so the
+    paired intervals stay valid across runs made with the same code and settings; a
+    (protocol, setting, model, method, seed) measured twice keeps the last source's record.
+
+    Args:
+        out_dir: Where ``ZOO.md``, ``zoo.json`` and ``zoo_ranks.png`` go.
+        sources: ``zoo.json`` / ``zoo_partial.json`` paths.
+        command: The command lines written into ``ZOO.md``.
+        boot: Bootstrap resamples.
+
+    Returns:
+        The summary.
+    """
+    merged: dict[tuple, Record] = {}
+    zoo_meta: dict = {}
+    for path in sources:
+        rows, meta = _load_records(path)
+        zoo_meta.update(meta)
+        for r in rows:
+            merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
+    rows = list(merged.values())
+    summary = summarize(rows, boot)
+    if not zoo_meta:
+        used = {r.model for r in rows}
+        zoo_meta = {m.name: meta["test_accuracy"] for m, _, _, meta in load_zoo(tuple(z for z in ZOO if z.name in used), False)}
+    os.makedirs(out_dir, exist_ok=True)
+    _write_outputs(out_dir, rows, summary, zoo_meta, command, {"merged_from": list(sources)})
     return summary
 
 

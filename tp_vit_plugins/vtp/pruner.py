@@ -105,6 +105,9 @@ class VTPPruner(ViTPruner):
             sparse training (``gate_lr * reg * sparse_steps``); 1.0 lets it drive a gate
             without any loss gradient from 1 to exactly 0 by the last step.
         head_dim_gate: Where head dims are gated, one of :data:`HEAD_DIM_GATES`.
+        fold_values: Fold the surviving gate values into the weights (the paper). ``False``:
+            the gates only rank (the dims whose gates are 0 are pruned either way), and the
+            kept dims return to their ungated scale.
         gated_layers: Explicit gate positions (subset of :data:`GATED_LAYERS`); default: the
             positions that score the enabled structures (:func:`default_gated_layers`).
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
@@ -131,6 +134,7 @@ class VTPPruner(ViTPruner):
         prune_embed_dim: bool = True,
         shrink: float = 1.0,
         head_dim_gate: str = "qkv_out",
+        fold_values: bool = True,
         gated_layers: Sequence[str] | None = None,
         **kwargs: typing.Any,
     ) -> None:
@@ -145,7 +149,8 @@ class VTPPruner(ViTPruner):
         if shrink <= 0:
             raise ValueError(f"shrink must be > 0, got {shrink}")
         if gated_layers is None:
-            gated_layers = default_gated_layers(prune_mlp, prune_head_dims, prune_embed_dim, head_dim_gate)
+            heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
+            gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim, head_dim_gate)
         bad = set(gated_layers) - set(GATED_LAYERS)
         if bad or not gated_layers:
             raise ValueError(f"gated_layers must be a non-empty subset of {GATED_LAYERS}, got {list(gated_layers)}")
@@ -164,6 +169,7 @@ class VTPPruner(ViTPruner):
             gate_lr = shrink / (max(reg, 1e-12) * sparse_steps) if sparse_steps else 1e-2
         self.reg, self.gate_lr, self.threshold = float(reg), float(gate_lr), threshold
         self.sparse_steps, self.steps_done = sparse_steps, 0
+        self.fold_values = fold_values
         self.grad_ema_decay = 0.9
         self._grad_ema = self._grad_ema_weight = 0.0
         ins, outs = _block_linears(model, gated_layers)
@@ -246,7 +252,7 @@ class VTPPruner(ViTPruner):
         if self.gates.active:
             if isinstance(self.importance, GateImportance):
                 self.importance.set_gates(self.gates.values(), self.gates.out_values())
-            self.remove_gates(fold=True)  # exact: W <- W * g, before tp changes any shape
+            self.remove_gates(fold=self.fold_values)  # exact: W <- W * g, before tp changes any shape
 
     def width_scores(self) -> torch.Tensor:
         """Every width score tp's global ranking compares, concatenated (1-D).
