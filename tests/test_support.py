@@ -64,3 +64,18 @@ def test_torchvision_vit_is_refused():
                                         mlp_dim=96, num_classes=10)  # fmt: skip
     with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
         tpv.ViTPruner(model, torch.randn(1, 3, 32, 32), pruning_ratio=0.3)
+
+
+def test_other_patch_stems_are_refused():
+    from conftest import make_model
+    from timm.layers import PatchEmbed
+
+    class StridedStem(PatchEmbed):  # stands for a hybrid CNN stem
+        pass
+
+    model = make_model()
+    old = model.patch_embed
+    model.patch_embed = StridedStem(img_size=32, patch_size=8, in_chans=3, embed_dim=48)
+    model.patch_embed.load_state_dict(old.state_dict())
+    with pytest.raises(UnsupportedModelError, match="StridedStem"):
+        tpv.ViTPruner(model, torch.randn(1, 3, 32, 32), pruning_ratio=0.3)

@@ -96,6 +96,12 @@ def check_supported(model: nn.Module) -> None:
             f"{what}; tp_vit_plugins prunes timm VisionTransformer-family models (vit_*, deit_*, deit3_*, "
             "flexivit_*, with register tokens / LayerScale / qk_norm / avg pooling). Nothing was changed."
         )
+    stem = type(getattr(model, "patch_embed", None)).__name__
+    if stem != "PatchEmbed":
+        raise UnsupportedModelError(
+            f"{name} embeds patches with {stem}, not timm's PatchEmbed (e.g. a hybrid CNN stem); "
+            "not supported yet. Nothing was changed."
+        )
     for mod_name, m in model.named_modules():
         kind = type(m).__name__
         if kind == "AttentionPoolLatent":
