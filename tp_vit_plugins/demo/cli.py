@@ -92,6 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="vtp: prune every dim whose gate is <= this (0 = the zeroed gates) instead of --width-ratio",
     )
+    p.add_argument(
+        "--fold-gate-values",
+        dest="fold_gate_values",
+        action="store_true",
+        default=None,
+        help="vtp: fold the trained gate values into the weights (the paper) instead of ranking only",
+    )
+    p.add_argument(
+        "--gates-rank-only",
+        dest="fold_gate_values",
+        action="store_false",
+        help="vtp: the gates only choose what goes; kept dims keep their ungated scale",
+    )
     p.add_argument("--gate-histogram", default=None, help="vtp: write a PNG histogram of the trained gates here")
     p.add_argument(
         "--admm-epochs", type=_non_negative_int, default=0, help="gohsp: ADMM epochs (>0: GOHSPPruner to --target-params)"

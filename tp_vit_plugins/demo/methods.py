@@ -56,6 +56,7 @@ class MethodSettings:
     shrink: float = 1.0
     head_dim_gate: str = "proj"
     gate_threshold: float | None = None
+    fold_gate_values: bool | None = None  # None: VTPPruner's default
     sparse_steps: int | None = None  # set by the caller once the sparse epochs and loader are known
     # CP-ViT
     keep: float = 0.5
@@ -164,6 +165,7 @@ class VTP(Method):
         return VTPPruner(
             model, example, pruning_ratio=s.width_ratio, reg=s.reg, shrink=s.shrink, sparse_steps=s.sparse_steps,
             threshold=s.gate_threshold, head_dim_gate=s.head_dim_gate, head_pruning_ratio=s.head_ratio,
+            **({} if s.fold_gate_values is None else {"fold_values": s.fold_gate_values}),
         )  # fmt: skip
 
     def sparse_epochs(self, s, requested, budget=None):

@@ -15,16 +15,5 @@ ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: Methods the zoo's pipeline protocol can run (``--pipeline-methods``): peers, the seed
 #: methods and the VTP settings the default was chosen among.
 ZOO_PIPELINE_METHODS = (
-    "dense+E",
-    "l2",
-    "taylor",
-    "group_norm",
-    "gohsp",
-    "vtp",
-    "vtp-qkv",
-    "vtp-s0.5",
-    "vtp-s2",
-    "vtp-s0.5-rank",
-    "vtp-s1-rank",
-    "vtp-s0.25",
-)
+    "dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp", "vtp-qkv", "vtp-s0.5", "vtp-s2", "vtp-rank", "vtp-s0.5-rank",
+)  # fmt: skip

@@ -196,15 +196,15 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 
 
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
-#: defaults); the others are the alternatives it was chosen over on the zoo.
+#: defaults); the others, spelled out in full, are the alternatives it was chosen among.
+_VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
 VTP_VARIANTS = {
     "vtp": {},
-    "vtp-qkv": dict(head_dim_gate="qkv_out"),
-    "vtp-s0.5": dict(shrink=0.5),
-    "vtp-s2": dict(shrink=2.0),
-    "vtp-s0.5-rank": dict(shrink=0.5, fold_values=False),
-    "vtp-s1-rank": dict(shrink=1.0, fold_values=False),
-    "vtp-s0.25": dict(shrink=0.25),
+    "vtp-qkv": {**_VTP_BASE, "head_dim_gate": "qkv_out"},
+    "vtp-s0.5": {**_VTP_BASE, "shrink": 0.5},
+    "vtp-s2": {**_VTP_BASE, "shrink": 2.0},
+    "vtp-rank": {**_VTP_BASE, "fold_values": False},
+    "vtp-s0.5-rank": {**_VTP_BASE, "shrink": 0.5, "fold_values": False},
 }
 
 
