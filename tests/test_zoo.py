@@ -124,3 +124,10 @@ def test_pipeline_method_names_match_the_protocol():
     runnable = {"dense+E", "l2", "taylor", "group_norm", "gohsp", *zoo_bench.VTP_VARIANTS}
     assert set(ZOO_PIPELINE_METHODS) == runnable
     assert set(zoo_bench.PIPELINE_METHODS) <= runnable and zoo_bench.VTP_VARIANTS["vtp"] == {}  # vtp = the library default
+
+
+def test_token_method_names_match_the_protocol():
+    from tp_vit_plugins.demo.names import ZOO_TOKEN_METHODS
+
+    assert set(ZOO_TOKEN_METHODS) == {*zoo_bench.CPVIT_VARIANTS, "tome", "evit"}
+    assert zoo_bench.CPVIT_VARIANTS["cpvit"] == {}  # cpvit = apply_cascade's defaults

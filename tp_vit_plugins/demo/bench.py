@@ -346,6 +346,8 @@ def _cmd_zoo(args: argparse.Namespace) -> int:
         settings = ZooSettings(seeds=args.seeds or 3, epochs=args.zoo_epochs, protocols=protocols)
     if args.pipeline_methods:
         settings.pipeline_methods = tuple(m for m in args.pipeline_methods.split(",") if m)
+    if args.token_methods:
+        settings.token_methods = tuple(m for m in args.token_methods.split(",") if m)
     command = "tp-vit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tp-vit") else "tp-vit bench --zoo"
     run_zoo(args.out, settings, quick=args.quick, progress=show_bars(args), command=command)
     with open(os.path.join(args.out, "ZOO.md")) as f:

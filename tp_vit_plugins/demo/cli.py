@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS
+from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS, ZOO_TOKEN_METHODS
 
 __all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of"]
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"with --zoo: comma list from {','.join(ZOO_PIPELINE_METHODS)} (default: dense+E,l2,taylor,group_norm,gohsp,vtp)",
     )
+    b.add_argument("--token-methods", default=None, help=f"with --zoo: comma list from {','.join(ZOO_TOKEN_METHODS)}")
     b.add_argument("--zoo-epochs", type=_positive_int, default=2, help="with --zoo: total training epochs per pipeline method")
     _add_common(b)
     b.set_defaults(subparser=b)
@@ -275,6 +276,12 @@ def validate_bench(args: argparse.Namespace) -> None:
         if not chosen or set(chosen) - set(ZOO_PIPELINE_METHODS):
             raise ValueError(
                 f"--pipeline-methods must be a comma list from {','.join(ZOO_PIPELINE_METHODS)}, got {args.pipeline_methods!r}"
+            )
+    if args.token_methods is not None:
+        chosen = [m for m in args.token_methods.split(",") if m]
+        if not chosen or set(chosen) - set(ZOO_TOKEN_METHODS):
+            raise ValueError(
+                f"--token-methods must be a comma list from {','.join(ZOO_TOKEN_METHODS)}, got {args.token_methods!r}"
             )
     protocols = [p for p in args.protocols.split(",") if p]
     if not protocols or set(protocols) - set(ZOO_PROTOCOLS):

@@ -4,7 +4,7 @@
 (a test checks that the two agree).
 """
 
-__all__ = ["PRUNE_METHODS", "BENCH_METHODS", "ZOO_PROTOCOLS", "ZOO_PIPELINE_METHODS"]
+__all__ = ["PRUNE_METHODS", "BENCH_METHODS", "ZOO_PROTOCOLS", "ZOO_PIPELINE_METHODS", "ZOO_TOKEN_METHODS"]
 
 #: ``tp-vit prune --method`` choices.
 PRUNE_METHODS = ("random", "l1", "l2", "taylor", "gohsp", "vtp", "cpvit")
@@ -16,4 +16,9 @@ ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: methods and the VTP settings the default was chosen among.
 ZOO_PIPELINE_METHODS = (
     "dense+E", "l2", "taylor", "group_norm", "gohsp", "vtp", "vtp-qkv", "vtp-s0.5", "vtp-s2", "vtp-rank", "vtp-s0.5-rank",
+)  # fmt: skip
+#: Methods the zoo's tokens protocol can run (``--token-methods``): CP-ViT settings and the peers.
+ZOO_TOKEN_METHODS = (
+    "cpvit", "cpvit-random", "cpvit-merge", "cpvit-s0", "cpvit-s0-merge", "cpvit-s0-random", "cpvit-stepped",
+    "cpvit-s0-stepped-merge", "tome", "evit",
 )  # fmt: skip
