@@ -33,7 +33,9 @@ model = copy.deepcopy(dense)
 # 1) graph ranking: PageRank over heads, edges = similarity of attention maps of consecutive blocks
 imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.calib_batches)
 # 2) ADMM towards a heterogeneous structured pattern (heads + head dims + MLP neurons)
-pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params)
+# dual updates every `interval` optimizer steps (10 over the ADMM phase), rho balanced by the residuals
+interval = max(1, args.admm_epochs * len(train_loader) // 10)
+pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params, admm_interval=interval)
 finetune(
     model,
     train_loader,
@@ -41,10 +43,9 @@ finetune(
     warmup_epochs=1.0,
     lr=args.lr,
     step_hook=pruner.regularize,
-    epoch_hook=lambda _: pruner.update_regularizer(),
     desc="ADMM",
 )
-print(f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}")
+print(f"ADMM: {pruner.rounds} dual updates, ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}, converged={pruner.converged}")
 # 3) hard prune the support through tp, 4) fine-tune
 pruner.step()
 one_shot = evaluate(model, val_loader)

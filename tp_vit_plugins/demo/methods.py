@@ -51,6 +51,7 @@ class MethodSettings:
     # GOHSP
     admm: bool = False
     target_params: float = 0.4
+    admm_rounds: int = 10  # dual updates spread evenly over the sparse-training steps
     # VTP
     reg: float = 0.5
     shrink: float = 1.0
@@ -138,7 +139,8 @@ class GOHSP(Method):
         imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2))
         imp.calibrate(model, calib, max_batches=s.calib_batches)
         if s.admm:
-            return GOHSPPruner(model, example, imp, target_params_ratio=s.target_params)
+            interval = max(1, (s.sparse_steps or s.admm_rounds) // s.admm_rounds)
+            return GOHSPPruner(model, example, imp, target_params_ratio=s.target_params, admm_interval=interval)
         return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
 
     def sparse_epochs(self, s, requested, budget=None):
@@ -146,12 +148,17 @@ class GOHSP(Method):
 
     def hooks(self, pruner):
         if isinstance(pruner, GOHSPPruner):
-            return pruner.regularize, lambda _epoch: pruner.update_regularizer()
+            return pruner.regularize, None  # the dual updates run inside regularize, every admm_interval steps
         return None, None
 
     def finish(self, pruner):
         if isinstance(pruner, GOHSPPruner):
-            return f"ADMM residual ||W - Z|| / ||W|| = {pruner.admm_residual():.4f}"
+            last = pruner.history[-1] if pruner.history else {"primal": pruner.admm_residual(), "rho": pruner.rho}
+            return (
+                f"ADMM: {pruner.rounds} dual updates over {pruner.steps_done} steps, primal residual ||W - Z|| / ||W|| "
+                f"{last['primal']:.4f} ({'converged' if pruner.converged else 'not converged'} at tol {pruner.tol:g}), "
+                f"rho {last['rho']:.3g}; the hard prune removes Z's support"
+            )
         return None
 
 

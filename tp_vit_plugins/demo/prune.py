@@ -173,6 +173,7 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         calib_batches=args.calib_batches,
         progress=show_bars(args),
         admm=args.admm_epochs > 0,
+        admm_rounds=args.admm_rounds,
         target_params=args.target_params,
         reg=args.reg,
         shrink=args.shrink,

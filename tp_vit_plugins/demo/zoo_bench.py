@@ -221,8 +221,12 @@ def _prune_to_params(model: nn.Module, example: torch.Tensor, imp, target_params
     return build(hi)
 
 
-def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> nn.Module:
-    """Prune ``model`` (a copy) with ``name`` to ``1 - cut`` of its parameters, spending exactly ``s.epochs`` epochs."""
+def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> tuple[nn.Module, dict]:
+    """Prune ``model`` (a copy) with ``name`` to ``1 - cut`` of its parameters, spending exactly ``s.epochs`` epochs.
+
+    Returns the pruned, fine-tuned model and what the method reports (ADMM residuals, zero-gate share).
+    """
+    extra: dict = {}
     example, E = split.x_test[:1], s.epochs
     sparse = E // 2 if name in ("group_norm", "gohsp", *VTP_VARIANTS) else 0
     target = (1 - cut) * count_params(model)
@@ -231,7 +235,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
     train = dict(lr=s.lr, seed=seed, warmup_epochs=0.0, progress=False)
     if name == "dense+E":
         finetune(m, loader, epochs=E, **train)
-        return m
+        return m, extra
     if name in ("l2", "taylor"):
         m = _prune_to_params(m, example, _head_importance(name, m, calib), target)
     elif name == "group_norm":
@@ -242,22 +246,23 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         m = _prune_to_params(m, example, tp_importance("l2"), target)
     elif name == "gohsp":
         imp = GraphHeadImportance(progress=False).calibrate(m, calib)
-        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut)
+        interval = max(1, sparse * len(loader) // 10)  # 10 dual updates over the sparse phase
+        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval)
         if sparse:
-            finetune(
-                m, loader, epochs=sparse, step_hook=pruner.regularize, epoch_hook=lambda _: pruner.update_regularizer(), **train
-            )
+            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
+        extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
         pruner.step()
     elif name in VTP_VARIANTS:
         pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=False, sparse_steps=max(1, sparse * len(loader)),
                            **VTP_VARIANTS[name])  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
+        extra = {"gate_zero_share": pruner.gate_zero_share()}
         pruner.fold_gates()
         m = _prune_to_params(m, example, pruner.importance, target)
     m.zero_grad(set_to_none=True)
     finetune(m, loader, epochs=E - sparse, **train)
-    return m
+    return m, extra
 
 
 def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
@@ -267,11 +272,12 @@ def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings,
         for cut in s.param_cuts:
             for name in s.pipeline_methods:
                 torch.manual_seed(seed)
-                pruned = _pipeline_one(name, model, split, seed, cut, s)
+                pruned, extra = _pipeline_one(name, model, split, seed, cut, s)
                 c = _correct(pruned, test)
                 setting = f"-{int(100 * cut)}% params, {s.epochs} epochs"
                 kept = count_params(pruned) / dense_params
-                rows.append(Record("pipeline", setting, member.name, name, seed, float(c.float().mean()), kept, c.tolist()))
+                acc = float(c.float().mean())
+                rows.append(Record("pipeline", setting, member.name, name, seed, acc, kept, c.tolist(), extra))
     return rows
 
 
@@ -467,12 +473,22 @@ def summarize(rows: list[Record], boot: int) -> dict:
                 if below:
                     flags.append(f"{m} is below {rnd} on {', '.join(below)}")
         kept = {m: statistics.mean(r.kept for rs in per.values() for r in rs) for m, per in methods.items()}
+        reported: dict[str, dict[str, float]] = {}  # what methods report about themselves (ADMM residual, zero gates)
+        for m, per in methods.items():
+            values: dict[str, list[float]] = {}
+            for r in (r for rs in per.values() for r in rs):
+                for k, v in r.extra.items():
+                    if isinstance(v, (int, float)) and k != "knob":
+                        values.setdefault(k, []).append(float(v))
+            if values:
+                reported[m] = {k: statistics.mean(v) for k, v in values.items()}
         summary[f"{protocol} | {setting}"] = {
             "accuracy": acc,
             "mean_rank": ranks,
             "versus_best_peer": versus,
             "flags": flags,
             "kept": kept,
+            "reported": reported,
         }
     return summary
 
@@ -533,6 +549,8 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
             )
         for f in block["flags"]:
             lines.append(f"- FLAG: {f}")
+        for m, values in block.get("reported", {}).items():
+            lines.append(f"- {m} reports (mean over models and seeds): " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         lines.append("")
     return "\n".join(lines)
 
@@ -643,8 +661,8 @@ def _load_records(path: str) -> tuple[list[Record], dict]:
     raw, zoo_meta = (data, {}) if isinstance(data, list) else (data["records"], data.get("zoo", {}))
     rows = []
     for r in raw:
-        correct = r.get("correct")
-        if not correct:
+        correct = r.get("correct") or ""
+        if not correct and r["protocol"] != "latency":  # latency rows carry no per-image outcome
             raise ValueError(f"{path} holds no per-image outcomes (written before they were kept); rerun it")
         r = {**r, "correct": [c in ("1", True) for c in correct]}
         rows.append(Record(**r))

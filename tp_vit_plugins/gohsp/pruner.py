@@ -4,10 +4,21 @@ Yin et al., AAAI 2023 (arXiv 2301.05345). With ``W`` the prunable weights (qkv r
 proj columns of every head and head dim, fc1 rows and fc2 columns of every MLP neuron):
 
 * ``regularize(model)`` (after ``loss.backward()``, before ``optimizer.step()``) adds the
-  ADMM proximal gradient ``rho * (W - Z + U)``;
-* ``update_regularizer()`` sets ``Z = project(W + U)``, ``U = U + W - Z``, ``rho *= rho_growth``;
-* ``step()`` projects the final weights once more and hard-prunes everything outside the
-  support through tp (heads, head dims, MLP neurons), then syncs attention.
+  ADMM proximal gradient ``rho * (W - Z + U)`` and, with ``admm_interval``, runs the dual
+  update itself every ``admm_interval`` optimizer steps — the unit is steps, not epochs, so a
+  small dataset gets as many ADMM rounds as a large one for the same number of steps;
+* ``update_regularizer()`` sets ``Z = project(W + U)``, ``U = U + W - Z``, then balances
+  ``rho`` (Boyd et al. 2011, §3.4.1: ``rho *= tau`` when the primal residual ``||W - Z||``
+  exceeds ``mu`` times the dual residual ``rho ||Z - Z_prev||``, ``rho /= tau`` in the opposite
+  case), rescaling the scaled dual ``U`` by the inverse factor so ``rho * U`` is unchanged, and
+  multiplies ``rho`` by ``rho_growth`` (1 = balancing only); :attr:`converged` turns True once
+  the relative primal residual ``||W - Z|| / ||W||`` is below ``tol``;
+* ``step()`` hard-prunes through tp (heads, head dims, MLP neurons) exactly the units outside
+  ``Z``'s support (the last projection; without any ADMM round, the projection of ``W``), then
+  syncs attention. :attr:`history` records every round's residuals and ``rho``.
+
+The residual balancing, the step-based schedule and the stopping rule are this library's
+choices (standard ADMM practice); the paper's own schedule is not available here.
 
 ``project`` keeps the structured pattern with the highest scores under a parameter budget:
 every unit (head, head dim shared by a block's heads, MLP neuron) is scored by its weight
@@ -57,10 +68,10 @@ class GOHSPPruner(ViTPruner):
 
         imp = tpv.GraphHeadImportance().calibrate(model, calib_loader, max_batches=8)
         pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=0.4)
-        for _ in range(rounds):
-            train(model, loader, epochs=1, step_hook=pruner.regularize)
-            pruner.update_regularizer()
-        pruner.step()        # hard prune to the support, attention synced
+        pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=0.4, admm_interval=50)
+        train(model, loader, epochs=sparse_epochs, step_hook=pruner.regularize)  # dual updates every 50 steps
+        print(pruner.admm_residual(), pruner.converged)
+        pruner.step()        # hard prune to Z's support, attention synced
         train(model, loader, epochs=finetune_epochs)
 
     Args:
@@ -71,7 +82,13 @@ class GOHSPPruner(ViTPruner):
         target_params_ratio: Share of the model's parameters to remove, in ``[0, 1)``.
         structures: Unit types to prune, a subset of :data:`UNIT_TYPES`.
         rho: Initial ADMM penalty.
-        rho_growth: Factor applied to ``rho`` by every :meth:`update_regularizer`.
+        rho_growth: Extra factor applied to ``rho`` by every :meth:`update_regularizer`
+            (after balancing; 1 = balancing only).
+        admm_interval: Optimizer steps between dual updates run by :meth:`regularize`
+            (``None``: call :meth:`update_regularizer` yourself).
+        balance: Residual balancing of ``rho`` (see module docs).
+        mu, tau: Balancing threshold and factor.
+        tol: Relative primal residual below which :attr:`converged` is True.
         graph_bias: Exponent of the graph head score in the projection (0 ignores it).
         min_heads: Heads every block keeps.
         **kwargs: Passed to :class:`ViTPruner` / ``tp.pruner.BasePruner``.
@@ -89,8 +106,13 @@ class GOHSPPruner(ViTPruner):
         target_params_ratio: float = 0.4,
         structures: Sequence[str] = UNIT_TYPES,
         rho: float = 1e-2,
-        rho_growth: float = 1.5,
+        rho_growth: float = 1.0,
         graph_bias: float = 1.0,
+        admm_interval: int | None = None,
+        balance: bool = True,
+        mu: float = 10.0,
+        tau: float = 2.0,
+        tol: float = 1e-2,
         min_heads: int = 1,
         **kwargs: typing.Any,
     ) -> None:
@@ -100,6 +122,10 @@ class GOHSPPruner(ViTPruner):
             raise ValueError(f"structures must be a non-empty subset of {UNIT_TYPES}, got {list(structures)}")
         if rho <= 0 or rho_growth < 1:
             raise ValueError(f"need rho > 0 and rho_growth >= 1, got rho={rho}, rho_growth={rho_growth}")
+        if admm_interval is not None and (not isinstance(admm_interval, int) or admm_interval < 1):
+            raise ValueError(f"admm_interval must be a positive int (optimizer steps), got {admm_interval!r}")
+        if mu <= 1 or tau <= 1 or tol <= 0:
+            raise ValueError(f"need mu > 1, tau > 1 and tol > 0, got mu={mu}, tau={tau}, tol={tol}")
         if importance is not None and hasattr(importance, "head_scores") and not importance.head_scores and graph_bias:
             raise ValueError("calibrate the head importance first: importance.calibrate(model, loader)")
         for key in ("pruning_ratio", "head_pruning_ratio"):
@@ -107,6 +133,11 @@ class GOHSPPruner(ViTPruner):
                 raise TypeError(f"GOHSPPruner decides the structure from target_params_ratio; do not pass {key}")
         self.structures = tuple(structures)
         self.rho, self.rho_growth, self.graph_bias = float(rho), float(rho_growth), float(graph_bias)
+        self.admm_interval, self.balance, self.mu, self.tau, self.tol = admm_interval, balance, mu, tau, tol
+        self.steps_done, self.rounds = 0, 0
+        #: One entry per dual update: ``{"step", "primal", "dual", "rho"}`` (relative residuals).
+        self.history: list[dict] = []
+        self._z_plan: StructurePlan | None = None
         super().__init__(model, example_inputs, importance, min_heads=min_heads, **kwargs)
         self.total_params = sum(p.numel() for p in model.parameters())
         self.budget = int(round(self.target_params_ratio * self.total_params))
@@ -246,18 +277,44 @@ class GOHSPPruner(ViTPruner):
 
     # ------------------------------------------------------------------ ADMM hooks
     def regularize(self, model: nn.Module | None = None, loss: torch.Tensor | None = None) -> None:
-        """Add ``rho * (W - Z + U)`` to the gradient of every prunable weight (call after backward)."""
+        """Add ``rho * (W - Z + U)`` to every prunable weight's gradient (after backward); dual updates every ``admm_interval`` steps."""  # noqa: E501
         with torch.no_grad():
             for p, z in self.Z.items():
                 add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
+        self.steps_done += 1
+        if self.admm_interval and self.steps_done % self.admm_interval == 0:
+            self.update_regularizer()
+
+    @property
+    def converged(self) -> bool:
+        """Whether the last dual update left the relative primal residual below ``tol``."""
+        return bool(self.history) and self.history[-1]["primal"] < self.tol
 
     @torch.no_grad()
     def update_regularizer(self) -> None:
-        """ADMM dual step: ``Z = project(W + U)``, ``U += W - Z``, ``rho *= rho_growth``."""
-        self._set_z(self.project(use_dual=True), use_dual=True)
+        """ADMM dual step: ``Z = project(W + U)``, ``U += W - Z``, then ``rho`` balancing (see module docs)."""
+        z_prev = {p: z.clone() for p, z in self.Z.items()}
+        plan = self.project(use_dual=True)
+        self._set_z(plan, use_dual=True)
+        self._z_plan = plan
         for p, z in self.Z.items():
             self.U[p] += p.detach() - z
-        self.rho *= self.rho_growth
+        w_norm = sum(float(p.detach().pow(2).sum()) for p in self.Z) ** 0.5
+        primal = sum(float((p.detach() - z).pow(2).sum()) for p, z in self.Z.items()) ** 0.5
+        dual = self.rho * sum(float((z - z_prev[p]).pow(2).sum()) for p, z in self.Z.items()) ** 0.5
+        factor = 1.0
+        if self.balance and primal > self.mu * dual:
+            factor = self.tau
+        elif self.balance and dual > self.mu * primal:
+            factor = 1.0 / self.tau
+        factor *= self.rho_growth
+        if factor != 1.0:  # the scaled dual U = y / rho: keep y = rho * U when rho changes
+            self.rho *= factor
+            for p in self.U:
+                self.U[p] /= factor
+        self.rounds += 1
+        scale = max(w_norm, 1e-30)
+        self.history.append({"step": self.steps_done, "primal": primal / scale, "dual": dual / scale, "rho": self.rho})
 
     def admm_residual(self) -> float:
         """Primal residual ``||W - Z|| / ||W||`` over the prunable weights (0 = on the pattern)."""
@@ -270,7 +327,7 @@ class GOHSPPruner(ViTPruner):
         if self.current_step > self.iterative_steps:
             yield from super()._prune()
             return
-        plan = self.project(use_dual=False)
+        plan = self._z_plan if self._z_plan is not None else self.project(use_dual=False)  # Z's support
         self.final_plan = plan
         for li, b in enumerate(self._blocks):  # 1) whole heads
             if plan.heads[li]:
