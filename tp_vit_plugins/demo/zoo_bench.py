@@ -313,7 +313,7 @@ def _remove(patch) -> None:
 
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
-    if name in CPVIT_VARIANTS:
+    if name in CPVIT_VARIANTS and CPVIT_VARIANTS[name].get("fold", "drop") == "drop":  # analytic MACs are exact
         shape = {k: v for k, v in CPVIT_VARIANTS[name].items() if k in ("start_block", "schedule_power", "schedule_steps")}
         return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
 
@@ -329,7 +329,7 @@ def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: floa
         hi = (model.patch_embed.num_patches - 1) / max(1, depth - 1)
         _, r = bisect_threshold(lambda r: kept(r) > target, 0.0, hi, iterations=14)
         return r
-    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit: keep share
+    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit / merging cascades: keep share
     return lo
 
 
