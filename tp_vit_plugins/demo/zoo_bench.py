@@ -293,6 +293,7 @@ CPVIT_VARIANTS = {
     "cpvit-s0-random": dict(start_block=0, score="random"),
     "cpvit-stepped": dict(schedule_steps=3),
     "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge"),
+    "cpvit-s0-stepped-merge-random": dict(start_block=0, schedule_steps=3, fold="merge", score="random"),
 }
 
 
@@ -466,7 +467,9 @@ def summarize(rows: list[Record], boot: int) -> dict:
         flags = []
         for m in seeds_methods:
             rnd = RANDOM_PEER.get(protocol)
-            if protocol == "tokens" and "-s0" in m:
+            if protocol == "tokens" and f"{m}-random" in methods:
+                rnd = f"{m}-random"  # the random scorer with the same schedule and fold
+            elif protocol == "tokens" and "-s0" in m:
                 rnd = "cpvit-s0-random"  # the random scorer on the same schedule
             if rnd in methods:
                 below = [model for model in models if acc[m][model] < acc[rnd][model]]
