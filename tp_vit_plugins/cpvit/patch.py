@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 
@@ -199,6 +200,14 @@ def cascade_attention(
     q, k = a.q_norm(q), a.k_norm(k)
     if observe_keys is not None:
         observe_keys(k)
+    if observe is None and key_mask is None and (heads_kept is None or heads_kept >= H) and a.fused_attn:
+        # nothing to observe: the fused kernel, with the bias as an additive mask (proportional attention)
+        bias = logit_bias.to(q.dtype) if logit_bias is not None else None
+        p_drop = a.attn_drop.p if a.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=a.scale)
+        y = a.norm(y.transpose(1, 2).reshape(B, N, H * d))
+        y = y * gate if gate is not None else y
+        return a.proj_drop(a.proj(y))
     logits = (q * a.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
     if logit_bias is not None:
         logits = logits + logit_bias
