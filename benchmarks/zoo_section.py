@@ -1,6 +1,7 @@
-"""Copy the zoo runs' ZOO.md files into the "Zoo" section of RESULTS.md (no measurement here).
+"""Copy the zoo runs' ZOO.md files into a section of RESULTS.md (no measurement here).
 
 python benchmarks/zoo_section.py benchmarks/zoo benchmarks/zoo_latency [benchmarks/zoo_pipeline]
+python benchmarks/zoo_section.py --section "Zoo: method reworks" --intro FILE DIR [DIR ...]
 """
 
 from __future__ import annotations
@@ -21,14 +22,23 @@ pipeline run, each on one core). Rank heatmaps: `benchmarks/zoo*/zoo_ranks.png`;
 """
 
 
-def main(dirs: list[str]) -> None:
-    parts = [INTRO]
+def main(dirs: list[str], section: str = "Zoo", intro: str = INTRO) -> None:
+    parts = [intro]
     for d in dirs:
         with open(os.path.join(d, "ZOO.md")) as f:
             text = f.read().split("\n", 2)[2]  # drop the file's own title
         parts.append(f"#### `{d}`\n\n" + text.replace("\n### ", "\n##### "))
-    write_section("Zoo", "\n".join(parts))
+    write_section(section, "\n".join(parts))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    kwargs = {}
+    while args and args[0] in ("--section", "--intro"):
+        flag, value, args = args[0], args[1], args[2:]
+        if flag == "--section":
+            kwargs["section"] = value
+        else:
+            with open(value) as f:
+                kwargs["intro"] = f.read()
+    main(args, **kwargs)
