@@ -239,3 +239,18 @@ def test_vtp_errors_leave_model_untouched(x):
     tpv.VTPPruner(model, x)
     with pytest.raises(ValueError, match="already carries"):
         tpv.VTPPruner(model, x)
+
+
+def test_residual_stream_aggregation_closed_form(x):
+    model = make_model()
+    DG = tp.DependencyGraph().build_dependency(
+        model, x, unwrapped_parameters=tpv.vit_pruning_kwargs(model)["unwrapped_parameters"]
+    )
+    embed = DG.get_pruning_group(model.patch_embed.proj, tp.prune_conv_out_channels, list(range(48)))
+    gates = {model.blocks[0].attn.qkv: torch.full((48,), 2.0), model.blocks[1].mlp.fc1: torch.full((48,), 4.0)}
+    for aggregation, expected in (("mean", 3.0), ("max", 4.0)):
+        imp = tpv.GateImportance(aggregation=aggregation)
+        imp.set_gates(gates)
+        torch.testing.assert_close(imp(embed), torch.full((48,), expected))
+    with pytest.raises(ValueError, match="aggregation"):
+        tpv.GateImportance(aggregation="sum")

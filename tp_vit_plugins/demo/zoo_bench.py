@@ -52,7 +52,7 @@ from ..core.search import bisect_threshold
 from ..core.training import finetune
 from ..cpvit import Cascade, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
 from ..gohsp import GOHSPPruner, GraphHeadImportance
-from ..vtp import VTPPruner
+from ..vtp import GateImportance, VTPPruner
 from .peers import apply_evit, apply_tome, remove_peer
 from .zoo import QUICK_ZOO, ZOO, ZooModel, load_zoo
 
@@ -205,12 +205,17 @@ VTP_VARIANTS = {
     "vtp-s2": {**_VTP_BASE, "shrink": 2.0},
     "vtp-rank": {**_VTP_BASE, "fold_values": False},
     "vtp-s0.5-rank": {**_VTP_BASE, "shrink": 0.5, "fold_values": False},
+    # embedding dims pruned too (the other pipeline methods keep them): mean vs max over blocks
+    "vtp-embed-mean": {**_VTP_BASE, "prune_embed_dim": True},
+    "vtp-embed-max": {**_VTP_BASE, "prune_embed_dim": True, "aggregation": "max"},
 }
 
 
-def _prune_to_params(model: nn.Module, example: torch.Tensor, imp, target_params: float) -> nn.Module:
+def _prune_to_params(
+    model: nn.Module, example: torch.Tensor, imp, target_params: float, prune_embed_dim: bool = False
+) -> nn.Module:
     """Global heads + width + head dims at the scalar ratio whose model has at most ``target_params`` parameters."""
-    prune = vit_prune_fn(imp, model, lambda r: r, lambda r: r, prune_head_dims=True)
+    prune = vit_prune_fn(imp, model, lambda r: r, lambda r: r, prune_head_dims=True, prune_embed_dim=prune_embed_dim)
 
     def build(r: float) -> nn.Module:
         twin = clone_with_grads(model)
@@ -253,13 +258,16 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
         pruner.step()
     elif name in VTP_VARIANTS:
-        pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=False, sparse_steps=max(1, sparse * len(loader)),
-                           **VTP_VARIANTS[name])  # fmt: skip
+        opts = dict(VTP_VARIANTS[name])
+        embed = opts.pop("prune_embed_dim", False)
+        imp = GateImportance(aggregation=opts.pop("aggregation", "mean"))
+        pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=embed, sparse_steps=max(1, sparse * len(loader)),
+                           importance=imp, **opts)  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
         extra = {"gate_zero_share": pruner.gate_zero_share()}
         pruner.fold_gates()
-        m = _prune_to_params(m, example, pruner.importance, target)
+        m = _prune_to_params(m, example, pruner.importance, target, prune_embed_dim=embed)
     m.zero_grad(set_to_none=True)
     finetune(m, loader, epochs=E - sparse, **train)
     return m, extra

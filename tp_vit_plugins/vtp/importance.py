@@ -9,10 +9,11 @@ scatter tp's own importances use). In a timm ViT that means:
 * head dims: with ``qkv_out`` gates, the mean of the q, k and v gates of that dim — exactly
   the three dims tp removes together; with ``proj`` input gates only the v side is gated
   (the q/k dims removed with it are not scored);
-* embedding dims (the residual stream, one group across all blocks): the mean of the
-  ``qkv`` and ``fc1`` input gates of every block — the residual stream is pruned where no
-  block still reads it. This mean is the aggregation; it is a reconstruction (the paper
-  gates each block's inputs and does not say how a shared residual dimension is decided).
+* embedding dims (the residual stream, one group across all blocks): the ``qkv`` and
+  ``fc1`` input gates of every block, aggregated by ``aggregation`` — ``"mean"`` (default: a
+  dimension goes when the blocks read it little on average) or ``"max"`` (it goes only when
+  no block still reads it). This aggregation is a reconstruction (the paper gates each
+  block's inputs and does not say how a shared residual dimension is decided).
 
 Maths only: no timm import.
 """
@@ -40,6 +41,7 @@ class GateImportance(tp.importance.Importance):
 
     Args:
         p: Norm exponent applied to gate magnitudes (1 = ``|g|``).
+        aggregation: How several gates on one root channel combine: ``"mean"`` or ``"max"``.
         skip_ungated: Return ``None`` (tp then leaves the group alone) for a group without
             any gate instead of raising. :class:`VTPPruner` installs a snapshot, and with a
             snapshot ungated groups are always skipped (they are the layers left ungated).
@@ -50,8 +52,11 @@ class GateImportance(tp.importance.Importance):
             any gate was attached, which would otherwise prune nothing, silently.
     """
 
-    def __init__(self, p: float = 1.0, skip_ungated: bool = False) -> None:
+    def __init__(self, p: float = 1.0, skip_ungated: bool = False, aggregation: str = "mean") -> None:
+        if aggregation not in ("mean", "max"):
+            raise ValueError(f"aggregation must be 'mean' or 'max', got {aggregation!r}")
         self.p = p
+        self.aggregation = aggregation
         self.skip_ungated = skip_ungated
         self.gates: dict[nn.Module, torch.Tensor] = {}
         self.out_gates: dict[nn.Module, torch.Tensor] = {}
@@ -90,7 +95,10 @@ class GateImportance(tp.importance.Importance):
                 continue
             root = torch.as_tensor([position[int(r)] for r in group[i].root_idxs])
             local = g.abs().double().cpu()[torch.as_tensor(idxs)].pow(self.p)
-            total.scatter_add_(0, root, local)
+            if self.aggregation == "max":
+                total.scatter_reduce_(0, root, local, reduce="amax")
+            else:
+                total.scatter_add_(0, root, local)
             count.scatter_add_(0, root, torch.ones_like(local))
         if not bool((count > 0).any()):
             if self.has_snapshot or self.skip_ungated:
@@ -100,4 +108,4 @@ class GateImportance(tp.importance.Importance):
                 "gates first (tpv.VTPPruner, or tpv.vtp.GateSet on the layers), install trained values with "
                 "set_gates(...), or pass skip_ungated=True to leave ungated groups alone"
             )
-        return (total / count.clamp_min(1)).float()
+        return (total if self.aggregation == "max" else total / count.clamp_min(1)).float()
