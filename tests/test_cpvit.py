@@ -77,7 +77,7 @@ def test_keep_one_and_apply_remove_are_identity(family, x):
 def test_counts_follow_schedule_and_prefix_survives(family_, x64):
     model = deeper(family_)
     prefix = model.num_prefix_tokens
-    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0)
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", beta=0.0)
     seen = []
     h = model.blocks[-1].register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
     with torch.no_grad():
@@ -91,7 +91,7 @@ def test_counts_follow_schedule_and_prefix_survives(family_, x64):
 
 def test_beta_is_calibrated_into_fixed_counts_that_land_on_the_final_count(x64):
     model = deeper()
-    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=1.0, calib=[x64, x64[:1]])
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", beta=1.0, calib=[x64, x64[:1]])
     assert c.counts[-1] == 32 and c.counts[2] >= 48 and c.counts[:2] == [64, 64]
     with torch.no_grad():
         model(x64)
@@ -105,10 +105,10 @@ def test_beta_is_calibrated_into_fixed_counts_that_land_on_the_final_count(x64):
 def test_mask_mode_equals_drop_mode_for_token_pooling(x64):
     model = deeper()
     with torch.no_grad():
-        apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0, mode="drop")
+        apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", beta=0.0, mode="drop")
         dropped = model(x64)
         remove_cascade(model)
-        apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0, mode="mask")
+        apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", beta=0.0, mode="mask")
         masked = model(x64)
         remove_cascade(model)
     torch.testing.assert_close(dropped, masked, atol=1e-5, rtol=1e-5)
@@ -217,7 +217,7 @@ def test_macs_match_flop_counter(family_, head_keep, x64):
 @pytest.mark.parametrize("score", ["cls", "random"])
 def test_baseline_scorers_share_the_schedule(score, x64):
     model = deeper()
-    c = apply_cascade(model, keep_ratio=0.5, start_block=1, beta=0.0, score=score)
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", beta=0.0, score=score)
     with torch.no_grad():
         model(x64)
     assert c.state.counts == [64, 64, 48, 32]
@@ -304,7 +304,7 @@ def test_merge_fold_keeps_counts_conserves_patches_and_is_identity_without_drops
         c = apply_cascade(model, keep_ratio=1.0, start_block=1, fold="merge")
         torch.testing.assert_close(model(x64), ref, rtol=1e-5, atol=1e-5)  # nothing pruned: nothing merged
         remove_cascade(model)
-        c = apply_cascade(model, keep_ratio=0.5, start_block=1, fold="merge")
+        c = apply_cascade(model, keep_ratio=0.5, start_block=1, fold="merge", schedule_steps=None)
         model(x64)
     assert c.state.counts == [64, 64, 48, 32] and c.state.sizes.shape == (3, 32)
     assert c.state.sizes.sum(1).tolist() == [64.0, 64.0, 64.0]  # every patch is accounted for

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..core.adapter import block_layers, classifier_heads, head_layout, prefix_tokens
 from ..core.search import bisect_threshold
-from .maths import heads_kept, keep_schedule
+from .maths import DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
 from .patch import patch_embed_macs, patch_grid, token_blocks
 
 __all__ = ["cascade_macs", "fit_keep_ratio"]
@@ -24,7 +24,8 @@ def cascade_macs(
     counts: Sequence[int] | None = None,
     batch_size: int = 1,
     schedule_power: float = 1.0,
-    schedule_steps: int | None = None,
+    schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
+    fold: str = "merge",
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 
@@ -38,12 +39,13 @@ def cascade_macs(
             schedule.
         batch_size: Images per forward.
         schedule_power, schedule_steps: The schedule's shape, as in ``apply_cascade``.
+        fold: ``"merge"`` adds the similarity matmul of every merge (``pruned x kept x C``).
 
     Returns:
         Total multiply-accumulates.
     """
     depth = len(token_blocks(model))
-    start_block = depth // 4 if start_block is None else start_block
+    start_block = DEFAULT_START_BLOCK if start_block is None else start_block
     head_start_block = start_block if head_start_block is None else head_start_block
     rows, cols = patch_grid(model)
     P, prefix = rows * cols, prefix_tokens(model)
@@ -61,6 +63,8 @@ def cascade_macs(
             macs += n * C * A
         if b.fc1 is not None:
             macs += n * b.fc1.in_features * b.fc1.out_features + n * b.fc2.in_features * b.fc2.out_features
+        if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
+            macs += (counts[i] - counts[i + 1]) * counts[i + 1] * C  # similarity of pruned and kept tokens
     macs += sum(h.in_features * h.out_features for h in classifier_heads(model) if isinstance(h, nn.Linear))
     return batch_size * macs
 

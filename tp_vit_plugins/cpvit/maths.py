@@ -89,6 +89,10 @@ def attention_range(
 
 #: Schedule shapes: a continuous ramp, or piecewise-constant steps.
 SCHEDULES = ("ramp", "stepped")
+#: Defaults chosen on the zoo (``benchmarks/RESULTS.md``, "Zoo: method reworks"): scores from
+#: block 0 drop tokens, in 3 equal stages.
+DEFAULT_START_BLOCK = 0
+DEFAULT_SCHEDULE_STEPS = 3
 
 
 def keep_schedule(

@@ -37,6 +37,8 @@ from torch import nn
 from ..core.adapter import check_supported, prefix_tokens
 from ..core.calibration import iter_batches
 from .maths import (
+    DEFAULT_SCHEDULE_STEPS,
+    DEFAULT_START_BLOCK,
     adjusted_count,
     attention_range,
     gather_tokens,
@@ -470,8 +472,8 @@ def apply_cascade(
     schedule_power: float = 1.0,
     calib: Iterable | None = None,
     calib_batches: int | None = 8,
-    fold: str = "drop",
-    schedule_steps: int | None = None,
+    fold: str | None = None,
+    schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -488,7 +490,7 @@ def apply_cascade(
         keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``.
         head_keep_ratio: Fraction of heads each input keeps in blocks ``>= head_start_block``
             (1.0 = no head skipping).
-        start_block: First block whose scores drop tokens (after it); default ``depth // 4``.
+        start_block: First block whose scores drop tokens (after it); default 0 (chosen on the zoo).
         mode: ``"drop"`` (gather tokens out) or ``"mask"`` (analysis: mask them as keys).
         beta: Attention-range adjustment strength (0 = plain schedule). With ``beta > 0`` the
             adjustment is calibrated on ``calib`` into fixed counts (see module docs).
@@ -499,11 +501,12 @@ def apply_cascade(
         seed: Seed of the ``"random"`` scorer.
         schedule_power: Ramp exponent of the keep schedule (1 = linear, < 1 drops more
             tokens in early blocks; see :func:`~tp_vit_plugins.tokens.cascade.keep_schedule`).
-        fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"drop"`` (the paper) or
-            ``"merge"`` (into the most similar kept token, size-weighted, with proportional
-            attention ``+ log(size)`` in later blocks; this library's extension). ``drop`` mode only.
-        schedule_steps: ``None``: the ramp; an int: the stepped schedule with that many
-            pruning stages (see :func:`~tp_vit_plugins.cpvit.maths.keep_schedule`).
+        fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"merge"`` (the default
+            in ``"drop"`` mode, chosen on the zoo: into the most similar kept token,
+            size-weighted, with proportional attention ``+ log(size)`` in later blocks; this
+            library's extension) or ``"drop"`` (the paper; the default in ``"mask"`` mode).
+        schedule_steps: An int: the stepped schedule with that many pruning stages (default
+            3, chosen on the zoo); ``None``: the ramp (see :func:`~tp_vit_plugins.cpvit.maths.keep_schedule`).
         calib: Calibration batches for ``beta > 0`` (required then).
         calib_batches: Use at most this many of them.
 
@@ -519,11 +522,13 @@ def apply_cascade(
     if find_cascade(model) is not None:
         raise TypeError("a cascade is already applied; call remove_cascade(model) first")
     depth = len(blocks)
-    start_block = depth // 4 if start_block is None else start_block
+    start_block = DEFAULT_START_BLOCK if start_block is None else start_block
     head_start_block = start_block if head_start_block is None else head_start_block
     if mode not in TOKEN_MODES:
         raise ValueError(f"mode must be one of {TOKEN_MODES}, got {mode!r}")
-    if fold not in TOKEN_FOLDS or (fold != "drop" and mode != "drop"):
+    if fold is None:
+        fold = "merge" if mode == "drop" else "drop"
+    if fold not in TOKEN_FOLDS or (fold == "merge" and mode != "drop"):
         raise ValueError(f"fold must be one of {TOKEN_FOLDS} (merging needs mode='drop'), got fold={fold!r}, mode={mode!r}")
     if score not in TOKEN_SCORES:
         raise ValueError(f"score must be one of {TOKEN_SCORES}, got {score!r}")

@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-keep", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
     p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
     p.add_argument("--schedule-power", type=float, default=1.0, help="cpvit: keep-schedule ramp exponent (<1 drops early)")
+    p.add_argument(
+        "--schedule-steps", type=_non_negative_int, default=3, help="cpvit: pruning stages of the stepped schedule (0: the ramp)"
+    )
+    p.add_argument(
+        "--token-fold",
+        default="merge",
+        choices=["merge", "drop"],
+        help="cpvit: merge pruned tokens into their most similar kept token, or drop them (the paper)",
+    )
     p.add_argument("--sparse-epochs", type=_non_negative_int, default=3, help="vtp: epochs of gated L1 sparse training")
     p.add_argument("--reg", type=float, default=0.5, help="vtp: L1 strength, relative to the mean gate gradient")
     p.add_argument("--shrink", type=float, default=1.0, help="vtp: how far the L1 step alone moves a gate over sparse training")

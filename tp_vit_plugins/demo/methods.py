@@ -64,6 +64,8 @@ class MethodSettings:
     head_keep: float = 1.0
     start_block: int | None = None
     schedule_power: float = 1.0
+    schedule_steps: int | None = 3  # None: the ramp
+    token_fold: str = "merge"
     beta: float = 0.0  # > 0: calibrated into fixed counts on the calibration data
 
     def pruner_kwargs(self) -> dict:
@@ -202,7 +204,8 @@ class CPViT(Method):
         return None
 
     def attach_tokens(self, model, input_size, s, target, calib=None):
-        kwargs = dict(head_keep_ratio=s.head_keep, start_block=s.start_block, schedule_power=s.schedule_power)
+        kwargs = dict(head_keep_ratio=s.head_keep, start_block=s.start_block, schedule_power=s.schedule_power,
+                      schedule_steps=s.schedule_steps, fold=s.token_fold)  # fmt: skip
         if target is None:
             return apply_cascade(model, keep_ratio=s.keep, beta=s.beta, calib=calib, calib_batches=s.calib_batches, **kwargs)
         keep = fit_keep_ratio(model, input_size, target, **kwargs)  # beta 0: the schedule's MACs are exact

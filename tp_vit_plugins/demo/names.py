@@ -20,6 +20,6 @@ ZOO_PIPELINE_METHODS = (
 )  # fmt: skip
 #: Methods the zoo's tokens protocol can run (``--token-methods``): CP-ViT settings and the peers.
 ZOO_TOKEN_METHODS = (
-    "cpvit", "cpvit-random", "cpvit-merge", "cpvit-s0", "cpvit-s0-merge", "cpvit-s0-random", "cpvit-stepped",
-    "cpvit-s0-stepped-merge", "cpvit-s0-stepped-merge-random", "tome", "evit",
+    "cpvit", "cpvit-random", "cpvit-ramp-drop", "cpvit-ramp-drop-random", "cpvit-merge", "cpvit-s0", "cpvit-s0-merge",
+    "cpvit-s0-random", "cpvit-stepped", "cpvit-s0-stepped-merge", "cpvit-s0-stepped-merge-random", "tome", "evit",
 )  # fmt: skip

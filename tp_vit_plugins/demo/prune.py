@@ -184,6 +184,8 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         head_keep=args.head_keep,
         start_block=args.start_block,
         schedule_power=args.schedule_power,
+        schedule_steps=args.schedule_steps or None,
+        token_fold=args.token_fold,
     )
 
 

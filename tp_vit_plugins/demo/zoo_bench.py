@@ -289,25 +289,37 @@ def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings,
     return rows
 
 
-#: CP-ViT settings in the tokens protocol: ``cpvit`` is ``apply_cascade``'s defaults, the
-#: others the alternatives the defaults are chosen among (``cpvit-random``: random scores on
-#: the default schedule, the reference the cumulative score must beat).
+#: CP-ViT settings in the tokens protocol: ``cpvit`` is ``apply_cascade``'s defaults; the
+#: others, spelled out in full, are the alternatives the defaults were chosen among (a
+#: ``-random`` twin: random scores with the same schedule and fold, the reference the
+#: cumulative score must beat). ``"depth//4"``: the first versions' default start block.
+_Q = "depth//4"
+_RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop")
 CPVIT_VARIANTS = {
     "cpvit": {},
     "cpvit-random": dict(score="random"),
-    "cpvit-merge": dict(fold="merge"),
-    "cpvit-s0": dict(start_block=0),
-    "cpvit-s0-merge": dict(start_block=0, fold="merge"),
-    "cpvit-s0-random": dict(start_block=0, score="random"),
-    "cpvit-stepped": dict(schedule_steps=3),
+    "cpvit-ramp-drop": _RAMP_DROP,
+    "cpvit-ramp-drop-random": {**_RAMP_DROP, "score": "random"},
+    "cpvit-merge": {**_RAMP_DROP, "fold": "merge"},
+    "cpvit-s0": {**_RAMP_DROP, "start_block": 0},
+    "cpvit-s0-merge": {**_RAMP_DROP, "start_block": 0, "fold": "merge"},
+    "cpvit-s0-random": {**_RAMP_DROP, "start_block": 0, "score": "random"},
+    "cpvit-stepped": {**_RAMP_DROP, "schedule_steps": 3},
     "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge"),
     "cpvit-s0-stepped-merge-random": dict(start_block=0, schedule_steps=3, fold="merge", score="random"),
 }
 
 
+def _cascade_kwargs(name: str, model: nn.Module) -> dict:
+    kwargs = dict(CPVIT_VARIANTS[name])
+    if kwargs.get("start_block") == _Q:
+        kwargs["start_block"] = len(model.blocks) // 4
+    return kwargs
+
+
 def _token_patch(name: str, model: nn.Module, knob: float, seed: int):
     if name in CPVIT_VARIANTS:
-        return apply_cascade(model, keep_ratio=knob, seed=seed, **CPVIT_VARIANTS[name])
+        return apply_cascade(model, keep_ratio=knob, seed=seed, **_cascade_kwargs(name, model))
     if name == "tome":
         return apply_tome(model, knob)
     return apply_evit(model, knob)
@@ -322,8 +334,8 @@ def _remove(patch) -> None:
 
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
-    if name in CPVIT_VARIANTS and CPVIT_VARIANTS[name].get("fold", "drop") == "drop":  # analytic MACs are exact
-        shape = {k: v for k, v in CPVIT_VARIANTS[name].items() if k in ("start_block", "schedule_power", "schedule_steps")}
+    if name in CPVIT_VARIANTS:  # analytic MACs are exact (merging included)
+        shape = {k: v for k, v in _cascade_kwargs(name, model).items() if k != "score"}
         return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
 
     def kept(knob: float) -> float:
@@ -338,7 +350,7 @@ def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: floa
         hi = (model.patch_embed.num_patches - 1) / max(1, depth - 1)
         _, r = bisect_threshold(lambda r: kept(r) > target, 0.0, hi, iterations=14)
         return r
-    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit / merging cascades: keep share
+    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit: keep share
     return lo
 
 
