@@ -39,7 +39,8 @@ def test_gates_at_one_are_exact_identity(family, x):
 def test_folding_preserves_kept_dims_exactly(family, x):
     """Pruned model == gated dense model with the pruned gates set to 0 (MLP dims)."""
     model = make_model(family)
-    pruner = tpv.VTPPruner(model, x, pruning_ratio=0.25, prune_head_dims=False, prune_embed_dim=False, global_pruning=False)
+    pruner = tpv.VTPPruner(model, x, pruning_ratio=0.25, prune_head_dims=False, prune_embed_dim=False, global_pruning=False,
+                           fold_values=True)  # fmt: skip
     randomise_gates(pruner)
     gated = copy.deepcopy(model)
     pruner.step()
@@ -119,7 +120,7 @@ def test_gate_lr_from_sparse_steps(x):
 
 def test_threshold_selection_removes_exactly_the_zeroed_gates(x):
     model = make_model()
-    pruner = tpv.VTPPruner(model, x, threshold=0.0, prune_head_dims=False, prune_embed_dim=False)
+    pruner = tpv.VTPPruner(model, x, threshold=0.0, prune_head_dims=False, prune_embed_dim=False, fold_values=True)
     zeros = [list(range(0, 30)), list(range(100, 110))]  # 30 and 10 zero gates
     with torch.no_grad():
         for b, z in zip(model.blocks, zeros):
@@ -254,3 +255,20 @@ def test_residual_stream_aggregation_closed_form(x):
         torch.testing.assert_close(imp(embed), torch.full((48,), expected))
     with pytest.raises(ValueError, match="aggregation"):
         tpv.GateImportance(aggregation="sum")
+
+
+def test_rank_only_gates_prune_the_smallest_and_keep_the_rest_ungated(family, x):
+    """Default fold_values=False: pruned == the ungated dense model with the pruned MLP dims zeroed."""
+    model = make_model(family)
+    dense = copy.deepcopy(model)
+    pruner = tpv.VTPPruner(model, x, pruning_ratio=0.25, prune_head_dims=False, prune_embed_dim=False, global_pruning=False)
+    randomise_gates(pruner)
+    gates = [getattr(b.mlp.fc2, GATE_NAME).detach().clone() for b in model.blocks]
+    pruner.step()
+    with torch.no_grad():
+        for b_dense, b_pruned, gate in zip(dense.blocks, model.blocks, gates):
+            kept = b_pruned.mlp.fc1.out_features
+            dropped = torch.argsort(gate, stable=True)[: 192 - kept]
+            assert gate[dropped].max() <= gate[torch.argsort(gate, stable=True)[192 - kept :]].min()
+            b_dense.mlp.fc2.weight[:, dropped] = 0  # the dims that went, zeroed in the ungated model
+        torch.testing.assert_close(model(x), dense(x), atol=1e-5, rtol=1e-5)

@@ -200,6 +200,7 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
 VTP_VARIANTS = {
     "vtp": {},
+    "vtp-fold": _VTP_BASE,
     "vtp-qkv": {**_VTP_BASE, "head_dim_gate": "qkv_out"},
     "vtp-s0.5": {**_VTP_BASE, "shrink": 0.5},
     "vtp-s2": {**_VTP_BASE, "shrink": 2.0},
