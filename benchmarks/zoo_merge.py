@@ -1,4 +1,4 @@
-"""Summarise several zoo runs together: ``python benchmarks/zoo_merge.py OUT_DIR RUN.json [RUN.json ...]``.
+"""Summarise several zoo runs together: ``python benchmarks/zoo_merge.py OUT_DIR RUN.json[:old=new,...] ...``.
 
 Used to compare new method variants with peers measured in an earlier run of the same code
 and settings (records are deterministic per model, method, seed and setting, so the paired

@@ -702,7 +702,8 @@ def merge_runs(out_dir: str, sources: Sequence[str], command: str, boot: int = 1
 
     Args:
         out_dir: Where ``ZOO.md``, ``zoo.json`` and ``zoo_ranks.png`` go.
-        sources: ``zoo.json`` / ``zoo_partial.json`` paths.
+        sources: ``zoo.json`` / ``zoo_partial.json`` paths, each optionally followed by
+            ``:old=new,old2=new2`` to relabel methods (e.g. a variant that became the default).
         command: The command lines written into ``ZOO.md``.
         boot: Bootstrap resamples.
 
@@ -711,10 +712,13 @@ def merge_runs(out_dir: str, sources: Sequence[str], command: str, boot: int = 1
     """
     merged: dict[tuple, Record] = {}
     zoo_meta: dict = {}
-    for path in sources:
+    for spec in sources:
+        path, _, renames = spec.partition(":")
+        rename = dict(pair.split("=", 1) for pair in renames.split(",") if pair)
         rows, meta = _load_records(path)
         zoo_meta.update(meta)
         for r in rows:
+            r.method = rename.get(r.method, r.method)
             merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
     rows = list(merged.values())
     summary = summarize(rows, boot)

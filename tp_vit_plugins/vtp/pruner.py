@@ -109,8 +109,9 @@ class VTPPruner(ViTPruner):
             without any loss gradient from 1 to exactly 0 by the last step.
         head_dim_gate: Where head dims are gated, one of :data:`HEAD_DIM_GATES`.
         fold_values: Fold the surviving gate values into the weights (the paper's VTP).
-            Default ``False`` (chosen on the zoo: +1.6 pt at -40 % and +1.1 pt at -70 %
-            parameters over folding, zoo means): the gates only choose what goes and the kept
+            Default ``False`` (chosen on the zoo: +2.16 pt [+0.87, +3.49] at -40 % and
+            +1.11 pt [-0.33, +2.60] at -70 % parameters over folding, zoo means with paired
+            95 % intervals, ``benchmarks/zoo_vtp``): the gates only choose what goes and the kept
             dims return to their ungated scale. Removing a zeroed gate's dims is exact either way.
         gated_layers: Explicit gate positions (subset of :data:`GATED_LAYERS`); default: the
             positions that score the enabled structures (:func:`default_gated_layers`).
