@@ -1,0 +1,71 @@
+"""CP-ViT cascade speed: measured speed-up vs the MACs ratio, dense and cascade timed alternately.
+
+    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2]
+
+Models: the shipped embedded MNIST ViT and ``deit_small_patch16_224`` with random weights
+(timing does not need trained weights). For each MACs target the cascade's keep ratio is
+fitted with :func:`tp_vit_plugins.fit_keep_ratio` (default settings), and dense and cascade
+are timed one after the other in every round (:func:`~tp_vit_plugins.core.metrics.alternated_speedup`);
+the table reports the median speed-up, the MACs ratio (dense / cascade, from ``count_macs``)
+and their quotient. Writes the "Cascade speed" section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import timm
+import torch
+from common import load_embedded, write_section
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.core.metrics import alternated_speedup
+from tp_vit_plugins.tokens import apply_cascade, remove_cascade
+
+
+def rows_for(name: str, model: torch.nn.Module, example: torch.Tensor, targets, batch_sizes, rounds: int) -> list[str]:
+    out = []
+    dense_macs = tpv.count_macs(model, example)
+    for target in targets:
+        keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target)
+        reduced = copy.deepcopy(model)
+        apply_cascade(reduced, keep_ratio=keep)
+        macs_ratio = dense_macs / tpv.count_macs(reduced, example)
+        timing = alternated_speedup(model, reduced, example, batch_sizes, rounds=rounds, min_run_time=0.3)
+        for bs, (d, r, speedup) in timing.items():
+            out.append(
+                f"| {name} | {target:.2f} | {keep:.3f} | {bs} | {1e3 * d:.2f} | {1e3 * r:.2f} | {speedup:.2f} | "
+                f"{macs_ratio:.2f} | {speedup / macs_ratio:.2f} |"
+            )
+            print(out[-1], flush=True)
+        remove_cascade(reduced)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    embedded, split, _ = load_embedded()
+    deit = timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=10).eval()
+    lines = [
+        "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds)
+    lines += rows_for("deit_small (random weights)", deit, torch.randn(1, 3, 224, 224), (0.8, 0.6), (1, 64), args.rounds)
+    cmd = f"python benchmarks/cascade_speed.py --rounds {args.rounds} --threads {args.threads}"
+    body = (
+        f"`{cmd}` (torch {torch.__version__}, {args.threads} CPU threads; cascade defaults: start block 0, "
+        "3-stage stepped schedule, merged tokens; dense and cascade timed alternately, medians over rounds).\n\n"
+        + "\n".join(lines)
+    )
+    write_section("Cascade speed", body)
+
+
+if __name__ == "__main__":
+    main()
