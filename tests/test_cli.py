@@ -62,7 +62,10 @@ def test_prune_gohsp_admm_embedded(cache):
 @pytest.mark.slow
 def test_prune_cpvit_embedded(cache):
     r = prune(*QUIET, "--method", "cpvit", "--keep", "0.5", "--start-block", "1", "--no-latency")
-    assert r.token_schedule == [49, 49, 43, 37, 31, 25]
+    assert r.token_schedule == [49, 49, 41, 33, 25, 25]  # the default 3-stage stepped schedule
+    ramp = prune(*QUIET, "--method", "cpvit", "--keep", "0.5", "--start-block", "1", "--no-latency",
+                 "--schedule-steps", "0", "--token-fold", "drop")  # fmt: skip
+    assert ramp.token_schedule == [49, 49, 43, 37, 31, 25]  # the ramp, tokens dropped (the paper's pipeline)
     assert r.pruned.params == r.dense.params and r.macs_ratio > 1.1  # same weights, fewer tokens
 
 
