@@ -7,7 +7,7 @@ A recipe says how a method turns a dense model into a pruner, in three steps:
 2. :meth:`Method.hooks` — the sparse-training hooks (GOHSP's ADMM, VTP's gate L1) that run
    inside :func:`~tp_vit_plugins.finetune` for :meth:`Method.sparse_epochs` epochs;
 3. :meth:`Method.finish` — what must happen after sparse training and before the pruner's
-   importance ranks anything (VTP folds its gates); returns a one-line report.
+   importance ranks anything (VTP hands its gate values to its importance and removes the gates); returns a one-line report.
 
 The pruner then either steps at its ratios or lends its importance to
 :func:`~tp_vit_plugins.fit_budget` for a MACs / latency target. Token methods (CP-ViT)

@@ -86,7 +86,7 @@ class VTPPruner(ViTPruner):
         pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4)
         train(model, loader, epochs, step_hook=pruner.regularize)   # proximal L1 step on the gates
         print(pruner.gate_zero_share())   # share of gates the L1 step drove to exactly 0
-        pruner.step()        # score by |gate|, fold gates, prune, sync attention
+        pruner.step()        # score by |gate|, remove the gates, prune, sync attention
         train(model, loader, finetune_epochs)
 
     Args:
@@ -252,7 +252,9 @@ class VTPPruner(ViTPruner):
         self.gates.remove(fold=fold)
 
     def fold_gates(self) -> None:
-        """Hand the trained gate values to the :class:`GateImportance` and fold the gates away.
+        """Hand the trained gate values to the :class:`GateImportance` and remove the gates.
+
+        With ``fold_values=True`` the gate values are folded into the weights first (exact).
 
         :meth:`step` does this itself; call it directly to rank by the gates elsewhere, e.g. on
         copies of the model in :func:`~tp_vit_plugins.fit_budget`. No-op once folded.
@@ -260,7 +262,7 @@ class VTPPruner(ViTPruner):
         if self.gates.active:
             if isinstance(self.importance, GateImportance):
                 self.importance.set_gates(self.gates.values(), self.gates.out_values())
-            self.remove_gates(fold=self.fold_values)  # exact: W <- W * g, before tp changes any shape
+            self.remove_gates(fold=self.fold_values)  # before tp changes any shape (folding W <- W * g is exact)
 
     def width_scores(self) -> torch.Tensor:
         """Every width score tp's global ranking compares, concatenated (1-D).
