@@ -1,4 +1,4 @@
-"""VTP end to end: gated L1 sparse training -> prune dims by |gate| -> fold -> fine-tune.
+"""VTP end to end: gated proximal-L1 sparse training -> prune dims by |gate| -> fine-tune.
 
 Embedded default (offline):
 
@@ -20,7 +20,9 @@ from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_a
 p = argparse.ArgumentParser()
 add_workload_arguments(p)
 p.add_argument("--ratio", type=float, default=0.4, help="share of dimensions to prune")
-p.add_argument("--reg", type=float, default=1e-4, help="L1 strength on the gates")
+p.add_argument("--reg", type=float, default=0.5, help="L1 strength, relative to the mean gate gradient")
+p.add_argument("--threshold", type=float, default=None, help="prune every dim whose gate is <= this instead of --ratio")
+p.add_argument("--histogram", default=None, help="write a PNG histogram of the trained gates here")
 p.add_argument("--sparse-epochs", type=int, default=2)
 p.add_argument("--finetune-epochs", type=int, default=4)
 p.add_argument("--lr", type=float, default=5e-4)
@@ -30,7 +32,10 @@ w = workload_from_args(args)
 dense, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 model = copy.deepcopy(dense)
-pruner = tpv.VTPPruner(model, example, pruning_ratio=args.ratio, reg=args.reg)  # gates on qkv/proj/fc1/fc2 inputs
+steps = args.sparse_epochs * len(train_loader)  # gate_lr follows: the L1 step alone moves a gate 1 -> 0 over the run
+pruner = tpv.VTPPruner(
+    model, example, pruning_ratio=args.ratio, reg=args.reg, sparse_steps=max(1, steps), threshold=args.threshold
+)
 finetune(
     model,
     train_loader,
@@ -40,8 +45,10 @@ finetune(
     step_hook=pruner.regularize,
     desc="sparse training",
 )
-print(f"gates below 0.01: {100 * pruner.gate_sparsity():.1f}%")
-pruner.step()  # |gate| -> tp group scores, gates folded into weights, dims removed, attention synced
+print(f"gates exactly 0: {100 * pruner.gate_zero_share():.1f}%, below 0.01: {100 * pruner.gate_sparsity():.1f}%")
+if args.histogram:
+    pruner.save_gate_histogram(args.histogram)
+pruner.step()  # |gate| -> tp group scores, gates removed, dims removed, attention synced
 one_shot = evaluate(model, val_loader)
 finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=args.lr, desc="fine-tune")
 
