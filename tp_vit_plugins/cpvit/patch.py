@@ -122,6 +122,7 @@ class _ForwardState:
     localities: list[float] = field(default_factory=list)
     heads_kept: list[int] = field(default_factory=list)
     sizes: torch.Tensor | None = None  # [B, P_cur] patches each token stands for (fold="merge")
+    bias: torch.Tensor | None = None  # [B, 1, 1, N] log(size) logit bias, made once per merge
 
 
 def token_blocks(model: nn.Module) -> list[nn.Module]:
@@ -258,11 +259,9 @@ class _CascadeAttention:
                 "the CP-ViT cascade does not support attn_mask / is_causal (dropping tokens changes the sequence "
                 "length a mask was built for); call tpv.tokens.remove_cascade(model) before masked attention"
             )
-        sizes = c.state.sizes
-        bias = None
-        if sizes is not None:  # proportional attention: a merged token counts as many patches
-            pad = sizes.new_ones(sizes.shape[0], c.num_prefix)
-            bias = torch.cat([pad, sizes], dim=1).log()[:, None, None, :].to(x.dtype)
+        bias = c.state.bias  # proportional attention: a merged token counts as many patches
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
         plain = self.index not in c.score_blocks and self.index not in c.head_blocks and c.state.key_mask is None
         if plain and bias is None:
             return type(a).forward(a, x)
@@ -396,7 +395,9 @@ class Cascade:
         if x.shape[1] != self.num_prefix + self.num_patches:
             raise ValueError(f"expected {self.num_prefix + self.num_patches} tokens, got {x.shape[1]}")
         self.last = self.state
-        pos = torch.arange(self.num_patches, device=x.device).expand(B, -1)
+        pos = None
+        if self.score == "random" or self._calibrating is not None:  # only these read grid positions
+            pos = torch.arange(self.num_patches, device=x.device).expand(B, -1)
         self.state = _ForwardState(positions=pos, counts=[self.num_patches])
 
     def _observe(self, index: int, probs: torch.Tensor) -> None:
@@ -434,10 +435,13 @@ class Cascade:
             if self.mode == "drop":
                 keep = topk_sorted(st.scores, n)
                 st.scores = st.scores.gather(1, keep)
-                st.positions = st.positions.gather(1, keep)
+                if st.positions is not None:
+                    st.positions = st.positions.gather(1, keep)
                 if self.fold == "merge":
                     sizes = st.sizes if st.sizes is not None else out.new_ones(out.shape[0], current, dtype=torch.float32)
                     out, st.sizes = merge_into_kept(out, sizes, keep, self.num_prefix)
+                    pad = st.sizes.new_ones(st.sizes.shape[0], self.num_prefix)
+                    st.bias = torch.cat([pad, st.sizes], dim=1).log()[:, None, None, :]
                     return out
                 return gather_tokens(out, keep, self.num_prefix)
             alive = ~st.key_mask if st.key_mask is not None else torch.ones_like(st.scores, dtype=torch.bool)
