@@ -195,6 +195,9 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     return rows
 
 
+#: GOHSP ADMM cadences in the pipeline: dual updates over the sparse phase (``gohsp``: the
+#: recipes' 10) or one per sparse epoch (the first versions' epoch hook).
+GOHSP_ROUNDS = {"gohsp": 10, "gohsp-1-per-epoch": 1}
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults); the others, spelled out in full, are the alternatives it was chosen among.
 _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
@@ -234,7 +237,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
     """
     extra: dict = {}
     example, E = split.x_test[:1], s.epochs
-    sparse = E // 2 if name in ("group_norm", "gohsp", *VTP_VARIANTS) else 0
+    sparse = E // 2 if name in ("group_norm", *GOHSP_ROUNDS, *VTP_VARIANTS) else 0
     target = (1 - cut) * count_params(model)
     loader, calib = _train_loader(split, seed, s), _calib(split, seed, s)
     m = clone_with_grads(model)
@@ -250,9 +253,10 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), **train)
         m = _prune_to_params(m, example, tp_importance("l2"), target)
-    elif name == "gohsp":
+    elif name in GOHSP_ROUNDS:
         imp = GraphHeadImportance(progress=False).calibrate(m, calib)
-        interval = max(1, sparse * len(loader) // 10)  # 10 dual updates over the sparse phase
+        rounds = GOHSP_ROUNDS[name] * (sparse if name.endswith("-per-epoch") else 1)
+        interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval)
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
