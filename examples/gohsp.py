@@ -33,8 +33,8 @@ model = copy.deepcopy(dense)
 # 1) graph ranking: PageRank over heads, edges = similarity of attention maps of consecutive blocks
 imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.calib_batches)
 # 2) ADMM towards a heterogeneous structured pattern (heads + head dims + MLP neurons)
-# dual updates every `interval` optimizer steps (10 over the ADMM phase), rho balanced by the residuals
-interval = max(1, args.admm_epochs * len(train_loader) // 10)
+# one dual update per ADMM epoch (on the zoo, more updates within an AdamW epoch hurt), rho balanced by the residuals
+interval = max(1, len(train_loader))
 pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params, admm_interval=interval)
 finetune(
     model,

@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--admm-epochs", type=_non_negative_int, default=0, help="gohsp: ADMM epochs (>0: GOHSPPruner to --target-params)"
     )
-    p.add_argument("--admm-rounds", type=_positive_int, default=10, help="gohsp: ADMM dual updates, evenly over the ADMM steps")
+    p.add_argument(
+        "--admm-rounds",
+        type=_positive_int,
+        default=None,
+        help="gohsp: ADMM dual updates, evenly over the ADMM steps (default: one per ADMM epoch)",
+    )
     p.add_argument("--target-params", type=float, default=0.4, help="gohsp with ADMM: share of parameters to remove")
     p.add_argument("--finetune-epochs", type=_non_negative_int, default=2, help="fine-tune epochs after pruning (0: one-shot)")
     p.add_argument("--eval-batches", type=_positive_int, default=None, help="limit evaluation batches (real data)")
