@@ -20,6 +20,12 @@ proj columns of every head and head dim, fc1 rows and fc2 columns of every MLP n
 The residual balancing, the step-based schedule and the stopping rule are this library's
 choices (standard ADMM practice); the paper's own schedule is not available here.
 
+.. warning:: **Measured on the zoo** (``benchmarks/zoo_gohsp``): trained with AdamW for one
+   epoch, ADMM does not converge (relative primal residual 0.8 at -40 % and 1.8 at -70 %
+   parameters with 10 dual updates), and more updates cost accuracy (-5.5 pt / -25.9 pt
+   against one update per epoch). Adam normalises the pull ``rho (W - Z + U)`` per parameter,
+   so ``rho`` barely matters there. The CLI / bench recipes use one dual update per epoch.
+
 ``project`` keeps the structured pattern with the highest scores under a parameter budget:
 every unit (head, head dim shared by a block's heads, MLP neuron) is scored by its weight
 energy per parameter, normalised by the mean of its unit type; heads are additionally
