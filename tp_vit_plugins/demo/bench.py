@@ -119,8 +119,7 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         settings = MethodSettings(head_ratio=0.0, width_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
     if recipe is not None and recipe.prunes_structure:
         sparse = recipe.sparse_epochs(settings, 0, budget=setup.finetune_epochs)
-        settings.sparse_steps = max(1, sparse * len(train_loader)) if sparse else None
-        settings.planned_sparse_epochs = sparse
+        settings.plan_sparse(sparse, train_loader)
         pruner = recipe.prepare(base, setup.example, calib, settings)
         if sparse:  # the sparse phase counts against the method's epoch budget
             step_hook, epoch_hook = recipe.hooks(pruner)

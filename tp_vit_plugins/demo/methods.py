@@ -58,7 +58,7 @@ class MethodSettings:
     head_dim_gate: str = "proj"
     gate_threshold: float | None = None
     fold_gate_values: bool | None = None  # None: VTPPruner's default
-    sparse_steps: int | None = None  # set by the caller once the sparse epochs and loader are known
+    sparse_steps: int | None = None  # set by plan_sparse once the sparse epochs and loader are known
     planned_sparse_epochs: int = 0  # likewise
     # CP-ViT
     keep: float = 0.5
@@ -68,6 +68,14 @@ class MethodSettings:
     schedule_steps: int | None = 3  # None: the ramp
     token_fold: str = "merge"
     beta: float = 0.0  # > 0: calibrated into fixed counts on the calibration data
+
+    def plan_sparse(self, epochs: int, loader: Iterable | None) -> None:
+        """Record the sparse phase (VTP sets its gate step size, GOHSP its ADMM cadence from it).
+
+        ``loader`` (sized) is read only when ``epochs > 0``; without sparse training it may be ``None``.
+        """
+        self.planned_sparse_epochs = epochs
+        self.sparse_steps = max(1, epochs * len(loader)) if epochs else None
 
     def pruner_kwargs(self) -> dict:
         """The :class:`ViTPruner` structure switches."""

@@ -224,8 +224,7 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
     """Prepare, sparse-train and prune ``model`` with the method's recipe; returns the pruned model."""
     recipe, s = get_method(args.method), _settings(args)
     epochs = recipe.sparse_epochs(s, args.admm_epochs if args.method == "gohsp" else args.sparse_epochs)
-    s.sparse_steps = max(1, epochs * len(w.train_loader)) if epochs else None
-    s.planned_sparse_epochs = epochs
+    s.plan_sparse(epochs, w.train_loader)
     pruner = recipe.prepare(model, w.example, w.train_loader, s)
     if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         step_hook, epoch_hook = recipe.hooks(pruner)

@@ -195,9 +195,9 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     return rows
 
 
-#: GOHSP ADMM cadences in the pipeline: ``gohsp`` = the recipes' default, one dual update per
-#: sparse epoch; ``gohsp-10-rounds`` = 10 updates spread over the sparse phase.
-GOHSP_ROUNDS = {"gohsp": 1, "gohsp-10-rounds": 10}
+#: GOHSP ADMM dual updates over the sparse phase: ``gohsp`` = the recipes' default (``None``:
+#: one per sparse epoch); ``gohsp-10-rounds`` = 10 updates spread over the sparse phase.
+GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10}
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults); the others, spelled out in full, are the alternatives it was chosen among.
 _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
@@ -255,7 +255,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         m = _prune_to_params(m, example, tp_importance("l2"), target)
     elif name in GOHSP_ROUNDS:
         imp = GraphHeadImportance(progress=False).calibrate(m, calib)
-        rounds = GOHSP_ROUNDS[name] * (max(1, sparse) if name == "gohsp" else 1)
+        rounds = GOHSP_ROUNDS[name] or max(1, sparse)
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval)
         if sparse:

@@ -24,8 +24,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core.training import add_to_grad
-
 __all__ = ["GateSet", "GATE_NAME", "OUT_GATE_NAME", "soft_threshold"]
 
 #: Name of the input-gate parameter on every input-gated Linear.
@@ -106,12 +104,6 @@ class GateSet:
         """Every gate entry in one 1-D tensor (for histograms and sparsity shares)."""
         params = self.parameters()
         return torch.cat([p.detach().flatten().cpu() for p in params]) if params else torch.zeros(0)
-
-    @torch.no_grad()
-    def l1_subgradient(self, strength: float) -> None:
-        """Add ``strength * sign(g)`` to every gate gradient (the L1 term's subgradient)."""
-        for g in self.parameters():
-            add_to_grad(g, strength * torch.sign(g))
 
     @torch.no_grad()
     def proximal_step(self, lr: float, strength: float, grad_scale: float = 1.0) -> None:
