@@ -113,6 +113,34 @@ def test_short_run_drives_dead_units_gates_to_exactly_zero(tmp_path):
     assert without.gate_zero_share() == 0.0
 
 
+def test_taylor_score_is_mean_gate_times_gradient_and_zero_for_zeroed_gates(x):
+    """``score="taylor"``: mean over steps of |g * dL/dg| (raw gradient), times 0 where the gate ended at 0."""
+    torch.manual_seed(0)
+    model = make_model()
+    pruner = tpv.VTPPruner(model, x, score="taylor", reg=0.5, gate_lr=0.05, prune_head_dims=False)
+    gates = pruner.gate_parameters()
+    expected = [torch.zeros_like(g) for g in gates]
+    for step in range(2):
+        model.zero_grad(set_to_none=True)
+        model(x * (step + 1)).square().mean().backward()
+        for e, g in zip(expected, gates):
+            e += (g.detach() * g.grad).abs() / 2
+        pruner.regularize(model)
+    with torch.no_grad():
+        gates[0][:5] = 0  # as if the L1 step had zeroed them: the threshold rule removes them first
+    ins, _ = pruner.gate_scores()
+    final = [g.detach() for g in gates]
+    assert list(ins) == [b.mlp.fc2 for b in model.blocks]
+    for score, e, g in zip(ins.values(), expected, final):
+        torch.testing.assert_close(score, e * (g != 0), rtol=1e-5, atol=1e-9)
+    assert torch.equal(ins[model.blocks[0].mlp.fc2][:5], torch.zeros(5)) and bool((expected[0][:5] > 0).all())
+    assert bool((ins[model.blocks[0].mlp.fc2][5:] > 0).all())
+    magnitude = tpv.VTPPruner(make_model(), x, prune_head_dims=False)
+    assert torch.equal(magnitude.gate_scores()[0][magnitude.model.blocks[0].mlp.fc2], torch.ones(192))
+    with pytest.raises(ValueError, match="score"):
+        tpv.VTPPruner(make_model(), x, score="hessian")
+
+
 def test_gate_lr_from_sparse_steps(x):
     pruner = tpv.VTPPruner(make_model(), x, reg=0.5, shrink=2.0, sparse_steps=40)
     assert pruner.gate_lr == pytest.approx(2.0 / (0.5 * 40))

@@ -46,10 +46,10 @@ from torch import nn
 
 from ..core.adapter import block_layers
 from ..core.pruner import ViTPruner
-from .gates import GateSet
+from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
 from .importance import GateImportance
 
-__all__ = ["VTPPruner", "GATED_LAYERS", "HEAD_DIM_GATES", "default_gated_layers"]
+__all__ = ["VTPPruner", "GATED_LAYERS", "HEAD_DIM_GATES", "GATE_SCORES", "default_gated_layers"]
 
 #: Gate positions of a block: input gates of ``qkv``, ``proj``, ``fc1``, ``fc2`` and the
 #: output gate of ``qkv`` (``"qkv_out"``: q, k, v of every head dim).
@@ -58,6 +58,9 @@ GATED_LAYERS = ("qkv", "proj", "fc1", "fc2", "qkv_out")
 GATES_FOR = {"mlp": ("fc2",), "embed": ("qkv", "fc1")}
 #: Head-dim gate choices: ``"qkv_out"`` (q, k, v of each dim) or ``"proj"`` (the v side).
 HEAD_DIM_GATES = ("qkv_out", "proj")
+#: What ranks the dims at pruning time: ``"magnitude"`` (``|g|``, the paper's) or
+#: ``"taylor"`` (mean ``|g * dL/dg|`` over sparse training; this library's extension).
+GATE_SCORES = ("magnitude", "taylor")
 
 
 def default_gated_layers(prune_mlp: bool, prune_head_dims: bool, prune_embed_dim: bool, head_dim_gate: str) -> tuple:
@@ -118,6 +121,7 @@ class VTPPruner(ViTPruner):
             dims return to their ungated scale. Removing a zeroed gate's dims is exact either way.
         gated_layers: Explicit gate positions (subset of :data:`GATED_LAYERS`); default: the
             positions that score the enabled structures (:func:`default_gated_layers`).
+        score: What ranks the dims, one of :data:`GATE_SCORES` (see :meth:`gate_scores`).
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
 
     Raises:
@@ -144,6 +148,7 @@ class VTPPruner(ViTPruner):
         head_dim_gate: str = "proj",
         fold_values: bool = False,
         gated_layers: Sequence[str] | None = None,
+        score: str = "magnitude",
         **kwargs: typing.Any,
     ) -> None:
         if reg < 0 or (gate_lr is not None and gate_lr < 0):
@@ -156,6 +161,8 @@ class VTPPruner(ViTPruner):
             raise ValueError(f"head_dim_gate must be one of {HEAD_DIM_GATES}, got {head_dim_gate!r}")
         if shrink <= 0:
             raise ValueError(f"shrink must be > 0, got {shrink}")
+        if score not in GATE_SCORES:
+            raise ValueError(f"score must be one of {GATE_SCORES}, got {score!r}")
         if gated_layers is None:
             heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
             gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim, head_dim_gate)
@@ -177,11 +184,14 @@ class VTPPruner(ViTPruner):
             gate_lr = shrink / (max(reg, 1e-12) * sparse_steps) if sparse_steps else 1e-2
         self.reg, self.gate_lr, self.threshold = float(reg), float(gate_lr), threshold
         self.sparse_steps, self.steps_done = sparse_steps, 0
-        self.fold_values = fold_values
+        self.fold_values, self.score = fold_values, score
         self.grad_ema_decay = 0.9
         self._grad_ema = self._grad_ema_weight = 0.0
         ins, outs = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
+        #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
+        self._saliency: dict[nn.Parameter, torch.Tensor] = {}
+        self._saliency_steps = 0
         #: Every gate value at the moment they were folded (``None`` before): for reports and histograms.
         self.trained_gates: torch.Tensor | None = None
 
@@ -202,8 +212,43 @@ class VTPPruner(ViTPruner):
             self._grad_ema = d * self._grad_ema + (1 - d) * current
             self._grad_ema_weight = d * self._grad_ema_weight + (1 - d)
         scale = self._grad_ema / self._grad_ema_weight if self._grad_ema_weight > 0 else 1.0
+        if self.score == "taylor":
+            self._accumulate_saliency()
         self.gates.proximal_step(self.gate_lr, self.reg, grad_scale=scale)
         self.steps_done += 1
+
+    @torch.no_grad()
+    def _accumulate_saliency(self) -> None:
+        """Add this step's ``|g * dL/dg|`` (first-order loss change of zeroing each gate) to the running sums."""
+        touched = False
+        for g in self.gates.parameters():
+            if g.grad is None:
+                continue
+            s = (g.detach() * g.grad.detach()).abs().float()
+            self._saliency[g] = self._saliency[g] + s if g in self._saliency else s.clone()
+            touched = True
+        self._saliency_steps += int(touched)
+
+    def gate_scores(self) -> tuple[dict[nn.Linear, torch.Tensor], dict[nn.Linear, torch.Tensor]]:
+        """``(input-gate scores, output-gate scores)`` per gated layer, as :class:`GateImportance` ranks them.
+
+        ``score="magnitude"``: the gate values (the paper's rule). ``score="taylor"``: the mean
+        over sparse-training steps of ``|g * dL/dg|``, times 0 where the gate is now exactly 0
+        (so the threshold rule removes the same dims either way); without any recorded step it
+        falls back to the gate values.
+        """
+        ins, outs = self.gates.values(), self.gates.out_values()
+        if self.score == "magnitude" or not self._saliency_steps:
+            return ins, outs
+
+        def taylor(table: dict[nn.Linear, torch.Tensor], name: str) -> dict[nn.Linear, torch.Tensor]:
+            out = {}
+            for lin, g in table.items():
+                total = self._saliency.get(getattr(lin, name))
+                out[lin] = g.new_zeros(g.shape) if total is None else (total / self._saliency_steps).to(g) * (g != 0)
+            return out
+
+        return taylor(ins, GATE_NAME), taylor(outs, OUT_GATE_NAME)
 
     def _gate_values(self) -> torch.Tensor:
         if self.gates.active:
@@ -261,7 +306,7 @@ class VTPPruner(ViTPruner):
         """
         if self.gates.active:
             if isinstance(self.importance, GateImportance):
-                self.importance.set_gates(self.gates.values(), self.gates.out_values())
+                self.importance.set_gates(*self.gate_scores())
             self.remove_gates(fold=self.fold_values)  # before tp changes any shape (folding W <- W * g is exact)
 
     def width_scores(self) -> torch.Tensor:
