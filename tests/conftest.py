@@ -23,7 +23,12 @@ FAMILIES = {
     "qk_norm": (VisionTransformer, dict(qk_norm=True)),
     "no_qkv_bias": (VisionTransformer, dict(qkv_bias=False)),
     "deit3": (VisionTransformer, dict(no_embed_class=True, init_values=0.5)),  # deit3_*: LayerScale, patch-only pos_embed
+    "siglip_map": (VisionTransformer, dict(class_token=False, global_pool="map")),  # attention-pool head (SigLIP)
 }
+
+
+#: Families whose residual stream keeps its width (timm's attention pool reshapes to its input width).
+FIXED_EMBED = {"siglip_map"}
 
 
 def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Module:
@@ -35,6 +40,8 @@ def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Modu
         for name, p in model.named_parameters():
             if name.endswith("bias") or "token" in name or "pos_embed" in name:
                 p.normal_(0, 0.2)
+            elif name.startswith("attn_pool."):  # a pool whose output depends on the tokens it pools
+                p.normal_(0, 2.0 if name.endswith("latent") else 0.3)
             elif name.endswith("gamma"):
                 p.uniform_(0.5, 1.5)
             elif p.dim() == 1:  # norm weights

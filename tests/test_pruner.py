@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
-from conftest import FAMILIES, fused_and_eager, make_model, snapshot, state_equal
+from conftest import FAMILIES, FIXED_EMBED, fused_and_eager, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.adapter import attention_modules
@@ -155,6 +155,12 @@ SETTINGS = {
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_every_structure_runs_consistent_and_fused_equals_eager(family, x, setting):
     model = make_model(family)
+    if family in FIXED_EMBED and SETTINGS[setting].get("prune_embed_dim"):
+        before = snapshot(model)
+        with pytest.raises(ValueError, match="attention-pool"):
+            tpv.ViTPruner(model, x, **SETTINGS[setting])
+        assert state_equal(before, model.state_dict())
+        return
     n_params = sum(p.numel() for p in model.parameters())
     tpv.ViTPruner(model, x, **SETTINGS[setting]).step()
     assert consistent(model)

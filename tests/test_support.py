@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch_pruning as tp
 from conftest import snapshot, state_equal
 
 import tp_vit_plugins as tpv
@@ -13,7 +14,6 @@ from tp_vit_plugins.core.adapter import UnsupportedModelError, check_supported
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 
 UNSUPPORTED = {
-    "siglip_attention_pool": ("vit_base_patch16_siglip_224", TINY, "attention-pool head"),
     "eva02": ("eva02_tiny_patch14_224", dict(img_size=28, depth=2, num_classes=10), "EVA / EVA02"),
     "beit": ("beit_base_patch16_224", TINY, "BEiT"),
     "cait": ("cait_xxs24_224", TINY, "CaiT"),
@@ -79,3 +79,43 @@ def test_other_patch_stems_are_refused():
     model.patch_embed.load_state_dict(old.state_dict())
     with pytest.raises(UnsupportedModelError, match="StridedStem"):
         tpv.ViTPruner(model, torch.randn(1, 3, 32, 32), pruning_ratio=0.3)
+
+
+def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
+    """timm's SigLIP config (attention-pool head): heads, head dims and MLP prune; the pool stays whole."""
+    from conftest import fused_and_eager
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, **TINY).eval()
+    x = torch.randn(3, 3, 32, 32)
+    check_supported(model)
+    pool_before = {k: v.clone() for k, v in model.attn_pool.state_dict().items()}
+    with pytest.raises(ValueError, match="attention-pool"):
+        tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, prune_embed_dim=True)
+    pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, head_pruning_ratio=0.34, prune_head_dims=True)
+    pruner.step()
+    assert pruner.heads_per_layer() == [2, 2] and model.blocks[0].mlp.fc1.out_features < 192
+    pool_after = model.attn_pool.state_dict()
+    assert pool_after.keys() == pool_before.keys() and all(torch.equal(pool_before[k], pool_after[k]) for k in pool_before)
+    fused, eager = fused_and_eager(model, x)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    tpv.save_pruned(model, tmp_path / "m")
+    loaded = tpv.load_pruned(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
+    assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
+    with torch.no_grad():
+        ref = model(x)
+        tpv.tokens.apply_cascade(model, keep_ratio=0.5)  # the pool attends over the tokens that are left
+        assert model(x).shape == (3, 10) and not torch.allclose(model(x), ref, atol=1e-4)
+        tpv.tokens.remove_cascade(model)
+        assert torch.equal(model(x), ref)
+    # stock tp with the kwargs: the residual stream is left alone, the model still runs
+    stock = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, **TINY).eval()
+    kw = tpv.vit_pruning_kwargs(stock)
+    tp.pruner.BasePruner(stock, x[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.3, **kw).step()
+    tpv.sync_attention(stock, kw["num_heads"])
+    assert stock.patch_embed.proj.out_channels == 48 and stock.blocks[0].mlp.fc1.out_features < 192
+    with torch.no_grad():
+        assert stock(x).shape == (3, 10)

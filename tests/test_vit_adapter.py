@@ -23,7 +23,12 @@ def test_kwargs_cover_tokens_heads_and_classifiers(family):
     kw = tpv.vit_pruning_kwargs(model)
     assert kw["num_heads"] == {a.qkv: 3 for _, a in attention_modules(model)}
     heads = [model.head] + ([model.head_dist] if family == "deit_distilled" else [])
-    assert kw["ignored_layers"] == heads
+    if family == "siglip_map":  # the pool stays whole, the residual stream keeps its width
+        pool = model.attn_pool
+        heads += [pool.q, pool.kv, pool.proj, pool.norm, pool.mlp.fc1, pool.mlp.fc2, model.patch_embed.proj]
+        assert {id(m) for m in kw["ignored_layers"]} == {id(m) for m in heads}
+    else:
+        assert kw["ignored_layers"] == heads
     params = {id(p): d for p, d in kw["unwrapped_parameters"]}
     for attr in ("cls_token", "dist_token", "reg_token", "pos_embed"):
         p = getattr(model, attr, None)

@@ -42,6 +42,7 @@ __all__ = [
     "check_supported",
     "UnsupportedModelError",
     "attention_modules",
+    "attention_pool",
     "attention_maps",
     "eager_attention",
     "vit_pruning_kwargs",
@@ -74,12 +75,12 @@ def check_supported(model: nn.Module) -> None:
     """Refuse, before anything changes, a model this library cannot prune correctly.
 
     Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, distilled DeiT,
-    DeiT3, FlexiViT, register tokens, LayerScale, ``qk_norm``, average pooling) whose blocks
-    use timm's own ``Attention``. Refused: other families (EVA/EVA02, BEiT, CaiT, Swin,
-    vit_relpos, PiT, torchvision's ViT, ...), attention subclasses or other attention modules
-    inside a ViT (their forward is not the one the pruners keep consistent), and the
-    attention-pool head (``global_pool="map"``, SigLIP-style), whose q / kv projections tp
-    would prune as if they were MLP channels, leaving a model that fails on its next forward.
+    DeiT3, FlexiViT, register tokens, LayerScale, ``qk_norm``, average pooling, the
+    attention-pool head of SigLIP-style models, which is left whole: :func:`attention_pool`)
+    whose blocks use timm's own ``Attention``. Refused: other families (EVA/EVA02, BEiT,
+    CaiT, Swin, vit_relpos, PiT, torchvision's ViT, ...), attention subclasses or other
+    attention modules inside a ViT (their forward is not the one the pruners keep
+    consistent), and other pool heads (``global_pool="prr"``).
 
     Raises:
         UnsupportedModelError: (a ``TypeError``) naming the family or module and what is missing.
@@ -102,12 +103,16 @@ def check_supported(model: nn.Module) -> None:
             f"{name} embeds patches with {stem}, not timm's PatchEmbed (e.g. a hybrid CNN stem); "
             "not supported yet. Nothing was changed."
         )
+    pool = attention_pool(model)
+    pool_modules = set(pool.modules()) if pool is not None else set()
     for mod_name, m in model.named_modules():
         kind = type(m).__name__
-        if kind == "AttentionPoolLatent":
+        if m in pool_modules:
+            continue
+        if kind in ("AttentionPoolLatent", "AttentionPoolPrr"):
             raise UnsupportedModelError(
-                f"{name} has an attention-pool head ({mod_name}: {kind}, global_pool='map', e.g. SigLIP); "
-                "pruning it is not supported yet. Nothing was changed."
+                f"{name}.{mod_name} is an attention pool ({kind}) that is not the model's attn_pool head with a "
+                "latent query; pruning it is not supported. Nothing was changed."
             )
         attention_like = hasattr(m, "num_heads") or "Attention" in kind or "Attn" in kind
         if attention_like and type(m) is not Attention:
@@ -115,6 +120,48 @@ def check_supported(model: nn.Module) -> None:
                 f"{name}.{mod_name} is a {kind}, not timm.layers.Attention; tp_vit_plugins keeps only timm's own "
                 "Attention consistent after pruning. Nothing was changed."
             )
+
+
+def attention_pool(model: nn.Module) -> nn.Module | None:
+    """The model's attention-pool head (``global_pool="map"``, SigLIP-style ``attn_pool``), or ``None``.
+
+    The pool reads the residual stream through its ``kv`` projection and pools it with a
+    learned latent query. The pruners leave the pool whole (its ``q`` / ``kv`` / ``proj`` /
+    MLP are ignored layers); the blocks' heads, head dims and MLPs prune as in any ViT.
+    Embedding (residual-stream) dims are not pruned in such models: timm's pool reshapes its
+    attention output to the width of its input, so a narrower residual stream would break
+    it (``ViTPruner(prune_embed_dim=True)`` refuses; a stock tp pruner given
+    :func:`vit_pruning_kwargs` leaves the residual group alone).
+
+    Raises:
+        UnsupportedModelError: ``attn_pool`` is another kind of pool (e.g. ``"prr"``).
+    """
+    pool = getattr(model, "attn_pool", None)
+    if pool is None:
+        return None
+    kind = type(pool).__name__
+    if kind != "AttentionPoolLatent" or not isinstance(getattr(pool, "kv", None), nn.Linear):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}.attn_pool is a {kind}; only timm's AttentionPoolLatent (global_pool='map', "
+            "SigLIP-style) is supported. Nothing was changed."
+        )
+    return pool
+
+
+def _pool_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers tp must not prune in a model with an attention-pool head.
+
+    The pool stays whole (its linears and norms). timm's pool reshapes its attention output
+    to the width of its *input*, so the residual stream must keep its width too: the patch
+    embedding is ignored as well, which makes tp treat the residual-stream group as
+    unprunable (tp skips every group that would remove output channels of an ignored layer).
+    """
+    pool = attention_pool(model)
+    if pool is None:
+        return []
+    layers = [m for m in pool.modules() if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    stem = getattr(getattr(model, "patch_embed", None), "proj", None)
+    return [*layers, *([stem] if isinstance(stem, nn.Module) else [])]
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
@@ -308,7 +355,9 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     Returns a fresh dict on each call (tp mutates ``num_heads`` in place):
 
     * ``num_heads`` — ``{attn.qkv: H}`` for every block;
-    * ``ignored_layers`` — the classifier heads (``head``, ``head_dist``), so classes stay;
+    * ``ignored_layers`` — the classifier heads (``head``, ``head_dist``), so classes stay,
+      and with an attention-pool head (:func:`attention_pool`) the pool's layers and the
+      patch embedding, so the pool stays whole and the residual stream keeps its width;
     * ``unwrapped_parameters`` — ``cls_token`` / ``dist_token`` / ``reg_token`` /
       ``pos_embed`` (embedding dim = last axis) and LayerScale ``gamma`` (axis 0), so
       embedding-dim pruning keeps prefix tokens and position embeddings consistent;
@@ -335,13 +384,16 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     for m in model.modules():
         if isinstance(m, LayerScale):
             unwrapped.append((m.gamma, 0))
+    pool = attention_pool(model)
+    if pool is not None:  # the latent query feeds only the (ignored) pool q: never pruned, declared for tp
+        unwrapped.append((pool.latent, pool.latent.dim() - 1))
     head_norms = {norm: a for _, a in attns for norm in (a.q_norm, a.k_norm) if not isinstance(norm, nn.Identity)}
     # tp 1.6.1 keys customized pruners by class; one dispatching pruner per norm class
     pruner = HeadNormPruner(head_norms) if head_norms else None
     customized = {cls: pruner for cls in {type(n) for n in head_norms}}
     return {
         "num_heads": {a.qkv: int(a.num_heads) for _, a in attns},
-        "ignored_layers": classifier_heads(model),
+        "ignored_layers": [*classifier_heads(model), *_pool_layers(model)],
         "unwrapped_parameters": unwrapped,
         "customized_pruners": customized,
     }

@@ -25,7 +25,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .adapter import _sync_model_dims, attention_modules
+from .adapter import _sync_model_dims, attention_modules, attention_pool
 
 __all__ = ["save_pruned", "load_pruned", "FORMAT"]
 
@@ -104,6 +104,11 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         if a.num_heads * a.head_dim != a.attn_dim or a.attn_dim != a.qkv.out_features // 3:
             raise ValueError(f"{name} is out of sync with its qkv weights; call tpv.sync_attention(model) first")
         attns[name] = {"num_heads": int(a.num_heads), "head_dim": int(a.head_dim), "scale": float(a.scale)}
+    pool = attention_pool(model)
+    pool_layout = None
+    if pool is not None:
+        pool_layout = {"num_heads": int(pool.num_heads), "head_dim": int(pool.head_dim), "scale": float(pool.scale),
+                       "latent_len": int(pool.latent_len), "latent_dim": int(pool.latent_dim)}  # fmt: skip
     norms = {
         n: list(m.normalized_shape) for n, m in model.named_modules() if isinstance(getattr(m, "normalized_shape", None), tuple)
     }
@@ -114,6 +119,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         "architecture": (getattr(model, "pretrained_cfg", None) or {}).get("architecture"),
         "kwargs": _structural_kwargs(model),
         "attention": attns,
+        "attn_pool": pool_layout,
         "norms": norms,
         "shapes": {k: list(v.shape) for k, v in state.items()},
     }
@@ -213,6 +219,14 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
             raise ValueError(f"{name} is not a timm Attention in the rebuilt model")
         attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
         attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
+    layout = spec.get("attn_pool")
+    if layout is not None:
+        pool = attention_pool(model)
+        if pool is None:
+            raise ValueError(f"{spath} describes an attention pool but the rebuilt model has none")
+        for key in ("num_heads", "head_dim", "latent_len", "latent_dim"):
+            setattr(pool, key, int(layout[key]))
+        pool.scale = float(layout["scale"])
     _sync_model_dims(model)
     model.load_state_dict(state, strict=True)
     model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=spec.get("architecture"))

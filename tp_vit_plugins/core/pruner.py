@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .adapter import attention_modules, sync_attention, vit_pruning_kwargs
+from .adapter import attention_modules, attention_pool, sync_attention, vit_pruning_kwargs
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -77,8 +77,9 @@ class ViTPruner(tp.pruner.BasePruner):
 
     Raises:
         TypeError: The model has no timm attention, or a kwarg this class sets itself.
-        ValueError: A ratio outside ``[0, 1)``, or a head budget leaving a layer with fewer
-            than ``min_heads`` heads. The model is untouched in every error case.
+        ValueError: A ratio outside ``[0, 1)``, a head budget leaving a layer with fewer
+            than ``min_heads`` heads, or ``prune_embed_dim=True`` on a model with an
+            attention-pool head. The model is untouched in every error case.
     """
 
     def __init__(
@@ -110,6 +111,11 @@ class ViTPruner(tp.pruner.BasePruner):
             raise ValueError(f"min_heads must be an int >= 1, got {min_heads!r}")
         check_tp_seams()
         vit_kw = vit_pruning_kwargs(model)  # TypeError for non-ViT models
+        if prune_embed_dim and attention_pool(model) is not None:
+            raise ValueError(
+                f"{type(model).__name__} has an attention-pool head (global_pool='map'), which needs the residual "
+                "stream at its full width; use prune_embed_dim=False (heads, head dims and MLP dims still prune)"
+            )
         self._attentions = attention_modules(model)
         self.global_head_pruning = global_pruning if global_head_pruning is None else bool(global_head_pruning)
         self.min_heads = min_heads
