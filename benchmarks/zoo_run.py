@@ -1,10 +1,11 @@
 """One zoo protocol on chosen models and methods (what ``tp-vit bench --zoo`` runs, narrowed).
 
-    python benchmarks/zoo_run.py pipeline MODELS METHODS THREADS SEEDS OUT_DIR
+    python benchmarks/zoo_run.py pipeline MODELS METHODS THREADS SEEDS OUT_DIR [EPOCHS]
     python benchmarks/zoo_run.py tokens   MODELS METHODS THREADS SEEDS OUT_DIR
 
 MODELS and METHODS are comma lists (``all`` = every zoo model). Writes ``OUT_DIR/ZOO.md``,
 ``zoo.json`` (with per-image outcomes, for ``benchmarks/zoo_merge.py``) and ``zoo_ranks.png``.
+EPOCHS (pipeline only) sets the equal total epoch budget ``E`` (default ``ZooSettings.epochs``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from tp_vit_plugins.demo.zoo import ZOO
 from tp_vit_plugins.demo.zoo_bench import ZooSettings, run_zoo
 
 if __name__ == "__main__":
-    if len(sys.argv) != 7 or sys.argv[1] not in ("pipeline", "tokens"):
+    if len(sys.argv) not in (7, 8) or sys.argv[1] not in ("pipeline", "tokens"):
         sys.exit(__doc__)
-    protocol, models, methods, threads, seeds, out = sys.argv[1:]
+    protocol, models, methods, threads, seeds, out = sys.argv[1:7]
+    extra = {"epochs": int(sys.argv[7])} if len(sys.argv) == 8 else {}
     torch.set_num_threads(int(threads))
     names = {z.name for z in ZOO} if models == "all" else set(models.split(","))
     chosen = tuple(methods.split(","))
     key = "pipeline_methods" if protocol == "pipeline" else "token_methods"
-    settings = ZooSettings(seeds=int(seeds), protocols=(protocol,), **{key: chosen})
+    settings = ZooSettings(seeds=int(seeds), protocols=(protocol,), **{key: chosen}, **extra)
     start = time.time()
     command = "python benchmarks/zoo_run.py " + " ".join(sys.argv[1:])
     run_zoo(out, settings, progress=False, members=tuple(z for z in ZOO if z.name in names), command=command)

@@ -7,8 +7,12 @@ import warnings
 
 import pytest
 import torch
+from timm.models.beit import Beit
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
+
+from tp_vit_plugins.core.families import convert_attention
 
 warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
 
@@ -24,11 +28,35 @@ FAMILIES = {
     "no_qkv_bias": (VisionTransformer, dict(qkv_bias=False)),
     "deit3": (VisionTransformer, dict(no_embed_class=True, init_values=0.5)),  # deit3_*: LayerScale, patch-only pos_embed
     "siglip_map": (VisionTransformer, dict(class_token=False, global_pool="map")),  # attention-pool head (SigLIP)
+    # beit_*: relative position bias per block, q/v biases, gamma_1/gamma_2 layer scales
+    "beit": (Beit, dict(use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1)),
+    # eva02_*: rotary position embedding, SwiGLU MLP, q/v biases, abs pos_embed
+    "eva02": (Eva, dict(swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4))),
 }
 
 
 #: Families whose residual stream keeps its width (timm's attention pool reshapes to its input width).
 FIXED_EMBED = {"siglip_map"}
+#: Families whose tokens cannot be dropped or merged (position-indexed attention terms in every block).
+NO_TOKENS = {"beit", "eva02"}
+
+
+def refuses_tokens(family: str, model: torch.nn.Module) -> bool:
+    """For :data:`NO_TOKENS` families: assert the token patch refuses ``model`` (untouched) and return True."""
+    if family not in NO_TOKENS:
+        return False
+    from tp_vit_plugins.core.adapter import UnsupportedModelError
+    from tp_vit_plugins.cpvit.patch import apply_cascade
+
+    before = snapshot(model)
+    with pytest.raises(UnsupportedModelError, match="does not support it yet"):
+        apply_cascade(model, keep_ratio=0.5)
+    assert state_equal(before, model.state_dict()) and "forward" not in model.blocks[0].attn.__dict__
+    return True
+
+
+#: Families whose head dims are not pruned (EVA02's rotary embedding is shared at the full head width).
+FIXED_HEAD_DIM = {"eva02"}
 
 
 def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Module:
@@ -42,11 +70,16 @@ def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Modu
                 p.normal_(0, 0.2)
             elif name.startswith("attn_pool."):  # a pool whose output depends on the tokens it pools
                 p.normal_(0, 2.0 if name.endswith("latent") else 0.3)
-            elif name.endswith("gamma"):
+            elif name.endswith("relative_position_bias_table"):
+                p.normal_(0, 0.5)
+            elif name.endswith(("gamma", "gamma_1", "gamma_2")):
                 p.uniform_(0.5, 1.5)
             elif p.dim() == 1:  # norm weights
                 p.uniform_(0.5, 1.5)
-    return model
+            elif p.dim() == 2 and family in ("beit", "eva02"):  # their timm init shrinks weights to ~0.02
+                p.normal_(0, p.shape[1] ** -0.5)
+    # EVA / BEiT attention in the library's exact, prunable form (tests/test_support.py tests the conversion)
+    return convert_attention(model)
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -95,3 +128,13 @@ def state_equal(a: dict, b: dict) -> bool:
 
 def snapshot(model: torch.nn.Module) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def hidden(block: torch.nn.Module) -> int:
+    """MLP hidden width of a block (plain MLP or SwiGLU)."""
+    return int(block.mlp.fc2.in_features)
+
+
+def fc1_of(block: torch.nn.Module) -> torch.nn.Linear:
+    """The MLP's first (value-path) projection: ``fc1``, or SwiGLU's ``fc1_x``."""
+    return block.mlp.fc1 if hasattr(block.mlp, "fc1") else block.mlp.fc1_x

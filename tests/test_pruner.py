@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
-from conftest import FAMILIES, FIXED_EMBED, fused_and_eager, make_model, snapshot, state_equal
+from conftest import FAMILIES, FIXED_EMBED, FIXED_HEAD_DIM, fused_and_eager, hidden, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.adapter import attention_modules
@@ -48,8 +48,8 @@ def masked_dense_for_heads(dense, pruned):
 def masked_dense_for_mlp(dense, pruned):
     masked = copy.deepcopy(dense)
     for b0, b1, bm in zip(dense.blocks, pruned.blocks, masked.blocks):
-        kept = set(match_rows(b0.mlp.fc1.weight, b1.mlp.fc1.weight))
-        for j in set(range(b0.mlp.fc1.out_features)) - kept:
+        kept = set(match_rows(b0.mlp.fc2.weight.T, b1.mlp.fc2.weight.T))  # fc2 columns: one per hidden unit
+        for j in set(range(hidden(b0))) - kept:
             bm.mlp.fc2.weight[:, j] = 0
     return masked
 
@@ -84,7 +84,7 @@ def test_head_only_pruning_exact_counts(family, x, global_heads):
     assert min(heads) >= 1
     assert consistent(model)
     # head-only: nothing else changed
-    assert all(b.mlp.fc1.out_features == 192 for b in model.blocks)
+    assert all(hidden(b) == 192 for b in model.blocks)
     assert all(a.head_dim == 12 for _, a in attention_modules(model))
 
 
@@ -123,13 +123,13 @@ def test_masking_equivalence_mlp(family, x):
     dense = make_model(family)
     pruned = copy.deepcopy(dense)
     tpv.ViTPruner(pruned, x, pruning_ratio=0.25).step()
-    assert all(b.mlp.fc1.out_features == 144 for b in pruned.blocks)
+    assert all(hidden(b) == 144 for b in pruned.blocks)
     masked = masked_dense_for_mlp(dense, pruned)
     with torch.no_grad():
         torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family_", sorted(set(FAMILIES) - {"qk_norm"}))
+@pytest.mark.parametrize("family_", sorted(set(FAMILIES) - {"qk_norm"} - FIXED_HEAD_DIM))
 def test_masking_equivalence_head_dims(family_, x):
     """Head dims removed == the same dims zeroed in q, k, v (logit scale preserved)."""
     dense = make_model(family_)
@@ -155,12 +155,14 @@ SETTINGS = {
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_every_structure_runs_consistent_and_fused_equals_eager(family, x, setting):
     model = make_model(family)
-    if family in FIXED_EMBED and SETTINGS[setting].get("prune_embed_dim"):
-        before = snapshot(model)
-        with pytest.raises(ValueError, match="attention-pool"):
-            tpv.ViTPruner(model, x, **SETTINGS[setting])
-        assert state_equal(before, model.state_dict())
-        return
+    refused = {"prune_embed_dim": (FIXED_EMBED, "attention-pool"), "prune_head_dims": (FIXED_HEAD_DIM, "rotary")}
+    for key, (families, words) in refused.items():
+        if family in families and SETTINGS[setting].get(key):
+            before = snapshot(model)
+            with pytest.raises(ValueError, match=words):
+                tpv.ViTPruner(model, x, **SETTINGS[setting])
+            assert state_equal(before, model.state_dict())
+            return
     n_params = sum(p.numel() for p in model.parameters())
     tpv.ViTPruner(model, x, **SETTINGS[setting]).step()
     assert consistent(model)
@@ -170,7 +172,7 @@ def test_every_structure_runs_consistent_and_fused_equals_eager(family, x, setti
     torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
     if setting == "embed":
         assert model.patch_embed.proj.out_channels == 36 and model.embed_dim == 36
-        assert model.pos_embed.shape[-1] == 36
+        assert model.pos_embed is None or model.pos_embed.shape[-1] == 36
 
 
 def test_qk_norm_head_dims_prunes_the_norms(x):

@@ -14,8 +14,6 @@ from tp_vit_plugins.core.adapter import UnsupportedModelError, check_supported
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 
 UNSUPPORTED = {
-    "eva02": ("eva02_tiny_patch14_224", dict(img_size=28, depth=2, num_classes=10), "EVA / EVA02"),
-    "beit": ("beit_base_patch16_224", TINY, "BEiT"),
     "cait": ("cait_xxs24_224", TINY, "CaiT"),
     "swin": (
         "swin_tiny_patch4_window7_224",
@@ -119,3 +117,97 @@ def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
     assert stock.patch_embed.proj.out_channels == 48 and stock.blocks[0].mlp.fc1.out_features < 192
     with torch.no_grad():
         assert stock(x).shape == (3, 10)
+
+
+CONVERTED = {
+    "beit": ("beit_base_patch16_224", TINY),
+    "eva02": ("eva02_tiny_patch14_224", dict(img_size=28, depth=2, num_classes=10)),
+    "eva02_unfused_qk_norm": (
+        "eva02_tiny_patch14_224",
+        dict(img_size=28, depth=2, num_classes=10, qkv_fused=False, qk_norm=True, scale_attn_inner=True),
+    ),  # fmt: skip
+}
+
+
+def _timm_model(key):
+    name, kw = CONVERTED[key]
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kw).eval()
+    with torch.no_grad():  # timm's init leaves biases and tables at 0: make every term matter
+        for n, p in model.named_parameters():
+            if p.dim() == 1 or "relative_position" in n:
+                p.normal_(0, 0.3)
+            elif p.dim() == 2:
+                p.normal_(0, p.shape[1] ** -0.5)
+    size = kw["img_size"]
+    return model, torch.randn(3, 3, size, size)
+
+
+@pytest.mark.parametrize("key", sorted(CONVERTED))
+def test_eva_and_beit_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
+    from conftest import fused_and_eager
+
+    from tp_vit_plugins.core.families import FAMILY_ATTENTIONS
+
+    model, x = _timm_model(key)
+    with torch.no_grad():
+        ref = model(x)
+    original_types = {type(b.attn) for b in model.blocks}
+    assert original_types <= set(FAMILY_ATTENTIONS)
+    before, keys = snapshot(model), set(model.state_dict())
+    with pytest.raises(ValueError, match="head_pruning_ratio"):  # fails after the conversion: rolled back
+        tpv.ViTPruner(model, x[:1], head_pruning_ratio=0.9)
+    assert {type(b.attn) for b in model.blocks} == original_types and set(model.state_dict()) == keys
+    assert state_equal(before, model.state_dict())
+    pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, head_pruning_ratio=0.34)
+    assert "blocks.0.attn.qkv.bias" in model.state_dict()  # q / v biases now live in the fused qkv
+    with torch.no_grad():
+        fused, eager = fused_and_eager(model, x)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)  # conversion is exact, fused and eager
+    torch.testing.assert_close(eager, ref, atol=1e-5, rtol=1e-5)
+    pruner.step()
+    assert pruner.heads_per_layer() == [2, 2]
+    assert all(b.mlp.fc2.in_features < b.mlp.fc2.out_features * 4 for b in model.blocks)
+    for b in model.blocks:
+        table = getattr(b.attn, "relative_position_bias_table", None)
+        assert table is None or table.shape[1] == 2  # BEiT: the removed heads' columns went with them
+    fused, eager = fused_and_eager(model, x)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    tpv.save_pruned(model, tmp_path / "m")
+    loaded = tpv.load_pruned(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
+    assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
+    with pytest.raises(UnsupportedModelError, match="does not support it yet"):
+        tpv.tokens.apply_cascade(model, keep_ratio=0.5)
+
+
+def test_eva02_refuses_head_dim_pruning_under_rope_and_beit_prunes_them():
+    model, x = _timm_model("eva02")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="rotary"):
+        tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_head_dims=True)
+    assert state_equal(before, model.state_dict())
+    vtp = tpv.VTPPruner(model, x[:1], pruning_ratio=0.25)  # head dims default off under rope
+    assert not vtp._enabled_kinds["attention"]
+    beit, xb = _timm_model("beit")
+    tpv.ViTPruner(beit, xb[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True).step()
+    assert all(b.attn.head_dim == 12 for b in beit.blocks)
+    fused, eager = __import__("conftest").fused_and_eager(beit, xb)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_stock_tp_on_beit_prunes_width_and_refuses_heads_without_the_table():
+    model, x = _timm_model("beit")
+    kw = tpv.vit_pruning_kwargs(model)
+    tp.pruner.BasePruner(model, x[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25, **kw).step()
+    tpv.sync_attention(model, kw["num_heads"])
+    assert all(b.mlp.fc1.out_features == 144 for b in model.blocks)
+    assert all(b.attn.relative_position_bias_table.shape[1] == 3 for b in model.blocks)  # tp never touches it
+    heads, x2 = _timm_model("beit")
+    kw = tpv.vit_pruning_kwargs(heads)
+    tp.pruner.BasePruner(heads, x2[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25,
+                         head_pruning_ratio=0.34, prune_num_heads=True, **kw).step()  # fmt: skip
+    with pytest.raises(ValueError, match="ViTPruner"):
+        tpv.sync_attention(heads, kw["num_heads"])

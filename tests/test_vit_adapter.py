@@ -23,12 +23,16 @@ def test_kwargs_cover_tokens_heads_and_classifiers(family):
     kw = tpv.vit_pruning_kwargs(model)
     assert kw["num_heads"] == {a.qkv: 3 for _, a in attention_modules(model)}
     heads = [model.head] + ([model.head_dist] if family == "deit_distilled" else [])
+    if family == "beit":  # relative position tables: declared to tp and never pruned by it
+        tables = [b.attn.relative_position_bias_table for b in model.blocks]
+        assert [id(t) for t in kw["ignored_layers"][1:]] == [id(t) for t in tables]
+        heads += tables
     if family == "siglip_map":  # the pool stays whole, the residual stream keeps its width
         pool = model.attn_pool
         heads += [pool.q, pool.kv, pool.proj, pool.norm, pool.mlp.fc1, pool.mlp.fc2, model.patch_embed.proj]
         assert {id(m) for m in kw["ignored_layers"]} == {id(m) for m in heads}
     else:
-        assert kw["ignored_layers"] == heads
+        assert [id(m) for m in kw["ignored_layers"]] == [id(m) for m in heads]
     params = {id(p): d for p, d in kw["unwrapped_parameters"]}
     for attr in ("cls_token", "dist_token", "reg_token", "pos_embed"):
         p = getattr(model, attr, None)
@@ -37,6 +41,9 @@ def test_kwargs_cover_tokens_heads_and_classifiers(family):
     for m in model.modules():
         if isinstance(m, LayerScale):
             assert params[id(m.gamma)] == 0
+        for name in ("gamma_1", "gamma_2"):  # BEiT / EVA layer scales
+            if isinstance(m._parameters.get(name), torch.nn.Parameter):
+                assert params[id(m._parameters[name])] == 0
     assert bool(kw["customized_pruners"]) == (family == "qk_norm")
 
 
@@ -61,7 +68,15 @@ def test_attention_maps_match_closed_form(family, x):
     B, N, _ = tokens.shape
     qkv = torch.nn.functional.linear(tokens, attn.qkv.weight, attn.qkv.bias).view(B, N, 3, 3, 16).permute(2, 0, 3, 1, 4)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    expected = torch.softmax(q @ k.transpose(-1, -2) * 16**-0.5, dim=-1)
+    if family == "eva02":  # rotary embedding on the patch tokens only, as timm's EvaAttention applies it
+        from timm.layers import apply_rot_embed_cat
+
+        rope, npt = model.rope.get_embed(), model.num_prefix_tokens
+        q, k = (torch.cat([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope)], dim=2) for t in (q, k))
+    logits = q @ k.transpose(-1, -2) * 16**-0.5
+    if family == "beit":  # relative position bias per head
+        logits = logits + attn._get_rel_pos_bias()
+    expected = torch.softmax(logits, dim=-1)
     assert len(maps) == 2 and maps[0].shape == (4, 3, N, N)
     torch.testing.assert_close(maps[0], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(maps[1].sum(-1), torch.ones(4, 3, N))

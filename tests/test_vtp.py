@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
-from conftest import make_model, snapshot, state_equal
+from conftest import FIXED_HEAD_DIM, fc1_of, hidden, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.training import finetune
@@ -30,7 +30,8 @@ def test_gates_at_one_are_exact_identity(family, x):
     with torch.no_grad():
         ref = model(x)
     pruner = tpv.VTPPruner(model, x, pruning_ratio=0.3)
-    assert len(pruner.gate_parameters()) == 2 * 2  # fc2 (MLP dims) and proj (head dims) inputs per block
+    per_block = 1 if family in FIXED_HEAD_DIM else 2  # fc2 (MLP dims) and proj (head dims, unless rope) inputs
+    assert len(pruner.gate_parameters()) == 2 * per_block
     assert all(any(p is q for q in model.parameters()) for p in pruner.gate_parameters())  # any optimizer sees them
     with torch.no_grad():
         assert torch.equal(model(x), ref)
@@ -44,14 +45,14 @@ def test_folding_preserves_kept_dims_exactly(family, x):
     randomise_gates(pruner)
     gated = copy.deepcopy(model)
     pruner.step()
-    assert all(b.mlp.fc1.out_features == 144 for b in model.blocks)
+    assert all(hidden(b) == 144 for b in model.blocks)
     with torch.no_grad():
         for b_dense, b_pruned in zip(gated.blocks, model.blocks):
             gate = getattr(b_dense.mlp.fc2, GATE_NAME)
-            assert not hasattr(b_dense.mlp.fc1, GATE_NAME)  # only the dims that may go are gated
-            folded_fc1 = b_dense.mlp.fc1.weight
+            assert not hasattr(fc1_of(b_dense), GATE_NAME)  # only the dims that may go are gated
+            folded_fc1 = fc1_of(b_dense).weight
             kept = set()
-            for row in b_pruned.mlp.fc1.weight:
+            for row in fc1_of(b_pruned).weight:
                 kept |= {i for i in range(192) if torch.equal(folded_fc1[i], row)}
             assert len(kept) == 144
             dropped = sorted(set(range(192)) - kept)
@@ -295,7 +296,7 @@ def test_rank_only_gates_prune_the_smallest_and_keep_the_rest_ungated(family, x)
     pruner.step()
     with torch.no_grad():
         for b_dense, b_pruned, gate in zip(dense.blocks, model.blocks, gates):
-            kept = b_pruned.mlp.fc1.out_features
+            kept = hidden(b_pruned)
             dropped = torch.argsort(gate, stable=True)[: 192 - kept]
             assert gate[dropped].max() <= gate[torch.argsort(gate, stable=True)[192 - kept :]].min()
             b_dense.mlp.fc2.weight[:, dropped] = 0  # the dims that went, zeroed in the ungated model

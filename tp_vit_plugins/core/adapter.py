@@ -29,6 +29,8 @@ import torch_pruning as tp
 from timm.layers import Attention, LayerScale
 from torch import nn
 
+from .families import FAMILY_ATTENTIONS, PrunableBeitAttention, PrunableEvaAttention, convert_attention, has_rope, head_tables
+
 __all__ = [
     "HeadNormPruner",
     "AttentionMaps",
@@ -47,18 +49,24 @@ __all__ = [
     "eager_attention",
     "vit_pruning_kwargs",
     "sync_attention",
+    "drop_head_columns",
+    "ATTENTION_TYPES",
     "classifier_heads",
     "head_norm_dims",
 ]
 
 _PREFIX_TOKEN_ATTRS = ("cls_token", "dist_token", "reg_token")
+#: Attention classes the pruners keep consistent (after :func:`~.families.convert_attention`).
+ATTENTION_TYPES = (Attention, PrunableEvaAttention, PrunableBeitAttention)
+#: timm model classes besides ``VisionTransformer`` whose attention is converted and pruned.
+_CONVERTED_FAMILIES = ("Eva", "Beit")
+#: Per-block residual-stream scales that are plain parameters (BEiT / EVA blocks).
+_BLOCK_SCALES = ("gamma_1", "gamma_2")
 _CLASSIFIER_ATTRS = ("head", "head_dist")
 
 
 #: Why a timm family is refused, by model class name (the support matrix in the README).
 _UNSUPPORTED_FAMILIES = {
-    "Eva": "EVA / EVA02 (rotary position embedding, SwiGLU MLP, its own EvaAttention)",
-    "Beit": "BEiT (relative position bias tables indexed by head)",
     "Cait": "CaiT (class attention and talking-head projections)",
     "SwinTransformer": "Swin (window attention, per-stage heads)",
     "SwinTransformerV2": "Swin V2 (window attention, per-stage heads)",
@@ -90,7 +98,9 @@ def check_supported(model: nn.Module) -> None:
     from timm.models.vision_transformer import VisionTransformer
 
     name = type(model).__name__
-    if not isinstance(model, VisionTransformer):
+    if name in _CONVERTED_FAMILIES:
+        _check_converted_family(model)
+    elif not isinstance(model, VisionTransformer):
         family = _UNSUPPORTED_FAMILIES.get(name)
         what = f"{family} is not supported yet" if family else f"{name} is not a timm VisionTransformer"
         raise UnsupportedModelError(
@@ -115,11 +125,25 @@ def check_supported(model: nn.Module) -> None:
                 "latent query; pruning it is not supported. Nothing was changed."
             )
         attention_like = hasattr(m, "num_heads") or "Attention" in kind or "Attn" in kind
-        if attention_like and type(m) is not Attention:
+        if attention_like and type(m) not in (*ATTENTION_TYPES, *FAMILY_ATTENTIONS):
             raise UnsupportedModelError(
                 f"{name}.{mod_name} is a {kind}, not timm.layers.Attention; tp_vit_plugins keeps only timm's own "
                 "Attention consistent after pruning. Nothing was changed."
             )
+
+
+def _check_converted_family(model: nn.Module) -> None:
+    """EVA / BEiT options the conversion does not cover are refused (nothing changed)."""
+    name = type(model).__name__
+    if name == "Beit" and getattr(model, "rel_pos_bias", None) is not None:
+        raise UnsupportedModelError(
+            "BEiT with a shared relative position bias (use_shared_rel_pos_bias=True: one table for every block) is "
+            "not supported; per-block tables (use_rel_pos_bias=True) are. Nothing was changed."
+        )
+    if name == "Eva" and getattr(model, "rope_mixed", False):
+        raise UnsupportedModelError(
+            "EVA with mixed (learned per-head) rotary embeddings is not supported; EVA02's 'cat' rope is. Nothing was changed."
+        )
 
 
 def attention_pool(model: nn.Module) -> nn.Module | None:
@@ -167,6 +191,10 @@ def _pool_layers(model: nn.Module) -> list[nn.Module]:
 def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
     """All timm ``Attention`` modules of ``model`` in forward (registration) order.
 
+    EVA / EVA02 and BEiT attention modules are first converted in place to this library's
+    subclasses (:func:`~tp_vit_plugins.core.families.convert_attention`: exact, idempotent;
+    their q / v biases move into ``qkv.bias``).
+
     Args:
         model: A timm ViT-family model.
 
@@ -178,7 +206,8 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
             or is refused by :func:`check_supported` (:class:`UnsupportedModelError`).
     """
     check_supported(model)
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, Attention)]
+    convert_attention(model)  # EVA / BEiT: exact, idempotent (see .families)
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, ATTENTION_TYPES)]
     if not found:
         raise TypeError(
             f"{type(model).__name__} contains no timm.layers.Attention module; tp_vit_plugins "
@@ -193,7 +222,7 @@ def is_timm_vit(model: nn.Module) -> bool:
         check_supported(model)
     except TypeError:
         return False
-    return any(isinstance(m, Attention) for m in model.modules())
+    return any(isinstance(m, (*ATTENTION_TYPES, *FAMILY_ATTENTIONS)) for m in model.modules())
 
 
 @dataclass(frozen=True)
@@ -205,8 +234,9 @@ class BlockLayers:
         attn: The timm ``Attention``.
         qkv: Fused query/key/value projection, ``out_features = 3 * num_heads * head_dim``.
         proj: Attention output projection, ``in_features = num_heads * head_dim``.
-        fc1: MLP input projection (``None`` when the block has no plain timm MLP).
-        fc2: MLP output projection (``None`` likewise).
+        fc1: MLP input projection (``None`` when the block has no plain two-layer MLP, e.g.
+            EVA02's SwiGLU with ``fc1_g`` / ``fc1_x``).
+        fc2: MLP output projection (``None`` when the block has no such layer).
     """
 
     name: str
@@ -223,17 +253,18 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
     Raises:
         TypeError: No timm ``Attention`` in ``model``.
     """
+    attns = attention_modules(model)
     owners = {}
     for m in model.modules():
         attn = getattr(m, "attn", None)
-        if isinstance(attn, Attention):
+        if isinstance(attn, ATTENTION_TYPES):
             owners[attn] = getattr(m, "mlp", None)
     out = []
-    for name, attn in attention_modules(model):
+    for name, attn in attns:
         mlp = owners.get(attn)
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
-            fc1 = fc2 = None
+        fc2 = fc2 if isinstance(fc2, nn.Linear) else None
+        fc1 = fc1 if isinstance(fc1, nn.Linear) and fc2 is not None else None
         out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2))
     return out
 
@@ -359,12 +390,17 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
       and with an attention-pool head (:func:`attention_pool`) the pool's layers and the
       patch embedding, so the pool stays whole and the residual stream keeps its width;
     * ``unwrapped_parameters`` — ``cls_token`` / ``dist_token`` / ``reg_token`` /
-      ``pos_embed`` (embedding dim = last axis) and LayerScale ``gamma`` (axis 0), so
-      embedding-dim pruning keeps prefix tokens and position embeddings consistent;
+      ``pos_embed`` (embedding dim = last axis), LayerScale ``gamma`` and BEiT / EVA block
+      ``gamma_1`` / ``gamma_2`` (axis 0), so embedding-dim pruning keeps prefix tokens and
+      position embeddings consistent; BEiT's relative position tables are declared and
+      ignored (tp never prunes them; :class:`~tp_vit_plugins.ViTPruner` removes the columns
+      of the heads it removes — with a stock tp pruner, head removal in such a model is
+      refused by :func:`sync_attention`);
     * ``customized_pruners`` — a :class:`HeadNormPruner` for the class of the ``q_norm`` /
       ``k_norm`` layers (only in ``qk_norm`` models).
 
-    After ``pruner.step()`` call ``sync_attention(model, pruner.num_heads)``.
+    After ``pruner.step()`` call ``sync_attention(model, pruner.num_heads)``. EVA / BEiT
+    attention is converted in place first (exact; see :func:`attention_modules`).
 
     Args:
         model: A timm ViT-family model.
@@ -384,6 +420,12 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     for m in model.modules():
         if isinstance(m, LayerScale):
             unwrapped.append((m.gamma, 0))
+        for attr in _BLOCK_SCALES:
+            p = m._parameters.get(attr)
+            if isinstance(p, nn.Parameter):
+                unwrapped.append((p, 0))
+    tables = [t for _, a in attns for t in head_tables(a)]  # per-head columns: ViTPruner prunes them with heads
+    unwrapped.extend((t, t.dim() - 1) for t in tables)
     pool = attention_pool(model)
     if pool is not None:  # the latent query feeds only the (ignored) pool q: never pruned, declared for tp
         unwrapped.append((pool.latent, pool.latent.dim() - 1))
@@ -393,7 +435,7 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     customized = {cls: pruner for cls in {type(n) for n in head_norms}}
     return {
         "num_heads": {a.qkv: int(a.num_heads) for _, a in attns},
-        "ignored_layers": [*classifier_heads(model), *_pool_layers(model)],
+        "ignored_layers": [*classifier_heads(model), *_pool_layers(model), *tables],
         "unwrapped_parameters": unwrapped,
         "customized_pruners": customized,
     }
@@ -489,6 +531,15 @@ def _check_one(name: str, attn: Attention, heads: int | None) -> int:
     gate = getattr(attn, "gate", None)
     if isinstance(gate, nn.Linear) and gate.out_features != attn_dim:
         raise ValueError(f"{name}.gate has {gate.out_features} outputs, expected {attn_dim}")
+    size = _head_norm_size(getattr(attn, "norm", nn.Identity()))  # EVA's scale_norm over the heads' output
+    if size is not None and size != attn_dim:
+        raise ValueError(f"{name}.norm normalises {size} dims, expected {attn_dim}; prune with tpv.ViTPruner")
+    for table in head_tables(attn):
+        if table.shape[-1] != heads:
+            raise ValueError(
+                f"{name}.relative_position_bias_table has {table.shape[-1]} head columns but the module now has "
+                f"{heads} heads; remove heads of BEiT-style models with tpv.ViTPruner, which prunes the table too"
+            )
     if head_dim != attn.head_dim and not isinstance(attn.q_norm, nn.Identity):
         if getattr(attn.q_norm, "weight", None) is None:
             raise ValueError(
@@ -511,6 +562,18 @@ def _apply_one(attn: Attention, heads: int) -> None:
     attn.head_dim = head_dim
     attn.attn_dim = attn_dim
     attn.scale = new_scale
+
+
+def drop_head_columns(attn: nn.Module, heads: Sequence[int]) -> None:
+    """Remove the columns of ``heads`` from every per-head table of ``attn`` (BEiT relative position bias).
+
+    New parameters are created (never in place), so a :class:`~.snapshot.ModuleSnapshot`
+    taken before still restores the old ones.
+    """
+    gone = {int(h) for h in heads}
+    for table in head_tables(attn):
+        keep = [h for h in range(table.shape[-1]) if h not in gone]
+        attn.relative_position_bias_table = nn.Parameter(table.detach()[:, keep].clone(), requires_grad=table.requires_grad)
 
 
 def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None) -> nn.Module:
@@ -540,6 +603,13 @@ def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None)
     attns = attention_modules(model)
     # validate every module before touching any, so a bad layout changes nothing
     plan = [(attn, _check_one(name, attn, _lookup_heads(num_heads, name, attn))) for name, attn in attns]
+    if has_rope(model):
+        for (name, attn), (_, heads) in zip(attns, plan):
+            if (attn.qkv.out_features // 3) // heads != attn.head_dim:
+                raise ValueError(
+                    f"{name}: head dims were pruned, but the model's rotary embedding is computed for "
+                    f"head_dim={attn.head_dim} in every block; prune heads and MLP dims only (prune_head_dims=False)"
+                )
     for attn, heads in plan:
         _apply_one(attn, heads)
     _sync_model_dims(model)

@@ -20,12 +20,15 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from timm.layers import Attention, LayerScale
+from timm.layers import LayerScale, SwiGLU
+from timm.models.beit import Beit
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .adapter import _sync_model_dims, attention_modules, attention_pool
+from .adapter import ATTENTION_TYPES, _sync_model_dims, attention_modules, attention_pool
+from .families import convert_attention
 
 __all__ = ["save_pruned", "load_pruned", "FORMAT"]
 
@@ -35,15 +38,109 @@ _WEIGHTS, _SPEC = "model.safetensors", "spec.json"
 _CLASSES: dict[str, type[nn.Module]] = {
     "VisionTransformer": VisionTransformer,
     "VisionTransformerDistilled": VisionTransformerDistilled,
+    "Beit": Beit,
+    "Eva": Eva,
 }
+#: Key prefix of saved non-persistent buffers (EVA's rotary embedding tables, which depend on
+#: constructor options the model does not keep, e.g. ``ref_feat_shape``).
+_BUFFER_PREFIX = "__buffer__."
 
 
 def _is_on(m: Any) -> bool:
     return isinstance(m, nn.Module) and not isinstance(m, nn.Identity)
 
 
+def _check_norm(norm: nn.Module) -> None:
+    eps = getattr(norm, "eps", 1e-6)
+    if not isinstance(norm, nn.LayerNorm) or abs(eps - 1e-6) > 1e-12:
+        raise NotImplementedError(
+            f"save_pruned supports timm's default LayerNorm(eps=1e-6) norms, got {type(norm).__name__}(eps={eps})"
+        )
+
+
+def _common_kwargs(model: nn.Module) -> dict[str, Any]:
+    pe = model.patch_embed
+    norm = model.norm if _is_on(model.norm) else model.fc_norm
+    _check_norm(norm)
+    if getattr(model, "attn_pool", None) is not None:
+        raise NotImplementedError(f"save_pruned does not support {type(model).__name__} with an attention-pool head")
+    return {
+        "img_size": list(pe.img_size) if pe.img_size is not None else None,
+        "patch_size": list(pe.patch_size),
+        "in_chans": int(pe.proj.in_channels),
+        "num_classes": int(model.num_classes),
+        "global_pool": model.global_pool,
+        "embed_dim": int(pe.proj.out_channels),
+        "depth": len(model.blocks),
+        "mlp_ratio": 1.0,
+        "use_fc_norm": _is_on(model.fc_norm),
+    }
+
+
+def _mlp_kwargs(blk: nn.Module) -> dict[str, Any]:
+    if isinstance(blk.mlp, SwiGLU):
+        return {"swiglu_mlp": True, "scale_mlp": _is_on(blk.mlp.norm)}
+    if type(blk.mlp).__name__ != "Mlp" or not isinstance(getattr(blk.mlp, "act", None), nn.GELU):
+        raise NotImplementedError(f"save_pruned supports Mlp with GELU or SwiGLU, got {type(blk.mlp).__name__}")
+    return {"swiglu_mlp": False, "scale_mlp": _is_on(getattr(blk.mlp, "norm", None))}
+
+
+def _beit_kwargs(model: nn.Module) -> dict[str, Any]:
+    blk = model.blocks[0]
+    return {
+        **_common_kwargs(model),
+        **_mlp_kwargs(blk),
+        "num_heads": 1,  # per-block layouts come from the spec
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "init_values": 1.0 if blk.gamma_1 is not None else None,
+        "use_abs_pos_emb": model.pos_embed is not None,
+        "use_rel_pos_bias": blk.attn.relative_position_bias_table is not None,
+    }
+
+
+def _eva_kwargs(model: nn.Module) -> dict[str, Any]:
+    blk = model.blocks[0]
+    if type(blk).__name__ != "EvaBlock":
+        raise NotImplementedError(f"save_pruned supports EVA with EvaBlock blocks, got {type(blk).__name__}")
+    rope = getattr(model, "rope", None)
+    if rope is not None and type(rope).__name__ != "RotaryEmbeddingCat":
+        raise NotImplementedError(f"save_pruned supports EVA's 'cat' rotary embedding, got {type(rope).__name__}")
+    if not isinstance(model.norm, nn.Identity) and _is_on(model.fc_norm):
+        raise NotImplementedError("save_pruned does not support EVA with both a final norm and an fc_norm")
+    common = _common_kwargs(model)
+    if rope is not None:  # the rotary embedding is built for embed_dim // num_heads; shapes are resized after
+        common["embed_dim"] = int(blk.attn.head_dim)
+    return {
+        **common,
+        **_mlp_kwargs(blk),
+        "num_heads": 1,
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "qk_norm": _is_on(blk.attn.q_norm),
+        "scale_attn_inner": _is_on(blk.attn.norm),
+        "init_values": 1.0 if blk.gamma_1 is not None else None,
+        "class_token": model.cls_token is not None,
+        "num_reg_tokens": int(getattr(model, "num_reg_tokens", 0) or 0),
+        "no_embed_class": bool(model.no_embed_class),
+        "use_abs_pos_emb": model.pos_embed is not None,
+        "use_rot_pos_emb": rope is not None,
+        "dynamic_img_size": bool(model.dynamic_img_size),
+    }
+
+
+def _extra_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Non-persistent buffers whose values the constructor options alone do not fix (EVA's rope tables)."""
+    rope = getattr(model, "rope", None)
+    if not isinstance(rope, nn.Module):
+        return {}
+    return {f"rope.{n}": b for n, b in rope.named_buffers() if n in rope._non_persistent_buffers_set}
+
+
 def _structural_kwargs(model: nn.Module) -> dict[str, Any]:
     """Constructor kwargs that reproduce ``model``'s module tree (dims are resized later)."""
+    if isinstance(model, Beit):
+        return _beit_kwargs(model)
+    if isinstance(model, Eva):
+        return _eva_kwargs(model)
     pe = model.patch_embed
     blk = model.blocks[0]
     norm = model.norm if _is_on(model.norm) else model.fc_norm
@@ -100,6 +197,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
     if _CLASSES.get(cls_name) is not type(model):
         raise TypeError(f"save_pruned supports {sorted(_CLASSES)} from timm, got {type(model).__qualname__}")
     attns = {}
+    convert_attention(model)  # EVA / BEiT: the saved layout is the converted one (exact)
     for name, a in attention_modules(model):
         if a.num_heads * a.head_dim != a.attn_dim or a.attn_dim != a.qkv.out_features // 3:
             raise ValueError(f"{name} is out of sync with its qkv weights; call tpv.sync_attention(model) first")
@@ -113,6 +211,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         n: list(m.normalized_shape) for n, m in model.named_modules() if isinstance(getattr(m, "normalized_shape", None), tuple)
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    extra = {_BUFFER_PREFIX + k: v.detach().cpu().contiguous() for k, v in _extra_buffers(model).items()}
     spec = {
         "format": FORMAT,
         "class": cls_name,
@@ -126,7 +225,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
     os.makedirs(path, exist_ok=True)
     weights, spec_file = os.path.join(path, _WEIGHTS), os.path.join(path, _SPEC)
     try:  # write both under temporary names, then rename: an interrupted save leaves no half-written model
-        save_file(state, weights + ".tmp", metadata={"format": FORMAT})
+        save_file({**state, **extra}, weights + ".tmp", metadata={"format": FORMAT})
         with open(spec_file + ".tmp", "w") as f:
             json.dump(spec, f, indent=1)
         os.replace(weights + ".tmp", weights)
@@ -200,13 +299,14 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
     missing = [k for k in ("kwargs", "shapes", "attention", "norms") if k not in spec]
     if missing:
         raise ValueError(f"{spath} lacks {', '.join(missing)}; re-save the model with tpv.save_pruned")
+    extra = {k[len(_BUFFER_PREFIX) :]: state.pop(k) for k in [k for k in state if k.startswith(_BUFFER_PREFIX)]}
     if {k: list(v.shape) for k, v in state.items()} != spec["shapes"]:
         raise ValueError(f"{wpath} does not match the shapes recorded in {spath}")
     kwargs = dict(spec["kwargs"])
     for key in ("img_size", "patch_size"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    model = cls(**kwargs)
+    model = convert_attention(cls(**kwargs))
     missing = set(model.state_dict()) ^ set(state)
     if missing:
         raise ValueError(f"rebuilt {cls.__name__} and saved weights differ in keys: {sorted(missing)[:8]}")
@@ -215,7 +315,7 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         model.get_submodule(name).normalized_shape = tuple(shape)
     for name, layout in spec["attention"].items():
         attn = model.get_submodule(name)
-        if not isinstance(attn, Attention):
+        if not isinstance(attn, ATTENTION_TYPES):
             raise ValueError(f"{name} is not a timm Attention in the rebuilt model")
         attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
         attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
@@ -227,6 +327,12 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         for key in ("num_heads", "head_dim", "latent_len", "latent_dim"):
             setattr(pool, key, int(layout[key]))
         pool.scale = float(layout["scale"])
+    for key, tensor in extra.items():
+        mod_name, _, attr = key.rpartition(".")
+        owner = model.get_submodule(mod_name)
+        if attr not in owner._buffers:
+            raise ValueError(f"{wpath}: saved buffer {key!r} has no counterpart in the rebuilt model")
+        owner._buffers[attr] = tensor
     _sync_model_dims(model)
     model.load_state_dict(state, strict=True)
     model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=spec.get("architecture"))

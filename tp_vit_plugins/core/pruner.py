@@ -23,7 +23,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .adapter import attention_modules, attention_pool, sync_attention, vit_pruning_kwargs
+from .adapter import attention_modules, attention_pool, drop_head_columns, sync_attention, vit_pruning_kwargs
+from .families import has_rope
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -78,8 +79,10 @@ class ViTPruner(tp.pruner.BasePruner):
     Raises:
         TypeError: The model has no timm attention, or a kwarg this class sets itself.
         ValueError: A ratio outside ``[0, 1)``, a head budget leaving a layer with fewer
-            than ``min_heads`` heads, or ``prune_embed_dim=True`` on a model with an
-            attention-pool head. The model is untouched in every error case.
+            than ``min_heads`` heads, ``prune_embed_dim=True`` on a model with an
+            attention-pool head, or ``prune_head_dims=True`` on a model with rotary position
+            embeddings (EVA02). The model is untouched in every error case (EVA / BEiT
+            attention, converted at construction, is converted back).
     """
 
     def __init__(
@@ -110,11 +113,29 @@ class ViTPruner(tp.pruner.BasePruner):
         if not isinstance(min_heads, int) or min_heads < 1:
             raise ValueError(f"min_heads must be an int >= 1, got {min_heads!r}")
         check_tp_seams()
+        before = ModuleSnapshot(model)  # EVA / BEiT attention is converted below: undone on any error here
+        try:
+            self._build(model, example_inputs, importance, pruning_ratio, head_pruning_ratio, global_pruning,
+                        global_head_pruning, prune_head_dims, prune_mlp, prune_embed_dim, min_heads, ignored_layers,
+                        kwargs)  # fmt: skip
+        except Exception:
+            before.restore()
+            raise
+
+    def _build(
+        self, model, example_inputs, importance, pruning_ratio, head_pruning_ratio, global_pruning,
+        global_head_pruning, prune_head_dims, prune_mlp, prune_embed_dim, min_heads, ignored_layers, kwargs,
+    ) -> None:  # fmt: skip
         vit_kw = vit_pruning_kwargs(model)  # TypeError for non-ViT models
         if prune_embed_dim and attention_pool(model) is not None:
             raise ValueError(
                 f"{type(model).__name__} has an attention-pool head (global_pool='map'), which needs the residual "
                 "stream at its full width; use prune_embed_dim=False (heads, head dims and MLP dims still prune)"
+            )
+        if prune_head_dims and has_rope(model):
+            raise ValueError(
+                f"{type(model).__name__} applies a rotary position embedding computed for the full head width in "
+                "every block; use prune_head_dims=False (heads and MLP dims still prune)"
             )
         self._attentions = attention_modules(model)
         self.global_head_pruning = global_pruning if global_head_pruning is None else bool(global_head_pruning)
@@ -240,6 +261,7 @@ class ViTPruner(tp.pruner.BasePruner):
         for _, attn in self._attentions:
             if plan[attn.qkv]:
                 yield self.head_group(attn, plan[attn.qkv])
+                drop_head_columns(attn, plan[attn.qkv])  # BEiT relative position tables, once the group is pruned
 
     def head_group(self, attn: nn.Module, heads: Sequence[int]) -> tp.Group:
         """The tp group removing whole ``heads`` of ``attn``; head bookkeeping is updated.

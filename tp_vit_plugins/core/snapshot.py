@@ -28,12 +28,13 @@ class ModuleSnapshot:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._states: list[tuple[nn.Module, dict[str, Any]]] = []
+        self._states: list[tuple[nn.Module, type, dict[str, Any]]] = []
         for m in model.modules():  # dict-valued slots (parameters, buffers, children, hooks) copied one level
-            self._states.append((m, {k: copy.copy(v) if isinstance(v, dict) else v for k, v in vars(m).items()}))
+            self._states.append((m, type(m), {k: copy.copy(v) if isinstance(v, dict) else v for k, v in vars(m).items()}))
 
     def restore(self) -> None:
-        """Restore every module's attributes, parameters, buffers, children and hooks."""
-        for m, state in self._states:
+        """Restore every module's class, attributes, parameters, buffers, children and hooks."""
+        for m, cls, state in self._states:
+            m.__class__ = cls  # the EVA / BEiT attention conversion changes the class
             vars(m).clear()
             vars(m).update({k: copy.copy(v) if isinstance(v, dict) else v for k, v in state.items()})

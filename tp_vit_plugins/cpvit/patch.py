@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
 
-from ..core.adapter import check_supported, prefix_tokens
+from ..core.adapter import UnsupportedModelError, check_supported, prefix_tokens
 from ..core.calibration import iter_batches
 from .maths import (
     DEFAULT_SCHEDULE_STEPS,
@@ -125,6 +125,13 @@ class _ForwardState:
     bias: torch.Tensor | None = None  # [B, 1, 1, N] log(size) logit bias, made once per merge
 
 
+#: Families whose heads and widths prune but whose tokens cannot be dropped yet, and why.
+_NO_TOKEN_PATCH = {
+    "Eva": "EVA / EVA02 (its rotary embedding is indexed by patch position in every block)",
+    "Beit": "BEiT (its relative position bias is indexed by patch position in every block)",
+}
+
+
 def token_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks tokens flow through, in order (one global token sequence).
 
@@ -133,6 +140,12 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
             (:func:`~tp_vit_plugins.core.adapter.check_supported`).
     """
     check_supported(model)
+    family = _NO_TOKEN_PATCH.get(type(model).__name__)
+    if family is not None:
+        raise UnsupportedModelError(
+            f"{family}: the token cascade (and token merging) does not support it yet; prune its heads and widths "
+            "with ViTPruner / GOHSP / VTP instead. Nothing was changed."
+        )
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential) or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
         raise TypeError(

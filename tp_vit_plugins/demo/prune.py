@@ -79,7 +79,7 @@ class Structure:
     def of(cls, model: nn.Module) -> Structure:
         blocks = block_layers(model)
         layouts = [head_layout(b.attn) for b in blocks]
-        mlp = [b.fc1.out_features if b.fc1 is not None else 0 for b in blocks]
+        mlp = [b.fc2.in_features if b.fc2 is not None else 0 for b in blocks]  # hidden width (MLP or SwiGLU)
         return cls([h for h, _ in layouts], [d for _, d in layouts], mlp)
 
 

@@ -1,0 +1,251 @@
+"""EVA / EVA02 and BEiT attention in a form Torch-Pruning can prune (part of the timm adapter).
+
+timm's ``EvaAttention`` and BEiT's ``Attention`` cannot be pruned as they are:
+
+* their q / v biases are separate parameters concatenated with a constant zero k bias and
+  applied with ``F.linear(x, qkv.weight, bias)`` — the ``qkv`` module is never called, so tp
+  cannot trace which channels the biases belong to (EVA may also use three separate q / k /
+  v projections);
+* their forward reshapes the heads' output to the width of the block's *input*
+  (``reshape(B, N, C)``), which only works while ``heads * head_dim == embed_dim``: any
+  head or head-dim pruning breaks the next forward.
+
+:func:`convert_attention` turns every such module, in place, into a subclass
+(:class:`PrunableEvaAttention`, :class:`PrunableBeitAttention`) with one fused ``qkv``
+``nn.Linear`` whose bias holds ``[q_bias, 0, v_bias]``, the attributes the rest of the
+library reads (``head_dim``, ``attn_dim``, ``q_norm`` / ``k_norm``), and a forward that
+reshapes to ``num_heads * head_dim``. The conversion is exact (outputs are unchanged, fused
+and eager) and idempotent; the state-dict keys change (``q_bias`` / ``v_bias`` /
+``q_proj`` / ``k_proj`` / ``v_proj`` become ``qkv.weight`` / ``qkv.bias``), which
+:func:`~tp_vit_plugins.save_pruned` / :func:`~tp_vit_plugins.load_pruned` handle.
+
+What else these families carry and how it is kept consistent:
+
+* BEiT's relative position bias table ``[R, H]`` has one column per head:
+  :class:`~tp_vit_plugins.ViTPruner` removes the columns of the heads it removes; tp never
+  touches it (it is an ignored parameter in :func:`~tp_vit_plugins.vit_pruning_kwargs`).
+  A shared relative position bias (one table for all blocks) is refused.
+* EVA02's rotary embedding is computed once for ``head_dim`` and shared by all blocks, so
+  head dims are not pruned in models with rope (heads and MLP dims are).
+* LayerScale-like ``gamma_1`` / ``gamma_2`` parameters of the blocks follow the residual
+  stream (unwrapped parameters, axis 0); EVA's ``scale_norm`` LayerNorm and SwiGLU MLPs are
+  ordinary layers to tp; EVA02's packed ``GluMlp`` is split into timm's ``SwiGLU`` first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import GluMlp, SwiGLU, apply_rot_embed_cat, maybe_add_mask, resolve_self_attn_mask
+from timm.models.beit import Attention as BeitAttention
+from timm.models.eva import EvaAttention
+from torch import nn
+
+__all__ = [
+    "PrunableEvaAttention",
+    "PrunableBeitAttention",
+    "FAMILY_ATTENTIONS",
+    "convert_attention",
+    "needs_conversion",
+    "head_tables",
+    "has_rope",
+]
+
+
+def _identity_for_prefix(rope: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """The rotary embedding ``[..., N_patch, 2 * d]`` (``[sin, cos]``) with ``sin = 0, cos = 1`` rows for the prefix tokens.
+
+    Rotating every token with it leaves the prefix tokens exactly unchanged (``x * 1 + rot(x) * 0``),
+    as timm's slicing and concatenation along the token axis do; without that concatenation
+    tp does not mistake the token axis for a channel axis.
+    """
+    if num_prefix == 0:
+        return rope
+    sin, cos = rope.tensor_split(2, -1)
+    pad = (*sin.shape[:-2], num_prefix, sin.shape[-1])
+    return torch.cat([torch.cat([sin.new_zeros(pad), sin], -2), torch.cat([cos.new_ones(pad), cos], -2)], -1)
+
+
+class PrunableEvaAttention(EvaAttention):
+    """timm's ``EvaAttention`` with one fused ``qkv`` (bias included) and a pruning-safe reshape.
+
+    The maths is timm's (q / k norms, rotary embedding on patch tokens, optional
+    ``scale_norm`` and sigmoid gate, fused SDPA or the eager path); the differences are
+    that ``qkv`` is always one ``nn.Linear`` called as a module, the prefix tokens are
+    rotated by the identity instead of being sliced off and concatenated back (same values,
+    :func:`_identity_for_prefix`), and the heads' output is reshaped to
+    ``num_heads * head_dim`` rather than to the input width. Build it with
+    :func:`convert_attention`, not directly.
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``[B, N, C] -> [B, N, C]`` (``rope``: the model's rotary embedding for the patch tokens)."""
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            rope, half = _identity_for_prefix(rope, self.num_prefix_tokens), bool(getattr(self, "rotate_half", False))
+            # view_as: one consumer per unbind output, or tp splits qkv into as many parts as q / k have uses
+            q = apply_rot_embed_cat(q.view_as(q), rope, half=half).type_as(v)
+            k = apply_rot_embed_cat(k.view_as(k), rope, half=half).type_as(v)
+        if self.fused_attn:
+            dropout = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal=is_causal))
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        x = self.norm(x.transpose(1, 2).reshape(B, N, -1))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+class PrunableBeitAttention(BeitAttention):
+    """BEiT's ``Attention`` with a biased fused ``qkv``, ``q_norm`` / ``k_norm`` identities and a pruning-safe reshape.
+
+    The maths is timm's (relative position bias per head, plus an optional shared bias
+    passed in, fused SDPA or the eager path). Build it with :func:`convert_attention`.
+    """
+
+    def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, N, C] -> [B, N, C]``."""
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        bias = self._get_rel_pos_bias() if self.relative_position_bias_table is not None else None
+        if shared_rel_pos_bias is not None:
+            bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
+        if self.fused_attn:
+            dropout = self.attn_drop.p if self.training else 0.0
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+
+
+#: timm attention class -> the prunable subclass it is converted into.
+FAMILY_ATTENTIONS: dict[type[nn.Module], type[nn.Module]] = {
+    EvaAttention: PrunableEvaAttention,
+    BeitAttention: PrunableBeitAttention,
+}
+
+
+def needs_conversion(m: nn.Module) -> bool:
+    """Whether ``m`` is a timm EVA / BEiT attention not converted yet."""
+    return type(m) in FAMILY_ATTENTIONS
+
+
+def _fused_qkv(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight [3A, C], bias [3A] or None)`` of an EVA / BEiT attention, as one projection computes them."""
+    if getattr(m, "qkv", None) is not None:
+        weight = m.qkv.weight.detach()
+    else:  # EVA with separate q / k / v projections
+        weight = torch.cat([m.q_proj.weight.detach(), m.k_proj.weight.detach(), m.v_proj.weight.detach()])
+    attn_dim = weight.shape[0] // 3
+    if getattr(m, "q_bias", None) is not None:
+        zeros = torch.zeros(attn_dim, dtype=weight.dtype, device=weight.device)
+        return weight, torch.cat([m.q_bias.detach(), zeros, m.v_bias.detach()])
+    if getattr(m, "q_proj", None) is not None:
+        parts = [p.bias.detach() if p.bias is not None else None for p in (m.q_proj, m.k_proj, m.v_proj)]
+        if all(b is None for b in parts):
+            return weight, None
+        zeros = torch.zeros(attn_dim, dtype=weight.dtype, device=weight.device)
+        return weight, torch.cat([b if b is not None else zeros for b in parts])
+    return weight, m.qkv.bias.detach() if m.qkv.bias is not None else None
+
+
+def _convert_one(m: nn.Module) -> None:
+    weight, bias = _fused_qkv(m)
+    qkv = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        qkv.weight.copy_(weight)
+        if bias is not None:
+            qkv.bias.copy_(bias)
+    requires_grad = next(iter(p.requires_grad for p in m.parameters()), True)
+    qkv.requires_grad_(requires_grad)
+    for name in ("q_bias", "v_bias"):
+        if name in m._parameters:
+            del m._parameters[name]
+            setattr(m, name, None)
+    if "k_bias" in m._buffers:
+        del m._buffers["k_bias"]
+        m.k_bias = None
+    for name in ("q_proj", "k_proj", "v_proj"):
+        if isinstance(m._modules.get(name), nn.Module):
+            del m._modules[name]
+            setattr(m, name, None)
+    if "qkv" in m._modules:
+        del m._modules["qkv"]
+    m.qkv = qkv
+    attn_dim = weight.shape[0] // 3
+    m.head_dim = attn_dim // int(m.num_heads)
+    m.attn_dim = attn_dim
+    for name in ("q_norm", "k_norm"):
+        if not isinstance(getattr(m, name, None), nn.Module):
+            setattr(m, name, nn.Identity())
+    m.__class__ = FAMILY_ATTENTIONS[type(m)]
+
+
+def _split_glu(glu: GluMlp) -> SwiGLU:
+    """The packed ``GluMlp`` of timm (one ``fc1`` whose halves are value and gate) as timm's ``SwiGLU`` (exact)."""
+    w, b = glu.fc1.weight.detach(), glu.fc1.bias.detach() if glu.fc1.bias is not None else None
+    half = w.shape[0] // 2
+    gate_rows, value_rows = (slice(half, None), slice(None, half)) if glu.gate_last else (slice(None, half), slice(half, None))
+    mlp = SwiGLU(w.shape[1], half, glu.fc2.out_features, bias=(b is not None, glu.fc2.bias is not None),
+                 device=w.device, dtype=w.dtype)  # fmt: skip
+    with torch.no_grad():
+        for lin, rows in ((mlp.fc1_g, gate_rows), (mlp.fc1_x, value_rows)):
+            lin.weight.copy_(w[rows])
+            if b is not None:
+                lin.bias.copy_(b[rows])
+            lin.requires_grad_(glu.fc1.weight.requires_grad)
+    mlp.act, mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2 = glu.act, glu.drop1, glu.norm, glu.fc2, glu.drop2
+    return mlp.train(glu.training)
+
+
+def _packed_glus(model: nn.Module) -> list[tuple[nn.Module, str, GluMlp]]:
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is GluMlp and child.chunk_dim == -1
+    ]
+
+
+def convert_attention(model: nn.Module) -> nn.Module:
+    """Convert every EVA / BEiT attention of ``model`` in place (see module docs); idempotent.
+
+    Packed gated MLPs (timm's ``GluMlp``, EVA02's default: one ``fc1`` whose two halves are
+    the value and the gate) become timm's ``SwiGLU`` (``fc1_g`` / ``fc1_x``), exactly: tp
+    cannot pair the two halves of one ``fc1`` through ``chunk``.
+
+    Returns:
+        ``model``.
+    """
+    for m in [m for m in model.modules() if needs_conversion(m)]:
+        _convert_one(m)
+    for parent, name, glu in _packed_glus(model):
+        setattr(parent, name, _split_glu(glu))
+    return model
+
+
+def head_tables(attn: nn.Module) -> list[nn.Parameter]:
+    """Parameters of ``attn`` with one column per head (BEiT's relative position bias table)."""
+    table = getattr(attn, "relative_position_bias_table", None)
+    return [table] if isinstance(table, nn.Parameter) else []
+
+
+def has_rope(model: nn.Module) -> bool:
+    """Whether ``model`` applies a rotary position embedding inside its attention (EVA02)."""
+    return getattr(model, "rope", None) is not None
