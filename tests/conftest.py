@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from timm.models.beit import Beit
+from timm.models.cait import Cait
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
@@ -32,13 +33,15 @@ FAMILIES = {
     "beit": (Beit, dict(use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=0.1)),
     # eva02_*: rotary position embedding, SwiGLU MLP, q/v biases, abs pos_embed
     "eva02": (Eva, dict(swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4))),
+    # cait_*: talking-heads attention, two class-attention blocks (kept whole), gamma_1/gamma_2
+    "cait": (Cait, dict(init_values=0.5)),
 }
 
 
 #: Families whose residual stream keeps its width (timm's attention pool reshapes to its input width).
-FIXED_EMBED = {"siglip_map"}
+FIXED_EMBED = {"siglip_map", "cait"}
 #: Families whose tokens cannot be dropped or merged (position-indexed attention terms in every block).
-NO_TOKENS = {"beit", "eva02"}
+NO_TOKENS = {"beit", "eva02", "cait"}
 
 
 def refuses_tokens(family: str, model: torch.nn.Module) -> bool:
@@ -76,7 +79,7 @@ def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Modu
                 p.uniform_(0.5, 1.5)
             elif p.dim() == 1:  # norm weights
                 p.uniform_(0.5, 1.5)
-            elif p.dim() == 2 and family in ("beit", "eva02"):  # their timm init shrinks weights to ~0.02
+            elif p.dim() == 2 and family in ("beit", "eva02", "cait"):  # their timm init shrinks weights to ~0.02
                 p.normal_(0, p.shape[1] ** -0.5)
     # EVA / BEiT attention in the library's exact, prunable form (tests/test_support.py tests the conversion)
     return convert_attention(model)

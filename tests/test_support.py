@@ -14,7 +14,6 @@ from tp_vit_plugins.core.adapter import UnsupportedModelError, check_supported
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 
 UNSUPPORTED = {
-    "cait": ("cait_xxs24_224", TINY, "CaiT"),
     "swin": (
         "swin_tiny_patch4_window7_224",
         dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10),
@@ -88,7 +87,7 @@ def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
     x = torch.randn(3, 3, 32, 32)
     check_supported(model)
     pool_before = {k: v.clone() for k, v in model.attn_pool.state_dict().items()}
-    with pytest.raises(ValueError, match="attention-pool"):
+    with pytest.raises(ValueError, match="AttentionPoolLatent"):
         tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, prune_embed_dim=True)
     pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, head_pruning_ratio=0.34, prune_head_dims=True)
     pruner.step()
@@ -121,6 +120,7 @@ def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
 
 CONVERTED = {
     "beit": ("beit_base_patch16_224", TINY),
+    "cait": ("cait_xxs24_224", TINY),
     "eva02": ("eva02_tiny_patch14_224", dict(img_size=28, depth=2, num_classes=10)),
     "eva02_unfused_qk_norm": (
         "eva02_tiny_patch14_224",
@@ -144,7 +144,7 @@ def _timm_model(key):
 
 
 @pytest.mark.parametrize("key", sorted(CONVERTED))
-def test_eva_and_beit_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
+def test_eva_beit_cait_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
     from conftest import fused_and_eager
 
     from tp_vit_plugins.core.families import FAMILY_ATTENTIONS
@@ -171,6 +171,8 @@ def test_eva_and_beit_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
     for b in model.blocks:
         table = getattr(b.attn, "relative_position_bias_table", None)
         assert table is None or table.shape[1] == 2  # BEiT: the removed heads' columns went with them
+        for mixer in (getattr(b.attn, "proj_l", None), getattr(b.attn, "proj_w", None)):
+            assert mixer is None or tuple(mixer.weight.shape) == (2, 2)  # CaiT: rows and columns went too
     fused, eager = fused_and_eager(model, x)
     torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
     tpv.save_pruned(model, tmp_path / "m")
@@ -198,14 +200,20 @@ def test_eva02_refuses_head_dim_pruning_under_rope_and_beit_prunes_them():
     torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
 
 
-def test_stock_tp_on_beit_prunes_width_and_refuses_heads_without_the_table():
-    model, x = _timm_model("beit")
+@pytest.mark.parametrize("key", ["beit", "cait"])
+def test_stock_tp_prunes_width_and_sync_refuses_heads_it_cannot_see(key):
+    model, x = _timm_model(key)
     kw = tpv.vit_pruning_kwargs(model)
     tp.pruner.BasePruner(model, x[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25, **kw).step()
     tpv.sync_attention(model, kw["num_heads"])
     assert all(b.mlp.fc1.out_features == 144 for b in model.blocks)
-    assert all(b.attn.relative_position_bias_table.shape[1] == 3 for b in model.blocks)  # tp never touches it
-    heads, x2 = _timm_model("beit")
+    for b in model.blocks:  # tp never touches the per-head tables and mixers
+        for p in (
+            getattr(b.attn, "relative_position_bias_table", None),
+            getattr(getattr(b.attn, "proj_l", None), "weight", None),
+        ):
+            assert p is None or p.shape[-1] == 3
+    heads, x2 = _timm_model(key)
     kw = tpv.vit_pruning_kwargs(heads)
     tp.pruner.BasePruner(heads, x2[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25,
                          head_pruning_ratio=0.34, prune_num_heads=True, **kw).step()  # fmt: skip

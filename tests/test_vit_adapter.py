@@ -27,6 +27,10 @@ def test_kwargs_cover_tokens_heads_and_classifiers(family):
         tables = [b.attn.relative_position_bias_table for b in model.blocks]
         assert [id(t) for t in kw["ignored_layers"][1:]] == [id(t) for t in tables]
         heads += tables
+    if family == "cait":  # the class attention stays whole, the residual stream keeps its width
+        whole = [m for b in model.blocks_token_only for m in (b.attn.q, b.attn.k, b.attn.v, b.attn.proj)]
+        heads += [*whole, model.patch_embed.proj]
+        assert set(kw["customized_pruners"]) == {tpv.core.families.HeadMixer}
     if family == "siglip_map":  # the pool stays whole, the residual stream keeps its width
         pool = model.attn_pool
         heads += [pool.q, pool.kv, pool.proj, pool.norm, pool.mlp.fc1, pool.mlp.fc2, model.patch_embed.proj]
@@ -44,7 +48,7 @@ def test_kwargs_cover_tokens_heads_and_classifiers(family):
         for name in ("gamma_1", "gamma_2"):  # BEiT / EVA layer scales
             if isinstance(m._parameters.get(name), torch.nn.Parameter):
                 assert params[id(m._parameters[name])] == 0
-    assert bool(kw["customized_pruners"]) == (family == "qk_norm")
+    assert bool(kw["customized_pruners"]) == (family in ("qk_norm", "cait"))
 
 
 def test_kwargs_are_fresh_each_call():
@@ -76,6 +80,12 @@ def test_attention_maps_match_closed_form(family, x):
     logits = q @ k.transpose(-1, -2) * 16**-0.5
     if family == "beit":  # relative position bias per head
         logits = logits + attn._get_rel_pos_bias()
+    if family == "cait":  # talking heads: mix the logits over heads, softmax, mix the probabilities
+        mix = lambda t, lin: torch.einsum("bhnm,gh->bgnm", t, lin.weight) + lin.bias[:, None, None]  # noqa: E731
+        expected = mix(torch.softmax(mix(logits, attn.proj_l), dim=-1), attn.proj_w)
+        assert len(maps) == 2 and maps[0].shape == (4, 3, N, N)
+        torch.testing.assert_close(maps[0], expected, atol=1e-5, rtol=1e-5)
+        return
     expected = torch.softmax(logits, dim=-1)
     assert len(maps) == 2 and maps[0].shape == (4, 3, N, N)
     torch.testing.assert_close(maps[0], expected, atol=1e-5, rtol=1e-5)

@@ -29,10 +29,22 @@ import torch_pruning as tp
 from timm.layers import Attention, LayerScale
 from torch import nn
 
-from .families import FAMILY_ATTENTIONS, PrunableBeitAttention, PrunableEvaAttention, convert_attention, has_rope, head_tables
+from .families import (
+    FAMILY_ATTENTIONS,
+    HeadMixer,
+    PrunableBeitAttention,
+    PrunableEvaAttention,
+    PrunableTalkingHeadAttn,
+    convert_attention,
+    drop_heads,
+    has_rope,
+    head_mixers,
+    head_tables,
+)
 
 __all__ = [
     "HeadNormPruner",
+    "HeadMixerPruner",
     "AttentionMaps",
     "BlockLayers",
     "block_layers",
@@ -45,6 +57,8 @@ __all__ = [
     "UnsupportedModelError",
     "attention_modules",
     "attention_pool",
+    "whole_parts",
+    "fixed_residual",
     "attention_maps",
     "eager_attention",
     "vit_pruning_kwargs",
@@ -57,9 +71,11 @@ __all__ = [
 
 _PREFIX_TOKEN_ATTRS = ("cls_token", "dist_token", "reg_token")
 #: Attention classes the pruners keep consistent (after :func:`~.families.convert_attention`).
-ATTENTION_TYPES = (Attention, PrunableEvaAttention, PrunableBeitAttention)
+ATTENTION_TYPES = (Attention, PrunableEvaAttention, PrunableBeitAttention, PrunableTalkingHeadAttn)
 #: timm model classes besides ``VisionTransformer`` whose attention is converted and pruned.
-_CONVERTED_FAMILIES = ("Eva", "Beit")
+_CONVERTED_FAMILIES = ("Eva", "Beit", "Cait")
+#: Attention modules left whole (never pruned), with the residual stream at its full width.
+_WHOLE_ATTENTIONS = ("ClassAttn",)
 #: Per-block residual-stream scales that are plain parameters (BEiT / EVA blocks).
 _BLOCK_SCALES = ("gamma_1", "gamma_2")
 _CLASSIFIER_ATTRS = ("head", "head_dist")
@@ -67,7 +83,6 @@ _CLASSIFIER_ATTRS = ("head", "head_dist")
 
 #: Why a timm family is refused, by model class name (the support matrix in the README).
 _UNSUPPORTED_FAMILIES = {
-    "Cait": "CaiT (class attention and talking-head projections)",
     "SwinTransformer": "Swin (window attention, per-stage heads)",
     "SwinTransformerV2": "Swin V2 (window attention, per-stage heads)",
     "VisionTransformerRelPos": "vit_relpos (relative position attention)",
@@ -124,7 +139,10 @@ def check_supported(model: nn.Module) -> None:
                 f"{name}.{mod_name} is an attention pool ({kind}) that is not the model's attn_pool head with a "
                 "latent query; pruning it is not supported. Nothing was changed."
             )
-        attention_like = hasattr(m, "num_heads") or "Attention" in kind or "Attn" in kind
+        is_block = isinstance(getattr(m, "attn", None), nn.Module)  # e.g. CaiT's LayerScaleBlockClassAttn
+        attention_like = (hasattr(m, "num_heads") or "Attention" in kind or "Attn" in kind) and not is_block
+        if kind in _WHOLE_ATTENTIONS and name in _CONVERTED_FAMILIES:
+            continue
         if attention_like and type(m) not in (*ATTENTION_TYPES, *FAMILY_ATTENTIONS):
             raise UnsupportedModelError(
                 f"{name}.{mod_name} is a {kind}, not timm.layers.Attention; tp_vit_plugins keeps only timm's own "
@@ -172,18 +190,41 @@ def attention_pool(model: nn.Module) -> nn.Module | None:
     return pool
 
 
-def _pool_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers tp must not prune in a model with an attention-pool head.
-
-    The pool stays whole (its linears and norms). timm's pool reshapes its attention output
-    to the width of its *input*, so the residual stream must keep its width too: the patch
-    embedding is ignored as well, which makes tp treat the residual-stream group as
-    unprunable (tp skips every group that would remove output channels of an ignored layer).
-    """
+def whole_parts(model: nn.Module) -> list[nn.Module]:
+    """Modules the pruners leave whole: an attention-pool head, CaiT's class-attention modules."""
+    parts = [m for m in model.modules() if type(m).__name__ in _WHOLE_ATTENTIONS]
     pool = attention_pool(model)
-    if pool is None:
+    return [*([pool] if pool is not None else []), *parts]
+
+
+def fixed_residual(model: nn.Module) -> str | None:
+    """Why the residual stream of ``model`` must keep its width (``None`` if it may be pruned).
+
+    timm's attention pool and CaiT's class attention reshape their attention output to the
+    width of their *input*, while their own projections stay whole.
+    """
+    parts = whole_parts(model)
+    if not parts:
+        return None
+    kinds = sorted({type(m).__name__ for m in parts})
+    return (
+        f"{type(model).__name__} has modules that stay whole ({', '.join(kinds)}) and read the residual stream at its full width"
+    )
+
+
+def _whole_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers tp must not prune: those of :func:`whole_parts`, and then the patch embedding.
+
+    Ignoring the patch embedding makes tp treat the residual-stream group as unprunable (tp
+    skips every group that would remove output channels of an ignored layer), so the whole
+    parts keep the input width they reshape to.
+    """
+    parts = whole_parts(model)
+    if not parts:
         return []
-    layers = [m for m in pool.modules() if not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    layers = [
+        m for part in parts for m in part.modules() if not list(m.children()) and any(True for _ in m.parameters(recurse=False))
+    ]
     stem = getattr(getattr(model, "patch_embed", None), "proj", None)
     return [*layers, *([stem] if isinstance(stem, nn.Module) else [])]
 
@@ -288,7 +329,12 @@ def heads_per_block(model: nn.Module) -> list[int]:
 
 
 def prefix_tokens(model: nn.Module) -> int:
-    """Leading tokens that are not patches (class, distillation, register tokens)."""
+    """Leading tokens that are not patches (class, distillation, register tokens) in the pruned blocks.
+
+    CaiT's patch blocks see patches only (its class token joins in the class-attention blocks).
+    """
+    if type(model).__name__ == "Cait":
+        return 0
     return int(getattr(model, "num_prefix_tokens", 1))
 
 
@@ -380,24 +426,49 @@ class HeadNormPruner(tp.pruner.function.LayernormPruner):
     get_in_channels = get_out_channels
 
 
+class HeadMixerPruner(tp.pruner.function.BasePruningFunc):
+    """tp layer pruner for CaiT's talking-heads mixers (:class:`~.families.HeadMixer`): tp leaves them alone.
+
+    tp's tracing pairs the mixers' head axis with attention channels (it cannot tell the
+    head axis of ``[B, H, N, N]`` from a channel axis), so every call here is a no-op and no
+    channel count is reported (tp then neither roots a group at a mixer nor scores it);
+    :class:`~tp_vit_plugins.ViTPruner` removes the rows and columns of removed heads itself.
+    """
+
+    TARGET_MODULES = HeadMixer
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> None:
+        return None
+
+    get_in_channels = get_out_channels
+
+
 def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     """Keyword arguments that let any ``tp.pruner.BasePruner`` prune a timm ViT correctly.
 
     Returns a fresh dict on each call (tp mutates ``num_heads`` in place):
 
     * ``num_heads`` — ``{attn.qkv: H}`` for every block;
-    * ``ignored_layers`` — the classifier heads (``head``, ``head_dist``), so classes stay,
-      and with an attention-pool head (:func:`attention_pool`) the pool's layers and the
-      patch embedding, so the pool stays whole and the residual stream keeps its width;
+    * ``ignored_layers`` — the classifier heads (``head``, ``head_dist``), so classes stay;
+      the layers of :func:`whole_parts` (an attention-pool head, CaiT's class attention)
+      and then the patch embedding, so they stay whole and the residual stream keeps its
+      width; BEiT's relative position tables (tp cannot see their head axis:
+      :class:`~tp_vit_plugins.ViTPruner` prunes them with the heads, and CaiT's
+      talking-heads mixers likewise, see ``customized_pruners``);
     * ``unwrapped_parameters`` — ``cls_token`` / ``dist_token`` / ``reg_token`` /
       ``pos_embed`` (embedding dim = last axis), LayerScale ``gamma`` and BEiT / EVA block
       ``gamma_1`` / ``gamma_2`` (axis 0), so embedding-dim pruning keeps prefix tokens and
-      position embeddings consistent; BEiT's relative position tables are declared and
-      ignored (tp never prunes them; :class:`~tp_vit_plugins.ViTPruner` removes the columns
-      of the heads it removes — with a stock tp pruner, head removal in such a model is
-      refused by :func:`sync_attention`);
+      position embeddings consistent; BEiT's relative position tables are declared too
+      (with a stock tp pruner, head removal in BEiT or CaiT is refused by
+      :func:`sync_attention`, since the tables and mixers still have every head);
     * ``customized_pruners`` — a :class:`HeadNormPruner` for the class of the ``q_norm`` /
-      ``k_norm`` layers (only in ``qk_norm`` models).
+      ``k_norm`` layers (only in ``qk_norm`` models), a :class:`HeadMixerPruner` for CaiT's
+      talking-heads mixers.
 
     After ``pruner.step()`` call ``sync_attention(model, pruner.num_heads)``. EVA / BEiT
     attention is converted in place first (exact; see :func:`attention_modules`).
@@ -425,6 +496,7 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
             if isinstance(p, nn.Parameter):
                 unwrapped.append((p, 0))
     tables = [t for _, a in attns for t in head_tables(a)]  # per-head columns: ViTPruner prunes them with heads
+    mixers = [m for _, a in attns for m in head_mixers(a)]  # [H, H] talking-heads mixers: likewise
     unwrapped.extend((t, t.dim() - 1) for t in tables)
     pool = attention_pool(model)
     if pool is not None:  # the latent query feeds only the (ignored) pool q: never pruned, declared for tp
@@ -433,9 +505,11 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     # tp 1.6.1 keys customized pruners by class; one dispatching pruner per norm class
     pruner = HeadNormPruner(head_norms) if head_norms else None
     customized = {cls: pruner for cls in {type(n) for n in head_norms}}
+    if mixers:
+        customized[HeadMixer] = HeadMixerPruner()
     return {
         "num_heads": {a.qkv: int(a.num_heads) for _, a in attns},
-        "ignored_layers": [*classifier_heads(model), *_pool_layers(model), *tables],
+        "ignored_layers": [*classifier_heads(model), *_whole_layers(model), *tables],
         "unwrapped_parameters": unwrapped,
         "customized_pruners": customized,
     }
@@ -534,6 +608,12 @@ def _check_one(name: str, attn: Attention, heads: int | None) -> int:
     size = _head_norm_size(getattr(attn, "norm", nn.Identity()))  # EVA's scale_norm over the heads' output
     if size is not None and size != attn_dim:
         raise ValueError(f"{name}.norm normalises {size} dims, expected {attn_dim}; prune with tpv.ViTPruner")
+    for mixer in head_mixers(attn):
+        if mixer.in_features != heads or mixer.out_features != heads:
+            raise ValueError(
+                f"{name}: a talking-heads mixer is [{mixer.out_features}, {mixer.in_features}] but the module now has "
+                f"{heads} heads; remove heads of CaiT with tpv.ViTPruner, which prunes the mixers too"
+            )
     for table in head_tables(attn):
         if table.shape[-1] != heads:
             raise ValueError(
@@ -565,15 +645,8 @@ def _apply_one(attn: Attention, heads: int) -> None:
 
 
 def drop_head_columns(attn: nn.Module, heads: Sequence[int]) -> None:
-    """Remove the columns of ``heads`` from every per-head table of ``attn`` (BEiT relative position bias).
-
-    New parameters are created (never in place), so a :class:`~.snapshot.ModuleSnapshot`
-    taken before still restores the old ones.
-    """
-    gone = {int(h) for h in heads}
-    for table in head_tables(attn):
-        keep = [h for h in range(table.shape[-1]) if h not in gone]
-        attn.relative_position_bias_table = nn.Parameter(table.detach()[:, keep].clone(), requires_grad=table.requires_grad)
+    """Remove ``heads`` from the per-head parameters tp does not prune (see :func:`~.families.drop_heads`)."""
+    drop_heads(attn, heads)
 
 
 def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None) -> nn.Module:

@@ -1,6 +1,7 @@
-"""EVA / EVA02 and BEiT attention in a form Torch-Pruning can prune (part of the timm adapter).
+"""EVA / EVA02, BEiT and CaiT attention in a form Torch-Pruning can prune (part of the timm adapter).
 
-timm's ``EvaAttention`` and BEiT's ``Attention`` cannot be pruned as they are:
+timm's ``EvaAttention``, BEiT's ``Attention`` and CaiT's ``TalkingHeadAttn`` cannot be pruned
+as they are:
 
 * their q / v biases are separate parameters concatenated with a constant zero k bias and
   applied with ``F.linear(x, qkv.weight, bias)`` — the ``qkv`` module is never called, so tp
@@ -11,7 +12,8 @@ timm's ``EvaAttention`` and BEiT's ``Attention`` cannot be pruned as they are:
   head or head-dim pruning breaks the next forward.
 
 :func:`convert_attention` turns every such module, in place, into a subclass
-(:class:`PrunableEvaAttention`, :class:`PrunableBeitAttention`) with one fused ``qkv``
+(:class:`PrunableEvaAttention`, :class:`PrunableBeitAttention`,
+:class:`PrunableTalkingHeadAttn`) with one fused ``qkv``
 ``nn.Linear`` whose bias holds ``[q_bias, 0, v_bias]``, the attributes the rest of the
 library reads (``head_dim``, ``attn_dim``, ``q_norm`` / ``k_norm``), and a forward that
 reshapes to ``num_heads * head_dim``. The conversion is exact (outputs are unchanged, fused
@@ -25,6 +27,9 @@ What else these families carry and how it is kept consistent:
   :class:`~tp_vit_plugins.ViTPruner` removes the columns of the heads it removes; tp never
   touches it (it is an ignored parameter in :func:`~tp_vit_plugins.vit_pruning_kwargs`).
   A shared relative position bias (one table for all blocks) is refused.
+* CaiT's talking-heads mixers (``proj_l`` / ``proj_w``, ``[H, H]``) lose the row and column
+  of every removed head in the same way; its two class-attention blocks (``ClassAttn``)
+  stay whole, and so does the residual stream, which they reshape to their input width.
 * EVA02's rotary embedding is computed once for ``head_dim`` and shared by all blocks, so
   head dims are not pruned in models with rope (heads and MLP dims are).
 * LayerScale-like ``gamma_1`` / ``gamma_2`` parameters of the blocks follow the residual
@@ -34,20 +39,27 @@ What else these families carry and how it is kept consistent:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from timm.layers import GluMlp, SwiGLU, apply_rot_embed_cat, maybe_add_mask, resolve_self_attn_mask
 from timm.models.beit import Attention as BeitAttention
+from timm.models.cait import TalkingHeadAttn
 from timm.models.eva import EvaAttention
 from torch import nn
 
 __all__ = [
     "PrunableEvaAttention",
     "PrunableBeitAttention",
+    "PrunableTalkingHeadAttn",
+    "HeadMixer",
     "FAMILY_ATTENTIONS",
     "convert_attention",
     "needs_conversion",
     "head_tables",
+    "head_mixers",
+    "drop_heads",
     "has_rope",
 ]
 
@@ -134,10 +146,43 @@ class PrunableBeitAttention(BeitAttention):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
 
 
+class HeadMixer(nn.Linear):
+    """A ``[H, H]`` linear over the head axis (CaiT's ``proj_l`` / ``proj_w``); computes what ``nn.Linear`` does.
+
+    Its own class lets tp be told (a customized pruner,
+    :class:`~tp_vit_plugins.core.adapter.HeadMixerPruner`) that its channels are heads, not
+    the attention channels tp's tracing would otherwise pair them with.
+    """
+
+
+class PrunableTalkingHeadAttn(TalkingHeadAttn):
+    """CaiT's talking-heads attention with the attributes the library reads and a pruning-safe reshape.
+
+    The maths is timm's: logits mixed across heads by ``proj_l`` before the softmax and the
+    probabilities mixed by ``proj_w`` after it (``[H, H]`` linears over the head axis), always
+    eager (``fused_attn`` is ``False``; the probabilities :func:`~tp_vit_plugins.attention_maps`
+    captures are those after ``proj_w``, which mixes rows that sum to 1 and need not). A removed
+    head loses its q / k / v channels and its row and column of ``proj_l`` and ``proj_w``
+    (:func:`drop_heads`); because the mixers couple heads, that is not the same as zeroing
+    the head in the dense model. Build it with :func:`convert_attention`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, C] -> [B, N, C]``."""
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = self.proj_l(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
+        attn = self.attn_drop(self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1)))
+
+
 #: timm attention class -> the prunable subclass it is converted into.
 FAMILY_ATTENTIONS: dict[type[nn.Module], type[nn.Module]] = {
     EvaAttention: PrunableEvaAttention,
     BeitAttention: PrunableBeitAttention,
+    TalkingHeadAttn: PrunableTalkingHeadAttn,
 }
 
 
@@ -194,6 +239,10 @@ def _convert_one(m: nn.Module) -> None:
     for name in ("q_norm", "k_norm"):
         if not isinstance(getattr(m, name, None), nn.Module):
             setattr(m, name, nn.Identity())
+    if isinstance(m, TalkingHeadAttn):
+        m.fused_attn = False  # timm's talking heads have no fused path
+        for mixer in (m.proj_l, m.proj_w):
+            mixer.__class__ = HeadMixer
     m.__class__ = FAMILY_ATTENTIONS[type(m)]
 
 
@@ -244,6 +293,34 @@ def head_tables(attn: nn.Module) -> list[nn.Parameter]:
     """Parameters of ``attn`` with one column per head (BEiT's relative position bias table)."""
     table = getattr(attn, "relative_position_bias_table", None)
     return [table] if isinstance(table, nn.Parameter) else []
+
+
+def head_mixers(attn: nn.Module) -> list[nn.Linear]:
+    """``[H, H]`` linears of ``attn`` that mix heads (CaiT's talking-heads ``proj_l`` / ``proj_w``)."""
+    if not isinstance(attn, TalkingHeadAttn):
+        return []
+    return [m for m in (attn.proj_l, attn.proj_w) if isinstance(m, nn.Linear)]
+
+
+def drop_heads(attn: nn.Module, heads: Sequence[int]) -> None:
+    """Remove ``heads`` from the per-head parameters tp does not know: table columns, mixer rows and columns.
+
+    New parameters are created (never in place), so a :class:`~.snapshot.ModuleSnapshot`
+    taken before still restores the old ones.
+    """
+    gone = {int(h) for h in heads}
+    for table in head_tables(attn):
+        keep = [h for h in range(table.shape[-1]) if h not in gone]
+        attn.relative_position_bias_table = nn.Parameter(table.detach()[:, keep].clone(), requires_grad=table.requires_grad)
+    for name in ("proj_l", "proj_w"):
+        lin = getattr(attn, name, None)
+        if lin not in head_mixers(attn):
+            continue
+        keep = torch.as_tensor([h for h in range(lin.in_features) if h not in gone])
+        lin.weight = nn.Parameter(lin.weight.detach()[keep][:, keep].clone(), requires_grad=lin.weight.requires_grad)
+        if lin.bias is not None:
+            lin.bias = nn.Parameter(lin.bias.detach()[keep].clone(), requires_grad=lin.bias.requires_grad)
+        lin.in_features = lin.out_features = len(keep)
 
 
 def has_rope(model: nn.Module) -> bool:

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.layers import LayerScale, SwiGLU
 from timm.models.beit import Beit
+from timm.models.cait import Cait
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
@@ -40,6 +41,7 @@ _CLASSES: dict[str, type[nn.Module]] = {
     "VisionTransformerDistilled": VisionTransformerDistilled,
     "Beit": Beit,
     "Eva": Eva,
+    "Cait": Cait,
 }
 #: Key prefix of saved non-persistent buffers (EVA's rotary embedding tables, which depend on
 #: constructor options the model does not keep, e.g. ``ref_feat_shape``).
@@ -127,6 +129,27 @@ def _eva_kwargs(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _cait_kwargs(model: nn.Module) -> dict[str, Any]:
+    blk = model.blocks[0]
+    _check_norm(model.norm)
+    _mlp_kwargs(blk)  # refuses MLP variants
+    pe = model.patch_embed
+    return {
+        "img_size": list(pe.img_size) if pe.img_size is not None else None,
+        "patch_size": list(pe.patch_size),
+        "in_chans": int(pe.proj.in_channels),
+        "num_classes": int(model.num_classes),
+        "global_pool": model.global_pool,
+        "embed_dim": int(pe.proj.out_channels),
+        "depth": len(model.blocks),
+        "num_heads": 1,  # per-block layouts (and the class attention's heads) come from the spec
+        "mlp_ratio": 1.0,
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "depth_token_only": len(model.blocks_token_only),
+        "mlp_ratio_token_only": 1.0,
+    }
+
+
 def _extra_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Non-persistent buffers whose values the constructor options alone do not fix (EVA's rope tables)."""
     rope = getattr(model, "rope", None)
@@ -141,6 +164,8 @@ def _structural_kwargs(model: nn.Module) -> dict[str, Any]:
         return _beit_kwargs(model)
     if isinstance(model, Eva):
         return _eva_kwargs(model)
+    if isinstance(model, Cait):
+        return _cait_kwargs(model)
     pe = model.patch_embed
     blk = model.blocks[0]
     norm = model.norm if _is_on(model.norm) else model.fc_norm
@@ -219,6 +244,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         "kwargs": _structural_kwargs(model),
         "attention": attns,
         "attn_pool": pool_layout,
+        "whole_attention": {n: int(m.num_heads) for n, m in model.named_modules() if type(m).__name__ == "ClassAttn"},
         "norms": norms,
         "shapes": {k: list(v.shape) for k, v in state.items()},
     }
@@ -327,6 +353,8 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         for key in ("num_heads", "head_dim", "latent_len", "latent_dim"):
             setattr(pool, key, int(layout[key]))
         pool.scale = float(layout["scale"])
+    for name, heads in (spec.get("whole_attention") or {}).items():
+        model.get_submodule(name).num_heads = int(heads)
     for key, tensor in extra.items():
         mod_name, _, attr = key.rpartition(".")
         owner = model.get_submodule(mod_name)

@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .adapter import attention_modules, attention_pool, drop_head_columns, sync_attention, vit_pruning_kwargs
+from .adapter import attention_modules, drop_head_columns, fixed_residual, sync_attention, vit_pruning_kwargs
 from .families import has_rope
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
@@ -127,11 +127,9 @@ class ViTPruner(tp.pruner.BasePruner):
         global_head_pruning, prune_head_dims, prune_mlp, prune_embed_dim, min_heads, ignored_layers, kwargs,
     ) -> None:  # fmt: skip
         vit_kw = vit_pruning_kwargs(model)  # TypeError for non-ViT models
-        if prune_embed_dim and attention_pool(model) is not None:
-            raise ValueError(
-                f"{type(model).__name__} has an attention-pool head (global_pool='map'), which needs the residual "
-                "stream at its full width; use prune_embed_dim=False (heads, head dims and MLP dims still prune)"
-            )
+        reason = fixed_residual(model)
+        if prune_embed_dim and reason is not None:
+            raise ValueError(f"{reason}; use prune_embed_dim=False (heads, head dims and MLP dims still prune)")
         if prune_head_dims and has_rope(model):
             raise ValueError(
                 f"{type(model).__name__} applies a rotary position embedding computed for the full head width in "
