@@ -109,11 +109,15 @@ def cache(shared_cache, tmp_path, monkeypatch):
 
 
 def set_fused(model: torch.nn.Module, flag: bool) -> None:
-    from timm.layers import Attention
+    """Set ``fused_attn`` on every attention module that has a fused path (all families' classes)."""
+    from tp_vit_plugins.core.families import PrunableTalkingHeadAttn
 
+    n = 0
     for m in model.modules():
-        if isinstance(m, Attention):
+        if hasattr(m, "fused_attn") and not isinstance(m, PrunableTalkingHeadAttn):  # CaiT's has no fused path
             m.fused_attn = flag
+            n += 1
+    assert n > 0, "no attention module with a fused path"
 
 
 @torch.no_grad()

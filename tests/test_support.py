@@ -14,11 +14,6 @@ from tp_vit_plugins.core.adapter import UnsupportedModelError, check_supported
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 
 UNSUPPORTED = {
-    "swin": (
-        "swin_tiny_patch4_window7_224",
-        dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10),
-        "Swin",
-    ),  # fmt: skip
     "vit_relpos": ("vit_relpos_small_patch16_224", TINY, "vit_relpos"),
     "pit": ("pit_ti_224", dict(img_size=64, num_classes=10), "PiT"),
 }
@@ -219,3 +214,73 @@ def test_stock_tp_prunes_width_and_sync_refuses_heads_it_cannot_see(key):
                          head_pruning_ratio=0.34, prune_num_heads=True, **kw).step()  # fmt: skip
     with pytest.raises(ValueError, match="ViTPruner"):
         tpv.sync_attention(heads, kw["num_heads"])
+
+
+def _swin():
+    torch.manual_seed(0)
+    kw = dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **kw).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() == 1 or "relative_position" in n:
+                p.normal_(0, 0.3)
+            elif p.dim() == 2:
+                p.normal_(0, p.shape[1] ** -0.5)
+    return model, torch.randn(3, 3, 56, 56)
+
+
+def test_swin_prunes_heads_head_dims_and_mlp_per_stage(tmp_path):
+    """Swin: heads, head dims and MLP dims of every stage prune; tokens, GOHSP and residual dims are refused."""
+    from conftest import fused_and_eager
+
+    model, x = _swin()
+    with torch.no_grad():
+        ref = model(x)
+    before, keys = snapshot(model), set(model.state_dict())
+    with pytest.raises(ValueError, match="PatchMerging"):
+        tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, prune_embed_dim=True)
+    assert state_equal(before, model.state_dict()) and set(model.state_dict()) == keys
+    for attempt, words in (
+        (lambda: tpv.tokens.apply_cascade(model, keep_ratio=0.5), "windows"),
+        (lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, [x]), "global token sequence"),
+    ):
+        with pytest.raises(UnsupportedModelError, match=words):
+            attempt()
+    assert state_equal(before, model.state_dict())
+    pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, head_pruning_ratio=0.5, prune_head_dims=True)
+    pruner.step()
+    attns = [b.attn for stage in model.layers for b in stage.blocks]
+    assert pruner.heads_per_layer() == [1, 2]  # per stage: 2 -> 1, 4 -> 2
+    assert [a.relative_position_bias_table.shape[1] for a in attns] == [1, 2]
+    assert [a.head_dim for a in attns] == [12, 12] and all(b.mlp.fc1.out_features < 4 * b.mlp.fc2.out_features
+                                                           for stage in model.layers for b in stage.blocks)  # fmt: skip
+    assert model.patch_embed.proj.out_channels == 32 and model.num_features == 64
+    fused, eager = fused_and_eager(model, x)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fused, ref, atol=1e-3)
+    tpv.save_pruned(model, tmp_path / "m")
+    loaded = tpv.load_pruned(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_swin_head_removal_equals_zeroed_heads():
+    """Masking equivalence: pruned == dense with the removed heads' proj columns zeroed."""
+    dense, x = _swin()
+    tpv.core.families.convert_attention(dense)  # head_dim / attn_dim attributes (timm's forward is kept)
+    pruned = __import__("copy").deepcopy(dense)
+    tpv.ViTPruner(pruned, x[:1], head_pruning_ratio=0.5).step()
+    masked = __import__("copy").deepcopy(dense)
+    with torch.no_grad():
+        for stage0, stage1, stage_m in zip(dense.layers, pruned.layers, masked.layers):
+            for b0, b1, bm in zip(stage0.blocks, stage1.blocks, stage_m.blocks):
+                a0, a1 = b0.attn, b1.attn
+                d, A0, A1 = a0.head_dim, a0.qkv.out_features // 3, a1.qkv.out_features // 3
+                v0 = a0.qkv.weight[2 * A0 :].view(a0.num_heads, -1)
+                v1 = a1.qkv.weight[2 * A1 :].view(a1.num_heads, -1)
+                kept = {h for h in range(a0.num_heads) for row in v1 if torch.equal(v0[h], row)}
+                assert len(kept) == a1.num_heads
+                for h in set(range(a0.num_heads)) - kept:
+                    bm.attn.proj.weight[:, h * d : (h + 1) * d] = 0
+        torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(pruned(x), dense(x), atol=1e-3)

@@ -35,6 +35,7 @@ from .families import (
     PrunableBeitAttention,
     PrunableEvaAttention,
     PrunableTalkingHeadAttn,
+    PrunableWindowAttention,
     convert_attention,
     drop_heads,
     has_rope,
@@ -57,6 +58,7 @@ __all__ = [
     "UnsupportedModelError",
     "attention_modules",
     "attention_pool",
+    "check_global_sequence",
     "whole_parts",
     "fixed_residual",
     "attention_maps",
@@ -71,11 +73,14 @@ __all__ = [
 
 _PREFIX_TOKEN_ATTRS = ("cls_token", "dist_token", "reg_token")
 #: Attention classes the pruners keep consistent (after :func:`~.families.convert_attention`).
-ATTENTION_TYPES = (Attention, PrunableEvaAttention, PrunableBeitAttention, PrunableTalkingHeadAttn)
+ATTENTION_TYPES = (
+    Attention, PrunableEvaAttention, PrunableBeitAttention, PrunableTalkingHeadAttn, PrunableWindowAttention,
+)  # fmt: skip
 #: timm model classes besides ``VisionTransformer`` whose attention is converted and pruned.
-_CONVERTED_FAMILIES = ("Eva", "Beit", "Cait")
-#: Attention modules left whole (never pruned), with the residual stream at its full width.
-_WHOLE_ATTENTIONS = ("ClassAttn",)
+_CONVERTED_FAMILIES = ("Eva", "Beit", "Cait", "SwinTransformer")
+#: Modules left whole (never pruned), which need the residual stream at its full width:
+#: CaiT's class attention, Swin's patch merging (2 x 2 neighbours concatenated).
+_WHOLE_ATTENTIONS = ("ClassAttn", "PatchMerging")
 #: Per-block residual-stream scales that are plain parameters (BEiT / EVA blocks).
 _BLOCK_SCALES = ("gamma_1", "gamma_2")
 _CLASSIFIER_ATTRS = ("head", "head_dist")
@@ -83,7 +88,6 @@ _CLASSIFIER_ATTRS = ("head", "head_dist")
 
 #: Why a timm family is refused, by model class name (the support matrix in the README).
 _UNSUPPORTED_FAMILIES = {
-    "SwinTransformer": "Swin (window attention, per-stage heads)",
     "SwinTransformerV2": "Swin V2 (window attention, per-stage heads)",
     "VisionTransformerRelPos": "vit_relpos (relative position attention)",
     "PoolingVisionTransformer": "PiT (token pooling between stages)",
@@ -164,6 +168,24 @@ def _check_converted_family(model: nn.Module) -> None:
         )
 
 
+#: Families whose attention does not run over one global token sequence, and why.
+_WINDOWED = {"SwinTransformer": "Swin attends within windows of a 2-D grid, not over one global token sequence"}
+
+
+def check_global_sequence(model: nn.Module, what: str) -> None:
+    """Refuse ``what`` (a statistic over one global token sequence) on windowed-attention models.
+
+    Raises:
+        UnsupportedModelError: ``model`` is a Swin-style model.
+    """
+    reason = _WINDOWED.get(type(model).__name__)
+    if reason is not None:
+        raise UnsupportedModelError(
+            f"{what} is not supported for {type(model).__name__}: {reason}. Prune its heads and widths with "
+            "ViTPruner (any tp importance) or VTP. Nothing was changed."
+        )
+
+
 def attention_pool(model: nn.Module) -> nn.Module | None:
     """The model's attention-pool head (``global_pool="map"``, SigLIP-style ``attn_pool``), or ``None``.
 
@@ -201,7 +223,8 @@ def fixed_residual(model: nn.Module) -> str | None:
     """Why the residual stream of ``model`` must keep its width (``None`` if it may be pruned).
 
     timm's attention pool and CaiT's class attention reshape their attention output to the
-    width of their *input*, while their own projections stay whole.
+    width of their *input*, while their own projections stay whole; Swin's patch merging
+    concatenates 2 x 2 neighbouring tokens, a channel layout tp cannot follow.
     """
     parts = whole_parts(model)
     if not parts:
@@ -331,9 +354,10 @@ def heads_per_block(model: nn.Module) -> list[int]:
 def prefix_tokens(model: nn.Module) -> int:
     """Leading tokens that are not patches (class, distillation, register tokens) in the pruned blocks.
 
-    CaiT's patch blocks see patches only (its class token joins in the class-attention blocks).
+    CaiT's patch blocks see patches only (its class token joins in the class-attention
+    blocks); Swin has no prefix token.
     """
-    if type(model).__name__ == "Cait":
+    if type(model).__name__ in ("Cait", "SwinTransformer"):
         return 0
     return int(getattr(model, "num_prefix_tokens", 1))
 
@@ -690,6 +714,8 @@ def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None)
 
 
 def _sync_model_dims(model: nn.Module) -> None:
+    if fixed_residual(model) is not None:  # the residual stream kept its width (and Swin's widths vary by stage)
+        return
     norm = getattr(model, "norm", None)
     dim = _head_norm_size(norm) if isinstance(norm, nn.Module) else None
     if dim is None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import attention_maps
+from .adapter import attention_maps, check_global_sequence
 
 __all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
 
@@ -105,9 +105,11 @@ def collect_attention(
 
     Raises:
         ValueError: Empty loader or invalid ``max_batches``.
-        TypeError: No timm attention in ``model`` or malformed batches.
+        TypeError: No timm attention in ``model``, malformed batches, or a windowed-attention
+            model (Swin: :class:`~.adapter.UnsupportedModelError`).
     """
     _check_max_batches(max_batches)
+    check_global_sequence(model, f"attention calibration ({desc})")
     was_training = model.training
     device = _device(model)
     seen = 0
@@ -143,6 +145,7 @@ def accumulate_gradients(
         TypeError: The loader yields no targets.
     """
     _check_max_batches(max_batches)
+    check_global_sequence(model, f"attention calibration ({desc})")
     was_training = model.training
     device = _device(model)
     model.eval()

@@ -30,6 +30,9 @@ What else these families carry and how it is kept consistent:
 * CaiT's talking-heads mixers (``proj_l`` / ``proj_w``, ``[H, H]``) lose the row and column
   of every removed head in the same way; its two class-attention blocks (``ClassAttn``)
   stay whole, and so does the residual stream, which they reshape to their input width.
+* Swin's window attention has a relative position table per block (pruned like BEiT's);
+  the residual streams stay whole (patch merging concatenates 2 x 2 neighbours, which tp
+  cannot follow), and tokens cannot be dropped from windows.
 * EVA02's rotary embedding is computed once for ``head_dim`` and shared by all blocks, so
   head dims are not pruned in models with rope (heads and MLP dims are).
 * LayerScale-like ``gamma_1`` / ``gamma_2`` parameters of the blocks follow the residual
@@ -47,12 +50,14 @@ from timm.layers import GluMlp, SwiGLU, apply_rot_embed_cat, maybe_add_mask, res
 from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import TalkingHeadAttn
 from timm.models.eva import EvaAttention
+from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 __all__ = [
     "PrunableEvaAttention",
     "PrunableBeitAttention",
     "PrunableTalkingHeadAttn",
+    "PrunableWindowAttention",
     "HeadMixer",
     "FAMILY_ATTENTIONS",
     "convert_attention",
@@ -178,11 +183,21 @@ class PrunableTalkingHeadAttn(TalkingHeadAttn):
         return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1)))
 
 
+class PrunableWindowAttention(WindowAttention):
+    """Swin's window attention with the attributes the library reads (``head_dim``, ``attn_dim``, ``q_norm`` / ``k_norm``).
+
+    timm's forward is used unchanged (it already reshapes to the attention width); the
+    relative position bias table ``[(2W - 1)^2, H]`` loses the columns of removed heads
+    (:func:`drop_heads`). Build it with :func:`convert_attention`.
+    """
+
+
 #: timm attention class -> the prunable subclass it is converted into.
 FAMILY_ATTENTIONS: dict[type[nn.Module], type[nn.Module]] = {
     EvaAttention: PrunableEvaAttention,
     BeitAttention: PrunableBeitAttention,
     TalkingHeadAttn: PrunableTalkingHeadAttn,
+    WindowAttention: PrunableWindowAttention,
 }
 
 

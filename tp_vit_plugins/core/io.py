@@ -25,6 +25,7 @@ from timm.models.beit import Beit
 from timm.models.cait import Cait
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.eva import Eva
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -42,6 +43,7 @@ _CLASSES: dict[str, type[nn.Module]] = {
     "Beit": Beit,
     "Eva": Eva,
     "Cait": Cait,
+    "SwinTransformer": SwinTransformer,
 }
 #: Key prefix of saved non-persistent buffers (EVA's rotary embedding tables, which depend on
 #: constructor options the model does not keep, e.g. ``ref_feat_shape``).
@@ -52,11 +54,11 @@ def _is_on(m: Any) -> bool:
     return isinstance(m, nn.Module) and not isinstance(m, nn.Identity)
 
 
-def _check_norm(norm: nn.Module) -> None:
-    eps = getattr(norm, "eps", 1e-6)
-    if not isinstance(norm, nn.LayerNorm) or abs(eps - 1e-6) > 1e-12:
+def _check_norm(norm: nn.Module, expected_eps: float = 1e-6) -> None:
+    eps = getattr(norm, "eps", expected_eps)
+    if not isinstance(norm, nn.LayerNorm) or abs(eps - expected_eps) > 1e-12:
         raise NotImplementedError(
-            f"save_pruned supports timm's default LayerNorm(eps=1e-6) norms, got {type(norm).__name__}(eps={eps})"
+            f"save_pruned supports the family's default LayerNorm(eps={expected_eps}) norms, got {type(norm).__name__}(eps={eps})"
         )
 
 
@@ -150,6 +152,28 @@ def _cait_kwargs(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _swin_kwargs(model: nn.Module) -> dict[str, Any]:
+    _check_norm(model.norm, 1e-5)  # Swin's default nn.LayerNorm
+    blocks = [b for stage in model.layers for b in stage.blocks]
+    _mlp_kwargs(blocks[0])
+    pe = model.patch_embed
+    return {
+        "img_size": list(pe.img_size) if pe.img_size is not None else None,
+        "patch_size": list(pe.patch_size),
+        "in_chans": int(pe.proj.in_channels),
+        "num_classes": int(model.num_classes),
+        "global_pool": model.global_pool,
+        "embed_dim": int(pe.proj.out_channels),
+        "depths": [len(stage.blocks) for stage in model.layers],
+        "num_heads": [1] * len(model.layers),  # per-block layouts come from the spec
+        "window_size": list(model._ref_window_sizes),
+        "always_partition": bool(getattr(blocks[0], "always_partition", False)),
+        "strict_img_size": not model.dynamic_img_size,
+        "mlp_ratio": 1.0,
+        "qkv_bias": blocks[0].attn.qkv.bias is not None,
+    }
+
+
 def _extra_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Non-persistent buffers whose values the constructor options alone do not fix (EVA's rope tables)."""
     rope = getattr(model, "rope", None)
@@ -166,6 +190,8 @@ def _structural_kwargs(model: nn.Module) -> dict[str, Any]:
         return _eva_kwargs(model)
     if isinstance(model, Cait):
         return _cait_kwargs(model)
+    if isinstance(model, SwinTransformer):
+        return _swin_kwargs(model)
     pe = model.patch_embed
     blk = model.blocks[0]
     norm = model.norm if _is_on(model.norm) else model.fc_norm
@@ -329,7 +355,7 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
     if {k: list(v.shape) for k, v in state.items()} != spec["shapes"]:
         raise ValueError(f"{wpath} does not match the shapes recorded in {spath}")
     kwargs = dict(spec["kwargs"])
-    for key in ("img_size", "patch_size"):
+    for key in ("img_size", "patch_size", "window_size", "depths", "num_heads"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     model = convert_attention(cls(**kwargs))

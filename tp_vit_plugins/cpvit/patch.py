@@ -130,6 +130,7 @@ _NO_TOKEN_PATCH = {
     "Eva": "EVA / EVA02 (its rotary embedding is indexed by patch position in every block)",
     "Beit": "BEiT (its relative position bias is indexed by patch position in every block)",
     "Cait": "CaiT (talking-heads attention mixes the heads' maps; the class token joins only at the end)",
+    "SwinTransformer": "Swin (attention within windows of a 2-D grid; there is no global token sequence)",
 }
 
 
