@@ -40,24 +40,6 @@ FAMILIES = {
 
 #: Families whose residual stream keeps its width (timm's attention pool reshapes to its input width).
 FIXED_EMBED = {"siglip_map", "cait"}
-#: Families whose tokens cannot be dropped or merged (position-indexed attention terms in every block).
-NO_TOKENS = {"beit", "eva02", "cait"}
-
-
-def refuses_tokens(family: str, model: torch.nn.Module) -> bool:
-    """For :data:`NO_TOKENS` families: assert the token patch refuses ``model`` (untouched) and return True."""
-    if family not in NO_TOKENS:
-        return False
-    from tp_vit_plugins.core.adapter import UnsupportedModelError
-    from tp_vit_plugins.cpvit.patch import apply_cascade
-
-    before = snapshot(model)
-    with pytest.raises(UnsupportedModelError, match="does not support it yet"):
-        apply_cascade(model, keep_ratio=0.5)
-    assert state_equal(before, model.state_dict()) and "forward" not in model.blocks[0].attn.__dict__
-    return True
-
-
 #: Families whose head dims are not pruned (EVA02's rotary embedding is shared at the full head width).
 FIXED_HEAD_DIM = {"eva02"}
 

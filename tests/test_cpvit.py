@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_model, refuses_tokens, set_fused
+from conftest import make_model, set_fused
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
@@ -59,14 +59,13 @@ def test_schedule_closed_form():
 
 def test_keep_one_and_apply_remove_are_identity(family, x):
     model = make_model(family)
-    if refuses_tokens(family, model):
-        return
     with torch.no_grad():
         ref = model(x)
         apply_cascade(model, keep_ratio=1.0, start_block=0)
         assert torch.equal(model(x), ref)
         remove_cascade(model)
-        apply_cascade(model, keep_ratio=0.5, head_keep_ratio=0.5, start_block=0)
+        head_keep = 1.0 if family == "cait" else 0.5  # CaiT's talking heads mix heads: no head skipping
+        apply_cascade(model, keep_ratio=0.5, head_keep_ratio=head_keep, start_block=0)
         assert not torch.equal(model(x), ref)
         remove_cascade(model)
         assert torch.equal(model(x), ref)
@@ -104,8 +103,10 @@ def test_beta_is_calibrated_into_fixed_counts_that_land_on_the_final_count(x64):
     assert find_cascade(model) is None
 
 
-def test_mask_mode_equals_drop_mode_for_token_pooling(x64):
-    model = deeper()
+@pytest.mark.parametrize("family_", ["vit", "beit", "eva02"])
+def test_mask_mode_equals_drop_mode_for_token_pooling(family_, x64):
+    """Dropping == masking as keys; for BEiT / EVA the relative bias and rope follow each kept token's grid position."""
+    model = deeper(family_, **({"global_pool": "token"} if family_ in ("beit", "eva02") else {}))
     with torch.no_grad():
         apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", beta=0.0, mode="drop")
         dropped = model(x64)
@@ -114,6 +115,23 @@ def test_mask_mode_equals_drop_mode_for_token_pooling(x64):
         masked = model(x64)
         remove_cascade(model)
     torch.testing.assert_close(dropped, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_talking_heads_masked_keys_equal_dropped_keys():
+    """CaiT: a masked key gets no weight, not even from the mixer's bias; kept rows equal attention over the kept tokens."""
+    model = make_model("cait")
+    attn = model.blocks[0].attn
+    torch.manual_seed(5)
+    x = torch.randn(2, 16, 48)
+    key_mask = torch.zeros(2, 16, dtype=torch.bool)
+    key_mask[:, ::3] = True  # the same 6 keys masked in both images
+    kept = (~key_mask[0]).nonzero()[:, 0]
+    probs = []
+    with torch.no_grad():
+        masked = cascade_attention(attn, x, 0, key_mask=key_mask, observe=probs.append)
+        dropped = cascade_attention(attn, x[:, kept], 0)
+    torch.testing.assert_close(masked[:, kept], dropped, atol=1e-5, rtol=1e-5)
+    assert bool((probs[0][..., key_mask[0]] == 0).all())
 
 
 def test_head_skipping_equals_zeroing_those_heads(x64):
@@ -163,8 +181,6 @@ def test_works_on_a_tp_pruned_model_and_fused_equals_eager(x64):
 def test_cascade_attention_equals_timm_forward(family, fused):
     """The cascade's copy of timm's eager attention is locked to ``Attention.forward`` on every family."""
     model = make_model(family)
-    if refuses_tokens(family, model):
-        return
     set_fused(model, fused)
     torch.manual_seed(3)
     tokens = torch.randn(2, 17, 48)
@@ -186,8 +202,6 @@ def test_cascade_attention_equals_timm_forward_after_head_dim_pruning(fused, x):
 
 def test_cascade_that_keeps_everything_equals_the_model_on_every_family(family, x):
     model = make_model(family)
-    if refuses_tokens(family, model):
-        return
     with torch.no_grad():
         ref = model(x)
         # every head kept (round(3 * 0.999) = 3) but head skipping on: every block runs the copied path
@@ -277,7 +291,20 @@ def test_cumulative_head_importance_matches_statistic(x64):
 )
 def test_an_images_output_does_not_depend_on_its_batch(options, x64):
     """Per-image determinism for every option: image i alone == image i inside the batch."""
-    model = deeper(num_heads=4)
+    _check_per_image(deeper(num_heads=4), options, x64)
+
+
+@pytest.mark.parametrize("family_", ["beit", "eva02", "cait"])
+@pytest.mark.parametrize("options", [dict(), dict(fold="drop", head_keep_ratio=0.5), dict(mode="mask")])
+def test_other_families_are_deterministic_per_image(family_, options, x64):
+    if family_ == "cait" and options.get("head_keep_ratio"):
+        with pytest.raises(ValueError, match="talking-heads"):
+            apply_cascade(deeper(family_, num_heads=4), keep_ratio=0.5, start_block=1, **options)
+        return
+    _check_per_image(deeper(family_, num_heads=4), options, x64)
+
+
+def _check_per_image(model, options, x64):
     kwargs = {**options, "calib": [x64] if options.get("calib") else None}
     c = apply_cascade(model, keep_ratio=0.5, start_block=1, **kwargs)
     batch = torch.cat([x64, torch.randn(5, 3, 32, 32) * 3])  # other images, other statistics

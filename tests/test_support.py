@@ -176,8 +176,12 @@ def test_eva_beit_cait_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
         assert torch.equal(loaded(x), model(x))
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
     assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
-    with pytest.raises(UnsupportedModelError, match="does not support it yet"):
-        tpv.tokens.apply_cascade(model, keep_ratio=0.5)
+    with torch.no_grad():  # tokens drop too; the position-indexed terms follow the kept tokens
+        ref = model(x)
+        tpv.tokens.apply_cascade(model, keep_ratio=0.5, head_keep_ratio=1.0 if key == "cait" else 0.5)
+        assert not torch.allclose(model(x), ref, atol=1e-4)
+        tpv.tokens.remove_cascade(model)
+        assert torch.equal(model(x), ref)
 
 
 def test_eva02_refuses_head_dim_pruning_under_rope_and_beit_prunes_them():

@@ -66,10 +66,11 @@ __all__ = [
     "head_mixers",
     "drop_heads",
     "has_rope",
+    "rope_with_identity_prefix",
 ]
 
 
-def _identity_for_prefix(rope: torch.Tensor, num_prefix: int) -> torch.Tensor:
+def rope_with_identity_prefix(rope: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """The rotary embedding ``[..., N_patch, 2 * d]`` (``[sin, cos]``) with ``sin = 0, cos = 1`` rows for the prefix tokens.
 
     Rotating every token with it leaves the prefix tokens exactly unchanged (``x * 1 + rot(x) * 0``),
@@ -90,7 +91,7 @@ class PrunableEvaAttention(EvaAttention):
     ``scale_norm`` and sigmoid gate, fused SDPA or the eager path); the differences are
     that ``qkv`` is always one ``nn.Linear`` called as a module, the prefix tokens are
     rotated by the identity instead of being sliced off and concatenated back (same values,
-    :func:`_identity_for_prefix`), and the heads' output is reshaped to
+    :func:`rope_with_identity_prefix`), and the heads' output is reshaped to
     ``num_heads * head_dim`` rather than to the input width. Build it with
     :func:`convert_attention`, not directly.
     """
@@ -108,7 +109,7 @@ class PrunableEvaAttention(EvaAttention):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            rope, half = _identity_for_prefix(rope, self.num_prefix_tokens), bool(getattr(self, "rotate_half", False))
+            rope, half = rope_with_identity_prefix(rope, self.num_prefix_tokens), bool(getattr(self, "rotate_half", False))
             # view_as: one consumer per unbind output, or tp splits qkv into as many parts as q / k have uses
             q = apply_rot_embed_cat(q.view_as(q), rope, half=half).type_as(v)
             k = apply_rot_embed_cat(k.view_as(k), rope, half=half).type_as(v)
@@ -251,7 +252,7 @@ def _convert_one(m: nn.Module) -> None:
     attn_dim = weight.shape[0] // 3
     m.head_dim = attn_dim // int(m.num_heads)
     m.attn_dim = attn_dim
-    for name in ("q_norm", "k_norm"):
+    for name in ("q_norm", "k_norm", "norm"):  # BEiT / CaiT / Swin have none: identities keep one code path
         if not isinstance(getattr(m, name, None), nn.Module):
             setattr(m, name, nn.Identity())
     if isinstance(m, TalkingHeadAttn):

@@ -21,6 +21,15 @@ counts (this library's reconstruction; the paper adjusts per batch).
 
 ``remove_cascade`` deletes the instance attributes and hooks: the model behaves exactly as
 before. Works on tp-pruned models (any ``num_heads`` / ``head_dim``).
+
+**Families.** Every family with one global token sequence: ViT / DeiT / DeiT3 / SigLIP-style
+(the attention pool reads the tokens that are left), BEiT and EVA02 (their relative position
+bias and rotary embedding are gathered at each kept token's grid position, so dropping a
+token equals masking it as a key), CaiT (talking heads: the proportional-attention bias and
+the key mask apply after the ``proj_l`` mixing, masked keys get no weight from ``proj_w``,
+no head skipping; the class-attention blocks read the tokens that are left). Swin is
+refused (windows over a 2-D grid: no global sequence). Merged tokens (``fold="merge"``)
+keep the grid position of the kept token they merge into.
 """
 
 from __future__ import annotations
@@ -31,11 +40,12 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, apply_rot_embed_cat
 from torch import nn
 
-from ..core.adapter import UnsupportedModelError, check_supported, prefix_tokens
+from ..core.adapter import ATTENTION_TYPES, UnsupportedModelError, attention_modules, check_supported, prefix_tokens
 from ..core.calibration import iter_batches
+from ..core.families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix
 from .maths import (
     DEFAULT_SCHEDULE_STEPS,
     DEFAULT_START_BLOCK,
@@ -125,11 +135,8 @@ class _ForwardState:
     bias: torch.Tensor | None = None  # [B, 1, 1, N] log(size) logit bias, made once per merge
 
 
-#: Families whose heads and widths prune but whose tokens cannot be dropped yet, and why.
+#: Families whose heads and widths prune but whose tokens cannot be dropped, and why.
 _NO_TOKEN_PATCH = {
-    "Eva": "EVA / EVA02 (its rotary embedding is indexed by patch position in every block)",
-    "Beit": "BEiT (its relative position bias is indexed by patch position in every block)",
-    "Cait": "CaiT (talking-heads attention mixes the heads' maps; the class token joins only at the end)",
     "SwinTransformer": "Swin (attention within windows of a 2-D grid; there is no global token sequence)",
 }
 
@@ -148,8 +155,11 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
             f"{family}: the token cascade (and token merging) does not support it yet; prune its heads and widths "
             "with ViTPruner / GOHSP / VTP instead. Nothing was changed."
         )
+    attention_modules(model)  # EVA / BEiT attention converted (exact, idempotent)
     blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, nn.Sequential) or not all(isinstance(getattr(b, "attn", None), Attention) for b in blocks):
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not all(
+        isinstance(getattr(b, "attn", None), ATTENTION_TYPES) for b in blocks
+    ):
         raise TypeError(
             f"{type(model).__name__} is not a timm VisionTransformer-family model "
             "(expected .blocks made of blocks with a timm.layers.Attention .attn)"
@@ -185,6 +195,8 @@ def cascade_attention(
     observe: Callable[[torch.Tensor], None] | None = None,
     logit_bias: torch.Tensor | None = None,
     observe_keys: Callable[[torch.Tensor], None] | None = None,
+    positions: torch.Tensor | None = None,
+    rope: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The timm ``Attention.forward`` eager path, plus what the cascade needs.
 
@@ -206,6 +218,10 @@ def cascade_attention(
         observe: Callback receiving the attention probabilities.
         logit_bias: Added to the attention logits before the softmax.
         observe_keys: Callback receiving the (normed) keys.
+        positions: ``[B, N - num_prefix]`` grid index of every patch token (``None``: all
+            patches in grid order). Position-indexed terms follow their tokens: BEiT's
+            relative position bias and EVA's rotary embedding.
+        rope: EVA's rotary embedding for the full grid, ``[P, 2 * d]`` (``[sin, cos]``).
 
     Returns:
         ``[B, N, C_out]``.
@@ -216,8 +232,22 @@ def cascade_attention(
     gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
     q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = a.q_norm(q), a.k_norm(k)
+    if rope is not None:  # EVA: rotate each patch token by its own grid position
+        if positions is not None:
+            rope = rope[positions][:, None]  # [B, 1, P_cur, 2d]
+        rope = rope_with_identity_prefix(rope, num_prefix)
+        half = bool(getattr(a, "rotate_half", False))
+        q, k = apply_rot_embed_cat(q, rope, half=half).type_as(v), apply_rot_embed_cat(k, rope, half=half).type_as(v)
+    if head_tables(a):  # BEiT: the relative position bias between the tokens that are left
+        rel = a._get_rel_pos_bias()  # [1, H, N0, N0]
+        if positions is not None:
+            idx = torch.cat([torch.arange(num_prefix, device=x.device).expand(B, -1), positions + num_prefix], dim=1)
+            rel = rel[0][:, idx[:, :, None], idx[:, None, :]].transpose(0, 1)  # [B, H, N, N]
+        logit_bias = rel if logit_bias is None else rel + logit_bias
     if observe_keys is not None:
         observe_keys(k)
+    if isinstance(a, PrunableTalkingHeadAttn):
+        return _talking_heads(a, q, k, v, num_prefix, key_mask, heads_kept, observe, logit_bias)
     if observe is None and key_mask is None and (heads_kept is None or heads_kept >= H) and a.fused_attn:
         # nothing to observe: the fused kernel, with the bias as an additive mask (proportional attention)
         bias = logit_bias.to(q.dtype) if logit_bias is not None else None
@@ -261,31 +291,79 @@ def cascade_attention(
     return a.proj_drop(y)
 
 
+def _talking_heads(
+    a: nn.Module,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_prefix: int,
+    key_mask: torch.Tensor | None,
+    heads_kept: int | None,
+    observe: Callable[[torch.Tensor], None] | None,
+    logit_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """CaiT's talking-heads attention with the cascade's additions (``q, k, v``: ``[B, H, N, d]``).
+
+    The logits are mixed over heads by ``proj_l``; a proportional-attention bias and the key
+    mask apply after that mixing, right before the softmax; the probabilities mixed by
+    ``proj_w`` (whose bias would otherwise give masked keys weight) are zeroed at masked
+    keys, so masking a key equals dropping it. Head skipping is not defined (heads are mixed).
+    """
+    B, H, N, d = q.shape
+    if heads_kept is not None and heads_kept < H:
+        raise ValueError("head skipping is not defined for talking-heads attention (CaiT): use head_keep_ratio=1.0")
+    logits = a.proj_l(((q * a.scale) @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    masked = None
+    if key_mask is not None:
+        masked = torch.cat([torch.zeros(B, num_prefix, dtype=torch.bool, device=q.device), key_mask], dim=1)
+        logits = logits.masked_fill(masked[:, None, None, :], float("-inf"))
+    probs = a.proj_w(logits.softmax(dim=-1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    if masked is not None:
+        probs = probs.masked_fill(masked[:, None, None, :], 0.0)
+    if observe is not None:
+        observe(probs if masked is None else probs.masked_fill(masked[:, None, :, None], 0.0))
+    y = (a.attn_drop(probs) @ v).transpose(1, 2).reshape(B, N, H * d)
+    return a.proj_drop(a.proj(a.norm(y)))
+
+
 class _CascadeAttention:
     """Replacement ``attn.forward`` bound to one block."""
 
     def __init__(self, cascade: Cascade, index: int, attn: Attention) -> None:
         self.cascade, self.index, self.attn = cascade, index, attn
 
-    def __call__(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: torch.Tensor | None = None,
+        shared_rel_pos_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         c, a = self.cascade, self.attn
-        if attn_mask is not None or is_causal:
+        if attn_mask is not None or is_causal or shared_rel_pos_bias is not None:
             raise ValueError(
-                "the CP-ViT cascade does not support attn_mask / is_causal (dropping tokens changes the sequence "
-                "length a mask was built for); call tpv.tokens.remove_cascade(model) before masked attention"
+                "the CP-ViT cascade does not support attn_mask / is_causal / a shared position bias (dropping tokens "
+                "changes the sequence length they were built for); call tpv.tokens.remove_cascade(model) first"
             )
         bias = c.state.bias  # proportional attention: a merged token counts as many patches
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
-        plain = self.index not in c.score_blocks and self.index not in c.head_blocks and c.state.key_mask is None
-        if plain and bias is None:
-            return type(a).forward(a, x)
+        st = c.state
+        dropped = x.shape[1] < c.num_prefix + c.num_patches
+        positions = st.positions if dropped else None  # grid order while nothing was dropped
+        plain = self.index not in c.score_blocks and self.index not in c.head_blocks and st.key_mask is None
+        if plain and bias is None and positions is None:
+            return type(a).forward(a, x) if rope is None else type(a).forward(a, x, rope=rope)
         kept = None
         if self.index in c.head_blocks:
             kept = heads_kept(a.num_heads, c.head_keep_ratio)
-            c.state.heads_kept.append(kept)
+            st.heads_kept.append(kept)
         observe = partial(c._observe, self.index) if self.index in c.score_blocks else None
-        return cascade_attention(a, x, c.num_prefix, c.state.key_mask, kept, observe, logit_bias=bias)
+        return cascade_attention(a, x, c.num_prefix, st.key_mask, kept, observe, logit_bias=bias, positions=positions,
+                                 rope=rope)  # fmt: skip
 
 
 class Cascade:
@@ -313,6 +391,8 @@ class Cascade:
         self._generator = torch.Generator().manual_seed(seed)
         self.blocks = token_blocks(model)
         self.depth = len(self.blocks)
+        #: Position-indexed attention terms (BEiT's relative bias, EVA's rope) follow the kept tokens.
+        self.positional = type(model).__name__ in ("Eva", "Beit")
         self.num_prefix = prefix_tokens(model)
         rows, self.grid_width = patch_grid(model)
         self.num_patches = rows * self.grid_width
@@ -411,7 +491,7 @@ class Cascade:
             raise ValueError(f"expected {self.num_prefix + self.num_patches} tokens, got {x.shape[1]}")
         self.last = self.state
         pos = None
-        if self.score == "random" or self._calibrating is not None:  # only these read grid positions
+        if self.score == "random" or self._calibrating is not None or self.positional:  # these read grid positions
             pos = torch.arange(self.num_patches, device=x.device).expand(B, -1)
         self.state = _ForwardState(positions=pos, counts=[self.num_patches])
 
@@ -565,6 +645,9 @@ def apply_cascade(
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
     keep_schedule(1, depth, keep_ratio, start_block, schedule_power, schedule_steps)  # validates the schedule
+    talking = [b.attn for b in token_blocks(model) if isinstance(b.attn, PrunableTalkingHeadAttn)]
+    if any(heads_kept(a.num_heads, head_keep_ratio) < a.num_heads for a in talking):
+        raise ValueError(f"head_keep_ratio={head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0")
     cascade = Cascade(
         model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power,
         fold, schedule_steps,

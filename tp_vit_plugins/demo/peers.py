@@ -72,6 +72,10 @@ class TokenPeer:
     """A token-reduction peer attached to a model's blocks (see :func:`apply_tome`, :func:`apply_evit`)."""
 
     def __init__(self, model: nn.Module, block_fn: Callable[[TokenPeer, int, nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(model, VisionTransformer):  # merged tokens have no grid position for rope / relative bias
+            raise TypeError(f"the token-reduction peers run on timm VisionTransformer blocks only, got {type(model).__name__}")
         self.model, self.blocks = model, token_blocks(model)
         if any("forward" in vars(blk) for blk in self.blocks) or find_cascade(model) is not None:
             raise TypeError("a token reduction is already applied to this model; remove it first")
