@@ -359,3 +359,22 @@ def test_stepped_schedule_closed_form_and_exact_macs(x64):
     expected = cascade_macs(model, (3, 32, 32), keep_ratio=0.5, start_block=1, schedule_steps=3, batch_size=3)
     assert count_macs(model, x64) == expected
     remove_cascade(model)
+
+
+def test_a_deepcopy_of_a_cascaded_model_is_its_own_cascade(x64):
+    """copy.deepcopy copies the cascade with the model; removing either leaves the other alone."""
+    import copy
+
+    model = deeper()
+    with torch.no_grad():
+        ref = model(x64)
+        apply_cascade(model, keep_ratio=0.5, start_block=1)
+        cascaded = model(x64)
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(twin(x64), cascaded, atol=0, rtol=0)
+        assert find_cascade(twin) is not find_cascade(model) and find_cascade(twin).model is twin
+        remove_cascade(twin)
+        assert torch.equal(twin(x64), ref) and torch.equal(model(x64), cascaded)
+        remove_cascade(model)
+        assert torch.equal(model(x64), ref)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in (*model.modules(), *twin.modules())) == 0

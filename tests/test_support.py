@@ -190,6 +190,9 @@ def test_eva02_refuses_head_dim_pruning_under_rope_and_beit_prunes_them():
     with pytest.raises(ValueError, match="rotary"):
         tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_head_dims=True)
     assert state_equal(before, model.state_dict())
+    with pytest.raises(TypeError, match="fc1"):  # SwiGLU: GOHSP's neuron units need fc1 / fc2; converted back
+        tpv.GOHSPPruner(model, x[:1], None, target_params_ratio=0.2, graph_bias=0.0, structures=("heads", "mlp"))
+    assert state_equal(before, model.state_dict()) and type(model.blocks[0].mlp).__name__ == "GluMlp"
     vtp = tpv.VTPPruner(model, x[:1], pruning_ratio=0.25)  # head dims default off under rope
     assert not vtp._enabled_kinds["attention"]
     beit, xb = _timm_model("beit")

@@ -328,6 +328,16 @@ def _talking_heads(
     return a.proj_drop(a.proj(a.norm(y)))
 
 
+class _AfterBlock:
+    """Forward hook of block ``index`` calling its cascade (an object, so ``copy.deepcopy`` of the model copies it too)."""
+
+    def __init__(self, cascade: Cascade, index: int) -> None:
+        self.cascade, self.index = cascade, index
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        return self.cascade._after_block(self.index, out)
+
+
 class _CascadeAttention:
     """Replacement ``attn.forward`` bound to one block."""
 
@@ -417,14 +427,25 @@ class Cascade:
     def _attach(self) -> None:
         for i, blk in enumerate(self.blocks):
             blk.attn.forward = _CascadeAttention(self, i, blk.attn)
-            self._handles.append(blk.register_forward_hook(self._after_block(i)))
+            self._handles.append(blk.register_forward_hook(_AfterBlock(self, i)))
         self._handles.append(self.blocks[0].register_forward_pre_hook(self._reset))
 
     def detach(self) -> None:
-        """Remove every hook and patched forward; the model is exactly as before."""
+        """Remove every hook and patched forward; the model is exactly as before.
+
+        Hooks are found in the blocks' own hook dicts (not through the handles), so a
+        ``copy.deepcopy`` of a cascaded model detaches its own copies.
+        """
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for blk in self.blocks:
+            for hooks in (blk._forward_hooks, blk._forward_pre_hooks):
+                mine = [
+                    k for k, hook in hooks.items() if isinstance(hook, _AfterBlock) or getattr(hook, "__self__", None) is self
+                ]
+                for key in mine:
+                    del hooks[key]
         for blk in self.blocks:
             if isinstance(blk.attn.__dict__.get("forward"), _CascadeAttention):
                 del blk.attn.forward
@@ -511,41 +532,39 @@ class Cascade:
             if self._calibrating is not None:
                 st.localities.append(attention_range(probs, st.positions, self.grid_width, self.num_prefix, self.radius))
 
-    def _after_block(self, index: int):
-        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-            st = self.state
-            if index > self.last_point or index + 1 >= self.depth:
-                return None
-            current = st.counts[-1]
-            if self._calibrating is not None:  # calibration: the batch's attention range decides
-                loc = st.localities[-1] if st.localities else 0.0
-                self._calibrating.setdefault(index, []).append((loc, out.shape[0]))
-                n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
-            else:
-                n = self.counts[index + 1]
-            if n >= current:
-                st.counts.append(current)
-                return None
-            st.counts.append(n)
-            if self.mode == "drop":
-                keep = topk_sorted(st.scores, n)
-                st.scores = st.scores.gather(1, keep)
-                if st.positions is not None:
-                    st.positions = st.positions.gather(1, keep)
-                if self.fold == "merge":
-                    sizes = st.sizes if st.sizes is not None else out.new_ones(out.shape[0], current, dtype=torch.float32)
-                    out, st.sizes = merge_into_kept(out, sizes, keep, self.num_prefix)
-                    pad = st.sizes.new_ones(st.sizes.shape[0], self.num_prefix)
-                    st.bias = torch.cat([pad, st.sizes], dim=1).log()[:, None, None, :]
-                    return out
-                return gather_tokens(out, keep, self.num_prefix)
-            alive = ~st.key_mask if st.key_mask is not None else torch.ones_like(st.scores, dtype=torch.bool)
-            masked_scores = st.scores.masked_fill(~alive, float("-inf"))
-            keep = topk_sorted(masked_scores, n)
-            st.key_mask = torch.ones_like(alive).scatter_(1, keep, False)
+    def _after_block(self, index: int, out: torch.Tensor) -> torch.Tensor | None:
+        """Block ``index``'s forward hook: drop, merge or mask tokens at a pruning point."""
+        st = self.state
+        if index > self.last_point or index + 1 >= self.depth:
             return None
-
-        return hook
+        current = st.counts[-1]
+        if self._calibrating is not None:  # calibration: the batch's attention range decides
+            loc = st.localities[-1] if st.localities else 0.0
+            self._calibrating.setdefault(index, []).append((loc, out.shape[0]))
+            n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
+        else:
+            n = self.counts[index + 1]
+        if n >= current:
+            st.counts.append(current)
+            return None
+        st.counts.append(n)
+        if self.mode == "drop":
+            keep = topk_sorted(st.scores, n)
+            st.scores = st.scores.gather(1, keep)
+            if st.positions is not None:
+                st.positions = st.positions.gather(1, keep)
+            if self.fold == "merge":
+                sizes = st.sizes if st.sizes is not None else out.new_ones(out.shape[0], current, dtype=torch.float32)
+                out, st.sizes = merge_into_kept(out, sizes, keep, self.num_prefix)
+                pad = st.sizes.new_ones(st.sizes.shape[0], self.num_prefix)
+                st.bias = torch.cat([pad, st.sizes], dim=1).log()[:, None, None, :]
+                return out
+            return gather_tokens(out, keep, self.num_prefix)
+        alive = ~st.key_mask if st.key_mask is not None else torch.ones_like(st.scores, dtype=torch.bool)
+        masked_scores = st.scores.masked_fill(~alive, float("-inf"))
+        keep = topk_sorted(masked_scores, n)
+        st.key_mask = torch.ones_like(alive).scatter_(1, keep, False)
+        return None
 
 
 def find_cascade(model: nn.Module) -> Cascade | None:

@@ -47,8 +47,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention
+from ..core.adapter import BlockLayers, block_layers, drop_head_columns, head_layout, split_qkv, sync_attention
+from ..core.families import has_rope
 from ..core.pruner import ViTPruner, check_ratio
+from ..core.snapshot import ModuleSnapshot
 from ..core.training import add_to_grad
 
 __all__ = ["GOHSPPruner", "StructurePlan", "UNIT_TYPES"]
@@ -144,6 +146,19 @@ class GOHSPPruner(ViTPruner):
         #: One entry per dual update: ``{"step", "primal", "dual", "rho"}`` (relative residuals).
         self.history: list[dict] = []
         self._z_plan: StructurePlan | None = None
+        if "head_dims" in structures and has_rope(model):
+            raise ValueError(
+                f"{type(model).__name__} applies a rotary embedding computed for the full head width; use "
+                "structures=('heads', 'mlp')"
+            )
+        before = ModuleSnapshot(model)  # EVA / BEiT / CaiT attention is converted by ViTPruner: undone on errors
+        try:
+            self._init_plan(model, example_inputs, importance, min_heads, kwargs)
+        except Exception:
+            before.restore()
+            raise
+
+    def _init_plan(self, model, example_inputs, importance, min_heads, kwargs) -> None:
         super().__init__(model, example_inputs, importance, min_heads=min_heads, **kwargs)
         self.total_params = sum(p.numel() for p in model.parameters())
         self.budget = int(round(self.target_params_ratio * self.total_params))
@@ -338,6 +353,7 @@ class GOHSPPruner(ViTPruner):
         for li, b in enumerate(self._blocks):  # 1) whole heads
             if plan.heads[li]:
                 yield self.head_group(b.attn, plan.heads[li])
+                drop_head_columns(b.attn, plan.heads[li])  # BEiT / Swin tables, CaiT mixers, once the group is pruned
         sync_attention(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 2) head dims, same dims in every kept head
             dims = sorted(plan.head_dims[li])
