@@ -40,8 +40,6 @@ FAMILIES = {
 
 #: Families whose residual stream keeps its width (timm's attention pool reshapes to its input width).
 FIXED_EMBED = {"siglip_map", "cait"}
-#: Families whose head dims are not pruned (EVA02's rotary embedding is shared at the full head width).
-FIXED_HEAD_DIM = {"eva02"}
 
 
 def make_model(family: str = "vit", seed: int = 0, **overrides) -> torch.nn.Module:

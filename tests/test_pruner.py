@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
-from conftest import FAMILIES, FIXED_EMBED, FIXED_HEAD_DIM, fused_and_eager, hidden, make_model, snapshot, state_equal
+from conftest import FAMILIES, FIXED_EMBED, fused_and_eager, hidden, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.adapter import attention_modules
@@ -134,7 +134,7 @@ def test_masking_equivalence_mlp(family, x):
         torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family_", sorted(set(FAMILIES) - {"qk_norm"} - FIXED_HEAD_DIM))
+@pytest.mark.parametrize("family_", sorted(set(FAMILIES) - {"qk_norm"}))
 def test_masking_equivalence_head_dims(family_, x):
     """Head dims removed == the same dims zeroed in q, k, v (logit scale preserved)."""
     dense = make_model(family_)
@@ -160,7 +160,7 @@ SETTINGS = {
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_every_structure_runs_consistent_and_fused_equals_eager(family, x, setting):
     model = make_model(family)
-    refused = {"prune_embed_dim": (FIXED_EMBED, "stay whole"), "prune_head_dims": (FIXED_HEAD_DIM, "rotary")}
+    refused = {"prune_embed_dim": (FIXED_EMBED, "stay whole")}
     for key, (families, words) in refused.items():
         if family in families and SETTINGS[setting].get(key):
             before = snapshot(model)

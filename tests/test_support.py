@@ -184,21 +184,42 @@ def test_eva_beit_cait_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
         assert torch.equal(model(x), ref)
 
 
-def test_eva02_refuses_head_dim_pruning_under_rope_and_beit_prunes_them():
+def test_eva02_head_dims_go_in_rotary_pairs_and_gohsp_refuses_swiglu(tmp_path):
+    from conftest import fused_and_eager
+
+    from tp_vit_plugins.core.families import rope_pairs
+
     model, x = _timm_model("eva02")
     before = snapshot(model)
-    with pytest.raises(ValueError, match="rotary"):
-        tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_head_dims=True)
-    assert state_equal(before, model.state_dict())
     with pytest.raises(TypeError, match="fc1"):  # SwiGLU: GOHSP's neuron units need fc1 / fc2; converted back
         tpv.GOHSPPruner(model, x[:1], None, target_params_ratio=0.2, graph_bias=0.0, structures=("heads", "mlp"))
     assert state_equal(before, model.state_dict()) and type(model.blocks[0].mlp).__name__ == "GluMlp"
-    vtp = tpv.VTPPruner(model, x[:1], pruning_ratio=0.25)  # head dims default off under rope
-    assert not vtp._enabled_kinds["attention"]
+    d0 = 192 // 3
+    pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True)
+    pruner.step()
+    pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True)
+    pruner.step()  # a second pruner on the pruned model: rope_dims compose
+    for b in model.blocks:
+        dims, a = b.attn.rope_dims, b.attn
+        assert a.head_dim == len(dims) == 2 * int(int(d0 / 2 * 0.75) * 0.75)
+        kept = set(dims)
+        assert all((i in kept) == (j in kept) for i, j in rope_pairs(d0, False))  # whole rotary pairs only
+    fused, eager = fused_and_eager(model, x)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    tpv.save_pruned(model, tmp_path / "m")
+    loaded = tpv.load_pruned(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    stock, _ = _timm_model("eva02")  # a stock tp pruner removing arbitrary head dims: refused at sync
+    kw = tpv.vit_pruning_kwargs(stock)
+    tp.pruner.BasePruner(stock, x[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25,
+                         prune_head_dims=True, **kw).step()  # fmt: skip
+    with pytest.raises(ValueError, match="rotary"):
+        tpv.sync_attention(stock, kw["num_heads"])
     beit, xb = _timm_model("beit")
     tpv.ViTPruner(beit, xb[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True).step()
     assert all(b.attn.head_dim == 12 for b in beit.blocks)
-    fused, eager = __import__("conftest").fused_and_eager(beit, xb)
+    fused, eager = fused_and_eager(beit, xb)
     torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
 
 

@@ -45,7 +45,7 @@ SUPPORT = {
     "flexivit": _ALL,
     "siglip": {**_ALL, "embed": False},  # the attention pool reshapes to its input width
     "beit": _ALL,
-    "eva02": {**_ALL, "head_dims": False, "gohsp": False},  # rope at full head width; SwiGLU (GOHSP needs fc1/fc2)
+    "eva02": {**_ALL, "gohsp": False},  # SwiGLU (GOHSP's neuron units need fc1 / fc2)
     "cait": {**_ALL, "embed": False},  # class attention reshapes to its input width
     "swin": {**_ALL, "embed": False, "tokens": False, "gohsp": False},  # patch merging; windows
 }

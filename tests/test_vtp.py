@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
-from conftest import FIXED_HEAD_DIM, fc1_of, hidden, make_model, snapshot, state_equal
+from conftest import fc1_of, hidden, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.training import finetune
@@ -30,8 +30,7 @@ def test_gates_at_one_are_exact_identity(family, x):
     with torch.no_grad():
         ref = model(x)
     pruner = tpv.VTPPruner(model, x, pruning_ratio=0.3)
-    per_block = 1 if family in FIXED_HEAD_DIM else 2  # fc2 (MLP dims) and proj (head dims, unless rope) inputs
-    assert len(pruner.gate_parameters()) == 2 * per_block
+    assert len(pruner.gate_parameters()) == 2 * 2  # fc2 (MLP dims) and proj (head dims) inputs per block
     assert all(any(p is q for q in model.parameters()) for p in pruner.gate_parameters())  # any optimizer sees them
     with torch.no_grad():
         assert torch.equal(model(x), ref)

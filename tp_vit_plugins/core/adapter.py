@@ -702,10 +702,12 @@ def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None)
     plan = [(attn, _check_one(name, attn, _lookup_heads(num_heads, name, attn))) for name, attn in attns]
     if has_rope(model):
         for (name, attn), (_, heads) in zip(attns, plan):
-            if (attn.qkv.out_features // 3) // heads != attn.head_dim:
+            dims = getattr(attn, "rope_dims", None)
+            expected = len(dims) if dims is not None else attn.head_dim
+            if (attn.qkv.out_features // 3) // heads != expected:
                 raise ValueError(
-                    f"{name}: head dims were pruned, but the model's rotary embedding is computed for "
-                    f"head_dim={attn.head_dim} in every block; prune heads and MLP dims only (prune_head_dims=False)"
+                    f"{name}: head dims were pruned without recording which rotary dims are left (the model's "
+                    "rotary embedding rotates dims in pairs); prune head dims of rotary models with tpv.ViTPruner"
                 )
     for attn, heads in plan:
         _apply_one(attn, heads)

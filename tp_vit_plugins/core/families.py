@@ -33,8 +33,10 @@ What else these families carry and how it is kept consistent:
 * Swin's window attention has a relative position table per block (pruned like BEiT's);
   the residual streams stay whole (patch merging concatenates 2 x 2 neighbours, which tp
   cannot follow), and tokens cannot be dropped from windows.
-* EVA02's rotary embedding is computed once for ``head_dim`` and shared by all blocks, so
-  head dims are not pruned in models with rope (heads and MLP dims are).
+* EVA02's rotary embedding is computed once for the full ``head_dim`` and shared by all
+  blocks: :class:`~tp_vit_plugins.ViTPruner` removes head dims there in rotary pairs, the same
+  share in every block, and records the dims each attention keeps (``rope_dims``), whose
+  rotary columns its forward selects (:func:`select_rope_dims`).
 * LayerScale-like ``gamma_1`` / ``gamma_2`` parameters of the blocks follow the residual
   stream (unwrapped parameters, axis 0); EVA's ``scale_norm`` LayerNorm and SwiGLU MLPs are
   ordinary layers to tp; EVA02's packed ``GluMlp`` is split into timm's ``SwiGLU`` first.
@@ -67,6 +69,8 @@ __all__ = [
     "drop_heads",
     "has_rope",
     "rope_with_identity_prefix",
+    "select_rope_dims",
+    "rope_pairs",
 ]
 
 
@@ -82,6 +86,27 @@ def rope_with_identity_prefix(rope: torch.Tensor, num_prefix: int) -> torch.Tens
     sin, cos = rope.tensor_split(2, -1)
     pad = (*sin.shape[:-2], num_prefix, sin.shape[-1])
     return torch.cat([torch.cat([sin.new_zeros(pad), sin], -2), torch.cat([cos.new_ones(pad), cos], -2)], -1)
+
+
+def select_rope_dims(attn: nn.Module, rope: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding ``[..., 2 * d0]`` (``[sin, cos]``) restricted to the head dims ``attn`` kept.
+
+    ``attn.rope_dims`` lists, in order, the original in-head dims a head-dim-pruned EVA
+    attention still has (``None``: all). They are removed in rotary pairs
+    (:func:`rope_pairs`), so every kept dim still meets its partner in the rotation.
+    """
+    dims = getattr(attn, "rope_dims", None)
+    if dims is None:
+        return rope
+    sin, cos = rope.tensor_split(2, -1)
+    idx = torch.as_tensor(dims, device=rope.device)
+    return torch.cat([sin.index_select(-1, idx), cos.index_select(-1, idx)], -1)
+
+
+def rope_pairs(head_dim: int, rotate_half: bool) -> list[tuple[int, int]]:
+    """The in-head dims a rotary embedding rotates together: ``(2p, 2p + 1)``, or ``(p, p + d / 2)`` with ``rotate_half``."""
+    half = head_dim // 2
+    return [(p, p + half) for p in range(half)] if rotate_half else [(2 * p, 2 * p + 1) for p in range(half)]
 
 
 class PrunableEvaAttention(EvaAttention):
@@ -109,6 +134,7 @@ class PrunableEvaAttention(EvaAttention):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
+            rope = select_rope_dims(self, rope)
             rope, half = rope_with_identity_prefix(rope, self.num_prefix_tokens), bool(getattr(self, "rotate_half", False))
             # view_as: one consumer per unbind output, or tp splits qkv into as many parts as q / k have uses
             q = apply_rot_embed_cat(q.view_as(q), rope, half=half).type_as(v)

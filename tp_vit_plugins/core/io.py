@@ -113,7 +113,7 @@ def _eva_kwargs(model: nn.Module) -> dict[str, Any]:
         raise NotImplementedError("save_pruned does not support EVA with both a final norm and an fc_norm")
     common = _common_kwargs(model)
     if rope is not None:  # the rotary embedding is built for embed_dim // num_heads; shapes are resized after
-        common["embed_dim"] = int(blk.attn.head_dim)
+        common["embed_dim"] = int(getattr(rope, "dim", blk.attn.head_dim))  # the unpruned head width
     return {
         **common,
         **_mlp_kwargs(blk),
@@ -253,6 +253,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         if a.num_heads * a.head_dim != a.attn_dim or a.attn_dim != a.qkv.out_features // 3:
             raise ValueError(f"{name} is out of sync with its qkv weights; call tpv.sync_attention(model) first")
         attns[name] = {"num_heads": int(a.num_heads), "head_dim": int(a.head_dim), "scale": float(a.scale)}
+        if getattr(a, "rope_dims", None) is not None:  # EVA: the rotary dims a head-dim-pruned attention kept
+            attns[name]["rope_dims"] = [int(j) for j in a.rope_dims]
     pool = attention_pool(model)
     pool_layout = None
     if pool is not None:
@@ -371,6 +373,8 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
             raise ValueError(f"{name} is not a timm Attention in the rebuilt model")
         attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
         attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
+        if "rope_dims" in layout:
+            attn.rope_dims = [int(j) for j in layout["rope_dims"]]
     layout = spec.get("attn_pool")
     if layout is not None:
         pool = attention_pool(model)

@@ -24,7 +24,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .adapter import attention_modules, drop_head_columns, fixed_residual, sync_attention, vit_pruning_kwargs
-from .families import has_rope
+from .families import has_rope, rope_pairs
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -68,7 +68,8 @@ class ViTPruner(tp.pruner.BasePruner):
             to ``global_pruning``.
         prune_num_heads: Accepted for tp compatibility. ``None`` means "prune heads when
             ``head_pruning_ratio > 0``"; ``False`` with a positive head ratio is an error.
-        prune_head_dims: Let the width ratio remove dims inside every head.
+        prune_head_dims: Let the width ratio remove dims inside every head (in rotary models,
+            EVA02: whole rotary pairs, the same share per block, see :meth:`_prune_rope_head_dims`).
         prune_mlp: Let the width ratio remove MLP hidden neurons.
         prune_embed_dim: Let the width ratio remove embedding (residual stream) dims.
         min_heads: Heads every layer keeps in global head pruning (at least 1).
@@ -79,10 +80,10 @@ class ViTPruner(tp.pruner.BasePruner):
     Raises:
         TypeError: The model has no timm attention, or a kwarg this class sets itself.
         ValueError: A ratio outside ``[0, 1)``, a head budget leaving a layer with fewer
-            than ``min_heads`` heads, ``prune_embed_dim=True`` on a model with an
-            attention-pool head, or ``prune_head_dims=True`` on a model with rotary position
-            embeddings (EVA02). The model is untouched in every error case (EVA / BEiT
-            attention, converted at construction, is converted back).
+            than ``min_heads`` heads, or ``prune_embed_dim=True`` on a model whose residual
+            stream must keep its width (:func:`~tp_vit_plugins.core.adapter.fixed_residual`).
+            The model is untouched in every error case (EVA / BEiT / CaiT / Swin attention,
+            converted at construction, is converted back).
     """
 
     def __init__(
@@ -130,17 +131,14 @@ class ViTPruner(tp.pruner.BasePruner):
         reason = fixed_residual(model)
         if prune_embed_dim and reason is not None:
             raise ValueError(f"{reason}; use prune_embed_dim=False (heads, head dims and MLP dims still prune)")
-        if prune_head_dims and has_rope(model):
-            raise ValueError(
-                f"{type(model).__name__} applies a rotary position embedding computed for the full head width in "
-                "every block; use prune_head_dims=False (heads and MLP dims still prune)"
-            )
+        #: Rotary models: head dims go in rotary pairs, the same share per block (:meth:`_prune_rope_head_dims`).
+        self._rope_pairs = bool(prune_head_dims and has_rope(model))
         self._attentions = attention_modules(model)
         self.global_head_pruning = global_pruning if global_head_pruning is None else bool(global_head_pruning)
         self.min_heads = min_heads
         self.target_head_pruning_ratio = head_pruning_ratio
         self._check_head_budget(head_pruning_ratio)
-        self._enabled_kinds = {"attention": prune_head_dims, "mlp": prune_mlp, "embed": prune_embed_dim}
+        self._enabled_kinds = {"attention": prune_head_dims and not self._rope_pairs, "mlp": prune_mlp, "embed": prune_embed_dim}
         self._embed_modules = self._embedding_modules(model)
         super().__init__(
             model,
@@ -151,13 +149,14 @@ class ViTPruner(tp.pruner.BasePruner):
             ignored_layers=[*vit_kw["ignored_layers"], *(ignored_layers or [])],
             num_heads=vit_kw["num_heads"],
             prune_num_heads=False,  # heads are removed by _prune_heads, with exact counts
-            prune_head_dims=prune_head_dims,
+            prune_head_dims=prune_head_dims and not self._rope_pairs,
             head_pruning_ratio=0.0,
             unwrapped_parameters=vit_kw["unwrapped_parameters"],
             customized_pruners=vit_kw["customized_pruners"],
             **kwargs,
         )
         check_pruner_state(self)
+        self._rope_head_dim0 = {a.qkv: int(a.head_dim) for _, a in self._attentions}
         self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
         self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
 
@@ -286,11 +285,43 @@ class ViTPruner(tp.pruner.BasePruner):
         sync_attention(self.model, self.num_heads)  # head norms need the new layout
         if self._width_active:
             yield from super()._prune()
+            if self._rope_pairs:
+                yield from self._prune_rope_head_dims()
         sync_attention(self.model, self.num_heads)
         sync = getattr(self.importance, "sync_layout", None)
         if sync is not None:  # head dims may have gone: calibrated head scores stay with their heads
             for _, attn in self._attentions:
                 sync(attn.qkv)
+
+    def _prune_rope_head_dims(self) -> Generator[tp.Group, None, None]:
+        """Head dims of rotary models (EVA02): whole rotary pairs, the same share of every block's pairs.
+
+        The rotary embedding is shared by all blocks and rotates dims in pairs, so a block's
+        dims go two by two (the pair's two scores summed; each dim's score is the importance
+        averaged over heads) and the attention records the original dims it keeps
+        (``rope_dims``), whose rotary columns its forward selects. The share follows the
+        width ratio of this step (``keep int(pairs * (1 - ratio))`` pairs, at least one) and is
+        not ranked against the other structures in global pruning.
+        """
+        ratio = float(self.per_step_pruning_ratio[min(self.current_step, self.iterative_steps)])
+        for _, attn in self._attentions:
+            H, d = int(attn.num_heads), int(attn.head_dim)
+            dims = list(attn.rope_dims) if getattr(attn, "rope_dims", None) is not None else list(range(d))
+            pairs0 = self._rope_head_dim0[attn.qkv] // 2
+            remove = d // 2 - max(1, int(pairs0 * (1 - ratio)))
+            if remove <= 0:
+                continue
+            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(H * d)))
+            imp = self.importance(group)
+            if imp is None:
+                continue
+            per_dim = imp.detach().float().cpu().view(H, d).mean(0)
+            pairs = rope_pairs(d, bool(getattr(attn, "rotate_half", False)))
+            scores = torch.stack([per_dim[a] + per_dim[b] for a, b in pairs])
+            gone = {j for p in torch.argsort(scores, stable=True)[:remove].tolist() for j in pairs[p]}
+            idxs = sorted(h * d + j for h in range(H) for j in gone)
+            yield self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+            attn.rope_dims = [dims[j] for j in range(d) if j not in gone]  # ascending keeps the pair layout
 
     def step(self, interactive: bool = False) -> Generator | None:
         """One pruning step; attention modules are synced afterwards.

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..core.adapter import ATTENTION_TYPES, UnsupportedModelError, attention_modules, check_supported, prefix_tokens
 from ..core.calibration import iter_batches
-from ..core.families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix
+from ..core.families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
 from .maths import (
     DEFAULT_SCHEDULE_STEPS,
     DEFAULT_START_BLOCK,
@@ -233,6 +233,7 @@ def cascade_attention(
     q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = a.q_norm(q), a.k_norm(k)
     if rope is not None:  # EVA: rotate each patch token by its own grid position
+        rope = select_rope_dims(a, rope)  # the head dims this attention kept
         if positions is not None:
             rope = rope[positions][:, None]  # [B, 1, P_cur, 2d]
         rope = rope_with_identity_prefix(rope, num_prefix)

@@ -45,7 +45,6 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.adapter import block_layers
-from ..core.families import has_rope
 from ..core.pruner import ViTPruner
 from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
 from .importance import GateImportance
@@ -108,9 +107,8 @@ class VTPPruner(ViTPruner):
         importance: Defaults to :class:`~tp_vit_plugins.GateImportance`.
         global_pruning: One threshold across all layers and structure types (heterogeneous)
             instead of per-layer thresholds.
-        prune_mlp, prune_head_dims, prune_embed_dim: Which dimensions may go. Head dims
-            default to ``None``: pruned unless the model applies a rotary embedding shared at
-            the full head width (EVA02), where they cannot be. Embedding dims
+        prune_mlp, prune_head_dims, prune_embed_dim: Which dimensions may go (head dims of
+            rotary models, EVA02, go in rotary pairs: see ``ViTPruner``). Embedding dims
             are off by default (chosen on the zoo: pruning the residual stream too, at equal
             parameters, cost 22.0 pt [16.8, 27.2] at -40 % params, ``benchmarks/zoo_vtp``).
         shrink: With ``sparse_steps``: how far the L1 term alone moves a gate over the whole
@@ -145,7 +143,7 @@ class VTPPruner(ViTPruner):
         importance: tp.importance.Importance | None = None,
         global_pruning: bool = True,
         prune_mlp: bool = True,
-        prune_head_dims: bool | None = None,
+        prune_head_dims: bool = True,
         prune_embed_dim: bool = False,
         shrink: float = 1.0,
         head_dim_gate: str = "proj",
@@ -166,8 +164,6 @@ class VTPPruner(ViTPruner):
             raise ValueError(f"shrink must be > 0, got {shrink}")
         if score not in GATE_SCORES:
             raise ValueError(f"score must be one of {GATE_SCORES}, got {score!r}")
-        if prune_head_dims is None:  # head dims go wherever the model allows it (not under a shared rope)
-            prune_head_dims = not has_rope(model)
         if gated_layers is None:
             heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
             gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim, head_dim_gate)
