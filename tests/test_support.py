@@ -312,3 +312,29 @@ def test_swin_head_removal_equals_zeroed_heads():
                     bm.attn.proj.weight[:, h * d : (h + 1) * d] = 0
         torch.testing.assert_close(pruned(x), masked(x), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(pruned(x), dense(x), atol=1e-3)
+
+
+def test_swin_failed_step_rolls_back_tables_and_heads():
+    """A step failing after the head pass (tables already cut) restores every stage exactly."""
+    model, x = _swin()
+    tpv.core.families.convert_attention(model)
+
+    class Failing(tp.importance.GroupMagnitudeImportance):
+        calls = 0
+
+        def __call__(self, group):
+            Failing.calls += 1
+            if Failing.calls > 2:  # the two head-score calls pass, the width pass fails
+                raise RuntimeError("importance failed mid-step")
+            return super().__call__(group)
+
+    before = snapshot(model)
+    with torch.no_grad():
+        ref = model(x)
+    pruner = tpv.ViTPruner(model, x[:1], Failing(p=2), pruning_ratio=0.25, head_pruning_ratio=0.5)
+    with pytest.raises(RuntimeError, match="mid-step"):
+        pruner.step()
+    assert state_equal(before, model.state_dict()) and pruner.heads_per_layer() == [2, 4]
+    assert [b.attn.relative_position_bias_table.shape[1] for s in model.layers for b in s.blocks] == [2, 4]
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
