@@ -2,6 +2,7 @@
 
     python benchmarks/zoo_run.py pipeline MODELS METHODS THREADS SEEDS OUT_DIR [EPOCHS]
     python benchmarks/zoo_run.py tokens   MODELS METHODS THREADS SEEDS OUT_DIR
+    python benchmarks/zoo_run.py heads    MODELS METHODS THREADS SEEDS OUT_DIR
 
 MODELS and METHODS are comma lists (``all`` = every zoo model). Writes ``OUT_DIR/ZOO.md``,
 ``zoo.json`` (with per-image outcomes, for ``benchmarks/zoo_merge.py``) and ``zoo_ranks.png``.
@@ -19,14 +20,14 @@ from tp_vit_plugins.demo.zoo import ZOO
 from tp_vit_plugins.demo.zoo_bench import ZooSettings, run_zoo
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (7, 8) or sys.argv[1] not in ("pipeline", "tokens"):
+    if len(sys.argv) not in (7, 8) or sys.argv[1] not in ("pipeline", "tokens", "heads"):
         sys.exit(__doc__)
     protocol, models, methods, threads, seeds, out = sys.argv[1:7]
     extra = {"epochs": int(sys.argv[7])} if len(sys.argv) == 8 else {}
     torch.set_num_threads(int(threads))
     names = {z.name for z in ZOO} if models == "all" else set(models.split(","))
     chosen = tuple(methods.split(","))
-    key = "pipeline_methods" if protocol == "pipeline" else "token_methods"
+    key = {"pipeline": "pipeline_methods", "tokens": "token_methods", "heads": "head_methods"}[protocol]
     settings = ZooSettings(seeds=int(seeds), protocols=(protocol,), **{key: chosen}, **extra)
     start = time.time()
     command = "python benchmarks/zoo_run.py " + " ".join(sys.argv[1:])

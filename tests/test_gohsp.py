@@ -244,3 +244,46 @@ def test_admm_runs_on_steps_converges_and_prunes_z_support(x):
     assert pruner.final_plan is support  # the hard prune removes Z's support, not a re-projection of W
     with pytest.raises(ValueError, match="admm_interval"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, admm_interval=0)
+
+
+def test_flow_graph_stationary_mass_closed_form():
+    """Personalised PageRank from the classifier on a hand-set usage, against the linear-system solution."""
+    from tp_vit_plugins.gohsp.graph import EMBED, OUT, build_flow_graph, flow_head_scores
+
+    h00, h01, h10, h11 = ("head", 0, 0), ("head", 0, 1), ("head", 1, 0), ("head", 1, 1)
+    usage = {OUT: {h10: 3.0, h11: 1.0}, h10: {h00: 1.0, h01: 1.0}, h11: {h00: 2.0, EMBED: 2.0}}
+    scores = flow_head_scores(build_flow_graph(usage), [2, 2], damping=0.8)
+    nodes = [OUT, h10, h11, h00, h01, EMBED]
+    P = np.zeros((6, 6))  # row-stochastic walk; readers of nothing restart at OUT
+    for r, row in usage.items():
+        for c, w in row.items():
+            P[nodes.index(r), nodes.index(c)] = w / sum(row.values())
+    for i in range(6):
+        if P[i].sum() == 0:
+            P[i, 0] = 1.0
+    e = np.eye(6)[0]
+    pi = np.linalg.solve(np.eye(6) - 0.8 * P.T, 0.2 * e)  # pi = 0.2 e + 0.8 P^T pi
+    pi = pi / pi.sum()
+    expected = {n: pi[nodes.index(n)] for n in nodes}
+    assert scores[1].tolist() == pytest.approx([expected[h10], expected[h11]], rel=1e-6)
+    assert scores[0].tolist() == pytest.approx([expected[h00], expected[h01]], rel=1e-6)
+    assert expected[h00] > expected[h01]  # read by both later heads
+
+
+def test_flow_graph_gives_an_unwritten_head_no_mass_and_cleans_up(x):
+    """A head whose output projection columns are zero writes nothing: no reader reads it, its mass is 0."""
+    model = make_model("vit")
+    with torch.no_grad():
+        model.blocks[0].attn.proj.weight[:, 16:32] = 0  # head 1 of block 0 writes nothing
+    flags = [a.fused_attn for _, a in attention_modules(model)]
+    imp = tpv.GraphHeadImportance(progress=False, graph="flow").calibrate(model, [x, x])
+    first = imp.head_scores[model.blocks[0].attn.qkv]
+    assert first[1] == 0 and bool((first[[0, 2]] > 0).all())
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+    assert [a.fused_attn for _, a in attention_modules(model)] == flags
+    assert isinstance(imp.graph, nx.DiGraph) and imp.graph.has_edge("out", ("head", 1, 0))
+    for family in ("siglip_map", "deit_distilled"):
+        with pytest.raises(TypeError, match="linearly"):
+            tpv.GraphHeadImportance(progress=False, graph="flow").calibrate(make_model(family), [x])
+    with pytest.raises(ValueError, match="graph"):
+        tpv.GraphHeadImportance(graph="tree")

@@ -49,6 +49,9 @@ __all__ = [
     "AttentionMaps",
     "BlockLayers",
     "block_layers",
+    "Readout",
+    "readout",
+    "residual_scales",
     "head_layout",
     "split_qkv",
     "heads_per_block",
@@ -301,6 +304,9 @@ class BlockLayers:
         fc1: MLP input projection (``None`` when the block has no plain two-layer MLP, e.g.
             EVA02's SwiGLU with ``fc1_g`` / ``fc1_x``).
         fc2: MLP output projection (``None`` when the block has no such layer).
+        norm1: The norm the attention reads the residual stream through (``None`` if none).
+        norm2: The norm the MLP reads it through (``None`` if none).
+        block: The transformer block holding both.
     """
 
     name: str
@@ -309,6 +315,9 @@ class BlockLayers:
     proj: nn.Linear
     fc1: nn.Linear | None
     fc2: nn.Linear | None
+    norm1: nn.Module | None = None
+    norm2: nn.Module | None = None
+    block: nn.Module | None = None
 
 
 def block_layers(model: nn.Module) -> list[BlockLayers]:
@@ -322,15 +331,65 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
     for m in model.modules():
         attn = getattr(m, "attn", None)
         if isinstance(attn, ATTENTION_TYPES):
-            owners[attn] = getattr(m, "mlp", None)
+            owners[attn] = m
     out = []
     for name, attn in attns:
-        mlp = owners.get(attn)
+        block = owners.get(attn)
+        mlp = getattr(block, "mlp", None)
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
         fc2 = fc2 if isinstance(fc2, nn.Linear) else None
         fc1 = fc1 if isinstance(fc1, nn.Linear) and fc2 is not None else None
-        out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2))
+        norms = [getattr(block, n, None) for n in ("norm1", "norm2")]
+        norm1, norm2 = (m if isinstance(m, nn.Module) else None for m in norms)
+        out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2, norm1, norm2, block))
     return out
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How the classifier reads the residual stream: ``head(pool(norm(x)))``.
+
+    Attributes:
+        norm: The final norm before pooling (``model.norm``), or ``None``.
+        pool: ``"token"`` (the first token) or ``"avg"`` (mean over the patch tokens).
+        fc_norm: A norm after pooling (``model.fc_norm``), or ``None``.
+        head: The classifier ``nn.Linear``.
+        num_prefix: Prefix tokens (left out of average pooling).
+    """
+
+    norm: nn.Module | None
+    pool: str
+    fc_norm: nn.Module | None
+    head: nn.Linear
+    num_prefix: int
+
+
+def residual_scales(block: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(attention branch scale, MLP branch scale)`` of a block (LayerScale ``gamma`` / ``gamma_1``, ``gamma_2``)."""
+    out = []
+    for ls, raw in (("ls1", "gamma_1"), ("ls2", "gamma_2")):
+        g = getattr(getattr(block, ls, None), "gamma", None)
+        g = g if isinstance(g, torch.Tensor) else getattr(block, raw, None)
+        out.append(g.detach() if isinstance(g, torch.Tensor) else None)
+    return out[0], out[1]
+
+
+def readout(model: nn.Module) -> Readout | None:
+    """The classifier's view of the residual stream for ViT-style heads (``None``: not a plain linear readout).
+
+    Attention-pool heads, distilled (two-head) models and CaiT / Swin readouts return ``None``.
+    """
+    head = getattr(model, "head", None)
+    pool = getattr(model, "global_pool", None)
+    if not isinstance(head, nn.Linear) or pool not in ("token", "avg") or getattr(model, "head_dist", None) is not None:
+        return None
+    if attention_pool(model) is not None or type(model).__name__ in ("Cait", "SwinTransformer"):
+        return None
+
+    def on(m: nn.Module | None) -> nn.Module | None:
+        return m if isinstance(m, nn.Module) and not isinstance(m, nn.Identity) else None
+
+    return Readout(on(getattr(model, "norm", None)), pool, on(getattr(model, "fc_norm", None)), head, prefix_tokens(model))
 
 
 def head_layout(attn: nn.Module) -> tuple[int, int]:

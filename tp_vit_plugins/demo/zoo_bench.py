@@ -87,6 +87,11 @@ class ZooSettings:
     boot: int = 1000
     pipeline_methods: tuple[str, ...] = PIPELINE_METHODS
     token_methods: tuple[str, ...] = TOKEN_METHODS
+    head_methods: tuple[str, ...] = ()  # () = HEAD_METHODS (defined below)
+
+    def __post_init__(self) -> None:
+        if not self.head_methods:
+            self.head_methods = HEAD_METHODS
 
     @classmethod
     def quick(cls, protocols: tuple[str, ...] = PROTOCOLS) -> ZooSettings:
@@ -152,6 +157,8 @@ def hessian_importance(model: nn.Module, loader: Iterable) -> tp.importance.Grou
 def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.importance.Importance:
     if name == "gohsp":
         return GraphHeadImportance(progress=False).calibrate(model, calib)
+    if name == "gohsp-flow":  # the directed "who reads whom" chain (gohsp/flow.py)
+        return GraphHeadImportance(progress=False, graph="flow").calibrate(model, calib)
     if name == "cpvit":
         return CumulativeHeadImportance(progress=False).calibrate(model, calib)
     if name == "hessian":
@@ -162,7 +169,7 @@ def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.impor
 
 
 # ---------------------------------------------------------------------------- protocols
-HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "cpvit")
+HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "gohsp-flow", "cpvit")
 
 
 def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
@@ -171,7 +178,7 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     example = split.x_test[:1]
     for seed in range(s.seeds):
         calib = _calib(split, seed, s)
-        for name in HEAD_METHODS:
+        for name in s.head_methods:
             torch.manual_seed(seed)
             base = copy.deepcopy(model)
             imp = _head_importance(name, base, calib)

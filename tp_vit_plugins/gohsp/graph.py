@@ -15,7 +15,21 @@ from collections.abc import Sequence
 import networkx as nx
 import torch
 
-__all__ = ["SIMILARITIES", "head_similarity", "build_head_graph", "pagerank_head_scores"]
+__all__ = [
+    "SIMILARITIES",
+    "head_similarity",
+    "build_head_graph",
+    "pagerank_head_scores",
+    "OUT",
+    "EMBED",
+    "build_flow_graph",
+    "flow_head_scores",
+]
+
+#: Node of the classifier (where the backward walk of the flow graph starts and restarts).
+OUT = "out"
+#: Node of the patch embedding (the residual stream's first term).
+EMBED = "embed"
 
 #: Names accepted by :func:`head_similarity`.
 SIMILARITIES = ("abs_cosine", "relu_cosine", "abs_pearson")
@@ -104,3 +118,59 @@ def pagerank_head_scores(
     g.add_nodes_from((layer, h) for layer, n in enumerate(heads_per_block) for h in range(n))
     pr = nx.pagerank(g, alpha=damping, weight="weight", max_iter=max_iter, tol=tol)
     return [torch.tensor([pr[(layer, h)] for h in range(n)], dtype=torch.float64) for layer, n in enumerate(heads_per_block)]
+
+
+def build_flow_graph(usage: dict[tuple, dict[tuple, float]]) -> nx.DiGraph:
+    """Directed graph of who reads whom: an edge ``reader -> contributor`` per usage entry.
+
+    Args:
+        usage: ``{reader: {contributor: weight}}`` with non-negative weights — how strongly
+            the reader (a head ``("head", block, h)``, an MLP ``("mlp", block)`` or
+            :data:`OUT`) reads the contributor's output (a head, an MLP or :data:`EMBED`).
+
+    Returns:
+        A ``networkx.DiGraph``; a walker at a reader moves to one of its contributors with
+        probability proportional to the weight (networkx normalises the out-weights).
+
+    Raises:
+        ValueError: A weight is negative or not finite.
+    """
+    g = nx.DiGraph()
+    g.add_node(OUT)
+    for reader, row in usage.items():
+        g.add_node(reader)
+        for contributor, w in row.items():
+            if not (w >= 0 and w < float("inf")):
+                raise ValueError(f"usage weights must be finite and non-negative, got {w} for {reader} -> {contributor}")
+            if w > 0:
+                g.add_edge(reader, contributor, weight=float(w))
+    return g
+
+
+def flow_head_scores(
+    graph: nx.DiGraph, heads_per_block: Sequence[int], damping: float = 0.85, max_iter: int = 1000, tol: float = 1e-10
+) -> list[torch.Tensor]:
+    """Stationary mass of every head under the backward walk from the classifier.
+
+    The walk starts at :data:`OUT`; at each step it moves from the current reader to one of
+    the outputs that reader reads, in proportion to how strongly it reads them, and with
+    probability ``1 - damping`` (or at a node that reads nothing: the patch embedding, the
+    first block's readers once they chose it) it restarts at the classifier. This is
+    ``networkx.pagerank`` with the personalisation on :data:`OUT`. A head's stationary mass is
+    then the share of the walks from the classifier that pass through it: how much of what the
+    classifier reads is computed, directly or through later heads and MLPs, from that head.
+
+    Returns:
+        One ``[H_l]`` float64 tensor per block (heads absent from the graph get 0).
+
+    Raises:
+        ValueError: ``damping`` outside ``(0, 1)``.
+    """
+    if not 0.0 < damping < 1.0:
+        raise ValueError(f"damping must lie in (0, 1), got {damping}")
+    restart = {OUT: 1.0}
+    pr = nx.pagerank(graph, alpha=damping, personalization=restart, dangling=restart, weight="weight",
+                     max_iter=max_iter, tol=tol)  # fmt: skip
+    return [
+        torch.tensor([pr.get(("head", b, h), 0.0) for h in range(n)], dtype=torch.float64) for b, n in enumerate(heads_per_block)
+    ]

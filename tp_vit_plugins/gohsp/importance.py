@@ -43,9 +43,14 @@ from ..core.adapter import attention_modules
 from ..core.calibration import collect_attention
 from ..core.distributed import all_reduce_sum
 from ..core.head_importance import HeadImportance
-from .graph import SIMILARITIES, build_head_graph, head_similarity, pagerank_head_scores
+from .flow import FlowUsage
+from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
 
-__all__ = ["GraphHeadImportance", "STATISTICS", "GRAPH_MODES"]
+__all__ = ["GraphHeadImportance", "STATISTICS", "GRAPH_MODES", "GRAPHS"]
+
+#: Head graphs: ``"similarity"`` (undirected, attention-map similarity of consecutive blocks)
+#: or ``"flow"`` (directed: who reads whose output; :mod:`.flow`).
+GRAPHS = ("similarity", "flow")
 
 #: Head summaries accepted by ``statistic``.
 STATISTICS = ("mean_map", "per_image")
@@ -115,6 +120,11 @@ class GraphHeadImportance(HeadImportance):
         head_weight: Exponent of the graph score in ``"product"`` mode.
         normalize_per_layer: Normalise head scores within each block (default; see module docs).
         progress: Show a tqdm bar during calibration.
+        graph: One of :data:`GRAPHS`. ``"flow"``: a directed chain from the classifier back
+            through every head and MLP that reads an output to the output's writer, weighted
+            by how strongly it reads it (:mod:`.flow`); a head's stationary mass is how much
+            of what the classifier reads flows through it. ``statistic`` and ``similarity``
+            apply to ``"similarity"`` only.
 
     Attributes:
         head_scores: ``{attn.qkv: [H]}`` normalised scores (higher = keep).
@@ -133,8 +143,12 @@ class GraphHeadImportance(HeadImportance):
         head_weight: float = 1.0,
         normalize_per_layer: bool = True,
         progress: bool = True,
+        graph: str = "similarity",
     ) -> None:
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
+        if graph not in GRAPHS:
+            raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
+        self.graph_kind = graph
         if not 0.0 < damping < 1.0:
             raise ValueError(f"damping must lie in (0, 1), got {damping}")
         if similarity not in SIMILARITIES:
@@ -150,6 +164,12 @@ class GraphHeadImportance(HeadImportance):
 
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
         attns = attention_modules(model)
+        if self.graph_kind == "flow":
+            usage = FlowUsage(model).run(loader, max_batches, progress=self.progress).usage()
+            self.graph = build_flow_graph(usage)
+            pr = flow_head_scores(self.graph, [int(a.num_heads) for _, a in attns], self.damping)
+            self.pagerank = {a.qkv: p for (_, a), p in zip(attns, pr)}
+            return pr if self.mode == "importance" else [1.0 / p.clamp_min(1e-300) for p in pr]
         acc = _MapAccumulator(self.statistic, self.similarity)
         collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress)
         acc.all_reduce()

@@ -1,0 +1,202 @@
+"""Calibration of GOHSP's directed head graph: how strongly each reader reads each output.
+
+Every head, every MLP and the patch embedding *write* a term into the residual stream; every
+head and MLP of a later block, and the classifier, *read* the stream through their norm and
+their input weights. On calibration data, for a sample of tokens, the usage of contributor
+``u`` by reader ``r`` is
+
+    usage(u -> r) = mean over tokens of || W_r ( gamma_r * (o_u - mean(o_u)) / sigma_r ) ||_2
+
+where ``o_u`` is ``u``'s term in the stream (a head's slice of the output projection, times
+LayerScale), ``gamma_r`` / ``sigma_r`` are the reader's norm weight and the standard deviation
+of the stream the norm actually saw at that token (LayerNorm is linear once ``sigma`` is fixed),
+and ``W_r`` are the reader's input weights (a head's q, k, v rows; an MLP's first layer; the
+classifier on the pooled token). This is the reconstruction of GOHSP's "inter-head
+correlation": the paper's text is not available here, and its statistic is replaced by one
+that measures what each head's output is used for; :func:`~.graph.flow_head_scores` turns it
+into a converged Markov chain (personalised PageRank from the classifier) whose stationary
+mass ranks heads.
+
+Maths on captured tensors; the layers come from the timm adapter (:func:`block_layers`,
+:func:`readout`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..core.adapter import block_layers, readout, residual_scales
+from ..core.calibration import _device, iter_batches
+from .graph import EMBED, OUT
+
+__all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]
+
+#: Tokens per image the usage is measured on (a fixed stride over the sequence).
+TOKENS_PER_IMAGE = 16
+
+
+def _norm_map(norm: nn.Module | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(gamma [C], 1 / sigma [..., 1], centred)`` of the norm ``norm`` applied to the stream ``x [..., C]``."""
+    if norm is None:
+        return x.new_ones(x.shape[-1]), x.new_ones(*x.shape[:-1], 1), False
+    eps = float(getattr(norm, "eps", 1e-6) or 1e-6)
+    centred = isinstance(norm, nn.LayerNorm) or type(norm).__name__ == "LayerNorm"
+    xc = x - x.mean(-1, keepdim=True) if centred else x
+    inv = (xc.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+    w = getattr(norm, "weight", None)
+    return (w.detach() if isinstance(w, torch.Tensor) else x.new_ones(x.shape[-1])), inv, centred
+
+
+class FlowUsage:
+    """Accumulates ``usage(contributor -> reader)`` over calibration batches (see module docs).
+
+    Args:
+        model: A timm ViT-family model with a plain linear readout.
+
+    Raises:
+        TypeError: The classifier does not read the stream linearly (attention pool, CaiT,
+            Swin, distilled heads: :func:`~tp_vit_plugins.core.adapter.readout` is ``None``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.blocks = block_layers(model)
+        self.readout = readout(model)
+        if self.readout is None:
+            raise TypeError(
+                f"the flow graph needs a classifier that reads the residual stream linearly; {type(model).__name__} "
+                "has an attention pool, two heads or a non-ViT readout (use graph='similarity')"
+            )
+        self.sums: dict[tuple, dict[tuple, float]] = {}
+        self.count = 0
+
+    def _add(self, reader, contributor, value: float) -> None:
+        row = self.sums.setdefault(reader, {})
+        row[contributor] = row.get(contributor, 0.0) + value
+
+    def _reader_weights(self, b) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        mlp = getattr(b.block, "mlp", None)
+        firsts = [getattr(mlp, n, None) for n in ("fc1", "fc1_x", "fc1_g")]
+        w = [m.weight.detach() for m in firsts if isinstance(m, nn.Linear)]
+        return b.qkv.weight.detach(), (torch.cat(w) if w else None)
+
+    @torch.no_grad()
+    def run(self, loader: Iterable, max_batches: int | None = None, progress: bool = True) -> FlowUsage:
+        """Run calibration batches and accumulate the usage; hooks are removed on every path."""
+        captured: dict[tuple, torch.Tensor] = {}
+        handles = []
+
+        def pre(key):
+            return lambda m, args: captured.__setitem__(key, args[0].detach())
+
+        def post(key):
+            return lambda m, args, out: captured.__setitem__(key, out.detach())
+
+        was_training = self.model.training
+        try:
+            for i, b in enumerate(self.blocks):
+                handles.append(b.proj.register_forward_pre_hook(pre(("proj", i))))
+                for name, norm in (("norm1", b.norm1), ("norm2", b.norm2)):
+                    if norm is not None:
+                        handles.append(norm.register_forward_pre_hook(pre((name, i))))
+                if b.fc2 is not None:
+                    handles.append(b.fc2.register_forward_hook(post(("fc2", i))))
+            ro = self.readout
+            for key, norm in (("final", ro.norm), ("pooled", ro.fc_norm)):
+                if norm is not None:
+                    handles.append(norm.register_forward_pre_hook(pre((key, 0))))
+            handles.append(ro.head.register_forward_pre_hook(pre(("head_in", 0))))
+            self.model.eval()
+            device = _device(self.model)
+            for x in iter_batches(loader, max_batches, desc="GOHSP flow", progress=progress):
+                captured.clear()
+                self.model(x.to(device))
+                self._accumulate(captured)
+        finally:
+            for h in handles:
+                h.remove()
+            self.model.train(was_training)
+        if not self.count:
+            raise ValueError("calibration loader yielded no batches")
+        return self
+
+    def _accumulate(self, cap: dict[tuple, torch.Tensor]) -> None:
+        x0 = cap[("norm1", 0)] if ("norm1", 0) in cap else None
+        if x0 is None:
+            raise TypeError("the flow graph needs every block to read the stream through norm1")
+        B, N, C = x0.shape
+        stride = max(1, math.ceil(N / TOKENS_PER_IMAGE))
+        sel = torch.arange(0, N, stride, device=x0.device)
+        # contributors in forward order: (node, block, kind, term [K, B, S, C]) with kind 'embed' / 'attn' / 'mlp'
+        terms: list[tuple[int, str, torch.Tensor]] = [(-1, "embed", x0[:, sel][None])]
+        for i, b in enumerate(self.blocks):
+            a = cap[("proj", i)][:, sel]  # [B, S, A]
+            H, d = int(b.attn.num_heads), int(b.attn.head_dim)
+            wp = b.proj.weight.detach().view(-1, H, d)  # [C, H, d]
+            o = torch.einsum("bshd,chd->hbsc", a.reshape(B, len(sel), H, d), wp)  # [H, B, S, C]
+            g1, g2 = residual_scales(b.block)
+            o = o * g1 if g1 is not None else o
+            terms.append((i, "attn", o))
+            if ("fc2", i) in cap:
+                m = cap[("fc2", i)][:, sel]
+                terms.append((i, "mlp", (m * g2 if g2 is not None else m)[None]))
+        for r, b in enumerate(self.blocks):
+            w_qkv, w_mlp = self._reader_weights(b)
+            H, d = int(b.attn.num_heads), int(b.attn.head_dim)
+            readers = [("attn", b.norm1, w_qkv, ("norm1", r))]
+            if w_mlp is not None and ("norm2", r) in cap:
+                readers.append(("mlp", b.norm2, w_mlp, ("norm2", r)))
+            for kind, norm, w, key in readers:
+                gamma, inv, centred = _norm_map(norm, cap[key][:, sel])
+                for block, ckind, term in terms:
+                    before = block < r or (kind == "mlp" and block == r and ckind == "attn")
+                    if not before:
+                        continue
+                    t = term - term.mean(-1, keepdim=True) if centred else term
+                    y = (t * gamma * inv) @ w.T  # [K, B, S, R]
+                    if kind == "attn":
+                        use = y.view(*y.shape[:-1], 3, H, d).pow(2).sum((-3, -1)).sqrt().sum((1, 2))  # [K, H]
+                        for k in range(use.shape[0]):
+                            for h in range(H):
+                                self._add(("head", r, h), self._node(block, ckind, k), float(use[k, h]))
+                    else:
+                        use = y.pow(2).sum(-1).sqrt().sum((1, 2))  # [K]
+                        for k in range(use.shape[0]):
+                            self._add(("mlp", r), self._node(block, ckind, k), float(use[k]))
+        self._accumulate_out(cap, terms, sel)
+        self.count += B * len(sel)
+
+    @staticmethod
+    def _node(block: int, kind: str, k: int):
+        return EMBED if kind == "embed" else ("head", block, k) if kind == "attn" else ("mlp", block)
+
+    def _accumulate_out(self, cap, terms, sel) -> None:
+        ro = self.readout
+        w = ro.head.weight.detach()
+        if ro.pool == "token":
+            pick = (sel == 0).nonzero()[:, 0]  # token 0 is always sampled (stride from 0)
+            pooled = [(blk, kind, t[:, :, pick[0]]) for blk, kind, t in terms]  # [K, B, C]
+            stream = cap[("final", 0)][:, 0] if ("final", 0) in cap else None
+            norm = ro.norm
+        else:  # mean over the sampled patch tokens, then fc_norm (or the final norm per token, approximated)
+            keep = sel >= ro.num_prefix
+            pooled = [(blk, kind, t[:, :, keep].mean(2)) for blk, kind, t in terms]
+            stream = cap[("pooled", 0)] if ("pooled", 0) in cap else cap.get(("head_in", 0))
+            norm = ro.fc_norm
+        if stream is None:
+            stream = cap[("head_in", 0)]
+        gamma, inv, centred = _norm_map(norm, stream)
+        scale = len(sel)  # the out node reads one vector per image; weight it like the per-token readers
+        for blk, kind, t in pooled:
+            t = t - t.mean(-1, keepdim=True) if centred else t
+            use = ((t * gamma * inv) @ w.T).pow(2).sum(-1).sqrt().sum(1) * scale  # [K]
+            for k in range(use.shape[0]):
+                self._add(OUT, self._node(blk, kind, k), float(use[k]))
+
+    def usage(self) -> dict[tuple, dict[tuple, float]]:
+        """``{reader: {contributor: mean usage}}`` over every sampled token of every batch."""
+        return {r: {c: v / self.count for c, v in row.items()} for r, row in self.sums.items()}
