@@ -347,21 +347,26 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
 
 @dataclass(frozen=True)
 class Readout:
-    """How the classifier reads the residual stream: ``head(pool(norm(x)))``.
+    """One way the classifier reads the residual stream: ``weights @ pool(norm(x))`` (then ``fc_norm``).
 
     Attributes:
-        norm: The final norm before pooling (``model.norm``), or ``None``.
-        pool: ``"token"`` (the first token) or ``"avg"`` (mean over the patch tokens).
-        fc_norm: A norm after pooling (``model.fc_norm``), or ``None``.
-        head: The classifier ``nn.Linear``.
+        norm: The norm applied per token before pooling, or ``None``.
+        pool: ``"token"`` (the token at ``index``), ``"avg"`` (mean over the patch tokens,
+            then ``fc_norm``) or ``"all"`` (every token is read: an attention pool's keys and
+            values, CaiT's class attention).
+        fc_norm: A norm after pooling (``"avg"``), or ``None``.
+        layers: The linear layers reading the pooled vector (the classifier, or the pool's
+            / class attention's key and value projections).
+        index: The token ``"token"`` pooling reads (0: class token, 1: distillation token).
         num_prefix: Prefix tokens (left out of average pooling).
     """
 
     norm: nn.Module | None
     pool: str
     fc_norm: nn.Module | None
-    head: nn.Linear
-    num_prefix: int
+    layers: tuple[nn.Linear, ...]
+    index: int = 0
+    num_prefix: int = 0
 
 
 def residual_scales(block: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -374,22 +379,38 @@ def residual_scales(block: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor
     return out[0], out[1]
 
 
-def readout(model: nn.Module) -> Readout | None:
-    """The classifier's view of the residual stream for ViT-style heads (``None``: not a plain linear readout).
+def readout(model: nn.Module) -> list[Readout]:
+    """How the classifier side reads the residual stream (empty: unknown readout).
 
-    Attention-pool heads, distilled (two-head) models and CaiT / Swin readouts return ``None``.
+    ViT / DeiT / DeiT3 / BEiT / EVA: the linear head on the class token or on the average of
+    the patch tokens (two readouts for distilled DeiT: class and distillation tokens). SigLIP-
+    style attention pool: its key / value projection over every token. CaiT: the first
+    class-attention block's key / value projections over every token. Swin: none (windows).
     """
-    head = getattr(model, "head", None)
-    pool = getattr(model, "global_pool", None)
-    if not isinstance(head, nn.Linear) or pool not in ("token", "avg") or getattr(model, "head_dist", None) is not None:
-        return None
-    if attention_pool(model) is not None or type(model).__name__ in ("Cait", "SwinTransformer"):
-        return None
 
     def on(m: nn.Module | None) -> nn.Module | None:
         return m if isinstance(m, nn.Module) and not isinstance(m, nn.Identity) else None
 
-    return Readout(on(getattr(model, "norm", None)), pool, on(getattr(model, "fc_norm", None)), head, prefix_tokens(model))
+    name = type(model).__name__
+    if name == "SwinTransformer":
+        return []
+    norm = on(getattr(model, "norm", None))
+    pool = attention_pool(model)
+    if pool is not None:
+        return [Readout(norm, "all", None, (pool.kv,))]
+    if name == "Cait":
+        first = model.blocks_token_only[0]
+        return [Readout(on(first.norm1), "all", None, (first.attn.k, first.attn.v))]
+    head, gp = getattr(model, "head", None), getattr(model, "global_pool", None)
+    if not isinstance(head, nn.Linear) or gp not in ("token", "avg"):
+        return []
+    if gp == "avg":
+        return [Readout(norm, "avg", on(getattr(model, "fc_norm", None)), (head,), num_prefix=prefix_tokens(model))]
+    out = [Readout(norm, "token", None, (head,), index=0)]
+    dist = getattr(model, "head_dist", None)
+    if isinstance(dist, nn.Linear):
+        out.append(Readout(norm, "token", None, (dist,), index=1))
+    return out
 
 
 def head_layout(attn: nn.Module) -> tuple[int, int]:

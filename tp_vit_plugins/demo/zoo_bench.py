@@ -155,10 +155,10 @@ def hessian_importance(model: nn.Module, loader: Iterable) -> tp.importance.Grou
 
 
 def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.importance.Importance:
-    if name == "gohsp":
+    if name == "gohsp":  # the library default: the directed "who reads whom" chain (gohsp/flow.py)
         return GraphHeadImportance(progress=False).calibrate(model, calib)
-    if name == "gohsp-flow":  # the directed "who reads whom" chain (gohsp/flow.py)
-        return GraphHeadImportance(progress=False, graph="flow").calibrate(model, calib)
+    if name == "gohsp-similarity":  # the first versions' graph of attention-map similarities
+        return GraphHeadImportance(progress=False, graph="similarity").calibrate(model, calib)
     if name == "cpvit":
         return CumulativeHeadImportance(progress=False).calibrate(model, calib)
     if name == "hessian":
@@ -169,7 +169,7 @@ def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.impor
 
 
 # ---------------------------------------------------------------------------- protocols
-HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "gohsp-flow", "cpvit")
+HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "gohsp-similarity", "cpvit")
 
 
 def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core.adapter import block_layers, readout, residual_scales
+from ..core.adapter import block_layers, check_global_sequence, readout, residual_scales
 from ..core.calibration import _device, iter_batches
 from .graph import EMBED, OUT
 
@@ -58,18 +58,19 @@ class FlowUsage:
         model: A timm ViT-family model with a plain linear readout.
 
     Raises:
-        TypeError: The classifier does not read the stream linearly (attention pool, CaiT,
-            Swin, distilled heads: :func:`~tp_vit_plugins.core.adapter.readout` is ``None``).
+        TypeError: A windowed model (Swin) or one whose readout the adapter does not know
+            (:func:`~tp_vit_plugins.core.adapter.readout` is empty).
     """
 
     def __init__(self, model: nn.Module) -> None:
+        check_global_sequence(model, "the GOHSP flow graph")
         self.model = model
         self.blocks = block_layers(model)
-        self.readout = readout(model)
-        if self.readout is None:
+        self.readouts = readout(model)
+        if not self.readouts:
             raise TypeError(
-                f"the flow graph needs a classifier that reads the residual stream linearly; {type(model).__name__} "
-                "has an attention pool, two heads or a non-ViT readout (use graph='similarity')"
+                f"the flow graph needs to know how {type(model).__name__}'s classifier reads the residual stream "
+                "(see tp_vit_plugins.core.adapter.readout); use graph='similarity'"
             )
         self.sums: dict[tuple, dict[tuple, float]] = {}
         self.count = 0
@@ -105,11 +106,9 @@ class FlowUsage:
                         handles.append(norm.register_forward_pre_hook(pre((name, i))))
                 if b.fc2 is not None:
                     handles.append(b.fc2.register_forward_hook(post(("fc2", i))))
-            ro = self.readout
-            for key, norm in (("final", ro.norm), ("pooled", ro.fc_norm)):
-                if norm is not None:
-                    handles.append(norm.register_forward_pre_hook(pre((key, 0))))
-            handles.append(ro.head.register_forward_pre_hook(pre(("head_in", 0))))
+            norms = {id(n): n for ro in self.readouts for n in (ro.norm, ro.fc_norm) if n is not None}
+            for key, norm in norms.items():
+                handles.append(norm.register_forward_pre_hook(pre(("readout", key))))
             self.model.eval()
             device = _device(self.model)
             for x in iter_batches(loader, max_batches, desc="GOHSP flow", progress=progress):
@@ -130,7 +129,7 @@ class FlowUsage:
             raise TypeError("the flow graph needs every block to read the stream through norm1")
         B, N, C = x0.shape
         stride = max(1, math.ceil(N / TOKENS_PER_IMAGE))
-        sel = torch.arange(0, N, stride, device=x0.device)
+        sel = torch.tensor(sorted({*range(min(N, 2)), *range(0, N, stride)}), device=x0.device)  # tokens 0, 1 always
         # contributors in forward order: (node, block, kind, term [K, B, S, C]) with kind 'embed' / 'attn' / 'mlp'
         terms: list[tuple[int, str, torch.Tensor]] = [(-1, "embed", x0[:, sel][None])]
         for i, b in enumerate(self.blocks):
@@ -175,27 +174,30 @@ class FlowUsage:
         return EMBED if kind == "embed" else ("head", block, k) if kind == "attn" else ("mlp", block)
 
     def _accumulate_out(self, cap, terms, sel) -> None:
-        ro = self.readout
-        w = ro.head.weight.detach()
-        if ro.pool == "token":
-            pick = (sel == 0).nonzero()[:, 0]  # token 0 is always sampled (stride from 0)
-            pooled = [(blk, kind, t[:, :, pick[0]]) for blk, kind, t in terms]  # [K, B, C]
-            stream = cap[("final", 0)][:, 0] if ("final", 0) in cap else None
-            norm = ro.norm
-        else:  # mean over the sampled patch tokens, then fc_norm (or the final norm per token, approximated)
-            keep = sel >= ro.num_prefix
-            pooled = [(blk, kind, t[:, :, keep].mean(2)) for blk, kind, t in terms]
-            stream = cap[("pooled", 0)] if ("pooled", 0) in cap else cap.get(("head_in", 0))
-            norm = ro.fc_norm
-        if stream is None:
-            stream = cap[("head_in", 0)]
-        gamma, inv, centred = _norm_map(norm, stream)
-        scale = len(sel)  # the out node reads one vector per image; weight it like the per-token readers
-        for blk, kind, t in pooled:
-            t = t - t.mean(-1, keepdim=True) if centred else t
-            use = ((t * gamma * inv) @ w.T).pow(2).sum(-1).sqrt().sum(1) * scale  # [K]
-            for k in range(use.shape[0]):
-                self._add(OUT, self._node(blk, kind, k), float(use[k]))
+        """The classifier side (:data:`OUT`) reads every readout of :func:`readout` (rows are normalised by the walk)."""
+        for ro in self.readouts:
+            w = torch.cat([lin.weight.detach() for lin in ro.layers])
+            key = ("readout", id(ro.norm)) if ro.norm is not None else None
+            if ro.pool == "token":
+                at = int((sel == ro.index).nonzero()[0, 0])
+                pooled = [(blk, kind, t[:, :, at : at + 1]) for blk, kind, t in terms]  # [K, B, 1, C]
+                stream, norm = (cap[key][:, ro.index : ro.index + 1] if key else None), ro.norm
+            elif ro.pool == "avg":
+                keep = sel >= ro.num_prefix
+                pooled = [(blk, kind, t[:, :, keep].mean(2, keepdim=True)) for blk, kind, t in terms]
+                fc = ("readout", id(ro.fc_norm)) if ro.fc_norm is not None else None
+                stream, norm = (cap[fc][:, None] if fc else None), ro.fc_norm
+            else:  # "all": every sampled token is read
+                pooled = terms
+                stream, norm = (cap[key][:, sel] if key else None), ro.norm
+            if stream is None:
+                stream = pooled[0][2][0]  # no norm: its scale does not matter
+            gamma, inv, centred = _norm_map(norm, stream)
+            for blk, kind, t in pooled:
+                t = t - t.mean(-1, keepdim=True) if centred else t
+                use = ((t * gamma * inv) @ w.T).pow(2).sum(-1).sqrt().sum((1, 2))  # [K]
+                for k in range(use.shape[0]):
+                    self._add(OUT, self._node(blk, kind, k), float(use[k]))
 
     def usage(self) -> dict[tuple, dict[tuple, float]]:
         """``{reader: {contributor: mean usage}}`` over every sampled token of every batch."""

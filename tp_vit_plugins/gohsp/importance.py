@@ -120,11 +120,13 @@ class GraphHeadImportance(HeadImportance):
         head_weight: Exponent of the graph score in ``"product"`` mode.
         normalize_per_layer: Normalise head scores within each block (default; see module docs).
         progress: Show a tqdm bar during calibration.
-        graph: One of :data:`GRAPHS`. ``"flow"``: a directed chain from the classifier back
-            through every head and MLP that reads an output to the output's writer, weighted
-            by how strongly it reads it (:mod:`.flow`); a head's stationary mass is how much
-            of what the classifier reads flows through it. ``statistic`` and ``similarity``
-            apply to ``"similarity"`` only.
+        graph: One of :data:`GRAPHS`. ``"flow"`` (default, chosen on the zoo): a directed chain
+            from the classifier back through every head and MLP that reads an output to the
+            output's writer, weighted by how strongly it reads it (:mod:`.flow`); a head's
+            stationary mass is how much of what the classifier reads flows through it.
+            ``"similarity"``: the first versions' undirected graph of attention-map
+            similarities (below random on the zoo); ``statistic`` and ``similarity`` apply to
+            it only.
 
     Attributes:
         head_scores: ``{attn.qkv: [H]}`` normalised scores (higher = keep).
@@ -143,7 +145,7 @@ class GraphHeadImportance(HeadImportance):
         head_weight: float = 1.0,
         normalize_per_layer: bool = True,
         progress: bool = True,
-        graph: str = "similarity",
+        graph: str = "flow",
     ) -> None:
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
         if graph not in GRAPHS:
