@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shrink", type=float, default=1.0, help="vtp: how far the L1 step alone moves a gate over sparse training")
     p.add_argument("--head-dim-gate", default="proj", choices=["proj", "qkv_out"], help="vtp: where head dims are gated")
     p.add_argument(
+        "--gate-score",
+        default="taylor",
+        choices=["taylor", "magnitude"],
+        help="vtp: rank dims by mean |g * dL/dg| over sparse training (default) or by |g| (the paper's rule)",
+    )
+    p.add_argument(
         "--gate-threshold",
         type=float,
         default=None,

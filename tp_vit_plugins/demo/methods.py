@@ -56,6 +56,7 @@ class MethodSettings:
     reg: float = 0.5
     shrink: float = 1.0
     head_dim_gate: str = "proj"
+    gate_score: str = "taylor"
     gate_threshold: float | None = None
     fold_gate_values: bool | None = None  # None: VTPPruner's default
     sparse_steps: int | None = None  # set by plan_sparse once the sparse epochs and loader are known
@@ -177,7 +178,7 @@ class GOHSP(Method):
 
 
 class VTP(Method):
-    """VTP: gates + L1 sparse training, |gate| ranking."""
+    """VTP: gates + L1 sparse training, gate ranking (``|g * dL/dg|`` by default, ``|g|`` with magnitude)."""
 
     name, summary, needs_data = "vtp", "VTP gates + L1 sparse training", True
 
@@ -185,7 +186,7 @@ class VTP(Method):
         # VTP's own defaults: one global ranking over MLP, head and embedding dims
         return VTPPruner(
             model, example, pruning_ratio=s.width_ratio, reg=s.reg, shrink=s.shrink, sparse_steps=s.sparse_steps,
-            threshold=s.gate_threshold, head_dim_gate=s.head_dim_gate, head_pruning_ratio=s.head_ratio,
+            threshold=s.gate_threshold, head_dim_gate=s.head_dim_gate, head_pruning_ratio=s.head_ratio, score=s.gate_score,
             **({} if s.fold_gate_values is None else {"fold_values": s.fold_gate_values}),
         )  # fmt: skip
 

@@ -16,7 +16,7 @@ ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: methods and the VTP settings the default was chosen among.
 ZOO_PIPELINE_METHODS = (
     "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-10-rounds", "vtp", "vtp-fold", "vtp-qkv", "vtp-s0.5",
-    "vtp-s2", "vtp-rank", "vtp-taylor",
+    "vtp-s2", "vtp-rank", "vtp-magnitude",
     "vtp-s0.5-rank",
     "vtp-embed-mean", "vtp-embed-max",
 )  # fmt: skip

@@ -178,6 +178,7 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         reg=args.reg,
         shrink=args.shrink,
         head_dim_gate=args.head_dim_gate,
+        gate_score=args.gate_score,
         gate_threshold=args.gate_threshold,
         **({} if args.fold_gate_values is None else {"fold_gate_values": args.fold_gate_values}),
         keep=args.keep,

@@ -215,7 +215,7 @@ VTP_VARIANTS = {
     "vtp-s0.5": {**_VTP_BASE, "shrink": 0.5},
     "vtp-s2": {**_VTP_BASE, "shrink": 2.0},
     "vtp-rank": {**_VTP_BASE, "fold_values": False},
-    "vtp-taylor": {"score": "taylor"},
+    "vtp-magnitude": {"score": "magnitude"},  # the paper's |g| ranking (the default before zoo_vtp2)
     "vtp-s0.5-rank": {**_VTP_BASE, "shrink": 0.5, "fold_values": False},
     # embedding dims pruned too (the other pipeline methods keep them): mean vs max over blocks
     "vtp-embed-mean": {**_VTP_BASE, "prune_embed_dim": True},
