@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"| model | flow calibration (s) | Taylor pass (s) | ratio |\n|---|---|---|---|")
+    print("| model | flow calibration (s) | Taylor pass (s) | ratio |\n|---|---|---|---|")
     for label, name, kw, size, bs, n in MODELS:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, **kw).eval()

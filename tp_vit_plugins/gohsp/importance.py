@@ -1,33 +1,30 @@
-"""GOHSP head ranking: PageRank over a graph of attention heads (Yin et al., AAAI 2023).
+"""GOHSP head ranking: a converged Markov chain over attention heads (Yin et al., AAAI 2023).
 
-Calibration captures attention probabilities through the shared path
-(:func:`tp_vit_plugins.core.calibration.collect_attention`), summarises every head, connects
-heads of consecutive blocks with the similarity of those summaries, and ranks all heads with
-``networkx.pagerank``. Every choice the paper leaves open is a constructor argument:
+GOHSP ranks heads by the stationary distribution of a Markov chain over a graph of heads. The
+paper's text is not available here; what the chain is built from is this library's
+reconstruction, in two versions (``graph=``):
 
-* ``statistic`` — ``"mean_map"``: similarity of the head's attention map averaged over the
-  calibration images; ``"per_image"``: similarity per image, then averaged;
-* ``similarity`` — ``abs_cosine`` (default), ``relu_cosine``, ``abs_pearson``;
-* ``damping`` — PageRank damping (default 0.85);
-* ``mode`` — ``"importance"`` (default): a central head (high PageRank) is important and
-  kept; ``"redundancy"``: a central head shares its pattern with many others and is pruned
-  first (score = 1 / PageRank). On the embedded model "importance" was better, but see the
-  zoo warning below;
-* ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` — how the
-  graph score meets weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).
+* ``"flow"`` (default, chosen on the zoo): a **directed** graph of who reads whom. Every head,
+  every MLP and the patch embedding write a term into the residual stream; every later head,
+  MLP and the classifier read the stream through their norm and input weights. The edge
+  ``reader -> writer`` carries how strongly the reader reads the writer's term on calibration
+  tokens (:mod:`.flow`), and ``networkx.pagerank`` personalised on the classifier is the walk
+  that starts at the classifier, steps back to what the current reader reads, and restarts at
+  the classifier with probability ``1 - damping``. **A head's stationary mass is the share of
+  those walks that pass through it: how much of what the classifier reads is computed, directly
+  or through later heads and MLPs, from that head's output.** Zoo (``benchmarks/zoo_gohsp2``,
+  6 models x 3 seeds, one-shot uniform head removal, paired 95 % intervals): vs tp L2
+  +1.73 [+1.29, +2.18] / +4.49 [+3.33, +5.59] / +3.20 [+2.13, +4.20] pt at 30 / 50 / 70 % of
+  heads removed; vs tp Taylor +0.33 [-0.14, +0.77] / +0.56 [-1.21, +2.68] / +0.53 [-0.81, +2.00];
+  above random on every model.
+* ``"similarity"``: the first versions' undirected graph joining heads of consecutive blocks
+  with the similarity of their attention maps (``statistic``, ``similarity``, ``mode`` apply).
+  **Below tp's random criterion on 5 of 6 zoo models**; kept as an option for comparison.
 
-Scores are normalised per block by default (``normalize_per_layer=True``). The graph is a
-chain of blocks, so the first and last blocks have neighbours on one side only and collect less
-PageRank; raw scores compared *across* blocks (global head pruning, GOHSP's ADMM projection)
-then strip those blocks first (``tp-vit bench`` of commit ee429ed, raw scores, kept
-``[1, 4, 4, 6, 6, 1]`` heads at 60 % of the MACs: 58.2 % one-shot vs 86.3 % for L2). Within one
-block (uniform per-layer pruning) the normalisation changes nothing.
-
-.. warning:: **Flagged by the zoo** (``tp-vit bench --zoo --protocols heads,tokens --threads 1
-   --out benchmarks/zoo``, 6 models, 3 seeds; ``benchmarks/RESULTS.md#zoo``): with its defaults
-   this ranking is *below tp's random criterion* on 5 of 6 zoo models at 30, 50 and 70 % of
-   heads removed (zoo mean 36.5 % vs random 51.9 % vs tp Hessian 77.7 % at 50 %). Do not
-   use it as a head criterion until issue 13 redefines the graph; tp Taylor / Hessian lead.
+``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` decide how the head
+scores meet weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).
+Scores are normalised per block by default, so a global ranking across blocks compares heads
+relative to their block.
 """
 
 from __future__ import annotations
