@@ -204,7 +204,10 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 
 #: GOHSP ADMM dual updates over the sparse phase: ``gohsp`` = the recipes' default (``None``:
 #: one per sparse epoch); ``gohsp-10-rounds`` = 10 updates spread over the sparse phase.
-GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10}
+GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None}
+#: How strongly the head graph guides GOHSP's projection (``graph_bias``; 1.0 = the default):
+#: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it.
+GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0}
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults); the others, spelled out in full, are the alternatives it was chosen among.
 _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
@@ -265,7 +268,8 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         imp = GraphHeadImportance(progress=False).calibrate(m, calib)
         rounds = GOHSP_ROUNDS[name] or max(1, sparse)
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
-        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval)
+        bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
+        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias)
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
