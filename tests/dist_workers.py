@@ -40,12 +40,11 @@ def ranking_worker(rank: int, world: int, port: int, out: str) -> None:
         half = x.chunk(world)[rank]
         loader = DataLoader(TensorDataset(half), batch_size=4)
         model = tiny_model()
-        graph = tpv.GraphHeadImportance(statistic="per_image", progress=False).calibrate(model, loader)
+        graph = tpv.GraphHeadImportance(graph="similarity", statistic="per_image", progress=False).calibrate(model, loader)
+        flow = tpv.GraphHeadImportance(progress=False).calibrate(model, loader)
         cum = tpv.CumulativeHeadImportance(progress=False).calibrate(model, loader)
         if rank == 0:
-            torch.save(
-                {"graph": [v for v in graph.raw_head_scores.values()], "cum": [v for v in cum.raw_head_scores.values()]}, out
-            )
+            torch.save({k: list(v.raw_head_scores.values()) for k, v in (("graph", graph), ("flow", flow), ("cum", cum))}, out)
     finally:
         dist.destroy_process_group()
 

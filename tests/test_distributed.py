@@ -30,9 +30,11 @@ def test_two_process_ranking_equals_one_process(tmp_path):
     x, _ = data()
     loader = DataLoader(TensorDataset(x), batch_size=4)
     model = tiny_model()
-    graph = tpv.GraphHeadImportance(statistic="per_image", progress=False).calibrate(model, loader)
+    graph = tpv.GraphHeadImportance(graph="similarity", statistic="per_image", progress=False).calibrate(model, loader)
+    flow = tpv.GraphHeadImportance(progress=False).calibrate(model, loader)  # the flow graph's usage sums
     cum = tpv.CumulativeHeadImportance(progress=False).calibrate(model, loader)
-    for split, whole in ((got["graph"], graph.raw_head_scores.values()), (got["cum"], cum.raw_head_scores.values())):
+    pairs = [(got[k], imp.raw_head_scores.values()) for k, imp in (("graph", graph), ("flow", flow), ("cum", cum))]
+    for split, whole in pairs:
         for a, b in zip(split, whole):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
             assert torch.equal(torch.argsort(a), torch.argsort(b))  # identical ranking

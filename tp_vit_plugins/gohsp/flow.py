@@ -31,6 +31,7 @@ from torch import nn
 
 from ..core.adapter import block_layers, check_global_sequence, readout, residual_scales
 from ..core.calibration import _device, iter_batches
+from ..core.distributed import all_reduce_sum
 from .graph import EMBED, OUT
 
 __all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]
@@ -119,9 +120,19 @@ class FlowUsage:
             for h in handles:
                 h.remove()
             self.model.train(was_training)
+        self._all_reduce()
         if not self.count:
             raise ValueError("calibration loader yielded no batches")
         return self
+
+    def _all_reduce(self) -> None:
+        """Sum the usage over processes (no-op in one process): N ranks on a split loader equal one on all of it."""
+        keys = sorted((str(r), str(c), r, c) for r, row in self.sums.items() for c in row)
+        values = torch.tensor([self.sums[r][c] for *_, r, c in keys] + [float(self.count)], dtype=torch.float64)
+        values = all_reduce_sum(values)
+        for (*_, r, c), v in zip(keys, values[:-1].tolist()):
+            self.sums[r][c] = v
+        self.count = int(values[-1].item())
 
     def _accumulate(self, cap: dict[tuple, torch.Tensor]) -> None:
         x0 = cap[("norm1", 0)] if ("norm1", 0) in cap else None
