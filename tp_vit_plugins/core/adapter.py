@@ -1,6 +1,6 @@
 """The timm adapter: where the library reads timm's internals.
 
-Only this module (with :mod:`.io`, which rebuilds timm skeletons, and the CP-ViT token patch
+Only this module and :mod:`.families` (with :mod:`.io`, which rebuilds timm skeletons, and the CP-ViT token patch
 :mod:`tp_vit_plugins.cpvit.patch`, which replaces ``Attention.forward``) knows timm's
 attribute names; every method asks it for blocks, layers and head layouts. It supplies
 what Torch-Pruning needs to prune a timm ``VisionTransformer`` (and its relatives: DeiT,
@@ -107,9 +107,11 @@ def check_supported(model: nn.Module) -> None:
     Supported: timm ``VisionTransformer`` and its subclasses (ViT, DeiT, distilled DeiT,
     DeiT3, FlexiViT, register tokens, LayerScale, ``qk_norm``, average pooling, the
     attention-pool head of SigLIP-style models, which is left whole: :func:`attention_pool`)
-    whose blocks use timm's own ``Attention``. Refused: other families (EVA/EVA02, BEiT,
-    CaiT, Swin, vit_relpos, PiT, torchvision's ViT, ...), attention subclasses or other
-    attention modules inside a ViT (their forward is not the one the pruners keep
+    whose blocks use timm's own ``Attention``; and ``Eva`` (EVA02), ``Beit``, ``Cait`` and
+    ``SwinTransformer``, whose attention is converted exactly into this library's subclasses
+    (:mod:`.families`). Refused: other families (vit_relpos, PiT, torchvision's ViT, ...),
+    BEiT with a shared relative position bias, EVA with mixed rope, attention subclasses or
+    other attention modules inside a ViT (their forward is not the one the pruners keep
     consistent), and other pool heads (``global_pool="prr"``).
 
     Raises:
