@@ -15,7 +15,7 @@ ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: Methods the zoo's pipeline protocol can run (``--pipeline-methods``): peers, the seed
 #: methods and the VTP settings the default was chosen among.
 ZOO_PIPELINE_METHODS = (
-    "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-10-rounds", "gohsp-bias0", "gohsp-bias3",
+    "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-10-rounds", "gohsp-bias0", "gohsp-bias3", "gohsp-global",
     "vtp", "vtp-fold", "vtp-qkv", "vtp-s0.5",
     "vtp-s2", "vtp-rank", "vtp-magnitude",
     "vtp-s0.5-rank",

@@ -204,10 +204,13 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 
 #: GOHSP ADMM dual updates over the sparse phase: ``gohsp`` = the recipes' default (``None``:
 #: one per sparse epoch); ``gohsp-10-rounds`` = 10 updates spread over the sparse phase.
-GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None}
+GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None, "gohsp-global": None}
 #: How strongly the head graph guides GOHSP's projection (``graph_bias``; 1.0 = the default):
 #: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it.
 GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0}
+#: ``gohsp-global``: head scores normalised over all heads (the flow graph's mass is one
+#: distribution over the whole model) instead of per block.
+GOHSP_PER_BLOCK = {"gohsp-global": False}
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults); the others, spelled out in full, are the alternatives it was chosen among.
 _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
@@ -265,7 +268,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
             finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), **train)
         m = _prune_to_params(m, example, tp_importance("l2"), target)
     elif name in GOHSP_ROUNDS:
-        imp = GraphHeadImportance(progress=False).calibrate(m, calib)
+        imp = GraphHeadImportance(progress=False, normalize_per_layer=GOHSP_PER_BLOCK.get(name, True)).calibrate(m, calib)
         rounds = GOHSP_ROUNDS[name] or max(1, sparse)
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
         bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
