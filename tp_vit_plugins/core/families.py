@@ -253,14 +253,18 @@ def _fused_qkv(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _convert_one(m: nn.Module) -> None:
-    weight, bias = _fused_qkv(m)
-    qkv = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        qkv.weight.copy_(weight)
-        if bias is not None:
-            qkv.bias.copy_(bias)
-    requires_grad = next(iter(p.requires_grad for p in m.parameters()), True)
-    qkv.requires_grad_(requires_grad)
+    plain = getattr(m, "q_bias", None) is None and getattr(m, "q_proj", None) is None
+    if plain and isinstance(getattr(m, "qkv", None), nn.Linear):
+        qkv = m.qkv  # already one biased projection (CaiT, Swin, BEiT without q/v bias): the same parameters
+    else:
+        weight, bias = _fused_qkv(m)
+        qkv = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            qkv.weight.copy_(weight)
+            if bias is not None:
+                qkv.bias.copy_(bias)
+        qkv.requires_grad_(next(iter(p.requires_grad for p in m.parameters()), True))
+    weight = qkv.weight
     for name in ("q_bias", "v_bias"):
         if name in m._parameters:
             del m._parameters[name]
@@ -315,7 +319,11 @@ def _packed_glus(model: nn.Module) -> list[tuple[nn.Module, str, GluMlp]]:
 
 
 def convert_attention(model: nn.Module) -> nn.Module:
-    """Convert every EVA / BEiT attention of ``model`` in place (see module docs); idempotent.
+    """Convert every EVA / BEiT / CaiT / Swin attention of ``model`` in place (see module docs); idempotent.
+
+    The q / v biases (and EVA's separate projections) become new ``qkv`` parameters; where the
+    module already has one biased ``qkv`` it is kept. Create optimizers after this (as after
+    any tp pruning, which replaces parameters too).
 
     Packed gated MLPs (timm's ``GluMlp``, EVA02's default: one ``fc1`` whose two halves are
     the value and the gate) become timm's ``SwiGLU`` (``fc1_g`` / ``fc1_x``), exactly: tp
