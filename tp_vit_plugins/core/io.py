@@ -232,7 +232,9 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
     """Save a (pruned) timm ViT as safetensors weights plus a JSON spec.
 
     Args:
-        model: A timm ``VisionTransformer`` or ``VisionTransformerDistilled``, pruned or not.
+        model: A timm ``VisionTransformer``, ``VisionTransformerDistilled``, ``Beit``, ``Eva``,
+            ``Cait`` or ``SwinTransformer``, pruned or not (EVA / BEiT / CaiT / Swin attention is
+            saved in this library's converted layout and converted again at load).
             Call :func:`~tp_vit_plugins.sync_attention` after pruning first.
         path: Directory to create (existing files of the same names are overwritten).
 
