@@ -62,12 +62,9 @@ def _check_norm(norm: nn.Module, expected_eps: float = 1e-6) -> None:
         )
 
 
-def _common_kwargs(model: nn.Module) -> dict[str, Any]:
+def _stem_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Constructor kwargs every family shares: image and patch size, channels, classes, pooling, embedding width."""
     pe = model.patch_embed
-    norm = model.norm if _is_on(model.norm) else model.fc_norm
-    _check_norm(norm)
-    if getattr(model, "attn_pool", None) is not None:
-        raise NotImplementedError(f"save_pruned does not support {type(model).__name__} with an attention-pool head")
     return {
         "img_size": list(pe.img_size) if pe.img_size is not None else None,
         "patch_size": list(pe.patch_size),
@@ -75,6 +72,16 @@ def _common_kwargs(model: nn.Module) -> dict[str, Any]:
         "num_classes": int(model.num_classes),
         "global_pool": model.global_pool,
         "embed_dim": int(pe.proj.out_channels),
+    }
+
+
+def _common_kwargs(model: nn.Module) -> dict[str, Any]:
+    norm = model.norm if _is_on(model.norm) else model.fc_norm
+    _check_norm(norm)
+    if getattr(model, "attn_pool", None) is not None:
+        raise NotImplementedError(f"save_pruned does not support {type(model).__name__} with an attention-pool head")
+    return {
+        **_stem_kwargs(model),
         "depth": len(model.blocks),
         "mlp_ratio": 1.0,
         "use_fc_norm": _is_on(model.fc_norm),
@@ -135,14 +142,8 @@ def _cait_kwargs(model: nn.Module) -> dict[str, Any]:
     blk = model.blocks[0]
     _check_norm(model.norm)
     _mlp_kwargs(blk)  # refuses MLP variants
-    pe = model.patch_embed
     return {
-        "img_size": list(pe.img_size) if pe.img_size is not None else None,
-        "patch_size": list(pe.patch_size),
-        "in_chans": int(pe.proj.in_channels),
-        "num_classes": int(model.num_classes),
-        "global_pool": model.global_pool,
-        "embed_dim": int(pe.proj.out_channels),
+        **_stem_kwargs(model),
         "depth": len(model.blocks),
         "num_heads": 1,  # per-block layouts (and the class attention's heads) come from the spec
         "mlp_ratio": 1.0,
@@ -156,14 +157,8 @@ def _swin_kwargs(model: nn.Module) -> dict[str, Any]:
     _check_norm(model.norm, 1e-5)  # Swin's default nn.LayerNorm
     blocks = [b for stage in model.layers for b in stage.blocks]
     _mlp_kwargs(blocks[0])
-    pe = model.patch_embed
     return {
-        "img_size": list(pe.img_size) if pe.img_size is not None else None,
-        "patch_size": list(pe.patch_size),
-        "in_chans": int(pe.proj.in_channels),
-        "num_classes": int(model.num_classes),
-        "global_pool": model.global_pool,
-        "embed_dim": int(pe.proj.out_channels),
+        **_stem_kwargs(model),
         "depths": [len(stage.blocks) for stage in model.layers],
         "num_heads": [1] * len(model.layers),  # per-block layouts come from the spec
         "window_size": list(model._ref_window_sizes),
@@ -192,24 +187,13 @@ def _structural_kwargs(model: nn.Module) -> dict[str, Any]:
         return _cait_kwargs(model)
     if isinstance(model, SwinTransformer):
         return _swin_kwargs(model)
-    pe = model.patch_embed
     blk = model.blocks[0]
-    norm = model.norm if _is_on(model.norm) else model.fc_norm
-    eps = getattr(norm, "eps", 1e-6)
-    if not isinstance(norm, nn.LayerNorm) or abs(eps - 1e-6) > 1e-12:
-        raise NotImplementedError(
-            f"save_pruned supports timm's default LayerNorm(eps=1e-6) norms, got {type(norm).__name__}(eps={eps})"
-        )
+    _check_norm(model.norm if _is_on(model.norm) else model.fc_norm)
     act = getattr(blk.mlp, "act", None)
     if not isinstance(act, nn.GELU) or type(blk.mlp).__name__ != "Mlp":
         raise NotImplementedError("save_pruned supports the default Mlp with GELU")
     return {
-        "img_size": list(pe.img_size) if pe.img_size is not None else None,
-        "patch_size": list(pe.patch_size),
-        "in_chans": int(pe.proj.in_channels),
-        "num_classes": int(model.num_classes),
-        "global_pool": model.global_pool,
-        "embed_dim": int(pe.proj.out_channels),
+        **_stem_kwargs(model),
         "depth": len(model.blocks),
         "num_heads": 1,  # any divisor works: per-block layouts come from the spec
         "mlp_ratio": 1.0,
