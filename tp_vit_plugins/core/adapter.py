@@ -37,7 +37,6 @@ from .families import (
     PrunableTalkingHeadAttn,
     PrunableWindowAttention,
     convert_attention,
-    drop_heads,
     has_rope,
     head_mixers,
     head_tables,
@@ -68,7 +67,6 @@ __all__ = [
     "eager_attention",
     "vit_pruning_kwargs",
     "sync_attention",
-    "drop_head_columns",
     "ATTENTION_TYPES",
     "classifier_heads",
     "head_norm_dims",
@@ -748,11 +746,6 @@ def _apply_one(attn: Attention, heads: int) -> None:
     attn.head_dim = head_dim
     attn.attn_dim = attn_dim
     attn.scale = new_scale
-
-
-def drop_head_columns(attn: nn.Module, heads: Sequence[int]) -> None:
-    """Remove ``heads`` from the per-head parameters tp does not prune (see :func:`~.families.drop_heads`)."""
-    drop_heads(attn, heads)
 
 
 def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None) -> nn.Module:

@@ -23,8 +23,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .adapter import attention_modules, drop_head_columns, fixed_residual, sync_attention, vit_pruning_kwargs
-from .families import has_rope, rope_pairs
+from .adapter import attention_modules, fixed_residual, sync_attention, vit_pruning_kwargs
+from .families import drop_heads, has_rope, rope_pairs
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -257,8 +257,17 @@ class ViTPruner(tp.pruner.BasePruner):
         plan = self._heads_to_remove(ratio)
         for _, attn in self._attentions:
             if plan[attn.qkv]:
-                yield self.head_group(attn, plan[attn.qkv])
-                drop_head_columns(attn, plan[attn.qkv])  # BEiT relative position tables, once the group is pruned
+                yield from self.head_removal(attn, plan[attn.qkv])
+
+    def head_removal(self, attn: nn.Module, heads: Sequence[int]) -> Generator[tp.Group, None, None]:
+        """Yield the tp group removing ``heads`` of ``attn``; once it is pruned, cut what tp cannot see.
+
+        After the caller prunes the group (tp's ``step`` loop, or an interactive caller), the
+        per-head parameters outside tp's graph lose the same heads: BEiT / Swin relative position
+        table columns, CaiT talking-heads mixer rows and columns (:func:`~.families.drop_heads`).
+        """
+        yield self.head_group(attn, heads)
+        drop_heads(attn, heads)
 
     def head_group(self, attn: nn.Module, heads: Sequence[int]) -> tp.Group:
         """The tp group removing whole ``heads`` of ``attn``; head bookkeeping is updated.

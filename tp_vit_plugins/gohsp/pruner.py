@@ -47,7 +47,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import BlockLayers, block_layers, drop_head_columns, head_layout, split_qkv, sync_attention
+from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention
 from ..core.families import has_rope
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
@@ -352,8 +352,7 @@ class GOHSPPruner(ViTPruner):
         self.final_plan = plan
         for li, b in enumerate(self._blocks):  # 1) whole heads
             if plan.heads[li]:
-                yield self.head_group(b.attn, plan.heads[li])
-                drop_head_columns(b.attn, plan.heads[li])  # BEiT / Swin tables, CaiT mixers, once the group is pruned
+                yield from self.head_removal(b.attn, plan.heads[li])
         sync_attention(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 2) head dims, same dims in every kept head
             dims = sorted(plan.head_dims[li])
