@@ -19,6 +19,30 @@ UNSUPPORTED = {
 }
 
 
+def _randomise(model):
+    """timm's init leaves biases and position tables at 0: give every term a non-trivial value."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() == 1 or "relative_position" in n:
+                p.normal_(0, 0.3)
+            elif p.dim() == 2:
+                p.normal_(0, p.shape[1] ** -0.5)
+    return model
+
+
+def _fused_equals_eager_and_round_trips(model, x, tmp_path):
+    """Assert fused == eager attention and an exact save/load round trip; return the fused output."""
+    from conftest import fused_and_eager
+
+    fused, eager = fused_and_eager(model, x)
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    tpv.save_pruned(model, tmp_path / "m")
+    loaded = tpv.load_pruned(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    return fused
+
+
 def _hooks(model) -> int:
     return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
 
@@ -75,7 +99,6 @@ def test_other_patch_stems_are_refused():
 
 def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
     """timm's SigLIP config (attention-pool head): heads, head dims and MLP prune; the pool stays whole."""
-    from conftest import fused_and_eager
 
     torch.manual_seed(0)
     model = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, **TINY).eval()
@@ -89,12 +112,7 @@ def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
     assert pruner.heads_per_layer() == [2, 2] and model.blocks[0].mlp.fc1.out_features < 192
     pool_after = model.attn_pool.state_dict()
     assert pool_after.keys() == pool_before.keys() and all(torch.equal(pool_before[k], pool_after[k]) for k in pool_before)
-    fused, eager = fused_and_eager(model, x)
-    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
-    tpv.save_pruned(model, tmp_path / "m")
-    loaded = tpv.load_pruned(tmp_path / "m")
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+    _fused_equals_eager_and_round_trips(model, x, tmp_path)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
     assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
     with torch.no_grad():
@@ -127,13 +145,7 @@ CONVERTED = {
 def _timm_model(key):
     name, kw = CONVERTED[key]
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kw).eval()
-    with torch.no_grad():  # timm's init leaves biases and tables at 0: make every term matter
-        for n, p in model.named_parameters():
-            if p.dim() == 1 or "relative_position" in n:
-                p.normal_(0, 0.3)
-            elif p.dim() == 2:
-                p.normal_(0, p.shape[1] ** -0.5)
+    model = _randomise(timm.create_model(name, pretrained=False, **kw).eval())
     size = kw["img_size"]
     return model, torch.randn(3, 3, size, size)
 
@@ -168,12 +180,7 @@ def test_eva_beit_cait_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
         assert table is None or table.shape[1] == 2  # BEiT: the removed heads' columns went with them
         for mixer in (getattr(b.attn, "proj_l", None), getattr(b.attn, "proj_w", None)):
             assert mixer is None or tuple(mixer.weight.shape) == (2, 2)  # CaiT: rows and columns went too
-    fused, eager = fused_and_eager(model, x)
-    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
-    tpv.save_pruned(model, tmp_path / "m")
-    loaded = tpv.load_pruned(tmp_path / "m")
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+    _fused_equals_eager_and_round_trips(model, x, tmp_path)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
     assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
     with torch.no_grad():  # tokens drop too; the position-indexed terms follow the kept tokens
@@ -204,12 +211,7 @@ def test_eva02_head_dims_go_in_rotary_pairs_and_gohsp_refuses_swiglu(tmp_path):
         assert a.head_dim == len(dims) == 2 * int(int(d0 / 2 * 0.75) * 0.75)
         kept = set(dims)
         assert all((i in kept) == (j in kept) for i, j in rope_pairs(d0, False))  # whole rotary pairs only
-    fused, eager = fused_and_eager(model, x)
-    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
-    tpv.save_pruned(model, tmp_path / "m")
-    loaded = tpv.load_pruned(tmp_path / "m")
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+    _fused_equals_eager_and_round_trips(model, x, tmp_path)
     stock, _ = _timm_model("eva02")  # a stock tp pruner removing arbitrary head dims: refused at sync
     kw = tpv.vit_pruning_kwargs(stock)
     tp.pruner.BasePruner(stock, x[:1], tp.importance.GroupMagnitudeImportance(), pruning_ratio=0.25,
@@ -247,19 +249,12 @@ def test_stock_tp_prunes_width_and_sync_refuses_heads_it_cannot_see(key):
 def _swin():
     torch.manual_seed(0)
     kw = dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10)
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **kw).eval()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.dim() == 1 or "relative_position" in n:
-                p.normal_(0, 0.3)
-            elif p.dim() == 2:
-                p.normal_(0, p.shape[1] ** -0.5)
+    model = _randomise(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **kw).eval())
     return model, torch.randn(3, 3, 56, 56)
 
 
 def test_swin_prunes_heads_head_dims_and_mlp_per_stage(tmp_path):
     """Swin: heads, head dims and MLP dims of every stage prune; tokens, GOHSP and residual dims are refused."""
-    from conftest import fused_and_eager
 
     model, x = _swin()
     with torch.no_grad():
@@ -283,13 +278,8 @@ def test_swin_prunes_heads_head_dims_and_mlp_per_stage(tmp_path):
     assert [a.head_dim for a in attns] == [12, 12] and all(b.mlp.fc1.out_features < 4 * b.mlp.fc2.out_features
                                                            for stage in model.layers for b in stage.blocks)  # fmt: skip
     assert model.patch_embed.proj.out_channels == 32 and model.num_features == 64
-    fused, eager = fused_and_eager(model, x)
-    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    fused = _fused_equals_eager_and_round_trips(model, x, tmp_path)
     assert not torch.allclose(fused, ref, atol=1e-3)
-    tpv.save_pruned(model, tmp_path / "m")
-    loaded = tpv.load_pruned(tmp_path / "m")
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
 
 
 def test_swin_head_removal_equals_zeroed_heads():
