@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import timm
 import torch
+from common import timed
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.calibration import accumulate_gradients
@@ -27,12 +27,6 @@ MODELS = (
      dict(img_size=32, patch_size=4, embed_dim=96, depth=6, num_heads=4, num_classes=10), 32, 64, 4),
     ("deit_small (random weights)", "deit_small_patch16_224", dict(num_classes=10), 224, 16, 2),
 )  # fmt: skip
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -48,8 +42,8 @@ def main() -> None:
         batches = [(torch.randn(bs, 3, size, size), torch.randint(0, 10, (bs,))) for _ in range(n)]
         flow, taylor = [], []
         for _ in range(args.rounds):  # alternated, so machine drift hits both alike
-            flow.append(_time(lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, batches)))
-            taylor.append(_time(lambda: accumulate_gradients(model, batches, progress=False)))
+            flow.append(timed(lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, batches))[1])
+            taylor.append(timed(lambda: accumulate_gradients(model, batches, progress=False))[1])
             model.zero_grad(set_to_none=True)
         f, t = statistics.median(flow), statistics.median(taylor)
         print(f"| {label} | {f:.3f} | {t:.3f} | {f / t:.2f} |")
