@@ -52,6 +52,7 @@ __all__ = [
     "readout",
     "residual_scales",
     "head_layout",
+    "unit_param_costs",
     "split_qkv",
     "heads_per_block",
     "prefix_tokens",
@@ -416,6 +417,21 @@ def readout(model: nn.Module) -> list[Readout]:
 def head_layout(attn: nn.Module) -> tuple[int, int]:
     """``(num_heads, head_dim)`` of a (synced) timm ``Attention``."""
     return int(attn.num_heads), int(attn.head_dim)
+
+
+def unit_param_costs(b: BlockLayers) -> tuple[int, int]:
+    """Parameters removed with one (head, head dim) cell and with one MLP hidden dim of block ``b``.
+
+    A cell is one q, k and v row of ``qkv`` (with their biases) and one ``proj`` column; a hidden
+    dim is one ``fc1`` row (with its bias) and one ``fc2`` column (0 when the block has no
+    two-layer MLP).
+    """
+    embed = b.qkv.in_features
+    cell = 4 * embed + (3 if b.qkv.bias is not None else 0)
+    if b.fc1 is None or b.fc2 is None:
+        return cell, 0
+    neuron = b.fc1.in_features + b.fc2.out_features + (1 if b.fc1.bias is not None else 0)
+    return cell, neuron
 
 
 def split_qkv(t: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

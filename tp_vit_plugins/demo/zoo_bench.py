@@ -223,6 +223,10 @@ VTP_VARIANTS = {
     "vtp-rank": {**_VTP_BASE, "fold_values": False},
     "vtp-magnitude": {"score": "magnitude"},  # the paper's |g| ranking (the default before zoo_vtp2)
     "vtp-s0.5-rank": {**_VTP_BASE, "shrink": 0.5, "fold_values": False},
+    # gates of the cut's parameters closed gradually in the first half of the sparse phase
+    # (``close_params`` = the cut), folded (its default) or not
+    "vtp-close": {"close": True},
+    "vtp-close-nofold": {"close": True, "fold_values": False},
     # embedding dims pruned too (the other pipeline methods keep them): mean vs max over blocks
     "vtp-embed-mean": {**_VTP_BASE, "prune_embed_dim": True},
     "vtp-embed-max": {**_VTP_BASE, "prune_embed_dim": True, "aggregation": "max"},
@@ -281,11 +285,14 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         opts = dict(VTP_VARIANTS[name])
         embed = opts.pop("prune_embed_dim", False)
         imp = GateImportance(aggregation=opts.pop("aggregation", "mean"))
+        close = cut if opts.pop("close", False) else None
         pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=embed, sparse_steps=max(1, sparse * len(loader)),
-                           importance=imp, **opts)  # fmt: skip
+                           importance=imp, close_params=close, **opts)  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
         extra = {"gate_zero_share": pruner.gate_zero_share()}
+        if close is not None:
+            extra["closed_params"] = pruner.closed_params / count_params(model)
         pruner.fold_gates()
         m = _prune_to_params(m, example, pruner.importance, target, prune_embed_dim=embed)
     m.zero_grad(set_to_none=True)

@@ -47,7 +47,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention
+from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention, unit_param_costs
 from ..core.families import has_rope
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
@@ -205,14 +205,6 @@ class GOHSPPruner(ViTPruner):
             out.append({"head": per.sum(1), "dim": per.sum(0), "neuron": neuron})
         return out
 
-    @staticmethod
-    def _costs(b: BlockLayers) -> tuple[int, int]:
-        """Parameters of one (head, head dim) cell and of one MLP neuron."""
-        embed = b.qkv.in_features
-        cell = 4 * embed + (3 if b.qkv.bias is not None else 0)  # q, k, v rows + proj column
-        neuron = 2 * embed + (1 if b.fc1.bias is not None else 0)
-        return cell, neuron
-
     @torch.no_grad()
     def project(self, use_dual: bool = True) -> StructurePlan:
         """Choose the structured support of ``W (+ U)`` under the parameter budget.
@@ -226,7 +218,7 @@ class GOHSPPruner(ViTPruner):
         raw: dict[str, list[tuple[float, int, int]]] = {"head": [], "dim": [], "neuron": []}
         for li, (b, e) in enumerate(zip(self._blocks, energies)):
             H, d = head_layout(b.attn)
-            cell, ncost = self._costs(b)
+            cell, ncost = unit_param_costs(b)
             if "heads" in self.structures:
                 for h, v in enumerate(e["head"].tolist()):
                     raw["head"].append((v / (d * cell), li, h))
@@ -258,7 +250,7 @@ class GOHSPPruner(ViTPruner):
         for _, li, kind, idx in units:
             if removed >= self.budget:
                 break
-            cell, ncost = self._costs(self._blocks[li])
+            cell, ncost = unit_param_costs(self._blocks[li])
             if kind == "head" and heads_left[li] > self.min_heads:
                 plan.heads[li].append(idx)
                 heads_left[li] -= 1

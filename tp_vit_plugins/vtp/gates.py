@@ -73,6 +73,8 @@ class GateSet:
                 raise ValueError("layer already carries a VTP gate; remove the other GateSet first")
         if len(set(map(id, self.layers))) < len(self.layers) or len(set(map(id, self.out_layers))) < len(self.out_layers):
             raise ValueError("a layer is listed twice")
+        #: Input gates held at exactly 0 (:meth:`close`): ``{layer: bool mask [in_features]}``.
+        self.closed: dict[nn.Linear, torch.Tensor] = {}
         for lin in self.layers:
             lin.register_parameter(GATE_NAME, nn.Parameter(lin.weight.new_ones(lin.in_features)))
             lin.register_forward_pre_hook(_GateHook())
@@ -119,6 +121,27 @@ class GateSet:
                 g.sub_(g.grad, alpha=lr / grad_scale)
             g.copy_(soft_threshold(g, lr * strength))
             g.grad = None
+        self._hold_closed()
+
+    @torch.no_grad()
+    def close(self, layer: nn.Linear, idxs: Iterable[int]) -> None:
+        """Set input gates ``idxs`` of ``layer`` to 0 and keep them there in every later :meth:`proximal_step`.
+
+        Raises:
+            KeyError: ``layer`` carries no input gate of this set.
+        """
+        if layer not in self.layers or GATE_NAME not in layer._parameters:
+            raise KeyError("close() takes a layer whose input this GateSet gates")
+        mask = self.closed.setdefault(layer, torch.zeros(layer.in_features, dtype=torch.bool))
+        mask[torch.as_tensor(list(idxs), dtype=torch.long)] = True
+        self._hold_closed()
+
+    @torch.no_grad()
+    def _hold_closed(self) -> None:
+        for lin, mask in self.closed.items():
+            g = lin._parameters.get(GATE_NAME)
+            if g is not None:
+                g.masked_fill_(mask.to(g.device), 0.0)
 
     def mean_abs_grad(self) -> float:
         """Mean ``|dL/dg|`` over every gate entry that has a gradient (0 when none has)."""

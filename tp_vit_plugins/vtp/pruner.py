@@ -34,6 +34,9 @@ choices (the paper's text is not available here; these are reconstructions):
 * Residual-stream dims (``prune_embed_dim=True``) are scored by the mean of the ``qkv`` /
   ``fc1`` input gates of all blocks (see :mod:`.importance`; ``"max"`` gave the same zoo
   results to 0.1 pt). They are not pruned by default.
+* **Closing** (``close_params=``, off by default): gates of the lowest-scoring dims are fixed
+  at exactly 0 in a few rounds during sparse training, up to a parameter budget, so the
+  end of the sparse phase already trains the pruned network (:mod:`.closing`).
 * **Gates rank, they are not folded** by default (``fold_values=False``): after the short
   sparse phases measured on the zoo, the shrunken gate values cost more accuracy than they
   carry; the paper's folding is ``fold_values=True``.
@@ -48,8 +51,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import block_layers
-from ..core.pruner import ViTPruner
+from ..core.adapter import block_layers, head_layout, unit_param_costs
+from ..core.metrics import count_params
+from ..core.pruner import ViTPruner, check_ratio
+from ..core.snapshot import ModuleSnapshot
+from .closing import closing_schedule, select_closed
 from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
 from .importance import GateImportance
 
@@ -131,11 +137,25 @@ class VTPPruner(ViTPruner):
             +0.17 [-0.25, +0.62] / +0.61 [-0.78, +2.13] pt at -40 / -70 % params with 2 epochs,
             +0.08 [-0.24, +0.42] / +1.61 [+0.02, +3.19] pt with 4 epochs; paired 95 % intervals,
             ``benchmarks/zoo_vtp2``). A gate the L1 step zeroed scores 0 either way.
+        close_params: Share of the model's parameters whose dims are **closed** during
+            sparse training (library extension, :mod:`.closing`): in ``close_rounds`` rounds
+            over the first ``close_until`` of the ``sparse_steps``, the lowest-scoring MLP
+            hidden dims and head dims (in-head indices, all heads) whose parameters reach a
+            cubic-growing share of this budget get their gates fixed at 0. :meth:`step` then
+            removes the zero gates (``threshold=0.0`` unless given; ``pruning_ratio`` is not
+            used) and folds the others (``fold_values`` defaults to ``True`` here: the
+            weights trained under the gate values, and folding keeps the function exact).
+            Needs ``sparse_steps``, MLP / head-dim gates only (no embedding dims, whole
+            heads or rotary head dims).
+        close_rounds: Closing rounds (see ``close_params``).
+        close_until: Share of the sparse phase the closing rounds are spread over.
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
 
     Raises:
         ValueError: Bad ratio, negative ``reg`` / ``gate_lr`` / ``threshold``, ``threshold``
-            without global pruning, or unknown gate positions.
+            without global pruning, unknown gate positions, or ``close_params`` with what it
+            cannot close (no ``sparse_steps``, embedding dims, whole heads, rotary head dims,
+            ``qkv_out`` gates, blocks without a two-layer MLP).
         TypeError: The model is not a timm ViT.
     """
 
@@ -155,9 +175,12 @@ class VTPPruner(ViTPruner):
         prune_embed_dim: bool = False,
         shrink: float = 1.0,
         head_dim_gate: str = "proj",
-        fold_values: bool = False,
+        fold_values: bool | None = None,
         gated_layers: Sequence[str] | None = None,
         score: str = "taylor",
+        close_params: float | None = None,
+        close_rounds: int = 4,
+        close_until: float = 0.5,
         **kwargs: typing.Any,
     ) -> None:
         if reg < 0 or (gate_lr is not None and gate_lr < 0):
@@ -172,6 +195,20 @@ class VTPPruner(ViTPruner):
             raise ValueError(f"shrink must be > 0, got {shrink}")
         if score not in GATE_SCORES:
             raise ValueError(f"score must be one of {GATE_SCORES}, got {score!r}")
+        if close_params is not None:
+            check_ratio("close_params", close_params)
+            if not sparse_steps:
+                raise ValueError("close_params needs sparse_steps (the closing rounds are spread over the sparse phase)")
+            if prune_embed_dim or float(kwargs.get("head_pruning_ratio", 0.0)) > 0 or head_dim_gate != "proj":
+                raise ValueError(
+                    "close_params closes MLP hidden dims and head dims gated at proj: use prune_embed_dim=False, "
+                    "head_pruning_ratio=0 and head_dim_gate='proj'"
+                )
+            closing_schedule(sparse_steps, close_rounds, close_until)  # validates rounds / until
+            threshold = 0.0 if threshold is None else threshold
+        fold_values = (close_params is not None) if fold_values is None else fold_values
+        total_params = count_params(model)
+        before = ModuleSnapshot(model)
         if gated_layers is None:
             heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
             gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim, head_dim_gate)
@@ -196,6 +233,12 @@ class VTPPruner(ViTPruner):
         self.fold_values, self.score = fold_values, score
         self.grad_ema_decay = 0.9
         self._grad_ema = self._grad_ema_weight = 0.0
+        if close_params is not None:
+            try:
+                self._check_closable(gated_layers)
+            except ValueError:
+                before.restore()  # attention converted by the construction above (EVA / BEiT) goes back
+                raise
         ins, outs = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
         #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
@@ -203,6 +246,23 @@ class VTPPruner(ViTPruner):
         self._saliency_steps = 0
         #: Every gate value at the moment they were folded (``None`` before): for reports and histograms.
         self.trained_gates: torch.Tensor | None = None
+        self.close_params = close_params
+        #: Closing rounds still to come, ``[(step, share of the budget)]``; parameters closed so far.
+        self._close_plan = closing_schedule(sparse_steps, close_rounds, close_until) if close_params is not None else []
+        self.closed_params = 0
+        self._close_budget = (close_params or 0.0) * total_params
+
+    def _check_closable(self, gated_layers: Sequence[str]) -> None:
+        """``ValueError`` when ``close_params`` meets a structure it cannot close (before any gate is attached)."""
+        if self._rope_pairs:
+            raise ValueError("close_params does not close rotary head dims (EVA02): use prune_head_dims=False")
+        need = {"fc2"} if self._enabled_kinds["mlp"] else set()
+        need |= {"proj"} if self._enabled_kinds["attention"] else set()
+        if not need <= set(gated_layers):
+            raise ValueError(f"close_params needs gates on {sorted(need)}, got gated_layers={list(gated_layers)}")
+        for b in block_layers(self.model):
+            if self._enabled_kinds["mlp"] and (b.fc1 is None or b.fc2 is None):
+                raise ValueError(f"close_params needs a two-layer MLP in every block ({b.name} has none)")
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The gate vectors (already in ``model.parameters()`` while attached)."""
@@ -225,6 +285,32 @@ class VTPPruner(ViTPruner):
             self._accumulate_saliency()
         self.gates.proximal_step(self.gate_lr, self.reg, grad_scale=scale)
         self.steps_done += 1
+        while self._close_plan and self.steps_done >= self._close_plan[0][0]:
+            self._close(self._close_plan.pop(0)[1])
+
+    @torch.no_grad()
+    def _close(self, share: float) -> None:
+        """Close the lowest-scoring dims whose parameters reach ``share`` of the closing budget."""
+        ins, _ = self.gate_scores()
+        blocks = block_layers(self.model)
+        mlp, dims = self._enabled_kinds["mlp"], self._enabled_kinds["attention"]
+        neuron_scores = [ins[b.fc2] if mlp and b.fc2 in ins else None for b in blocks]
+        dim_scores = [ins[b.proj].view(*head_layout(b.attn)).mean(0) if dims and b.proj in ins else None for b in blocks]
+        costs = [unit_param_costs(b) for b in blocks]
+        chosen = select_closed(
+            neuron_scores,
+            dim_scores,
+            [c[1] for c in costs],
+            [c[0] * head_layout(b.attn)[0] for b, c in zip(blocks, costs)],
+            share * self._close_budget,
+        )
+        for b, neurons, head_dims in zip(blocks, chosen.neurons, chosen.head_dims):
+            if neurons:
+                self.gates.close(b.fc2, neurons)
+            if head_dims:
+                H, d = head_layout(b.attn)
+                self.gates.close(b.proj, [h * d + j for h in range(H) for j in head_dims])
+        self.closed_params = chosen.params
 
     @torch.no_grad()
     def _accumulate_saliency(self) -> None:
