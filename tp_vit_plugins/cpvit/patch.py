@@ -85,7 +85,7 @@ TOKEN_SCORES = ("cumulative", "cls", "random")
 
 
 def merge_into_kept(
-    x: torch.Tensor, sizes: torch.Tensor, keep: torch.Tensor, num_prefix: int
+    x: torch.Tensor, sizes: torch.Tensor, keep: torch.Tensor, num_prefix: int, dropped: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the patch tokens ``keep`` and merge every other patch token into its most similar kept one.
 
@@ -99,21 +99,24 @@ def merge_into_kept(
         sizes: ``[B, P]`` patches each patch token stands for.
         keep: ``[B, n]`` indices of the kept patch tokens (ascending).
         num_prefix: Leading prefix tokens (kept as they are).
+        dropped: ``[B, P - n]`` the other patch indices, any order (computed when ``None``).
 
     Returns:
         ``(x [B, num_prefix + n, C], sizes [B, n])``.
     """
     patches = x[:, num_prefix:]
     B, P, C = patches.shape
-    drop_mask = torch.ones(B, P, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
     m = P - keep.shape[1]
     if m == 0:
         return x, sizes
-    dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
+    if dropped is None:
+        drop_mask = torch.ones(B, P, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
+        dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
     kx = patches.gather(1, keep[..., None].expand(-1, -1, C))
     dx = patches.gather(1, dropped[..., None].expand(-1, -1, C))
     ks, ds = sizes.gather(1, keep), sizes.gather(1, dropped)
-    sim = torch.nn.functional.normalize(dx, dim=-1) @ torch.nn.functional.normalize(kx, dim=-1).transpose(1, 2)
+    # most similar kept token by cosine: a dropped token's own norm does not change its argmax
+    sim = dx @ torch.nn.functional.normalize(kx, dim=-1).transpose(1, 2)
     dst = sim.argmax(-1)  # [B, m]
     total = (kx * ks[..., None]).scatter_add(1, dst[..., None].expand(-1, -1, C), dx * ds[..., None])
     new_sizes = ks.scatter_add(1, dst, ds)
@@ -428,7 +431,8 @@ class Cascade:
     def _attach(self) -> None:
         for i, blk in enumerate(self.blocks):
             blk.attn.forward = _CascadeAttention(self, i, blk.attn)
-            self._handles.append(blk.register_forward_hook(_AfterBlock(self, i)))
+            if i <= self.last_point:  # later blocks never prune: no hook to call
+                self._handles.append(blk.register_forward_hook(_AfterBlock(self, i)))
         self._handles.append(self.blocks[0].register_forward_pre_hook(self._reset))
 
     def detach(self) -> None:
@@ -550,13 +554,18 @@ class Cascade:
             return None
         st.counts.append(n)
         if self.mode == "drop":
-            keep = topk_sorted(st.scores, n)
+            dropped = None
+            if self.fold == "merge":  # one ranking gives both sides
+                order = st.scores.argsort(dim=1, descending=True, stable=True)
+                keep, dropped = order[:, :n].sort(dim=1).values, order[:, n:]
+            else:
+                keep = topk_sorted(st.scores, n)
             st.scores = st.scores.gather(1, keep)
             if st.positions is not None:
                 st.positions = st.positions.gather(1, keep)
             if self.fold == "merge":
                 sizes = st.sizes if st.sizes is not None else out.new_ones(out.shape[0], current, dtype=torch.float32)
-                out, st.sizes = merge_into_kept(out, sizes, keep, self.num_prefix)
+                out, st.sizes = merge_into_kept(out, sizes, keep, self.num_prefix, dropped)
                 pad = st.sizes.new_ones(st.sizes.shape[0], self.num_prefix)
                 st.bias = torch.cat([pad, st.sizes], dim=1).log()[:, None, None, :]
                 return out
