@@ -117,3 +117,36 @@ def test_closing_refuses_rotary_models_and_leaves_them_as_they_were(x):
     assert state_equal(snapshot(twin), snapshot(model)) and type(model.blocks[0].attn) is type(twin.blocks[0].attn)
     with torch.no_grad():
         assert torch.equal(model(x), twin(x))
+
+
+def test_default_closing_follows_pruning_ratio_and_step_removes_exactly_the_closed_dims(x):
+    model = make_model("vit")
+    y = torch.arange(x.shape[0]) % 10
+    pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, sparse_steps=4, reg=0.0, gate_lr=1e-3, prune_head_dims=False)
+    assert pruner.closing and pruner.fold_values and pruner.threshold is None  # on by default with sparse_steps
+    _train(model, pruner, x, y, 4)
+    units = sum(b.mlp.fc2.in_features for b in model.blocks)
+    zero = sum(int((getattr(b.mlp.fc2, GATE_NAME) == 0).sum()) for b in model.blocks)
+    assert zero == units - int(units * 0.75)  # tp's count for ratio 0.25
+    model.eval()
+    with torch.no_grad():
+        gated = model(x)
+    pruner.step()
+    assert sum(b.mlp.fc2.in_features for b in model.blocks) == units - zero
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), gated, atol=1e-5, rtol=1e-5)
+
+
+def test_default_closing_steps_aside_where_it_cannot_close_and_explicit_closing_refuses(x):
+    without_steps = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25)
+    embed = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True)
+    off = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, close=False)
+    assert not (without_steps.closing or embed.closing or off.closing)
+    assert not (without_steps.fold_values or off.fold_values)  # the zoo-chosen default without closing
+    model = make_model("vit")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="prune_embed_dim=False"):
+        tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True, close=True)
+    with pytest.raises(ValueError, match="contradicts"):
+        tpv.VTPPruner(model, x[:1], sparse_steps=4, close=False, close_params=0.2)
+    assert state_equal(before, snapshot(model))

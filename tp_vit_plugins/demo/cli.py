@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="vtp: rank dims by mean |g * dL/dg| over sparse training (default) or by |g| (the paper's rule)",
     )
     p.add_argument(
+        "--no-gate-closing",
+        dest="gate_closing",
+        action="store_false",
+        help="vtp: plain L1 sparse training (the paper) instead of closing the lowest-scoring gates in rounds",
+    )
+    p.add_argument(
         "--gate-threshold",
         type=float,
         default=None,

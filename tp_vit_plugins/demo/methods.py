@@ -58,6 +58,7 @@ class MethodSettings:
     head_dim_gate: str = "proj"
     gate_score: str = "taylor"
     gate_threshold: float | None = None
+    gate_closing: bool = True  # False: VTPPruner(close=False), the paper's plain sparse training
     fold_gate_values: bool | None = None  # None: VTPPruner's default
     sparse_steps: int | None = None  # set by plan_sparse once the sparse epochs and loader are known
     planned_sparse_epochs: int = 0  # likewise
@@ -187,6 +188,7 @@ class VTP(Method):
         return VTPPruner(
             model, example, pruning_ratio=s.width_ratio, reg=s.reg, shrink=s.shrink, sparse_steps=s.sparse_steps,
             threshold=s.gate_threshold, head_dim_gate=s.head_dim_gate, head_pruning_ratio=s.head_ratio, score=s.gate_score,
+            **({} if s.gate_closing else {"close": False}),
             **({} if s.fold_gate_values is None else {"fold_values": s.fold_gate_values}),
         )  # fmt: skip
 
@@ -201,7 +203,8 @@ class VTP(Method):
     def finish(self, pruner):
         line = (
             f"VTP gates after {pruner.steps_done} sparse steps: {100 * pruner.gate_zero_share():.1f}% exactly 0, "
-            f"{100 * pruner.gate_sparsity():.1f}% below 0.01 (reg {pruner.reg:g}, gate lr {pruner.gate_lr:.3g})"
+            f"{100 * pruner.gate_sparsity():.1f}% below 0.01 (reg {pruner.reg:g}, gate lr {pruner.gate_lr:.3g}); "
+            + (f"gates closed in rounds: {100 * pruner.closed_share:.1f}% of the params" if pruner.closing else "no gate closing")
         )
         pruner.fold_gates()  # the trained gates become the importance; weights absorb them exactly
         return line

@@ -180,6 +180,7 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         head_dim_gate=args.head_dim_gate,
         gate_score=args.gate_score,
         gate_threshold=args.gate_threshold,
+        gate_closing=args.gate_closing,
         **({} if args.fold_gate_values is None else {"fold_gate_values": args.fold_gate_values}),
         keep=args.keep,
         head_keep=args.head_keep,

@@ -212,21 +212,21 @@ GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0}
 #: distribution over the whole model) instead of per block.
 GOHSP_PER_BLOCK = {"gohsp-global": False}
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
-#: defaults); the others, spelled out in full, are the alternatives it was chosen among.
-_VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True)
+#: defaults: gates close during sparse training, the budget being the cut's parameters); the
+#: others, spelled out in full, are the alternatives it was chosen among (``close=False``: the
+#: paper's plain sparse training, the defaults before gate closing).
+_VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True, close=False)
 VTP_VARIANTS = {
     "vtp": {},
+    "vtp-noclose": {"close": False},  # the default of zoo_vtp2: mean |g * dL/dg| ranking, no closing
+    "vtp-nofold": {"fold_values": False},  # closing, surviving gate values not folded
     "vtp-fold": _VTP_BASE,
     "vtp-qkv": {**_VTP_BASE, "head_dim_gate": "qkv_out"},
     "vtp-s0.5": {**_VTP_BASE, "shrink": 0.5},
     "vtp-s2": {**_VTP_BASE, "shrink": 2.0},
     "vtp-rank": {**_VTP_BASE, "fold_values": False},
-    "vtp-magnitude": {"score": "magnitude"},  # the paper's |g| ranking (the default before zoo_vtp2)
+    "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking (the default before zoo_vtp2)
     "vtp-s0.5-rank": {**_VTP_BASE, "shrink": 0.5, "fold_values": False},
-    # gates of the cut's parameters closed gradually in the first half of the sparse phase
-    # (``close_params`` = the cut), folded (its default) or not
-    "vtp-close": {"close": True},
-    "vtp-close-nofold": {"close": True, "fold_values": False},
     # embedding dims pruned too (the other pipeline methods keep them): mean vs max over blocks
     "vtp-embed-mean": {**_VTP_BASE, "prune_embed_dim": True},
     "vtp-embed-max": {**_VTP_BASE, "prune_embed_dim": True, "aggregation": "max"},
@@ -285,14 +285,14 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         opts = dict(VTP_VARIANTS[name])
         embed = opts.pop("prune_embed_dim", False)
         imp = GateImportance(aggregation=opts.pop("aggregation", "mean"))
-        close = cut if opts.pop("close", False) else None
+        close = None if opts.get("close") is False else cut  # closing budget: the cut's parameters
         pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=embed, sparse_steps=max(1, sparse * len(loader)),
                            importance=imp, close_params=close, **opts)  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
         extra = {"gate_zero_share": pruner.gate_zero_share()}
         if close is not None:
-            extra["closed_params"] = pruner.closed_params / count_params(model)
+            extra["closed_params"] = pruner.closed_share
         pruner.fold_gates()
         m = _prune_to_params(m, example, pruner.importance, target, prune_embed_dim=embed)
     m.zero_grad(set_to_none=True)

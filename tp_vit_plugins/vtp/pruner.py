@@ -34,9 +34,10 @@ choices (the paper's text is not available here; these are reconstructions):
 * Residual-stream dims (``prune_embed_dim=True``) are scored by the mean of the ``qkv`` /
   ``fc1`` input gates of all blocks (see :mod:`.importance`; ``"max"`` gave the same zoo
   results to 0.1 pt). They are not pruned by default.
-* **Closing** (``close_params=``, off by default): gates of the lowest-scoring dims are fixed
-  at exactly 0 in a few rounds during sparse training, up to a parameter budget, so the
-  end of the sparse phase already trains the pruned network (:mod:`.closing`).
+* **Closing** (``close``, on by default when ``sparse_steps`` is given): gates of the
+  lowest-scoring dims are fixed at exactly 0 in a few rounds during sparse training, up to
+  the pruning budget, so the end of the sparse phase already trains the pruned network
+  (:mod:`.closing`).
 * **Gates rank, they are not folded** by default (``fold_values=False``): after the short
   sparse phases measured on the zoo, the shrunken gate values cost more accuracy than they
   carry; the paper's folding is ``fold_values=True``.
@@ -79,6 +80,18 @@ def default_gated_layers(prune_mlp: bool, prune_head_dims: bool, prune_embed_dim
     if prune_head_dims:
         names.append(head_dim_gate)
     return tuple(names)
+
+
+def _closing_problem(sparse_steps: int | None, prune_embed_dim: bool, head_ratio: float, head_dim_gate: str) -> str | None:
+    """Why these settings rule out gate closing (``None``: they do not)."""
+    if not sparse_steps:
+        return "it needs sparse_steps (the closing rounds are spread over the sparse phase)"
+    if prune_embed_dim or head_ratio > 0 or head_dim_gate != "proj":
+        return (
+            "it closes MLP hidden dims and head dims gated at proj: use prune_embed_dim=False, "
+            "head_pruning_ratio=0 and head_dim_gate='proj' (or close=False)"
+        )
+    return None
 
 
 def _block_linears(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Linear], list[nn.Linear]]:
@@ -137,25 +150,33 @@ class VTPPruner(ViTPruner):
             +0.17 [-0.25, +0.62] / +0.61 [-0.78, +2.13] pt at -40 / -70 % params with 2 epochs,
             +0.08 [-0.24, +0.42] / +1.61 [+0.02, +3.19] pt with 4 epochs; paired 95 % intervals,
             ``benchmarks/zoo_vtp2``). A gate the L1 step zeroed scores 0 either way.
-        close_params: Share of the model's parameters whose dims are **closed** during
-            sparse training (library extension, :mod:`.closing`): in ``close_rounds`` rounds
-            over the first ``close_until`` of the ``sparse_steps``, the lowest-scoring MLP
-            hidden dims and head dims (in-head indices, all heads) whose parameters reach a
-            cubic-growing share of this budget get their gates fixed at 0. :meth:`step` then
-            removes the zero gates (``threshold=0.0`` unless given; ``pruning_ratio`` is not
-            used) and folds the others (``fold_values`` defaults to ``True`` here: the
-            weights trained under the gate values, and folding keeps the function exact).
-            Needs ``sparse_steps``, MLP / head-dim gates only (no embedding dims, whole
-            heads or rotary head dims).
+        close: Close gates during sparse training (library extension, :mod:`.closing`): in
+            ``close_rounds`` rounds over the first ``close_until`` of the ``sparse_steps``,
+            the gates of the lowest-scoring MLP hidden dims and head dims (in-head indices,
+            all heads) are fixed at exactly 0, a cubic-growing share of the budget each
+            round, so the rest of the sparse phase trains the pruned network. The budget is
+            ``close_params`` if given, else ``pruning_ratio`` of the ranked dims (counted as
+            tp's global ranking counts them, so :meth:`step` at that ratio removes the closed
+            dims first). ``None`` (default): on whenever ``sparse_steps`` is given and the
+            settings allow it (no embedding dims, whole heads, ``qkv_out`` gates, rotary head
+            dims or blocks without a two-layer MLP), the paper's plain sparse training
+            otherwise; ``True``: refuse settings it cannot serve; ``False``: off. Chosen on
+            the zoo (see the README's VTP section). ``fold_values`` defaults to ``True`` while
+            closing: the kept weights trained under their gate values, and folding keeps the
+            function the sparse phase ended with.
+        close_params: A parameter budget for closing: the share of the model's parameters
+            whose dims close. :meth:`step` then removes the zero gates (``threshold=0.0``
+            unless given) instead of using ``pruning_ratio``.
         close_rounds: Closing rounds (see ``close_params``).
         close_until: Share of the sparse phase the closing rounds are spread over.
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
 
     Raises:
         ValueError: Bad ratio, negative ``reg`` / ``gate_lr`` / ``threshold``, ``threshold``
-            without global pruning, unknown gate positions, or ``close_params`` with what it
-            cannot close (no ``sparse_steps``, embedding dims, whole heads, rotary head dims,
-            ``qkv_out`` gates, blocks without a two-layer MLP).
+            without global pruning, unknown gate positions, or closing asked for (``close=True``
+            or ``close_params``) with settings it cannot serve (no ``sparse_steps``, embedding
+            dims, whole heads, rotary head dims, ``qkv_out`` gates, blocks without a two-layer
+            MLP); the model is left as it was.
         TypeError: The model is not a timm ViT.
     """
 
@@ -178,11 +199,13 @@ class VTPPruner(ViTPruner):
         fold_values: bool | None = None,
         gated_layers: Sequence[str] | None = None,
         score: str = "taylor",
+        close: bool | None = None,
         close_params: float | None = None,
         close_rounds: int = 4,
         close_until: float = 0.5,
         **kwargs: typing.Any,
     ) -> None:
+        pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
         if reg < 0 or (gate_lr is not None and gate_lr < 0):
             raise ValueError(f"reg and gate_lr must be >= 0, got reg={reg}, gate_lr={gate_lr}")
         if sparse_steps is not None and (not isinstance(sparse_steps, int) or sparse_steps < 1):
@@ -197,16 +220,18 @@ class VTPPruner(ViTPruner):
             raise ValueError(f"score must be one of {GATE_SCORES}, got {score!r}")
         if close_params is not None:
             check_ratio("close_params", close_params)
-            if not sparse_steps:
-                raise ValueError("close_params needs sparse_steps (the closing rounds are spread over the sparse phase)")
-            if prune_embed_dim or float(kwargs.get("head_pruning_ratio", 0.0)) > 0 or head_dim_gate != "proj":
-                raise ValueError(
-                    "close_params closes MLP hidden dims and head dims gated at proj: use prune_embed_dim=False, "
-                    "head_pruning_ratio=0 and head_dim_gate='proj'"
-                )
+        if close is False and close_params is not None:
+            raise ValueError("close=False contradicts close_params (a closing budget); drop one of them")
+        explicit = bool(close) or close_params is not None  # asked for: refuse what cannot close
+        problem = _closing_problem(sparse_steps, prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)), head_dim_gate)
+        if explicit and problem:
+            raise ValueError(f"gate closing: {problem}")
+        closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
+        if closing:
             closing_schedule(sparse_steps, close_rounds, close_until)  # validates rounds / until
-            threshold = 0.0 if threshold is None else threshold
-        fold_values = (close_params is not None) if fold_values is None else fold_values
+            if close_params is not None and threshold is None:
+                threshold = 0.0  # a parameter budget: remove the closed (zero) gates
+        fold_values = closing if fold_values is None else fold_values
         total_params = count_params(model)
         before = ModuleSnapshot(model)
         if gated_layers is None:
@@ -233,12 +258,12 @@ class VTPPruner(ViTPruner):
         self.fold_values, self.score = fold_values, score
         self.grad_ema_decay = 0.9
         self._grad_ema = self._grad_ema_weight = 0.0
-        if close_params is not None:
-            try:
-                self._check_closable(gated_layers)
-            except ValueError:
+        if closing:
+            problem = self._closable(gated_layers)
+            if problem and explicit:
                 before.restore()  # attention converted by the construction above (EVA / BEiT) goes back
-                raise
+                raise ValueError(f"gate closing: {problem}")
+            closing = not problem
         ins, outs = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
         #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
@@ -246,23 +271,31 @@ class VTPPruner(ViTPruner):
         self._saliency_steps = 0
         #: Every gate value at the moment they were folded (``None`` before): for reports and histograms.
         self.trained_gates: torch.Tensor | None = None
-        self.close_params = close_params
+        #: Whether gates close during sparse training (see ``close``), and with which budget.
+        self.closing, self.close_params = closing, close_params
         #: Closing rounds still to come, ``[(step, share of the budget)]``; parameters closed so far.
-        self._close_plan = closing_schedule(sparse_steps, close_rounds, close_until) if close_params is not None else []
+        self._close_plan = closing_schedule(sparse_steps, close_rounds, close_until) if closing else []
         self.closed_params = 0
+        self._total_params = total_params
         self._close_budget = (close_params or 0.0) * total_params
 
-    def _check_closable(self, gated_layers: Sequence[str]) -> None:
-        """``ValueError`` when ``close_params`` meets a structure it cannot close (before any gate is attached)."""
+    @property
+    def closed_share(self) -> float:
+        """Parameters whose gates are closed, as a share of the model's parameters before gating."""
+        return self.closed_params / max(1, self._total_params)
+
+    def _closable(self, gated_layers: Sequence[str]) -> str | None:
+        """Why gate closing cannot run on this model and these gates (``None``: it can)."""
         if self._rope_pairs:
-            raise ValueError("close_params does not close rotary head dims (EVA02): use prune_head_dims=False")
+            return "rotary head dims (EVA02) are not closed: use prune_head_dims=False or close=False"
         need = {"fc2"} if self._enabled_kinds["mlp"] else set()
         need |= {"proj"} if self._enabled_kinds["attention"] else set()
         if not need <= set(gated_layers):
-            raise ValueError(f"close_params needs gates on {sorted(need)}, got gated_layers={list(gated_layers)}")
+            return f"it needs gates on {sorted(need)}, got gated_layers={list(gated_layers)}"
         for b in block_layers(self.model):
             if self._enabled_kinds["mlp"] and (b.fc1 is None or b.fc2 is None):
-                raise ValueError(f"close_params needs a two-layer MLP in every block ({b.name} has none)")
+                return f"it needs a two-layer MLP in every block ({b.name} has none): use close=False"
+        return None
 
     def gate_parameters(self) -> list[nn.Parameter]:
         """The gate vectors (already in ``model.parameters()`` while attached)."""
@@ -290,27 +323,34 @@ class VTPPruner(ViTPruner):
 
     @torch.no_grad()
     def _close(self, share: float) -> None:
-        """Close the lowest-scoring dims whose parameters reach ``share`` of the closing budget."""
+        """Close the lowest-scoring dims that reach ``share`` of the closing budget.
+
+        The budget is ``close_params`` of the model's parameters, or else the ``pruning_ratio``
+        share of the ranked units counted as tp's global ranking counts them (one per MLP hidden
+        dim, one per in-head index).
+        """
         ins, _ = self.gate_scores()
         blocks = block_layers(self.model)
         mlp, dims = self._enabled_kinds["mlp"], self._enabled_kinds["attention"]
         neuron_scores = [ins[b.fc2] if mlp and b.fc2 in ins else None for b in blocks]
         dim_scores = [ins[b.proj].view(*head_layout(b.attn)).mean(0) if dims and b.proj in ins else None for b in blocks]
-        costs = [unit_param_costs(b) for b in blocks]
-        chosen = select_closed(
-            neuron_scores,
-            dim_scores,
-            [c[1] for c in costs],
-            [c[0] * head_layout(b.attn)[0] for b, c in zip(blocks, costs)],
-            share * self._close_budget,
-        )
-        for b, neurons, head_dims in zip(blocks, chosen.neurons, chosen.head_dims):
+        neuron_costs = [unit_param_costs(b)[1] for b in blocks]
+        dim_costs = [unit_param_costs(b)[0] * head_layout(b.attn)[0] for b in blocks]
+        if self.close_params is not None:
+            chosen = select_closed(neuron_scores, dim_scores, neuron_costs, dim_costs, share * self._close_budget)
+        else:
+            units = sum(int(t.numel()) for t in (*neuron_scores, *dim_scores) if t is not None)
+            budget = units - int(units * (1 - float(self.pruning_ratio)))
+            chosen = select_closed(neuron_scores, dim_scores, [1] * len(blocks), [1] * len(blocks), share * budget)
+        params = 0
+        for i, (b, neurons, head_dims) in enumerate(zip(blocks, chosen.neurons, chosen.head_dims)):
             if neurons:
                 self.gates.close(b.fc2, neurons)
             if head_dims:
                 H, d = head_layout(b.attn)
                 self.gates.close(b.proj, [h * d + j for h in range(H) for j in head_dims])
-        self.closed_params = chosen.params
+            params += len(neurons) * neuron_costs[i] + len(head_dims) * dim_costs[i]
+        self.closed_params = params
 
     @torch.no_grad()
     def _accumulate_saliency(self) -> None:
