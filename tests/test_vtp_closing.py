@@ -19,8 +19,9 @@ def test_closing_schedule_closed_form():
     # round k after ceil(k / 4 * 0.5 * 10) steps, cubic share 1 - (1 - k / 4)^3
     assert closing_schedule(10, 4, 0.5) == [(2, 1 - 0.75**3), (3, 1 - 0.5**3), (4, 1 - 0.25**3), (5, 1.0)]
     assert closing_schedule(3, 1, 1.0) == [(3, 1.0)]
+    assert closing_schedule(8, 2, 0.75, start=0.25) == [(4, 0.875), (6, 1.0)]  # (0.25 + k / 2 * 0.5) * 8
     assert closing_schedule(1, 3, 0.5)[0][0] == 1  # never before the first step
-    for bad in ((0, 4, 0.5), (10, 0, 0.5), (10, 4, 0.0), (10, 4, 1.5)):
+    for bad in ((0, 4, 0.5), (10, 0, 0.5), (10, 4, 0.0), (10, 4, 1.5), (10, 4, 0.5, 0.5)):
         with pytest.raises(ValueError):
             closing_schedule(*bad)
 

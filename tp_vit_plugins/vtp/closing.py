@@ -28,27 +28,29 @@ import torch
 __all__ = ["closing_schedule", "select_closed", "ClosedUnits"]
 
 
-def closing_schedule(sparse_steps: int, rounds: int, until: float) -> list[tuple[int, float]]:
+def closing_schedule(sparse_steps: int, rounds: int, until: float, start: float = 0.0) -> list[tuple[int, float]]:
     """When to close and how much: ``[(step, share of the budget), ...]``, ascending.
 
-    Round ``k`` (``1..rounds``) falls after step ``ceil(k / rounds * until * sparse_steps)``
-    (at least step 1) and closes ``1 - (1 - k / rounds)^3`` of the budget in all.
+    Round ``k`` (``1..rounds``) falls after step ``ceil((start + k / rounds * (until - start)) *
+    sparse_steps)`` (at least step 1) and closes ``1 - (1 - k / rounds)^3`` of the budget in all.
 
     Args:
         sparse_steps: Steps of the sparse phase.
         rounds: Closing rounds (``>= 1``).
-        until: Share of the sparse phase over which the rounds are spread, in ``(0, 1]``.
+        until: Share of the sparse phase by which the last round has run, in ``(0, 1]``.
+        start: Share of the sparse phase before the rounds begin (the scores gather
+            evidence first), in ``[0, until)``.
 
     Raises:
-        ValueError: ``sparse_steps`` or ``rounds`` below 1, ``until`` outside ``(0, 1]``.
+        ValueError: ``sparse_steps`` or ``rounds`` below 1, not ``0 <= start < until <= 1``.
     """
     if sparse_steps < 1 or rounds < 1:
         raise ValueError(f"sparse_steps and rounds must be >= 1, got {sparse_steps} and {rounds}")
-    if not 0 < until <= 1:
-        raise ValueError(f"until must be in (0, 1], got {until}")
+    if not 0 <= start < until <= 1:
+        raise ValueError(f"closing needs 0 <= start < until <= 1, got start={start}, until={until}")
     out = []
     for k in range(1, rounds + 1):
-        step = max(1, math.ceil(k / rounds * until * sparse_steps - 1e-9))
+        step = max(1, math.ceil((start + k / rounds * (until - start)) * sparse_steps - 1e-9))
         out.append((step, 1.0 - (1.0 - k / rounds) ** 3))
     return out
 

@@ -168,7 +168,8 @@ class VTPPruner(ViTPruner):
             whose dims close. :meth:`step` then removes the zero gates (``threshold=0.0``
             unless given) instead of using ``pruning_ratio``.
         close_rounds: Closing rounds (see ``close_params``).
-        close_until: Share of the sparse phase the closing rounds are spread over.
+        close_until: Share of the sparse phase by which the last closing round has run.
+        close_start: Share of the sparse phase before the first closing round.
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
 
     Raises:
@@ -203,6 +204,7 @@ class VTPPruner(ViTPruner):
         close_params: float | None = None,
         close_rounds: int = 4,
         close_until: float = 0.5,
+        close_start: float = 0.0,
         **kwargs: typing.Any,
     ) -> None:
         pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
@@ -228,7 +230,7 @@ class VTPPruner(ViTPruner):
             raise ValueError(f"gate closing: {problem}")
         closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
         if closing:
-            closing_schedule(sparse_steps, close_rounds, close_until)  # validates rounds / until
+            closing_schedule(sparse_steps, close_rounds, close_until, close_start)  # validates the window
             if close_params is not None and threshold is None:
                 threshold = 0.0  # a parameter budget: remove the closed (zero) gates
         fold_values = closing if fold_values is None else fold_values
@@ -274,7 +276,7 @@ class VTPPruner(ViTPruner):
         #: Whether gates close during sparse training (see ``close``), and with which budget.
         self.closing, self.close_params = closing, close_params
         #: Closing rounds still to come, ``[(step, share of the budget)]``; parameters closed so far.
-        self._close_plan = closing_schedule(sparse_steps, close_rounds, close_until) if closing else []
+        self._close_plan = closing_schedule(sparse_steps, close_rounds, close_until, close_start) if closing else []
         self.closed_params = 0
         self._total_params = total_params
         self._close_budget = (close_params or 0.0) * total_params
@@ -369,8 +371,10 @@ class VTPPruner(ViTPruner):
 
         ``score="magnitude"``: the gate values (the paper's rule). ``score="taylor"``: the mean
         over sparse-training steps of ``|g * dL/dg|``, times 0 where the gate is now exactly 0
-        (so the threshold rule removes the same dims either way); without any recorded step it
-        falls back to the gate values.
+        (so the threshold rule removes the same dims either way) — or, while closing, times 0
+        where the gate was closed (gates the L1 step zeroed keep their mean, so a prune to the
+        budget stops among them by evidence, not by ties); without any recorded step it falls
+        back to the gate values.
         """
         ins, outs = self.gates.values(), self.gates.out_values()
         if self.score == "magnitude" or not self._saliency_steps:
@@ -380,7 +384,8 @@ class VTPPruner(ViTPruner):
             out = {}
             for lin, g in table.items():
                 total = self._saliency.get(getattr(lin, name))
-                out[lin] = g.new_zeros(g.shape) if total is None else (total / self._saliency_steps).to(g) * (g != 0)
+                alive = g != 0 if not self.closing else ~self.gates.closed.get(lin, torch.zeros_like(g, dtype=torch.bool))
+                out[lin] = g.new_zeros(g.shape) if total is None else (total / self._saliency_steps).to(g) * alive
             return out
 
         return taylor(ins, GATE_NAME), taylor(outs, OUT_GATE_NAME)
