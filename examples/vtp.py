@@ -1,4 +1,4 @@
-"""VTP end to end: gated proximal-L1 sparse training -> prune dims by |gate| -> fine-tune.
+"""VTP end to end: gated proximal-L1 sparse training with gate closing -> prune the closed dims -> fine-tune.
 
 Embedded default (offline):
 
@@ -45,10 +45,13 @@ finetune(
     step_hook=pruner.regularize,
     desc="sparse training",
 )
-print(f"gates exactly 0: {100 * pruner.gate_zero_share():.1f}%, below 0.01: {100 * pruner.gate_sparsity():.1f}%")
+print(
+    f"gates exactly 0: {100 * pruner.gate_zero_share():.1f}%, below 0.01: {100 * pruner.gate_sparsity():.1f}%, "
+    f"closed in rounds: {100 * pruner.closed_share:.1f}% of the parameters"
+)
 if args.histogram:
     pruner.save_gate_histogram(args.histogram)
-pruner.step()  # |gate| -> tp group scores, gates removed, dims removed, attention synced
+pruner.step()  # gate scores -> tp group scores (closed gates first), gates folded and removed, dims removed, attention synced
 one_shot = evaluate(model, val_loader)
 finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=args.lr, desc="fine-tune")
 
