@@ -56,7 +56,7 @@ def test_closed_gates_stay_exactly_zero_and_reach_the_budget(x):
     y = torch.arange(x.shape[0]) % 10
     total = count_params(model)
     pruner = tpv.VTPPruner(model, x[:1], sparse_steps=8, close_params=0.3, close_rounds=2, close_until=0.5)
-    assert pruner.fold_values and pruner.threshold == 0.0  # closing folds and removes the zero gates by default
+    assert not pruner.fold_values and pruner.threshold == 0.0  # a parameter budget: remove the zero gates
     _train(model, pruner, x, y, 2)  # round 1 after step 2: 1 - 0.5^3 = 87.5 % of the budget
     cell, neuron = unit_param_costs(block_layers(model)[0])
     largest = max(neuron, cell * 3)
@@ -79,7 +79,7 @@ def test_removing_closed_mlp_dims_is_exact_and_removes_their_parameters(x):
     total = count_params(model)
     # reg 0: the L1 step zeroes nothing, so the zero gates are exactly the closed ones
     pruner = tpv.VTPPruner(model, x[:1], sparse_steps=4, reg=0.0, gate_lr=1e-3, close_params=0.2, close_rounds=2,
-                           prune_head_dims=False)  # fmt: skip
+                           prune_head_dims=False, fold_values=True)  # fmt: skip
     _train(model, pruner, x, y, 4)
     model.eval()
     with torch.no_grad():
@@ -123,8 +123,9 @@ def test_closing_refuses_rotary_models_and_leaves_them_as_they_were(x):
 def test_default_closing_follows_pruning_ratio_and_step_removes_exactly_the_closed_dims(x):
     model = make_model("vit")
     y = torch.arange(x.shape[0]) % 10
-    pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, sparse_steps=4, reg=0.0, gate_lr=1e-3, prune_head_dims=False)
-    assert pruner.closing and pruner.fold_values and pruner.threshold is None  # on by default with sparse_steps
+    pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, sparse_steps=4, reg=0.0, gate_lr=1e-3, prune_head_dims=False,
+                           fold_values=True)  # fmt: skip
+    assert pruner.closing and pruner.threshold is None  # on by default with sparse_steps
     _train(model, pruner, x, y, 4)
     units = sum(b.mlp.fc2.in_features for b in model.blocks)
     zero = sum(int((getattr(b.mlp.fc2, GATE_NAME) == 0).sum()) for b in model.blocks)
@@ -143,7 +144,7 @@ def test_default_closing_steps_aside_where_it_cannot_close_and_explicit_closing_
     embed = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True)
     off = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, close=False)
     assert not (without_steps.closing or embed.closing or off.closing)
-    assert not (without_steps.fold_values or off.fold_values)  # the zoo-chosen default without closing
+    assert not (without_steps.fold_values or off.fold_values or embed.fold_values)  # the zoo-chosen default
     model = make_model("vit")
     before = snapshot(model)
     with pytest.raises(ValueError, match="prune_embed_dim=False"):

@@ -219,8 +219,9 @@ _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True, cl
 VTP_VARIANTS = {
     "vtp": {},
     "vtp-noclose": {"close": False},  # the default of zoo_vtp2: mean |g * dL/dg| ranking, no closing
-    "vtp-nofold": {"fold_values": False},  # closing, surviving gate values not folded
-    "vtp-late": {"close_start": 0.25, "close_until": 0.75},  # closing rounds in the middle half of the sparse phase
+    "vtp-fold-close": {"fold_values": True},  # closing, surviving gate values folded
+    # closing rounds in the middle half of the sparse phase, folded
+    "vtp-late": {"close_start": 0.25, "close_until": 0.75, "fold_values": True},
     "vtp-fold": _VTP_BASE,
     "vtp-qkv": {**_VTP_BASE, "head_dim_gate": "qkv_out"},
     "vtp-s0.5": {**_VTP_BASE, "shrink": 0.5},
