@@ -167,7 +167,7 @@ class VTPPruner(ViTPruner):
         close_params: A parameter budget for closing: the share of the model's parameters
             whose dims close. :meth:`step` then removes the zero gates (``threshold=0.0``
             unless given) instead of using ``pruning_ratio``.
-        close_rounds: Closing rounds (see ``close_params``).
+        close_rounds: Closing rounds (see ``close``).
         close_until: Share of the sparse phase by which the last closing round has run.
         close_start: Share of the sparse phase before the first closing round.
         **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
