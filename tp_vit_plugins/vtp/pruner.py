@@ -234,7 +234,7 @@ class VTPPruner(ViTPruner):
             if close_params is not None and threshold is None:
                 threshold = 0.0  # a parameter budget: remove the closed (zero) gates
         total_params = count_params(model)
-        before = ModuleSnapshot(model)
+        before = ModuleSnapshot(model) if closing else None  # closing checks the built pruner: undo on refusal
         if gated_layers is None:
             heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
             gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim, head_dim_gate)
@@ -335,8 +335,9 @@ class VTPPruner(ViTPruner):
         mlp, dims = self._enabled_kinds["mlp"], self._enabled_kinds["attention"]
         neuron_scores = [ins[b.fc2] if mlp and b.fc2 in ins else None for b in blocks]
         dim_scores = [ins[b.proj].view(*head_layout(b.attn)).mean(0) if dims and b.proj in ins else None for b in blocks]
-        neuron_costs = [unit_param_costs(b)[1] for b in blocks]
-        dim_costs = [unit_param_costs(b)[0] * head_layout(b.attn)[0] for b in blocks]
+        costs = [unit_param_costs(b) for b in blocks]  # (cell, neuron)
+        neuron_costs = [neuron for _, neuron in costs]
+        dim_costs = [cell * head_layout(b.attn)[0] for b, (cell, _) in zip(blocks, costs)]
         if self.close_params is not None:
             chosen = select_closed(neuron_scores, dim_scores, neuron_costs, dim_costs, share * self._close_budget)
         else:
