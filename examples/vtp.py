@@ -1,4 +1,8 @@
-"""VTP end to end: gated proximal-L1 sparse training with gate closing -> prune the closed dims -> fine-tune.
+"""VTP end to end: gated sparse training with gate closing -> prune the closed dims -> fine-tune.
+
+While closing (the default with ``sparse_steps``) the gates are probes held at 1 and closed
+to 0 in rounds; ``--no-closing`` gives the paper's proximal-L1 gate training (``--reg``). The
+sparse phase and the fine-tune share one learning-rate schedule (``schedule_span``).
 
 Embedded default (offline):
 
@@ -21,6 +25,7 @@ p = argparse.ArgumentParser()
 add_workload_arguments(p)
 p.add_argument("--ratio", type=float, default=0.4, help="share of dimensions to prune")
 p.add_argument("--reg", type=float, default=0.5, help="L1 strength, relative to the mean gate gradient")
+p.add_argument("--no-closing", action="store_true", help="the paper's L1 gate training instead of closing")
 p.add_argument("--threshold", type=float, default=None, help="prune every dim whose gate is <= this instead of --ratio")
 p.add_argument("--histogram", default=None, help="write a PNG histogram of the trained gates here")
 p.add_argument("--sparse-epochs", type=int, default=2)
@@ -34,8 +39,15 @@ dense, train_loader, val_loader, example = w.model, w.train_loader, w.test_loade
 model = copy.deepcopy(dense)
 steps = args.sparse_epochs * len(train_loader)  # gate_lr follows: the L1 step alone moves a gate 1 -> 0 over the run
 pruner = tpv.VTPPruner(
-    model, example, pruning_ratio=args.ratio, reg=args.reg, sparse_steps=max(1, steps), threshold=args.threshold
+    model,
+    example,
+    pruning_ratio=args.ratio,
+    reg=args.reg,
+    sparse_steps=max(1, steps),
+    threshold=args.threshold,
+    close=False if args.no_closing else None,
 )
+total = args.sparse_epochs + args.finetune_epochs  # one warm-up + cosine over both phases
 finetune(
     model,
     train_loader,
@@ -43,6 +55,7 @@ finetune(
     warmup_epochs=1.0,
     lr=args.lr,
     step_hook=pruner.regularize,
+    schedule_span=(0, total),
     desc="sparse training",
 )
 print(
@@ -53,7 +66,8 @@ if args.histogram:
     pruner.save_gate_histogram(args.histogram)
 pruner.step()  # gate scores -> tp group scores (closed gates first), gates folded and removed, dims removed, attention synced
 one_shot = evaluate(model, val_loader)
-finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=args.lr, desc="fine-tune")
+span = (args.sparse_epochs, total)
+finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=args.lr, schedule_span=span, desc="fine-tune")
 
 print(f"{'':<6}{'params':>10}{'MACs':>12}{'accuracy':>10}")
 for name, m in (("dense", dense), ("VTP", model)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 
 import pytest
@@ -125,3 +126,27 @@ def test_kd_finetune_runs_and_errors():
         finetune(student, loader, epochs=1, kd="hard")
     with pytest.raises(ValueError, match="kd must be"):
         finetune(student, loader, epochs=1, teacher=teacher, kd="feature")
+
+
+def test_schedule_span_splits_one_schedule_across_calls(monkeypatch):
+    x, y = data(48)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 6 steps per epoch
+    lrs: list[float] = []
+
+    class Recording(torch.optim.AdamW):
+        def step(self, closure=None):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    common = dict(lr=1e-2, warmup_epochs=1.0, progress=False)
+    finetune(tiny_model(), loader, epochs=3, **common)
+    whole, lrs[:] = list(lrs), []
+    finetune(tiny_model(), loader, epochs=2, schedule_span=(0, 3), **common)  # e.g. sparse training
+    finetune(tiny_model(), loader, epochs=1, schedule_span=(2, 3), **common)  # the fine-tune after the prune
+    assert lrs == pytest.approx(whole)
+    # step 12 of 18: past the 6 warm-up steps, cosine at (12 - 6) / (18 - 6)
+    assert lrs[12] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    for bad in ((0, 1), (-1, 3), (2, 2)):
+        with pytest.raises(ValueError, match="schedule_span"):
+            finetune(tiny_model(), loader, epochs=2, schedule_span=bad, **common)

@@ -142,8 +142,9 @@ def test_taylor_score_is_mean_gate_times_gradient_and_zero_for_zeroed_gates(x):
 
 
 def test_gate_lr_from_sparse_steps(x):
-    pruner = tpv.VTPPruner(make_model(), x, reg=0.5, shrink=2.0, sparse_steps=40)
+    pruner = tpv.VTPPruner(make_model(), x, reg=0.5, shrink=2.0, sparse_steps=40, close=False)
     assert pruner.gate_lr == pytest.approx(2.0 / (0.5 * 40))
+    assert tpv.VTPPruner(make_model(), x, reg=0.5, shrink=2.0, sparse_steps=40).gate_lr == 0.0  # closing: gates held
 
 
 def test_threshold_selection_removes_exactly_the_zeroed_gates(x):

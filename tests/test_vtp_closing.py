@@ -152,3 +152,25 @@ def test_default_closing_steps_aside_where_it_cannot_close_and_explicit_closing_
     with pytest.raises(ValueError, match="contradicts"):
         tpv.VTPPruner(model, x[:1], sparse_steps=4, close=False, close_params=0.2)
     assert state_equal(before, snapshot(model))
+
+
+def test_closing_holds_the_other_gates_at_one_so_the_default_prune_is_exact(x):
+    model = make_model("vit")
+    y = torch.arange(x.shape[0]) % 10
+    pruner = tpv.VTPPruner(model, x[:1], sparse_steps=4, close_params=0.2, close_rounds=2, prune_head_dims=False)
+    assert pruner.closing and pruner.gate_lr == 0.0 and not pruner.fold_values  # gates: probes and masks
+    _train(model, pruner, x, y, 4)
+    for lin, mask in pruner.gates.closed.items():
+        g = getattr(lin, GATE_NAME)
+        assert bool((g[mask] == 0).all()) and bool((g[~mask] == 1).all())
+    assert pruner._saliency_steps == 4  # the gates still measured |g * dL/dg| every step
+    model.eval()
+    with torch.no_grad():
+        gated = model(x)
+    pruner.step()  # unfolded gates: kept dims return to 1, which they never left
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), gated, atol=1e-5, rtol=1e-5)
+    # an explicit gate_lr trains the gates while closing (the zoo's "vtp-trained-gates")
+    trained = tpv.VTPPruner(make_model("vit"), x[:1], sparse_steps=4, close_params=0.2, gate_lr=0.1)
+    assert trained.closing and trained.gate_lr == 0.1
+    assert tpv.VTPPruner(make_model("vit"), x[:1], sparse_steps=4, close=False).gate_lr == pytest.approx(1 / (0.5 * 4))

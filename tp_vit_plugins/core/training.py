@@ -158,10 +158,11 @@ class _Run:
             self.loader_gen.set_state(state["loader_rng"])
 
 
-def _cosine_schedule(opt: torch.optim.Optimizer, total: int, warm: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warm`` steps, then cosine decay to 0 at ``total``."""
+def _cosine_schedule(opt: torch.optim.Optimizer, total: int, warm: int, offset: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warm`` steps, then cosine decay to 0 at ``total``; this run starts at step ``offset``."""
 
     def schedule(step: int) -> float:
+        step += offset
         if step < warm:
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
@@ -170,7 +171,14 @@ def _cosine_schedule(opt: torch.optim.Optimizer, total: int, warm: int) -> torch
 
 
 def _new_run(
-    model: nn.Module, loader: Iterable, lr: float, weight_decay: float, total_steps: int, warmup_steps: int, seed: int
+    model: nn.Module,
+    loader: Iterable,
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_steps: int,
+    seed: int,
+    offset_steps: int = 0,
 ) -> _Run:
     """Optimizer, schedule, generators and (under torchrun) the DDP wrapper of one :func:`finetune` call."""
     base = _unwrap(model)
@@ -179,7 +187,7 @@ def _new_run(
     if is_distributed():
         net = nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.AdamW([p for p in base.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    sched = _cosine_schedule(opt, total_steps, max(1, warmup_steps))
+    sched = _cosine_schedule(opt, total_steps, max(1, warmup_steps), offset_steps)
     aug_gen = torch.Generator().manual_seed(seed + 7919 * rank())  # augmentation
     history = {"loss": [], "val_acc": [], "resumed_from": 0}
     return _Run(base, net, device, opt, sched, aug_gen, _loader_generator(loader), history)
@@ -215,6 +223,7 @@ def finetune(
     seed: int = 0,
     step_hook: Callable[[nn.Module, torch.Tensor], None] | None = None,
     epoch_hook: Callable[[int], None] | None = None,
+    schedule_span: tuple[int, int] | None = None,
     desc: str = "fine-tune",
     progress: bool = True,
 ) -> dict:
@@ -239,6 +248,10 @@ def finetune(
         step_hook: ``step_hook(model, loss)`` after backward, before the optimizer step
             (e.g. a pruner's ``regularize``).
         epoch_hook: ``epoch_hook(epoch)`` after every epoch (e.g. ``update_regularizer``).
+        schedule_span: ``(done, total)``: this call runs epochs ``done .. done + epochs`` of
+            one warm-up + cosine schedule over ``total`` epochs, so a sparse-training call and
+            the fine-tune after the prune share one learning-rate schedule instead of each
+            restarting at the peak. ``None``: the schedule spans this call (``(0, epochs)``).
         desc: Progress-bar label.
         progress: Show a tqdm bar (rank 0 only).
 
@@ -246,7 +259,8 @@ def finetune(
         ``{"loss": [per-epoch mean loss], "val_acc": [per-epoch accuracy or None], "resumed_from": int}``.
 
     Raises:
-        ValueError: Bad ``kd`` / ``epochs``, ``kd`` without a teacher, or an empty loader.
+        ValueError: Bad ``kd`` / ``epochs`` / ``schedule_span``, ``kd`` without a teacher, or
+            an empty loader.
     """
     if kd not in KD_MODES:
         raise ValueError(f"kd must be one of {KD_MODES}, got {kd!r}")
@@ -254,12 +268,18 @@ def finetune(
         raise ValueError(f"kd={kd!r} needs a teacher model")
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    done, total = (0, epochs) if schedule_span is None else schedule_span
+    if not (0 <= done and done + epochs <= total):
+        raise ValueError(
+            f"schedule_span=(done, total) needs 0 <= done and done + epochs <= total, got {schedule_span} with epochs={epochs}"
+        )
     if epochs == 0:
         return {"loss": [], "val_acc": [], "resumed_from": 0}
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     if steps_per_epoch == 0:
         raise ValueError("the training loader is empty")
-    run = _new_run(model, train_loader, lr, weight_decay, epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch), seed)
+    warm = int(warmup_epochs * steps_per_epoch)
+    run = _new_run(model, train_loader, lr, weight_decay, total * steps_per_epoch, warm, seed, done * steps_per_epoch)
     base, device = run.base, run.device
     amp = device.type == "cuda" if amp is None else amp
     ckpt_path = os.path.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir is not None else None

@@ -124,7 +124,8 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         if sparse:  # the sparse phase counts against the method's epoch budget
             step_hook, epoch_hook = recipe.hooks(pruner)
             hooks = dict(step_hook=step_hook, epoch_hook=epoch_hook)
-            finetune(base, train_loader, epochs=sparse, lr=setup.lr, seed=seed, progress=False, **hooks)
+            span = (0, setup.finetune_epochs)  # one schedule over the sparse phase and the fine-tune
+            finetune(base, train_loader, epochs=sparse, lr=setup.lr, seed=seed, schedule_span=span, progress=False, **hooks)
             epochs = max(0, epochs - sparse)
         recipe.finish(pruner)
         if isinstance(pruner, VTPPruner):
@@ -141,7 +142,8 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         recipe.attach_tokens(pruned, tuple(setup.example.shape[1:]), settings, rest)
     at_prune = evaluate(pruned, setup.test_loader, progress=False)
     if epochs:
-        finetune(pruned, train_loader, epochs=epochs, lr=setup.lr, seed=seed, progress=False)
+        span = (sparse, sparse + epochs)
+        finetune(pruned, train_loader, epochs=epochs, lr=setup.lr, seed=seed, schedule_span=span, progress=False)
     pruned.eval()
     final = evaluate(pruned, setup.test_loader, progress=False)
     macs = count_macs(pruned, setup.example)

@@ -18,7 +18,7 @@ ZOO_PIPELINE_METHODS = (
     "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-10-rounds", "gohsp-bias0", "gohsp-bias3", "gohsp-global",
     "vtp", "vtp-fold", "vtp-qkv", "vtp-s0.5",
     "vtp-s2", "vtp-rank", "vtp-magnitude",
-    "vtp-s0.5-rank", "vtp-noclose", "vtp-fold-close", "vtp-late",
+    "vtp-s0.5-rank", "vtp-noclose", "vtp-fold-close", "vtp-late", "vtp-trained-gates",
     "vtp-embed-mean", "vtp-embed-max",
 )  # fmt: skip
 #: Methods the zoo's tokens protocol can run (``--token-methods``): CP-ViT settings and the peers.

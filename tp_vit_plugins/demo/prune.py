@@ -107,6 +107,8 @@ class PruneResult:
         after: The same after pruning.
         one_shot_accuracy: Accuracy right after pruning, before fine-tuning (``None`` if no fine-tune).
         finetune_epochs: Fine-tuning epochs run.
+        sparse_epochs: Sparse-training epochs run before the prune (GOHSP / VTP); the sparse
+            phase and the fine-tune share one learning-rate schedule.
         notes: One line per event worth reporting (sparse training, budget, cascade).
         budget: The :class:`~tp_vit_plugins.BudgetResult` of a ``--target-*`` run.
         token_schedule: Patch tokens per block of a CP-ViT cascade.
@@ -123,6 +125,7 @@ class PruneResult:
     after: Structure
     one_shot_accuracy: float | None = None
     finetune_epochs: int = 0
+    sparse_epochs: int = 0
     notes: list[str] = field(default_factory=list)
     budget: BudgetResult | None = None
     token_schedule: list[int] | None = None
@@ -231,7 +234,9 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
     if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         step_hook, epoch_hook = recipe.hooks(pruner)
         phase(args, f"{args.method} sparse training for {epochs} epochs")
-        _train(args, model, w, epochs, f"{args.method} sparse training", step_hook=step_hook, epoch_hook=epoch_hook)
+        result.sparse_epochs = epochs
+        span = (0, epochs + (args.finetune_epochs if w.train_loader is not None else 0))
+        _train(args, model, w, epochs, f"{args.method} sparse training", span, step_hook=step_hook, epoch_hook=epoch_hook)
     if getattr(args, "gate_histogram", None) and isinstance(pruner, VTPPruner):
         result.notes.append(f"gate histogram: {pruner.save_gate_histogram(args.gate_histogram)}")
     line = recipe.finish(pruner)
@@ -263,16 +268,19 @@ def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, resu
     )
 
 
-def _train(args: argparse.Namespace, model: nn.Module, w: Workload, epochs: int, desc: str, **hooks) -> None:
-    """The CLI's training runs (sparse phase, fine-tune): AdamW, 1 warm-up epoch, cosine."""
+def _train(
+    args: argparse.Namespace, model: nn.Module, w: Workload, epochs: int, desc: str, span: tuple[int, int], **hooks
+) -> None:
+    """The CLI's training runs (sparse phase, fine-tune): AdamW, 1 warm-up epoch, one cosine over both (``span``)."""
     finetune(model, w.train_loader, epochs=epochs, lr=args.lr, warmup_epochs=1.0, seed=args.seed, desc=desc,
-             progress=show_bars(args), **hooks)  # fmt: skip
+             schedule_span=span, progress=show_bars(args), **hooks)  # fmt: skip
 
 
 def _finetune(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
     result.one_shot_accuracy = _measure(model, w, args, "one-shot", latency=False).accuracy
     phase(args, f"fine-tuning for {args.finetune_epochs} epochs")
-    _train(args, model, w, args.finetune_epochs, "fine-tune")
+    done = result.sparse_epochs
+    _train(args, model, w, args.finetune_epochs, "fine-tune", (done, done + args.finetune_epochs))
     result.finetune_epochs = args.finetune_epochs
 
 

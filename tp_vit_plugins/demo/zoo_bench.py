@@ -219,7 +219,9 @@ _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True, cl
 VTP_VARIANTS = {
     "vtp": {},
     "vtp-noclose": {"close": False},  # the default of zoo_vtp2: mean |g * dL/dg| ranking, no closing
-    "vtp-fold-close": {"fold_values": True},  # closing, surviving gate values folded
+    "vtp-fold-close": {"fold_values": True},
+    # closing with the gates trained (proximal L1 step, the default of zoo_vtp3) instead of held at 1
+    "vtp-trained-gates": {"gate_lr": "sparse"},  # closing, surviving gate values folded
     # closing rounds in the middle half of the sparse phase, folded
     "vtp-late": {"close_start": 0.25, "close_until": 0.75, "fold_values": True},
     "vtp-fold": _VTP_BASE,
@@ -271,7 +273,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         imp = tp.importance.GroupMagnitudeImportance(p=2)
         gnp = tp.pruner.GroupNormPruner(m, example, importance=imp, reg=1e-4, **vit_pruning_kwargs(m))
         if sparse:
-            finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), **train)
+            finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), schedule_span=(0, E), **train)
         m = _prune_to_params(m, example, tp_importance("l2"), target)
     elif name in GOHSP_ROUNDS:
         imp = GraphHeadImportance(progress=False, normalize_per_layer=GOHSP_PER_BLOCK.get(name, True)).calibrate(m, calib)
@@ -280,7 +282,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias)
         if sparse:
-            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
+            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=(0, E), **train)
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
         pruner.step()
     elif name in VTP_VARIANTS:
@@ -288,17 +290,19 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         embed = opts.pop("prune_embed_dim", False)
         imp = GateImportance(aggregation=opts.pop("aggregation", "mean"))
         close = None if opts.get("close") is False else cut  # closing budget: the cut's parameters
+        if opts.get("gate_lr") == "sparse":  # the gate step VTPPruner takes without closing
+            opts["gate_lr"] = opts.get("shrink", 1.0) / (opts.get("reg", 0.5) * max(1, sparse * len(loader)))
         pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=embed, sparse_steps=max(1, sparse * len(loader)),
                            importance=imp, close_params=close, **opts)  # fmt: skip
         if sparse:
-            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, **train)
+            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=(0, E), **train)
         extra = {"gate_zero_share": pruner.gate_zero_share()}
         if close is not None:
             extra["closed_params"] = pruner.closed_share
         pruner.fold_gates()
         m = _prune_to_params(m, example, pruner.importance, target, prune_embed_dim=embed)
     m.zero_grad(set_to_none=True)
-    finetune(m, loader, epochs=E - sparse, **train)
+    finetune(m, loader, epochs=E - sparse, schedule_span=(sparse, E), **train)
     return m, extra
 
 

@@ -37,7 +37,10 @@ choices (the paper's text is not available here; these are reconstructions):
 * **Closing** (``close``, on by default when ``sparse_steps`` is given): gates of the
   lowest-scoring dims are fixed at exactly 0 in a few rounds during sparse training, up to
   the pruning budget, so the end of the sparse phase already trains the pruned network
-  (:mod:`.closing`).
+  (:mod:`.closing`). While closing, the other gates are held at exactly 1 by default
+  (``gate_lr=0``): they only measure ``|g * dL/dg|`` and mask, so the prune changes nothing
+  the sparse phase trained (trained gate values that revert to 1 at the prune, or a gate step
+  that is large on a short run, cost accuracy on the zoo: see ``close``).
 * **Gates rank, they are not folded** by default (``fold_values=False``): after the short
   sparse phases measured on the zoo, the shrunken gate values cost more accuracy than they
   carry; the paper's folding is ``fold_values=True``.
@@ -122,7 +125,8 @@ class VTPPruner(ViTPruner):
         reg: L1 strength, relative to the running mean gate gradient (see module docs).
         gate_lr: Learning rate of the gates' own proximal SGD step (see :mod:`.gates`); one
             step shrinks a gate by ``gate_lr * reg`` besides the (normalised) loss gradient.
-            Default: from ``sparse_steps``, else 0.01.
+            Default: 0 while closing (the gates are held at 1 unless closed; ``reg`` then
+            plays no part), else from ``sparse_steps``, else 0.01.
         sparse_steps: Optimizer steps of the planned sparse training (sets ``gate_lr``).
         threshold: Prune every dimension whose gate score is ``<= threshold`` (the paper's
             rule; ``0.0`` = the gates sparse training zeroed) instead of a fixed ratio.
@@ -252,19 +256,19 @@ class VTPPruner(ViTPruner):
             prune_embed_dim=prune_embed_dim,
             **kwargs,
         )
-        if gate_lr is None:
-            gate_lr = shrink / (max(reg, 1e-12) * sparse_steps) if sparse_steps else 1e-2
-        self.reg, self.gate_lr, self.threshold = float(reg), float(gate_lr), threshold
-        self.sparse_steps, self.steps_done = sparse_steps, 0
-        self.fold_values, self.score = fold_values, score
-        self.grad_ema_decay = 0.9
-        self._grad_ema = self._grad_ema_weight = 0.0
         if closing:
             problem = self._closable(gated_layers)
             if problem and explicit:
                 before.restore()  # attention converted by the construction above (EVA / BEiT) goes back
                 raise ValueError(f"gate closing: {problem}")
             closing = not problem
+        if gate_lr is None:  # closing: the gates are probes and masks, held at 1 unless closed
+            gate_lr = 0.0 if closing else shrink / (max(reg, 1e-12) * sparse_steps) if sparse_steps else 1e-2
+        self.reg, self.gate_lr, self.threshold = float(reg), float(gate_lr), threshold
+        self.sparse_steps, self.steps_done = sparse_steps, 0
+        self.fold_values, self.score = fold_values, score
+        self.grad_ema_decay = 0.9
+        self._grad_ema = self._grad_ema_weight = 0.0
         ins, outs = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
         #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
