@@ -1,13 +1,15 @@
 """CP-ViT cascade speed: measured speed-up vs the MACs ratio, dense and cascade timed alternately.
 
-    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2]
+    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2] [--compile]
 
 Models: the shipped embedded MNIST ViT and ``deit_small_patch16_224`` with random weights
 (timing does not need trained weights). For each MACs target the cascade's keep ratio is
 fitted with :func:`tp_vit_plugins.fit_keep_ratio` (default settings), and dense and cascade
 are timed one after the other in every round (:func:`~tp_vit_plugins.core.metrics.alternated_speedup`);
 the table reports the median speed-up, the MACs ratio (dense / cascade, from ``count_macs``)
-and their quotient. Writes the "Cascade speed" section of RESULTS.md.
+and their quotient. Writes the "Cascade speed" section of RESULTS.md; with ``--compile`` both
+models are timed through ``torch.compile`` (inductor, static shapes: the cascade's token
+counts are fixed per model) and the section is "Cascade speed (torch.compile)".
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tp_vit_plugins.core.metrics import alternated_speedup
 from tp_vit_plugins.tokens import apply_cascade, remove_cascade
 
 
-def rows_for(name: str, model: torch.nn.Module, example: torch.Tensor, targets, batch_sizes, rounds: int) -> list[str]:
+def rows_for(
+    name: str, model: torch.nn.Module, example: torch.Tensor, targets, batch_sizes, rounds: int, compiled: bool = False
+) -> list[str]:
     out = []
     dense_macs = tpv.count_macs(model, example)
     for target in targets:
@@ -32,7 +36,8 @@ def rows_for(name: str, model: torch.nn.Module, example: torch.Tensor, targets, 
         reduced = copy.deepcopy(model)
         apply_cascade(reduced, keep_ratio=keep)
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
-        timing = alternated_speedup(model, reduced, example, batch_sizes, rounds=rounds, min_run_time=0.3)
+        timed = (torch.compile(model, dynamic=False), torch.compile(reduced, dynamic=False)) if compiled else (model, reduced)
+        timing = alternated_speedup(*timed, example, batch_sizes, rounds=rounds, min_run_time=0.3)
         for bs, (d, r, speedup) in timing.items():
             out.append(
                 f"| {name} | {target:.2f} | {keep:.3f} | {bs} | {1e3 * d:.2f} | {1e3 * r:.2f} | {speedup:.2f} | "
@@ -47,6 +52,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="time both models through torch.compile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -56,15 +62,18 @@ def main() -> None:
         "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds)
-    lines += rows_for("deit_small (random weights)", deit, torch.randn(1, 3, 224, 224), (0.8, 0.6), (1, 64), args.rounds)
-    cmd = f"python benchmarks/cascade_speed.py --rounds {args.rounds} --threads {args.threads}"
+    lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile)
+    deit_example = torch.randn(1, 3, 224, 224)
+    lines += rows_for("deit_small (random weights)", deit, deit_example, (0.8, 0.6), (1, 64), args.rounds, args.compile)
+    cmd = f"python benchmarks/cascade_speed.py --rounds {args.rounds} --threads {args.threads}" + (
+        " --compile" if args.compile else ""
+    )
     body = (
         f"`{cmd}` (torch {torch.__version__}, {args.threads} CPU threads; cascade defaults: start block 0, "
         "3-stage stepped schedule, merged tokens; dense and cascade timed alternately, medians over rounds).\n\n"
         + "\n".join(lines)
     )
-    write_section("Cascade speed", body)
+    write_section("Cascade speed (torch.compile)" if args.compile else "Cascade speed", body)
 
 
 if __name__ == "__main__":

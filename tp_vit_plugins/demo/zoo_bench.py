@@ -204,7 +204,10 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 
 #: GOHSP ADMM dual updates over the sparse phase: ``gohsp`` = the recipes' default (``None``:
 #: one per sparse epoch); ``gohsp-10-rounds`` = 10 updates spread over the sparse phase.
-GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None, "gohsp-global": None}
+GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None, "gohsp-global": None,
+                "gohsp-prox0.05": 10, "gohsp-prox0.2": 10}  # fmt: skip
+#: ``gohsp-prox*``: the ADMM pull as a proximal step decoupled from AdamW (``proximal=c``), 10 dual updates.
+GOHSP_PROXIMAL = {"gohsp-prox0.05": 0.05, "gohsp-prox0.2": 0.2}
 #: How strongly the head graph guides GOHSP's projection (``graph_bias``; 1.0 = the default):
 #: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it.
 GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0}
@@ -280,7 +283,8 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         rounds = GOHSP_ROUNDS[name] or max(1, sparse)
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
         bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
-        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias)
+        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias,
+                             proximal=GOHSP_PROXIMAL.get(name))  # fmt: skip
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=(0, E), **train)
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}

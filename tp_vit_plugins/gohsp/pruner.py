@@ -99,6 +99,13 @@ class GOHSPPruner(ViTPruner):
         tol: Relative primal residual below which :attr:`converged` is True.
         graph_bias: Exponent of the graph head score in the projection (0 ignores it).
         min_heads: Heads every block keeps.
+        proximal: Apply the ADMM term as a proximal step on the weights, decoupled from the
+            optimizer (as AdamW decouples weight decay): every :meth:`regularize` sets
+            ``W <- (W + c (Z - U)) / (1 + c)`` with ``c = proximal``, the exact minimiser of
+            ``||W' - W||^2 / 2 + c ||W' - Z + U||^2 / 2``, so the pull towards ``Z`` is not
+            rescaled by Adam; residual balancing scales ``c`` with ``rho``. ``None``
+            (default): ``rho (W - Z + U)`` is added to the gradient.
+            (This library's choice, not the paper's.)
         **kwargs: Passed to :class:`ViTPruner` / ``tp.pruner.BasePruner``.
 
     Raises:
@@ -122,8 +129,12 @@ class GOHSPPruner(ViTPruner):
         tau: float = 2.0,
         tol: float = 1e-2,
         min_heads: int = 1,
+        proximal: float | None = None,
         **kwargs: typing.Any,
     ) -> None:
+        if proximal is not None and proximal <= 0:
+            raise ValueError(f"proximal must be > 0 (or None: the ADMM term goes through the gradient), got {proximal}")
+        self.proximal = proximal
         self.target_params_ratio = check_ratio("target_params_ratio", target_params_ratio)
         bad = set(structures) - set(UNIT_TYPES)
         if bad or not structures:
@@ -293,7 +304,11 @@ class GOHSPPruner(ViTPruner):
         """Add ``rho * (W - Z + U)`` to every prunable weight's gradient (after backward); dual updates every ``admm_interval`` steps."""  # noqa: E501
         with torch.no_grad():
             for p, z in self.Z.items():
-                add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
+                if self.proximal is None:
+                    add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
+                else:
+                    c = self.proximal
+                    p.mul_(1.0 / (1.0 + c)).add_(z - self.U[p], alpha=c / (1.0 + c))
         self.steps_done += 1
         if self.admm_interval and self.steps_done % self.admm_interval == 0:
             self.update_regularizer()
@@ -323,6 +338,8 @@ class GOHSPPruner(ViTPruner):
         factor *= self.rho_growth
         if factor != 1.0:  # the scaled dual U = y / rho: keep y = rho * U when rho changes
             self.rho *= factor
+            if self.proximal is not None:  # the proximal pull is this mode's rho: it moves with it
+                self.proximal *= factor
             for p in self.U:
                 self.U[p] /= factor
         self.rounds += 1
