@@ -203,7 +203,13 @@ class VTP(Method):
     def finish(self, pruner):
         line = (
             f"VTP gates after {pruner.steps_done} sparse steps: {100 * pruner.gate_zero_share():.1f}% exactly 0, "
-            f"{100 * pruner.gate_sparsity():.1f}% below 0.01 (reg {pruner.reg:g}, gate lr {pruner.gate_lr:.3g}); "
+            f"{100 * pruner.gate_sparsity():.1f}% below 0.01 "
+            + (
+                "(unclosed gates held at 1: probes)"
+                if pruner.gate_lr == 0
+                else f"(reg {pruner.reg:g}, gate lr {pruner.gate_lr:.3g})"
+            )
+            + "; "
             + (f"gates closed in rounds: {100 * pruner.closed_share:.1f}% of the params" if pruner.closing else "no gate closing")
         )
         pruner.fold_gates()  # the trained gates become the importance; weights absorb them exactly

@@ -107,8 +107,9 @@ class PruneResult:
         after: The same after pruning.
         one_shot_accuracy: Accuracy right after pruning, before fine-tuning (``None`` if no fine-tune).
         finetune_epochs: Fine-tuning epochs run.
-        sparse_epochs: Sparse-training epochs run before the prune (GOHSP / VTP); the sparse
-            phase and the fine-tune share one learning-rate schedule.
+        sparse_epochs: VTP with gate closing: the sparse-training epochs, which share one
+            learning-rate schedule with the fine-tune (its prune is exact, so the run just
+            continues); 0 otherwise (the fine-tune starts its own schedule).
         notes: One line per event worth reporting (sparse training, budget, cascade).
         budget: The :class:`~tp_vit_plugins.BudgetResult` of a ``--target-*`` run.
         token_schedule: Patch tokens per block of a CP-ViT cascade.
@@ -234,8 +235,9 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
     if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         step_hook, epoch_hook = recipe.hooks(pruner)
         phase(args, f"{args.method} sparse training for {epochs} epochs")
-        result.sparse_epochs = epochs
-        span = (0, epochs + (args.finetune_epochs if w.train_loader is not None else 0))
+        if isinstance(pruner, VTPPruner) and pruner.closing:  # exact prune: the fine-tune continues the run
+            result.sparse_epochs = epochs
+        span = (0, epochs + args.finetune_epochs) if result.sparse_epochs else None
         _train(args, model, w, epochs, f"{args.method} sparse training", span, step_hook=step_hook, epoch_hook=epoch_hook)
     if getattr(args, "gate_histogram", None) and isinstance(pruner, VTPPruner):
         result.notes.append(f"gate histogram: {pruner.save_gate_histogram(args.gate_histogram)}")
@@ -269,9 +271,9 @@ def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, resu
 
 
 def _train(
-    args: argparse.Namespace, model: nn.Module, w: Workload, epochs: int, desc: str, span: tuple[int, int], **hooks
+    args: argparse.Namespace, model: nn.Module, w: Workload, epochs: int, desc: str, span: tuple[int, int] | None, **hooks
 ) -> None:
-    """The CLI's training runs (sparse phase, fine-tune): AdamW, 1 warm-up epoch, one cosine over both (``span``)."""
+    """The CLI's training runs (sparse phase, fine-tune): AdamW, 1 warm-up epoch, cosine (over both: ``span``)."""
     finetune(model, w.train_loader, epochs=epochs, lr=args.lr, warmup_epochs=1.0, seed=args.seed, desc=desc,
              schedule_span=span, progress=show_bars(args), **hooks)  # fmt: skip
 
@@ -280,7 +282,7 @@ def _finetune(args: argparse.Namespace, model: nn.Module, w: Workload, result: P
     result.one_shot_accuracy = _measure(model, w, args, "one-shot", latency=False).accuracy
     phase(args, f"fine-tuning for {args.finetune_epochs} epochs")
     done = result.sparse_epochs
-    _train(args, model, w, args.finetune_epochs, "fine-tune", (done, done + args.finetune_epochs))
+    _train(args, model, w, args.finetune_epochs, "fine-tune", (done, done + args.finetune_epochs) if done else None)
     result.finetune_epochs = args.finetune_epochs
 
 
