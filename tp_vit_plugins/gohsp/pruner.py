@@ -301,7 +301,10 @@ class GOHSPPruner(ViTPruner):
 
     # ------------------------------------------------------------------ ADMM hooks
     def regularize(self, model: nn.Module | None = None, loss: torch.Tensor | None = None) -> None:
-        """Add ``rho * (W - Z + U)`` to every prunable weight's gradient (after backward); dual updates every ``admm_interval`` steps."""  # noqa: E501
+        """Add ``rho * (W - Z + U)`` to every prunable weight's gradient (after backward); dual updates every ``admm_interval`` steps.
+
+        With ``proximal=c`` the weights themselves move instead: ``W <- (W + c (Z - U)) / (1 + c)``.
+        """  # noqa: E501
         with torch.no_grad():
             for p, z in self.Z.items():
                 if self.proximal is None:

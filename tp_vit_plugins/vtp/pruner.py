@@ -126,7 +126,9 @@ class VTPPruner(ViTPruner):
         gate_lr: Learning rate of the gates' own proximal SGD step (see :mod:`.gates`); one
             step shrinks a gate by ``gate_lr * reg`` besides the (normalised) loss gradient.
             Default: 0 while closing (the gates are held at 1 unless closed; ``reg`` then
-            plays no part), else from ``sparse_steps``, else 0.01.
+            plays no part; chosen on the zoo over trained gates: +0.87 pt [+0.45, +1.30] /
+            +1.28 [+0.22, +2.43] at -40 / -70 % params, 2 epochs, ``benchmarks/zoo_vtp4``),
+            else from ``sparse_steps``, else 0.01.
         sparse_steps: Optimizer steps of the planned sparse training (sets ``gate_lr``).
         threshold: Prune every dimension whose gate score is ``<= threshold`` (the paper's
             rule; ``0.0`` = the gates sparse training zeroed) instead of a fixed ratio.
@@ -166,8 +168,11 @@ class VTPPruner(ViTPruner):
             dims or blocks without a two-layer MLP), the paper's plain sparse training
             otherwise; ``True``: refuse settings it cannot serve; ``False``: off. Chosen on
             the zoo (``benchmarks/zoo_vtp3``, 2 epochs, paired 95 % intervals: over no closing
-            +0.78 pt [+0.31, +1.26] / +6.99 [+5.59, +8.29] at -40 / -70 % params; against tp
-            Taylor + fine-tune -0.03 [-0.48, +0.48] / +6.53 [+5.32, +7.71]).
+            +0.78 pt [+0.31, +1.26] / +6.99 [+5.59, +8.29] at -40 / -70 % params). With the
+            gates held at 1 and one learning-rate schedule over sparse phase and fine-tune
+            (``benchmarks/zoo_vtp4``): against tp Taylor + fine-tune +0.98 [+0.51, +1.51] /
+            +7.64 [+6.83, +8.44], against dense + the same epochs -0.05 [-0.33, +0.23] /
+            -1.35 [-1.75, -0.94].
         close_params: A parameter budget for closing: the share of the model's parameters
             whose dims close. :meth:`step` then removes the zero gates (``threshold=0.0``
             unless given) instead of using ``pruning_ratio``.
