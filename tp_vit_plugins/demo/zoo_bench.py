@@ -205,12 +205,12 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 #: GOHSP ADMM dual updates over the sparse phase: ``gohsp`` = the recipes' default (``None``:
 #: one per sparse epoch); ``gohsp-10-rounds`` = 10 updates spread over the sparse phase.
 GOHSP_ROUNDS = {"gohsp": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None, "gohsp-global": None,
-                "gohsp-prox0.05": 10, "gohsp-prox0.2": 10}  # fmt: skip
+                "gohsp-prox0.05": 10, "gohsp-prox0.2": 10, "gohsp-prox1": 10, "gohsp-prox0.2-bias0": 10}  # fmt: skip
 #: ``gohsp-prox*``: the ADMM pull as a proximal step decoupled from AdamW (``proximal=c``), 10 dual updates.
-GOHSP_PROXIMAL = {"gohsp-prox0.05": 0.05, "gohsp-prox0.2": 0.2}
+GOHSP_PROXIMAL = {"gohsp-prox0.05": 0.05, "gohsp-prox0.2": 0.2, "gohsp-prox1": 1.0, "gohsp-prox0.2-bias0": 0.2}
 #: How strongly the head graph guides GOHSP's projection (``graph_bias``; 1.0 = the default):
 #: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it.
-GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0}
+GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0, "gohsp-prox0.2-bias0": 0.0}
 #: ``gohsp-global``: head scores normalised over all heads (the flow graph's mass is one
 #: distribution over the whole model) instead of per block.
 GOHSP_PER_BLOCK = {"gohsp-global": False}
