@@ -30,11 +30,11 @@ w = workload_from_args(args)
 dense, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 model = copy.deepcopy(dense)
-# 1) graph ranking: PageRank over heads, edges = similarity of attention maps of consecutive blocks
+# 1) graph ranking: PageRank from the classifier over the directed "who reads whom" head graph
 imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.calib_batches)
 # 2) ADMM towards a heterogeneous structured pattern (heads + head dims + MLP neurons)
-# one dual update per ADMM epoch (on the zoo, more updates within an AdamW epoch hurt), rho balanced by the residuals
-interval = max(1, len(train_loader))
+# the ADMM pull is a proximal step on the weights (GOHSPPruner's default), rho balanced by the residuals
+interval = max(1, args.admm_epochs * len(train_loader) // 10)  # 10 dual updates over the ADMM epochs
 pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params, admm_interval=interval)
 finetune(
     model,

@@ -157,9 +157,9 @@ def test_gohsp_step_yields_the_z_support(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
-    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=1.0, rho_growth=1.0, balance=False)
+    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=1.0, rho_growth=1.0, balance=False, proximal=None)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(40):  # pure ADMM: drive W onto Z (no task loss)
+    for _ in range(40):  # pure ADMM through the gradient: drive W onto Z (no task loss)
         opt.zero_grad()
         pruner.regularize(model)
         opt.step()
@@ -268,6 +268,7 @@ def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     assert pruner.history[-1]["primal"] < 0.1 * pruner.history[0]["primal"]
     with pytest.raises(ValueError, match="proximal"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, proximal=0.0)
+    assert tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25).proximal == 0.2
 
 
 def test_flow_graph_stationary_mass_closed_form():

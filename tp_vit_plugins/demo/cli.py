@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--admm-rounds",
         type=_positive_int,
         default=None,
-        help="gohsp: ADMM dual updates, evenly over the ADMM steps (default: one per ADMM epoch)",
+        help="gohsp: ADMM dual updates, evenly over the ADMM steps (default: 10)",
     )
     p.add_argument("--target-params", type=float, default=0.4, help="gohsp with ADMM: share of parameters to remove")
     p.add_argument("--finetune-epochs", type=_non_negative_int, default=2, help="fine-tune epochs after pruning (0: one-shot)")

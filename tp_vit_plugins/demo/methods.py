@@ -152,9 +152,9 @@ class GOHSP(Method):
         imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2))
         imp.calibrate(model, calib, max_batches=s.calib_batches)
         if s.admm:
-            # one dual update per sparse epoch unless told otherwise: on the zoo, 10 updates over one
-            # AdamW epoch cost 5.5 pt at -40 % and 25.9 pt at -70 % params (benchmarks/zoo_gohsp)
-            rounds = s.admm_rounds or max(1, s.planned_sparse_epochs)
+            # 10 dual updates over the sparse phase unless told otherwise, with the proximal ADMM pull
+            # (GOHSPPruner's default): chosen on the zoo, benchmarks/zoo_gohsp4
+            rounds = s.admm_rounds or 10
             interval = max(1, (s.sparse_steps or rounds) // rounds)
             return GOHSPPruner(model, example, imp, target_params_ratio=s.target_params, admm_interval=interval)
         return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())

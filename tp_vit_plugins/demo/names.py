@@ -15,9 +15,9 @@ ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: Methods the zoo's pipeline protocol can run (``--pipeline-methods``): peers, the seed
 #: methods and the VTP settings the default was chosen among.
 ZOO_PIPELINE_METHODS = (
-    "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-10-rounds", "gohsp-bias0", "gohsp-bias3", "gohsp-global",
-    "gohsp-prox0.05", "gohsp-prox0.2", "group_norm-1sched", "gohsp-1sched", "gohsp-prox0.2-1sched",
-    "gohsp-prox1", "gohsp-prox0.2-bias0",
+    "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-grad", "gohsp-10-rounds", "gohsp-bias0", "gohsp-bias3",
+    "gohsp-global", "gohsp-prox0.05", "gohsp-prox1", "gohsp-prox0.2-bias0",
+    "group_norm-1sched", "gohsp-1sched", "gohsp-grad-1sched",
     "vtp", "vtp-fold", "vtp-qkv", "vtp-s0.5",
     "vtp-s2", "vtp-rank", "vtp-magnitude",
     "vtp-s0.5-rank", "vtp-noclose", "vtp-fold-close", "vtp-late", "vtp-trained-gates",
