@@ -271,6 +271,22 @@ def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     assert tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25).proximal == 0.2
 
 
+def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
+    model = make_model("vit", depth=2, num_heads=4)
+    euclid = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.25)
+    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, metric="fisher", proximal=None)
+    assert pruner._unit_energies(False)[0]["neuron"].equal(euclid._unit_energies(False)[0]["neuron"])  # no step yet
+    for value, factor in ((2.0, 4.0), (0.0, 0.9 * 4.0)):  # F = g^2, then the running mean 0.9 F + 0.1 * 0
+        for p in pruner.Z:
+            p.grad = torch.full_like(p, value)
+        pruner.regularize(model)  # gradient form: W itself does not move, the energies compare the same W
+        for mine, ref in zip(pruner._unit_energies(False), euclid._unit_energies(False)):
+            for kind in ("head", "dim", "neuron"):
+                torch.testing.assert_close(mine[kind], factor * ref[kind])
+    with pytest.raises(ValueError, match="metric"):
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, metric="l1")
+
+
 def test_flow_graph_stationary_mass_closed_form():
     """Personalised PageRank from the classifier on a hand-set usage, against the linear-system solution."""
     from tp_vit_plugins.gohsp.graph import EMBED, OUT, build_flow_graph, flow_head_scores

@@ -207,7 +207,10 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 #: 10 dual updates, as the CLI / bench recipes run it); ``gohsp-grad`` the default before
 #: (``rho (W - Z + U)`` through AdamW's gradient, one update per sparse epoch).
 GOHSP_ROUNDS = {"gohsp": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None,
-                "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10, "gohsp-prox0.2-bias0": 10}  # fmt: skip
+                "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10, "gohsp-prox0.2-bias0": 10,
+                "gohsp-fisher": 10}  # fmt: skip
+#: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``).
+GOHSP_METRIC = {"gohsp-fisher": "fisher"}
 #: ``proximal`` per variant (absent: the library default): the gradient-mode variants were
 #: measured before the proximal step existed; ``gohsp-prox*`` vary its strength ``c``.
 GOHSP_PROXIMAL = {"gohsp-grad": None, "gohsp-10-rounds": None, "gohsp-bias0": None, "gohsp-bias3": None,
@@ -301,6 +304,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
         bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
         prox = {"proximal": GOHSP_PROXIMAL[name]} if name in GOHSP_PROXIMAL else {}
+        prox |= {"metric": GOHSP_METRIC[name]} if name in GOHSP_METRIC else {}
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias, **prox)
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=spans[0], **train)

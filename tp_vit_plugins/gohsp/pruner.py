@@ -57,10 +57,14 @@ from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..core.training import add_to_grad
 
-__all__ = ["GOHSPPruner", "StructurePlan", "UNIT_TYPES"]
+__all__ = ["GOHSPPruner", "StructurePlan", "UNIT_TYPES", "METRICS"]
 
 #: Unit types GOHSP can remove.
 UNIT_TYPES = ("heads", "head_dims", "mlp")
+#: The norm of the Z-step projection: ``"euclidean"`` (nearest point, the ADMM default) or
+#: ``"fisher"`` (squared distance weighted by a running mean of ``(dL/dW)^2``: units scored by
+#: ``sum F W^2``, the second-order loss change of zeroing them; this library's extension).
+METRICS = ("euclidean", "fisher")
 
 
 @dataclass
@@ -103,6 +107,8 @@ class GOHSPPruner(ViTPruner):
         tol: Relative primal residual below which :attr:`converged` is True.
         graph_bias: Exponent of the graph head score in the projection (0 ignores it).
         min_heads: Heads every block keeps.
+        metric: The Z-step projection's norm, one of :data:`METRICS`; ``"fisher"`` uses the
+            gradients of the sparse-training steps (before any step: ``"euclidean"``).
         proximal: Apply the ADMM term as a proximal step on the weights, decoupled from the
             optimizer (as AdamW decouples weight decay): every :meth:`regularize` sets
             ``W <- (W + c (Z - U)) / (1 + c)`` with ``c = proximal``, the exact minimiser of
@@ -134,8 +140,13 @@ class GOHSPPruner(ViTPruner):
         tol: float = 1e-2,
         min_heads: int = 1,
         proximal: float | None = 0.2,
+        metric: str = "euclidean",
         **kwargs: typing.Any,
     ) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.metric = metric
+        self._fisher: dict[nn.Parameter, torch.Tensor] = {}
         if proximal is not None and proximal <= 0:
             raise ValueError(f"proximal must be > 0 (or None: the ADMM term goes through the gradient), got {proximal}")
         self.proximal = proximal
@@ -198,6 +209,12 @@ class GOHSPPruner(ViTPruner):
             raise TypeError("GOHSPPruner expects timm blocks with an MLP of two nn.Linear layers (mlp.fc1 / mlp.fc2)")
         return blocks
 
+    def _squared(self, p: nn.Parameter, use_dual: bool) -> torch.Tensor:
+        """``(W + U)^2`` per entry, weighted by the running mean of ``(dL/dW)^2`` with ``metric="fisher"``."""
+        v = self._value(p, use_dual).pow(2)
+        f = self._fisher.get(p) if self.metric == "fisher" else None
+        return v * f if f is not None else v
+
     def _value(self, p: nn.Parameter, use_dual: bool) -> torch.Tensor:
         v = p.detach()
         return v + self.U[p] if use_dual and p in self.U else v
@@ -209,14 +226,15 @@ class GOHSPPruner(ViTPruner):
         for b in self._blocks:
             fc1, fc2 = b.fc1, b.fc2
             H, d = head_layout(b.attn)
-            qkv_w = split_qkv(self._value(b.qkv.weight, use_dual), H, d).pow(2).sum((0, 3))  # [H, d]
+            sq = self._squared
+            qkv_w = split_qkv(sq(b.qkv.weight, use_dual), H, d).sum((0, 3))  # [H, d]
             if b.qkv.bias is not None:
-                qkv_w = qkv_w + split_qkv(self._value(b.qkv.bias, use_dual), H, d).pow(2).sum(0)
-            proj_w = self._value(b.proj.weight, use_dual).pow(2).sum(0).view(H, d)
+                qkv_w = qkv_w + split_qkv(sq(b.qkv.bias, use_dual), H, d).sum(0)
+            proj_w = sq(b.proj.weight, use_dual).sum(0).view(H, d)
             per = qkv_w + proj_w  # [H, d]
-            neuron = self._value(fc1.weight, use_dual).pow(2).sum(1) + self._value(fc2.weight, use_dual).pow(2).sum(0)
+            neuron = sq(fc1.weight, use_dual).sum(1) + sq(fc2.weight, use_dual).sum(0)
             if fc1.bias is not None:
-                neuron = neuron + self._value(fc1.bias, use_dual).pow(2)
+                neuron = neuron + sq(fc1.bias, use_dual)
             out.append({"head": per.sum(1), "dim": per.sum(0), "neuron": neuron})
         return out
 
@@ -310,6 +328,11 @@ class GOHSPPruner(ViTPruner):
         With ``proximal=c`` the weights themselves move instead: ``W <- (W + c (Z - U)) / (1 + c)``.
         """  # noqa: E501
         with torch.no_grad():
+            if self.metric == "fisher":  # the loss gradient, before the ADMM term touches it
+                for p in self.Z:
+                    if p.grad is not None:
+                        g2 = p.grad.detach().pow(2)
+                        self._fisher[p] = self._fisher[p].lerp_(g2, 0.1) if p in self._fisher else g2.clone()
             for p, z in self.Z.items():
                 if self.proximal is None:
                     add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
