@@ -40,7 +40,7 @@ choices (the paper's text is not available here; these are reconstructions):
   (:mod:`.closing`). While closing, the other gates are held at exactly 1 by default
   (``gate_lr=0``): they only measure ``|g * dL/dg|`` and mask, so the prune changes nothing
   the sparse phase trained (trained gate values that revert to 1 at the prune, or a gate step
-  that is large on a short run, cost accuracy on the zoo: see ``close``).
+  that is large on a short run, cost accuracy on the zoo: see ``gate_lr``).
 * **Gates rank, they are not folded** by default (``fold_values=False``): after the short
   sparse phases measured on the zoo, the shrunken gate values cost more accuracy than they
   carry; the paper's folding is ``fold_values=True``.
