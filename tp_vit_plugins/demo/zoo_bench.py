@@ -229,9 +229,9 @@ _VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True, cl
 VTP_VARIANTS = {
     "vtp": {},
     "vtp-noclose": {"close": False},  # the default of zoo_vtp2: mean |g * dL/dg| ranking, no closing
-    "vtp-fold-close": {"fold_values": True},
+    "vtp-fold-close": {"fold_values": True},  # closing, surviving gate values folded
     # closing with the gates trained (proximal L1 step, the default of zoo_vtp3) instead of held at 1
-    "vtp-trained-gates": {"gate_lr": "sparse"},  # closing, surviving gate values folded
+    "vtp-trained-gates": {"gate_lr": "sparse"},
     # closing rounds in the middle half of the sparse phase, folded
     "vtp-late": {"close_start": 0.25, "close_until": 0.75, "fold_values": True},
     "vtp-fold": _VTP_BASE,
@@ -252,7 +252,9 @@ VTP_VARIANTS = {
 #: VTP with closing always runs so (its prune is exact: the run just continues); GroupNorm and
 #: GOHSP restart by default (their prune changes the function; ``group_norm-1sched``,
 #: ``gohsp-1sched`` and ``gohsp-grad-1sched`` measured the alternative: lower or level on the
-#: zoo, RESULTS "Zoo: session 7").
+#: zoo, RESULTS "Zoo: session 7"). Closing variants recorded before session 7 (``vtp-late``,
+#: ``vtp-fold-close``, ``vtp-close-v1``, ``vtp-s6`` in ``benchmarks/zoo_vtp3`` / ``zoo_vtp4``) ran
+#: with the restarted schedule; rerunning them now gives the one-schedule numbers.
 ONE_SCHEDULE = "-1sched"
 ONE_SCHEDULE_VARIANTS = tuple(f"{n}{ONE_SCHEDULE}" for n in ("group_norm", "gohsp", "gohsp-grad"))
 
