@@ -225,11 +225,10 @@ class GOHSPPruner(ViTPruner):
     @torch.no_grad()
     def _unit_energies(self, use_dual: bool) -> list[dict[str, torch.Tensor]]:
         """Per block: squared weight norm of every head [H], head dim [d], neuron [M]."""
-        out = []
+        out, sq = [], self._squared
         for b in self._blocks:
             fc1, fc2 = b.fc1, b.fc2
             H, d = head_layout(b.attn)
-            sq = self._squared
             qkv_w = split_qkv(sq(b.qkv.weight, use_dual), H, d).sum((0, 3))  # [H, d]
             if b.qkv.bias is not None:
                 qkv_w = qkv_w + split_qkv(sq(b.qkv.bias, use_dual), H, d).sum(0)

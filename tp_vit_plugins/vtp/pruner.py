@@ -238,10 +238,9 @@ class VTPPruner(ViTPruner):
         if explicit and problem:
             raise ValueError(f"gate closing: {problem}")
         closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
-        if closing:
-            closing_schedule(sparse_steps, close_rounds, close_until, close_start)  # validates the window
-            if close_params is not None and threshold is None:
-                threshold = 0.0  # a parameter budget: remove the closed (zero) gates
+        plan = closing_schedule(sparse_steps, close_rounds, close_until, close_start) if closing else []  # validates
+        if closing and close_params is not None and threshold is None:
+            threshold = 0.0  # a parameter budget: remove the closed (zero) gates
         total_params = count_params(model)
         before = ModuleSnapshot(model) if closing else None  # closing checks the built pruner: undo on refusal
         if gated_layers is None:
@@ -284,7 +283,7 @@ class VTPPruner(ViTPruner):
         #: Whether gates close during sparse training (see ``close``), and with which budget.
         self.closing, self.close_params = closing, close_params
         #: Closing rounds still to come, ``[(step, share of the budget)]``; parameters closed so far.
-        self._close_plan = closing_schedule(sparse_steps, close_rounds, close_until, close_start) if closing else []
+        self._close_plan = plan if closing else []
         self.closed_params = 0
         self._total_params = total_params
         self._close_budget = (close_params or 0.0) * total_params
