@@ -287,6 +287,51 @@ def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, metric="l1")
 
 
+def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x):
+    """F = mean over batches of g^2 (eval mode), Z re-projected; cumulative mean and frozen updates; errors."""
+    torch.manual_seed(0)
+    model = make_model("vit", depth=2, num_heads=4).train()
+    images, labels = torch.randn(6, *x.shape[1:]), torch.tensor([0, 1, 2, 3, 4, 5]) % 10
+    loader = DataLoader(TensorDataset(images, labels), batch_size=3)
+    ref_model = copy.deepcopy(model).eval()
+    ref_pruner = tpv.GOHSPPruner(ref_model, x, None, target_params_ratio=0.25)
+    grads = []
+    for xb, yb in loader:
+        ref_model.zero_grad()
+        torch.nn.functional.cross_entropy(ref_model(xb), yb).backward()
+        grads.append({p: p.grad.clone() for p in ref_pruner.Z})
+    before = snapshot(model)
+    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, metric="fisher", fisher_decay=None)
+    z_euclid = {p: z.clone() for p, z in pruner.Z.items()}
+    assert pruner.calibrate_fisher(loader, progress=False) is pruner
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert state_equal(before, snapshot(model))  # calibration reads the model, never moves it
+    for f, ref_p in zip(pruner._fisher.values(), ref_pruner.Z):
+        torch.testing.assert_close(f, (grads[0][ref_p].pow(2) + grads[1][ref_p].pow(2)) / 2)
+    plan = pruner.project(use_dual=False)
+    assert pruner.Z[pruner._blocks[0].fc1.weight][plan.neurons[0]].abs().sum() == 0
+    assert any(not z.equal(z_euclid[p]) for p, z in pruner.Z.items())  # the Fisher norm chose another support
+    f0 = {p: f.clone() for p, f in pruner._fisher.items()}
+    for p in pruner.Z:  # cumulative mean: (2 F + 0) / 3
+        p.grad = torch.zeros_like(p)
+    pruner.proximal = None
+    pruner.regularize(model)
+    for p, f in pruner._fisher.items():
+        torch.testing.assert_close(f, f0[p] * 2 / 3)
+    pruner.fisher_decay = 0.0  # frozen: the calibrated estimate stays
+    pruner.regularize(model)
+    for p, f in pruner._fisher.items():
+        torch.testing.assert_close(f, f0[p] * 2 / 3)
+    pruner.update_regularizer()
+    with pytest.raises(ValueError, match="before the first dual update"):
+        pruner.calibrate_fisher(loader, progress=False)
+    euclid = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
+    with pytest.raises(ValueError, match="metric='fisher'"):
+        euclid.calibrate_fisher(loader, progress=False)
+    with pytest.raises(ValueError, match="fisher_decay"):
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, metric="fisher", fisher_decay=1.5)
+
+
 def test_flow_graph_stationary_mass_closed_form():
     """Personalised PageRank from the classifier on a hand-set usage, against the linear-system solution."""
     from tp_vit_plugins.gohsp.graph import EMBED, OUT, build_flow_graph, flow_head_scores

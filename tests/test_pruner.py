@@ -75,6 +75,16 @@ def masked_dense_for_head_dims(dense, pruned):
     return masked
 
 
+def test_constructing_a_pruner_keeps_train_and_eval_modes(x):
+    """tp's tracing switches the model to eval: ViTPruner restores every module's own flag."""
+    model = make_model("vit", depth=2).train()
+    model.blocks[1].eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    tpv.ViTPruner(model, x, pruning_ratio=0.25)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert not tpv.ViTPruner(model.eval(), x, pruning_ratio=0.25).model.training
+
+
 @pytest.mark.parametrize("global_heads", [False, True])
 def test_head_only_pruning_exact_counts(family, x, global_heads):
     model = make_model(family, depth=3, num_heads=4, embed_dim=48)

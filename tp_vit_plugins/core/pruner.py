@@ -115,6 +115,7 @@ class ViTPruner(tp.pruner.BasePruner):
             raise ValueError(f"min_heads must be an int >= 1, got {min_heads!r}")
         check_tp_seams()
         before = ModuleSnapshot(model)  # EVA / BEiT attention is converted below: undone on any error here
+        modes = {m: m.training for m in model.modules()}  # tp's tracing leaves the model in eval mode
         try:
             self._build(model, example_inputs, importance, pruning_ratio, head_pruning_ratio, global_pruning,
                         global_head_pruning, prune_head_dims, prune_mlp, prune_embed_dim, min_heads, ignored_layers,
@@ -122,6 +123,9 @@ class ViTPruner(tp.pruner.BasePruner):
         except Exception:
             before.restore()
             raise
+        finally:
+            for m in model.modules():
+                m.training = modes.get(m, modes[model])
 
     def _build(
         self, model, example_inputs, importance, pruning_ratio, head_pruning_ratio, global_pruning,

@@ -208,9 +208,14 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 #: (``rho (W - Z + U)`` through AdamW's gradient, one update per sparse epoch).
 GOHSP_ROUNDS = {"gohsp": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None,
                 "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10, "gohsp-prox0.2-bias0": 10,
-                "gohsp-fisher": 10}  # fmt: skip
-#: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``).
-GOHSP_METRIC = {"gohsp-fisher": "fisher"}
+                "gohsp-fisher": 10, "gohsp-fisher-calib": 10, "gohsp-fisher-frozen": 10}  # fmt: skip
+#: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``),
+#: estimated from the training steps (running mean, weight 0.1); ``-calib`` starts it from the
+#: calibration batches (``calibrate_fisher``) and keeps the cumulative mean, ``-frozen`` uses the
+#: calibration estimate alone.
+GOHSP_METRIC = {"gohsp-fisher": "fisher", "gohsp-fisher-calib": "fisher", "gohsp-fisher-frozen": "fisher"}
+#: ``GOHSPPruner(fisher_decay=...)`` of the calibrated Fisher variants (they call ``calibrate_fisher``).
+GOHSP_FISHER_CALIB = {"gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0}
 #: ``proximal`` per variant (absent: the library default): the gradient-mode variants were
 #: measured before the proximal step existed; ``gohsp-prox*`` vary its strength ``c``.
 GOHSP_PROXIMAL = {"gohsp-grad": None, "gohsp-10-rounds": None, "gohsp-bias0": None, "gohsp-bias3": None,
@@ -307,7 +312,10 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
         prox = {"proximal": GOHSP_PROXIMAL[name]} if name in GOHSP_PROXIMAL else {}
         prox |= {"metric": GOHSP_METRIC[name]} if name in GOHSP_METRIC else {}
+        prox |= {"fisher_decay": GOHSP_FISHER_CALIB[name]} if name in GOHSP_FISHER_CALIB else {}
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias, **prox)
+        if name in GOHSP_FISHER_CALIB:
+            pruner.calibrate_fisher(calib, progress=False)
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=spans[0], **train)
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
