@@ -33,9 +33,11 @@ model = copy.deepcopy(dense)
 # 1) graph ranking: PageRank from the classifier over the directed "who reads whom" head graph
 imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.calib_batches)
 # 2) ADMM towards a heterogeneous structured pattern (heads + head dims + MLP neurons)
-# the ADMM pull is a proximal step on the weights (GOHSPPruner's default), rho balanced by the residuals
+# the ADMM pull is a proximal step on the weights (GOHSPPruner's default), rho balanced by the residuals;
+# the Z-step projects in the Fisher norm, estimated first on calibration batches (also the default)
 interval = max(1, args.admm_epochs * len(train_loader) // 10)  # 10 dual updates over the ADMM epochs
 pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params, admm_interval=interval)
+pruner.calibrate_fisher(train_loader, max_batches=args.calib_batches)
 finetune(
     model,
     train_loader,

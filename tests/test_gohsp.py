@@ -268,13 +268,14 @@ def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     assert pruner.history[-1]["primal"] < 0.1 * pruner.history[0]["primal"]
     with pytest.raises(ValueError, match="proximal"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, proximal=0.0)
-    assert tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25).proximal == 0.2
+    default = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
+    assert (default.proximal, default.metric, default.normalize, default.fisher_decay) == (0.2, "fisher", "block", None)
 
 
 def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
     model = make_model("vit", depth=2, num_heads=4)
-    euclid = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.25)
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, metric="fisher", proximal=None)
+    euclid = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.25, metric="euclidean")
+    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, metric="fisher", proximal=None, fisher_decay=0.1)
     assert pruner._unit_energies(False)[0]["neuron"].equal(euclid._unit_energies(False)[0]["neuron"])  # no step yet
     for value, factor in ((2.0, 4.0), (0.0, 0.9 * 4.0)):  # F = g^2, then the running mean 0.9 F + 0.1 * 0
         for p in pruner.Z:
@@ -285,6 +286,26 @@ def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
                 torch.testing.assert_close(mine[kind], factor * ref[kind])
     with pytest.raises(ValueError, match="metric"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, metric="l1")
+
+
+def test_block_normalisation_makes_the_plan_invariant_to_a_block_scale(x):
+    """normalize="block": scaling one block's prunable weights leaves the plan alone; "type" moves it."""
+    model = make_model("vit", depth=2, num_heads=4)
+    scaled = copy.deepcopy(model)
+    b = scaled.blocks[1]
+    with torch.no_grad():
+        for p in (b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight):
+            p.mul_(10.0)
+
+    def plan(m, normalize):
+        pl = tpv.GOHSPPruner(m, x, None, target_params_ratio=0.3, normalize=normalize).project(use_dual=False)
+        return pl.heads, pl.head_dims, pl.neurons
+
+    assert plan(model, "block") == plan(scaled, "block")
+    assert plan(model, "type") != plan(scaled, "type")
+    assert sum(map(len, plan(scaled, "type")[2][1:])) < sum(map(len, plan(model, "type")[2][1:]))  # spares block 1
+    with pytest.raises(ValueError, match="normalize"):
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, normalize="layer")
 
 
 def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x):
@@ -325,7 +346,7 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
     pruner.update_regularizer()
     with pytest.raises(ValueError, match="before the first dual update"):
         pruner.calibrate_fisher(loader, progress=False)
-    euclid = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
+    euclid = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, metric="euclidean")
     with pytest.raises(ValueError, match="metric='fisher'"):
         euclid.calibrate_fisher(loader, progress=False)
     with pytest.raises(ValueError, match="fisher_decay"):

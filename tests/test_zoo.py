@@ -121,6 +121,12 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
     merged = zoo_bench.merge_runs(str(tmp_path / "merged"), [str(tmp_path / "out" / "zoo.json")], "merge", boot=settings.boot)
     assert merged["heads | 50% heads removed"]["versus_best_peer"] == heads["versus_best_peer"]
     assert merged["tokens | 70% MACs"]["accuracy"] == summary["tokens | 70% MACs"]["accuracy"]
+    source = f"{tmp_path / 'out' / 'zoo.json'}:gohsp=gohsp-renamed"
+    only = zoo_bench.merge_runs(str(tmp_path / "only"), [source], "merge", boot=settings.boot, methods=["gohsp-renamed", "l2"])
+    assert set(only["heads | 50% heads removed"]["accuracy"]) == {"gohsp-renamed", "l2"}
+    assert only["heads | 50% heads removed"]["accuracy"]["gohsp-renamed"] == heads["accuracy"]["gohsp"]
+    with pytest.raises(ValueError, match="no records"):
+        zoo_bench.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
 
 
 def test_pipeline_method_names_match_the_protocol():

@@ -203,19 +203,27 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 
 
 #: GOHSP ADMM dual updates over the sparse phase (``None``: one per sparse epoch). ``gohsp`` is
-#: the library default (the ADMM pull as a proximal step, ``GOHSPPruner(proximal=0.2)``, and
-#: 10 dual updates, as the CLI / bench recipes run it); ``gohsp-grad`` the default before
-#: (``rho (W - Z + U)`` through AdamW's gradient, one update per sparse epoch).
-GOHSP_ROUNDS = {"gohsp": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None, "gohsp-bias3": None,
-                "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10, "gohsp-prox0.2-bias0": 10,
-                "gohsp-fisher": 10, "gohsp-fisher-calib": 10, "gohsp-fisher-frozen": 10}  # fmt: skip
+#: the library default: the ADMM pull as a proximal step (``proximal=0.2``), 10 dual updates, the
+#: Z-step in the Fisher norm estimated on the calibration batches (``calibrate_fisher``, then the
+#: cumulative mean) with unit scores normalised per block (``metric="fisher"``,
+#: ``normalize="block"``), as the CLI / bench recipes run it. ``gohsp-euclid`` is session 7's
+#: default (Euclidean projection, scores normalised per unit type); ``gohsp-grad`` the one before
+#: (``rho (W - Z + U)`` through AdamW's gradient, one update per sparse epoch). Every variant not
+#: in the three tables below runs the Euclidean, per-type projection it was measured with.
+GOHSP_ROUNDS = {"gohsp": 10, "gohsp-euclid": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None,
+                "gohsp-bias3": None, "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10,
+                "gohsp-prox0.2-bias0": 10, "gohsp-fisher": 10, "gohsp-fisher-calib": 10, "gohsp-fisher-frozen": 10,
+                "gohsp-block": 10}  # fmt: skip
 #: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``),
-#: estimated from the training steps (running mean, weight 0.1); ``-calib`` starts it from the
-#: calibration batches (``calibrate_fisher``) and keeps the cumulative mean, ``-frozen`` uses the
-#: calibration estimate alone.
-GOHSP_METRIC = {"gohsp-fisher": "fisher", "gohsp-fisher-calib": "fisher", "gohsp-fisher-frozen": "fisher"}
+#: estimated from the training steps alone (running mean, weight 0.1); ``-calib`` starts it from
+#: the calibration batches (``calibrate_fisher``) and keeps the cumulative mean, ``-frozen`` uses
+#: the calibration estimate alone; all three normalise per unit type.
+GOHSP_METRIC = {"gohsp": "fisher", "gohsp-fisher": "fisher", "gohsp-fisher-calib": "fisher",
+                "gohsp-fisher-frozen": "fisher"}  # fmt: skip
 #: ``GOHSPPruner(fisher_decay=...)`` of the calibrated Fisher variants (they call ``calibrate_fisher``).
-GOHSP_FISHER_CALIB = {"gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0}
+GOHSP_FISHER_CALIB = {"gohsp": None, "gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0}
+#: ``normalize`` per variant (absent: ``"type"``); ``gohsp-block`` is ``gohsp-euclid`` normalised per block.
+GOHSP_NORMALIZE = {"gohsp": "block", "gohsp-block": "block"}
 #: ``proximal`` per variant (absent: the library default): the gradient-mode variants were
 #: measured before the proximal step existed; ``gohsp-prox*`` vary its strength ``c``.
 GOHSP_PROXIMAL = {"gohsp-grad": None, "gohsp-10-rounds": None, "gohsp-bias0": None, "gohsp-bias3": None,
@@ -256,12 +264,12 @@ VTP_VARIANTS = {
 #: fine-tune (``finetune(schedule_span=...)``) instead of a fine-tune restarted at the peak rate.
 #: VTP with closing always runs so (its prune is exact: the run just continues); GroupNorm and
 #: GOHSP restart by default (their prune changes the function; ``group_norm-1sched``,
-#: ``gohsp-1sched`` and ``gohsp-grad-1sched`` measured the alternative: lower or level on the
+#: ``gohsp-euclid-1sched`` and ``gohsp-grad-1sched`` measured the alternative: lower or level on the
 #: zoo, RESULTS "Zoo: session 7"). Closing variants recorded before session 7 (``vtp-late``,
 #: ``vtp-fold-close``, ``vtp-close-v1``, ``vtp-s6`` in ``benchmarks/zoo_vtp3`` / ``zoo_vtp4``) ran
 #: with the restarted schedule; rerunning them now gives the one-schedule numbers.
 ONE_SCHEDULE = "-1sched"
-ONE_SCHEDULE_VARIANTS = tuple(f"{n}{ONE_SCHEDULE}" for n in ("group_norm", "gohsp", "gohsp-grad"))
+ONE_SCHEDULE_VARIANTS = tuple(f"{n}{ONE_SCHEDULE}" for n in ("group_norm", "gohsp", "gohsp-euclid", "gohsp-grad"))
 
 
 def _prune_to_params(
@@ -311,8 +319,8 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
         bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
         prox = {"proximal": GOHSP_PROXIMAL[name]} if name in GOHSP_PROXIMAL else {}
-        prox |= {"metric": GOHSP_METRIC[name]} if name in GOHSP_METRIC else {}
-        prox |= {"fisher_decay": GOHSP_FISHER_CALIB[name]} if name in GOHSP_FISHER_CALIB else {}
+        prox |= {"metric": GOHSP_METRIC.get(name, "euclidean"), "normalize": GOHSP_NORMALIZE.get(name, "type")}
+        prox |= {"fisher_decay": GOHSP_FISHER_CALIB.get(name, 0.1)}
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias, **prox)
         if name in GOHSP_FISHER_CALIB:
             pruner.calibrate_fisher(calib, progress=False)
@@ -760,7 +768,9 @@ def _load_records(path: str) -> tuple[list[Record], dict]:
     return rows, zoo_meta
 
 
-def merge_runs(out_dir: str, sources: Sequence[str], command: str, boot: int = 1000) -> dict:
+def merge_runs(
+    out_dir: str, sources: Sequence[str], command: str, boot: int = 1000, methods: Sequence[str] | None = None
+) -> dict:
     """Summarise several zoo runs together (e.g. new variants against peers measured earlier).
 
     Every run's records are deterministic functions of (model, method, seed, setting), so the
@@ -773,6 +783,7 @@ def merge_runs(out_dir: str, sources: Sequence[str], command: str, boot: int = 1
             ``:old=new,old2=new2`` to relabel methods (e.g. a variant that became the default).
         command: The command lines written into ``ZOO.md``.
         boot: Bootstrap resamples.
+        methods: Keep only these methods (after relabelling); ``None`` keeps all.
 
     Returns:
         The summary.
@@ -786,8 +797,11 @@ def merge_runs(out_dir: str, sources: Sequence[str], command: str, boot: int = 1
         zoo_meta.update(meta)
         for r in rows:
             r.method = rename.get(r.method, r.method)
-            merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
+            if methods is None or r.method in methods:
+                merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
     rows = list(merged.values())
+    if not rows:
+        raise ValueError(f"no records left from {list(sources)} (methods={methods})")
     summary = summarize(rows, boot)
     if not zoo_meta:
         used = {r.model for r in rows}
