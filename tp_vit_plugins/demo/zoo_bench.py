@@ -213,24 +213,25 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 GOHSP_ROUNDS = {"gohsp": 10, "gohsp-euclid": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None,
                 "gohsp-bias3": None, "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10,
                 "gohsp-prox0.2-bias0": 10, "gohsp-fisher": 10, "gohsp-fisher-calib": 10, "gohsp-fisher-frozen": 10,
-                "gohsp-block": 10}  # fmt: skip
+                "gohsp-block": 10, "gohsp-nograph": 10}  # fmt: skip
 #: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``),
 #: estimated from the training steps alone (running mean, weight 0.1); ``-calib`` starts it from
 #: the calibration batches (``calibrate_fisher``) and keeps the cumulative mean, ``-frozen`` uses
 #: the calibration estimate alone; all three normalise per unit type.
 GOHSP_METRIC = {"gohsp": "fisher", "gohsp-fisher": "fisher", "gohsp-fisher-calib": "fisher",
-                "gohsp-fisher-frozen": "fisher"}  # fmt: skip
+                "gohsp-fisher-frozen": "fisher", "gohsp-nograph": "fisher"}  # fmt: skip
 #: ``GOHSPPruner(fisher_decay=...)`` of the calibrated Fisher variants (they call ``calibrate_fisher``).
-GOHSP_FISHER_CALIB = {"gohsp": None, "gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0}
+GOHSP_FISHER_CALIB = {"gohsp": None, "gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0, "gohsp-nograph": None}
 #: ``normalize`` per variant (absent: ``"type"``); ``gohsp-block`` is ``gohsp-euclid`` normalised per block.
-GOHSP_NORMALIZE = {"gohsp": "block", "gohsp-block": "block"}
+GOHSP_NORMALIZE = {"gohsp": "block", "gohsp-block": "block", "gohsp-nograph": "block"}
 #: ``proximal`` per variant (absent: the library default): the gradient-mode variants were
 #: measured before the proximal step existed; ``gohsp-prox*`` vary its strength ``c``.
 GOHSP_PROXIMAL = {"gohsp-grad": None, "gohsp-10-rounds": None, "gohsp-bias0": None, "gohsp-bias3": None,
                   "gohsp-global": None, "gohsp-prox0.05": 0.05, "gohsp-prox1": 1.0, "gohsp-prox0.2-bias0": 0.2}  # fmt: skip
 #: How strongly the head graph guides GOHSP's projection (``graph_bias``; 1.0 = the default):
-#: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it.
-GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0, "gohsp-prox0.2-bias0": 0.0}
+#: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it (both with
+#: session 7's projection); ``gohsp-nograph`` is today's default without the graph.
+GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0, "gohsp-prox0.2-bias0": 0.0, "gohsp-nograph": 0.0}
 #: ``gohsp-global``: head scores normalised over all heads (the flow graph's mass is one
 #: distribution over the whole model) instead of per block.
 GOHSP_PER_BLOCK = {"gohsp-global": False}
