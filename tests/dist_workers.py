@@ -49,7 +49,8 @@ def ranking_worker(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def make_pruner(kind: str, model, example):
+def make_pruner(kind: str, model, example, calib=None):
+    """The pruner whose ``regularize`` the DDP step test runs; GOHSP calibrates its Fisher norm on ``calib``."""
     import tp_vit_plugins as tpv
 
     if kind == "vtp":
@@ -59,7 +60,7 @@ def make_pruner(kind: str, model, example):
                 g.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(i))
         return p
     if kind == "gohsp":
-        return tpv.GOHSPPruner(model, example, None, target_params_ratio=0.3, rho=0.1)
+        return tpv.GOHSPPruner(model, example, None, target_params_ratio=0.3, rho=0.1).calibrate_fisher(calib, progress=False)
     return None
 
 
@@ -70,8 +71,9 @@ def ddp_step_worker(rank: int, world: int, port: int, kind: str, out: str) -> No
     try:
         x, y = data(8)
         model = tiny_model()
-        pruner = make_pruner(kind, model, x[:1])
-        loader = DataLoader(TensorDataset(x.chunk(world)[rank], y.chunk(world)[rank]), batch_size=8)
+        mine = TensorDataset(x.chunk(world)[rank], y.chunk(world)[rank])
+        pruner = make_pruner(kind, model, x[:1], calib=DataLoader(mine, batch_size=4))  # one batch per rank
+        loader = DataLoader(mine, batch_size=8)
         finetune(model, loader, epochs=1, lr=1e-3, progress=False, step_hook=pruner.regularize if pruner else None)
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)

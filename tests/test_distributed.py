@@ -44,6 +44,7 @@ def test_two_process_ranking_equals_one_process(tmp_path):
 @pytest.mark.parametrize("kind", ["plain", "vtp", "gohsp"])
 @pytest.mark.slow
 def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path, kind):
+    """GOHSP also calibrates its Fisher norm on each rank's batch: the all-reduced mean equals one process on both."""
     # lr 1e-3: Adam's first step is ~lr * g / (|g| + eps), so entries whose gradient is near eps
     # amplify summation-order noise in proportion to lr
     out = str(tmp_path / "ddp.pt")
@@ -51,7 +52,7 @@ def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path, kind):
     ddp = torch.load(out, weights_only=True)
     x, y = data(8)
     model = tiny_model()
-    pruner = make_pruner(kind, model, x[:1])
+    pruner = make_pruner(kind, model, x[:1], calib=DataLoader(TensorDataset(x, y), batch_size=4))  # the ranks' batches
     finetune(
         model,
         DataLoader(TensorDataset(x, y), batch_size=8),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import networkx as nx
 import numpy as np
@@ -157,7 +158,9 @@ def test_gohsp_step_yields_the_z_support(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
-    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=1.0, rho_growth=1.0, balance=False, proximal=None)
+    pruner = tpv.GOHSPPruner(
+        model, x, imp, target_params_ratio=0.25, rho=1.0, rho_growth=1.0, balance=False, proximal=None, metric="euclidean"
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(40):  # pure ADMM through the gradient: drive W onto Z (no task loss)
         opt.zero_grad()
@@ -228,7 +231,7 @@ def test_admm_runs_on_steps_converges_and_prunes_z_support(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
-    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=0.5, admm_interval=5, tol=1e-2)
+    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=0.5, admm_interval=5, tol=1e-2, metric="euclidean")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)  # lr * rho < 2 for every rho balancing reaches here
     for _ in range(200):
         opt.zero_grad()
@@ -250,7 +253,7 @@ def test_admm_runs_on_steps_converges_and_prunes_z_support(x):
 def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, proximal=0.25, admm_interval=5)
+    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, proximal=0.25, admm_interval=5, metric="euclidean")
     for p in pruner.U:
         pruner.U[p].normal_(0, 0.01)
     before = {p: p.detach().clone() for p in pruner.Z}
@@ -280,7 +283,12 @@ def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
     for value, factor in ((2.0, 4.0), (0.0, 0.9 * 4.0)):  # F = g^2, then the running mean 0.9 F + 0.1 * 0
         for p in pruner.Z:
             p.grad = torch.full_like(p, value)
-        pruner.regularize(model)  # gradient form: W itself does not move, the energies compare the same W
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pruner.regularize(model)  # gradient form: W itself does not move, the energies compare the same W
+        # without calibrate_fisher the first step (only) warns that the estimate starts from one batch
+        warned = any("calibrate_fisher" in str(w.message) for w in caught)
+        assert warned == (factor == 4.0) and len(caught) == int(warned)
         for mine, ref in zip(pruner._unit_energies(False), euclid._unit_energies(False)):
             for kind in ("head", "dim", "neuron"):
                 torch.testing.assert_close(mine[kind], factor * ref[kind])
@@ -336,7 +344,9 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
     for p in pruner.Z:  # cumulative mean: (2 F + 0) / 3
         p.grad = torch.zeros_like(p)
     pruner.proximal = None
-    pruner.regularize(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # calibrated: no warning
+        pruner.regularize(model)
     for p, f in pruner._fisher.items():
         torch.testing.assert_close(f, f0[p] * 2 / 3)
     pruner.fisher_decay = 0.0  # frozen: the calibrated estimate stays

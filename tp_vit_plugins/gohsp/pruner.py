@@ -49,6 +49,7 @@ least ``min_heads`` heads, one head dim and one MLP neuron.
 from __future__ import annotations
 
 import typing
+import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -369,6 +370,13 @@ class GOHSPPruner(ViTPruner):
 
         With ``proximal=c`` the weights themselves move instead: ``W <- (W + c (Z - U)) / (1 + c)``.
         """  # noqa: E501
+        if self.metric == "fisher" and not self._fisher_count:
+            warnings.warn(
+                "GOHSPPruner(metric='fisher') starts its Fisher estimate from this training step (one batch); "
+                "call pruner.calibrate_fisher(calib_loader) before training (the default recipe), or pass "
+                "metric='euclidean'",
+                stacklevel=2,
+            )
         with torch.no_grad():
             if self.metric == "fisher":  # the loss gradient, before the ADMM term touches it
                 self._update_fisher()
