@@ -362,6 +362,15 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
     with pytest.raises(ValueError, match="fisher_decay"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, metric="fisher", fisher_decay=1.5)
 
+    def failing():  # a loader that breaks after one batch: no half-calibrated estimate is kept
+        yield images[:3], labels[:3]
+        raise RuntimeError("loader broke")
+
+    fresh = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
+    with pytest.raises(RuntimeError, match="loader broke"):
+        fresh.calibrate_fisher(failing(), progress=False)
+    assert fresh._fisher == {} and fresh._fisher_count == 0
+
 
 def test_flow_graph_stationary_mass_closed_form():
     """Personalised PageRank from the classifier on a hand-set usage, against the linear-system solution."""

@@ -446,6 +446,9 @@ class GOHSPPruner(ViTPruner):
                 model.zero_grad(set_to_none=True)
                 loss_fn(model(images.to(device)), targets.to(device)).backward()
                 self._update_fisher()
+        except Exception:
+            self._fisher, self._fisher_count = {}, 0  # no half-calibrated estimate
+            raise
         finally:
             self.fisher_decay = decay
             model.zero_grad(set_to_none=True)
