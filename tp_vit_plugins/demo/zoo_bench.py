@@ -265,8 +265,8 @@ VTP_VARIANTS = {
 #: fine-tune (``finetune(schedule_span=...)``) instead of a fine-tune restarted at the peak rate.
 #: VTP with closing always runs so (its prune is exact: the run just continues); GroupNorm and
 #: GOHSP restart by default (their prune changes the function; ``group_norm-1sched``,
-#: ``gohsp-euclid-1sched`` and ``gohsp-grad-1sched`` measured the alternative: lower or level on the
-#: zoo, RESULTS "Zoo: session 7"). Closing variants recorded before session 7 (``vtp-late``,
+#: ``gohsp-euclid-1sched``, ``gohsp-grad-1sched`` and ``gohsp-1sched`` measured the alternative: lower
+#: or level on the zoo, RESULTS "Zoo: session 7" / "Zoo: session 8"). Closing variants recorded before session 7 (``vtp-late``,
 #: ``vtp-fold-close``, ``vtp-close-v1``, ``vtp-s6`` in ``benchmarks/zoo_vtp3`` / ``zoo_vtp4``) ran
 #: with the restarted schedule; rerunning them now gives the one-schedule numbers.
 ONE_SCHEDULE = "-1sched"
