@@ -18,7 +18,7 @@ def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
         "--embedded-epochs",
         "1",
         "--methods",
-        "l2,gohsp,vtp,cpvit,gohsp+cpvit",
+        "l2,gohsp,vtp,cpvit,gohsp+cpvit,vtp+cpvit",
         "--targets",
         "0.7",
         "--seeds",
@@ -52,13 +52,18 @@ def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
         assert col in table
     data = json.loads((out / "results.json").read_text())
     rows = data["rows"]
-    assert [r["method"] for r in rows] == ["dense+E", "l2", "gohsp", "vtp", "cpvit", "gohsp+cpvit"]
+    assert [r["method"] for r in rows] == ["dense+E", "l2", "gohsp", "vtp", "cpvit", "gohsp+cpvit", "vtp+cpvit"]
     control, rows = rows[0], rows[1:]
     assert control["macs_kept"] == 1.0 and control["finetune_epochs"] == 1
     for r in rows:
         assert r["sparse_epochs"] + r["finetune_epochs"] == 1, r  # equal epochs for every method
-        assert (r["gate_zero_share"] is not None) == (r["method"] == "vtp")
+        assert (r["gate_zero_share"] is not None) == r["method"].startswith("vtp")
         assert abs(r["macs_kept"] - 0.7) / 0.7 <= 0.02, r  # every method hits the budget within 2 %
         assert set(r) >= {"params", "oneshot_acc", "final_acc", "latency", "speedup", "heads", "mlp"}
+    cascade_only = next(r for r in rows if r["method"] == "cpvit")
+    assert cascade_only["params"] == control["params"]  # tokens only
+    for r in rows:
+        if "+" in r["method"]:  # structure and tokens: fewer params than dense, yet at the same MACs budget
+            assert cascade_only["params"] > r["params"] > 0.7 * control["params"], r
     for png in ("accuracy_vs_macs.png", "structure.png", "vtp_gates_0.70_s0.png"):
         assert (out / png).stat().st_size > 1000

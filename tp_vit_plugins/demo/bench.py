@@ -16,8 +16,8 @@ MACs ratio. Every method is a recipe of :mod:`.methods` (the same table ``tp-vit
   epoch: untrained gates are all 1 and rank nothing), |gate| ranking, the rest fine-tuning;
   the share of gates at exactly 0 is a column and ``vtp_gates_<target>_s<seed>.png`` a histogram;
 * ``cpvit`` — the CP-ViT cascade (``beta = 0``: exact MACs), fine-tuned with it active;
-* ``gohsp+cpvit`` — half of the MACs cut (in log scale) from GOHSP structure, the rest from
-  the cascade;
+* ``gohsp+cpvit`` / ``vtp+cpvit`` — half of the MACs cut (in log scale) from GOHSP / VTP
+  structure, the rest from the cascade (fine-tuned with it active);
 * ``dense+E`` — the control: the dense model trained for the same epochs, no pruning.
 
 **Equal epochs.** Every method gets ``finetune_epochs`` epochs in total; a sparse phase

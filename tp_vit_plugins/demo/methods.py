@@ -11,7 +11,7 @@ A recipe says how a method turns a dense model into a pruner, in three steps:
 
 The pruner then either steps at its ratios or lends its importance to
 :func:`~tp_vit_plugins.fit_budget` for a MACs / latency target. Token methods (CP-ViT)
-instead attach a cascade (:meth:`Method.attach_tokens`); ``gohsp+cpvit`` does both.
+instead attach a cascade (:meth:`Method.attach_tokens`); ``gohsp+cpvit`` and ``vtp+cpvit`` do both.
 """
 
 from __future__ import annotations
@@ -244,9 +244,17 @@ class GOHSPWithCascade(GOHSP):
     attach_tokens = CPViT.attach_tokens
 
 
+class VTPWithCascade(VTP):
+    """VTP structure (sparse phase, gate ranking) and the CP-ViT cascade together (the bench splits the MACs cut)."""
+
+    name, summary = "vtp+cpvit", "VTP structure + CP-ViT cascade"
+    drops_tokens = True
+    attach_tokens = CPViT.attach_tokens
+
+
 #: Every recipe by name, in the order the CLI and the bench list them.
 METHODS: dict[str, Method] = {
-    m.name: m for m in (*(TPCriterion(n) for n in TP_CRITERIA), GOHSP(), VTP(), CPViT(), GOHSPWithCascade())
+    m.name: m for m in (*(TPCriterion(n) for n in TP_CRITERIA), GOHSP(), VTP(), CPViT(), GOHSPWithCascade(), VTPWithCascade())
 }
 
 

@@ -8,8 +8,8 @@ __all__ = ["PRUNE_METHODS", "BENCH_METHODS", "ZOO_PROTOCOLS", "ZOO_PIPELINE_METH
 
 #: ``tp-vit prune --method`` choices.
 PRUNE_METHODS = ("random", "l1", "l2", "taylor", "gohsp", "vtp", "cpvit")
-#: ``tp-vit bench --methods`` choices (``gohsp+cpvit`` combines structure and tokens).
-BENCH_METHODS = ("random", "l2", "taylor", "gohsp", "vtp", "cpvit", "gohsp+cpvit")
+#: ``tp-vit bench --methods`` choices (``gohsp+cpvit`` / ``vtp+cpvit`` combine structure and tokens).
+BENCH_METHODS = ("random", "l2", "taylor", "gohsp", "vtp", "cpvit", "gohsp+cpvit", "vtp+cpvit")
 #: ``tp-vit bench --zoo --protocols`` choices (see :mod:`tp_vit_plugins.demo.zoo_bench`).
 ZOO_PROTOCOLS = ("heads", "pipeline", "tokens", "latency")
 #: Methods the zoo's pipeline protocol can run (``--pipeline-methods``): peers, the seed
