@@ -139,9 +139,14 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         prune_fn = vit_prune_fn(pruner.importance, base, lambda r: r, lambda r: r, prune_head_dims=True)
         pruned = fit_budget(base, setup.example, struct_target, prune_fn=prune_fn, **_FIT).model
     pruned.zero_grad(set_to_none=True)
+    cascade = False
     if recipe is not None and recipe.drops_tokens:
-        rest = min(1.0, target * setup.dense_macs / count_macs(pruned, setup.example))
-        recipe.attach_tokens(pruned, tuple(setup.example.shape[1:]), settings, rest)
+        rest = target * setup.dense_macs / count_macs(pruned, setup.example)
+        # VTP's dead dims can take the structure past its share: then there is nothing left for tokens
+        # to cut, and a cascade dropping nothing would only add its overhead
+        cascade = rest < 1.0
+        if cascade:
+            recipe.attach_tokens(pruned, tuple(setup.example.shape[1:]), settings, rest)
     at_prune = evaluate(pruned, setup.test_loader, progress=False)
     if epochs:
         span = (sparse, sparse + epochs) if one_schedule else None
@@ -153,7 +158,7 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         alternated_speedup(setup.model, pruned, setup.example, setup.latency_batch_sizes) if setup.latency_batch_sizes else {}
     )
     kept = Structure.of(pruned)
-    if recipe is not None and recipe.drops_tokens:
+    if cascade:
         remove_cascade(pruned)
     return BenchRow(
         name, target, seed, macs / setup.dense_macs, count_params(pruned), at_prune, final,
