@@ -372,6 +372,32 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
     assert fresh._fisher == {} and fresh._fisher_count == 0
 
 
+def test_calibrate_fisher_with_model_labels_is_the_true_fisher_draw(x):
+    """labels="model": targets drawn from the model's softmax with the seeded generator, batch by batch."""
+    torch.manual_seed(0)
+    model = make_model("vit", depth=2, num_heads=4)
+    images = torch.randn(6, *x.shape[1:])
+    loader = DataLoader(TensorDataset(images, torch.zeros(6, dtype=torch.long)), batch_size=3)
+    ref = copy.deepcopy(model).eval()
+    ref_pruner = tpv.GOHSPPruner(ref, x, None, target_params_ratio=0.25)
+    gen, squares = torch.Generator().manual_seed(7), []
+    for xb, _ in loader:
+        ref.zero_grad()
+        logits = ref(xb)
+        y = torch.multinomial(logits.detach().softmax(-1), 1, generator=gen).squeeze(1)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        squares.append({p: p.grad.pow(2) for p in ref_pruner.Z})
+    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25).calibrate_fisher(
+        loader, progress=False, labels="model", seed=7
+    )
+    for f, p in zip(pruner._fisher.values(), ref_pruner.Z):
+        torch.testing.assert_close(f, (squares[0][p] + squares[1][p]) / 2)
+    empirical = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.25).calibrate_fisher(loader, progress=False)
+    assert any(not a.equal(b) for a, b in zip(pruner._fisher.values(), empirical._fisher.values()))
+    with pytest.raises(ValueError, match="labels"):
+        pruner.calibrate_fisher(loader, progress=False, labels="soft")
+
+
 def test_flow_graph_stationary_mass_closed_form():
     """Personalised PageRank from the classifier on a hand-set usage, against the linear-system solution."""
     from tp_vit_plugins.gohsp.graph import EMBED, OUT, build_flow_graph, flow_head_scores

@@ -213,17 +213,20 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 GOHSP_ROUNDS = {"gohsp": 10, "gohsp-euclid": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None,
                 "gohsp-bias3": None, "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10,
                 "gohsp-prox0.2-bias0": 10, "gohsp-fisher": 10, "gohsp-fisher-calib": 10, "gohsp-fisher-frozen": 10,
-                "gohsp-block": 10, "gohsp-nograph": 10}  # fmt: skip
+                "gohsp-block": 10, "gohsp-nograph": 10, "gohsp-truefisher": 10}  # fmt: skip
 #: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``),
 #: estimated from the training steps alone (running mean, weight 0.1); ``-calib`` starts it from
 #: the calibration batches (``calibrate_fisher``) and keeps the cumulative mean, ``-frozen`` uses
 #: the calibration estimate alone; all three normalise per unit type.
 GOHSP_METRIC = {"gohsp": "fisher", "gohsp-fisher": "fisher", "gohsp-fisher-calib": "fisher",
-                "gohsp-fisher-frozen": "fisher", "gohsp-nograph": "fisher"}  # fmt: skip
+                "gohsp-fisher-frozen": "fisher", "gohsp-nograph": "fisher", "gohsp-truefisher": "fisher"}  # fmt: skip
 #: ``GOHSPPruner(fisher_decay=...)`` of the calibrated Fisher variants (they call ``calibrate_fisher``).
-GOHSP_FISHER_CALIB = {"gohsp": None, "gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0, "gohsp-nograph": None}
+GOHSP_FISHER_CALIB = {"gohsp": None, "gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0, "gohsp-nograph": None,
+                      "gohsp-truefisher": None}  # fmt: skip
+#: ``gohsp-truefisher``: the default with the calibration's labels drawn from the model (``labels="model"``).
+GOHSP_FISHER_LABELS = {"gohsp-truefisher": "model"}
 #: ``normalize`` per variant (absent: ``"type"``); ``gohsp-block`` is ``gohsp-euclid`` normalised per block.
-GOHSP_NORMALIZE = {"gohsp": "block", "gohsp-block": "block", "gohsp-nograph": "block"}
+GOHSP_NORMALIZE = {"gohsp": "block", "gohsp-block": "block", "gohsp-nograph": "block", "gohsp-truefisher": "block"}
 #: ``proximal`` per variant (absent: the library default): the gradient-mode variants were
 #: measured before the proximal step existed; ``gohsp-prox*`` vary its strength ``c``.
 GOHSP_PROXIMAL = {"gohsp-grad": None, "gohsp-10-rounds": None, "gohsp-bias0": None, "gohsp-bias3": None,
@@ -324,7 +327,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         prox |= {"fisher_decay": GOHSP_FISHER_CALIB.get(name, 0.1)}
         pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias, **prox)
         if name in GOHSP_FISHER_CALIB:
-            pruner.calibrate_fisher(calib, progress=False)
+            pruner.calibrate_fisher(calib, progress=False, labels=GOHSP_FISHER_LABELS.get(name, "data"), seed=seed)
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=spans[0], **train)
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}

@@ -412,6 +412,8 @@ class GOHSPPruner(ViTPruner):
         max_batches: int | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
         progress: bool = True,
+        labels: str = "data",
+        seed: int = 0,
     ) -> GOHSPPruner:
         """Start the ``metric="fisher"`` estimate from calibration batches, then re-project ``Z``.
 
@@ -424,6 +426,10 @@ class GOHSPPruner(ViTPruner):
             max_batches: Batches to use (``None``: all).
             loss_fn: ``loss_fn(logits, targets)``.
             progress: tqdm bar.
+            labels: ``"data"``: the loader's targets (the empirical Fisher); ``"model"``: targets
+                drawn from the model's own softmax (the true Fisher, which does not vanish on
+                images the model already fits), with a generator seeded by ``seed``.
+            seed: Seed of the label draws with ``labels="model"``.
 
         Returns:
             ``self``.
@@ -436,6 +442,9 @@ class GOHSPPruner(ViTPruner):
             raise ValueError(f"calibrate_fisher needs metric='fisher', this pruner uses {self.metric!r}")
         if self.rounds:
             raise ValueError("calibrate_fisher must run before the first dual update")
+        if labels not in ("data", "model"):
+            raise ValueError(f"labels must be 'data' or 'model', got {labels!r}")
+        gen = torch.Generator().manual_seed(seed)
         model, was_training = self.model, self.model.training
         device = next(model.parameters()).device
         model.eval()
@@ -444,7 +453,11 @@ class GOHSPPruner(ViTPruner):
         try:
             for images, targets in iter_batches(loader, max_batches, "fisher", progress, with_targets=True):
                 model.zero_grad(set_to_none=True)
-                loss_fn(model(images.to(device)), targets.to(device)).backward()
+                logits = model(images.to(device))
+                if labels == "model":
+                    probs = logits.detach().float().softmax(-1).cpu()
+                    targets = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                loss_fn(logits, targets.to(device)).backward()
                 self._update_fisher()
         except Exception:
             self._fisher, self._fisher_count = {}, 0  # no half-calibrated estimate
