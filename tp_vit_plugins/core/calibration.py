@@ -131,11 +131,14 @@ def accumulate_gradients(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     desc: str = "gradients",
     progress: bool = True,
+    after_backward: Callable[[], None] | None = None,
 ) -> int:
     """Zero the gradients, then accumulate ``loss_fn`` gradients over calibration batches.
 
     This is the gradient pass tp's ``GroupTaylorImportance`` (and Hessian criteria) need
     before ``pruner.step()``. The model runs in eval mode (no dropout), restored afterwards.
+    ``after_backward`` runs after every batch's backward (e.g. to read, then clear, per-batch
+    gradients, as GOHSP's Fisher calibration does).
 
     Returns:
         Number of images processed.
@@ -154,6 +157,8 @@ def accumulate_gradients(
     try:
         for images, targets in iter_batches(loader, max_batches, desc, progress, with_targets=True):
             loss_fn(model(images.to(device)), targets.to(device)).backward()
+            if after_backward is not None:
+                after_backward()
             seen += int(images.shape[0])
     finally:
         model.train(was_training)

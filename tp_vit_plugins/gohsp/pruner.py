@@ -59,7 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention, unit_param_costs
-from ..core.calibration import iter_batches
+from ..core.calibration import accumulate_gradients
 from ..core.distributed import all_reduce_sum
 from ..core.families import has_rope
 from ..core.pruner import ViTPruner, check_ratio
@@ -447,27 +447,27 @@ class GOHSPPruner(ViTPruner):
         if labels not in ("data", "model"):
             raise ValueError(f"labels must be 'data' or 'model', got {labels!r}")
         gen = torch.Generator().manual_seed(seed)
-        model, was_training = self.model, self.model.training
-        device = next(model.parameters()).device
-        model.eval()
+
+        def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            if labels == "model":  # the true Fisher: targets drawn from the model's own softmax
+                probs = logits.detach().float().softmax(-1).cpu()
+                targets = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
+            return loss_fn(logits, targets)
+
+        def fold_batch() -> None:  # this batch's squared gradient into F, then a clean slate
+            self._update_fisher()
+            self.model.zero_grad(set_to_none=True)
+
         self._fisher, self._fisher_count = {}, 0
         decay, self.fisher_decay = self.fisher_decay, None  # calibration batches weigh equally
         try:
-            for images, targets in iter_batches(loader, max_batches, "fisher", progress, with_targets=True):
-                model.zero_grad(set_to_none=True)
-                logits = model(images.to(device))
-                if labels == "model":
-                    probs = logits.detach().float().softmax(-1).cpu()
-                    targets = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                loss_fn(logits, targets.to(device)).backward()
-                self._update_fisher()
+            accumulate_gradients(self.model, loader, max_batches, loss, "fisher", progress, after_backward=fold_batch)
         except Exception:
             self._fisher, self._fisher_count = {}, 0  # no half-calibrated estimate
+            self.model.zero_grad(set_to_none=True)
             raise
         finally:
             self.fisher_decay = decay
-            model.zero_grad(set_to_none=True)
-            model.train(was_training)
         # every rank holds the same Z: the mean over all ranks' batches (no-op in one process)
         count = all_reduce_sum(torch.tensor([float(self._fisher_count)], dtype=torch.float64)).item()
         if not count:
