@@ -202,42 +202,42 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     return rows
 
 
-#: GOHSP ADMM dual updates over the sparse phase (``None``: one per sparse epoch). ``gohsp`` is
-#: the library default: the ADMM pull as a proximal step (``proximal=0.2``), 10 dual updates, the
-#: Z-step in the Fisher norm estimated on the calibration batches (``calibrate_fisher``, then the
-#: cumulative mean) with unit scores normalised per block (``metric="fisher"``,
-#: ``normalize="block"``), as the CLI / bench recipes run it. ``gohsp-euclid`` is session 7's
-#: default (Euclidean projection, scores normalised per unit type); ``gohsp-grad`` the one before
-#: (``rho (W - Z + U)`` through AdamW's gradient, one update per sparse epoch). Every variant not
-#: in the three tables below runs the Euclidean, per-type projection it was measured with.
-GOHSP_ROUNDS = {"gohsp": 10, "gohsp-euclid": 10, "gohsp-grad": None, "gohsp-10-rounds": 10, "gohsp-bias0": None,
-                "gohsp-bias3": None, "gohsp-global": None, "gohsp-prox0.05": 10, "gohsp-prox1": 10,
-                "gohsp-prox0.2-bias0": 10, "gohsp-fisher": 10, "gohsp-fisher-calib": 10, "gohsp-fisher-frozen": 10,
-                "gohsp-block": 10, "gohsp-nograph": 10, "gohsp-truefisher": 10}  # fmt: skip
-#: ``gohsp-fisher``: the Z-step projection in the Fisher-weighted norm (``metric="fisher"``),
-#: estimated from the training steps alone (running mean, weight 0.1); ``-calib`` starts it from
-#: the calibration batches (``calibrate_fisher``) and keeps the cumulative mean, ``-frozen`` uses
-#: the calibration estimate alone; all three normalise per unit type.
-GOHSP_METRIC = {"gohsp": "fisher", "gohsp-fisher": "fisher", "gohsp-fisher-calib": "fisher",
-                "gohsp-fisher-frozen": "fisher", "gohsp-nograph": "fisher", "gohsp-truefisher": "fisher"}  # fmt: skip
-#: ``GOHSPPruner(fisher_decay=...)`` of the calibrated Fisher variants (they call ``calibrate_fisher``).
-GOHSP_FISHER_CALIB = {"gohsp": None, "gohsp-fisher-calib": None, "gohsp-fisher-frozen": 0.0, "gohsp-nograph": None,
-                      "gohsp-truefisher": None}  # fmt: skip
-#: ``gohsp-truefisher``: the default with the calibration's labels drawn from the model (``labels="model"``).
-GOHSP_FISHER_LABELS = {"gohsp-truefisher": "model"}
-#: ``normalize`` per variant (absent: ``"type"``); ``gohsp-block`` is ``gohsp-euclid`` normalised per block.
-GOHSP_NORMALIZE = {"gohsp": "block", "gohsp-block": "block", "gohsp-nograph": "block", "gohsp-truefisher": "block"}
-#: ``proximal`` per variant (absent: the library default): the gradient-mode variants were
-#: measured before the proximal step existed; ``gohsp-prox*`` vary its strength ``c``.
-GOHSP_PROXIMAL = {"gohsp-grad": None, "gohsp-10-rounds": None, "gohsp-bias0": None, "gohsp-bias3": None,
-                  "gohsp-global": None, "gohsp-prox0.05": 0.05, "gohsp-prox1": 1.0, "gohsp-prox0.2-bias0": 0.2}  # fmt: skip
-#: How strongly the head graph guides GOHSP's projection (``graph_bias``; 1.0 = the default):
-#: ``gohsp-bias0`` ignores the graph (weights alone), ``gohsp-bias3`` leans on it (both with
-#: session 7's projection); ``gohsp-nograph`` is today's default without the graph.
-GOHSP_GRAPH_BIAS = {"gohsp-bias0": 0.0, "gohsp-bias3": 3.0, "gohsp-prox0.2-bias0": 0.0, "gohsp-nograph": 0.0}
-#: ``gohsp-global``: head scores normalised over all heads (the flow graph's mass is one
-#: distribution over the whole model) instead of per block.
-GOHSP_PER_BLOCK = {"gohsp-global": False}
+#: GOHSP settings in the pipeline, each spelled out: ``rounds`` (ADMM dual updates over the
+#: sparse phase; ``None``: one per sparse epoch), ``calibrate`` (``calibrate_fisher``'s
+#: ``labels``; absent: no calibration), ``per_block`` (the flow graph's head scores normalised per
+#: block, ``GraphHeadImportance(normalize_per_layer=...)``; absent: True); the rest are
+#: ``GOHSPPruner`` arguments. ``gohsp`` is the library default, as the CLI / bench recipes run
+#: it: the ADMM pull as a proximal step, 10 dual updates, the Z-step in the Fisher norm estimated
+#: on the calibration batches (then the cumulative mean), unit scores normalised per block.
+#: ``gohsp-euclid`` is session 7's default (Euclidean projection, scores normalised per unit type);
+#: ``gohsp-grad`` the one before (``rho (W - Z + U)`` through AdamW's gradient, one update per
+#: sparse epoch). The other variants are what the defaults were chosen among.
+_GOHSP_EUCLID = dict(rounds=10, metric="euclidean", normalize="type", fisher_decay=0.1)  # session 7's projection
+_GOHSP_GRAD = {**_GOHSP_EUCLID, "rounds": None, "proximal": None}  # before the proximal step existed
+_GOHSP_DEFAULT = dict(rounds=10, metric="fisher", normalize="block", fisher_decay=None, calibrate="data")
+GOHSP_VARIANTS = {
+    "gohsp": _GOHSP_DEFAULT,
+    "gohsp-euclid": _GOHSP_EUCLID,
+    "gohsp-grad": _GOHSP_GRAD,
+    "gohsp-10-rounds": {**_GOHSP_GRAD, "rounds": 10},
+    # how strongly the head graph guides the projection (graph_bias; 1.0 = the default)
+    "gohsp-bias0": {**_GOHSP_GRAD, "graph_bias": 0.0},
+    "gohsp-bias3": {**_GOHSP_GRAD, "graph_bias": 3.0},
+    # head scores normalised over all heads (the flow graph's mass as one distribution over the model)
+    "gohsp-global": {**_GOHSP_GRAD, "per_block": False},
+    # the proximal pull's strength c
+    "gohsp-prox0.05": {**_GOHSP_EUCLID, "proximal": 0.05},
+    "gohsp-prox1": {**_GOHSP_EUCLID, "proximal": 1.0},
+    "gohsp-prox0.2-bias0": {**_GOHSP_EUCLID, "proximal": 0.2, "graph_bias": 0.0},
+    # the Fisher norm from the training steps alone (running mean, weight 0.1), from the calibration
+    # batches then the cumulative mean, or the calibration estimate alone; all normalised per unit type
+    "gohsp-fisher": {**_GOHSP_EUCLID, "metric": "fisher"},
+    "gohsp-fisher-calib": {**_GOHSP_EUCLID, "metric": "fisher", "fisher_decay": None, "calibrate": "data"},
+    "gohsp-fisher-frozen": {**_GOHSP_EUCLID, "metric": "fisher", "fisher_decay": 0.0, "calibrate": "data"},
+    "gohsp-block": {**_GOHSP_EUCLID, "normalize": "block"},  # session 7's projection normalised per block
+    "gohsp-nograph": {**_GOHSP_DEFAULT, "graph_bias": 0.0},  # the default without the graph
+    "gohsp-truefisher": {**_GOHSP_DEFAULT, "calibrate": "model"},  # calibration labels drawn from the model
+}
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults: gates close during sparse training, the budget being the cut's parameters); the
 #: others, spelled out in full, are the alternatives it was chosen among (``close=False``: the
@@ -300,7 +300,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
     example, E = split.x_test[:1], s.epochs
     one_schedule = name.endswith(ONE_SCHEDULE) or (name in VTP_VARIANTS and VTP_VARIANTS[name].get("close") is not False)
     name = name.removesuffix(ONE_SCHEDULE)
-    sparse = E // 2 if name in ("group_norm", *GOHSP_ROUNDS, *VTP_VARIANTS) else 0
+    sparse = E // 2 if name in ("group_norm", *GOHSP_VARIANTS, *VTP_VARIANTS) else 0
     spans = ((0, E), (sparse, E)) if one_schedule else (None, None)  # sparse phase, fine-tune
     target = (1 - cut) * count_params(model)
     loader, calib = _train_loader(split, seed, s), _calib(split, seed, s)
@@ -317,17 +317,15 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), schedule_span=spans[0], **train)
         m = _prune_to_params(m, example, tp_importance("l2"), target)
-    elif name in GOHSP_ROUNDS:
-        imp = GraphHeadImportance(progress=False, normalize_per_layer=GOHSP_PER_BLOCK.get(name, True)).calibrate(m, calib)
-        rounds = GOHSP_ROUNDS[name] or max(1, sparse)
+    elif name in GOHSP_VARIANTS:
+        opts = dict(GOHSP_VARIANTS[name])
+        rounds, labels = opts.pop("rounds") or max(1, sparse), opts.pop("calibrate", None)
+        per_block = opts.pop("per_block", True)
+        imp = GraphHeadImportance(progress=False, normalize_per_layer=per_block).calibrate(m, calib)
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
-        bias = GOHSP_GRAPH_BIAS.get(name, 1.0)
-        prox = {"proximal": GOHSP_PROXIMAL[name]} if name in GOHSP_PROXIMAL else {}
-        prox |= {"metric": GOHSP_METRIC.get(name, "euclidean"), "normalize": GOHSP_NORMALIZE.get(name, "type")}
-        prox |= {"fisher_decay": GOHSP_FISHER_CALIB.get(name, 0.1)}
-        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, graph_bias=bias, **prox)
-        if name in GOHSP_FISHER_CALIB:
-            pruner.calibrate_fisher(calib, progress=False, labels=GOHSP_FISHER_LABELS.get(name, "data"), seed=seed)
+        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, **opts)
+        if labels is not None:
+            pruner.calibrate_fisher(calib, progress=False, labels=labels, seed=seed)
         if sparse:
             finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=spans[0], **train)
         extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
