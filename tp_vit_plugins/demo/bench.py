@@ -111,7 +111,7 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         setup.train_set, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     base, epochs, sparse, zero_share = clone_with_grads(setup.model), setup.finetune_epochs, 0, None
-    one_schedule = False  # VTP with closing: one learning-rate schedule over sparse phase and fine-tune
+    one_schedule = False  # one learning-rate schedule over sparse phase and fine-tune (recipe.one_schedule)
     pruned = base
     if name == DENSE_CONTROL:
         recipe = None
@@ -125,7 +125,7 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         if sparse:  # the sparse phase counts against the method's epoch budget
             step_hook, epoch_hook = recipe.hooks(pruner)
             hooks = dict(step_hook=step_hook, epoch_hook=epoch_hook)
-            one_schedule = isinstance(pruner, VTPPruner) and pruner.closing  # exact prune: the run continues
+            one_schedule = recipe.one_schedule(pruner)
             span = (0, setup.finetune_epochs) if one_schedule else None
             finetune(base, train_loader, epochs=sparse, lr=setup.lr, seed=seed, schedule_span=span, progress=False, **hooks)
             epochs = max(0, epochs - sparse)

@@ -116,6 +116,14 @@ class Method:
         """Run after sparse training, before ranking; returns a report line (or ``None``)."""
         return None
 
+    def one_schedule(self, pruner: ViTPruner) -> bool:
+        """Whether the sparse phase and the fine-tune share one learning-rate schedule.
+
+        Only where the prune is exact (the run just continues); a prune that changes the function
+        recovers better from a fine-tune restarted at the peak rate (measured on the zoo).
+        """
+        return False
+
     def attach_tokens(
         self,
         model: nn.Module,
@@ -201,6 +209,9 @@ class VTP(Method):
 
     def hooks(self, pruner):
         return pruner.regularize, None
+
+    def one_schedule(self, pruner):
+        return isinstance(pruner, VTPPruner) and pruner.closing  # closing: the prune removes closed gates only
 
     def finish(self, pruner):
         line = (

@@ -235,7 +235,7 @@ def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, re
     if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
         step_hook, epoch_hook = recipe.hooks(pruner)
         phase(args, f"{args.method} sparse training for {epochs} epochs")
-        if isinstance(pruner, VTPPruner) and pruner.closing:  # exact prune: the fine-tune continues the run
+        if recipe.one_schedule(pruner):  # exact prune: the fine-tune continues the run
             result.sparse_epochs = epochs
         span = (0, epochs + args.finetune_epochs) if result.sparse_epochs else None
         _train(args, model, w, epochs, f"{args.method} sparse training", span, step_hook=step_hook, epoch_hook=epoch_hook)
