@@ -70,7 +70,7 @@ def test_keep_one_and_apply_remove_are_identity(family, x):
         remove_cascade(model)
         assert torch.equal(model(x), ref)
     assert find_cascade(model) is None
-    assert all("forward" not in b.attn.__dict__ for b in model.blocks)
+    assert all("forward" not in b.attn.__dict__ and "forward" not in b.__dict__ for b in model.blocks)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
 
 
@@ -285,6 +285,8 @@ def test_cumulative_head_importance_matches_statistic(x64):
         dict(mode="mask"),
         dict(head_keep_ratio=0.5),
         dict(fold="merge", head_keep_ratio=0.5),
+        dict(prune_at="mlp"),
+        dict(prune_at="block"),
         dict(beta=0.8, calib="x64"),
         dict(schedule_power=0.5, head_keep_ratio=0.75, beta=0.5, calib="x64"),
     ],
@@ -295,7 +297,9 @@ def test_an_images_output_does_not_depend_on_its_batch(options, x64):
 
 
 @pytest.mark.parametrize("family_", ["beit", "eva02", "cait"])
-@pytest.mark.parametrize("options", [dict(), dict(fold="drop", head_keep_ratio=0.5), dict(mode="mask")])
+@pytest.mark.parametrize(
+    "options", [dict(), dict(fold="drop", head_keep_ratio=0.5), dict(mode="mask"), dict(prune_at="mlp", fold="merge")]
+)
 def test_other_families_are_deterministic_per_image(family_, options, x64):
     if family_ == "cait" and options.get("head_keep_ratio"):
         with pytest.raises(ValueError, match="talking-heads"):
@@ -378,3 +382,99 @@ def test_a_deepcopy_of_a_cascaded_model_is_its_own_cascade(x64):
         remove_cascade(model)
         assert torch.equal(model(x64), ref)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in (*model.modules(), *twin.modules())) == 0
+
+
+def test_block_halves_compose_to_the_block_forward(family, x):
+    """Every block type's two residual halves, chained, are exactly the block's own forward (kwargs passed on)."""
+    from tp_vit_plugins.cpvit.patch import block_halves, token_blocks
+
+    model = make_model(family)
+    with torch.no_grad():
+        ref = model(x)
+        for b in token_blocks(model):
+            halves = block_halves(b)
+            b.forward = lambda t, _b=b, _h=halves, **kw: _h.mlp(_b, _h.attn(_b, t, **kw))
+        assert torch.equal(model(x), ref)
+
+
+@pytest.mark.parametrize("family_", ["vit", "deit_distilled", "layerscale", "beit", "eva02", "cait"])
+def test_dropping_before_the_mlp_equals_dropping_after_it_with_fewer_macs(family_, x64):
+    """The MLP works per token: with dropped tokens the outputs are the same, only the dropped tokens' MLP is saved."""
+    model = deeper(family_)
+    out, macs, counts = {}, {}, {}
+    for site in ("block", "mlp"):
+        c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", prune_at=site)
+        with torch.no_grad():
+            out[site] = model(x64)
+        counts[site] = list(c.state.counts)
+        macs[site] = count_macs(model, x64[:1])
+        remove_cascade(model)
+    torch.testing.assert_close(out["mlp"], out["block"], atol=1e-5, rtol=1e-5)
+    assert counts["mlp"] == counts["block"] == [64, 64, 48, 32]
+    b = model.blocks[0]
+    mlp_macs = sum(m.in_features * m.out_features for m in b.mlp.modules() if isinstance(m, torch.nn.Linear))
+    assert macs["block"] - macs["mlp"] == mlp_macs * (16 + 16)  # block 1's MLP lost 16 tokens, block 2's 16 more
+
+
+@pytest.mark.parametrize("family_", ["vit", "deit_distilled", "reg_tokens"])
+@pytest.mark.parametrize("fold", ["drop", "merge"])
+def test_macs_of_pruning_before_the_mlp_match_flop_counter(family_, fold, x64):
+    model = deeper(family_, num_heads=4)
+    apply_cascade(model, keep_ratio=0.4, start_block=0, fold=fold, prune_at="mlp")
+    expected = cascade_macs(model, (3, 32, 32), keep_ratio=0.4, start_block=0, fold=fold, prune_at="mlp", batch_size=3)
+    assert count_macs(model, x64) == expected
+    remove_cascade(model)
+
+
+def test_merging_before_the_mlp_merges_the_stream_after_attention(x64):
+    """prune_at="mlp" with merging: the block's MLP runs on the merged tokens (closed form on block 0)."""
+    from tp_vit_plugins.cpvit.patch import block_halves, merge_into_kept
+
+    model = deeper()
+    c = apply_cascade(model, keep_ratio=0.5, start_block=0, schedule_steps=1, fold="merge", prune_at="mlp")
+    seen = []
+    h = model.blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model(x64)
+        remove_cascade(model)
+        b, halves = model.blocks[0], block_halves(model.blocks[0])
+        probs = []
+        xin = model.norm_pre(model._pos_embed(model.patch_embed(x64)))
+        after_attn = halves.attn(b, xin)
+        cascade_attention(b.attn, b.norm1(xin), observe=probs.append)
+        scores = token_scores(probs[0], 1)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        merged, _ = merge_into_kept(after_attn, torch.ones(3, 64), order[:, :32].sort(dim=1).values, 1, order[:, 32:])
+        expected = halves.mlp(b, merged)
+    h.remove()
+    assert c.schedule == [64, 32, 32, 32]
+    torch.testing.assert_close(seen[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prune_at_errors_leave_the_model_unchanged(x):
+    from tp_vit_plugins.core.adapter import UnsupportedModelError
+    from tp_vit_plugins.demo.peers import apply_tome, remove_peer
+
+    model = make_model()
+    with torch.no_grad():
+        ref = model(x)
+    with pytest.raises(ValueError, match="prune_at"):
+        apply_cascade(model, prune_at="attn", start_block=0)
+
+    class OwnBlock(type(model.blocks[0])):  # a subclass may change its forward: its split is not known
+        pass
+
+    odd = copy.deepcopy(model)
+    odd.blocks[1].__class__ = OwnBlock
+    with pytest.raises(UnsupportedModelError, match="OwnBlock.*prune_at='block'"):
+        apply_cascade(odd, start_block=0, prune_at="mlp")
+    assert find_cascade(odd) is None and not any("forward" in vars(b) for b in (*odd.blocks, *(b.attn for b in odd.blocks)))
+    apply_cascade(odd, start_block=0, prune_at="block")  # after the whole block: any block type
+    remove_cascade(odd)
+    peer = apply_tome(model, 2)
+    with pytest.raises(TypeError, match="already replaced"):
+        apply_cascade(model, start_block=0)
+    remove_peer(peer)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+    assert all("forward" not in vars(b) for b in model.blocks)

@@ -31,6 +31,16 @@ def test_macs_do_not_change_fused_flag_and_match_on_linear():
     assert count_macs(torch.nn.Linear(7, 5), torch.randn(3, 7)) == 3 * 7 * 5
 
 
+def test_macs_count_every_family_and_keep_requires_grad_flags(family):
+    """CaiT's class-attention blocks expand the class token without grad; the count must still run."""
+    model = make_model(family)
+    model.patch_embed.proj.weight.requires_grad_(False)  # a frozen layer stays frozen, the rest stays trainable
+    flags = [p.requires_grad for p in model.parameters()]
+    dense = model.blocks[0].attn.qkv
+    assert count_macs(model, torch.randn(2, 3, 32, 32)) > 2 * 17 * dense.in_features * dense.out_features
+    assert [p.requires_grad for p in model.parameters()] == flags and not all(flags) and any(flags)
+
+
 def test_params_and_latency():
     model = make_model("vit")
     assert count_params(model) == sum(p.numel() for p in model.parameters())

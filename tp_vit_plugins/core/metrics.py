@@ -57,11 +57,19 @@ def count_macs(model: nn.Module, example_inputs: torch.Tensor) -> int:
         Total MACs (``FlopCounterMode`` FLOPs / 2).
     """
     was_training = model.training
+    # FlopCounterMode's module tracker fails on a view of a parameter made without grad (CaiT's
+    # class-token ``expand`` in its class-attention blocks: requires_grad, no grad_fn), so the
+    # parameters stop requiring grad while counting and get their flags back on every path.
+    frozen = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         with _eager(model), FlopCounterMode(display=False) as counter:
             model(example_inputs)
     finally:
+        for p in frozen:
+            p.requires_grad_(True)
         model.train(was_training)
     return int(counter.get_total_flops()) // 2
 

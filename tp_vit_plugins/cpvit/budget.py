@@ -26,6 +26,7 @@ def cascade_macs(
     schedule_power: float = 1.0,
     schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
     fold: str = "merge",
+    prune_at: str = "block",
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 
@@ -40,6 +41,7 @@ def cascade_macs(
         batch_size: Images per forward.
         schedule_power, schedule_steps: The schedule's shape, as in ``apply_cascade``.
         fold: ``"merge"`` adds the similarity matmul of every merge (``pruned x kept x C``).
+        prune_at: ``"mlp"``: a pruning block's MLP runs on the tokens entering the next block.
 
     Returns:
         Total multiply-accumulates.
@@ -62,7 +64,8 @@ def cascade_macs(
         if isinstance(getattr(b.attn, "gate", None), nn.Linear):
             macs += n * C * A
         if b.fc1 is not None:
-            macs += n * b.fc1.in_features * b.fc1.out_features + n * b.fc2.in_features * b.fc2.out_features
+            m = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
+            macs += m * b.fc1.in_features * b.fc1.out_features + m * b.fc2.in_features * b.fc2.out_features
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
             macs += (counts[i] - counts[i + 1]) * counts[i + 1] * C  # similarity of pruned and kept tokens
     macs += sum(h.in_features * h.out_features for h in classifier_heads(model) if isinstance(h, nn.Linear))
@@ -81,7 +84,7 @@ def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, i
         target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
         iterations: Bisection steps.
         **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
-            ``schedule_power``, ``schedule_steps`` as in ``apply_cascade``.
+            ``schedule_power``, ``schedule_steps``, ``fold``, ``prune_at`` as in ``apply_cascade``.
 
     Returns:
         The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,

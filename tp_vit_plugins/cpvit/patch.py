@@ -41,6 +41,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention, apply_rot_embed_cat
+from timm.models.beit import Block as BeitBlock
+from timm.models.cait import LayerScaleBlock
+from timm.models.eva import EvaBlock, EvaBlockPostNorm
+from timm.models.vision_transformer import Block, ResPostBlock
 from torch import nn
 
 from ..core.adapter import ATTENTION_TYPES, UnsupportedModelError, attention_modules, check_supported, prefix_tokens
@@ -71,6 +75,9 @@ __all__ = [
     "TOKEN_MODES",
     "TOKEN_SCORES",
     "TOKEN_FOLDS",
+    "PRUNE_SITES",
+    "BlockHalves",
+    "block_halves",
     "merge_into_kept",
 ]
 
@@ -82,6 +89,61 @@ TOKEN_FOLDS = ("drop", "merge")
 #: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
 #: EViT-style attention of the class token in the current block, and random scores.
 TOKEN_SCORES = ("cumulative", "cls", "random")
+#: Where tokens leave a pruning block: ``"mlp"``, between the block's attention and its MLP (the
+#: MLP already runs on the kept tokens, as in EViT and ToMe), or ``"block"``, after the whole block.
+PRUNE_SITES = ("mlp", "block")
+
+
+@dataclass(frozen=True)
+class BlockHalves:
+    """A timm block's forward as its two residual halves: ``mlp(block, attn(block, x, **kw))`` is ``block(x, **kw)``.
+
+    Attributes:
+        attn: ``(block, x [B, N, C], **kwargs) -> [B, N, C]``, the stream after the attention residual
+            (``kwargs``: what the block's forward takes besides ``x``, passed on to its attention).
+        mlp: ``(block, x [B, N', C]) -> [B, N', C]``, the MLP residual (per token: any ``N'``).
+    """
+
+    attn: Callable[..., torch.Tensor]
+    mlp: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def _scaled(scale: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    return y if scale is None else scale * y
+
+
+#: timm's block forwards, term by term (exact class match: a subclass may change its forward;
+#: ``tests/test_cpvit.py`` locks every entry to the block's own forward).
+_HALVES: dict[type, BlockHalves] = {
+    Block: BlockHalves(  # ViT / DeiT / DeiT3 (pre-norm, LayerScale ls1 / ls2)
+        lambda b, x, **kw: x + b.drop_path1(b.ls1(b.attn(b.norm1(x), **kw))),
+        lambda b, x: x + b.drop_path2(b.ls2(b.mlp(b.norm2(x)))),
+    ),
+    ResPostBlock: BlockHalves(  # post-norm ViT
+        lambda b, x, **kw: x + b.drop_path1(b.norm1(b.attn(x, **kw))),
+        lambda b, x: x + b.drop_path2(b.norm2(b.mlp(x))),
+    ),
+    EvaBlockPostNorm: BlockHalves(
+        lambda b, x, **kw: x + b.drop_path1(b.norm1(b.attn(x, **kw))),
+        lambda b, x: x + b.drop_path2(b.norm2(b.mlp(x))),
+    ),
+    **dict.fromkeys(
+        (EvaBlock, BeitBlock),  # optional gamma_1 / gamma_2 layer scales
+        BlockHalves(
+            lambda b, x, **kw: x + b.drop_path1(_scaled(b.gamma_1, b.attn(b.norm1(x), **kw))),
+            lambda b, x: x + b.drop_path2(_scaled(b.gamma_2, b.mlp(b.norm2(x)))),
+        ),
+    ),
+    LayerScaleBlock: BlockHalves(  # CaiT's self-attention blocks
+        lambda b, x: x + b.drop_path(b.gamma_1 * b.attn(b.norm1(x))),
+        lambda b, x: x + b.drop_path(b.gamma_2 * b.mlp(b.norm2(x))),
+    ),
+}
+
+
+def block_halves(block: nn.Module) -> BlockHalves | None:
+    """The two residual halves of a timm block's forward, or ``None`` for a block type not in the table."""
+    return _HALVES.get(type(block))
 
 
 def merge_into_kept(
@@ -339,7 +401,19 @@ class _AfterBlock:
         self.cascade, self.index = cascade, index
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        return self.cascade._after_block(self.index, out)
+        return self.cascade._prune(self.index, out)
+
+
+class _CascadeBlock:
+    """Replacement ``block.forward`` of a pruning block (``prune_at="mlp"``): attention, prune, MLP."""
+
+    def __init__(self, cascade: Cascade, index: int, block: nn.Module, halves: BlockHalves) -> None:
+        self.cascade, self.index, self.block, self.halves = cascade, index, block, halves
+
+    def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        h = self.halves.attn(self.block, x, **kwargs)
+        pruned = self.cascade._prune(self.index, h)
+        return self.halves.mlp(self.block, h if pruned is None else pruned)
 
 
 class _CascadeAttention:
@@ -398,9 +472,11 @@ class Cascade:
         schedule_power: float = 1.0,
         fold: str = "drop",
         schedule_steps: int | None = None,
+        prune_at: str = "block",
     ) -> None:
         self.model = model
         self.fold = fold
+        self.prune_at = prune_at
         self.score = score
         self._generator = torch.Generator().manual_seed(seed)
         self.blocks = token_blocks(model)
@@ -431,7 +507,11 @@ class Cascade:
     def _attach(self) -> None:
         for i, blk in enumerate(self.blocks):
             blk.attn.forward = _CascadeAttention(self, i, blk.attn)
-            if i <= self.last_point:  # later blocks never prune: no hook to call
+            if i > self.last_point:  # later blocks never prune
+                continue
+            if self.prune_at == "mlp":
+                blk.forward = _CascadeBlock(self, i, blk, block_halves(blk))
+            else:
                 self._handles.append(blk.register_forward_hook(_AfterBlock(self, i)))
         self._handles.append(self.blocks[0].register_forward_pre_hook(self._reset))
 
@@ -454,6 +534,8 @@ class Cascade:
         for blk in self.blocks:
             if isinstance(blk.attn.__dict__.get("forward"), _CascadeAttention):
                 del blk.attn.forward
+            if isinstance(blk.__dict__.get("forward"), _CascadeBlock):
+                del blk.forward
 
     @torch.no_grad()
     def calibrate(self, loader: Iterable, max_batches: int | None = 8) -> list[int]:
@@ -537,8 +619,12 @@ class Cascade:
             if self._calibrating is not None:
                 st.localities.append(attention_range(probs, st.positions, self.grid_width, self.num_prefix, self.radius))
 
-    def _after_block(self, index: int, out: torch.Tensor) -> torch.Tensor | None:
-        """Block ``index``'s forward hook: drop, merge or mask tokens at a pruning point."""
+    def _prune(self, index: int, out: torch.Tensor) -> torch.Tensor | None:
+        """Drop, merge or mask tokens at block ``index``'s pruning point (``None``: ``out`` unchanged).
+
+        Called with the block's output (``prune_at="block"``) or with the stream after its
+        attention, before its MLP (``prune_at="mlp"``).
+        """
         st = self.state
         if index > self.last_point or index + 1 >= self.depth:
             return None
@@ -602,6 +688,7 @@ def apply_cascade(
     calib_batches: int | None = 8,
     fold: str | None = None,
     schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
+    prune_at: str = "block",
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -639,6 +726,11 @@ def apply_cascade(
             3, chosen on the zoo); ``None``: the ramp (see :func:`~tp_vit_plugins.cpvit.maths.keep_schedule`).
         calib: Calibration batches for ``beta > 0`` (required then).
         calib_batches: Use at most this many of them.
+        prune_at: Where tokens leave a pruning block, one of :data:`PRUNE_SITES`: ``"mlp"``
+            (after the block's attention, so its MLP runs on the kept tokens only, as EViT and
+            ToMe reduce tokens; this library's extension, the paper reduces the FFN's tokens
+            by its own ratio) or ``"block"`` (after the whole block). The block's attention
+            scores the tokens either way.
 
     Returns:
         The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
@@ -651,6 +743,16 @@ def apply_cascade(
     blocks = token_blocks(model)
     if find_cascade(model) is not None:
         raise TypeError("a cascade is already applied; call remove_cascade(model) first")
+    if any("forward" in vars(b) for b in blocks):
+        raise TypeError("a token reduction already replaced a block's forward (e.g. a token-merging peer); remove it first")
+    if prune_at not in PRUNE_SITES:
+        raise ValueError(f"prune_at must be one of {PRUNE_SITES}, got {prune_at!r}")
+    odd = sorted({type(b).__name__ for b in blocks if block_halves(b) is None})
+    if prune_at == "mlp" and odd:
+        raise UnsupportedModelError(
+            f"prune_at='mlp' needs the block's forward split at its MLP, which is not known for {', '.join(odd)}; "
+            "use prune_at='block' (tokens leave after the whole block). Nothing was changed."
+        )
     depth = len(blocks)
     start_block = DEFAULT_START_BLOCK if start_block is None else start_block
     head_start_block = start_block if head_start_block is None else head_start_block
@@ -679,7 +781,7 @@ def apply_cascade(
         raise ValueError(f"head_keep_ratio={head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0")
     cascade = Cascade(
         model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power,
-        fold, schedule_steps,
+        fold, schedule_steps, prune_at,
     )  # fmt: skip
     cascade._attach()
     if beta > 0:

@@ -385,6 +385,10 @@ CPVIT_VARIANTS = {
     "cpvit-stepped": {**_RAMP_DROP, "schedule_steps": 3},
     "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge"),
     "cpvit-s0-stepped-merge-random": dict(start_block=0, schedule_steps=3, fold="merge", score="random"),
+    "cpvit-mid": dict(prune_at="mlp"),
+    "cpvit-mid-random": dict(prune_at="mlp", score="random"),
+    "cpvit-mid-ramp": dict(prune_at="mlp", schedule_steps=None),
+    "cpvit-mid-ramp-random": dict(prune_at="mlp", schedule_steps=None, score="random"),
 }
 
 
