@@ -478,3 +478,25 @@ def test_prune_at_errors_leave_the_model_unchanged(x):
     with torch.no_grad():
         assert torch.equal(model(x), ref)
     assert all("forward" not in vars(b) for b in model.blocks)
+
+
+@pytest.mark.parametrize("family_", ["avgpool_no_cls", "beit", "eva02"])
+def test_an_average_pool_weights_merged_tokens_by_their_sizes(family_, x64):
+    """Merged tokens: the head's mean counts every original patch once (closed form on the final tokens)."""
+    model = deeper(family_)
+    c = apply_cascade(model, keep_ratio=0.5, start_block=0, fold="merge")
+    feats = []
+    with torch.no_grad():
+        h = model.norm.register_forward_hook(lambda m, a, out: feats.append(out))
+        pre = model.forward_head(model.forward_features(x64), pre_logits=True)
+        h.remove()
+        sizes = c.state.sizes  # [B, P_cur]
+        p = c.num_prefix
+        mean = (feats[0][:, p:] * sizes[..., None]).sum(1) / sizes.sum(1, keepdim=True)
+        expected = model.fc_norm(mean)
+        assert sizes.sum(1).tolist() == [64.0] * 3 and sizes.max() > 1  # tokens were merged
+        torch.testing.assert_close(pre, expected, atol=1e-5, rtol=1e-5)
+        remove_cascade(model)
+        assert "forward_head" not in vars(model)
+        unweighted = model.fc_norm(feats[0][:, p:].mean(1))
+        assert not torch.allclose(pre, unweighted, atol=1e-3)  # the weighting changed something

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..core.adapter import block_layers, classifier_heads, head_layout, prefix_tokens
 from ..core.search import bisect_threshold
-from .maths import DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
+from .maths import DEFAULT_PRUNE_AT, DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
 from .patch import patch_embed_macs, patch_grid, token_blocks
 
 __all__ = ["cascade_macs", "fit_keep_ratio"]
@@ -26,7 +26,7 @@ def cascade_macs(
     schedule_power: float = 1.0,
     schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
     fold: str = "merge",
-    prune_at: str = "block",
+    prune_at: str = DEFAULT_PRUNE_AT,
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 

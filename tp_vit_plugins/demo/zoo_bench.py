@@ -372,10 +372,19 @@ def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings,
 #: ``-random`` twin: random scores with the same schedule and fold, the reference the
 #: cumulative score must beat). ``"depth//4"``: the first versions' default start block.
 _Q = "depth//4"
-_RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop")
+_BLOCK = dict(prune_at="block", weighted_pool=False)  # before session 9: after the whole block, plain mean pool
+_RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)
 CPVIT_VARIANTS = {
     "cpvit": {},
     "cpvit-random": dict(score="random"),
+    "cpvit-ramp": dict(schedule_steps=None),
+    "cpvit-ramp-random": dict(schedule_steps=None, score="random"),
+    "cpvit-plainpool": dict(weighted_pool=False),
+    "cpvit-plainpool-random": dict(weighted_pool=False, score="random"),
+    "cpvit-ramp-plainpool": dict(schedule_steps=None, weighted_pool=False),
+    "cpvit-ramp-plainpool-random": dict(schedule_steps=None, weighted_pool=False, score="random"),
+    "cpvit-block": _BLOCK,
+    "cpvit-block-random": {**_BLOCK, "score": "random"},
     "cpvit-ramp-drop": _RAMP_DROP,
     "cpvit-ramp-drop-random": {**_RAMP_DROP, "score": "random"},
     "cpvit-merge": {**_RAMP_DROP, "fold": "merge"},
@@ -383,12 +392,8 @@ CPVIT_VARIANTS = {
     "cpvit-s0-merge": {**_RAMP_DROP, "start_block": 0, "fold": "merge"},
     "cpvit-s0-random": {**_RAMP_DROP, "start_block": 0, "score": "random"},
     "cpvit-stepped": {**_RAMP_DROP, "schedule_steps": 3},
-    "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge"),
-    "cpvit-s0-stepped-merge-random": dict(start_block=0, schedule_steps=3, fold="merge", score="random"),
-    "cpvit-mid": dict(prune_at="mlp"),
-    "cpvit-mid-random": dict(prune_at="mlp", score="random"),
-    "cpvit-mid-ramp": dict(prune_at="mlp", schedule_steps=None),
-    "cpvit-mid-ramp-random": dict(prune_at="mlp", schedule_steps=None, score="random"),
+    "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge", **_BLOCK),
+    "cpvit-s0-stepped-merge-random": dict(start_block=0, schedule_steps=3, fold="merge", score="random", **_BLOCK),
 }
 
 
@@ -417,7 +422,7 @@ def _remove(patch) -> None:
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
     if name in CPVIT_VARIANTS:  # analytic MACs are exact (merging included)
-        shape = {k: v for k, v in _cascade_kwargs(name, model).items() if k != "score"}
+        shape = {k: v for k, v in _cascade_kwargs(name, model).items() if k not in ("score", "weighted_pool")}
         return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
 
     def kept(knob: float) -> float:
