@@ -28,6 +28,7 @@ ZOO_PIPELINE_METHODS = (
 #: Methods the zoo's tokens protocol can run (``--token-methods``): CP-ViT settings and the peers.
 ZOO_TOKEN_METHODS = (
     "cpvit", "cpvit-random", "cpvit-ramp", "cpvit-ramp-random", "cpvit-plainpool", "cpvit-plainpool-random",
-    "cpvit-ramp-plainpool", "cpvit-ramp-plainpool-random", "cpvit-block", "cpvit-block-random", "cpvit-ramp-drop", "cpvit-ramp-drop-random", "cpvit-merge", "cpvit-s0", "cpvit-s0-merge",
+    "cpvit-ramp-plainpool", "cpvit-ramp-plainpool-random", "cpvit-block", "cpvit-block-random",
+    "cpvit-ramp-drop", "cpvit-ramp-drop-random", "cpvit-merge", "cpvit-s0", "cpvit-s0-merge",
     "cpvit-s0-random", "cpvit-stepped", "cpvit-s0-stepped-merge", "cpvit-s0-stepped-merge-random", "tome", "evit",
 )  # fmt: skip
