@@ -1,6 +1,6 @@
 """CP-ViT cascade speed: measured speed-up vs the MACs ratio, dense and cascade timed alternately.
 
-    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2] [--compile]
+    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2] [--compile] [--score-at prune]
 
 Models: the shipped embedded MNIST ViT and ``deit_small_patch16_224`` with random weights
 (timing does not need trained weights). For each MACs target the cascade's keep ratio is
@@ -9,7 +9,9 @@ are timed one after the other in every round (:func:`~tp_vit_plugins.core.metric
 the table reports the median speed-up, the MACs ratio (dense / cascade, from ``count_macs``)
 and their quotient. Writes the "Cascade speed" section of RESULTS.md; with ``--compile`` both
 models are timed through ``torch.compile`` (inductor, static shapes: the cascade's token
-counts are fixed per model) and the section is "Cascade speed (torch.compile)".
+counts are fixed per model) and the section is "Cascade speed (torch.compile)"; with
+``--score-at prune`` the cascade scores at its pruning blocks only (``apply_cascade(score_at=)``)
+and the section name says so.
 """
 
 from __future__ import annotations
@@ -27,14 +29,21 @@ from tp_vit_plugins.tokens import apply_cascade, remove_cascade
 
 
 def rows_for(
-    name: str, model: torch.nn.Module, example: torch.Tensor, targets, batch_sizes, rounds: int, compiled: bool = False
+    name: str,
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    targets,
+    batch_sizes,
+    rounds: int,
+    compiled: bool = False,
+    score_at: str = "all",
 ) -> list[str]:
     out = []
     dense_macs = tpv.count_macs(model, example)
     for target in targets:
         keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target)
         reduced = copy.deepcopy(model)
-        apply_cascade(reduced, keep_ratio=keep)
+        apply_cascade(reduced, keep_ratio=keep, score_at=score_at)
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
         timed = (torch.compile(model, dynamic=False), torch.compile(reduced, dynamic=False)) if compiled else (model, reduced)
         timing = alternated_speedup(*timed, example, batch_sizes, rounds=rounds, min_run_time=0.3)
@@ -53,6 +62,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="time both models through torch.compile")
+    p.add_argument("--score-at", default="all", choices=("all", "prune"), help="apply_cascade(score_at=...)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -62,18 +72,26 @@ def main() -> None:
         "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile)
+    lines += rows_for(
+        "embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile, args.score_at
+    )
     deit_example = torch.randn(1, 3, 224, 224)
-    lines += rows_for("deit_small (random weights)", deit, deit_example, (0.8, 0.6), (1, 64), args.rounds, args.compile)
+    lines += rows_for(
+        "deit_small (random weights)", deit, deit_example, (0.8, 0.6), (1, 64), args.rounds, args.compile, args.score_at
+    )
     cmd = f"python benchmarks/cascade_speed.py --rounds {args.rounds} --threads {args.threads}" + (
         " --compile" if args.compile else ""
     )
+    cmd += f" --score-at {args.score_at}" if args.score_at != "all" else ""
     body = (
         f"`{cmd}` (torch {torch.__version__}, {args.threads} CPU threads; cascade defaults: start block 0, "
-        "3-stage stepped schedule, merged tokens; dense and cascade timed alternately, medians over rounds).\n\n"
+        "3-stage stepped schedule, tokens merged before the pruning blocks' MLP"
+        + (", scores at the pruning blocks only" if args.score_at == "prune" else "")
+        + "; dense and cascade timed alternately, medians over rounds).\n\n"
         + "\n".join(lines)
     )
-    write_section("Cascade speed (torch.compile)" if args.compile else "Cascade speed", body)
+    section = "Cascade speed (torch.compile)" if args.compile else "Cascade speed"
+    write_section(section + (" (score_at=prune)" if args.score_at == "prune" else ""), body)
 
 
 if __name__ == "__main__":

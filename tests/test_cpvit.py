@@ -287,6 +287,7 @@ def test_cumulative_head_importance_matches_statistic(x64):
         dict(fold="merge", head_keep_ratio=0.5),
         dict(prune_at="mlp"),
         dict(prune_at="block"),
+        dict(score_at="prune", schedule_steps=2),
         dict(beta=0.8, calib="x64"),
         dict(schedule_power=0.5, head_keep_ratio=0.75, beta=0.5, calib="x64"),
     ],
@@ -500,3 +501,25 @@ def test_an_average_pool_weights_merged_tokens_by_their_sizes(family_, x64):
         assert "forward_head" not in vars(model)
         unweighted = model.fc_norm(feats[0][:, p:].mean(1))
         assert not torch.allclose(pre, unweighted, atol=1e-3)  # the weighting changed something
+
+
+def test_score_at_prune_sums_the_pruning_blocks_only(x64):
+    model = make_model("vit", depth=6, img_size=32, patch_size=4)
+    with torch.no_grad():
+        ramp = {}
+        for site in ("all", "prune"):  # the ramp prunes after every block: the same blocks score
+            c = apply_cascade(model, keep_ratio=0.5, schedule_steps=None, score_at=site)
+            ramp[site] = (model(x64), set(c.score_blocks))
+            remove_cascade(model)
+        assert ramp["all"][1] == ramp["prune"][1] == {0, 1, 2, 3, 4}
+        torch.testing.assert_close(ramp["all"][0], ramp["prune"][0], atol=0, rtol=0)
+        c = apply_cascade(model, keep_ratio=0.5, schedule_steps=2, score_at="prune")
+        seen = []
+        observe = c._observe
+        c._observe = lambda i, probs: (seen.append(i), observe(i, probs))
+        model(x64)
+    assert c.schedule == [64, 48, 48, 32, 32, 32] and c.score_blocks == {0, 2} and seen == [0, 2]
+    remove_cascade(model)
+    with pytest.raises(ValueError, match="score_at"):
+        apply_cascade(model, score_at="every")
+    assert find_cascade(model) is None

@@ -85,6 +85,7 @@ __all__ = [
     "TOKEN_SCORES",
     "TOKEN_FOLDS",
     "PRUNE_SITES",
+    "SCORE_SITES",
     "BlockHalves",
     "block_halves",
     "merge_into_kept",
@@ -101,6 +102,9 @@ TOKEN_SCORES = ("cumulative", "cls", "random")
 #: Where tokens leave a pruning block: ``"mlp"``, between the block's attention and its MLP (the
 #: MLP already runs on the kept tokens, as in EViT and ToMe), or ``"block"``, after the whole block.
 PRUNE_SITES = ("mlp", "block")
+#: Which blocks' attention the cumulative token score sums: every block up to the last pruning
+#: point (the paper), or the pruning blocks only (the others keep fused attention).
+SCORE_SITES = ("all", "prune")
 
 
 @dataclass(frozen=True)
@@ -512,6 +516,7 @@ class Cascade:
         schedule_steps: int | None = None,
         prune_at: str = "block",
         weighted_pool: bool = True,
+        score_at: str = "all",
     ) -> None:
         self.model = model
         self.fold = fold
@@ -533,7 +538,8 @@ class Cascade:
         self.final_count = self.schedule[-1]
         prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
         self.last_point = prune_points[-1] if prune_points else -1
-        self.score_blocks = set(range(self.last_point + 1)) if self.last_point >= 0 else set()
+        #: Blocks whose attention feeds the cumulative score (they run eager attention).
+        self.score_blocks = set(prune_points) if score_at == "prune" else set(range(self.last_point + 1))
         self.head_blocks = set(range(head_start_block, self.depth)) if head_keep_ratio < 1.0 else set()
         self.state = _ForwardState()
         self.last = _ForwardState()
@@ -737,6 +743,7 @@ def apply_cascade(
     schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
     prune_at: str = DEFAULT_PRUNE_AT,
     weighted_pool: bool = True,
+    score_at: str = "all",
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
@@ -786,6 +793,10 @@ def apply_cascade(
             the mean, as in the dense model (this library's extension, like proportional
             attention; ``model.forward_head`` is replaced while the cascade is applied).
             ``False``: timm's plain mean over the tokens that are left.
+        score_at: Which blocks' attention the cumulative score sums, one of :data:`SCORE_SITES`:
+            ``"all"`` (every block up to the last pruning point, the paper's cumulative score)
+            or ``"prune"`` (only the pruning blocks: the blocks in between keep timm's fused
+            attention; the same as ``"all"`` on the ramp, which prunes after every block).
 
     Returns:
         The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
@@ -800,6 +811,8 @@ def apply_cascade(
         raise TypeError("a cascade is already applied; call remove_cascade(model) first")
     if any("forward" in vars(b) for b in blocks):
         raise TypeError("a token reduction already replaced a block's forward (e.g. a token-merging peer); remove it first")
+    if score_at not in SCORE_SITES:
+        raise ValueError(f"score_at must be one of {SCORE_SITES}, got {score_at!r}")
     if prune_at not in PRUNE_SITES:
         raise ValueError(f"prune_at must be one of {PRUNE_SITES}, got {prune_at!r}")
     odd = sorted({type(b).__name__ for b in blocks if block_halves(b) is None})
@@ -836,7 +849,7 @@ def apply_cascade(
         raise ValueError(f"head_keep_ratio={head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0")
     cascade = Cascade(
         model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power,
-        fold, schedule_steps, prune_at, weighted_pool,
+        fold, schedule_steps, prune_at, weighted_pool, score_at,
     )  # fmt: skip
     cascade._attach()
     if beta > 0:

@@ -379,6 +379,8 @@ CPVIT_VARIANTS = {
     "cpvit-random": dict(score="random"),
     "cpvit-ramp": dict(schedule_steps=None),
     "cpvit-ramp-random": dict(schedule_steps=None, score="random"),
+    "cpvit-scoreprune": dict(score_at="prune"),
+    "cpvit-scoreprune-random": dict(score_at="prune", score="random"),
     "cpvit-plainpool": dict(weighted_pool=False),
     "cpvit-plainpool-random": dict(weighted_pool=False, score="random"),
     "cpvit-ramp-plainpool": dict(schedule_steps=None, weighted_pool=False),
@@ -422,7 +424,7 @@ def _remove(patch) -> None:
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
     if name in CPVIT_VARIANTS:  # analytic MACs are exact (merging included)
-        shape = {k: v for k, v in _cascade_kwargs(name, model).items() if k not in ("score", "weighted_pool")}
+        shape = {k: v for k, v in _cascade_kwargs(name, model).items() if k not in ("score", "weighted_pool", "score_at")}
         return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
 
     def kept(knob: float) -> float:
