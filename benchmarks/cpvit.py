@@ -50,7 +50,7 @@ def evaluate_cascade(model, test, **kw):
 def accuracy_sweep(base, split, keeps, starts, seeds, beta, powers):
     _, test = loaders(split, 0)
     input_size = tuple(split.x_test.shape[1:])
-    dense_macs = cascade_macs(base, input_size, keep_ratio=1.0, start_block=0)
+    dense_macs = cascade_macs(base, input_size, keep_ratio=1.0, start_block=0, trim_last=False)
     rows = []
     for power in powers:
         for start in starts:
@@ -86,7 +86,7 @@ def latency(model_name, keeps, start, batch_sizes, min_run_time):
     model = timm.create_model(model_name).eval()
     example = torch.randn(1, 3, 224, 224)
     dense_lat = tpv.measure_latency(model, example, batch_sizes, min_run_time=min_run_time)
-    dense_macs = cascade_macs(model, (3, 224, 224), keep_ratio=1.0, start_block=start)
+    dense_macs = cascade_macs(model, (3, 224, 224), keep_ratio=1.0, start_block=start, trim_last=False)
     out = []
     for keep in keeps:
         c = apply_cascade(model, keep_ratio=keep, start_block=start, beta=0.0)

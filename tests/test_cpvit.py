@@ -288,6 +288,7 @@ def test_cumulative_head_importance_matches_statistic(x64):
         dict(prune_at="mlp"),
         dict(prune_at="block"),
         dict(score_at="prune", schedule_steps=2),
+        dict(trim_last=False),
         dict(beta=0.8, calib="x64"),
         dict(schedule_power=0.5, head_keep_ratio=0.75, beta=0.5, calib="x64"),
     ],
@@ -404,7 +405,7 @@ def test_dropping_before_the_mlp_equals_dropping_after_it_with_fewer_macs(family
     model = deeper(family_)
     out, macs, counts = {}, {}, {}
     for site in ("block", "mlp"):
-        c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", prune_at=site)
+        c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, fold="drop", prune_at=site, trim_last=False)
         with torch.no_grad():
             out[site] = model(x64)
         counts[site] = list(c.state.counts)
@@ -523,3 +524,31 @@ def test_score_at_prune_sums_the_pruning_blocks_only(x64):
     with pytest.raises(ValueError, match="score_at"):
         apply_cascade(model, score_at="every")
     assert find_cascade(model) is None
+
+
+@pytest.mark.parametrize("family_", ["vit", "deit_distilled", "reg_tokens", "avgpool_no_cls"])
+def test_trim_last_runs_the_last_mlp_on_the_read_tokens_only(family_, x64):
+    """A class-token head never reads the patch tokens' last MLP: same logits, that MLP's MACs saved."""
+    from tp_vit_plugins.cpvit.patch import reads_prefix_only
+
+    model = deeper(family_)
+    out, macs, feats = {}, {}, {}
+    for trim in (False, True):
+        c = apply_cascade(model, keep_ratio=0.5, start_block=1, schedule_steps=None, trim_last=trim)
+        with torch.no_grad():
+            out[trim], feats[trim] = model(x64), model.forward_features(x64)
+        macs[trim] = count_macs(model, x64[:1])
+        assert macs[trim] == cascade_macs(model, (3, 32, 32), keep_ratio=0.5, start_block=1, schedule_steps=None, trim_last=trim)
+        remove_cascade(model)
+    torch.testing.assert_close(out[True], out[False], atol=1e-5, rtol=1e-5)
+    prefix = model.num_prefix_tokens
+    if reads_prefix_only(model):
+        assert c.trim_last and feats[True].shape[1] == prefix and feats[False].shape[1] == prefix + 32
+        mlp_macs = sum(m.in_features * m.out_features for m in model.blocks[-1].mlp.modules() if isinstance(m, torch.nn.Linear))
+        assert macs[False] - macs[True] == 32 * mlp_macs  # the 32 patch tokens left in the last block
+    else:  # an average pool reads every token: nothing to trim
+        assert not c.trim_last and macs[True] == macs[False] and torch.equal(out[True], out[False])
+    with torch.no_grad():
+        ref = model(x64)
+        apply_cascade(model, keep_ratio=1.0, trim_last=True)  # prunes nothing: trims nothing, bit-identical
+        assert torch.equal(model(x64), ref)

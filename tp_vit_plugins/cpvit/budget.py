@@ -9,7 +9,7 @@ from torch import nn
 from ..core.adapter import block_layers, classifier_heads, head_layout, prefix_tokens
 from ..core.search import bisect_threshold
 from .maths import DEFAULT_PRUNE_AT, DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
-from .patch import patch_embed_macs, patch_grid, token_blocks
+from .patch import patch_embed_macs, patch_grid, reads_prefix_only, token_blocks
 
 __all__ = ["cascade_macs", "fit_keep_ratio"]
 
@@ -27,6 +27,7 @@ def cascade_macs(
     schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
     fold: str = "merge",
     prune_at: str = DEFAULT_PRUNE_AT,
+    trim_last: bool = True,
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 
@@ -42,6 +43,8 @@ def cascade_macs(
         schedule_power, schedule_steps: The schedule's shape, as in ``apply_cascade``.
         fold: ``"merge"`` adds the similarity matmul of every merge (``pruned x kept x C``).
         prune_at: ``"mlp"``: a pruning block's MLP runs on the tokens entering the next block.
+        trim_last: As in ``apply_cascade``: with ``prune_at="mlp"`` and a head reading the
+            prefix tokens alone, the last block's MLP runs on the prefix tokens.
 
     Returns:
         Total multiply-accumulates.
@@ -54,6 +57,7 @@ def cascade_macs(
     if counts is None:
         counts = keep_schedule(P, depth, keep_ratio, start_block, schedule_power, schedule_steps)
     counts = list(counts)
+    trim = trim_last and prune_at == "mlp" and reads_prefix_only(model) and min(counts) < P  # only a pruning cascade
     macs = patch_embed_macs(model)
     for i, b in enumerate(block_layers(model)):
         n = prefix + counts[i]
@@ -65,6 +69,7 @@ def cascade_macs(
             macs += n * C * A
         if b.fc1 is not None:
             m = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
+            m = prefix if trim and i == depth - 1 else m
             macs += m * b.fc1.in_features * b.fc1.out_features + m * b.fc2.in_features * b.fc2.out_features
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
             macs += (counts[i] - counts[i + 1]) * counts[i + 1] * C  # similarity of pruned and kept tokens
@@ -95,7 +100,7 @@ def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, i
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target must lie in (0, 1], got {target}")
-    dense = cascade_macs(model, input_size, keep_ratio=1.0)
+    dense = cascade_macs(model, input_size, keep_ratio=1.0, trim_last=False)
 
     def keeps_less(r: float) -> bool:  # True at small ratios: the cascade is within the target
         return cascade_macs(model, input_size, keep_ratio=r, **cascade_kwargs) / dense <= target

@@ -27,7 +27,8 @@ ZOO_PIPELINE_METHODS = (
 )  # fmt: skip
 #: Methods the zoo's tokens protocol can run (``--token-methods``): CP-ViT settings and the peers.
 ZOO_TOKEN_METHODS = (
-    "cpvit", "cpvit-random", "cpvit-ramp", "cpvit-ramp-random", "cpvit-scoreprune", "cpvit-scoreprune-random",
+    "cpvit", "cpvit-random", "cpvit-notrim", "cpvit-notrim-random",
+    "cpvit-ramp", "cpvit-ramp-random", "cpvit-scoreprune", "cpvit-scoreprune-random",
     "cpvit-plainpool", "cpvit-plainpool-random",
     "cpvit-ramp-plainpool", "cpvit-ramp-plainpool-random", "cpvit-block", "cpvit-block-random",
     "cpvit-ramp-drop", "cpvit-ramp-drop-random", "cpvit-merge", "cpvit-s0", "cpvit-s0-merge",
