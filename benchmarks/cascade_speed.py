@@ -85,7 +85,7 @@ def main() -> None:
     cmd += f" --score-at {args.score_at}" if args.score_at != "all" else ""
     body = (
         f"`{cmd}` (torch {torch.__version__}, {args.threads} CPU threads; cascade defaults: start block 0, "
-        "3-stage stepped schedule, tokens merged before the pruning blocks' MLP"
+        "3-stage stepped schedule, tokens merged before the pruning blocks' MLP, last MLP trimmed"
         + (", scores at the pruning blocks only" if args.score_at == "prune" else "")
         + "; dense and cascade timed alternately, medians over rounds).\n\n"
         + "\n".join(lines)
