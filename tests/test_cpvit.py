@@ -552,3 +552,15 @@ def test_trim_last_runs_the_last_mlp_on_the_read_tokens_only(family_, x64):
         ref = model(x64)
         apply_cascade(model, keep_ratio=1.0, trim_last=True)  # prunes nothing: trims nothing, bit-identical
         assert torch.equal(model(x64), ref)
+
+
+@pytest.mark.parametrize("options", [dict(fold="drop", prune_at="block"), dict(), dict(head_keep_ratio=0.5)])
+def test_cascade_macs_are_exact_on_every_family(family, options, x64):
+    """Analytic MACs == FlopCounterMode's, whatever the MLP (SwiGLU), head mixers, class attention or attention pool."""
+    if family == "cait" and "head_keep_ratio" in options:
+        return  # talking heads: no head skipping (refused, tested above)
+    model = deeper(family)
+    assert count_macs(model, x64[:1]) == cascade_macs(model, (3, 32, 32), keep_ratio=1.0)
+    apply_cascade(model, keep_ratio=0.4, **options)
+    assert count_macs(model, x64[:1]) == cascade_macs(model, (3, 32, 32), keep_ratio=0.4, **options)
+    remove_cascade(model)

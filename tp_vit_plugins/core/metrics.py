@@ -12,21 +12,31 @@ import contextlib
 import functools
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .adapter import eager_attention, is_timm_vit
-
 __all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup"]
 
 
-def _eager(model: nn.Module) -> contextlib.AbstractContextManager:
-    if is_timm_vit(model):
-        return eager_attention(model)
-    return contextlib.nullcontext()  # not a timm ViT: nothing to switch
+@contextlib.contextmanager
+def _eager(model: nn.Module) -> Iterator[None]:
+    """Switch every module with a ``fused_attn`` flag to its eager path while counting.
+
+    timm's attention, attention pools and CaiT's class attention: ``FlopCounterMode`` counts the
+    eager matmuls (not every fused kernel). The flags come back on every path.
+    """
+    mods = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    saved = [m.fused_attn for m in mods]
+    try:
+        for m in mods:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, flag in zip(mods, saved):
+            m.fused_attn = flag
 
 
 def _torch_benchmark():

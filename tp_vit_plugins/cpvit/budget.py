@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..core.adapter import block_layers, classifier_heads, head_layout, prefix_tokens
+from ..core.adapter import attention_pool, block_layers, classifier_heads, head_layout, prefix_tokens
+from ..core.families import head_mixers
 from ..core.search import bisect_threshold
 from .maths import DEFAULT_PRUNE_AT, DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
 from .patch import patch_embed_macs, patch_grid, reads_prefix_only, token_blocks
@@ -30,6 +31,10 @@ def cascade_macs(
     trim_last: bool = True,
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
+
+    Exact on every supported family (``tests/test_cpvit.py`` checks it against
+    :func:`~tp_vit_plugins.core.metrics.count_macs`): any MLP (EVA's SwiGLU included), CaiT's
+    head mixers and class-attention blocks, a SigLIP-style attention pool.
 
     Args:
         model: timm ViT (pruned or not); only shapes are read.
@@ -62,19 +67,50 @@ def cascade_macs(
     for i, b in enumerate(block_layers(model)):
         n = prefix + counts[i]
         H, d = head_layout(b.attn)
-        C, A = b.qkv.in_features, H * d
-        kept = heads_kept(H, head_keep_ratio) if (head_keep_ratio < 1 and i >= head_start_block) else H
-        macs += n * C * 3 * A + H * n * n * d + kept * n * n * d + n * kept * d * b.proj.out_features
-        if isinstance(getattr(b.attn, "gate", None), nn.Linear):
-            macs += n * C * A
-        if b.fc1 is not None:
-            m = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
-            m = prefix if trim and i == depth - 1 else m
-            macs += m * b.fc1.in_features * b.fc1.out_features + m * b.fc2.in_features * b.fc2.out_features
+        skip = head_keep_ratio < 1 and i >= head_start_block
+        kept = heads_kept(H, head_keep_ratio) if skip else H
+        # per-token linears of the attention (qkv, an output gate), its output projection on the kept heads
+        # (all heads when a head norm or gate needs the full layout), the two attention matmuls
+        full = not isinstance(getattr(b.attn, "norm", nn.Identity()), nn.Identity) or getattr(b.attn, "gate", None) is not None
+        macs += n * _linear_macs(b.attn, skip=(b.proj, *head_mixers(b.attn)))
+        macs += n * (H if full else kept) * d * b.proj.out_features + H * n * n * d + kept * n * n * d
+        macs += sum(n * n * m.in_features * m.out_features for m in head_mixers(b.attn))  # CaiT: over [N, N] maps
+        m = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
+        m = prefix if trim and i == depth - 1 else m
+        macs += m * _linear_macs(getattr(b.block, "mlp", None))
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
-            macs += (counts[i] - counts[i + 1]) * counts[i + 1] * C  # similarity of pruned and kept tokens
+            macs += (counts[i] - counts[i + 1]) * counts[i + 1] * b.qkv.in_features  # similarity of pruned and kept tokens
+    macs += _readout_macs(model, prefix + counts[-1] if not trim else prefix, counts[-1])
     macs += sum(h.in_features * h.out_features for h in classifier_heads(model) if isinstance(h, nn.Linear))
     return batch_size * macs
+
+
+def _linear_macs(module: nn.Module | None, skip: Sequence[nn.Module] = ()) -> int:
+    """MACs per token of every ``nn.Linear`` in ``module`` but ``skip`` (each applied once to every token)."""
+    if module is None:
+        return 0
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear) and m not in skip)
+
+
+def _readout_macs(model: nn.Module, tokens: int, patches: int) -> int:
+    """MACs of what reads the last block's ``tokens`` (``patches`` of them patch tokens) before the classifier.
+
+    CaiT's class-attention blocks (the class token attends to itself and the patch tokens: its
+    query, projection and MLP on one token, keys and values on ``1 + patches``) and an
+    attention-pool head (latent queries over the patch tokens); 0 for a pooled / class-token head.
+    """
+    macs = 0
+    for blk in getattr(model, "blocks_token_only", None) or ():
+        a, n = blk.attn, 1 + patches  # the class token, then the patch tokens
+        macs += a.q.in_features * a.q.out_features + n * (_linear_macs(a.k) + _linear_macs(a.v))
+        macs += 2 * n * a.q.out_features + a.proj.in_features * a.proj.out_features + _linear_macs(blk.mlp)
+    pool = attention_pool(model)
+    if pool is not None:
+        n = tokens if getattr(model, "pool_include_prefix", False) else patches
+        L, dim = pool.latent_len, pool.q.out_features
+        macs += L * _linear_macs(pool.q) + n * _linear_macs(pool.kv) + 2 * L * n * dim
+        macs += L * (_linear_macs(pool.proj) + _linear_macs(getattr(pool, "mlp", None)))
+    return macs
 
 
 def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
