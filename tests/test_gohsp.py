@@ -439,3 +439,24 @@ def test_flow_graph_gives_an_unwritten_head_no_mass_and_cleans_up(x):
         assert all(bool(torch.isfinite(v).all()) and bool((v > 0).any()) for v in scores.values())
     with pytest.raises(ValueError, match="graph"):
         tpv.GraphHeadImportance(graph="tree")
+
+
+def test_budget_ramp_grows_the_z_support_on_the_cubic_schedule_and_prunes_the_full_budget(x):
+    model = make_model("vit", depth=3, num_heads=4)
+    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.3, budget_ramp=4, metric="euclidean")
+    B = pruner.budget
+    assert all(not torch.count_nonzero(p - z) for p, z in pruner.Z.items())  # nothing removed yet: Z = W
+    removed = []
+    for k in (1, 2):
+        pruner.update_regularizer()
+        assert pruner.current_budget() == round(B * (1 - (1 - k / 4) ** 3))  # 0.578 B, then 0.875 B
+        removed.append(pruner._z_plan.removed_params)
+        assert pruner.current_budget() <= removed[-1] < B
+    assert removed[0] < removed[1]
+    n0 = tpv.count_params(model)
+    pruner.step()  # two of the four ramp updates ran: the hard prune still removes the full budget
+    assert n0 - tpv.count_params(model) >= B
+    with pytest.raises(ValueError, match="budget_ramp"):
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, budget_ramp=-1)
+    full = tpv.GOHSPPruner(make_model("vit", depth=3, num_heads=4), x, None, target_params_ratio=0.3, metric="euclidean")
+    assert full.current_budget() == full.budget  # no ramp: the full budget from the start

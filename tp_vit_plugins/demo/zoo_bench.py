@@ -237,6 +237,7 @@ GOHSP_VARIANTS = {
     "gohsp-block": {**_GOHSP_EUCLID, "normalize": "block"},  # session 7's projection normalised per block
     "gohsp-nograph": {**_GOHSP_DEFAULT, "graph_bias": 0.0},  # the default without the graph
     "gohsp-truefisher": {**_GOHSP_DEFAULT, "calibrate": "model"},  # calibration labels drawn from the model
+    "gohsp-ramp": {**_GOHSP_DEFAULT, "budget_ramp": 5},  # the Z-step's budget ramped over the first 5 dual updates
 }
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults: gates close during sparse training, the budget being the cut's parameters); the

@@ -145,6 +145,10 @@ class GOHSPPruner(ViTPruner):
             rescaled by Adam; residual balancing scales ``c`` with ``rho``. ``None``:
             ``rho (W - Z + U)`` is added to the gradient. (This library's choice, not the
             paper's; the default chosen on the zoo, see the module docs.)
+        budget_ramp: Dual updates over which the Z-step's budget grows to the target
+            (:meth:`current_budget`: the cubic gradual-pruning schedule; progressive ADMM
+            pruning, this library's option, not the paper's); 0 (default): the full budget from
+            the first projection. The hard prune always removes the full budget.
         **kwargs: Passed to :class:`ViTPruner` / ``tp.pruner.BasePruner``.
 
     Raises:
@@ -172,6 +176,7 @@ class GOHSPPruner(ViTPruner):
         metric: str = "fisher",
         fisher_decay: float | None = None,
         normalize: str = "block",
+        budget_ramp: int = 0,
         **kwargs: typing.Any,
     ) -> None:
         if metric not in METRICS:
@@ -187,6 +192,9 @@ class GOHSPPruner(ViTPruner):
         if proximal is not None and proximal <= 0:
             raise ValueError(f"proximal must be > 0 (or None: the ADMM term goes through the gradient), got {proximal}")
         self.proximal = proximal
+        if not isinstance(budget_ramp, int) or budget_ramp < 0:
+            raise ValueError(f"budget_ramp must be an int >= 0 (dual updates; 0: the full budget at once), got {budget_ramp!r}")
+        self.budget_ramp = budget_ramp
         self.target_params_ratio = check_ratio("target_params_ratio", target_params_ratio)
         bad = set(structures) - set(UNIT_TYPES)
         if bad or not structures:
@@ -229,12 +237,14 @@ class GOHSPPruner(ViTPruner):
         self.Z: dict[nn.Parameter, torch.Tensor] = {}
         self.U: dict[nn.Parameter, torch.Tensor] = {}
         self.final_plan: StructurePlan | None = None  # the support hard-pruned by step()
-        plan = self.project(use_dual=False)
+        plan = self.project(use_dual=False, budget=self.budget)
         if plan.removed_params < self.budget:
             raise ValueError(
                 f"target_params_ratio={self.target_params_ratio} asks for {self.budget} parameters but the "
                 f"structures {self.structures} can remove at most {plan.removed_params}; lower the ratio"
             )
+        if self.budget_ramp:
+            plan = self.project(use_dual=False)  # the ramp's first support (nothing removed yet)
         self._set_z(plan)
         self.U = {p: torch.zeros_like(p.detach()) for p in self.Z}
 
@@ -275,12 +285,29 @@ class GOHSPPruner(ViTPruner):
         return out
 
     @torch.no_grad()
-    def project(self, use_dual: bool = True) -> StructurePlan:
+    def current_budget(self) -> int:
+        """Parameters the Z-step removes now: the full budget, or its share on the ramp.
+
+        With ``budget_ramp = R``, after ``k`` dual updates the share is ``1 - (1 - min(1, k / R)) ** 3``
+        (the cubic schedule of gradual pruning, Zhu & Gupta 2017): nothing at first, the full
+        budget from the ``R``-th dual update on.
+        """
+        if not self.budget_ramp:
+            return self.budget
+        t = min(1.0, self.rounds / self.budget_ramp)
+        return int(round(self.budget * (1.0 - (1.0 - t) ** 3)))
+
+    def project(self, use_dual: bool = True, budget: int | None = None) -> StructurePlan:
         """Choose the structured support of ``W (+ U)`` under the parameter budget.
+
+        Args:
+            use_dual: Project ``W + U`` (the Z-step) instead of ``W``.
+            budget: Parameters to remove; default :meth:`current_budget`.
 
         Returns:
             The removed units per block (indices in the current layout).
         """
+        budget = self.current_budget() if budget is None else budget
         energies = self._unit_energies(use_dual)
         graph = getattr(self.importance, "head_scores", {}) or {}
         units: list[tuple[float, int, str, int]] = []  # (score, block, kind, index)
@@ -324,7 +351,7 @@ class GOHSPPruner(ViTPruner):
         neurons_left = [b.fc1.out_features for b in self._blocks]
         removed = 0
         for _, li, kind, idx in units:
-            if removed >= self.budget:
+            if removed >= budget:
                 break
             cell, ncost = unit_param_costs(self._blocks[li])
             if kind == "head" and heads_left[li] > self.min_heads:
@@ -488,6 +515,7 @@ class GOHSPPruner(ViTPruner):
     def update_regularizer(self) -> None:
         """ADMM dual step: ``Z = project(W + U)``, ``U += W - Z``, then ``rho`` balancing (see module docs)."""
         z_prev = {p: z.clone() for p, z in self.Z.items()}
+        self.rounds += 1  # this update's share of the budget on the ramp
         plan = self.project(use_dual=True)
         self._set_z(plan, use_dual=True)
         self._z_plan = plan
@@ -508,7 +536,6 @@ class GOHSPPruner(ViTPruner):
                 self.proximal *= factor
             for p in self.U:
                 self.U[p] /= factor
-        self.rounds += 1
         scale = max(w_norm, 1e-30)
         self.history.append({"step": self.steps_done, "primal": primal / scale, "dual": dual / scale, "rho": self.rho})
 
@@ -524,6 +551,8 @@ class GOHSPPruner(ViTPruner):
             yield from super()._prune()
             return
         plan = self._z_plan if self._z_plan is not None else self.project(use_dual=False)  # Z's support
+        if plan.removed_params < self.budget:  # the ramp had not reached the full budget: project once more
+            plan = self.project(use_dual=False, budget=self.budget)
         self.final_plan = plan
         for li, b in enumerate(self._blocks):  # 1) whole heads
             if plan.heads[li]:
