@@ -367,11 +367,12 @@ def test_stepped_schedule_closed_form_and_exact_macs(x64):
     remove_cascade(model)
 
 
-def test_a_deepcopy_of_a_cascaded_model_is_its_own_cascade(x64):
+@pytest.mark.parametrize("family_", ["vit", "avgpool_no_cls"])  # block forwards; block forwards and the pooled head
+def test_a_deepcopy_of_a_cascaded_model_is_its_own_cascade(family_, x64):
     """copy.deepcopy copies the cascade with the model; removing either leaves the other alone."""
     import copy
 
-    model = deeper()
+    model = deeper(family_)
     with torch.no_grad():
         ref = model(x64)
         apply_cascade(model, keep_ratio=0.5, start_block=1)
@@ -384,6 +385,8 @@ def test_a_deepcopy_of_a_cascaded_model_is_its_own_cascade(x64):
         remove_cascade(model)
         assert torch.equal(model(x64), ref)
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in (*model.modules(), *twin.modules())) == 0
+    for m in (model, twin):  # no replaced forward left anywhere (blocks, attention, pooled head)
+        assert not any("forward" in vars(mod) or "forward_head" in vars(mod) for mod in m.modules())
 
 
 def test_block_halves_compose_to_the_block_forward(family, x):
