@@ -1,6 +1,6 @@
 """CP-ViT cascade speed: measured speed-up vs the MACs ratio, dense and cascade timed alternately.
 
-    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2] [--compile] [--score-at prune]
+    python benchmarks/cascade_speed.py [--rounds 5] [--threads 2] [--compile] [--score-at prune] [--steps N] [--fold drop]
 
 Models: the shipped embedded MNIST ViT and ``deit_small_patch16_224`` with random weights
 (timing does not need trained weights). For each MACs target the cascade's keep ratio is
@@ -10,8 +10,8 @@ the table reports the median speed-up, the MACs ratio (dense / cascade, from ``c
 and their quotient. Writes the "Cascade speed" section of RESULTS.md; with ``--compile`` both
 models are timed through ``torch.compile`` (inductor, static shapes: the cascade's token
 counts are fixed per model) and the section is "Cascade speed (torch.compile)"; with
-``--score-at prune`` the cascade scores at its pruning blocks only (``apply_cascade(score_at=)``)
-and the section name says so.
+``--score-at prune`` the cascade scores at its pruning blocks only (``apply_cascade(score_at=)``),
+``--steps`` / ``--fold`` set ``schedule_steps`` / ``fold``; the section name lists such flags.
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ def rows_for(
     batch_sizes,
     rounds: int,
     compiled: bool = False,
-    score_at: str = "all",
+    options: dict | None = None,
 ) -> list[str]:
+    options = options or {}
+    shape = {k: v for k, v in options.items() if k != "score_at"}  # what the MACs depend on
     out = []
     dense_macs = tpv.count_macs(model, example)
     for target in targets:
-        keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target)
+        keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
         reduced = copy.deepcopy(model)
-        apply_cascade(reduced, keep_ratio=keep, score_at=score_at)
+        apply_cascade(reduced, keep_ratio=keep, **options)
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
         timed = (torch.compile(model, dynamic=False), torch.compile(reduced, dynamic=False)) if compiled else (model, reduced)
         timing = alternated_speedup(*timed, example, batch_sizes, rounds=rounds, min_run_time=0.3)
@@ -63,7 +65,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="time both models through torch.compile")
     p.add_argument("--score-at", default="all", choices=("all", "prune"), help="apply_cascade(score_at=...)")
+    p.add_argument("--steps", type=int, default=None, help="apply_cascade(schedule_steps=...) (default: its default)")
+    p.add_argument("--fold", default=None, choices=("drop", "merge"), help="apply_cascade(fold=...) (default: merge)")
     args = p.parse_args()
+    options = {"score_at": args.score_at}
+    if args.steps is not None:
+        options["schedule_steps"] = args.steps
+    if args.fold is not None:
+        options["fold"] = args.fold
+    flags = (
+        (f" --score-at {args.score_at}" if args.score_at != "all" else "")
+        + (f" --steps {args.steps}" if args.steps is not None else "")
+        + (f" --fold {args.fold}" if args.fold is not None else "")
+    )
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     embedded, split, _ = load_embedded()
@@ -72,26 +86,22 @@ def main() -> None:
         "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += rows_for(
-        "embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile, args.score_at
-    )
+    lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile, options)
     deit_example = torch.randn(1, 3, 224, 224)
-    lines += rows_for(
-        "deit_small (random weights)", deit, deit_example, (0.8, 0.6), (1, 64), args.rounds, args.compile, args.score_at
-    )
+    lines += rows_for("deit_small (random weights)", deit, deit_example, (0.8, 0.6), (1, 64), args.rounds, args.compile, options)
     cmd = f"python benchmarks/cascade_speed.py --rounds {args.rounds} --threads {args.threads}" + (
         " --compile" if args.compile else ""
     )
-    cmd += f" --score-at {args.score_at}" if args.score_at != "all" else ""
+    cmd += flags
     body = (
         f"`{cmd}` (torch {torch.__version__}, {args.threads} CPU threads; cascade defaults: start block 0, "
         "3-stage stepped schedule, tokens merged before the pruning blocks' MLP, last MLP trimmed"
-        + (", scores at the pruning blocks only" if args.score_at == "prune" else "")
+        + (f"; non-default options: `{flags.strip()}`" if flags else "")
         + "; dense and cascade timed alternately, medians over rounds).\n\n"
         + "\n".join(lines)
     )
     section = "Cascade speed (torch.compile)" if args.compile else "Cascade speed"
-    write_section(section + (" (score_at=prune)" if args.score_at == "prune" else ""), body)
+    write_section(section + (f" ({flags.strip()})" if flags else ""), body)
 
 
 if __name__ == "__main__":
