@@ -460,3 +460,21 @@ def test_budget_ramp_grows_the_z_support_on_the_cubic_schedule_and_prunes_the_fu
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, budget_ramp=-1)
     full = tpv.GOHSPPruner(make_model("vit", depth=3, num_heads=4), x, None, target_params_ratio=0.3, metric="euclidean")
     assert full.current_budget() == full.budget  # no ramp: the full budget from the start
+
+
+def test_heads_block_normalises_heads_per_block_and_the_rest_over_the_model(x):
+    """normalize="heads-block": the heads' plan is "block"'s, the neurons' plan is "type"'s (one unit type at a time)."""
+    model = make_model("vit", depth=3, num_heads=4)
+    b = model.blocks[1]
+    with torch.no_grad():  # make the two normalisations disagree
+        for p in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.fc1.weight, b.mlp.fc2.weight):
+            p.mul_(5.0)
+
+    def plan(normalize, structures, ratio):
+        kw = dict(target_params_ratio=ratio, normalize=normalize, structures=structures, metric="euclidean")
+        return tpv.GOHSPPruner(copy.deepcopy(model), x, None, **kw).project(use_dual=False)
+
+    heads = {n: plan(n, ("heads",), 0.05).heads for n in ("block", "type", "heads-block")}
+    neurons = {n: plan(n, ("mlp",), 0.2).neurons for n in ("block", "type", "heads-block")}
+    assert heads["heads-block"] == heads["block"] != heads["type"]
+    assert neurons["heads-block"] == neurons["type"] != neurons["block"]

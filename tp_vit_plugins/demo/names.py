@@ -18,7 +18,7 @@ ZOO_PIPELINE_METHODS = (
     "dense+E", "l2", "taylor", "group_norm", "gohsp", "gohsp-grad", "gohsp-10-rounds", "gohsp-bias0", "gohsp-bias3",
     "gohsp-global", "gohsp-prox0.05", "gohsp-prox1", "gohsp-prox0.2-bias0", "gohsp-fisher",
     "gohsp-fisher-calib", "gohsp-fisher-frozen", "gohsp-block", "gohsp-euclid", "gohsp-nograph",
-    "gohsp-truefisher", "gohsp-ramp",
+    "gohsp-truefisher", "gohsp-ramp", "gohsp-headsblock",
     "group_norm-1sched", "gohsp-1sched", "gohsp-euclid-1sched", "gohsp-grad-1sched",
     "vtp", "vtp-fold", "vtp-qkv", "vtp-s0.5",
     "vtp-s2", "vtp-rank", "vtp-magnitude",

@@ -238,6 +238,7 @@ GOHSP_VARIANTS = {
     "gohsp-nograph": {**_GOHSP_DEFAULT, "graph_bias": 0.0},  # the default without the graph
     "gohsp-truefisher": {**_GOHSP_DEFAULT, "calibrate": "model"},  # calibration labels drawn from the model
     "gohsp-ramp": {**_GOHSP_DEFAULT, "budget_ramp": 5},  # the Z-step's budget ramped over the first 5 dual updates
+    "gohsp-headsblock": {**_GOHSP_DEFAULT, "normalize": "heads-block"},  # heads per block, the rest over the model
 }
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults: gates close during sparse training, the budget being the cut's parameters); the

@@ -77,7 +77,7 @@ UNIT_TYPES = ("heads", "head_dims", "mlp")
 METRICS = ("euclidean", "fisher")
 #: How unit scores are normalised before they compete across types and blocks: by the mean of
 #: their unit type over the model (``"type"``) or within their block (``"block"``).
-NORMALIZE = ("type", "block")
+NORMALIZE = ("type", "block", "heads-block")
 
 
 @dataclass
@@ -138,6 +138,7 @@ class GOHSPPruner(ViTPruner):
             ``normalizer="mean"`` does per group under global pruning). With the Fisher norm,
             ``"type"`` let the (much larger) first-block scores strip the later blocks' attention
             at -70 % (digits32: 86.2 % vs 94.6 %); ``"block"`` was -0.67 / +2.07 pt against it.
+            ``"heads-block"``: heads per block, head dims and MLP neurons over the model.
         proximal: Apply the ADMM term as a proximal step on the weights, decoupled from the
             optimizer (as AdamW decouples weight decay): every :meth:`regularize` sets
             ``W <- (W + c (Z - U)) / (1 + c)`` with ``c = proximal``, the exact minimiser of
@@ -329,7 +330,8 @@ class GOHSPPruner(ViTPruner):
                     raw["neuron"].append((v / ncost, li, n))
 
         def group(kind: str, li: int) -> tuple[str, int | None]:  # the units a score is normalised over
-            return kind, (li if self.normalize == "block" else None)
+            per_block = self.normalize == "block" or (self.normalize == "heads-block" and kind == "head")
+            return kind, (li if per_block else None)
 
         means: dict[tuple[str, int | None], tuple[float, int]] = {}
         for kind, items in raw.items():
