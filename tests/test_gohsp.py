@@ -272,7 +272,7 @@ def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     with pytest.raises(ValueError, match="proximal"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, proximal=0.0)
     default = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
-    assert (default.proximal, default.metric, default.normalize, default.fisher_decay) == (0.2, "fisher", "block", None)
+    assert (default.proximal, default.metric, default.normalize, default.fisher_decay) == (0.2, "fisher", "heads-block", None)
 
 
 def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):

@@ -208,15 +208,18 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
 #: block, ``GraphHeadImportance(normalize_per_layer=...)``; absent: True); the rest are
 #: ``GOHSPPruner`` arguments. ``gohsp`` is the library default, as the CLI / bench recipes run
 #: it: the ADMM pull as a proximal step, 10 dual updates, the Z-step in the Fisher norm estimated
-#: on the calibration batches (then the cumulative mean), unit scores normalised per block.
+#: on the calibration batches (then the cumulative mean), head scores normalised per block and
+#: head-dim / neuron scores over the model. ``gohsp-blocknorm`` is session 8's default (every unit
+#: type normalised per block; records before session 9 named it ``gohsp`` / ``gohsp-1sched``).
 #: ``gohsp-euclid`` is session 7's default (Euclidean projection, scores normalised per unit type);
 #: ``gohsp-grad`` the one before (``rho (W - Z + U)`` through AdamW's gradient, one update per
 #: sparse epoch). The other variants are what the defaults were chosen among.
 _GOHSP_EUCLID = dict(rounds=10, metric="euclidean", normalize="type", fisher_decay=0.1)  # session 7's projection
 _GOHSP_GRAD = {**_GOHSP_EUCLID, "rounds": None, "proximal": None}  # before the proximal step existed
-_GOHSP_DEFAULT = dict(rounds=10, metric="fisher", normalize="block", fisher_decay=None, calibrate="data")
+_GOHSP_S8 = dict(rounds=10, metric="fisher", normalize="block", fisher_decay=None, calibrate="data")  # session 8's default
 GOHSP_VARIANTS = {
-    "gohsp": _GOHSP_DEFAULT,
+    "gohsp": {**_GOHSP_S8, "normalize": "heads-block"},
+    "gohsp-blocknorm": _GOHSP_S8,
     "gohsp-euclid": _GOHSP_EUCLID,
     "gohsp-grad": _GOHSP_GRAD,
     "gohsp-10-rounds": {**_GOHSP_GRAD, "rounds": 10},
@@ -235,10 +238,11 @@ GOHSP_VARIANTS = {
     "gohsp-fisher-calib": {**_GOHSP_EUCLID, "metric": "fisher", "fisher_decay": None, "calibrate": "data"},
     "gohsp-fisher-frozen": {**_GOHSP_EUCLID, "metric": "fisher", "fisher_decay": 0.0, "calibrate": "data"},
     "gohsp-block": {**_GOHSP_EUCLID, "normalize": "block"},  # session 7's projection normalised per block
-    "gohsp-nograph": {**_GOHSP_DEFAULT, "graph_bias": 0.0},  # the default without the graph
-    "gohsp-truefisher": {**_GOHSP_DEFAULT, "calibrate": "model"},  # calibration labels drawn from the model
-    "gohsp-ramp": {**_GOHSP_DEFAULT, "budget_ramp": 5},  # the Z-step's budget ramped over the first 5 dual updates
-    "gohsp-headsblock": {**_GOHSP_DEFAULT, "normalize": "heads-block"},  # heads per block, the rest over the model
+    # session 8's default (scores normalised per block) without the graph, with model-drawn calibration
+    # labels, with the Z-step's budget ramped over the first 5 dual updates
+    "gohsp-nograph": {**_GOHSP_S8, "graph_bias": 0.0},
+    "gohsp-truefisher": {**_GOHSP_S8, "calibrate": "model"},
+    "gohsp-ramp": {**_GOHSP_S8, "budget_ramp": 5},
 }
 #: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
 #: defaults: gates close during sparse training, the budget being the cut's parameters); the
@@ -270,12 +274,14 @@ VTP_VARIANTS = {
 #: fine-tune (``finetune(schedule_span=...)``) instead of a fine-tune restarted at the peak rate.
 #: VTP with closing always runs so (its prune is exact: the run just continues); GroupNorm and
 #: GOHSP restart by default (their prune changes the function; ``group_norm-1sched``,
-#: ``gohsp-euclid-1sched``, ``gohsp-grad-1sched`` and ``gohsp-1sched`` measured the alternative: lower
+#: ``gohsp-euclid-1sched``, ``gohsp-grad-1sched`` and ``gohsp-blocknorm-1sched`` measured the alternative: lower
 #: or level on the zoo, RESULTS "Zoo: session 7" / "Zoo: session 8"). Closing variants recorded before session 7 (``vtp-late``,
 #: ``vtp-fold-close``, ``vtp-close-v1``, ``vtp-s6`` in ``benchmarks/zoo_vtp3`` / ``zoo_vtp4``) ran
 #: with the restarted schedule; rerunning them now gives the one-schedule numbers.
 ONE_SCHEDULE = "-1sched"
-ONE_SCHEDULE_VARIANTS = tuple(f"{n}{ONE_SCHEDULE}" for n in ("group_norm", "gohsp", "gohsp-euclid", "gohsp-grad"))
+ONE_SCHEDULE_VARIANTS = tuple(
+    f"{n}{ONE_SCHEDULE}" for n in ("group_norm", "gohsp", "gohsp-blocknorm", "gohsp-euclid", "gohsp-grad")
+)
 
 
 def _prune_to_params(
