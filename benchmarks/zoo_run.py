@@ -4,7 +4,8 @@
     python benchmarks/zoo_run.py tokens   MODELS METHODS THREADS SEEDS OUT_DIR
     python benchmarks/zoo_run.py heads    MODELS METHODS THREADS SEEDS OUT_DIR
 
-MODELS and METHODS are comma lists (``all`` = every zoo model). Writes ``OUT_DIR/ZOO.md``,
+MODELS and METHODS are comma lists (``all`` = every zoo model); SEEDS is ``N`` (seeds 0 .. N-1) or
+``A:B`` (seeds A .. B-1, e.g. more seeds for an earlier run, merged with ``benchmarks/zoo_merge.py``). Writes ``OUT_DIR/ZOO.md``,
 ``zoo.json`` (with per-image outcomes, for ``benchmarks/zoo_merge.py``) and ``zoo_ranks.png``.
 EPOCHS (pipeline only) sets the equal total epoch budget ``E`` (default ``ZooSettings.epochs``).
 """
@@ -28,7 +29,9 @@ if __name__ == "__main__":
     names = {z.name for z in ZOO} if models == "all" else set(models.split(","))
     chosen = tuple(methods.split(","))
     key = {"pipeline": "pipeline_methods", "tokens": "token_methods", "heads": "head_methods"}[protocol]
-    settings = ZooSettings(seeds=int(seeds), protocols=(protocol,), **{key: chosen}, **extra)
+    first, _, last = seeds.rpartition(":")  # "N": seeds 0 .. N-1; "A:B": seeds A .. B-1
+    span = dict(seeds=int(last) - int(first or 0), first_seed=int(first or 0))
+    settings = ZooSettings(protocols=(protocol,), **span, **{key: chosen}, **extra)
     start = time.time()
     command = "python benchmarks/zoo_run.py " + " ".join(sys.argv[1:])
     run_zoo(out, settings, progress=False, members=tuple(z for z in ZOO if z.name in names), command=command)

@@ -74,6 +74,7 @@ class ZooSettings:
     """What one zoo run measures (``quick()`` for smoke runs)."""
 
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (more seeds for an earlier run)
     calib_batches: int = 8
     batch_size: int = 64
     head_ratios: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -176,7 +177,7 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     """One-shot uniform head removal at every ratio with every criterion."""
     rows = []
     example = split.x_test[:1]
-    for seed in range(s.seeds):
+    for seed in range(s.first_seed, s.first_seed + s.seeds):
         calib = _calib(split, seed, s)
         for name in s.head_methods:
             torch.manual_seed(seed)
@@ -362,7 +363,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
 def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:
     rows = []
     dense_params = count_params(model)
-    for seed in range(s.seeds):
+    for seed in range(s.first_seed, s.first_seed + s.seeds):
         for cut in s.param_cuts:
             for name in s.pipeline_methods:
                 torch.manual_seed(seed)
@@ -460,7 +461,7 @@ def protocol_tokens(member: ZooModel, model: nn.Module, split, s: ZooSettings, t
     for target in s.mac_targets:
         for name in s.token_methods:
             cached = None
-            for seed in range(s.seeds):
+            for seed in range(s.first_seed, s.first_seed + s.seeds):
                 randomised = CPVIT_VARIANTS.get(name, {}).get("score") == "random"
                 if cached is None or randomised:  # the others are deterministic: measured once
                     knob = _fit_tokens(name, model, example, target, dense_macs, seed)
