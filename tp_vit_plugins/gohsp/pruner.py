@@ -296,7 +296,6 @@ class GOHSPPruner(ViTPruner):
             out.append({"head": per.sum(1), "dim": per.sum(0), "neuron": neuron})
         return out
 
-    @torch.no_grad()
     def current_budget(self) -> int:
         """Parameters the Z-step removes now: the full budget, or its share on the ramp.
 
@@ -309,6 +308,7 @@ class GOHSPPruner(ViTPruner):
         t = min(1.0, self.rounds / self.budget_ramp)
         return int(round(self.budget * (1.0 - (1.0 - t) ** 3)))
 
+    @torch.no_grad()
     def project(self, use_dual: bool = True, budget: int | None = None) -> StructurePlan:
         """Choose the structured support of ``W (+ U)`` under the parameter budget.
 
