@@ -52,7 +52,7 @@ from timm.layers import Attention, apply_rot_embed_cat
 from timm.models.beit import Block as BeitBlock
 from timm.models.cait import LayerScaleBlock
 from timm.models.eva import EvaBlock, EvaBlockPostNorm
-from timm.models.vision_transformer import Block, ResPostBlock
+from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import nn
 
 from ..core.adapter import ATTENTION_TYPES, UnsupportedModelError, attention_modules, check_supported, prefix_tokens
@@ -498,8 +498,6 @@ def reads_prefix_only(model: nn.Module) -> bool:
     Then the patch tokens leaving the last block are never read, and neither is anything the
     last block's MLP computes for them.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
     family = isinstance(model, VisionTransformer) or type(model).__name__ in ("Eva", "Beit")
     return family and getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
 
@@ -533,9 +531,6 @@ class Cascade:
         trim_last: bool = False,
     ) -> None:
         self.model = model
-        #: The last block's MLP runs on the prefix tokens alone (see ``apply_cascade(trim_last=)``).
-        self.trim_last = trim_last and prune_at == "mlp" and mode == "drop" and reads_prefix_only(model)
-        # (set again once the schedule is known: only a cascade that prunes trims)
         self.fold = fold
         self.prune_at = prune_at
         self.weighted_pool = weighted_pool
@@ -555,7 +550,9 @@ class Cascade:
         self.final_count = self.schedule[-1]
         prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
         self.last_point = prune_points[-1] if prune_points else -1
-        self.trim_last = self.trim_last and bool(prune_points)  # keep_ratio=1.0 stays bit-identical to the model
+        #: The last block's MLP runs on the prefix tokens alone (see ``apply_cascade(trim_last=)``); only a
+        #: cascade that prunes trims, so ``keep_ratio=1.0`` stays bit-identical to the model.
+        self.trim_last = trim_last and prune_at == "mlp" and mode == "drop" and bool(prune_points) and reads_prefix_only(model)
         #: Blocks whose attention feeds the cumulative score (they run eager attention).
         self.score_blocks = set(prune_points) if score_at == "prune" else set(range(self.last_point + 1))
         self.head_blocks = set(range(head_start_block, self.depth)) if head_keep_ratio < 1.0 else set()
