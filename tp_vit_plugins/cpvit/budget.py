@@ -72,12 +72,12 @@ def cascade_macs(
         # per-token linears of the attention (qkv, an output gate), its output projection on the kept heads
         # (all heads when a head norm or gate needs the full layout), the two attention matmuls
         full = not isinstance(getattr(b.attn, "norm", nn.Identity()), nn.Identity) or getattr(b.attn, "gate", None) is not None
-        macs += n * _linear_macs(b.attn, skip=(b.proj, *head_mixers(b.attn)))
+        mixers = head_mixers(b.attn)  # CaiT's talking heads: linears over the heads of [N, N] maps
+        macs += n * _linear_macs(b.attn, skip=(b.proj, *mixers)) + n * n * sum(_linear_macs(x) for x in mixers)
         macs += n * (H if full else kept) * d * b.proj.out_features + H * n * n * d + kept * n * n * d
-        macs += sum(n * n * m.in_features * m.out_features for m in head_mixers(b.attn))  # CaiT: over [N, N] maps
-        m = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
-        m = prefix if trim and i == depth - 1 else m
-        macs += m * _linear_macs(getattr(b.block, "mlp", None))
+        n_mlp = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
+        n_mlp = prefix if trim and i == depth - 1 else n_mlp
+        macs += n_mlp * _linear_macs(getattr(b.block, "mlp", None))
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
             macs += (counts[i] - counts[i + 1]) * counts[i + 1] * b.qkv.in_features  # similarity of pruned and kept tokens
     macs += _readout_macs(model, prefix + counts[-1] if not trim else prefix, counts[-1])
