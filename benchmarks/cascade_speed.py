@@ -7,7 +7,11 @@ Models: the shipped embedded MNIST ViT and ``deit_small_patch16_224`` with rando
 fitted with :func:`tp_vit_plugins.fit_keep_ratio` (default settings), and dense and cascade
 are timed one after the other in every round (:func:`~tp_vit_plugins.core.metrics.alternated_speedup`);
 the table reports the median speed-up, the MACs ratio (dense / cascade, from ``count_macs``)
-and their quotient. Writes the "Cascade speed" section of RESULTS.md; with ``--compile`` both
+and their quotient. The **ceiling** columns time, against dense in the same way, the same keep
+ratio with ``score="random", fold="drop"``: the same token counts with no scoring attention
+and no merging, only one top-k and one gather per pruning stage — about the best any token
+selection at these counts can do on this machine, so "cascade ÷ ceiling" is the share of the
+reachable speed-up the cascade keeps. Writes the "Cascade speed" section of RESULTS.md; with ``--compile`` both
 models are timed through ``torch.compile`` (inductor, static shapes: the cascade's token
 counts are fixed per model) and the section is "Cascade speed (torch.compile)"; with
 ``--score-at prune`` the cascade scores at its pruning blocks only (``apply_cascade(score_at=)``),
@@ -44,15 +48,21 @@ def rows_for(
     dense_macs = tpv.count_macs(model, example)
     for target in targets:
         keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
-        reduced = copy.deepcopy(model)
+        reduced, ceiling = copy.deepcopy(model), copy.deepcopy(model)
         apply_cascade(reduced, keep_ratio=keep, **options)
+        apply_cascade(ceiling, keep_ratio=keep, **{**options, "score": "random", "fold": "drop"})
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
-        timed = (torch.compile(model, dynamic=False), torch.compile(reduced, dynamic=False)) if compiled else (model, reduced)
-        timing = alternated_speedup(*timed, example, batch_sizes, rounds=rounds, min_run_time=0.3)
+        ceiling_macs_ratio = dense_macs / tpv.count_macs(ceiling, example)
+        run = (lambda m: torch.compile(m, dynamic=False)) if compiled else (lambda m: m)
+        dense = run(model)
+        timing = alternated_speedup(dense, run(reduced), example, batch_sizes, rounds=rounds, min_run_time=0.3)
+        top = alternated_speedup(dense, run(ceiling), example, batch_sizes, rounds=rounds, min_run_time=0.3)
         for bs, (d, r, speedup) in timing.items():
+            best = top[bs][2]
             out.append(
                 f"| {name} | {target:.2f} | {keep:.3f} | {bs} | {1e3 * d:.2f} | {1e3 * r:.2f} | {speedup:.2f} | "
-                f"{macs_ratio:.2f} | {speedup / macs_ratio:.2f} |"
+                f"{macs_ratio:.2f} | {speedup / macs_ratio:.2f} | {best:.2f} | {best / ceiling_macs_ratio:.2f} | "
+                f"{speedup / best:.2f} |"
             )
             print(out[-1], flush=True)
         remove_cascade(reduced)
@@ -83,8 +93,9 @@ def main() -> None:
     embedded, split, _ = load_embedded()
     deit = timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=10).eval()
     lines = [
-        "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio "
+        "| ceiling speed-up | ceiling ÷ MACs ratio | cascade ÷ ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile, options)
     deit_example = torch.randn(1, 3, 224, 224)
@@ -97,8 +108,8 @@ def main() -> None:
         f"`{cmd}` (torch {torch.__version__}, {args.threads} CPU threads; cascade defaults: start block 0, "
         "3-stage stepped schedule, tokens merged before the pruning blocks' MLP, last MLP trimmed"
         + (f"; non-default options: `{flags.strip()}`" if flags else "")
-        + "; dense and cascade timed alternately, medians over rounds).\n\n"
-        + "\n".join(lines)
+        + "; dense and cascade timed alternately, medians over rounds; ceiling: the same keep ratio with "
+        '`score="random", fold="drop"` (no scoring attention, no merging), timed alternately with dense).\n\n' + "\n".join(lines)
     )
     section = "Cascade speed (torch.compile)" if args.compile else "Cascade speed"
     write_section(section + (f" ({flags.strip()})" if flags else ""), body)

@@ -336,6 +336,49 @@ def test_merge_into_kept_closed_form():
     assert new_sizes.tolist() == [[3.0, 2.0]]
 
 
+@pytest.mark.parametrize("given_sizes", [True, False])
+@pytest.mark.parametrize("num_prefix", [0, 2])
+def test_merge_into_kept_matches_a_per_image_reference(given_sizes, num_prefix):
+    """The running-mean, flattened implementation equals the definition, image by image."""
+    from tp_vit_plugins.cpvit.patch import merge_into_kept
+
+    g = torch.Generator().manual_seed(0)
+    B, P, C, n = 3, 9, 5, 4
+    x = torch.randn(B, num_prefix + P, C, generator=g, dtype=torch.float64)
+    sizes = torch.rand(B, P, generator=g, dtype=torch.float64) + 0.5 if given_sizes else None
+    keep = torch.stack([torch.randperm(P, generator=g)[:n].sort().values for _ in range(B)])
+    out, new_sizes = merge_into_kept(x, sizes, keep, num_prefix)
+    for b in range(B):
+        s = sizes[b] if given_sizes else torch.ones(P, dtype=torch.float64)
+        patches, kept = x[b, num_prefix:], keep[b].tolist()
+        total = [patches[k] * s[k] for k in kept]
+        size = [s[k].clone() for k in kept]
+        for d in sorted(set(range(P)) - set(kept)):
+            cos = torch.stack([torch.nn.functional.cosine_similarity(patches[d], patches[k], dim=0) for k in kept])
+            j = int(cos.argmax())
+            total[j], size[j] = total[j] + patches[d] * s[d], size[j] + s[d]
+        expected = torch.cat([x[b, :num_prefix], torch.stack([t / z for t, z in zip(total, size)])])
+        torch.testing.assert_close(out[b], expected)
+        torch.testing.assert_close(new_sizes[b], torch.stack(size).to(new_sizes.dtype))
+    assert torch.equal(x, x.clone())  # the input is not written
+
+
+def test_random_scorer_reads_no_attention(x64):
+    """The random baseline needs no attention probabilities: its blocks keep the fused path."""
+    model = deeper()
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, fold="drop", score="random")
+    assert c.score_blocks == set()
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+        model(x64)
+    assert len(calls) == len(model.blocks)  # every block ran timm's fused attention
+    kept = c._random_table[: c.num_patches].topk(c.state.counts[-1]).indices.sort().values
+    assert torch.equal(c.state.positions[0], kept)  # the top of the fixed table, in grid order
+    remove_cascade(model)
+
+
 def test_merge_fold_keeps_counts_conserves_patches_and_is_identity_without_drops(x64):
     model = deeper()
     with torch.no_grad():
@@ -519,8 +562,8 @@ def test_score_at_prune_sums_the_pruning_blocks_only(x64):
         torch.testing.assert_close(ramp["all"][0], ramp["prune"][0], atol=0, rtol=0)
         c = apply_cascade(model, keep_ratio=0.5, schedule_steps=2, score_at="prune")
         seen = []
-        observe = c._observe
-        c._observe = lambda i, probs: (seen.append(i), observe(i, probs))
+        accumulate = c._accumulate
+        c._accumulate = lambda i, stat: (seen.append(i), accumulate(i, stat))
         model(x64)
     assert c.schedule == [64, 48, 48, 32, 32, 32] and c.score_blocks == {0, 2} and seen == [0, 2]
     remove_cascade(model)
@@ -567,3 +610,47 @@ def test_cascade_macs_are_exact_on_every_family(family, options, x64):
     apply_cascade(model, keep_ratio=0.4, **options)
     assert count_macs(model, x64[:1]) == cascade_macs(model, (3, 32, 32), keep_ratio=0.4, **options)
     remove_cascade(model)
+
+
+@pytest.mark.parametrize("family_", ["vit", "beit", "eva02"])
+@pytest.mark.parametrize("score", ["cumulative", "cls"])
+def test_scoring_attention_in_batch_chunks_equals_one_piece(family_, score, x64, monkeypatch):
+    """The cache-sized chunks of the scoring attention give the same tokens, scores and logits."""
+    import tp_vit_plugins.cpvit.patch as patch
+
+    model = deeper(family_, num_heads=4)
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, score=score)  # merged tokens: a logit bias too
+    chunks = []
+    original = patch._attend_in_chunks
+
+    def spy(a, q, *args):
+        chunks.append(q.shape[0])
+        return original(a, q, *args)
+
+    monkeypatch.setattr(patch, "_attend_in_chunks", spy)
+    with torch.no_grad():
+        whole = model(x64)
+        scores, positions = c.state.scores.clone(), c.state.positions
+        monkeypatch.setattr(patch, "CHUNK_BYTES", 1)  # one image per chunk
+        chunked = model(x64)
+    assert chunks and len(set(chunks)) == 1  # the scoring blocks took the chunked path
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c.state.scores, scores, rtol=1e-5, atol=1e-6)
+    if positions is not None:
+        assert torch.equal(c.state.positions, positions)
+    remove_cascade(model)
+
+
+def test_reduce_probs_observes_the_statistic_of_the_probabilities():
+    attn = make_model(num_heads=4).blocks[0].attn
+    x = torch.randn(3, 17, attn.qkv.in_features)
+    probs, stats = [], []
+    with torch.no_grad():
+        plain = cascade_attention(attn, x, 1, observe=probs.append)
+        reduced = cascade_attention(attn, x, 1, observe=stats.append, reduce_probs=lambda p: token_scores(p, 1))
+        mask = torch.zeros(3, 16, dtype=torch.bool)
+        masked = cascade_attention(attn, x, 1, key_mask=mask, observe=stats.append, reduce_probs=lambda p: p.sum(-1))
+    torch.testing.assert_close(reduced, plain)
+    torch.testing.assert_close(masked, plain)
+    torch.testing.assert_close(stats[0], token_scores(probs[0], 1))
+    torch.testing.assert_close(stats[1], torch.ones(3, 4, 17))  # the unchunked path observes the statistic too
