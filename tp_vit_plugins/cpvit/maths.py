@@ -184,18 +184,6 @@ def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
 
 
-def _flat_rows(keep: torch.Tensor, num_prefix: int, tokens: int) -> torch.Tensor:
-    """Row indices into ``x.reshape(B * tokens, C)`` of every prefix token and the patch tokens ``keep`` ``[B, k]``.
-
-    Returns:
-        ``[B * (num_prefix + k)]`` int64, image by image, prefix first.
-    """
-    B = keep.shape[0]
-    prefix = torch.arange(num_prefix, device=keep.device).expand(B, -1)
-    rows = torch.cat([prefix, keep + num_prefix], dim=1) + tokens * torch.arange(B, device=keep.device)[:, None]
-    return rows.view(-1)
-
-
 def gather_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """Keep the prefix tokens and the patch tokens ``keep`` of ``x``.
 
@@ -211,4 +199,6 @@ def gather_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch
         ``[B, num_prefix + k, C]``.
     """
     B, N, C = x.shape
-    return x.reshape(B * N, C).index_select(0, _flat_rows(keep, num_prefix, N)).view(B, num_prefix + keep.shape[1], C)
+    prefix = torch.arange(num_prefix, device=x.device).expand(B, -1)
+    rows = torch.cat([prefix, keep + num_prefix], dim=1) + N * torch.arange(B, device=x.device)[:, None]
+    return x.reshape(B * N, C).index_select(0, rows.view(-1)).view(B, rows.shape[1], C)

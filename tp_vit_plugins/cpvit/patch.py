@@ -62,7 +62,6 @@ from .maths import (
     DEFAULT_PRUNE_AT,
     DEFAULT_SCHEDULE_STEPS,
     DEFAULT_START_BLOCK,
-    _flat_rows,
     adjusted_count,
     attention_range,
     gather_tokens,
@@ -198,25 +197,29 @@ def _merge(
     B, N, C = x.shape
     p, n = num_prefix, keep.shape[1]
     m = N - p - n
-    if sizes is None:
-        sizes = x.new_ones(B, N - p, dtype=torch.float32)
     if m == 0:
-        return x, torch.cat([sizes.new_ones(B, p), sizes], dim=1)
+        ones = x.new_ones(B, p, dtype=torch.float32)
+        return x, torch.cat([ones, sizes if sizes is not None else x.new_ones(B, n, dtype=torch.float32)], dim=1)
     if dropped is None:
         drop_mask = torch.ones(B, N - p, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
         dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
+    image = torch.arange(B, device=x.device)[:, None]
     flat = x.reshape(B * N, C)
-    out = flat.index_select(0, _flat_rows(keep, p, N)).view(B, p + n, C)  # a new tensor: merged into in place
-    dx = flat.index_select(0, (dropped + p + N * torch.arange(B, device=x.device)[:, None]).view(-1))  # [B * m, C]
+    kept_rows = torch.cat([torch.arange(p, device=x.device).expand(B, -1), keep + p], dim=1) + N * image
+    out = flat.index_select(0, kept_rows.view(-1)).view(B, p + n, C)  # a new tensor: merged into in place
+    dx = flat.index_select(0, (dropped + (N * image + p)).view(-1))  # [B * m, C]
     kx = out[:, p:]
     # most similar kept token by cosine: a dropped token's own norm does not change its argmax
-    sim = (dx.view(B, m, C) @ kx.transpose(1, 2)) / torch.linalg.vector_norm(kx, dim=-1).clamp_min(1e-12)[:, None, :]
-    dst = (sim.max(-1).indices + p + (p + n) * torch.arange(B, device=x.device)[:, None]).view(-1)  # rows of out
-    ds = sizes.gather(1, dropped).view(-1)
-    merged_sizes = torch.cat([sizes.new_ones(B, p), sizes.gather(1, keep)], dim=1).view(-1).index_add_(0, dst, ds)
+    sim = (dx.view(B, m, C) @ kx.transpose(1, 2)) / torch.linalg.vector_norm(kx, dim=-1).clamp_min(1e-12)[:, None]
+    dst = (sim.max(-1).indices + ((p + n) * image + p)).view(-1)  # rows of out
+    if sizes is None:
+        ds, merged_sizes = x.new_ones(B * m, dtype=torch.float32), x.new_ones(B * (p + n), dtype=torch.float32)
+    else:
+        ds = sizes.gather(1, dropped).view(-1)
+        merged_sizes = torch.cat([sizes.new_ones(B, p), sizes.gather(1, keep)], dim=1).view(-1)
+    merged_sizes.index_add_(0, dst, ds)
     rows = out.view(B * (p + n), C)
-    step = (dx - rows.index_select(0, dst)) * (ds / merged_sizes[dst]).to(x.dtype)[:, None]
-    rows.index_add_(0, dst, step)
+    rows.index_add_(0, dst, (dx - rows.index_select(0, dst)) * (ds / merged_sizes[dst]).to(x.dtype)[:, None])
     return out, merged_sizes.view(B, p + n)
 
 
