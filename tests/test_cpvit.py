@@ -654,3 +654,29 @@ def test_reduce_probs_observes_the_statistic_of_the_probabilities():
     torch.testing.assert_close(masked, plain)
     torch.testing.assert_close(stats[0], token_scores(probs[0], 1))
     torch.testing.assert_close(stats[1], torch.ones(3, 4, 17))  # the unchunked path observes the statistic too
+
+
+@pytest.mark.parametrize("options", [dict(), dict(fold="drop"), dict(score="cls")])
+def test_cascade_backpropagates(options, x64):
+    """Fine-tuning through the cascade: gradients reach every parameter, finite."""
+    model = deeper()
+    model.train()
+    c = apply_cascade(model, keep_ratio=0.5, start_block=1, **options)
+    loss = model(x64).logsumexp(-1).sum()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.blocks[-1].mlp.fc1.weight.grad.abs().sum() > 0
+    assert c.state.counts[-1] == 32
+    remove_cascade(model)
+
+
+def test_merge_into_kept_gradient_is_exact():
+    """The in-place running mean has the gradient of the size-weighted average (float64 gradcheck)."""
+    from tp_vit_plugins.cpvit.patch import merge_into_kept
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1 + 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    sizes = torch.rand(2, 6, generator=g, dtype=torch.float64) + 0.5
+    keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    assert torch.autograd.gradcheck(lambda t: merge_into_kept(t, sizes, keep, 1)[0], (x,))
