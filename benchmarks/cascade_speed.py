@@ -73,11 +73,10 @@ def rows_for(
     options: dict | None = None,
 ) -> list[str]:
     options = options or {}
-    shape = {k: v for k, v in options.items() if k != "score_at"}  # what the MACs depend on
     out = []
     dense_macs = tpv.count_macs(model, example)
     for target in targets:
-        keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
+        keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target, **options)
         reduced = copy.deepcopy(model)
         cascade = apply_cascade(reduced, keep_ratio=keep, **options)
         bound = sliced_copy(model, cascade)

@@ -148,3 +148,10 @@ def test_fit_keep_ratio_matches_the_cascade_macs():
     assert fit_keep_ratio(model, (3, 64, 64), 0.01) == pytest.approx(1e-3)  # unreachable: the smallest keep
     with pytest.raises(ValueError, match="target"):
         fit_keep_ratio(model, (3, 64, 64), 0.0)
+    # one options dict serves apply_cascade and fit_keep_ratio: token-choice options do not move the MACs
+    neutral = dict(score="cls", seed=3, weighted_pool=False, score_at="prune", mode="drop")
+    assert fit_keep_ratio(model, (3, 64, 64), 0.7, **neutral) == fit_keep_ratio(model, (3, 64, 64), 0.7)
+    with pytest.raises(ValueError, match="mask"):
+        fit_keep_ratio(model, (3, 64, 64), 0.7, mode="mask")
+    with pytest.raises(TypeError):
+        fit_keep_ratio(model, (3, 64, 64), 0.7, keep_tokens=3)  # unknown options are not swallowed

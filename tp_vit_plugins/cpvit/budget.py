@@ -12,7 +12,7 @@ from ..core.search import bisect_threshold
 from .maths import DEFAULT_PRUNE_AT, DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
 from .patch import patch_embed_macs, patch_grid, reads_prefix_only, token_blocks
 
-__all__ = ["cascade_macs", "fit_keep_ratio"]
+__all__ = ["cascade_macs", "fit_keep_ratio", "MACS_NEUTRAL_OPTIONS"]
 
 
 def cascade_macs(
@@ -113,6 +113,11 @@ def _readout_macs(model: nn.Module, tokens: int, patches: int) -> int:
     return macs
 
 
+#: ``apply_cascade`` options that choose which tokens go or how the head pools, not how many go:
+#: :func:`fit_keep_ratio` accepts and ignores them, so one options dict serves both calls.
+MACS_NEUTRAL_OPTIONS = ("score", "seed", "weighted_pool", "score_at")
+
+
 def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
     """Largest CP-ViT keep ratio whose cascade keeps at most ``target`` of ``model``'s MACs.
 
@@ -125,17 +130,22 @@ def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, i
         target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
         iterations: Bisection steps.
         **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
-            ``schedule_power``, ``schedule_steps``, ``fold``, ``prune_at`` as in ``apply_cascade``.
+            ``schedule_power``, ``schedule_steps``, ``fold``, ``prune_at``, ``trim_last`` as in
+            ``apply_cascade``; the options of :data:`MACS_NEUTRAL_OPTIONS` and ``mode="drop"``
+            are accepted and ignored (they do not change the MACs).
 
     Returns:
         The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,
         when even that keeps more than ``target``: tokens alone cannot reach it).
 
     Raises:
-        ValueError: ``target`` outside ``(0, 1]``.
+        ValueError: ``target`` outside ``(0, 1]``, or ``mode="mask"`` (masked tokens keep their MACs).
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target must lie in (0, 1], got {target}")
+    if cascade_kwargs.pop("mode", "drop") != "drop":
+        raise ValueError("mode='mask' keeps every token's MACs (shapes unchanged): no keep ratio reaches a MACs target")
+    cascade_kwargs = {k: v for k, v in cascade_kwargs.items() if k not in MACS_NEUTRAL_OPTIONS}
     dense = cascade_macs(model, input_size, keep_ratio=1.0, trim_last=False)
 
     def keeps_less(r: float) -> bool:  # True at small ratios: the cascade is within the target

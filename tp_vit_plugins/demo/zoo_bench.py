@@ -435,8 +435,7 @@ def _remove(patch) -> None:
 def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
     if name in CPVIT_VARIANTS:  # analytic MACs are exact (merging included)
-        shape = {k: v for k, v in _cascade_kwargs(name, model).items() if k not in ("score", "weighted_pool", "score_at")}
-        return fit_keep_ratio(model, tuple(example.shape[1:]), target, **shape)
+        return fit_keep_ratio(model, tuple(example.shape[1:]), target, **_cascade_kwargs(name, model))
 
     def kept(knob: float) -> float:
         patch = _token_patch(name, model, knob, seed)
