@@ -93,3 +93,16 @@ def test_latency_errors():
     ):
         with pytest.raises(ValueError, match=msg):
             measure_latency(model, x, **kwargs)
+
+
+def test_fused_attn_off_restores_every_flag_even_on_error():
+    from tp_vit_plugins.core.metrics import fused_attn_off
+
+    model = make_model()
+    flags = [blk.attn.fused_attn for blk in model.blocks]
+    model.blocks[0].attn.fused_attn = not flags[0]  # mixed flags come back as they were
+    before = [blk.attn.fused_attn for blk in model.blocks]
+    with pytest.raises(RuntimeError, match="boom"), fused_attn_off(b.attn for b in model.blocks):
+        assert not any(blk.attn.fused_attn for blk in model.blocks)
+        raise RuntimeError("boom")
+    assert [blk.attn.fused_attn for blk in model.blocks] == before

@@ -41,6 +41,7 @@ from .families import (
     head_mixers,
     head_tables,
 )
+from .metrics import fused_attn_off
 
 __all__ = [
     "HeadNormPruner",
@@ -829,14 +830,8 @@ def eager_attention(model: nn.Module) -> Iterator[list[tuple[str, Attention]]]:
         The model's ``[(name, Attention)]`` list.
     """
     attns = attention_modules(model)
-    saved = [a.fused_attn for _, a in attns]
-    try:
-        for _, a in attns:
-            a.fused_attn = False
+    with fused_attn_off(a for _, a in attns):
         yield attns
-    finally:
-        for (_, a), flag in zip(attns, saved):
-            a.fused_attn = flag
 
 
 class AttentionMaps:

@@ -12,23 +12,19 @@ import contextlib
 import functools
 import logging
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup"]
+__all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup", "fused_attn_off"]
 
 
 @contextlib.contextmanager
-def _eager(model: nn.Module) -> Iterator[None]:
-    """Switch every module with a ``fused_attn`` flag to its eager path while counting.
-
-    timm's attention, attention pools and CaiT's class attention: ``FlopCounterMode`` counts the
-    eager matmuls (not every fused kernel). The flags come back on every path.
-    """
-    mods = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+def fused_attn_off(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Set ``fused_attn = False`` on ``modules`` (their eager path); the flags come back on every path."""
+    mods = list(modules)
     saved = [m.fused_attn for m in mods]
     try:
         for m in mods:
@@ -37,6 +33,15 @@ def _eager(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in zip(mods, saved):
             m.fused_attn = flag
+
+
+def _eager(model: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Switch every module with a ``fused_attn`` flag to its eager path while counting.
+
+    timm's attention, attention pools and CaiT's class attention: ``FlopCounterMode`` counts the
+    eager matmuls (not every fused kernel).
+    """
+    return fused_attn_off(m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool))
 
 
 def _torch_benchmark():
