@@ -226,3 +226,16 @@ def test_method_names_match_the_recipe_table():
     from tp_vit_plugins.demo.names import BENCH_METHODS, PRUNE_METHODS
 
     assert set(METHODS) == {*PRUNE_METHODS, *BENCH_METHODS}
+
+
+@pytest.mark.parametrize("tokens", [None, [49, 41, 33]])
+def test_report_flags_a_model_slower_than_dense(tokens):
+    m = prune_cmd.Measurement
+    s = prune_cmd.Structure([6], [16], [384])
+    r = prune_cmd.PruneResult("embedded", "cpvit", m(10, 100, None, {1: 1.0, 64: 20.0}), m(10, 70, None, {1: 1.6, 64: 16.0}),
+                              torch.nn.Identity(), s, s, token_schedule=tokens)  # fmt: skip
+    lines = prune_cmd.format_report(r).splitlines()
+    bs1 = next(line for line in lines if line.startswith("bs 1:"))
+    bs64 = next(line for line in lines if line.startswith("bs 64:"))
+    assert "SLOWER than dense" in bs1 and "SLOWER" not in bs64  # 0.62x at batch 1, 1.25x at batch 64
+    assert ("scoring and merging" in bs1) == (tokens is not None)

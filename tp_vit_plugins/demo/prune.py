@@ -359,9 +359,17 @@ def format_report(r: PruneResult) -> str:
         lines.append(f"patch tokens per block (CP-ViT cascade): {r.token_schedule}")
     for b in sorted(r.dense.latency):
         speed = r.speedup(b)
+        slower = ""
+        if speed < 1.0:
+            slower = " -- SLOWER than dense at this batch size" + (
+                " (the cascade's scoring and merging cost more per op than the dropped tokens save on a model this "
+                "small; see 'Cascade speed: session 10' in benchmarks/RESULTS.md)"
+                if r.token_schedule is not None
+                else ""
+            )
         lines.append(
             f"bs {b}: measured speed-up {speed:.2f}x vs MACs ratio {r.macs_ratio:.2f}x "
-            f"(speed-up / MACs ratio = {speed / r.macs_ratio:.2f})"
+            f"(speed-up / MACs ratio = {speed / r.macs_ratio:.2f}){slower}"
         )
     if r.saved_to:
         lines.append(f"saved to {r.saved_to}; load it with: tp_vit_plugins.load_pruned({r.saved_to!r})")
