@@ -20,7 +20,7 @@ from torch import nn
 from ..budget import BudgetResult, fit_budget
 from ..core.adapter import block_layers, head_layout
 from ..core.io import save_pruned
-from ..core.metrics import count_macs, count_params, measure_latency
+from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.training import evaluate, finetune
 from ..vtp import VTPPruner
 from .cli import budget_of
@@ -159,11 +159,21 @@ class PruneResult:
         return out
 
 
-def _measure(model: nn.Module, w: Workload, args: argparse.Namespace, label: str, latency: bool = True) -> Measurement:
+def _measure(model: nn.Module, w: Workload, args: argparse.Namespace, label: str) -> Measurement:
+    """Params, MACs and test accuracy (latency: :func:`_time_both`)."""
     phase(args, f"measuring the {label} model")
     acc = evaluate(model, w.test_loader, desc=f"eval {label}", progress=show_bars(args)) if w.test_loader else None
-    lat = measure_latency(model, w.example, args.latency_batch_sizes) if (latency and args.latency) else {}
-    return Measurement(count_params(model), count_macs(model, w.example), acc, lat)
+    return Measurement(count_params(model), count_macs(model, w.example), acc)
+
+
+def _time_both(args: argparse.Namespace, w: Workload, model: nn.Module, result: PruneResult) -> None:
+    """Dense and pruned latency, timed one after the other in every round (drift cancels; medians kept)."""
+    if not args.latency:
+        return
+    phase(args, f"timing dense and pruned alternately at batch sizes {list(args.latency_batch_sizes)}")
+    timing = alternated_speedup(w.model, model, w.example, args.latency_batch_sizes, rounds=5, min_run_time=0.2)
+    result.dense.latency = {b: d for b, (d, _, _) in timing.items()}
+    result.pruned.latency = {b: r for b, (_, r, _) in timing.items()}
 
 
 def _settings(args: argparse.Namespace) -> MethodSettings:
@@ -279,7 +289,7 @@ def _train(
 
 
 def _finetune(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
-    result.one_shot_accuracy = _measure(model, w, args, "one-shot", latency=False).accuracy
+    result.one_shot_accuracy = _measure(model, w, args, "one-shot").accuracy
     phase(args, f"fine-tuning for {args.finetune_epochs} epochs")
     done = result.sparse_epochs
     _train(args, model, w, args.finetune_epochs, "fine-tune", (done, done + args.finetune_epochs) if done else None)
@@ -312,6 +322,7 @@ def run_prune(args: argparse.Namespace) -> PruneResult:
         _finetune(args, model, w, result)
     model.eval()
     result.model, result.pruned, result.after = model, _measure(model, w, args, "pruned"), Structure.of(model)
+    _time_both(args, w, model, result)
     if args.out:
         result.saved_to = save_pruned(model, args.out)
         if recipe.drops_tokens:
