@@ -31,20 +31,31 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def ranking_worker(rank: int, world: int, port: int, out: str) -> None:
+def ranking_worker(rank: int, world: int, port: int, out: str, empty_rank: int | None = None) -> None:
+    """Head rankings on a split loader; ``empty_rank``'s loader yields no batch (the others share the data)."""
     import tp_vit_plugins as tpv
 
     _init(rank, world, port)
     try:
-        x, _ = data()
-        half = x.chunk(world)[rank]
-        loader = DataLoader(TensorDataset(half), batch_size=4)
+        x, y = data()
+        if empty_rank is None:
+            mine = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+        else:
+            others = [r for r in range(world) if r != empty_rank]
+            share = len(x) // len(others)
+            mine = slice(0, 0) if rank == empty_rank else slice(others.index(rank) * share, (others.index(rank) + 1) * share)
+        loader = DataLoader(TensorDataset(x[mine]), batch_size=4)
         model = tiny_model()
         graph = tpv.GraphHeadImportance(graph="similarity", statistic="per_image", progress=False).calibrate(model, loader)
         flow = tpv.GraphHeadImportance(progress=False).calibrate(model, loader)
         cum = tpv.CumulativeHeadImportance(progress=False).calibrate(model, loader)
+        saved = {k: list(v.raw_head_scores.values()) for k, v in (("graph", graph), ("flow", flow), ("cum", cum))}
+        if empty_rank is not None:  # GOHSP's Fisher norm, the other all-reduced calibration
+            calib = DataLoader(TensorDataset(x[mine], y[mine]), batch_size=4)
+            pruner = make_pruner("gohsp", model, x[:1], calib=calib)
+            saved["fisher"] = [pruner._fisher[p] for p in pruner.Z]
         if rank == 0:
-            torch.save({k: list(v.raw_head_scores.values()) for k, v in (("graph", graph), ("flow", flow), ("cum", cum))}, out)
+            torch.save(saved, out)
     finally:
         dist.destroy_process_group()
 

@@ -41,6 +41,27 @@ def test_two_process_ranking_equals_one_process(tmp_path):
             assert torch.equal(torch.argsort(a), torch.argsort(b))  # identical ranking
 
 
+@pytest.mark.slow
+def test_a_rank_without_batches_adds_nothing(tmp_path):
+    """Rank 1's loader is empty: no collective is skipped (no hang), and the rankings equal one process on rank 0's data."""
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(ranking_worker, args=(2, free_port(), out, 1), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    x, _ = data()
+    loader = DataLoader(TensorDataset(x), batch_size=4)  # rank 0 held all the data
+    model = tiny_model()
+    graph = tpv.GraphHeadImportance(graph="similarity", statistic="per_image", progress=False).calibrate(model, loader)
+    flow = tpv.GraphHeadImportance(progress=False).calibrate(model, loader)
+    cum = tpv.CumulativeHeadImportance(progress=False).calibrate(model, loader)
+    for key, imp in (("graph", graph), ("flow", flow), ("cum", cum)):
+        for a, b in zip(got[key], imp.raw_head_scores.values(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+    _, y = data()
+    pruner = make_pruner("gohsp", model, x[:1], calib=DataLoader(TensorDataset(x, y), batch_size=4))
+    for a, p in zip(got["fisher"], pruner.Z, strict=True):
+        torch.testing.assert_close(a, pruner._fisher[p], atol=1e-7, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["plain", "vtp", "gohsp"])
 @pytest.mark.slow
 def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path, kind):

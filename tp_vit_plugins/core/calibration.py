@@ -30,6 +30,7 @@ def iter_batches(
     desc: str = "calibrate",
     progress: bool = True,
     with_targets: bool = False,
+    allow_empty: bool = False,
 ) -> Iterator:
     """Yield the image tensors (or ``(images, targets)``) of a calibration loader.
 
@@ -39,6 +40,9 @@ def iter_batches(
         desc: Progress-bar label.
         progress: Show a tqdm bar.
         with_targets: Yield ``(images, targets)``; the loader must then provide targets.
+        allow_empty: Yield nothing instead of raising for an empty loader (a process of a
+            distributed run whose statistics are summed over processes, where only an empty total
+            is an error: the caller checks it after the reduction, so no process skips a collective).
 
     Yields:
         ``images`` ``[B, C, H, W]``, or ``(images, targets)``.
@@ -69,7 +73,7 @@ def iter_batches(
             raise TypeError("this criterion needs labels: the loader must yield (images, targets)")
         count += 1
         yield (images, targets) if with_targets else images
-    if count == 0:
+    if count == 0 and not allow_empty:
         raise ValueError("the calibration loader yielded no batches; pass a non-empty loader")
 
 
@@ -86,6 +90,7 @@ def collect_attention(
     max_batches: int | None = None,
     desc: str = "attention",
     progress: bool = True,
+    allow_empty: bool = False,
 ) -> int:
     """Run calibration batches through ``model`` and hand each block's attention to ``callback``.
 
@@ -99,6 +104,7 @@ def collect_attention(
         max_batches: Batch limit.
         desc: Progress-bar label.
         progress: Show a tqdm bar.
+        allow_empty: Return 0 for an empty loader instead of raising (see :func:`iter_batches`).
 
     Returns:
         Number of images processed.
@@ -116,7 +122,7 @@ def collect_attention(
     model.eval()
     try:
         with attention_maps(model, store=False, callback=callback):
-            for images in iter_batches(loader, max_batches, desc, progress):
+            for images in iter_batches(loader, max_batches, desc, progress, allow_empty=allow_empty):
                 model(images.to(device))
                 seen += int(images.shape[0])
     finally:
@@ -132,13 +138,15 @@ def accumulate_gradients(
     desc: str = "gradients",
     progress: bool = True,
     after_backward: Callable[[], None] | None = None,
+    allow_empty: bool = False,
 ) -> int:
     """Zero the gradients, then accumulate ``loss_fn`` gradients over calibration batches.
 
     This is the gradient pass tp's ``GroupTaylorImportance`` (and Hessian criteria) need
     before ``pruner.step()``. The model runs in eval mode (no dropout), restored afterwards.
     ``after_backward`` runs after every batch's backward (e.g. to read, then clear, per-batch
-    gradients, as GOHSP's Fisher calibration does).
+    gradients, as GOHSP's Fisher calibration does). ``allow_empty``: return 0 for an empty
+    loader instead of raising (see :func:`iter_batches`).
 
     Returns:
         Number of images processed.
@@ -155,7 +163,7 @@ def accumulate_gradients(
     model.zero_grad(set_to_none=True)
     seen = 0
     try:
-        for images, targets in iter_batches(loader, max_batches, desc, progress, with_targets=True):
+        for images, targets in iter_batches(loader, max_batches, desc, progress, with_targets=True, allow_empty=allow_empty):
             loss_fn(model(images.to(device)), targets.to(device)).backward()
             if after_backward is not None:
                 after_backward()

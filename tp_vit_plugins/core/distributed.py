@@ -6,12 +6,23 @@ Under ``torchrun`` call :func:`init_from_env` once (gloo on CPU, nccl on CUDA).
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Hashable, Mapping
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "init_from_env", "barrier"]
+__all__ = [
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main",
+    "all_reduce_sum",
+    "all_reduce_dict",
+    "init_from_env",
+    "barrier",
+]
 
 
 def is_distributed() -> bool:
@@ -39,6 +50,50 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_dict(stats: Mapping[Hashable, torch.Tensor], device: torch.device | None = None) -> dict[Hashable, torch.Tensor]:
+    """Sum a dict of tensors over processes; a key a process lacks (it saw no batch) counts as zeros.
+
+    The processes first agree on the union of keys with their shapes and dtypes
+    (``all_gather_object``), then sum everything packed into one float64 buffer in one key
+    order, so every process issues the same collectives whatever data it saw (a process with an
+    empty loader no longer leaves the others waiting). In one process: a shallow copy.
+
+    Args:
+        stats: Per-key tensors; keys picklable, with a ``repr`` that is the same in every process.
+        device: Where the buffer lives (``None``: the first local tensor's device, else CPU; with
+            NCCL pass the CUDA device, a process without tensors has no other hint).
+
+    Returns:
+        ``{key: summed tensor}`` for every key any process held, in each key's shape and dtype.
+
+    Raises:
+        ValueError: Two processes hold one key with different shapes or dtypes.
+    """
+    if not is_distributed():
+        return dict(stats)
+    everyone: list = [None] * world_size()
+    dist.all_gather_object(everyone, {k: (tuple(t.shape), t.dtype) for k, t in stats.items()})
+    layout: dict = {}
+    for part in everyone:
+        for key, spec in part.items():
+            if layout.setdefault(key, spec) != spec:
+                raise ValueError(f"processes disagree on the shape / dtype of {key!r}: {layout[key]} vs {spec}")
+    device = device or next((t.device for t in stats.values()), torch.device("cpu"))
+    keys = sorted(layout, key=repr)
+    zeros = {
+        k: torch.zeros(math.prod(spec[0]), dtype=torch.float64, device=device) for k, spec in layout.items() if k not in stats
+    }
+    parts = [stats[k].reshape(-1).to(device, torch.float64) if k in stats else zeros[k] for k in keys]
+    flat = all_reduce_sum(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device))
+    out, start = {}, 0
+    for key in keys:
+        shape, dtype = layout[key]
+        n = math.prod(shape)
+        out[key] = flat[start : start + n].reshape(shape).to(dtype)
+        start += n
+    return out
 
 
 def barrier() -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..core.adapter import prefix_tokens
 from ..core.calibration import collect_attention
-from ..core.distributed import all_reduce_sum
+from ..core.distributed import all_reduce_dict, is_distributed
 from ..core.head_importance import HeadImportance
 from .maths import head_scores
 
@@ -63,7 +63,13 @@ class CumulativeHeadImportance(HeadImportance):
         def accumulate(block: int, probs: torch.Tensor) -> None:
             sums[block] = sums.get(block, 0) + head_scores(probs.double(), num_prefix).sum(0)
 
-        seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress)
-        # sums over ranks: split loaders rank like one loader
-        total = float(all_reduce_sum(torch.tensor([float(seen)], dtype=torch.float64)).item())
-        return [all_reduce_sum(sums[b].contiguous()) / total for b in sorted(sums)]
+        seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress,
+                                 allow_empty=is_distributed())  # fmt: skip
+        # sums over ranks: split loaders rank like one loader (a rank that saw no batch adds zeros)
+        stats = {("heads", b): s for b, s in sums.items()}
+        stats[("seen",)] = torch.tensor([float(seen)], dtype=torch.float64)
+        stats = all_reduce_dict(stats, next(model.parameters()).device)
+        total = float(stats.pop(("seen",)).item())
+        if not total:
+            raise ValueError("the calibration loaders of all processes yielded no batches")
+        return [stats[key] / total for key in sorted(stats, key=lambda k: k[1])]

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..core.adapter import block_layers, check_global_sequence, readout, residual_scales
 from ..core.calibration import _device, iter_batches
-from ..core.distributed import all_reduce_sum
+from ..core.distributed import all_reduce_dict, is_distributed
 from .graph import EMBED, OUT
 
 __all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]
@@ -112,7 +112,8 @@ class FlowUsage:
                 handles.append(norm.register_forward_pre_hook(pre(("readout", key))))
             self.model.eval()
             device = _device(self.model)
-            for x in iter_batches(loader, max_batches, desc="GOHSP flow", progress=progress):
+            empty_ok = is_distributed()  # the total is checked after the sum over processes
+            for x in iter_batches(loader, max_batches, desc="GOHSP flow", progress=progress, allow_empty=empty_ok):
                 captured.clear()
                 self.model(x.to(device))
                 self._accumulate(captured)
@@ -126,13 +127,19 @@ class FlowUsage:
         return self
 
     def _all_reduce(self) -> None:
-        """Sum the usage over processes (no-op in one process): N ranks on a split loader equal one on all of it."""
-        keys = sorted((str(r), str(c), r, c) for r, row in self.sums.items() for c in row)
-        values = torch.tensor([self.sums[r][c] for *_, r, c in keys] + [float(self.count)], dtype=torch.float64)
-        values = all_reduce_sum(values)
-        for (*_, r, c), v in zip(keys, values[:-1].tolist()):
-            self.sums[r][c] = v
-        self.count = int(values[-1].item())
+        """Sum the usage over processes (no-op in one process): N ranks on a split loader equal one on all of it.
+
+        A rank that saw no batch adds zeros (the ranks agree on the union of the entries first).
+        """
+        if not is_distributed():
+            return
+        stats = {(r, c): torch.tensor(v, dtype=torch.float64) for r, row in self.sums.items() for c, v in row.items()}
+        stats[("count",)] = torch.tensor(float(self.count), dtype=torch.float64)
+        stats = all_reduce_dict(stats, _device(self.model))
+        self.count = int(stats.pop(("count",)).item())
+        self.sums = {}
+        for (r, c), v in stats.items():
+            self.sums.setdefault(r, {})[c] = float(v)
 
     def _accumulate(self, cap: dict[tuple, torch.Tensor]) -> None:
         x0 = cap[("norm1", 0)] if ("norm1", 0) in cap else None

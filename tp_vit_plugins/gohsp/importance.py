@@ -38,7 +38,7 @@ from torch import nn
 
 from ..core.adapter import attention_modules
 from ..core.calibration import collect_attention
-from ..core.distributed import all_reduce_sum
+from ..core.distributed import all_reduce_dict, is_distributed
 from ..core.head_importance import HeadImportance
 from .flow import FlowUsage
 from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
@@ -77,15 +77,20 @@ class _MapAccumulator:
             self.pair_sums[block - 1] = self.pair_sums.get(block - 1, 0) + sims.sum(0)
         self._prev = p
 
-    def all_reduce(self) -> None:
+    def all_reduce(self, device: torch.device | None = None) -> None:
         """Sum the statistics over ranks (no-op in one process).
 
-        N processes on a split loader then rank exactly like one process on the whole loader.
+        N processes on a split loader then rank exactly like one process on the whole loader; a
+        rank that saw no batch adds zeros.
         """
-        for stats in (self.sums, self.pair_sums):
-            for key in sorted(stats):
-                stats[key] = all_reduce_sum(stats[key].contiguous())
-        self.count = int(all_reduce_sum(torch.tensor([self.count], dtype=torch.float64)).item())
+        if not is_distributed():
+            return
+        stats = {("sum", k): v for k, v in self.sums.items()} | {("pair", k): v for k, v in self.pair_sums.items()}
+        stats[("count",)] = torch.tensor([float(self.count)], dtype=torch.float64)
+        stats = all_reduce_dict(stats, device)
+        self.count = int(stats.pop(("count",)).item())
+        self.sums = {k[1]: v for k, v in stats.items() if k[0] == "sum"}
+        self.pair_sums = {k[1]: v for k, v in stats.items() if k[0] == "pair"}
 
     def similarities(self) -> list[torch.Tensor]:
         blocks = sorted(self.sums)
@@ -170,8 +175,11 @@ class GraphHeadImportance(HeadImportance):
             self.pagerank = {a.qkv: p for (_, a), p in zip(attns, pr)}
             return pr if self.mode == "importance" else [1.0 / p.clamp_min(1e-300) for p in pr]
         acc = _MapAccumulator(self.statistic, self.similarity)
-        collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress)
-        acc.all_reduce()
+        collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress,
+                          allow_empty=is_distributed())  # fmt: skip
+        acc.all_reduce(next(model.parameters()).device)
+        if not acc.count:
+            raise ValueError("the calibration loaders of all processes yielded no batches")
         sims = acc.similarities()
         heads = [int(a.num_heads) for _, a in attns]
         self.graph = build_head_graph(sims) if sims else nx.Graph()

@@ -61,7 +61,7 @@ from torch.nn import functional as F
 
 from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention, unit_param_costs
 from ..core.calibration import accumulate_gradients
-from ..core.distributed import all_reduce_sum
+from ..core.distributed import all_reduce_sum, is_distributed
 from ..core.families import has_rope
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
@@ -501,14 +501,16 @@ class GOHSPPruner(ViTPruner):
         self._fisher, self._fisher_count = {}, 0
         decay, self.fisher_decay = self.fisher_decay, None  # calibration batches weigh equally
         try:
-            accumulate_gradients(self.model, loader, max_batches, loss, "fisher", progress, after_backward=fold_batch)
+            accumulate_gradients(self.model, loader, max_batches, loss, "fisher", progress, after_backward=fold_batch,
+                                 allow_empty=is_distributed())  # fmt: skip
         except Exception:
             self._fisher, self._fisher_count = {}, 0  # no half-calibrated estimate
             self.model.zero_grad(set_to_none=True)
             raise
         finally:
             self.fisher_decay = decay
-        # every rank holds the same Z: the mean over all ranks' batches (no-op in one process)
+        # every rank holds the same Z: the mean over all ranks' batches (no-op in one process; a rank
+        # without batches adds zeros, and only an empty total is an error)
         count = all_reduce_sum(torch.tensor([float(self._fisher_count)], dtype=torch.float64)).item()
         if not count:
             raise ValueError("calibrate_fisher got an empty loader")
