@@ -3,8 +3,9 @@
 ``apply_cascade`` replaces every block's ``attn.forward`` with an instance attribute (the
 class and its weights are untouched):
 
-* blocks whose scores are needed compute attention eagerly, feed the cumulative token /
-  head statistics (:mod:`tp_vit_plugins.tokens.cascade`), and, where head skipping is on,
+* blocks whose scores are needed compute attention eagerly (on CPU in cache-sized batch
+  chunks that only keep each image's token statistic, :data:`CHUNK_BYTES`), feed the
+  cumulative token / head statistics (:mod:`tp_vit_plugins.tokens.cascade`), and, where head skipping is on,
   compute ``attn @ v`` and the output projection only for each input's kept heads;
 * other blocks call the module's own forward (fused SDPA stays fused);
 * at each pruning point the lowest-scoring patch tokens are gathered out (``mode="drop"``:
