@@ -1,6 +1,7 @@
 """CP-ViT cascade speed: measured speed-up vs the MACs ratio, dense and cascade timed alternately.
 
     python benchmarks/cascade_speed.py [--rounds 5] [--threads 2] [--compile] [--score-at prune] [--steps N] [--fold drop]
+        [--timm-models NAME,...] [--batch-sizes 1 64]
 
 Models: the shipped embedded MNIST ViT and ``deit_small_patch16_224`` with random weights
 (timing does not need trained weights). For each MACs target the cascade's keep ratio is
@@ -15,7 +16,8 @@ share of it the cascade keeps. Writes the "Cascade speed" section of RESULTS.md;
 models are timed through ``torch.compile`` (inductor, static shapes: the cascade's token
 counts are fixed per model) and the section is "Cascade speed (torch.compile)"; with
 ``--score-at prune`` the cascade scores at its pruning blocks only (``apply_cascade(score_at=)``),
-``--steps`` / ``--fold`` set ``schedule_steps`` / ``fold``; the section name lists such flags.
+``--steps`` / ``--fold`` set ``schedule_steps`` / ``fold``; ``--timm-models`` times other timm
+models (random weights, their own image size) instead; the section name lists such flags.
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ from tp_vit_plugins.tokens import apply_cascade, remove_cascade
 
 
 class _Sliced:
-    """Replacement block forward: attention half, keep the first ``tokens`` tokens, MLP half."""
+    """Replacement block forward: attention half, keep the first ``tokens`` tokens, MLP half.
 
-    def __init__(self, block: torch.nn.Module, halves, tokens: int | None) -> None:
-        self.block, self.halves, self.tokens = block, halves, tokens
+    EVA's rotary embedding (``rope``, one row per patch of the full grid) is cut to the patches
+    present, which are the first ones of the grid.
+    """
+
+    def __init__(self, block: torch.nn.Module, halves, tokens: int | None, num_prefix: int) -> None:
+        self.block, self.halves, self.tokens, self.num_prefix = block, halves, tokens, num_prefix
 
     def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if kwargs.get("rope") is not None:
+            kwargs["rope"] = kwargs["rope"][: x.shape[1] - self.num_prefix]
         h = self.halves.attn(self.block, x, **kwargs)
         return self.halves.mlp(self.block, h if self.tokens is None else h[:, : self.tokens])
 
@@ -51,6 +59,8 @@ def sliced_copy(model: torch.nn.Module, cascade) -> torch.nn.Module:
     last block's MLP on the prefix alone when the cascade trims it); which tokens go is not
     chosen (the last ones are cut), so it costs nothing beyond the slice.
     """
+    if type(model).__name__ == "Beit":
+        raise SystemExit("the bound cannot slice BEiT's relative position bias (built for the full grid)")
     bound = copy.deepcopy(model)
     p, counts, depth = cascade.num_prefix, cascade.counts, len(bound.blocks)
     for i, blk in enumerate(bound.blocks):
@@ -58,7 +68,7 @@ def sliced_copy(model: torch.nn.Module, cascade) -> torch.nn.Module:
             tokens = p if cascade.trim_last else None
         else:
             tokens = p + counts[i + 1] if counts[i + 1] < counts[i] else None
-        blk.forward = _Sliced(blk, block_halves(blk), tokens)
+        blk.forward = _Sliced(blk, block_halves(blk), tokens, p)
     return bound
 
 
@@ -106,6 +116,11 @@ def main() -> None:
     p.add_argument("--score-at", default="all", choices=("all", "prune"), help="apply_cascade(score_at=...)")
     p.add_argument("--steps", type=int, default=None, help="apply_cascade(schedule_steps=...) (default: its default)")
     p.add_argument("--fold", default=None, choices=("drop", "merge"), help="apply_cascade(fold=...) (default: merge)")
+    p.add_argument(
+        "--timm-models", default=None,
+        help="comma-separated timm model names (random weights) timed instead of the embedded model and deit_small",
+    )  # fmt: skip
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="batch sizes to time")
     args = p.parse_args()
     options = {"score_at": args.score_at}
     if args.steps is not None:
@@ -113,22 +128,31 @@ def main() -> None:
     if args.fold is not None:
         options["fold"] = args.fold
     flags = (
-        (f" --score-at {args.score_at}" if args.score_at != "all" else "")
+        (f" --timm-models {args.timm_models}" if args.timm_models else "")
+        + (f" --batch-sizes {' '.join(map(str, args.batch_sizes))}" if args.batch_sizes != [1, 64] else "")
+        + (f" --score-at {args.score_at}" if args.score_at != "all" else "")
         + (f" --steps {args.steps}" if args.steps is not None else "")
         + (f" --fold {args.fold}" if args.fold is not None else "")
     )
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    embedded, split, _ = load_embedded()
-    deit = timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=10).eval()
     lines = [
         "| model | MACs target | keep ratio | batch | dense ms | cascade ms | speed-up | MACs ratio | speed-up ÷ MACs ratio "
         "| bound speed-up | bound ÷ MACs ratio | cascade ÷ bound |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), (1, 64), args.rounds, args.compile, options)
-    deit_example = torch.randn(1, 3, 224, 224)
-    lines += rows_for("deit_small (random weights)", deit, deit_example, (0.8, 0.6), (1, 64), args.rounds, args.compile, options)
+    bss = tuple(args.batch_sizes)
+    if args.timm_models:
+        for name in args.timm_models.split(","):
+            model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+            example = torch.randn(1, 3, *model.patch_embed.img_size)
+            lines += rows_for(f"{name} (random weights)", model, example, (0.8, 0.6), bss, args.rounds, args.compile, options)
+    else:
+        embedded, split, _ = load_embedded()
+        deit = timm.create_model("deit_small_patch16_224", pretrained=False, num_classes=10).eval()
+        lines += rows_for("embedded MNIST ViT", embedded, split.x_test[:1], (0.8, 0.6), bss, args.rounds, args.compile, options)
+        deit_example = torch.randn(1, 3, 224, 224)
+        lines += rows_for("deit_small (random weights)", deit, deit_example, (0.8, 0.6), bss, args.rounds, args.compile, options)
     cmd = f"python benchmarks/cascade_speed.py --rounds {args.rounds} --threads {args.threads}" + (
         " --compile" if args.compile else ""
     )
