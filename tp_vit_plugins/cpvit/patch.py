@@ -205,10 +205,8 @@ def _merge(
         drop_mask = torch.ones(B, N - p, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
         dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
     image = torch.arange(B, device=x.device)[:, None]
-    flat = x.reshape(B * N, C)
-    kept_rows = torch.cat([torch.arange(p, device=x.device).expand(B, -1), keep + p], dim=1) + N * image
-    out = flat.index_select(0, kept_rows.view(-1)).view(B, p + n, C)  # a new tensor: merged into in place
-    dx = flat.index_select(0, (dropped + (N * image + p)).view(-1))  # [B * m, C]
+    out = gather_tokens(x, keep, p)  # a new tensor: merged into in place
+    dx = x.reshape(B * N, C).index_select(0, (dropped + (N * image + p)).view(-1))  # [B * m, C]
     kx = out[:, p:]
     # most similar kept token by cosine: a dropped token's own norm does not change its argmax
     sim = (dx.view(B, m, C) @ kx.transpose(1, 2)) / torch.linalg.vector_norm(kx, dim=-1).clamp_min(1e-12)[:, None]
