@@ -20,6 +20,7 @@ __all__ = [
     "is_main",
     "all_reduce_sum",
     "all_reduce_dict",
+    "all_reduce_counted",
     "init_from_env",
     "barrier",
 ]
@@ -94,6 +95,20 @@ def all_reduce_dict(stats: Mapping[Hashable, torch.Tensor], device: torch.device
         out[key] = flat[start : start + n].reshape(shape).to(dtype)
         start += n
     return out
+
+
+def all_reduce_counted(
+    stats: Mapping[Hashable, torch.Tensor], count: float, device: torch.device | None = None
+) -> tuple[dict[Hashable, torch.Tensor], float]:
+    """:func:`all_reduce_dict` of ``stats`` together with the number of items they sum (one collective).
+
+    Returns:
+        ``(summed stats, total count)``; the count is 0 when no process saw any item.
+    """
+    key = ("__count__",)
+    both = {**stats, key: torch.tensor([float(count)], dtype=torch.float64)}
+    summed = all_reduce_dict(both, device)
+    return summed, float(summed.pop(key).item())
 
 
 def barrier() -> None:

@@ -20,8 +20,8 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.adapter import prefix_tokens
-from ..core.calibration import collect_attention
-from ..core.distributed import all_reduce_dict, is_distributed
+from ..core.calibration import _device, collect_attention
+from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
 from .maths import head_scores
 
@@ -66,10 +66,7 @@ class CumulativeHeadImportance(HeadImportance):
         seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress,
                                  allow_empty=is_distributed())  # fmt: skip
         # sums over ranks: split loaders rank like one loader (a rank that saw no batch adds zeros)
-        stats = {("heads", b): s for b, s in sums.items()}
-        stats[("seen",)] = torch.tensor([float(seen)], dtype=torch.float64)
-        stats = all_reduce_dict(stats, next(model.parameters()).device)
-        total = float(stats.pop(("seen",)).item())
+        stats, total = all_reduce_counted(sums, seen, _device(model))
         if not total:
             raise ValueError("the calibration loaders of all processes yielded no batches")
-        return [stats[key] / total for key in sorted(stats, key=lambda k: k[1])]
+        return [stats[b] / total for b in sorted(stats)]

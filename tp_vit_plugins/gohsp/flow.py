@@ -31,7 +31,7 @@ from torch import nn
 
 from ..core.adapter import block_layers, check_global_sequence, readout, residual_scales
 from ..core.calibration import _device, iter_batches
-from ..core.distributed import all_reduce_dict, is_distributed
+from ..core.distributed import all_reduce_counted, is_distributed
 from .graph import EMBED, OUT
 
 __all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]
@@ -134,9 +134,8 @@ class FlowUsage:
         if not is_distributed():
             return
         stats = {(r, c): torch.tensor(v, dtype=torch.float64) for r, row in self.sums.items() for c, v in row.items()}
-        stats[("count",)] = torch.tensor(float(self.count), dtype=torch.float64)
-        stats = all_reduce_dict(stats, _device(self.model))
-        self.count = int(stats.pop(("count",)).item())
+        stats, count = all_reduce_counted(stats, self.count, _device(self.model))
+        self.count = int(count)
         self.sums = {}
         for (r, c), v in stats.items():
             self.sums.setdefault(r, {})[c] = float(v)

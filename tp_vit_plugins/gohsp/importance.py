@@ -37,8 +37,8 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.adapter import attention_modules
-from ..core.calibration import collect_attention
-from ..core.distributed import all_reduce_dict, is_distributed
+from ..core.calibration import _device, collect_attention
+from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
 from .flow import FlowUsage
 from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
@@ -86,9 +86,8 @@ class _MapAccumulator:
         if not is_distributed():
             return
         stats = {("sum", k): v for k, v in self.sums.items()} | {("pair", k): v for k, v in self.pair_sums.items()}
-        stats[("count",)] = torch.tensor([float(self.count)], dtype=torch.float64)
-        stats = all_reduce_dict(stats, device)
-        self.count = int(stats.pop(("count",)).item())
+        stats, count = all_reduce_counted(stats, self.count, device)
+        self.count = int(count)
         self.sums = {k[1]: v for k, v in stats.items() if k[0] == "sum"}
         self.pair_sums = {k[1]: v for k, v in stats.items() if k[0] == "pair"}
 
@@ -177,7 +176,7 @@ class GraphHeadImportance(HeadImportance):
         acc = _MapAccumulator(self.statistic, self.similarity)
         collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress,
                           allow_empty=is_distributed())  # fmt: skip
-        acc.all_reduce(next(model.parameters()).device)
+        acc.all_reduce(_device(model))
         if not acc.count:
             raise ValueError("the calibration loaders of all processes yielded no batches")
         sims = acc.similarities()
