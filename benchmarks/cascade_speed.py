@@ -85,6 +85,8 @@ def rows_for(
     options = options or {}
     out = []
     dense_macs = tpv.count_macs(model, example)
+    run = (lambda m: torch.compile(m, dynamic=False)) if compiled else (lambda m: m)
+    dense = run(model)
     for target in targets:
         keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target, **options)
         reduced = copy.deepcopy(model)
@@ -92,8 +94,6 @@ def rows_for(
         bound = sliced_copy(model, cascade)
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
         bound_macs_ratio = dense_macs / tpv.count_macs(bound, example)
-        run = (lambda m: torch.compile(m, dynamic=False)) if compiled else (lambda m: m)
-        dense = run(model)
         timing = alternated_speedup(dense, run(reduced), example, batch_sizes, rounds=rounds, min_run_time=0.3)
         top = alternated_speedup(dense, run(bound), example, batch_sizes, rounds=rounds, min_run_time=0.3)
         for bs, (d, r, speedup) in timing.items():
