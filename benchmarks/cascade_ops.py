@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from common import write_section
 from torch.utils.benchmark import Timer
 
-from tp_vit_plugins.cpvit.maths import token_scores
-from tp_vit_plugins.cpvit.patch import _attend_in_chunks, merge_into_kept
+from tp_vit_plugins.cpvit.maths import merge_into_kept, token_scores
+from tp_vit_plugins.hosts.timm.blocks import _attend_in_chunks
 
 
 def direct_merge(x, sizes, keep, num_prefix, dropped):

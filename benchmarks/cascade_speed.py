@@ -31,8 +31,8 @@ from common import load_embedded, write_section
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.metrics import alternated_speedup
-from tp_vit_plugins.cpvit.patch import block_halves
-from tp_vit_plugins.tokens import apply_cascade, remove_cascade
+from tp_vit_plugins.cpvit import apply_cascade, remove_cascade
+from tp_vit_plugins.hosts.timm.blocks import block_halves
 
 
 class _Sliced:

@@ -20,7 +20,7 @@ import sys
 import torch
 from common import acc, load_embedded, loaders, mean_std, tpv, write_section
 
-from tp_vit_plugins.tokens import apply_cascade, cascade_macs, remove_cascade
+from tp_vit_plugins.cpvit import apply_cascade, cascade_macs, remove_cascade
 
 
 def evaluate_cascade(model, test, **kw):

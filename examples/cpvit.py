@@ -17,8 +17,8 @@ import argparse
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.training import evaluate, finetune
+from tp_vit_plugins.cpvit import apply_cascade, remove_cascade
 from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_args
-from tp_vit_plugins.tokens import apply_cascade, remove_cascade
 
 p = argparse.ArgumentParser()
 add_workload_arguments(p)

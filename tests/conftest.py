@@ -13,7 +13,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 
-from tp_vit_plugins.core.families import convert_attention
+from tp_vit_plugins.hosts.timm.families import convert_attention
 
 warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
 
@@ -90,7 +90,7 @@ def cache(shared_cache, tmp_path, monkeypatch):
 
 def set_fused(model: torch.nn.Module, flag: bool) -> None:
     """Set ``fused_attn`` on every attention module that has a fused path (all families' classes)."""
-    from tp_vit_plugins.core.families import PrunableTalkingHeadAttn
+    from tp_vit_plugins.hosts.timm.families import PrunableTalkingHeadAttn
 
     n = 0
     for m in model.modules():

@@ -132,8 +132,7 @@ def test_budget_latency_with_the_real_timer_runs_and_reports():
 
 
 def test_fit_keep_ratio_matches_the_cascade_macs():
-    from tp_vit_plugins.cpvit import fit_keep_ratio
-    from tp_vit_plugins.tokens import apply_cascade, remove_cascade
+    from tp_vit_plugins.cpvit import apply_cascade, fit_keep_ratio, remove_cascade
 
     model = make_model("vit", depth=4, img_size=64)
     x = torch.randn(1, 3, 64, 64)

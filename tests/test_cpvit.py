@@ -11,9 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.metrics import count_macs
-from tp_vit_plugins.cpvit import cascade_attention
+from tp_vit_plugins.cpvit import apply_cascade, cascade_attention, cascade_macs, find_cascade, remove_cascade
 from tp_vit_plugins.cpvit.maths import adjusted_count, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
-from tp_vit_plugins.tokens import apply_cascade, cascade_macs, find_cascade, remove_cascade
 
 
 def deeper(family="vit", **kw):
@@ -325,7 +324,7 @@ def _check_per_image(model, options, x64):
 
 
 def test_merge_into_kept_closed_form():
-    from tp_vit_plugins.cpvit.patch import merge_into_kept
+    from tp_vit_plugins.cpvit.maths import merge_into_kept
 
     x = torch.tensor([[[9.0, 9.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.1], [0.1, 3.0]]])  # 1 prefix + 4 patches
     sizes = torch.tensor([[1.0, 1.0, 2.0, 1.0]])
@@ -340,7 +339,7 @@ def test_merge_into_kept_closed_form():
 @pytest.mark.parametrize("num_prefix", [0, 2])
 def test_merge_into_kept_matches_a_per_image_reference(given_sizes, num_prefix):
     """The running-mean, flattened implementation equals the definition, image by image."""
-    from tp_vit_plugins.cpvit.patch import merge_into_kept
+    from tp_vit_plugins.cpvit.maths import merge_into_kept
 
     g = torch.Generator().manual_seed(0)
     B, P, C, n = 3, 9, 5, 4
@@ -434,7 +433,7 @@ def test_a_deepcopy_of_a_cascaded_model_is_its_own_cascade(family_, x64):
 
 def test_block_halves_compose_to_the_block_forward(family, x):
     """Every block type's two residual halves, chained, are exactly the block's own forward (kwargs passed on)."""
-    from tp_vit_plugins.cpvit.patch import block_halves, token_blocks
+    from tp_vit_plugins.hosts.timm.blocks import block_halves, token_blocks
 
     model = make_model(family)
     with torch.no_grad():
@@ -476,7 +475,8 @@ def test_macs_of_pruning_before_the_mlp_match_flop_counter(family_, fold, x64):
 
 def test_merging_before_the_mlp_merges_the_stream_after_attention(x64):
     """prune_at="mlp" with merging: the block's MLP runs on the merged tokens (closed form on block 0)."""
-    from tp_vit_plugins.cpvit.patch import block_halves, merge_into_kept
+    from tp_vit_plugins.cpvit.maths import merge_into_kept
+    from tp_vit_plugins.hosts.timm.blocks import block_halves
 
     model = deeper()
     c = apply_cascade(model, keep_ratio=0.5, start_block=0, schedule_steps=1, fold="merge", prune_at="mlp")
@@ -500,8 +500,8 @@ def test_merging_before_the_mlp_merges_the_stream_after_attention(x64):
 
 
 def test_prune_at_errors_leave_the_model_unchanged(x):
-    from tp_vit_plugins.core.adapter import UnsupportedModelError
     from tp_vit_plugins.demo.peers import apply_tome, remove_peer
+    from tp_vit_plugins.hosts.timm.support import UnsupportedModelError
 
     model = make_model()
     with torch.no_grad():
@@ -575,7 +575,7 @@ def test_score_at_prune_sums_the_pruning_blocks_only(x64):
 @pytest.mark.parametrize("family_", ["vit", "deit_distilled", "reg_tokens", "avgpool_no_cls"])
 def test_trim_last_runs_the_last_mlp_on_the_read_tokens_only(family_, x64):
     """A class-token head never reads the patch tokens' last MLP: same logits, that MLP's MACs saved."""
-    from tp_vit_plugins.cpvit.patch import reads_prefix_only
+    from tp_vit_plugins.hosts.timm.blocks import reads_prefix_only
 
     model = deeper(family_)
     out, macs, feats = {}, {}, {}
@@ -616,7 +616,7 @@ def test_cascade_macs_are_exact_on_every_family(family, options, x64):
 @pytest.mark.parametrize("score", ["cumulative", "cls"])
 def test_scoring_attention_in_batch_chunks_equals_one_piece(family_, score, x64, monkeypatch):
     """The cache-sized chunks of the scoring attention give the same tokens, scores and logits."""
-    import tp_vit_plugins.cpvit.patch as patch
+    import tp_vit_plugins.hosts.timm.blocks as patch
 
     model = deeper(family_, num_heads=4)
     c = apply_cascade(model, keep_ratio=0.5, start_block=1, score=score)  # merged tokens: a logit bias too
@@ -673,7 +673,7 @@ def test_cascade_backpropagates(options, x64):
 
 def test_merge_into_kept_gradient_is_exact():
     """The in-place running mean has the gradient of the size-weighted average (float64 gradcheck)."""
-    from tp_vit_plugins.cpvit.patch import merge_into_kept
+    from tp_vit_plugins.cpvit.maths import merge_into_kept
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 1 + 6, 4, generator=g, dtype=torch.float64, requires_grad=True)

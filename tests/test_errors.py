@@ -9,8 +9,8 @@ from conftest import make_model, snapshot, state_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import attention_modules
 from tp_vit_plugins.core.calibration import accumulate_gradients, collect_attention, iter_batches
+from tp_vit_plugins.hosts.timm.structure import attention_modules
 
 
 class Unchanged:

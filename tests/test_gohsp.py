@@ -14,8 +14,8 @@ from conftest import make_model, snapshot, state_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import attention_modules
 from tp_vit_plugins.gohsp.graph import build_head_graph, head_similarity, pagerank_head_scores
+from tp_vit_plugins.hosts.timm.structure import attention_modules
 
 
 def closed_form_pagerank(weights: np.ndarray, damping: float) -> np.ndarray:

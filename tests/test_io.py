@@ -10,7 +10,7 @@ import torch
 from conftest import FIXED_EMBED, make_model
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import attention_modules
+from tp_vit_plugins.hosts.timm.structure import attention_modules
 
 
 @pytest.mark.parametrize("setting", ["dense", "heads", "everything"])

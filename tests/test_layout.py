@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import pathlib
 import subprocess
 import sys
@@ -12,32 +13,61 @@ import pytest
 import tp_vit_plugins as tpv
 
 ROOT = pathlib.Path(tpv.__file__).parent
-README_NAMES = [
-    "ViTPruner",
-    "GraphHeadImportance",
-    "GOHSPPruner",
-    "CumulativeHeadImportance",
-    "GateImportance",
-    "VTPPruner",
-    "vit_pruning_kwargs",
-    "sync_attention",
-    "attention_maps",
-    "save_pruned",
-    "load_pruned",
-    "finetune",
-    "fit_budget",
-    "fit_keep_ratio",
-    "count_macs",
-    "measure_latency",
-]
+#: The whole top-level API (small on purpose; everything else is one level down).
+PUBLIC = {
+    "ViTPruner", "GOHSPPruner", "VTPPruner", "GraphHeadImportance", "CumulativeHeadImportance", "GateImportance",
+    "vit_pruning_kwargs", "sync_attention", "apply_cascade", "fit_budget", "count_macs", "save_pruned", "load_pruned",
+    "UnsupportedModelError",
+}  # fmt: skip
+#: Names that moved, with the new place the DeprecationWarning must name.
+MOVED = {
+    "finetune": "tp_vit_plugins.utils.finetune",
+    "evaluate": "tp_vit_plugins.utils.evaluate",
+    "measure_latency": "tp_vit_plugins.utils.measure_latency",
+    "count_params": "tp_vit_plugins.utils.count_params",
+    "attention_maps": "tp_vit_plugins.utils.attention_maps",
+    "eager_attention": "tp_vit_plugins.utils.eager_attention",
+    "check_supported": "tp_vit_plugins.utils.check_supported",
+    "is_timm_vit": "tp_vit_plugins.utils.is_supported",
+    "fit_keep_ratio": "tp_vit_plugins.cpvit.fit_keep_ratio",
+    "BudgetResult": "tp_vit_plugins.budget.BudgetResult",
+}
 
 
-def test_every_public_name_resolves():
-    for name in [*tpv.__all__, *README_NAMES]:
+def test_public_names_are_few_and_resolve():
+    assert set(tpv.__all__) == PUBLIC and len(tpv.__all__) <= 16
+    for name in tpv.__all__:
         assert getattr(tpv, name) is not None, name
-    assert callable(tpv.finetune)  # the function, not a shadowed module
-    for name in ("apply_cascade", "remove_cascade", "cascade_macs", "find_cascade"):
-        assert callable(getattr(tpv.tokens, name))
+
+
+@pytest.mark.parametrize("name", sorted(MOVED))
+def test_moved_names_still_work_and_name_their_new_place(name):
+    with pytest.warns(DeprecationWarning, match=MOVED[name].replace(".", r"\.")):
+        old = getattr(tpv, name)
+    module, attr = MOVED[name].rsplit(".", 1)
+    assert old is getattr(importlib.import_module(module), attr)
+
+
+def test_tokens_module_still_works_and_warns(monkeypatch):
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "try:\n    import tp_vit_plugins.tokens\nexcept DeprecationWarning as e:\n    print(e)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "tp_vit_plugins.cpvit" in out
+    monkeypatch.delattr(tpv, "tokens", raising=False)  # set when another test imported the module
+    with pytest.warns(DeprecationWarning):
+        tokens = tpv.tokens
+    assert tokens.apply_cascade is tpv.apply_cascade
+
+
+def test_type_checkers_see_every_public_name():
+    """Each public name is imported explicitly under TYPE_CHECKING (the lazy loader is invisible to tools)."""
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    guarded = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {a.asname for n in guarded.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert seen == PUBLIC
+    assert (ROOT / "py.typed").exists()
 
 
 def test_import_does_not_pull_in_the_demo_dependencies():

@@ -10,7 +10,7 @@ import torch_pruning as tp
 from conftest import FAMILIES, FIXED_EMBED, fused_and_eager, hidden, make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import attention_modules
+from tp_vit_plugins.hosts.timm.structure import attention_modules
 
 
 def match_rows(orig: torch.Tensor, new: torch.Tensor) -> list[int]:

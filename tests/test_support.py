@@ -9,7 +9,7 @@ import torch_pruning as tp
 from conftest import snapshot, state_equal
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import UnsupportedModelError, check_supported
+from tp_vit_plugins.hosts.timm.support import UnsupportedModelError, check_supported
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 
@@ -63,7 +63,7 @@ def test_unsupported_family_is_refused_before_anything_changes(family):
         lambda: tpv.VTPPruner(model, x[:1]),
         lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, [x]),
         lambda: tpv.CumulativeHeadImportance().calibrate(model, [x]),
-        lambda: tpv.tokens.apply_cascade(model, keep_ratio=0.5),
+        lambda: tpv.cpvit.apply_cascade(model, keep_ratio=0.5),
         lambda: tpv.vit_pruning_kwargs(model),
     ]
     for attempt in attempts:
@@ -117,9 +117,9 @@ def test_siglip_attention_pool_prunes_with_the_pool_whole(tmp_path):
     assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
     with torch.no_grad():
         ref = model(x)
-        tpv.tokens.apply_cascade(model, keep_ratio=0.5)  # the pool attends over the tokens that are left
+        tpv.cpvit.apply_cascade(model, keep_ratio=0.5)  # the pool attends over the tokens that are left
         assert model(x).shape == (3, 10) and not torch.allclose(model(x), ref, atol=1e-4)
-        tpv.tokens.remove_cascade(model)
+        tpv.cpvit.remove_cascade(model)
         assert torch.equal(model(x), ref)
     # stock tp with the kwargs: the residual stream is left alone, the model still runs
     stock = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, **TINY).eval()
@@ -154,7 +154,7 @@ def _timm_model(key):
 def test_eva_beit_cait_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
     from conftest import fused_and_eager
 
-    from tp_vit_plugins.core.families import FAMILY_ATTENTIONS
+    from tp_vit_plugins.hosts.timm.families import FAMILY_ATTENTIONS
 
     model, x = _timm_model(key)
     with torch.no_grad():
@@ -185,16 +185,16 @@ def test_eva_beit_cait_convert_exactly_and_prune_heads_and_mlp(key, tmp_path):
     assert [v.numel() for v in imp.head_scores.values()] == [2, 2]
     with torch.no_grad():  # tokens drop too; the position-indexed terms follow the kept tokens
         ref = model(x)
-        tpv.tokens.apply_cascade(model, keep_ratio=0.5, head_keep_ratio=1.0 if key == "cait" else 0.5)
+        tpv.cpvit.apply_cascade(model, keep_ratio=0.5, head_keep_ratio=1.0 if key == "cait" else 0.5)
         assert not torch.allclose(model(x), ref, atol=1e-4)
-        tpv.tokens.remove_cascade(model)
+        tpv.cpvit.remove_cascade(model)
         assert torch.equal(model(x), ref)
 
 
 def test_eva02_head_dims_go_in_rotary_pairs_and_gohsp_refuses_swiglu(tmp_path):
     from conftest import fused_and_eager
 
-    from tp_vit_plugins.core.families import rope_pairs
+    from tp_vit_plugins.hosts.timm.families import rope_pairs
 
     model, x = _timm_model("eva02")
     before = snapshot(model)
@@ -264,7 +264,7 @@ def test_swin_prunes_heads_head_dims_and_mlp_per_stage(tmp_path):
         tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, prune_embed_dim=True)
     assert state_equal(before, model.state_dict()) and set(model.state_dict()) == keys
     for attempt, words in (
-        (lambda: tpv.tokens.apply_cascade(model, keep_ratio=0.5), "windows"),
+        (lambda: tpv.cpvit.apply_cascade(model, keep_ratio=0.5), "windows"),
         (lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, [x]), "global token sequence"),
     ):
         with pytest.raises(UnsupportedModelError, match=words):
@@ -285,7 +285,7 @@ def test_swin_prunes_heads_head_dims_and_mlp_per_stage(tmp_path):
 def test_swin_head_removal_equals_zeroed_heads():
     """Masking equivalence: pruned == dense with the removed heads' proj columns zeroed."""
     dense, x = _swin()
-    tpv.core.families.convert_attention(dense)  # head_dim / attn_dim attributes (timm's forward is kept)
+    tpv.hosts.timm.families.convert_attention(dense)  # head_dim / attn_dim attributes (timm's forward is kept)
     pruned = __import__("copy").deepcopy(dense)
     tpv.ViTPruner(pruned, x[:1], head_pruning_ratio=0.5).step()
     masked = __import__("copy").deepcopy(dense)
@@ -307,7 +307,7 @@ def test_swin_head_removal_equals_zeroed_heads():
 def test_swin_failed_step_rolls_back_tables_and_heads():
     """A step failing after the head pass (tables already cut) restores every stage exactly."""
     model, x = _swin()
-    tpv.core.families.convert_attention(model)
+    tpv.hosts.timm.families.convert_attention(model)
 
     class Failing(tp.importance.GroupMagnitudeImportance):
         calls = 0

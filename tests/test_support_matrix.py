@@ -16,8 +16,8 @@ from conftest import fused_and_eager, snapshot, state_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import attention_modules
 from tp_vit_plugins.core.training import finetune
+from tp_vit_plugins.hosts.timm.structure import attention_modules
 
 _VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 _SWIN = dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10)
@@ -70,7 +70,7 @@ def _params(model: torch.nn.Module) -> int:
 
 def _hidden(model: torch.nn.Module) -> list[int]:
     """MLP hidden widths of the pruned blocks (an attention pool's MLP stays whole)."""
-    return [b.fc2.in_features for b in tpv.core.adapter.block_layers(model)]
+    return [b.fc2.in_features for b in tpv.hosts.timm.structure.block_layers(model)]
 
 
 def _consistent(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -107,17 +107,17 @@ def _embed(model, x):
 def _tokens(model, x):
     with torch.no_grad():
         ref = model(x)
-        tpv.tokens.apply_cascade(model, keep_ratio=0.5, fold="drop")
+        tpv.cpvit.apply_cascade(model, keep_ratio=0.5, fold="drop")
         assert model(x).shape == ref.shape and not torch.allclose(model(x), ref, atol=1e-4)
-        tpv.tokens.remove_cascade(model)
+        tpv.cpvit.remove_cascade(model)
         assert torch.equal(model(x), ref)
-    tpv.tokens.apply_cascade(model, keep_ratio=0.5)  # the default (merge) stays on for the consistency check
+    tpv.cpvit.apply_cascade(model, keep_ratio=0.5)  # the default (merge) stays on for the consistency check
 
 
 def _gohsp(model, x):
     n = _params(model)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
-    structures = ("heads", "mlp") if tpv.core.families.has_rope(model) else ("heads", "head_dims", "mlp")
+    structures = ("heads", "mlp") if tpv.hosts.timm.families.has_rope(model) else ("heads", "head_dims", "mlp")
     tpv.GOHSPPruner(model, x[:1], imp, target_params_ratio=0.2, structures=structures).step()
     assert _params(model) < n
 
@@ -146,7 +146,7 @@ RUN = {"heads": _heads, "head_dims": _head_dims, "mlp": _mlp, "embed": _embed, "
 ATTEMPT = {
     "head_dims": lambda m, x: tpv.ViTPruner(m, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True),
     "embed": lambda m, x: tpv.ViTPruner(m, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_embed_dim=True),
-    "tokens": lambda m, x: tpv.tokens.apply_cascade(m, keep_ratio=0.5),
+    "tokens": lambda m, x: tpv.cpvit.apply_cascade(m, keep_ratio=0.5),
     "gohsp": lambda m, x: _gohsp(m, x),
 }
 #: What each refusal must say.
@@ -167,7 +167,7 @@ def test_support_matrix(family, capability, tmp_path):
         return
     # EVA / BEiT / CaiT attention is converted (exactly) by any entry point that reads the model, calibration
     # included; tests/test_support.py checks that a refused ViTPruner / GOHSPPruner converts it back
-    tpv.core.families.convert_attention(model)
+    tpv.hosts.timm.families.convert_attention(model)
     before, untouched = snapshot(model), copy.deepcopy(model)
     with pytest.raises((TypeError, ValueError), match=REFUSAL[capability]):
         ATTEMPT[capability](model, x)

@@ -11,7 +11,8 @@ from conftest import fused_and_eager, make_model, snapshot, state_equal
 from timm.layers import LayerScale
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import attention_modules, head_norm_dims
+from tp_vit_plugins.hosts.timm.pruning import head_norm_dims
+from tp_vit_plugins.hosts.timm.structure import attention_modules
 
 
 def hooks_left(model) -> int:
@@ -30,7 +31,7 @@ def test_kwargs_cover_tokens_heads_and_classifiers(family):
     if family == "cait":  # the class attention stays whole, the residual stream keeps its width
         whole = [m for b in model.blocks_token_only for m in (b.attn.q, b.attn.k, b.attn.v, b.attn.proj)]
         heads += [*whole, model.patch_embed.proj]
-        assert set(kw["customized_pruners"]) == {tpv.core.families.HeadMixer}
+        assert set(kw["customized_pruners"]) == {tpv.hosts.timm.families.HeadMixer}
     if family == "siglip_map":  # the pool stays whole, the residual stream keeps its width
         pool = model.attn_pool
         heads += [pool.q, pool.kv, pool.proj, pool.norm, pool.mlp.fc1, pool.mlp.fc2, model.patch_embed.proj]

@@ -9,8 +9,8 @@ import torch
 from conftest import make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.adapter import block_layers, unit_param_costs
 from tp_vit_plugins.core.metrics import count_params
+from tp_vit_plugins.hosts.timm.structure import block_layers, unit_param_costs
 from tp_vit_plugins.vtp.closing import closing_schedule, select_closed
 from tp_vit_plugins.vtp.gates import GATE_NAME
 

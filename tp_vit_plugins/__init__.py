@@ -1,55 +1,92 @@
 """tp_vit_plugins: ViT pruning methods (GOHSP, CP-ViT, VTP) as Torch-Pruning plugins on timm.
 
-Layout (one folder per method around a small core; the demo lives outside the library):
+The public names below are the whole top-level API:
 
-* :mod:`.core` — timm adapter, :class:`ViTPruner`, head-importance protocol, calibration,
-  training loop, metrics, safe save/load, the guarded tp internals;
-* :mod:`.gohsp`, :mod:`.cpvit`, :mod:`.vtp` — one method each: pure maths, tp importance,
-  pruner or token patch;
-* :mod:`.budget` — MACs / latency targets (:func:`fit_budget`);
-* :mod:`.demo` — embedded data and models, the ``tp-vit`` CLI and bench (needs the
-  ``[demo]`` extra; never imported by ``import tp_vit_plugins``).
+* pruners — :class:`ViTPruner` (a ``tp.pruner.BasePruner`` with exact head counts),
+  :class:`GOHSPPruner`, :class:`VTPPruner`;
+* importances — :class:`GraphHeadImportance` (GOHSP), :class:`CumulativeHeadImportance`
+  (CP-ViT), :class:`GateImportance` (VTP);
+* tp glue — :func:`vit_pruning_kwargs` (for any stock tp pruner), :func:`sync_attention`;
+* the token cascade — :func:`apply_cascade` (CP-ViT, at inference; its options are
+  :class:`tp_vit_plugins.cpvit.CascadeConfig`);
+* budgets and measurement — :func:`fit_budget`, :func:`count_macs`;
+* safe storage — :func:`save_pruned` / :func:`load_pruned`;
+* :class:`UnsupportedModelError`, raised before anything changes.
 
-Names are resolved on first use (PEP 562), so ``import tp_vit_plugins`` and ``tp-vit --help``
-stay fast: torch, timm and Torch-Pruning load with the first name that needs them.
+Everything else lives one level down: :mod:`tp_vit_plugins.utils` (training loop, latency,
+attention maps, support checks), :mod:`tp_vit_plugins.gohsp`, :mod:`tp_vit_plugins.cpvit`,
+:mod:`tp_vit_plugins.vtp` (each method's options and maths). The ``tp-vit`` CLI and the
+embedded demo are in :mod:`tp_vit_plugins.demo` (the ``[demo]`` extra).
+
+Vocabulary: a ``*pruning_ratio`` counts what is **removed** (as in Torch-Pruning); a
+``*keep_ratio`` counts what is **kept**.
+
+Names resolve on first use (PEP 562), so ``import tp_vit_plugins`` and ``tp-vit --help`` do
+not load torch; type checkers read the explicit imports under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-#: Public name -> the submodule that defines it.
+if TYPE_CHECKING:  # what the lazy loader below returns, spelled out for type checkers and IDEs
+    from .budget import fit_budget as fit_budget
+    from .core.io import load_pruned as load_pruned
+    from .core.io import save_pruned as save_pruned
+    from .core.metrics import count_macs as count_macs
+    from .core.pruner import ViTPruner as ViTPruner
+    from .cpvit.importance import CumulativeHeadImportance as CumulativeHeadImportance
+    from .cpvit.patch import apply_cascade as apply_cascade
+    from .gohsp.importance import GraphHeadImportance as GraphHeadImportance
+    from .gohsp.pruner import GOHSPPruner as GOHSPPruner
+    from .hosts.timm.pruning import vit_pruning_kwargs as vit_pruning_kwargs
+    from .hosts.timm.support import UnsupportedModelError as UnsupportedModelError
+    from .hosts.timm.sync import sync_attention as sync_attention
+    from .vtp.importance import GateImportance as GateImportance
+    from .vtp.pruner import VTPPruner as VTPPruner
+
+#: Public name -> the module that defines it.
 _EXPORTS = {
-    "BudgetResult": ".budget",
+    "ViTPruner": ".core.pruner",
+    "GOHSPPruner": ".gohsp.pruner",
+    "VTPPruner": ".vtp.pruner",
+    "GraphHeadImportance": ".gohsp.importance",
+    "CumulativeHeadImportance": ".cpvit.importance",
+    "GateImportance": ".vtp.importance",
+    "vit_pruning_kwargs": ".hosts.timm.pruning",
+    "sync_attention": ".hosts.timm.sync",
+    "apply_cascade": ".cpvit.patch",
     "fit_budget": ".budget",
-    "ViTPruner": ".core",
-    "attention_maps": ".core",
-    "count_macs": ".core",
-    "count_params": ".core",
-    "eager_attention": ".core",
-    "evaluate": ".core",
-    "finetune": ".core",
-    "load_pruned": ".core",
-    "measure_latency": ".core",
-    "save_pruned": ".core",
-    "sync_attention": ".core",
-    "vit_pruning_kwargs": ".core",
-    "check_supported": ".core",
-    "is_timm_vit": ".core",
-    "UnsupportedModelError": ".core",
-    "CumulativeHeadImportance": ".cpvit",
-    "fit_keep_ratio": ".cpvit",
-    "GOHSPPruner": ".gohsp",
-    "GraphHeadImportance": ".gohsp",
-    "GateImportance": ".vtp",
-    "VTPPruner": ".vtp",
+    "count_macs": ".core.metrics",
+    "save_pruned": ".core.io",
+    "load_pruned": ".core.io",
+    "UnsupportedModelError": ".hosts.timm.support",
 }
-_SUBMODULES = ("budget", "core", "cpvit", "gohsp", "tokens", "vtp")
 
-__all__ = ["__version__", *_EXPORTS, "tokens"]
+#: Names that moved: old top-level name -> (module, attribute, the new spelling). They keep
+#: working for one release and warn with a DeprecationWarning that names the new place.
+_MOVED = {
+    "finetune": (".utils", "finetune", "tp_vit_plugins.utils.finetune"),
+    "evaluate": (".utils", "evaluate", "tp_vit_plugins.utils.evaluate"),
+    "measure_latency": (".utils", "measure_latency", "tp_vit_plugins.utils.measure_latency"),
+    "count_params": (".utils", "count_params", "tp_vit_plugins.utils.count_params"),
+    "attention_maps": (".utils", "attention_maps", "tp_vit_plugins.utils.attention_maps"),
+    "eager_attention": (".utils", "eager_attention", "tp_vit_plugins.utils.eager_attention"),
+    "check_supported": (".utils", "check_supported", "tp_vit_plugins.utils.check_supported"),
+    "is_timm_vit": (".utils", "is_supported", "tp_vit_plugins.utils.is_supported"),
+    "BudgetResult": (".budget", "BudgetResult", "tp_vit_plugins.budget.BudgetResult"),
+    "fit_keep_ratio": (".cpvit", "fit_keep_ratio", "tp_vit_plugins.cpvit.fit_keep_ratio"),
+    "tokens": (".tokens", None, "tp_vit_plugins.cpvit (apply_cascade is also tp_vit_plugins.apply_cascade)"),
+}
+
+#: Subpackages reachable as attributes (``tpv.utils``, ``tpv.cpvit``, ...).
+_SUBMODULES = ("budget", "core", "cpvit", "gohsp", "utils", "vtp")
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +94,15 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     elif name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)
+    elif name in _MOVED:
+        module, attr, new = _MOVED[name]
+        warnings.warn(
+            f"tp_vit_plugins.{name} moved to {new}; the old name will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        mod = importlib.import_module(module, __name__)
+        return mod if attr is None else getattr(mod, attr)  # not cached: every use warns
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # resolved once

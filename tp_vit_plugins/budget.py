@@ -27,10 +27,10 @@ import torch_pruning as tp
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core.adapter import heads_per_block
 from .core.metrics import count_macs, measure_latency
 from .core.pruner import ViTPruner
 from .core.search import bisect_threshold
+from .hosts.timm.structure import heads_per_block
 
 __all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "remap_state", "vit_prune_fn", "BUDGET_STRUCTURES"]
 

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import attention_maps, check_global_sequence
+from ..hosts.timm.attention import attention_maps
+from ..hosts.timm.support import check_global_sequence
 
 __all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
 

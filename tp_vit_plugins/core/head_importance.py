@@ -32,7 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .adapter import attention_modules
+from ..hosts.timm.structure import attention_modules
 
 __all__ = ["HeadImportance", "COMBINE_MODES"]
 

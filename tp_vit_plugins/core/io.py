@@ -29,8 +29,10 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .adapter import ATTENTION_TYPES, _sync_model_dims, attention_modules, attention_pool
-from .families import convert_attention
+from ..hosts.timm.families import convert_attention
+from ..hosts.timm.structure import attention_modules
+from ..hosts.timm.support import ATTENTION_TYPES, attention_pool
+from ..hosts.timm.sync import _sync_model_dims
 
 __all__ = ["save_pruned", "load_pruned", "FORMAT"]
 

@@ -23,8 +23,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .adapter import attention_modules, fixed_residual, sync_attention, vit_pruning_kwargs
-from .families import drop_heads, has_rope, rope_pairs
+from ..hosts.timm.families import drop_heads, has_rope, rope_pairs
+from ..hosts.timm.pruning import vit_pruning_kwargs
+from ..hosts.timm.structure import attention_modules
+from ..hosts.timm.support import fixed_residual
+from ..hosts.timm.sync import sync_attention
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams

@@ -6,9 +6,10 @@
 * :mod:`.budget` — :func:`cascade_macs` and :func:`fit_keep_ratio` (a keep ratio for a MACs target).
 """
 
+from ..hosts.timm.blocks import cascade_attention
 from .budget import cascade_macs, fit_keep_ratio
 from .importance import CumulativeHeadImportance
-from .patch import TOKEN_MODES, TOKEN_SCORES, Cascade, apply_cascade, cascade_attention, find_cascade, remove_cascade
+from .patch import TOKEN_MODES, TOKEN_SCORES, Cascade, apply_cascade, find_cascade, remove_cascade
 
 __all__ = [
     "TOKEN_MODES",

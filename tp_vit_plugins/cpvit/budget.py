@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..core.adapter import attention_pool, block_layers, classifier_heads, head_layout, prefix_tokens
-from ..core.families import head_mixers
 from ..core.search import bisect_threshold
+from ..hosts.timm.blocks import patch_embed_macs, patch_grid, reads_prefix_only, token_blocks
+from ..hosts.timm.families import head_mixers
+from ..hosts.timm.structure import block_layers, classifier_heads, head_layout, prefix_tokens
+from ..hosts.timm.support import attention_pool
 from .maths import DEFAULT_PRUNE_AT, DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
-from .patch import patch_embed_macs, patch_grid, reads_prefix_only, token_blocks
 
 __all__ = ["cascade_macs", "fit_keep_ratio", "MACS_NEUTRAL_OPTIONS"]
 

@@ -19,10 +19,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import prefix_tokens
 from ..core.calibration import _device, collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
+from ..hosts.timm.structure import prefix_tokens
 from .maths import head_scores
 
 __all__ = ["CumulativeHeadImportance"]

@@ -30,6 +30,7 @@ import torch
 from ..core.search import round_half_up
 
 __all__ = [
+    "merge_into_kept",
     "token_scores",
     "head_scores",
     "attention_range",
@@ -202,3 +203,63 @@ def gather_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch
     prefix = torch.arange(num_prefix, device=x.device).expand(B, -1)
     rows = torch.cat([prefix, keep + num_prefix], dim=1) + N * torch.arange(B, device=x.device)[:, None]
     return x.reshape(B * N, C).index_select(0, rows.view(-1)).view(B, rows.shape[1], C)
+
+
+def merge_into_kept(
+    x: torch.Tensor, sizes: torch.Tensor | None, keep: torch.Tensor, num_prefix: int, dropped: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the patch tokens ``keep`` and merge every other patch token into its most similar kept one.
+
+    Similarity is the cosine of the token features; a merged token is the size-weighted
+    average of everything merged into it (this library's extension: the CP-ViT paper drops
+    pruned tokens; the merging follows ToMe's size-weighted averaging, with CP-ViT's
+    cumulative score still choosing which tokens stay). Per image: no statistic crosses the batch.
+
+    Computed as a running mean, ``x_k + sum_d s_d (x_d - x_k) / S_k`` with ``S_k`` the merged
+    size, which equals ``(s_k x_k + sum_d s_d x_d) / S_k``: only the ``P - n`` dropped rows are
+    scaled and added, and the kept rows are one ``index_select`` (cheaper on CPU than
+    gathering, scaling and dividing all of them).
+
+    Args:
+        x: ``[B, num_prefix + P, C]`` tokens.
+        sizes: ``[B, P]`` patches each patch token stands for (``None``: all 1).
+        keep: ``[B, n]`` indices of the kept patch tokens (ascending).
+        num_prefix: Leading prefix tokens (kept as they are).
+        dropped: ``[B, P - n]`` the other patch indices, any order (computed when ``None``).
+
+    Returns:
+        ``(x [B, num_prefix + n, C], sizes [B, n])``.
+    """
+    out, merged_sizes = _merge(x, sizes, keep, num_prefix, dropped)
+    return out, merged_sizes[:, num_prefix:]
+
+
+def _merge(
+    x: torch.Tensor, sizes: torch.Tensor | None, keep: torch.Tensor, num_prefix: int, dropped: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`merge_into_kept` returning the sizes with the prefix tokens' (1 each): ``[B, num_prefix + n]``."""
+    B, N, C = x.shape
+    p, n = num_prefix, keep.shape[1]
+    m = N - p - n
+    if m == 0:
+        ones = x.new_ones(B, p, dtype=torch.float32)
+        return x, torch.cat([ones, sizes if sizes is not None else x.new_ones(B, n, dtype=torch.float32)], dim=1)
+    if dropped is None:
+        drop_mask = torch.ones(B, N - p, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
+        dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
+    image = torch.arange(B, device=x.device)[:, None]
+    out = gather_tokens(x, keep, p)  # a new tensor: merged into in place
+    dx = x.reshape(B * N, C).index_select(0, (dropped + (N * image + p)).view(-1))  # [B * m, C]
+    kx = out[:, p:]
+    # most similar kept token by cosine: a dropped token's own norm does not change its argmax
+    sim = (dx.view(B, m, C) @ kx.transpose(1, 2)) / torch.linalg.vector_norm(kx, dim=-1).clamp_min(1e-12)[:, None]
+    dst = (sim.max(-1).indices + ((p + n) * image + p)).view(-1)  # rows of out
+    if sizes is None:
+        ds, merged_sizes = x.new_ones(B * m, dtype=torch.float32), x.new_ones(B * (p + n), dtype=torch.float32)
+    else:
+        ds = sizes.gather(1, dropped).view(-1)
+        merged_sizes = torch.cat([sizes.new_ones(B, p), sizes.gather(1, keep)], dim=1).view(-1)
+    merged_sizes.index_add_(0, dst, ds)
+    rows = out.view(B * (p + n), C)
+    rows.index_add_(0, dst, (dx - rows.index_select(0, dst)) * (ds / merged_sizes[dst]).to(x.dtype)[:, None])
+    return out, merged_sizes.view(B, p + n)

@@ -43,56 +43,42 @@ keep the grid position of the kept token they merge into.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from timm.layers import Attention, apply_rot_embed_cat
-from timm.models.beit import Block as BeitBlock
-from timm.models.cait import LayerScaleBlock
-from timm.models.eva import EvaBlock, EvaBlockPostNorm
-from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
+from timm.layers import Attention
 from torch import nn
 
-from ..core.adapter import ATTENTION_TYPES, UnsupportedModelError, attention_modules, check_supported, prefix_tokens
 from ..core.calibration import iter_batches
-from ..core.families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
+from ..hosts.timm.blocks import (
+    BlockHalves,
+    averages_patch_tokens,
+    block_halves,
+    cascade_attention,
+    patch_grid,
+    reads_prefix_only,
+    token_blocks,
+)
+from ..hosts.timm.families import PrunableTalkingHeadAttn
+from ..hosts.timm.structure import prefix_tokens
+from ..hosts.timm.support import UnsupportedModelError
 from .maths import (
     DEFAULT_PRUNE_AT,
     DEFAULT_SCHEDULE_STEPS,
     DEFAULT_START_BLOCK,
+    _merge,
     adjusted_count,
     attention_range,
     gather_tokens,
-    head_scores,
     heads_kept,
     keep_schedule,
     token_scores,
     topk_sorted,
 )
 
-__all__ = [
-    "Cascade",
-    "apply_cascade",
-    "remove_cascade",
-    "find_cascade",
-    "cascade_attention",
-    "patch_grid",
-    "patch_embed_macs",
-    "token_blocks",
-    "TOKEN_MODES",
-    "TOKEN_SCORES",
-    "TOKEN_FOLDS",
-    "PRUNE_SITES",
-    "SCORE_SITES",
-    "BlockHalves",
-    "block_halves",
-    "reads_prefix_only",
-    "merge_into_kept",
-    "CHUNK_BYTES",
-]
+__all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade"]
 
 #: Token modes: really drop tokens, or keep shapes and mask them out as keys.
 TOKEN_MODES = ("drop", "mask")
@@ -110,118 +96,6 @@ PRUNE_SITES = ("mlp", "block")
 SCORE_SITES = ("all", "prune")
 
 
-@dataclass(frozen=True)
-class BlockHalves:
-    """A timm block's forward as its two residual halves: ``mlp(block, attn(block, x, **kw))`` is ``block(x, **kw)``.
-
-    Attributes:
-        attn: ``(block, x [B, N, C], **kwargs) -> [B, N, C]``, the stream after the attention residual
-            (``kwargs``: what the block's forward takes besides ``x``, passed on to its attention).
-        mlp: ``(block, x [B, N', C]) -> [B, N', C]``, the MLP residual (per token: any ``N'``).
-    """
-
-    attn: Callable[..., torch.Tensor]
-    mlp: Callable[[nn.Module, torch.Tensor], torch.Tensor]
-
-
-def _scaled(scale: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
-    return y if scale is None else scale * y
-
-
-#: timm's block forwards, term by term (exact class match: a subclass may change its forward;
-#: ``tests/test_cpvit.py`` locks every entry to the block's own forward).
-_HALVES: dict[type, BlockHalves] = {
-    Block: BlockHalves(  # ViT / DeiT / DeiT3 (pre-norm, LayerScale ls1 / ls2)
-        lambda b, x, **kw: x + b.drop_path1(b.ls1(b.attn(b.norm1(x), **kw))),
-        lambda b, x: x + b.drop_path2(b.ls2(b.mlp(b.norm2(x)))),
-    ),
-    ResPostBlock: BlockHalves(  # post-norm ViT
-        lambda b, x, **kw: x + b.drop_path1(b.norm1(b.attn(x, **kw))),
-        lambda b, x: x + b.drop_path2(b.norm2(b.mlp(x))),
-    ),
-    EvaBlockPostNorm: BlockHalves(
-        lambda b, x, **kw: x + b.drop_path1(b.norm1(b.attn(x, **kw))),
-        lambda b, x: x + b.drop_path2(b.norm2(b.mlp(x))),
-    ),
-    **dict.fromkeys(
-        (EvaBlock, BeitBlock),  # optional gamma_1 / gamma_2 layer scales
-        BlockHalves(
-            lambda b, x, **kw: x + b.drop_path1(_scaled(b.gamma_1, b.attn(b.norm1(x), **kw))),
-            lambda b, x: x + b.drop_path2(_scaled(b.gamma_2, b.mlp(b.norm2(x)))),
-        ),
-    ),
-    LayerScaleBlock: BlockHalves(  # CaiT's self-attention blocks
-        lambda b, x: x + b.drop_path(b.gamma_1 * b.attn(b.norm1(x))),
-        lambda b, x: x + b.drop_path(b.gamma_2 * b.mlp(b.norm2(x))),
-    ),
-}
-
-
-def block_halves(block: nn.Module) -> BlockHalves | None:
-    """The two residual halves of a timm block's forward, or ``None`` for a block type not in the table."""
-    return _HALVES.get(type(block))
-
-
-def merge_into_kept(
-    x: torch.Tensor, sizes: torch.Tensor | None, keep: torch.Tensor, num_prefix: int, dropped: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the patch tokens ``keep`` and merge every other patch token into its most similar kept one.
-
-    Similarity is the cosine of the token features; a merged token is the size-weighted
-    average of everything merged into it (this library's extension: the CP-ViT paper drops
-    pruned tokens; the merging follows ToMe's size-weighted averaging, with CP-ViT's
-    cumulative score still choosing which tokens stay). Per image: no statistic crosses the batch.
-
-    Computed as a running mean, ``x_k + sum_d s_d (x_d - x_k) / S_k`` with ``S_k`` the merged
-    size, which equals ``(s_k x_k + sum_d s_d x_d) / S_k``: only the ``P - n`` dropped rows are
-    scaled and added, and the kept rows are one ``index_select`` (cheaper on CPU than
-    gathering, scaling and dividing all of them).
-
-    Args:
-        x: ``[B, num_prefix + P, C]`` tokens.
-        sizes: ``[B, P]`` patches each patch token stands for (``None``: all 1).
-        keep: ``[B, n]`` indices of the kept patch tokens (ascending).
-        num_prefix: Leading prefix tokens (kept as they are).
-        dropped: ``[B, P - n]`` the other patch indices, any order (computed when ``None``).
-
-    Returns:
-        ``(x [B, num_prefix + n, C], sizes [B, n])``.
-    """
-    out, merged_sizes = _merge(x, sizes, keep, num_prefix, dropped)
-    return out, merged_sizes[:, num_prefix:]
-
-
-def _merge(
-    x: torch.Tensor, sizes: torch.Tensor | None, keep: torch.Tensor, num_prefix: int, dropped: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`merge_into_kept` returning the sizes with the prefix tokens' (1 each): ``[B, num_prefix + n]``."""
-    B, N, C = x.shape
-    p, n = num_prefix, keep.shape[1]
-    m = N - p - n
-    if m == 0:
-        ones = x.new_ones(B, p, dtype=torch.float32)
-        return x, torch.cat([ones, sizes if sizes is not None else x.new_ones(B, n, dtype=torch.float32)], dim=1)
-    if dropped is None:
-        drop_mask = torch.ones(B, N - p, dtype=torch.bool, device=x.device).scatter_(1, keep, False)
-        dropped = drop_mask.nonzero()[:, 1].view(B, m)  # ascending per row
-    image = torch.arange(B, device=x.device)[:, None]
-    out = gather_tokens(x, keep, p)  # a new tensor: merged into in place
-    dx = x.reshape(B * N, C).index_select(0, (dropped + (N * image + p)).view(-1))  # [B * m, C]
-    kx = out[:, p:]
-    # most similar kept token by cosine: a dropped token's own norm does not change its argmax
-    sim = (dx.view(B, m, C) @ kx.transpose(1, 2)) / torch.linalg.vector_norm(kx, dim=-1).clamp_min(1e-12)[:, None]
-    dst = (sim.max(-1).indices + ((p + n) * image + p)).view(-1)  # rows of out
-    if sizes is None:
-        ds, merged_sizes = x.new_ones(B * m, dtype=torch.float32), x.new_ones(B * (p + n), dtype=torch.float32)
-    else:
-        ds = sizes.gather(1, dropped).view(-1)
-        merged_sizes = torch.cat([sizes.new_ones(B, p), sizes.gather(1, keep)], dim=1).view(-1)
-    merged_sizes.index_add_(0, dst, ds)
-    rows = out.view(B * (p + n), C)
-    rows.index_add_(0, dst, (dx - rows.index_select(0, dst)) * (ds / merged_sizes[dst]).to(x.dtype)[:, None])
-    return out, merged_sizes.view(B, p + n)
-
-
 @dataclass
 class _ForwardState:
     """What one forward pass carries from block to block."""
@@ -234,261 +108,6 @@ class _ForwardState:
     heads_kept: list[int] = field(default_factory=list)
     sizes: torch.Tensor | None = None  # [B, P_cur] patches each token stands for (fold="merge")
     bias: torch.Tensor | None = None  # [B, 1, 1, N] log(size) logit bias, made once per merge
-
-
-#: Families whose heads and widths prune but whose tokens cannot be dropped, and why.
-_NO_TOKEN_PATCH = {
-    "SwinTransformer": "Swin (attention within windows of a 2-D grid; there is no global token sequence)",
-}
-
-
-def token_blocks(model: nn.Module) -> list[nn.Module]:
-    """The blocks tokens flow through, in order (one global token sequence).
-
-    Raises:
-        TypeError: ``model`` is not a supported timm ``VisionTransformer``-family model
-            (:func:`~tp_vit_plugins.core.adapter.check_supported`).
-    """
-    check_supported(model)
-    family = _NO_TOKEN_PATCH.get(type(model).__name__)
-    if family is not None:
-        raise UnsupportedModelError(
-            f"{family}: the token cascade (and token merging) does not support it yet; prune its heads and widths "
-            "with ViTPruner / GOHSP / VTP instead. Nothing was changed."
-        )
-    attention_modules(model)  # EVA / BEiT attention converted (exact, idempotent)
-    blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not all(
-        isinstance(getattr(b, "attn", None), ATTENTION_TYPES) for b in blocks
-    ):
-        raise TypeError(
-            f"{type(model).__name__} is not a timm VisionTransformer-family model "
-            "(expected .blocks made of blocks with a timm.layers.Attention .attn)"
-        )
-    return list(blocks)
-
-
-def patch_grid(model: nn.Module) -> tuple[int, int]:
-    """``(rows, cols)`` of the patch grid.
-
-    Raises:
-        TypeError: The patch embedding has no fixed grid (dynamic image sizes).
-    """
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if grid is None:
-        raise TypeError("the patch embedding has no fixed grid_size; dynamic image sizes are not supported")
-    return int(grid[0]), int(grid[1])
-
-
-def patch_embed_macs(model: nn.Module) -> int:
-    """MACs of the patch-embedding convolution for one image."""
-    conv = model.patch_embed.proj
-    rows, cols = patch_grid(model)
-    return rows * cols * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-
-
-def cascade_attention(
-    attn: Attention,
-    x: torch.Tensor,
-    num_prefix: int = 1,
-    key_mask: torch.Tensor | None = None,
-    heads_kept: int | None = None,
-    observe: Callable[[torch.Tensor], None] | None = None,
-    logit_bias: torch.Tensor | None = None,
-    observe_keys: Callable[[torch.Tensor], None] | None = None,
-    positions: torch.Tensor | None = None,
-    rope: torch.Tensor | None = None,
-    reduce_probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The timm ``Attention.forward`` eager path, plus what the cascade needs.
-
-    With the defaults this computes exactly what timm's own forward computes (fused or
-    eager; ``tests/test_cpvit.py`` locks the two together on every supported family). The
-    cascade adds: ``key_mask`` (mask mode: masked patches are neither keys nor scored
-    queries), ``observe(probs)`` (the softmax probabilities ``[B, H, N, N]`` before dropout,
-    masked query rows zeroed) and ``heads_kept`` (every input keeps only its ``k``
-    highest-scoring heads; ``attn @ v`` and the output projection run on those alone). Token
-    merging baselines add ``logit_bias`` (``[B, 1, 1, N]``, e.g. ``log(size)`` for proportional
-    attention) and read the keys through ``observe_keys(k)`` (``[B, H, N, d]``).
-
-    Args:
-        attn: A (possibly tp-pruned and synced) timm ``Attention``.
-        x: Tokens ``[B, N, C]``.
-        num_prefix: Leading prefix tokens (never masked, not scored).
-        key_mask: ``[B, N - num_prefix]``, ``True`` = masked patch.
-        heads_kept: Heads each input keeps (``None`` = all).
-        observe: Callback receiving the attention probabilities.
-        logit_bias: Added to the attention logits before the softmax.
-        observe_keys: Callback receiving the (normed) keys.
-        positions: ``[B, N - num_prefix]`` grid index of every patch token (``None``: all
-            patches in grid order). Position-indexed terms follow their tokens: BEiT's
-            relative position bias and EVA's rotary embedding.
-        rope: EVA's rotary embedding for the full grid, ``[P, 2 * d]`` (``[sin, cos]``).
-        reduce_probs: A per-image statistic of the probabilities, ``[b, H, N, N] -> [b, ...]``:
-            ``observe`` then receives that statistic for the whole batch instead of the
-            probabilities, and without a key mask or head skipping the attention runs over the
-            batch in chunks whose probabilities stay in the CPU cache (:data:`CHUNK_BYTES`; the
-            full ``[B, H, N, N]`` tensor is never built; one chunk on other devices).
-
-    Returns:
-        ``[B, N, C_out]``.
-    """
-    a = attn
-    B, N, _ = x.shape
-    H, d = a.num_heads, a.head_dim
-    gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
-    q, k, v = a.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = a.q_norm(q), a.k_norm(k)
-    if rope is not None:  # EVA: rotate each patch token by its own grid position
-        rope = select_rope_dims(a, rope)  # the head dims this attention kept
-        if positions is not None:
-            rope = rope[positions][:, None]  # [B, 1, P_cur, 2d]
-        rope = rope_with_identity_prefix(rope, num_prefix)
-        half = bool(getattr(a, "rotate_half", False))
-        q, k = apply_rot_embed_cat(q, rope, half=half).type_as(v), apply_rot_embed_cat(k, rope, half=half).type_as(v)
-    if head_tables(a):  # BEiT: the relative position bias between the tokens that are left
-        rel = a._get_rel_pos_bias()  # [1, H, N0, N0]
-        if positions is not None:
-            idx = torch.cat([torch.arange(num_prefix, device=x.device).expand(B, -1), positions + num_prefix], dim=1)
-            rel = rel[0][:, idx[:, :, None], idx[:, None, :]].transpose(0, 1)  # [B, H, N, N]
-        logit_bias = rel if logit_bias is None else rel + logit_bias
-    if observe_keys is not None:
-        observe_keys(k)
-    if observe is not None and reduce_probs is not None:
-        full_heads = heads_kept is None or heads_kept >= H
-        if key_mask is None and full_heads and not isinstance(a, PrunableTalkingHeadAttn):
-            y = _attend_in_chunks(a, q, k, v, logit_bias, reduce_probs, observe).transpose(1, 2).reshape(B, N, H * d)
-            y = a.norm(y)
-            y = y * gate if gate is not None else y
-            return a.proj_drop(a.proj(y))
-        sink = observe
-        observe = lambda probs: sink(reduce_probs(probs))  # noqa: E731
-    if isinstance(a, PrunableTalkingHeadAttn):
-        return _talking_heads(a, q, k, v, num_prefix, key_mask, heads_kept, observe, logit_bias)
-    if observe is None and key_mask is None and (heads_kept is None or heads_kept >= H) and a.fused_attn:
-        # nothing to observe: the fused kernel, with the bias as an additive mask (proportional attention)
-        bias = logit_bias.to(q.dtype) if logit_bias is not None else None
-        p_drop = a.attn_drop.p if a.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=a.scale)
-        y = a.norm(y.transpose(1, 2).reshape(B, N, H * d))
-        y = y * gate if gate is not None else y
-        return a.proj_drop(a.proj(y))
-    logits = (q * a.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-    if logit_bias is not None:
-        logits = logits + logit_bias
-    masked = None
-    if key_mask is not None:
-        pad = torch.zeros(B, num_prefix, dtype=torch.bool, device=x.device)
-        masked = torch.cat([pad, key_mask], dim=1)
-        logits = logits.masked_fill(masked[:, None, None, :], float("-inf"))
-    probs = logits.softmax(dim=-1)
-    stats = probs if masked is None else probs.masked_fill(masked[:, None, :, None], 0.0)
-    if observe is not None:
-        observe(stats)
-    probs = a.attn_drop(probs)
-    if heads_kept is None or heads_kept >= H:
-        y = (probs @ v).transpose(1, 2).reshape(B, N, H * d)
-        y = a.norm(y)
-        y = y * gate if gate is not None else y
-        return a.proj_drop(a.proj(y))
-    heads = topk_sorted(head_scores(stats, num_prefix), heads_kept)  # [B, k]
-    idx = heads[:, :, None, None]
-    out = probs.gather(1, idx.expand(-1, -1, N, N)) @ v.gather(1, idx.expand(-1, -1, N, d))  # [B, k, N, d]
-    out = out.transpose(1, 2)  # [B, N, k, d]
-    if not isinstance(a.norm, nn.Identity) or gate is not None:  # need the full [B, N, attn_dim] layout
-        full = out.new_zeros(B, N, H, d).scatter(2, heads[:, None, :, None].expand(-1, N, -1, d), out)
-        y = a.norm(full.reshape(B, N, H * d))
-        y = y * gate if gate is not None else y
-        return a.proj_drop(a.proj(y))
-    w = a.proj.weight.view(a.proj.out_features, H, d)  # [C, H, d]
-    w_kept = w[:, None].expand(-1, B, -1, -1).gather(2, heads[None, :, :, None].expand(w.shape[0], -1, -1, d))
-    y = torch.einsum("bnkd,cbkd->bnc", out, w_kept)
-    if a.proj.bias is not None:
-        y = y + a.proj.bias
-    return a.proj_drop(y)
-
-
-#: CPU cache budget of the scoring attention (:func:`cascade_attention`'s ``reduce_probs``): when the
-#: batch's ``[B, H, N, N]`` probabilities exceed ``4 * CHUNK_BYTES``, they are computed for as many
-#: images at a time as fit in ``CHUNK_BYTES`` (at least one). On a 2-core Xeon (2 MiB L2 per core),
-#: DeiT-small's eager attention + token score at batch 64 took 113 ms in one piece and 60 ms in
-#: chunks (fused SDPA without scores: 45 ms; ``python benchmarks/cascade_ops.py``); at 50 tokens and
-#: batch 64 the whole batch is one chunk.
-CHUNK_BYTES = 1 << 20
-
-
-def _attend_in_chunks(
-    a: nn.Module,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: torch.Tensor | None,
-    reduce_probs: Callable[[torch.Tensor], torch.Tensor],
-    observe: Callable[[torch.Tensor], None],
-) -> torch.Tensor:
-    """Eager attention ``softmax(q k^T * scale + bias) v`` over batch chunks, observing ``reduce_probs`` of each.
-
-    Args:
-        a: The attention module (``scale``, ``attn_drop``).
-        q, k, v: ``[B, H, N, d]``.
-        bias: ``[B or 1, H or 1, N, N or 1]`` logit bias, or ``None``.
-        reduce_probs: Per-image statistic of a chunk's probabilities ``[b, H, N, N] -> [b, ...]``.
-        observe: Receives the statistic of the whole batch.
-
-    Returns:
-        ``[B, H, N, d]``.
-    """
-    B, H, N, _ = q.shape
-    per_image = H * N * N * q.element_size()
-    step = B if q.device.type != "cpu" or B * per_image <= 4 * CHUNK_BYTES else max(1, CHUNK_BYTES // per_image)
-    outs, stats = [], []
-    for i in range(0, B, step):
-        j = slice(i, i + step)
-        logits = (q[j] * a.scale) @ k[j].transpose(-2, -1)
-        if bias is not None:
-            logits = logits + (bias[j] if bias.shape[0] > 1 else bias)
-        probs = logits.softmax(dim=-1)
-        stats.append(reduce_probs(probs))
-        outs.append(a.attn_drop(probs) @ v[j])
-    observe(stats[0] if len(stats) == 1 else torch.cat(stats))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
-def _talking_heads(
-    a: nn.Module,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    num_prefix: int,
-    key_mask: torch.Tensor | None,
-    heads_kept: int | None,
-    observe: Callable[[torch.Tensor], None] | None,
-    logit_bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """CaiT's talking-heads attention with the cascade's additions (``q, k, v``: ``[B, H, N, d]``).
-
-    The logits are mixed over heads by ``proj_l``; a proportional-attention bias and the key
-    mask apply after that mixing, right before the softmax; the probabilities mixed by
-    ``proj_w`` (whose bias would otherwise give masked keys weight) are zeroed at masked
-    keys, so masking a key equals dropping it. Head skipping is not defined (heads are mixed).
-    """
-    B, H, N, d = q.shape
-    if heads_kept is not None and heads_kept < H:
-        raise ValueError("head skipping is not defined for talking-heads attention (CaiT): use head_keep_ratio=1.0")
-    logits = a.proj_l(((q * a.scale) @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    if logit_bias is not None:
-        logits = logits + logit_bias
-    masked = None
-    if key_mask is not None:
-        masked = torch.cat([torch.zeros(B, num_prefix, dtype=torch.bool, device=q.device), key_mask], dim=1)
-        logits = logits.masked_fill(masked[:, None, None, :], float("-inf"))
-    probs = a.proj_w(logits.softmax(dim=-1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-    if masked is not None:
-        probs = probs.masked_fill(masked[:, None, None, :], 0.0)
-    if observe is not None:
-        observe(probs if masked is None else probs.masked_fill(masked[:, None, :, None], 0.0))
-    y = (a.attn_drop(probs) @ v).transpose(1, 2).reshape(B, N, H * d)
-    return a.proj_drop(a.proj(a.norm(y)))
 
 
 class _AfterBlock:
@@ -579,21 +198,6 @@ class _SizeWeightedHead:
         return type(c.model).forward_head(c.model, x, pre_logits)
 
 
-def reads_prefix_only(model: nn.Module) -> bool:
-    """The head reads the prefix tokens alone (``global_pool="token"``: class / distillation token).
-
-    Then the patch tokens leaving the last block are never read, and neither is anything the
-    last block's MLP computes for them.
-    """
-    family = isinstance(model, VisionTransformer) or type(model).__name__ in ("Eva", "Beit")
-    return family and getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
-
-
-def _averages_patch_tokens(model: nn.Module) -> bool:
-    """The model's head is a plain mean over its tokens (``global_pool="avg"``, no attention pool)."""
-    return getattr(model, "global_pool", None) == "avg" and getattr(model, "attn_pool", None) is None
-
-
 class Cascade:
     """A CP-ViT cascade attached to one model (see :func:`apply_cascade`)."""
 
@@ -666,7 +270,7 @@ class Cascade:
         self._handles.append(self.blocks[0].register_forward_pre_hook(self._reset))
         own_head = "forward_head" in vars(self.model)  # someone's own replacement: left alone
         merged = self.fold == "merge" and self.mode == "drop"
-        if self.weighted_pool and merged and _averages_patch_tokens(self.model) and not own_head:
+        if self.weighted_pool and merged and averages_patch_tokens(self.model) and not own_head:
             include = bool(getattr(self.model, "pool_include_prefix", False))
             self.model.forward_head = _SizeWeightedHead(self, include)
 

@@ -28,8 +28,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..core.adapter import prefix_tokens
-from ..cpvit.patch import cascade_attention, find_cascade, token_blocks
+from ..cpvit.patch import find_cascade
+from ..hosts.timm.blocks import cascade_attention, token_blocks
+from ..hosts.timm.structure import prefix_tokens
 
 __all__ = ["TokenPeer", "apply_tome", "apply_evit", "remove_peer", "bipartite_merge"]
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..budget import BudgetResult, fit_budget
-from ..core.adapter import block_layers, head_layout
 from ..core.io import save_pruned
 from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.training import evaluate, finetune
+from ..hosts.timm.structure import block_layers, head_layout
 from ..vtp import VTPPruner
 from .cli import budget_of
 from .methods import MethodSettings, get_method

@@ -43,7 +43,6 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from ..budget import clone_with_grads, fit_budget, remap_state, vit_prune_fn
-from ..core.adapter import heads_per_block, vit_pruning_kwargs
 from ..core.calibration import accumulate_gradients, iter_batches
 from ..core.criteria import tp_importance
 from ..core.metrics import alternated_speedup, count_macs, count_params
@@ -52,6 +51,8 @@ from ..core.search import bisect_threshold
 from ..core.training import finetune
 from ..cpvit import Cascade, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
 from ..gohsp import GOHSPPruner, GraphHeadImportance
+from ..hosts.timm.pruning import vit_pruning_kwargs
+from ..hosts.timm.structure import heads_per_block
 from ..vtp import GateImportance, VTPPruner
 from .peers import apply_evit, apply_tome, remove_peer
 from .zoo import QUICK_ZOO, ZOO, ZooModel, load_zoo

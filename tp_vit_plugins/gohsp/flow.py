@@ -29,9 +29,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core.adapter import block_layers, check_global_sequence, readout, residual_scales
 from ..core.calibration import _device, iter_batches
 from ..core.distributed import all_reduce_counted, is_distributed
+from ..hosts.timm.structure import block_layers, readout, residual_scales
+from ..hosts.timm.support import check_global_sequence
 from .graph import EMBED, OUT
 
 __all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]

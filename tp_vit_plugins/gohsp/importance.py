@@ -36,10 +36,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import attention_modules
 from ..core.calibration import _device, collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
+from ..hosts.timm.structure import attention_modules
 from .flow import FlowUsage
 from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
 

@@ -59,13 +59,14 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn import functional as F
 
-from ..core.adapter import BlockLayers, block_layers, head_layout, split_qkv, sync_attention, unit_param_costs
 from ..core.calibration import accumulate_gradients
 from ..core.distributed import all_reduce_sum, is_distributed
-from ..core.families import has_rope
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..core.training import add_to_grad
+from ..hosts.timm.families import has_rope
+from ..hosts.timm.structure import BlockLayers, block_layers, head_layout, split_qkv, unit_param_costs
+from ..hosts.timm.sync import sync_attention
 
 __all__ = ["GOHSPPruner", "StructurePlan", "UNIT_TYPES", "METRICS", "NORMALIZE"]
 

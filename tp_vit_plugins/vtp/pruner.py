@@ -55,10 +55,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.adapter import block_layers, head_layout, unit_param_costs
 from ..core.metrics import count_params
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
+from ..hosts.timm.structure import block_layers, head_layout, unit_param_costs
 from .closing import closing_schedule, select_closed
 from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
 from .importance import GateImportance

@@ -1,0 +1,1 @@
+"""Host adapters: the only code that reads a host library's internals (one package per host)."""
