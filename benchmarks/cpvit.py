@@ -34,47 +34,40 @@ def evaluate_cascade(model, test, **kw):
             for x, y in test:
                 correct += int((model(x).argmax(-1) == y).sum())
                 total += len(y)
-                macs += len(y) * cascade_macs(
-                    model,
-                    input_size,
-                    kw.get("keep_ratio", 0.5),
-                    kw.get("head_keep_ratio", 1.0),
-                    kw.get("start_block"),
-                    counts=c.state.counts,
-                )
+                macs += len(y) * cascade_macs(model, input_size, c.config, counts=c.state.counts)
     finally:
         remove_cascade(model)
     return 100.0 * correct / total, macs / total
 
 
-def accuracy_sweep(base, split, keeps, starts, seeds, beta, powers):
+def accuracy_sweep(base, split, keeps, starts, seeds, beta, steps_list):
     _, test = loaders(split, 0)
     input_size = tuple(split.x_test.shape[1:])
     dense_macs = cascade_macs(base, input_size, keep_ratio=1.0, start_block=0, trim_last=False)
     rows = []
-    for power in powers:
+    for steps in steps_list:
         for start in starts:
             for keep in keeps:
-                common = dict(keep_ratio=keep, start_block=start, beta=0.0, schedule_power=power)
+                common = dict(keep_ratio=keep, start_block=start, beta=0.0, schedule_steps=steps or None)
                 cp, macs = evaluate_cascade(base, test, score="cumulative", **common)
                 ev, _ = evaluate_cascade(base, test, score="cls", **common)
                 rnd = [evaluate_cascade(base, test, score="random", seed=s, **common)[0] for s in seeds]
                 cpb, macs_b = evaluate_cascade(base, test, score="cumulative", **{**common, "beta": beta})
-                row = dict(power=power, start=start, keep=keep, macs=100 * macs / dense_macs, cp=cp, evit=ev, rnd=rnd)
+                row = dict(steps=steps, start=start, keep=keep, macs=100 * macs / dense_macs, cp=cp, evit=ev, rnd=rnd)
                 rows.append({**row, "cpb": cpb, "macs_b": 100 * macs_b / dense_macs})
                 print(rows[-1], flush=True)
     return rows, dense_macs
 
 
 def table_lines(rows):
-    """Markdown table of the sweep rows (γ = schedule ramp exponent)."""
+    """Markdown table of the sweep rows (steps = schedule stages, 0 = the ramp)."""
     lines = [
-        "| γ | start block | keep ratio | MACs kept % | CP-ViT % | EViT-style (CLS attn) % | random % | CP-ViT β % | MACs kept (β) % |",
+        "| steps | start block | keep ratio | MACs kept % | CP-ViT % | EViT-style (CLS attn) % | random % | CP-ViT β % | MACs kept (β) % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['power']} | {r['start']} | {r['keep']} | {r['macs']:.1f} | {r['cp']:.2f} | {r['evit']:.2f} | "
+            f"| {r['steps']} | {r['start']} | {r['keep']} | {r['macs']:.1f} | {r['cp']:.2f} | {r['evit']:.2f} | "
             f"{mean_std(r['rnd'])} | {r['cpb']:.2f} | {r['macs_b']:.1f} |"
         )
     return lines
@@ -105,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--starts", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--beta", type=float, default=0.5)
-    p.add_argument("--powers", type=float, nargs="+", default=[1.0, 0.5], help="schedule ramp exponents gamma")
+    p.add_argument("--steps", type=int, nargs="+", default=[3, 0], help="schedule_steps values (0: the ramp)")
     p.add_argument("--latency-model", default="deit_small_patch16_224")
     p.add_argument("--latency-keeps", type=float, nargs="+", default=[0.7, 0.5])
     p.add_argument("--latency-start", type=int, default=3)
@@ -119,7 +112,7 @@ def main(argv=None) -> int:
         base, split, meta = load_embedded()
         _, test = loaders(split, 0)
         dense = acc(base, test)
-        rows, dense_macs = accuracy_sweep(base, split, args.keeps, args.starts, list(range(args.seeds)), args.beta, args.powers)
+        rows, dense_macs = accuracy_sweep(base, split, args.keeps, args.starts, list(range(args.seeds)), args.beta, args.steps)
         body.append(f"### Accuracy vs MACs, embedded MNIST ViT (recipe {meta['key']}), no fine-tune\n")
         body.append(
             f"Dense: {dense:.2f} % at {dense_macs / 1e6:.2f} M MACs per image (49 patches, 6 blocks). "
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
         if best:
             summary += (
                 f"Largest MACs cut within 1 pt of dense: {100 - best['macs']:.1f} % at {best['cp']:.2f} % "
-                f"(γ {best['power']}, start {best['start']}, keep {best['keep']}) — "
+                f"(steps {best['steps']}, start {best['start']}, keep {best['keep']}) — "
                 f"{'meets' if best['macs'] <= 60.0 else 'misses'} the 40 % target."
             )
         body.append(summary + "\n")

@@ -145,7 +145,7 @@ def test_fit_keep_ratio_matches_the_cascade_macs():
         assert kept <= target and target - kept < 0.05  # tokens are discrete: 64 patches here
     assert fit_keep_ratio(model, (3, 64, 64), 1.0) == 1.0
     assert fit_keep_ratio(model, (3, 64, 64), 0.01) == pytest.approx(1e-3)  # unreachable: the smallest keep
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(ValueError, match="macs_keep_ratio"):
         fit_keep_ratio(model, (3, 64, 64), 0.0)
     # one options dict serves apply_cascade and fit_keep_ratio: token-choice options do not move the MACs
     neutral = dict(score="cls", seed=3, weighted_pool=False, score_at="prune", mode="drop")

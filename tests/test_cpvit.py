@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.metrics import count_macs
-from tp_vit_plugins.cpvit import apply_cascade, cascade_attention, cascade_macs, find_cascade, remove_cascade
+from tp_vit_plugins.cpvit import apply_cascade, cascade_macs, find_cascade, remove_cascade
 from tp_vit_plugins.cpvit.maths import adjusted_count, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
+from tp_vit_plugins.hosts.timm.blocks import cascade_attention
 
 
 def deeper(family="vit", **kw):
@@ -289,7 +290,7 @@ def test_cumulative_head_importance_matches_statistic(x64):
         dict(score_at="prune", schedule_steps=2),
         dict(trim_last=False),
         dict(beta=0.8, calib="x64"),
-        dict(schedule_power=0.5, head_keep_ratio=0.75, beta=0.5, calib="x64"),
+        dict(schedule_steps=None, head_keep_ratio=0.75, beta=0.5, calib="x64"),
     ],
 )
 def test_an_images_output_does_not_depend_on_its_batch(options, x64):
@@ -680,3 +681,43 @@ def test_merge_into_kept_gradient_is_exact():
     sizes = torch.rand(2, 6, generator=g, dtype=torch.float64) + 0.5
     keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
     assert torch.autograd.gradcheck(lambda t: merge_into_kept(t, sizes, keep, 1)[0], (x,))
+
+
+def test_one_config_object_serves_apply_cascade_cascade_macs_and_fit_keep_ratio():
+    from tp_vit_plugins.cpvit import CascadeConfig, fit_keep_ratio
+
+    model = make_model(num_heads=4)
+    x = torch.randn(2, 3, 32, 32)
+    cfg = CascadeConfig(keep_ratio=0.5, start_block=0, schedule_steps=None, fold="drop")
+    with torch.no_grad():
+        c = apply_cascade(model, cfg)
+        by_object = model(x)
+        c.remove()
+        c = apply_cascade(model, keep_ratio=0.5, start_block=0, schedule_steps=None, fold="drop")
+        by_keywords = model(x)
+        c.remove()
+    assert c.config == cfg and torch.equal(by_object, by_keywords)
+    assert cascade_macs(model, (3, 32, 32), cfg) == cascade_macs(model, (3, 32, 32), **vars(cfg))
+    keep = fit_keep_ratio(model, (3, 32, 32), 0.8, cfg)
+    assert cascade_macs(model, (3, 32, 32), cfg, keep_ratio=keep) <= 0.8 * cascade_macs(model, (3, 32, 32), cfg, keep_ratio=1.0)
+    assert cfg.replace(keep_ratio=keep).keep_ratio == keep and cfg.keep_ratio == 0.5  # frozen: a copy
+
+
+def test_cascade_config_refuses_bad_options_before_anything_changes():
+    from tp_vit_plugins.cpvit import CascadeConfig
+
+    model = make_model(num_heads=4)
+    with pytest.raises(TypeError, match="unknown cascade option"):
+        apply_cascade(model, keep_tokens=3)
+    with pytest.raises(ValueError, match="keep_ratio"):
+        CascadeConfig(keep_ratio=0.0)
+    with pytest.raises(ValueError, match="merging needs mode='drop'"):
+        CascadeConfig(mode="mask", fold="merge")
+    assert CascadeConfig(mode="mask").fold == "drop" and CascadeConfig().fold == "merge"
+    with pytest.raises(TypeError, match="schedule_power"):
+        apply_cascade(model, schedule_power=0.5)
+    assert find_cascade(model) is None and "forward" not in vars(model.blocks[0].attn)
+    with pytest.warns(DeprecationWarning, match="keep_ratio by keyword"):
+        c = apply_cascade(model, 0.5)
+    assert c.config.keep_ratio == 0.5
+    c.remove()

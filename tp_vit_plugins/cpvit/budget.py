@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -11,57 +13,56 @@ from ..hosts.timm.blocks import patch_embed_macs, patch_grid, reads_prefix_only,
 from ..hosts.timm.families import head_mixers
 from ..hosts.timm.structure import block_layers, classifier_heads, head_layout, prefix_tokens
 from ..hosts.timm.support import attention_pool
-from .maths import DEFAULT_PRUNE_AT, DEFAULT_SCHEDULE_STEPS, DEFAULT_START_BLOCK, heads_kept, keep_schedule
+from .config import CascadeConfig, with_options
+from .maths import heads_kept, keep_schedule
 
-__all__ = ["cascade_macs", "fit_keep_ratio", "MACS_NEUTRAL_OPTIONS"]
+__all__ = ["cascade_macs", "fit_keep_ratio"]
 
 
 def cascade_macs(
     model: nn.Module,
     input_size: Sequence[int],
-    keep_ratio: float = 0.5,
-    head_keep_ratio: float = 1.0,
-    start_block: int | None = None,
-    head_start_block: int | None = None,
+    config: CascadeConfig | None = None,
+    *,
     counts: Sequence[int] | None = None,
     batch_size: int = 1,
-    schedule_power: float = 1.0,
-    schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
-    fold: str = "merge",
-    prune_at: str = DEFAULT_PRUNE_AT,
-    trim_last: bool = True,
+    **options: Any,
 ) -> int:
     """Analytic MACs of one forward with the cascade (matmuls and convs, as FlopCounterMode counts).
 
-    Exact on every supported family (``tests/test_cpvit.py`` checks it against
-    :func:`~tp_vit_plugins.core.metrics.count_macs`): any MLP (EVA's SwiGLU included), CaiT's
-    head mixers and class-attention blocks, a SigLIP-style attention pool.
+    Exact on every supported family (the tests check it against
+    :func:`~tp_vit_plugins.count_macs`): any MLP (EVA's SwiGLU included), CaiT's head mixers
+    and class-attention blocks, a SigLIP-style attention pool. Options that choose *which*
+    tokens go (``score``, ``seed``, ``weighted_pool``, ``score_at``) do not change the MACs.
 
     Args:
         model: timm ViT (pruned or not); only shapes are read.
         input_size: ``(C, H, W)`` of one image.
-        keep_ratio, head_keep_ratio, start_block, head_start_block: As in
-            :func:`~tp_vit_plugins.cpvit.patch.apply_cascade`.
+        config: The cascade's options, as given to :func:`~tp_vit_plugins.apply_cascade`.
         counts: Patch tokens entering each block, e.g. ``cascade.last.counts`` of a real
             forward (needed when ``beta > 0`` made the counts input-dependent); default: the
             schedule.
         batch_size: Images per forward.
-        schedule_power, schedule_steps: The schedule's shape, as in ``apply_cascade``.
-        fold: ``"merge"`` adds the similarity matmul of every merge (``pruned x kept x C``).
-        prune_at: ``"mlp"``: a pruning block's MLP runs on the tokens entering the next block.
-        trim_last: As in ``apply_cascade``: with ``prune_at="mlp"`` and a head reading the
-            prefix tokens alone, the last block's MLP runs on the prefix tokens.
+        **options: :class:`~tp_vit_plugins.cpvit.CascadeConfig` fields overriding ``config``.
 
     Returns:
         Total multiply-accumulates.
+
+    Raises:
+        ValueError: ``mode="mask"`` (masked tokens keep their MACs; count them with ``count_macs``).
     """
+    cfg = with_options(config, options)
+    if cfg.mode != "drop":
+        raise ValueError("mode='mask' keeps every token's MACs (shapes unchanged): count it with tpv.count_macs")
+    keep_ratio, head_keep_ratio, start_block, head_start_block = (
+        cfg.keep_ratio, cfg.head_keep_ratio, cfg.start_block, cfg.first_head_block,
+    )  # fmt: skip
+    fold, prune_at, trim_last = cfg.fold, cfg.prune_at, cfg.trim_last
     depth = len(token_blocks(model))
-    start_block = DEFAULT_START_BLOCK if start_block is None else start_block
-    head_start_block = start_block if head_start_block is None else head_start_block
     rows, cols = patch_grid(model)
     P, prefix = rows * cols, prefix_tokens(model)
     if counts is None:
-        counts = keep_schedule(P, depth, keep_ratio, start_block, schedule_power, schedule_steps)
+        counts = keep_schedule(P, depth, keep_ratio, start_block, steps=cfg.schedule_steps)
     counts = list(counts)
     trim = trim_last and prune_at == "mlp" and reads_prefix_only(model) and min(counts) < P  # only a pruning cascade
     macs = patch_embed_macs(model)
@@ -114,43 +115,55 @@ def _readout_macs(model: nn.Module, tokens: int, patches: int) -> int:
     return macs
 
 
-#: ``apply_cascade`` options that choose which tokens go or how the head pools, not how many go:
-#: :func:`fit_keep_ratio` accepts and ignores them, so one options dict serves both calls.
-MACS_NEUTRAL_OPTIONS = ("score", "seed", "weighted_pool", "score_at")
-
-
-def fit_keep_ratio(model: nn.Module, input_size: Sequence[int], target: float, iterations: int = 30, **cascade_kwargs) -> float:
-    """Largest CP-ViT keep ratio whose cascade keeps at most ``target`` of ``model``'s MACs.
+def fit_keep_ratio(
+    model: nn.Module,
+    input_size: Sequence[int],
+    macs_keep_ratio: float | None = None,
+    config: CascadeConfig | None = None,
+    *,
+    iterations: int = 30,
+    target: float | None = None,
+    **options: Any,
+) -> float:
+    """Largest CP-ViT ``keep_ratio`` whose cascade keeps at most ``macs_keep_ratio`` of ``model``'s MACs.
 
     Bisects ``keep_ratio`` against :func:`cascade_macs` (analytic, exact for ``beta = 0``; with
     ``beta > 0`` the per-batch counts move around it).
 
+    Example::
+
+        cfg = tpv.cpvit.CascadeConfig(head_keep_ratio=0.75)
+        keep = tpv.cpvit.fit_keep_ratio(model, (3, 224, 224), 0.6, cfg)   # 60 % of the MACs kept
+        cascade = tpv.apply_cascade(model, cfg, keep_ratio=keep)
+
     Args:
         model: timm ViT (pruned or not; only shapes are read).
         input_size: ``(C, H, W)`` of one image.
-        target: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
+        macs_keep_ratio: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
+        config: The cascade's other options (its ``keep_ratio`` is what is searched).
         iterations: Bisection steps.
-        **cascade_kwargs: ``head_keep_ratio``, ``start_block``, ``head_start_block``,
-            ``schedule_power``, ``schedule_steps``, ``fold``, ``prune_at``, ``trim_last`` as in
-            ``apply_cascade``; the options of :data:`MACS_NEUTRAL_OPTIONS` and ``mode="drop"``
-            are accepted and ignored (they do not change the MACs).
+        target: Deprecated spelling of ``macs_keep_ratio``.
+        **options: :class:`~tp_vit_plugins.cpvit.CascadeConfig` fields overriding ``config``.
 
     Returns:
         The keep ratio (1.0 when no token needs to go; ``1e-3``, the smallest ratio tried,
-        when even that keeps more than ``target``: tokens alone cannot reach it).
+        when even that keeps more than the target: tokens alone cannot reach it).
 
     Raises:
-        ValueError: ``target`` outside ``(0, 1]``, or ``mode="mask"`` (masked tokens keep their MACs).
+        ValueError: ``macs_keep_ratio`` outside ``(0, 1]``, or ``mode="mask"`` (masked tokens keep their MACs).
     """
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target must lie in (0, 1], got {target}")
-    if cascade_kwargs.pop("mode", "drop") != "drop":
+    if target is not None:
+        warnings.warn("fit_keep_ratio(target=) is now fit_keep_ratio(macs_keep_ratio=)", DeprecationWarning, 2)
+        macs_keep_ratio = target if macs_keep_ratio is None else macs_keep_ratio
+    if macs_keep_ratio is None or not 0.0 < macs_keep_ratio <= 1.0:
+        raise ValueError(f"macs_keep_ratio (the share of MACs kept) must lie in (0, 1], got {macs_keep_ratio}")
+    cfg = with_options(config, options)
+    if cfg.mode != "drop":
         raise ValueError("mode='mask' keeps every token's MACs (shapes unchanged): no keep ratio reaches a MACs target")
-    cascade_kwargs = {k: v for k, v in cascade_kwargs.items() if k not in MACS_NEUTRAL_OPTIONS}
-    dense = cascade_macs(model, input_size, keep_ratio=1.0, trim_last=False)
+    dense = cascade_macs(model, input_size, cfg, keep_ratio=1.0, trim_last=False)
 
     def keeps_less(r: float) -> bool:  # True at small ratios: the cascade is within the target
-        return cascade_macs(model, input_size, keep_ratio=r, **cascade_kwargs) / dense <= target
+        return cascade_macs(model, input_size, cfg, keep_ratio=r) / dense <= macs_keep_ratio
 
     if keeps_less(1.0):
         return 1.0

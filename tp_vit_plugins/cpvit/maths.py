@@ -90,12 +90,6 @@ def attention_range(
 
 #: Schedule shapes: a continuous ramp, or piecewise-constant steps.
 SCHEDULES = ("ramp", "stepped")
-#: Defaults chosen on the zoo (``benchmarks/RESULTS.md``, "Zoo: method reworks"): scores from
-#: block 0 drop tokens, in 3 equal stages.
-DEFAULT_START_BLOCK = 0
-DEFAULT_SCHEDULE_STEPS = 3
-#: Where tokens leave a pruning block (chosen on the zoo, "Zoo: session 9"): before its MLP.
-DEFAULT_PRUNE_AT = "mlp"
 
 
 def keep_schedule(

@@ -43,9 +43,11 @@ keep the grid position of the kept token they merge into.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from timm.layers import Attention
@@ -64,10 +66,8 @@ from ..hosts.timm.blocks import (
 from ..hosts.timm.families import PrunableTalkingHeadAttn
 from ..hosts.timm.structure import prefix_tokens
 from ..hosts.timm.support import UnsupportedModelError
+from .config import CascadeConfig, with_options
 from .maths import (
-    DEFAULT_PRUNE_AT,
-    DEFAULT_SCHEDULE_STEPS,
-    DEFAULT_START_BLOCK,
     _merge,
     adjusted_count,
     attention_range,
@@ -80,20 +80,7 @@ from .maths import (
 
 __all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade"]
 
-#: Token modes: really drop tokens, or keep shapes and mask them out as keys.
-TOKEN_MODES = ("drop", "mask")
-#: What happens to pruned tokens: dropped (the paper), or merged into their most similar kept
-#: token with size-weighted averages and proportional attention (this library's extension).
-TOKEN_FOLDS = ("drop", "merge")
-#: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
-#: EViT-style attention of the class token in the current block, and random scores.
-TOKEN_SCORES = ("cumulative", "cls", "random")
-#: Where tokens leave a pruning block: ``"mlp"``, between the block's attention and its MLP (the
-#: MLP already runs on the kept tokens, as in EViT and ToMe), or ``"block"``, after the whole block.
-PRUNE_SITES = ("mlp", "block")
-#: Which blocks' attention the cumulative token score sums: every block up to the last pruning
-#: point (the paper), or the pruning blocks only (the others keep fused attention).
-SCORE_SITES = ("all", "prune")
+from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES  # noqa: E402,F401  (re-exported)
 
 
 @dataclass
@@ -201,32 +188,12 @@ class _SizeWeightedHead:
 class Cascade:
     """A CP-ViT cascade attached to one model (see :func:`apply_cascade`)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        keep_ratio: float,
-        head_keep_ratio: float,
-        start_block: int,
-        head_start_block: int,
-        mode: str,
-        beta: float,
-        radius: int,
-        score: str = "cumulative",
-        seed: int = 0,
-        schedule_power: float = 1.0,
-        fold: str = "drop",
-        schedule_steps: int | None = None,
-        prune_at: str = "block",
-        weighted_pool: bool = True,
-        score_at: str = "all",
-        trim_last: bool = False,
-    ) -> None:
+    def __init__(self, model: nn.Module, config: CascadeConfig) -> None:
         self.model = model
-        self.fold = fold
-        self.prune_at = prune_at
-        self.weighted_pool = weighted_pool
-        self.score = score
-        self._generator = torch.Generator().manual_seed(seed)
+        self.config = config
+        c = config
+        self.fold, self.prune_at, self.weighted_pool, self.score = c.fold, c.prune_at, c.weighted_pool, c.score
+        self._generator = torch.Generator().manual_seed(c.seed)
         self.blocks = token_blocks(model)
         self.depth = len(self.blocks)
         #: Position-indexed attention terms (BEiT's relative bias, EVA's rope) follow the kept tokens.
@@ -234,10 +201,14 @@ class Cascade:
         self.num_prefix = prefix_tokens(model)
         rows, self.grid_width = patch_grid(model)
         self.num_patches = rows * self.grid_width
+        keep_ratio, head_keep_ratio, start_block, beta = c.keep_ratio, c.head_keep_ratio, c.start_block, c.beta
+        head_start_block, mode, prune_at, trim_last, score_at, score = (
+            c.first_head_block, c.mode, c.prune_at, c.trim_last, c.score_at, c.score,
+        )  # fmt: skip
         self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
         self.start_block, self.head_start_block = start_block, head_start_block
-        self.mode, self.beta, self.radius = mode, beta, radius
-        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, schedule_power, schedule_steps)
+        self.mode, self.beta, self.radius = mode, beta, c.radius
+        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, steps=c.schedule_steps)
         self.final_count = self.schedule[-1]
         prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
         self.last_point = prune_points[-1] if prune_points else -1
@@ -297,6 +268,10 @@ class Cascade:
                 del blk.forward
         if isinstance(self.model.__dict__.get("forward_head"), _SizeWeightedHead):
             del self.model.forward_head
+
+    def remove(self) -> None:
+        """Take the cascade off its model (the same as :meth:`detach`)."""
+        self.detach()
 
     @torch.no_grad()
     def calibrate(self, loader: Iterable, max_batches: int | None = 8) -> list[int]:
@@ -446,142 +421,78 @@ def find_cascade(model: nn.Module) -> Cascade | None:
 
 def apply_cascade(
     model: nn.Module,
-    keep_ratio: float = 0.5,
-    head_keep_ratio: float = 1.0,
-    start_block: int | None = None,
-    mode: str = "drop",
-    beta: float = 0.0,
-    radius: int = 1,
-    head_start_block: int | None = None,
-    score: str = "cumulative",
-    seed: int = 0,
-    schedule_power: float = 1.0,
+    config: CascadeConfig | None = None,
+    *,
     calib: Iterable | None = None,
     calib_batches: int | None = 8,
-    fold: str | None = None,
-    schedule_steps: int | None = DEFAULT_SCHEDULE_STEPS,
-    prune_at: str = DEFAULT_PRUNE_AT,
-    weighted_pool: bool = True,
-    score_at: str = "all",
-    trim_last: bool = True,
+    **options: Any,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
 
-    .. note:: **Measured on the zoo** (``benchmarks/RESULTS.md``, "Zoo: session 9 (tokens
-       before the MLP)", no fine-tune, equal measured MACs, 3 seeds): with these defaults
-       (start block 0, 3-stage stepped schedule, tokens merged before the pruning block's MLP,
-       size-weighted average pool, last MLP trimmed for class-token heads) the cascade is
-       ahead of ToMe-style merging at every target: +1.29 pt [+0.90, +1.66] at 80 % MACs,
-       +1.90 [+1.48, +2.36] at 70 %, +2.47 [+2.03, +3.00] at 60 %, +5.03 [+4.38, +5.70] at 50 %
-       (without the trim, which removes dead computation rather than choosing tokens better:
-       +1.22 / +1.58 / +1.53 / +3.77, all intervals above 0); ahead of EViT-style pruning by
-       +4.4 to +20.3 pt; above random scores on the same schedule on every zoo model. A 40.6 %
-       MACs cut costs 0.96 pt on the zoo mean (dense 94.63 %). The paper's own pipeline (ramp
-       from ``depth // 4``, dropped tokens after whole blocks) is ``start_block=depth // 4,
-       schedule_steps=None, fold="drop", prune_at="block"``.
+    Example::
+
+        cascade = tpv.apply_cascade(model, keep_ratio=0.6)          # the defaults, 60 % of tokens kept
+        cfg = tpv.cpvit.CascadeConfig(keep_ratio=0.6, head_keep_ratio=0.75)
+        cascade = tpv.apply_cascade(model, cfg)                      # the same options as an object
+        logits = model(images)
+        cascade.remove()                                             # the model is exactly as before
+
+    The defaults (:class:`~tp_vit_plugins.cpvit.CascadeConfig`) were chosen on the zoo of
+    models (``benchmarks/RESULTS.md``); the paper's own pipeline (a ramp from ``depth // 4``,
+    dropped tokens after whole blocks) is ``start_block=depth // 4, schedule_steps=None,
+    fold="drop", prune_at="block"``.
 
     Args:
         model: timm ``VisionTransformer`` family model (DeiT, distilled, register tokens,
-            LayerScale, tp-pruned ones included).
-        keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``.
-        head_keep_ratio: Fraction of heads each input keeps in blocks ``>= head_start_block``
-            (1.0 = no head skipping).
-        start_block: First block whose scores drop tokens (after it); default 0 (chosen on the zoo).
-        mode: ``"drop"`` (gather tokens out) or ``"mask"`` (analysis: mask them as keys).
-        beta: Attention-range adjustment strength (0 = plain schedule). With ``beta > 0`` the
-            adjustment is calibrated on ``calib`` into fixed counts (see module docs).
-        radius: Chebyshev radius of "near" patches for the attention range.
-        head_start_block: First block with head skipping; default ``start_block``.
-        score: Token scorer, one of :data:`TOKEN_SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
-            and ``"random"`` are baselines on the identical schedule).
-        seed: Seed of the ``"random"`` scorer.
-        schedule_power: Ramp exponent of the keep schedule (1 = linear, < 1 drops more
-            tokens in early blocks; see :func:`~tp_vit_plugins.tokens.cascade.keep_schedule`).
-        fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"merge"`` (the default
-            in ``"drop"`` mode, chosen on the zoo: into the most similar kept token,
-            size-weighted, with proportional attention ``+ log(size)`` in later blocks; this
-            library's extension) or ``"drop"`` (the paper; the default in ``"mask"`` mode).
-        schedule_steps: An int: the stepped schedule with that many pruning stages (default
-            3, chosen on the zoo); ``None``: the ramp (see :func:`~tp_vit_plugins.cpvit.maths.keep_schedule`).
-        calib: Calibration batches for ``beta > 0`` (required then).
+            LayerScale, EVA02, BEiT, CaiT, tp-pruned ones included).
+        config: The options; default ``CascadeConfig()``.
+        calib: Calibration batches, required when ``beta > 0`` (the attention-range
+            adjustment is calibrated once into fixed per-block counts).
         calib_batches: Use at most this many of them.
-        prune_at: Where tokens leave a pruning block, one of :data:`PRUNE_SITES`: ``"mlp"``
-            (after the block's attention, so its MLP runs on the kept tokens only, as EViT and
-            ToMe reduce tokens; this library's extension, the paper reduces the FFN's tokens
-            by its own ratio) or ``"block"`` (after the whole block). The block's attention
-            scores the tokens either way.
-        weighted_pool: With merged tokens, an average-pool head (``global_pool="avg"``) weights
-            each token by the patches it stands for, so every original patch counts once in
-            the mean, as in the dense model (this library's extension, like proportional
-            attention; ``model.forward_head`` is replaced while the cascade is applied).
-            ``False``: timm's plain mean over the tokens that are left.
-        score_at: Which blocks' attention the cumulative score sums, one of :data:`SCORE_SITES`:
-            ``"all"`` (every block up to the last pruning point, the paper's cumulative score)
-            or ``"prune"`` (only the pruning blocks: the blocks in between keep timm's fused
-            attention; the same as ``"all"`` on the ramp, which prunes after every block).
-        trim_last: When the head reads the prefix tokens alone (``global_pool="token"``) and
-            tokens leave before the MLP, the last block's MLP runs on the prefix tokens only:
-            nothing computed for the patch tokens after the last attention is ever read, so
-            the logits are the same (up to float rounding) and the MACs lower (this library's
-            extension; the MACs it frees let the schedule keep more tokens at a MACs target).
-            Only a cascade that prunes tokens trims; ``forward_features`` then returns the
-            prefix tokens alone.
+        **options: :class:`~tp_vit_plugins.cpvit.CascadeConfig` fields overriding ``config``
+            (e.g. ``keep_ratio=0.6``).
 
     Returns:
-        The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward).
+        The :class:`Cascade` (``cascade.last`` holds the counts of the latest forward;
+        ``cascade.remove()`` takes it off).
 
     Raises:
-        TypeError: Not a timm ViT, or a cascade is already applied.
-        ValueError: Invalid ratio, block index, mode, beta or radius, or ``beta > 0`` without
-            ``calib``.
+        TypeError: Not a supported timm ViT, an unknown option, or a cascade is already applied.
+        ValueError: Invalid option values or block indices, or ``beta > 0`` without ``calib``.
     """
+    if isinstance(config, (int, float)) and not isinstance(config, bool):  # the old positional keep_ratio
+        warnings.warn("pass keep_ratio by keyword (apply_cascade(model, keep_ratio=...)); positional use will be removed",
+                      DeprecationWarning, 2)  # fmt: skip
+        config, options = None, {"keep_ratio": float(config), **options}
+    cfg = with_options(config, options)
     blocks = token_blocks(model)
     if find_cascade(model) is not None:
-        raise TypeError("a cascade is already applied; call remove_cascade(model) first")
+        raise TypeError("a cascade is already applied; call cascade.remove() (or remove_cascade(model)) first")
     if any("forward" in vars(b) for b in blocks):
         raise TypeError("a token reduction already replaced a block's forward (e.g. a token-merging peer); remove it first")
-    if score_at not in SCORE_SITES:
-        raise ValueError(f"score_at must be one of {SCORE_SITES}, got {score_at!r}")
-    if prune_at not in PRUNE_SITES:
-        raise ValueError(f"prune_at must be one of {PRUNE_SITES}, got {prune_at!r}")
     odd = sorted({type(b).__name__ for b in blocks if block_halves(b) is None})
-    if prune_at == "mlp" and odd:
+    if cfg.prune_at == "mlp" and odd:
         raise UnsupportedModelError(
             f"prune_at='mlp' needs the block's forward split at its MLP, which is not known for {', '.join(odd)}; "
             "use prune_at='block' (tokens leave after the whole block). Nothing was changed."
         )
     depth = len(blocks)
-    start_block = DEFAULT_START_BLOCK if start_block is None else start_block
-    head_start_block = start_block if head_start_block is None else head_start_block
-    if mode not in TOKEN_MODES:
-        raise ValueError(f"mode must be one of {TOKEN_MODES}, got {mode!r}")
-    if fold is None:
-        fold = "merge" if mode == "drop" else "drop"
-    if fold not in TOKEN_FOLDS or (fold == "merge" and mode != "drop"):
-        raise ValueError(f"fold must be one of {TOKEN_FOLDS} (merging needs mode='drop'), got fold={fold!r}, mode={mode!r}")
-    if score not in TOKEN_SCORES:
-        raise ValueError(f"score must be one of {TOKEN_SCORES}, got {score!r}")
-    if not 0.0 < head_keep_ratio <= 1.0:
-        raise ValueError(f"head_keep_ratio must lie in (0, 1], got {head_keep_ratio}")
-    if not 0 <= head_start_block < depth:
-        raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {head_start_block}")
-    if not 0.0 <= beta <= 1.0 or radius < 0:
-        raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={beta}, radius={radius}")
-    if beta > 0 and calib is None:
+    if not 0 <= cfg.first_head_block < depth:
+        raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {cfg.first_head_block}")
+    if cfg.beta > 0 and calib is None:
         raise ValueError(
-            f"beta={beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
+            f"beta={cfg.beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
-    keep_schedule(1, depth, keep_ratio, start_block, schedule_power, schedule_steps)  # validates the schedule
-    talking = [b.attn for b in token_blocks(model) if isinstance(b.attn, PrunableTalkingHeadAttn)]
-    if any(heads_kept(a.num_heads, head_keep_ratio) < a.num_heads for a in talking):
-        raise ValueError(f"head_keep_ratio={head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0")
-    cascade = Cascade(
-        model, keep_ratio, head_keep_ratio, start_block, head_start_block, mode, beta, radius, score, seed, schedule_power,
-        fold, schedule_steps, prune_at, weighted_pool, score_at, trim_last,
-    )  # fmt: skip
+    keep_schedule(1, depth, cfg.keep_ratio, cfg.start_block, steps=cfg.schedule_steps)  # validates the schedule
+    talking = [b.attn for b in blocks if isinstance(b.attn, PrunableTalkingHeadAttn)]
+    if any(heads_kept(a.num_heads, cfg.head_keep_ratio) < a.num_heads for a in talking):
+        raise ValueError(
+            f"head_keep_ratio={cfg.head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0"
+        )
+    cascade = Cascade(model, cfg)
     cascade._attach()
-    if beta > 0:
+    if cfg.beta > 0:
         try:
             cascade.calibrate(calib, calib_batches)
         except Exception:

@@ -81,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, default=0.5, help="cpvit: share of patch tokens left in the last block")
     p.add_argument("--head-keep", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
     p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
-    p.add_argument("--schedule-power", type=float, default=1.0, help="cpvit: keep-schedule ramp exponent (<1 drops early)")
     p.add_argument(
         "--schedule-steps", type=_non_negative_int, default=3, help="cpvit: pruning stages of the stepped schedule (0: the ramp)"
     )

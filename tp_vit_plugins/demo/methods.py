@@ -27,7 +27,7 @@ from torch import nn
 from ..core.calibration import accumulate_gradients
 from ..core.criteria import TP_CRITERIA, tp_importance
 from ..core.pruner import ViTPruner
-from ..cpvit import Cascade, apply_cascade, fit_keep_ratio
+from ..cpvit import Cascade, CascadeConfig, apply_cascade, fit_keep_ratio
 from ..gohsp import GOHSPPruner, GraphHeadImportance
 from ..vtp import VTPPruner
 
@@ -66,7 +66,6 @@ class MethodSettings:
     keep: float = 0.5
     head_keep: float = 1.0
     start_block: int | None = None
-    schedule_power: float = 1.0
     schedule_steps: int | None = 3  # None: the ramp
     token_fold: str = "merge"
     beta: float = 0.0  # > 0: calibrated into fixed counts on the calibration data
@@ -78,6 +77,13 @@ class MethodSettings:
         """
         self.planned_sparse_epochs = epochs
         self.sparse_steps = max(1, epochs * len(loader)) if epochs else None
+
+    def cascade_config(self) -> CascadeConfig:
+        """The CP-ViT cascade's options (the library's defaults where the settings leave them)."""
+        opts = dict(keep_ratio=self.keep, head_keep_ratio=self.head_keep, schedule_steps=self.schedule_steps)
+        if self.start_block is not None:
+            opts["start_block"] = self.start_block
+        return CascadeConfig(fold=self.token_fold, beta=self.beta, **opts)
 
     def pruner_kwargs(self) -> dict:
         """The :class:`ViTPruner` structure switches."""
@@ -239,12 +245,11 @@ class CPViT(Method):
         return None
 
     def attach_tokens(self, model, input_size, s, target, calib=None):
-        kwargs = dict(head_keep_ratio=s.head_keep, start_block=s.start_block, schedule_power=s.schedule_power,
-                      schedule_steps=s.schedule_steps, fold=s.token_fold)  # fmt: skip
+        cfg = s.cascade_config()
         if target is None:
-            return apply_cascade(model, keep_ratio=s.keep, beta=s.beta, calib=calib, calib_batches=s.calib_batches, **kwargs)
-        keep = fit_keep_ratio(model, input_size, target, **kwargs)  # beta 0: the schedule's MACs are exact
-        return apply_cascade(model, keep_ratio=keep, beta=0.0, **kwargs)
+            return apply_cascade(model, cfg, calib=calib, calib_batches=s.calib_batches)
+        keep = fit_keep_ratio(model, input_size, target, cfg, beta=0.0)  # beta 0: the schedule's MACs are exact
+        return apply_cascade(model, cfg, keep_ratio=keep, beta=0.0)
 
 
 class GOHSPWithCascade(GOHSP):

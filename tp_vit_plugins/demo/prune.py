@@ -199,7 +199,6 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         keep=args.keep,
         head_keep=args.head_keep,
         start_block=args.start_block,
-        schedule_power=args.schedule_power,
         schedule_steps=args.schedule_steps or None,
         token_fold=args.token_fold,
     )
@@ -275,7 +274,7 @@ def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, resu
             f"budget: keep ratio {cascade.keep_ratio:.4f} for {budget[1]:.3f} of the dense MACs (beta 0: the schedule is exact)"
         )
     result.notes.append(
-        f"CP-ViT cascade: patch tokens per block {cascade.counts} (power {args.schedule_power}, the same for every image); "
+        f"CP-ViT cascade: patch tokens per block {cascade.counts} (the same for every image); "
         "structure unchanged, --head-ratio/--width-ratio are not used"
     )
 

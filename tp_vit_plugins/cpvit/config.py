@@ -1,0 +1,151 @@
+"""The cascade's options in one frozen object, shared by ``apply_cascade``, ``cascade_macs`` and ``fit_keep_ratio``."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CascadeConfig", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES"]
+
+#: Token modes: really drop tokens, or keep shapes and mask them out as keys (analysis).
+TOKEN_MODES = ("drop", "mask")
+#: What happens to pruned tokens: dropped (the paper), or merged into their most similar kept
+#: token with size-weighted averages and proportional attention (this library's extension).
+TOKEN_FOLDS = ("drop", "merge")
+#: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
+#: EViT-style attention of the class token in the current block, and random scores.
+TOKEN_SCORES = ("cumulative", "cls", "random")
+#: Where tokens leave a pruning block: ``"mlp"``, between the block's attention and its MLP (the
+#: MLP already runs on the kept tokens, as in EViT and ToMe), or ``"block"``, after the whole block.
+PRUNE_SITES = ("mlp", "block")
+#: Which blocks' attention the cumulative token score sums: every block up to the last pruning
+#: point (the paper), or the pruning blocks only (the others keep fused attention).
+SCORE_SITES = ("all", "prune")
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """Options of a CP-ViT cascade (:func:`~tp_vit_plugins.apply_cascade`).
+
+    Attributes:
+        keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``.
+        head_keep_ratio: Fraction of heads each input keeps in blocks ``>= head_start_block``
+            (1.0 = no head skipping), in ``(0, 1]``.
+        start_block: First block whose scores prune tokens (after it).
+        head_start_block: First block with head skipping; ``None``: ``start_block``.
+        schedule_steps: An int: the stepped schedule with that many pruning stages; ``None``:
+            the paper's progressive ramp (tokens leave after every block from ``start_block``).
+        fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"merge"`` (into the
+            most similar kept token, size-weighted, with proportional attention ``+ log(size)``
+            in later blocks; this library's extension) or ``"drop"`` (the paper). ``None``:
+            ``"merge"`` in ``"drop"`` mode, ``"drop"`` in ``"mask"`` mode.
+        prune_at: Where tokens leave a pruning block, one of :data:`PRUNE_SITES`: ``"mlp"``
+            (after the block's attention, so its MLP runs on the kept tokens only; this
+            library's extension) or ``"block"`` (after the whole block).
+        trim_last: When the head reads the prefix tokens alone (``global_pool="token"``) and
+            tokens leave before the MLP, the last block's MLP runs on the prefix tokens only
+            (same logits up to float rounding, fewer MACs; ``forward_features`` then returns
+            the prefix tokens). Only a cascade that prunes trims.
+        weighted_pool: With merged tokens, an average-pool head weighs each token by the
+            patches it stands for, so every original patch counts once, as in the dense model.
+        score: Token scorer, one of :data:`TOKEN_SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
+            and ``"random"`` are baselines on the identical schedule).
+        score_at: Which blocks' attention the cumulative score sums, one of
+            :data:`SCORE_SITES` (``"prune"``: a speed option, the other blocks stay fused).
+        beta: Attention-range adjustment strength in ``[0, 1]`` (0 = plain schedule). With
+            ``beta > 0`` the adjustment is calibrated once on calibration data into fixed
+            per-block counts (so an image's output never depends on its batch).
+        radius: Chebyshev radius of "near" patches for the attention range.
+        mode: ``"drop"`` (tokens gathered out) or ``"mask"`` (analysis: masked as keys, no
+            MACs saved), one of :data:`TOKEN_MODES`.
+        seed: Seed of the ``"random"`` scorer.
+    """
+
+    keep_ratio: float = 0.5
+    head_keep_ratio: float = 1.0
+    start_block: int = 0
+    head_start_block: int | None = None
+    schedule_steps: int | None = 3
+    fold: str | None = None
+    prune_at: str = "mlp"
+    trim_last: bool = True
+    weighted_pool: bool = True
+    score: str = "cumulative"
+    score_at: str = "all"
+    beta: float = 0.0
+    radius: int = 1
+    mode: str = "drop"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        fold = self.fold if self.fold is not None else ("merge" if self.mode == "drop" else "drop")
+        object.__setattr__(self, "fold", fold)
+        _one_of("mode", self.mode, TOKEN_MODES)
+        _one_of("score", self.score, TOKEN_SCORES)
+        _one_of("prune_at", self.prune_at, PRUNE_SITES)
+        _one_of("score_at", self.score_at, SCORE_SITES)
+        if fold not in TOKEN_FOLDS or (fold == "merge" and self.mode != "drop"):
+            raise ValueError(
+                f"fold must be one of {TOKEN_FOLDS} (merging needs mode='drop'), got fold={fold!r}, mode={self.mode!r}"
+            )
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio (the share of patch tokens kept) must lie in (0, 1], got {self.keep_ratio}")
+        if not 0.0 < self.head_keep_ratio <= 1.0:
+            raise ValueError(
+                f"head_keep_ratio (the share of heads each input keeps) must lie in (0, 1], got {self.head_keep_ratio}"
+            )
+        if not 0.0 <= self.beta <= 1.0 or self.radius < 0:
+            raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={self.beta}, radius={self.radius}")
+        if self.schedule_steps is not None and (not isinstance(self.schedule_steps, int) or self.schedule_steps < 1):
+            raise ValueError(f"schedule_steps must be an int >= 1 (or None: the ramp), got {self.schedule_steps!r}")
+        if not isinstance(self.start_block, int) or self.start_block < 0:
+            raise ValueError(f"start_block must be an int >= 0, got {self.start_block!r}")
+
+    @property
+    def first_head_block(self) -> int:
+        """``head_start_block``, or ``start_block`` when it is ``None``."""
+        return self.start_block if self.head_start_block is None else self.head_start_block
+
+    def replace(self, **changes: Any) -> CascadeConfig:
+        """A copy with ``changes`` applied (validated; unknown names raise ``TypeError``)."""
+        return with_options(self, changes)
+
+
+def _one_of(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+#: Cascade options that left the API, with what to do instead.
+_REMOVED = {
+    "schedule_power": "the ramp is linear; use schedule_steps (a stepped schedule) to drop tokens earlier",
+}
+
+
+def with_options(config: CascadeConfig | None, options: dict[str, Any]) -> CascadeConfig:
+    """``config`` (default :class:`CascadeConfig`) with keyword ``options`` applied, validated.
+
+    Raises:
+        TypeError: An option that is not a :class:`CascadeConfig` field (the message lists them).
+    """
+    base = CascadeConfig() if config is None else config
+    if not isinstance(base, CascadeConfig):
+        raise TypeError(f"config must be a CascadeConfig, got {type(base).__name__}")
+    options = dict(options)
+    for old, instead in _REMOVED.items():
+        if old in options:
+            value = options.pop(old)
+            if value != 1.0:
+                raise TypeError(f"the cascade option {old!r} was removed: {instead}")
+            warnings.warn(
+                f"the cascade option {old!r} is ignored and will be rejected in the next release", DeprecationWarning, 3
+            )
+    names = {f.name for f in dataclasses.fields(CascadeConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown cascade option(s) {unknown}; CascadeConfig has {sorted(names)}")
+    if "mode" in options and "fold" not in options and options["mode"] != base.mode:
+        options["fold"] = None  # re-derived from the new mode
+    return dataclasses.replace(base, **options) if options else base
