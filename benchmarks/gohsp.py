@@ -87,7 +87,7 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
         # GOHSP: graph ranking -> ADMM epochs -> hard prune -> fine-tune
         m = clone_with_grads(base)
         imp = tpv.GraphHeadImportance(progress=False).calibrate(m, calib)
-        pruner = tpv.GOHSPPruner(m, example, imp, target_params_ratio=target).calibrate_fisher(calib, progress=False)
+        pruner = tpv.GOHSPPruner(m, example, imp, pruning_ratio=target).calibrate_fisher(calib, progress=False)
         finetune(
             m,
             train_loader,

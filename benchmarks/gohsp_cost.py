@@ -46,7 +46,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, **kw).eval()
         batches = [(torch.randn(bs, 3, size, size), torch.randint(0, 10, (bs,))) for _ in range(n)]
-        pruner = tpv.GOHSPPruner(model, batches[0][0][:1], None, target_params_ratio=0.4)
+        pruner = tpv.GOHSPPruner(model, batches[0][0][:1], None, pruning_ratio=0.4)
         flow, taylor, fisher = [], [], []
         for _ in range(args.rounds):  # alternated, so machine drift hits all alike
             flow.append(timed(lambda: tpv.GraphHeadImportance(progress=False).calibrate(model, batches))[1])

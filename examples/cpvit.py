@@ -32,12 +32,12 @@ w = workload_from_args(args)
 model, train_loader, val_loader, example = w.model, w.train_loader, w.test_loader, w.example
 
 dense_acc, dense_macs = evaluate(model, val_loader), tpv.count_macs(model, example)
-dense_lat = tpv.measure_latency(model, example, (1, 64))
+dense_lat = tpv.utils.measure_latency(model, example, (1, 64))
 cascade = apply_cascade(model, keep_ratio=args.keep, head_keep_ratio=args.head_keep, start_block=args.start_block)
 if args.finetune_epochs:
     finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=2e-4, desc="fine-tune with cascade")
 acc, macs = evaluate(model, val_loader), tpv.count_macs(model, example)
-lat = tpv.measure_latency(model, example, (1, 64))
+lat = tpv.utils.measure_latency(model, example, (1, 64))
 print(f"patch tokens entering each block: {cascade.schedule}")
 print(f"{'':<10}{'accuracy':>10}{'MACs':>12}{'ms @bs1':>10}{'ms @bs64':>10}")
 print(f"{'dense':<10}{100 * dense_acc:>9.2f}%{dense_macs / 1e6:>11.2f}M{1e3 * dense_lat[1]:>10.2f}{1e3 * dense_lat[64]:>10.2f}")

@@ -36,7 +36,7 @@ imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.
 # the ADMM pull is a proximal step on the weights (GOHSPPruner's default), rho balanced by the residuals;
 # the Z-step projects in the Fisher norm, estimated first on calibration batches (also the default)
 interval = max(1, args.admm_epochs * len(train_loader) // 10)  # 10 dual updates over the ADMM epochs
-pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=args.target_params, admm_interval=interval)
+pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=args.target_params, admm_interval=interval)
 pruner.calibrate_fisher(train_loader, max_batches=args.calib_batches)
 finetune(
     model,
@@ -58,7 +58,7 @@ rows = [("dense", dense), ("GOHSP", model)]
 print(f"{'':<8}{'params':>10}{'MACs':>12}{'accuracy':>10}")
 for name, m in rows:
     print(
-        f"{name:<8}{tpv.count_params(m) / 1e6:>9.3f}M{tpv.count_macs(m, example) / 1e6:>11.2f}M"
+        f"{name:<8}{tpv.utils.count_params(m) / 1e6:>9.3f}M{tpv.count_macs(m, example) / 1e6:>11.2f}M"
         f"{100 * evaluate(m, val_loader):>9.2f}%"
     )
 print(f"accuracy right after the hard prune: {100 * one_shot:.2f}%")

@@ -21,7 +21,7 @@ args = parser.parse_args()
 
 model = timm.create_model(args.model).eval()
 example = torch.randn(1, 3, 224, 224)
-base_macs, base_params = tpv.count_macs(model, example), tpv.count_params(model)
+base_macs, base_params = tpv.count_macs(model, example), tpv.utils.count_params(model)
 
 # 1) plain tp: the plugin only supplies kwargs and the attention sync
 pruner = tp.pruner.BasePruner(
@@ -37,13 +37,13 @@ pruner = tp.pruner.BasePruner(
 pruner.step()
 tpv.sync_attention(model, pruner.num_heads)
 
-with torch.no_grad(), tpv.eager_attention(model):
+with torch.no_grad(), tpv.utils.eager_attention(model):
     eager = model(example)
 fused = model(example).detach()
 print(f"heads per block: {[b.attn.num_heads for b in model.blocks]}")
 print(
     f"MACs {base_macs / 1e9:.2f}G -> {tpv.count_macs(model, example) / 1e9:.2f}G, "
-    f"params {base_params / 1e6:.2f}M -> {tpv.count_params(model) / 1e6:.2f}M, "
+    f"params {base_params / 1e6:.2f}M -> {tpv.utils.count_params(model) / 1e6:.2f}M, "
     f"max |fused - eager| = {(fused - eager).abs().max():.2e}"
 )
 

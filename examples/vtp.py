@@ -71,7 +71,7 @@ finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr
 
 print(f"{'':<6}{'params':>10}{'MACs':>12}{'accuracy':>10}")
 for name, m in (("dense", dense), ("VTP", model)):
-    params, macs = tpv.count_params(m) / 1e6, tpv.count_macs(m, example) / 1e6
+    params, macs = tpv.utils.count_params(m) / 1e6, tpv.count_macs(m, example) / 1e6
     print(f"{name:<6}{params:>9.3f}M{macs:>11.2f}M{100 * evaluate(m, val_loader):>9.2f}%")
 print(f"accuracy right after pruning: {100 * one_shot:.2f}%")
 print(

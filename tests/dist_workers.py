@@ -71,7 +71,7 @@ def make_pruner(kind: str, model, example, calib=None):
                 g.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(i))
         return p
     if kind == "gohsp":
-        return tpv.GOHSPPruner(model, example, None, target_params_ratio=0.3, rho=0.1).calibrate_fisher(calib, progress=False)
+        return tpv.GOHSPPruner(model, example, None, pruning_ratio=0.3, rho=0.1).calibrate_fisher(calib, progress=False)
     return None
 
 

@@ -16,7 +16,7 @@ def test_budget_hits_a_macs_target_within_two_percent(structure):
     model = make_model("vit", depth=3, num_heads=4)
     x = torch.randn(1, 3, 32, 32)
     before = snapshot(model)
-    res = fit_budget(model, x, target=0.6, structure=structure, prune_head_dims=True)
+    res = fit_budget(model, x, keep_ratio=0.6, structure=structure, prune_head_dims=True)
     assert state_equal(before, model.state_dict())  # the user's model is untouched
     assert abs(res.achieved - 0.6) / 0.6 <= 0.02
     assert res.achieved == pytest.approx(tpv.count_macs(res.model, x) / tpv.count_macs(model, x))
@@ -27,7 +27,7 @@ def test_budget_with_taylor_uses_the_gradients():
     model = make_model("vit", depth=3, num_heads=4)
     x = torch.randn(2, 3, 32, 32)
     model(x).logsumexp(-1).mean().backward()
-    res = fit_budget(model, x[:1], target=0.7, importance=tp.importance.GroupTaylorImportance(), structure="width")
+    res = fit_budget(model, x[:1], keep_ratio=0.7, importance=tp.importance.GroupTaylorImportance(), structure="width")
     assert abs(res.achieved - 0.7) / 0.7 <= 0.02
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -37,7 +37,7 @@ def test_budget_remaps_calibrated_head_scores_onto_copies():
     x = torch.randn(1, 3, 32, 32)
     imp = tpv.GraphHeadImportance()
     imp.set_head_scores({model.blocks[0].attn.qkv: [1.0, 9.0, 9.0, 9.0], model.blocks[1].attn.qkv: [9.0, 9.0, 9.0, 2.0]})
-    res = fit_budget(model, x, target=0.9, importance=imp, structure="heads", max_evaluations=1, max_ratio=0.25)
+    res = fit_budget(model, x, keep_ratio=0.9, importance=imp, structure="heads", max_evaluations=1, max_ratio=0.25)
     v0 = model.blocks[0].attn.qkv.weight[96:]  # v rows of the dense model
     kept = res.model.blocks[0].attn.qkv.weight[2 * res.model.blocks[0].attn.attn_dim :]
     assert [b.attn.num_heads for b in res.model.blocks] == [3, 3]
@@ -47,7 +47,7 @@ def test_budget_remaps_calibrated_head_scores_onto_copies():
 def test_unreachable_budget_reports_the_closest():
     model = make_model("vit", depth=2, num_heads=3)
     x = torch.randn(1, 3, 32, 32)
-    res = fit_budget(model, x, target=0.05, structure="heads")  # heads alone cannot reach 5 % of the MACs
+    res = fit_budget(model, x, keep_ratio=0.05, structure="heads")  # heads alone cannot reach 5 % of the MACs
     assert res.achieved > 0.05 and res.relative_error > 0.02
     assert res.evaluations == 8  # the bound, then the 7-point scan for a ratio that reaches it
 
@@ -59,7 +59,7 @@ def test_budget_survives_a_cost_that_is_not_monotone_in_the_ratio():
     model = make_model("vit", depth=3, num_heads=4)
     x = torch.randn(1, 3, 32, 32)
     fn = vit_prune_fn(None, model, lambda r: 0.0, lambda r: r if r < 0.8 else 0.05, prune_head_dims=True)
-    res = fit_budget(model, x, target=0.6, prune_fn=fn)
+    res = fit_budget(model, x, keep_ratio=0.6, prune_fn=fn)
     assert abs(res.achieved - 0.6) / 0.6 <= 0.02 and res.ratio < 0.8
 
 
@@ -67,13 +67,13 @@ def test_budget_errors():
     model = make_model()
     x = torch.randn(1, 3, 32, 32)
     for kwargs, msg in (
-        (dict(target=0.0), "target"),
-        (dict(target=0.5, structure="tokens"), "structure"),
-        (dict(target=0.5, metric="flops"), "metric"),
-        (dict(target=0.5, max_ratio=1.0), "max_ratio"),
-        (dict(target=0.5, max_evaluations=0), "max_evaluations"),
-        (dict(target=0.5, metric="latency", latency_min_run_time=0), "latency_min_run_time"),
-        (dict(target=0.5, metric="latency", latency_rounds=0), "latency_rounds"),
+        (dict(keep_ratio=0.0), "keep_ratio"),
+        (dict(keep_ratio=0.5, structure="tokens"), "structure"),
+        (dict(keep_ratio=0.5, metric="flops"), "metric"),
+        (dict(keep_ratio=0.5, max_ratio=1.0), "max_ratio"),
+        (dict(keep_ratio=0.5, max_evaluations=0), "max_evaluations"),
+        (dict(keep_ratio=0.5, metric="latency", latency_min_run_time=0), "latency_min_run_time"),
+        (dict(keep_ratio=0.5, metric="latency", latency_rounds=0), "latency_rounds"),
     ):
         with pytest.raises(ValueError, match=msg):
             fit_budget(model, x, **kwargs)
@@ -99,7 +99,7 @@ def test_budget_hits_a_latency_target_with_the_dense_model_timed_alongside(monke
     model = make_model("vit", depth=3, num_heads=4)
     x = torch.randn(1, 3, 32, 32)
     before = snapshot(model)
-    res = fit_budget(model, x, target=0.7, structure=structure, metric="latency", latency_batch_size=8, prune_head_dims=True)
+    res = fit_budget(model, x, keep_ratio=0.7, structure=structure, metric="latency", latency_batch_size=8, prune_head_dims=True)
     assert state_equal(before, model.state_dict())
     assert res.metric == "latency" and abs(res.achieved - 0.7) / 0.7 <= 0.02
     lat = fake_latency([])
@@ -128,7 +128,7 @@ def test_budget_latency_with_the_real_timer_runs_and_reports():
         max_evaluations=2,
     )
     assert 1 <= res.evaluations <= 2 and res.achieved > 0 and 0 < res.macs_kept < 1
-    assert tpv.count_params(res.model) < tpv.count_params(model)
+    assert tpv.utils.count_params(res.model) < tpv.utils.count_params(model)
 
 
 def test_fit_keep_ratio_matches_the_cascade_macs():
@@ -154,3 +154,14 @@ def test_fit_keep_ratio_matches_the_cascade_macs():
         fit_keep_ratio(model, (3, 64, 64), 0.7, mode="mask")
     with pytest.raises(TypeError):
         fit_keep_ratio(model, (3, 64, 64), 0.7, keep_tokens=3)  # unknown options are not swallowed
+
+
+def test_fit_budget_keep_ratio_counts_what_is_kept_and_target_warns():
+    model = make_model(num_heads=4)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.warns(DeprecationWarning, match="keep_ratio"):
+        old = fit_budget(model, x, target=0.8, structure="width")
+    new = fit_budget(model, x, keep_ratio=0.8, structure="width")
+    assert old.ratio == new.ratio and new.achieved <= 0.8 + 0.01 * 0.8
+    with pytest.raises(TypeError, match="keep_ratio"):
+        fit_budget(model, x)

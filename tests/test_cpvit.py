@@ -267,7 +267,7 @@ def test_cumulative_head_importance_matches_statistic(x64):
     model = deeper(num_heads=4)
     data = DataLoader(TensorDataset(x64), batch_size=2)
     imp = tpv.CumulativeHeadImportance(progress=False).calibrate(model, data)
-    with tpv.attention_maps(model) as maps:
+    with tpv.utils.attention_maps(model) as maps:
         model(x64)
     for blk, m in zip(model.blocks, maps):
         torch.testing.assert_close(imp.raw_head_scores[blk.attn.qkv], head_scores(m.double(), 1).mean(0))

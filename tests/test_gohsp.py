@@ -141,13 +141,13 @@ def test_vitpruner_removes_lowest_graph_heads(x):
 def test_gohsp_projection_counts_and_budget(x):
     model = make_model("vit", depth=3, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
-    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.3)
+    pruner = tpv.GOHSPPruner(model, x, imp, pruning_ratio=0.3)
     plan = pruner.project(use_dual=False)
     assert plan.removed_params >= pruner.budget
     # exact accounting: params removed by the plan == params gone after step()
-    n0 = tpv.count_params(model)
+    n0 = tpv.utils.count_params(model)
     pruner.step()
-    assert n0 - tpv.count_params(model) == plan.removed_params
+    assert n0 - tpv.utils.count_params(model) == plan.removed_params
     heads = [len(h) for h in plan.heads]
     assert [4 - h for h in heads] == pruner.heads_per_layer()
     assert [b.mlp.fc1.out_features for b in model.blocks] == [192 - len(n) for n in plan.neurons]
@@ -159,7 +159,7 @@ def test_gohsp_step_yields_the_z_support(x):
     model = make_model("vit", depth=2, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
     pruner = tpv.GOHSPPruner(
-        model, x, imp, target_params_ratio=0.25, rho=1.0, rho_growth=1.0, balance=False, proximal=None, metric="euclidean"
+        model, x, imp, pruning_ratio=0.25, rho=1.0, rho_growth=1.0, balance=False, proximal=None, metric="euclidean"
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(40):  # pure ADMM through the gradient: drive W onto Z (no task loss)
@@ -188,10 +188,10 @@ def test_gohsp_errors(x):
     before = snapshot(model)
     with pytest.raises(ValueError, match="calibrate"):
         tpv.GOHSPPruner(model, x, tpv.GraphHeadImportance())
-    with pytest.raises(ValueError, match="target_params_ratio"):
-        tpv.GOHSPPruner(model, x, None, target_params_ratio=1.2)
+    with pytest.raises(ValueError, match="pruning_ratio"):
+        tpv.GOHSPPruner(model, x, None, pruning_ratio=1.2)
     with pytest.raises(ValueError, match="at most"):
-        tpv.GOHSPPruner(model, x, None, target_params_ratio=0.95, structures=("heads",))
+        tpv.GOHSPPruner(model, x, None, pruning_ratio=0.95, structures=("heads",))
     with pytest.raises(ValueError, match="structures"):
         tpv.GOHSPPruner(model, x, None, structures=("tokens",))
     assert state_equal(before, model.state_dict())
@@ -214,7 +214,7 @@ def test_rho_balancing_rescales_the_scaled_dual(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
-    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=1e-3, tau=2.0, mu=10.0)
+    pruner = tpv.GOHSPPruner(model, x, imp, pruning_ratio=0.25, rho=1e-3, tau=2.0, mu=10.0)
     with torch.no_grad():  # W far from Z, Z unchanged by the update: primal >> dual -> rho doubles
         for p in pruner.Z:
             p.mul_(1.0)
@@ -231,7 +231,7 @@ def test_admm_runs_on_steps_converges_and_prunes_z_support(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
-    pruner = tpv.GOHSPPruner(model, x, imp, target_params_ratio=0.25, rho=0.5, admm_interval=5, tol=1e-2, metric="euclidean")
+    pruner = tpv.GOHSPPruner(model, x, imp, pruning_ratio=0.25, rho=0.5, admm_interval=5, tol=1e-2, metric="euclidean")
     opt = torch.optim.SGD(model.parameters(), lr=0.05)  # lr * rho < 2 for every rho balancing reaches here
     for _ in range(200):
         opt.zero_grad()
@@ -247,13 +247,13 @@ def test_admm_runs_on_steps_converges_and_prunes_z_support(x):
     pruner.step()
     assert pruner.final_plan is support  # the hard prune removes Z's support, not a re-projection of W
     with pytest.raises(ValueError, match="admm_interval"):
-        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, admm_interval=0)
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, admm_interval=0)
 
 
 def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     torch.manual_seed(0)
     model = make_model("vit", depth=2, num_heads=4)
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, proximal=0.25, admm_interval=5, metric="euclidean")
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, proximal=0.25, admm_interval=5, metric="euclidean")
     for p in pruner.U:
         pruner.U[p].normal_(0, 0.01)
     before = {p: p.detach().clone() for p in pruner.Z}
@@ -270,15 +270,15 @@ def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
         opt.step()
     assert pruner.history[-1]["primal"] < 0.1 * pruner.history[0]["primal"]
     with pytest.raises(ValueError, match="proximal"):
-        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, proximal=0.0)
-    default = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, proximal=0.0)
+    default = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25)
     assert (default.proximal, default.metric, default.normalize, default.fisher_decay) == (0.2, "fisher", "heads-block", None)
 
 
 def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
     model = make_model("vit", depth=2, num_heads=4)
-    euclid = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.25, metric="euclidean")
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, metric="fisher", proximal=None, fisher_decay=0.1)
+    euclid = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.25, metric="euclidean")
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, metric="fisher", proximal=None, fisher_decay=0.1)
     assert pruner._unit_energies(False)[0]["neuron"].equal(euclid._unit_energies(False)[0]["neuron"])  # no step yet
     for value, factor in ((2.0, 4.0), (0.0, 0.9 * 4.0)):  # F = g^2, then the running mean 0.9 F + 0.1 * 0
         for p in pruner.Z:
@@ -293,7 +293,7 @@ def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
             for kind in ("head", "dim", "neuron"):
                 torch.testing.assert_close(mine[kind], factor * ref[kind])
     with pytest.raises(ValueError, match="metric"):
-        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, metric="l1")
+        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, metric="l1")
 
 
 def test_block_normalisation_makes_the_plan_invariant_to_a_block_scale(x):
@@ -306,7 +306,7 @@ def test_block_normalisation_makes_the_plan_invariant_to_a_block_scale(x):
             p.mul_(10.0)
 
     def plan(m, normalize):
-        pl = tpv.GOHSPPruner(m, x, None, target_params_ratio=0.3, normalize=normalize).project(use_dual=False)
+        pl = tpv.GOHSPPruner(m, x, None, pruning_ratio=0.3, normalize=normalize).project(use_dual=False)
         return pl.heads, pl.head_dims, pl.neurons
 
     assert plan(model, "block") == plan(scaled, "block")
@@ -323,14 +323,14 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
     images, labels = torch.randn(6, *x.shape[1:]), torch.tensor([0, 1, 2, 3, 4, 5]) % 10
     loader = DataLoader(TensorDataset(images, labels), batch_size=3)
     ref_model = copy.deepcopy(model).eval()
-    ref_pruner = tpv.GOHSPPruner(ref_model, x, None, target_params_ratio=0.25)
+    ref_pruner = tpv.GOHSPPruner(ref_model, x, None, pruning_ratio=0.25)
     grads = []
     for xb, yb in loader:
         ref_model.zero_grad()
         torch.nn.functional.cross_entropy(ref_model(xb), yb).backward()
         grads.append({p: p.grad.clone() for p in ref_pruner.Z})
     before = snapshot(model)
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25, metric="fisher", fisher_decay=None)
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, metric="fisher", fisher_decay=None)
     z_euclid = {p: z.clone() for p, z in pruner.Z.items()}
     assert pruner.calibrate_fisher(loader, progress=False) is pruner
     assert model.training and all(p.grad is None for p in model.parameters())
@@ -356,7 +356,7 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
     pruner.update_regularizer()
     with pytest.raises(ValueError, match="before the first dual update"):
         pruner.calibrate_fisher(loader, progress=False)
-    euclid = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25, metric="euclidean")
+    euclid = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, metric="euclidean")
     with pytest.raises(ValueError, match="metric='fisher'"):
         euclid.calibrate_fisher(loader, progress=False)
     with pytest.raises(ValueError, match="fisher_decay"):
@@ -366,7 +366,7 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
         yield images[:3], labels[:3]
         raise RuntimeError("loader broke")
 
-    fresh = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, target_params_ratio=0.25)
+    fresh = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25)
     with pytest.raises(RuntimeError, match="loader broke"):
         fresh.calibrate_fisher(failing(), progress=False)
     assert fresh._fisher == {} and fresh._fisher_count == 0
@@ -379,7 +379,7 @@ def test_calibrate_fisher_with_model_labels_is_the_true_fisher_draw(x):
     images = torch.randn(6, *x.shape[1:])
     loader = DataLoader(TensorDataset(images, torch.zeros(6, dtype=torch.long)), batch_size=3)
     ref = copy.deepcopy(model).eval()
-    ref_pruner = tpv.GOHSPPruner(ref, x, None, target_params_ratio=0.25)
+    ref_pruner = tpv.GOHSPPruner(ref, x, None, pruning_ratio=0.25)
     gen, squares = torch.Generator().manual_seed(7), []
     for xb, _ in loader:
         ref.zero_grad()
@@ -387,12 +387,10 @@ def test_calibrate_fisher_with_model_labels_is_the_true_fisher_draw(x):
         y = torch.multinomial(logits.detach().softmax(-1), 1, generator=gen).squeeze(1)
         torch.nn.functional.cross_entropy(logits, y).backward()
         squares.append({p: p.grad.pow(2) for p in ref_pruner.Z})
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.25).calibrate_fisher(
-        loader, progress=False, labels="model", seed=7
-    )
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25).calibrate_fisher(loader, progress=False, labels="model", seed=7)
     for f, p in zip(pruner._fisher.values(), ref_pruner.Z):
         torch.testing.assert_close(f, (squares[0][p] + squares[1][p]) / 2)
-    empirical = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.25).calibrate_fisher(loader, progress=False)
+    empirical = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.25).calibrate_fisher(loader, progress=False)
     assert any(not a.equal(b) for a, b in zip(pruner._fisher.values(), empirical._fisher.values()))
     with pytest.raises(ValueError, match="labels"):
         pruner.calibrate_fisher(loader, progress=False, labels="soft")
@@ -443,7 +441,7 @@ def test_flow_graph_gives_an_unwritten_head_no_mass_and_cleans_up(x):
 
 def test_budget_ramp_grows_the_z_support_on_the_cubic_schedule_and_prunes_the_full_budget(x):
     model = make_model("vit", depth=3, num_heads=4)
-    pruner = tpv.GOHSPPruner(model, x, None, target_params_ratio=0.3, budget_ramp=4, metric="euclidean")
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.3, budget_ramp=4, metric="euclidean")
     B = pruner.budget
     assert all(not torch.count_nonzero(p - z) for p, z in pruner.Z.items())  # nothing removed yet: Z = W
     removed = []
@@ -453,12 +451,12 @@ def test_budget_ramp_grows_the_z_support_on_the_cubic_schedule_and_prunes_the_fu
         removed.append(pruner._z_plan.removed_params)
         assert pruner.current_budget() <= removed[-1] < B
     assert removed[0] < removed[1]
-    n0 = tpv.count_params(model)
+    n0 = tpv.utils.count_params(model)
     pruner.step()  # two of the four ramp updates ran: the hard prune still removes the full budget
-    assert n0 - tpv.count_params(model) >= B
+    assert n0 - tpv.utils.count_params(model) >= B
     with pytest.raises(ValueError, match="budget_ramp"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, budget_ramp=-1)
-    full = tpv.GOHSPPruner(make_model("vit", depth=3, num_heads=4), x, None, target_params_ratio=0.3, metric="euclidean")
+    full = tpv.GOHSPPruner(make_model("vit", depth=3, num_heads=4), x, None, pruning_ratio=0.3, metric="euclidean")
     assert full.current_budget() == full.budget  # no ramp: the full budget from the start
 
 
@@ -471,10 +469,23 @@ def test_heads_block_normalises_heads_per_block_and_the_rest_over_the_model(x):
             p.mul_(5.0)
 
     def plan(normalize, structures, ratio):
-        kw = dict(target_params_ratio=ratio, normalize=normalize, structures=structures, metric="euclidean")
+        kw = dict(pruning_ratio=ratio, normalize=normalize, structures=structures, metric="euclidean")
         return tpv.GOHSPPruner(copy.deepcopy(model), x, None, **kw).project(use_dual=False)
 
     heads = {n: plan(n, ("heads",), 0.05).heads for n in ("block", "type", "heads-block")}
     neurons = {n: plan(n, ("mlp",), 0.2).neurons for n in ("block", "type", "heads-block")}
     assert heads["heads-block"] == heads["block"] != heads["type"]
     assert neurons["heads-block"] == neurons["type"] != neurons["block"]
+
+
+def test_pruning_ratio_counts_removed_parameters_and_the_old_name_warns(x):
+    model = make_model("vit", depth=2, num_heads=4)
+    pruner = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, metric="euclidean")
+    with pytest.warns(DeprecationWarning, match="pruning_ratio"):
+        old = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.3, metric="euclidean")
+    assert pruner.budget == old.budget == round(0.3 * tpv.utils.count_params(model))
+    n0 = tpv.utils.count_params(pruner.model)
+    pruner.step()
+    assert n0 - tpv.utils.count_params(pruner.model) >= pruner.budget  # removed, not kept
+    with pytest.raises(TypeError, match="head_pruning_ratio"):
+        tpv.GOHSPPruner(copy.deepcopy(model), x, None, head_pruning_ratio=0.5)

@@ -57,7 +57,7 @@ def test_unsupported_family_is_refused_before_anything_changes(family):
     before, hooks = snapshot(model), _hooks(model)
     with pytest.raises(UnsupportedModelError, match=words):
         check_supported(model)
-    assert not tpv.is_timm_vit(model)
+    assert not tpv.utils.is_supported(model)
     attempts = [
         lambda: tpv.ViTPruner(model, x[:1], pruning_ratio=0.3, head_pruning_ratio=0.3),
         lambda: tpv.VTPPruner(model, x[:1]),
@@ -199,7 +199,7 @@ def test_eva02_head_dims_go_in_rotary_pairs_and_gohsp_refuses_swiglu(tmp_path):
     model, x = _timm_model("eva02")
     before = snapshot(model)
     with pytest.raises(TypeError, match="fc1"):  # SwiGLU: GOHSP's neuron units need fc1 / fc2; converted back
-        tpv.GOHSPPruner(model, x[:1], None, target_params_ratio=0.2, graph_bias=0.0, structures=("heads", "mlp"))
+        tpv.GOHSPPruner(model, x[:1], None, pruning_ratio=0.2, graph_bias=0.0, structures=("heads", "mlp"))
     assert state_equal(before, model.state_dict()) and type(model.blocks[0].mlp).__name__ == "GluMlp"
     d0 = 192 // 3
     pruner = tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True)

@@ -118,7 +118,7 @@ def _gohsp(model, x):
     n = _params(model)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
     structures = ("heads", "mlp") if tpv.hosts.timm.families.has_rope(model) else ("heads", "head_dims", "mlp")
-    tpv.GOHSPPruner(model, x[:1], imp, target_params_ratio=0.2, structures=structures).step()
+    tpv.GOHSPPruner(model, x[:1], imp, pruning_ratio=0.2, structures=structures).step()
     assert _params(model) < n
 
 

@@ -39,7 +39,7 @@ def test_changed_tp_internals_fail_loudly_and_leave_the_model_alone(monkeypatch,
         monkeypatch.setattr(tp.pruner.BasePruner, attr, replacement)
     for build in (
         lambda: tpv.ViTPruner(model, x[:1], head_pruning_ratio=0.5),
-        lambda: tpv.GOHSPPruner(model, x[:1], None, target_params_ratio=0.2),
+        lambda: tpv.GOHSPPruner(model, x[:1], None, pruning_ratio=0.2),
         lambda: tpv.VTPPruner(model, x[:1], pruning_ratio=0.2),
     ):
         with pytest.raises(tp_seams.TPSeamError, match=message):

@@ -65,7 +65,7 @@ def test_attention_maps_match_closed_form(family, x):
     seen = {}
     handle = attn.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
     try:
-        with tpv.attention_maps(model) as maps:
+        with tpv.utils.attention_maps(model) as maps:
             model(x)
     finally:
         handle.remove()
@@ -100,7 +100,7 @@ def test_attention_maps_restore_flags_and_hooks_even_on_error(x):
         a.fused_attn = f
     before = hooks_left(model)
     with pytest.raises(RuntimeError, match="boom"):
-        with tpv.attention_maps(model) as maps:
+        with tpv.utils.attention_maps(model) as maps:
             assert all(not a.fused_attn for _, a in attention_modules(model))
             model(x)
             assert maps[0] is not None
@@ -112,14 +112,14 @@ def test_attention_maps_restore_flags_and_hooks_even_on_error(x):
 def test_attention_maps_callback_without_storing(x):
     model = make_model()
     got = []
-    with tpv.attention_maps(model, store=False, callback=lambda i, p: got.append((i, p.shape))) as maps:
+    with tpv.utils.attention_maps(model, store=False, callback=lambda i, p: got.append((i, p.shape))) as maps:
         model(x)
     assert [i for i, _ in got] == [0, 1] and maps[0] is None
 
 
 def test_attention_maps_rejects_non_vit():
     with pytest.raises(TypeError, match="not a timm VisionTransformer"):
-        with tpv.attention_maps(torch.nn.Linear(2, 2)):
+        with tpv.utils.attention_maps(torch.nn.Linear(2, 2)):
             pass
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -205,7 +206,7 @@ class _Search:
 
 def _check_budget_args(target: float, structure: str, metric: str, max_ratio: float, max_evaluations: int, latency: dict) -> None:
     if not 0.0 < target <= 1.0:
-        raise ValueError(f"target must lie in (0, 1], got {target}")
+        raise ValueError(f"keep_ratio (the share of the cost kept) must lie in (0, 1], got {target}")
     if structure not in BUDGET_STRUCTURES:
         raise ValueError(f"structure must be one of {BUDGET_STRUCTURES}, got {structure!r}")
     if metric not in ("macs", "latency"):
@@ -224,7 +225,7 @@ def _check_budget_args(target: float, structure: str, metric: str, max_ratio: fl
 def fit_budget(
     model: nn.Module,
     example_inputs: torch.Tensor,
-    target: float,
+    keep_ratio: float | None = None,
     importance: tp.importance.Importance | None = None,
     structure: str = "both",
     metric: str = "macs",
@@ -236,14 +237,21 @@ def fit_budget(
     latency_min_run_time: float = 0.1,
     latency_rounds: int = 7,
     progress: bool = False,
+    target: float | None = None,
     **pruner_kwargs,
 ) -> BudgetResult:
-    """Find the pruning ratio whose result keeps ``target`` of the dense MACs (or latency).
+    """Find the pruning ratio whose result keeps ``keep_ratio`` of the dense MACs (or latency).
+
+    Example::
+
+        result = tpv.fit_budget(model, example, keep_ratio=0.6, importance=tp.importance.GroupMagnitudeImportance(p=2))
+        pruned = result.model            # a pruned copy; ``model`` is untouched
+        print(result.ratio, result.achieved)
 
     Args:
         model: A timm ViT (left untouched; copies are pruned).
         example_inputs: Input for tracing and for the MACs count, e.g. ``[1, C, H, W]``.
-        target: Fraction of the dense cost to keep, in ``(0, 1]`` (0.6 = keep 60 % of MACs).
+        keep_ratio: Fraction of the dense cost to **keep**, in ``(0, 1]`` (0.6 = keep 60 % of the MACs).
         importance: Criterion for the default :class:`ViTPruner` factory (gradient-based
             criteria need ``.grad`` on ``model``; every copy receives a copy of it).
         structure: ``"heads"``, ``"width"`` or ``"both"`` for the default factory.
@@ -260,6 +268,7 @@ def fit_budget(
         latency_min_run_time: Seconds of timed runs per model per round (CPU timer).
         latency_rounds: Alternated dense / candidate timings per candidate (median ratio).
         progress: A tqdm bar over the candidates (ratio and achieved fraction as postfix).
+        target: Deprecated spelling of ``keep_ratio``.
         **pruner_kwargs: Extra :class:`ViTPruner` arguments for the default factory
             (``prune_head_dims=True``, ``prune_embed_dim=True``, ``global_pruning=False``, ...).
 
@@ -269,6 +278,12 @@ def fit_budget(
     Raises:
         ValueError: Bad target, structure, metric, ratio bounds or latency settings.
     """
+    if target is not None:
+        warnings.warn("fit_budget(target=) is now fit_budget(keep_ratio=) (the share of the cost kept)", DeprecationWarning, 2)
+        keep_ratio = target if keep_ratio is None else keep_ratio
+    if keep_ratio is None:
+        raise TypeError("fit_budget needs keep_ratio, the share of the dense MACs (or latency) to keep, e.g. keep_ratio=0.6")
+    target = keep_ratio
     latency = {"batch_size": latency_batch_size, "min_run_time": latency_min_run_time, "rounds": latency_rounds}
     _check_budget_args(target, structure, metric, max_ratio, max_evaluations, latency)
     if target >= 1.0:

@@ -84,7 +84,7 @@ class ViTPruner(tp.pruner.BasePruner):
         TypeError: The model has no timm attention, or a kwarg this class sets itself.
         ValueError: A ratio outside ``[0, 1)``, a head budget leaving a layer with fewer
             than ``min_heads`` heads, or ``prune_embed_dim=True`` on a model whose residual
-            stream must keep its width (:func:`~tp_vit_plugins.core.adapter.fixed_residual`).
+            stream must keep its width (:func:`~tp_vit_plugins.hosts.timm.support.fixed_residual`).
             The model is untouched in every error case (EVA / BEiT / CaiT / Swin attention,
             converted at construction, is converted back).
     """

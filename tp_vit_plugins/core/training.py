@@ -2,7 +2,7 @@
 
 :func:`finetune` trains the embedded demo models, runs the methods' sparse-training phases
 (GOHSP's ADMM, VTP's gates: ``step_hook`` / ``epoch_hook``) and fine-tunes pruned models;
-:func:`evaluate` measures top-1 accuracy. Under ``torchrun`` (after :func:`tp_vit_plugins.distributed.init_from_env`) the
+:func:`evaluate` measures top-1 accuracy. Under ``torchrun`` (after :func:`tp_vit_plugins.core.distributed.init_from_env`) the
 model is wrapped in ``DistributedDataParallel`` (gloo on CPU, nccl on GPU); give it a loader
 with a ``DistributedSampler``. Sparse-training hooks (``GOHSPPruner.regularize``,
 ``VTPPruner.regularize``) run after the all-reduced backward, so every rank applies the same

@@ -5,7 +5,7 @@ class and its weights are untouched):
 
 * blocks whose scores are needed compute attention eagerly (on CPU in cache-sized batch
   chunks that only keep each image's token statistic, :data:`CHUNK_BYTES`), feed the
-  cumulative token / head statistics (:mod:`tp_vit_plugins.tokens.cascade`), and, where head skipping is on,
+  cumulative token / head statistics (:mod:`tp_vit_plugins.cpvit.maths`), and, where head skipping is on,
   compute ``attn @ v`` and the output projection only for each input's kept heads;
 * other blocks call the module's own forward (fused SDPA stays fused);
 * at each pruning point the lowest-scoring patch tokens are gathered out (``mode="drop"``:
@@ -137,7 +137,7 @@ class _CascadeAttention:
         if attn_mask is not None or is_causal or shared_rel_pos_bias is not None:
             raise ValueError(
                 "the CP-ViT cascade does not support attn_mask / is_causal / a shared position bias (dropping tokens "
-                "changes the sequence length they were built for); call tpv.tokens.remove_cascade(model) first"
+                "changes the sequence length they were built for); call cascade.remove() first"
             )
         bias = c.state.bias  # proportional attention: a merged token counts as many patches
         if bias is not None and bias.dtype != x.dtype:

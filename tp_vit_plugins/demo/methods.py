@@ -171,7 +171,7 @@ class GOHSP(Method):
             # (GOHSPPruner's defaults): chosen on the zoo, benchmarks/zoo_gohsp4 and zoo_gohsp5
             rounds = s.admm_rounds or 10
             interval = max(1, (s.sparse_steps or rounds) // rounds)
-            pruner = GOHSPPruner(model, example, imp, target_params_ratio=s.target_params, admm_interval=interval)
+            pruner = GOHSPPruner(model, example, imp, pruning_ratio=s.target_params, admm_interval=interval)
             return pruner.calibrate_fisher(calib, max_batches=s.calib_batches, progress=s.progress)
         return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
 

@@ -327,7 +327,7 @@ def run_prune(args: argparse.Namespace) -> PruneResult:
         if recipe.drops_tokens:
             result.notes.append(
                 "the cascade is a runtime setting: save_pruned stores the weights only; "
-                "call tpv.tokens.apply_cascade again after loading"
+                "call tpv.apply_cascade again after loading"
             )
     return result
 

@@ -333,7 +333,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         per_block = opts.pop("per_block", True)
         imp = GraphHeadImportance(progress=False, normalize_per_layer=per_block).calibrate(m, calib)
         interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
-        pruner = GOHSPPruner(m, example, imp, target_params_ratio=cut, admm_interval=interval, **opts)
+        pruner = GOHSPPruner(m, example, imp, pruning_ratio=cut, admm_interval=interval, **opts)
         if labels is not None:
             pruner.calibrate_fisher(calib, progress=False, labels=labels, seed=seed)
         if sparse:

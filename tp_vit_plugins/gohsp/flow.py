@@ -61,7 +61,7 @@ class FlowUsage:
 
     Raises:
         TypeError: A windowed model (Swin) or one whose readout the adapter does not know
-            (:func:`~tp_vit_plugins.core.adapter.readout` is empty).
+            (:func:`~tp_vit_plugins.hosts.timm.structure.readout` is empty).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -72,7 +72,7 @@ class FlowUsage:
         if not self.readouts:
             raise TypeError(
                 f"the flow graph needs to know how {type(model).__name__}'s classifier reads the residual stream "
-                "(see tp_vit_plugins.core.adapter.readout); use graph='similarity'"
+                "(see tp_vit_plugins.hosts.timm.structure.readout); use graph='similarity'"
             )
         self.sums: dict[tuple, dict[tuple, float]] = {}
         self.count = 0

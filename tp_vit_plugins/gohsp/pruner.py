@@ -43,7 +43,7 @@ multiplied by ``head_score ** graph_bias`` from a calibrated
 :class:`~tp_vit_plugins.GraphHeadImportance` — the graph ranking is a soft guideline that
 weights can overrule, not a fixed mask. Units are removed greedily, lowest score first,
 across all blocks (so blocks end with different head / neuron counts) until the removed
-parameters reach ``target_params_ratio`` of the model's parameters; each block keeps at
+parameters reach ``pruning_ratio`` of the model's parameters; each block keeps at
 least ``min_heads`` heads, one head dim and one MLP neuron.
 """
 
@@ -99,7 +99,7 @@ class GOHSPPruner(ViTPruner):
     Example::
 
         imp = tpv.GraphHeadImportance().calibrate(model, calib_loader, max_batches=8)
-        pruner = tpv.GOHSPPruner(model, example, imp, target_params_ratio=0.4, admm_interval=50)
+        pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=0.4, admm_interval=50)
         pruner.calibrate_fisher(calib_loader, max_batches=8)  # the Z-step's Fisher norm
         train(model, loader, epochs=sparse_epochs, step_hook=pruner.regularize)  # dual updates every 50 steps
         print(pruner.admm_residual(), pruner.converged)
@@ -111,7 +111,8 @@ class GOHSPPruner(ViTPruner):
         example_inputs: Input for tp's graph tracing.
         importance: A calibrated :class:`~tp_vit_plugins.GraphHeadImportance` (or any head
             importance with ``head_scores``); ``None`` means no graph bias.
-        target_params_ratio: Share of the model's parameters to remove, in ``[0, 1)``.
+        pruning_ratio: Share of the model's **parameters** to remove, in ``[0, 1)`` (GOHSP decides
+            which heads, head dims and neurons go; tp's per-layer channel ratios are not used).
         structures: Unit types to prune, a subset of :data:`UNIT_TYPES`.
         rho: Initial ADMM penalty.
         rho_growth: Extra factor applied to ``rho`` by every :meth:`update_regularizer`
@@ -174,7 +175,7 @@ class GOHSPPruner(ViTPruner):
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence,
         importance: tp.importance.Importance | None = None,
-        target_params_ratio: float = 0.4,
+        pruning_ratio: float = 0.4,
         structures: Sequence[str] = UNIT_TYPES,
         rho: float = 1e-2,
         rho_growth: float = 1.0,
@@ -190,6 +191,7 @@ class GOHSPPruner(ViTPruner):
         fisher_decay: float | None = None,
         normalize: str = "heads-block",
         budget_ramp: int = 0,
+        target_params_ratio: float | None = None,
         **kwargs: typing.Any,
     ) -> None:
         if metric not in METRICS:
@@ -208,7 +210,14 @@ class GOHSPPruner(ViTPruner):
         if not isinstance(budget_ramp, int) or budget_ramp < 0:
             raise ValueError(f"budget_ramp must be an int >= 0 (dual updates; 0: the full budget at once), got {budget_ramp!r}")
         self.budget_ramp = budget_ramp
-        self.target_params_ratio = check_ratio("target_params_ratio", target_params_ratio)
+        if target_params_ratio is not None:
+            warnings.warn(
+                "GOHSPPruner(pruning_ratio=) is now GOHSPPruner(pruning_ratio=) (the share of parameters removed)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            pruning_ratio = target_params_ratio
+        self.params_pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
         bad = set(structures) - set(UNIT_TYPES)
         if bad or not structures:
             raise ValueError(f"structures must be a non-empty subset of {UNIT_TYPES}, got {list(structures)}")
@@ -220,9 +229,9 @@ class GOHSPPruner(ViTPruner):
             raise ValueError(f"need mu > 1, tau > 1 and tol > 0, got mu={mu}, tau={tau}, tol={tol}")
         if importance is not None and hasattr(importance, "head_scores") and not importance.head_scores and graph_bias:
             raise ValueError("calibrate the head importance first: importance.calibrate(model, loader)")
-        for key in ("pruning_ratio", "head_pruning_ratio"):
+        for key in ("head_pruning_ratio", "pruning_ratio_dict", "head_pruning_ratio_dict"):
             if key in kwargs:
-                raise TypeError(f"GOHSPPruner decides the structure from target_params_ratio; do not pass {key}")
+                raise TypeError(f"GOHSPPruner decides the structure from pruning_ratio (parameters removed); do not pass {key}")
         self.structures = tuple(structures)
         self.rho, self.rho_growth, self.graph_bias = float(rho), float(rho_growth), float(graph_bias)
         self.admm_interval, self.balance, self.mu, self.tau, self.tol = admm_interval, balance, mu, tau, tol
@@ -245,7 +254,7 @@ class GOHSPPruner(ViTPruner):
     def _init_plan(self, model, example_inputs, importance, min_heads, kwargs) -> None:
         super().__init__(model, example_inputs, importance, min_heads=min_heads, **kwargs)
         self.total_params = sum(p.numel() for p in model.parameters())
-        self.budget = int(round(self.target_params_ratio * self.total_params))
+        self.budget = int(round(self.params_pruning_ratio * self.total_params))
         self._blocks = self._prunable_blocks(model)
         self.Z: dict[nn.Parameter, torch.Tensor] = {}
         self.U: dict[nn.Parameter, torch.Tensor] = {}
@@ -253,7 +262,7 @@ class GOHSPPruner(ViTPruner):
         plan = self.project(use_dual=False, budget=self.budget)
         if plan.removed_params < self.budget:
             raise ValueError(
-                f"target_params_ratio={self.target_params_ratio} asks for {self.budget} parameters but the "
+                f"pruning_ratio={self.params_pruning_ratio} asks for {self.budget} parameters but the "
                 f"structures {self.structures} can remove at most {plan.removed_params}; lower the ratio"
             )
         if self.budget_ramp:
@@ -262,6 +271,11 @@ class GOHSPPruner(ViTPruner):
         self.U = {p: torch.zeros_like(p.detach()) for p in self.Z}
 
     # ------------------------------------------------------------------ structure
+    @property
+    def target_params_ratio(self) -> float:
+        """The share of parameters removed (``pruning_ratio``; the old attribute name)."""
+        return self.params_pruning_ratio
+
     @staticmethod
     def _prunable_blocks(model: nn.Module) -> list[BlockLayers]:
         blocks = block_layers(model)

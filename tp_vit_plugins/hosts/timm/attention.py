@@ -69,7 +69,7 @@ def attention_maps(
 
     Example::
 
-        with tpv.attention_maps(model) as maps:
+        with tpv.utils.attention_maps(model) as maps:
             model(images)
         first_block = maps[0]            # [B, H, N, N], rows sum to 1
 

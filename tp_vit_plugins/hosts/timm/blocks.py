@@ -92,7 +92,7 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
 
     Raises:
         TypeError: ``model`` is not a supported timm ``VisionTransformer``-family model
-            (:func:`~tp_vit_plugins.core.adapter.check_supported`).
+            (:func:`~tp_vit_plugins.hosts.timm.support.check_supported`).
     """
     check_supported(model)
     family = _NO_TOKEN_PATCH.get(type(model).__name__)

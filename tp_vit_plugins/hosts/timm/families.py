@@ -182,7 +182,7 @@ class HeadMixer(nn.Linear):
     """A ``[H, H]`` linear over the head axis (CaiT's ``proj_l`` / ``proj_w``); computes what ``nn.Linear`` does.
 
     Its own class lets tp be told (a customized pruner,
-    :class:`~tp_vit_plugins.core.adapter.HeadMixerPruner`) that its channels are heads, not
+    :class:`~tp_vit_plugins.hosts.timm.pruning.HeadMixerPruner`) that its channels are heads, not
     the attention channels tp's tracing would otherwise pair them with.
     """
 

@@ -28,7 +28,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
     """All timm ``Attention`` modules of ``model`` in forward (registration) order.
 
     EVA / EVA02 and BEiT attention modules are first converted in place to this library's
-    subclasses (:func:`~tp_vit_plugins.core.families.convert_attention`: exact, idempotent;
+    subclasses (:func:`~tp_vit_plugins.hosts.timm.families.convert_attention`: exact, idempotent;
     their q / v biases move into ``qkv.bias``).
 
     Args:
