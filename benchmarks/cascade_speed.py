@@ -96,7 +96,7 @@ def rows_for(
         bound_macs_ratio = dense_macs / tpv.count_macs(bound, example)
         timing = alternated_speedup(dense, run(reduced), example, batch_sizes, rounds=rounds, min_run_time=0.3)
         top = alternated_speedup(dense, run(bound), example, batch_sizes, rounds=rounds, min_run_time=0.3)
-        for bs, (d, r, speedup) in timing.items():
+        for bs, (d, r, speedup, _) in timing.items():
             best = top[bs][2]
             out.append(
                 f"| {name} | {target:.2f} | {keep:.3f} | {bs} | {1e3 * d:.2f} | {1e3 * r:.2f} | {speedup:.2f} | "

@@ -19,7 +19,7 @@ def test_bench_tiny_config_writes_the_three_outputs(cache, capsys):
         "1",
         "--methods",
         "l2,gohsp,vtp,cpvit,gohsp+cpvit,vtp+cpvit",
-        "--targets",
+        "--macs-keep-ratios",
         "0.7",
         "--seeds",
         "1",

@@ -53,7 +53,7 @@ def test_prune_embedded_reports_and_saves(cache, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_prune_gohsp_admm_embedded(cache):
-    r = prune(*QUIET, "--method", "gohsp", "--admm-epochs", "1", "--target-params", "0.3", "--no-latency")
+    r = prune(*QUIET, "--method", "gohsp", "--admm-epochs", "1", "--params-pruning-ratio", "0.3", "--no-latency")
     assert any(n.startswith("ADMM: 10 dual updates") and "primal residual" in n for n in r.notes)  # the recipe's 10
     assert r.before.heads == [6] * 6
     assert r.pruned.params <= 0.7 * r.dense.params + 1  # at least 30 % of the parameters removed
@@ -61,9 +61,9 @@ def test_prune_gohsp_admm_embedded(cache):
 
 @pytest.mark.slow
 def test_prune_cpvit_embedded(cache):
-    r = prune(*QUIET, "--method", "cpvit", "--keep", "0.5", "--start-block", "1", "--no-latency")
+    r = prune(*QUIET, "--method", "cpvit", "--keep-ratio", "0.5", "--start-block", "1", "--no-latency")
     assert r.token_schedule == [49, 49, 41, 33, 25, 25]  # the default 3-stage stepped schedule
-    ramp = prune(*QUIET, "--method", "cpvit", "--keep", "0.5", "--start-block", "1", "--no-latency",
+    ramp = prune(*QUIET, "--method", "cpvit", "--keep-ratio", "0.5", "--start-block", "1", "--no-latency",
                  "--schedule-steps", "0", "--token-fold", "drop")  # fmt: skip
     assert ramp.token_schedule == [49, 49, 43, 37, 31, 25]  # the ramp, tokens dropped (the paper's pipeline)
     assert r.pruned.params == r.dense.params and r.macs_ratio > 1.1  # same weights, fewer tokens
@@ -72,9 +72,9 @@ def test_prune_cpvit_embedded(cache):
 @pytest.mark.slow
 def test_prune_vtp_embedded(cache):
     pytest.importorskip("matplotlib")
-    argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--width-ratio", "0.3"]
+    argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--pruning-ratio", "0.3"]
     png = cache / "gates.png"
-    r = prune(*argv, "--head-ratio", "0", "--finetune-epochs", "1", "--no-latency", "--gate-histogram", str(png))
+    r = prune(*argv, "--head-pruning-ratio", "0", "--finetune-epochs", "1", "--no-latency", "--gate-histogram", str(png))
     assert any(n.startswith("VTP gates after") and "exactly 0" in n for n in r.notes)
     assert r.gate_zero_share is not None and 0.0 <= r.gate_zero_share <= 1.0
     assert png.stat().st_size > 1000
@@ -85,14 +85,14 @@ def test_prune_vtp_embedded(cache):
 @pytest.mark.slow
 def test_prune_vtp_by_gate_threshold(cache):
     """The paper's rule: everything whose gate the L1 step zeroed goes, no ratio needed."""
-    argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--head-ratio", "0"]
+    argv = ["--embedded-epochs", "1", "--quiet", "--method", "vtp", "--sparse-epochs", "1", "--head-pruning-ratio", "0"]
     r = prune(*argv, "--gate-threshold", "0", "--shrink", "3", "--finetune-epochs", "0", "--no-latency")
     assert r.gate_zero_share > 0.05  # a strong L1 step zeroes gates ...
     assert r.pruned.params < r.dense.params  # ... and exactly those dims are removed
 
 
 def test_prune_timm_name_without_data():
-    argv = ["--model", "vit_tiny_patch16_224", "--method", "l1", "--head-ratio", "0.5", "--width-ratio", "0"]
+    argv = ["--model", "vit_tiny_patch16_224", "--method", "l1", "--head-pruning-ratio", "0.5", "--pruning-ratio", "0"]
     r = prune(*argv, "--finetune-epochs", "0", "--no-latency", "--quiet")
     assert r.before.heads == [3] * 12 and r.after.heads == [1] * 12  # round(1.5) = 2 removed
     assert r.dense.accuracy is None and r.pruned.accuracy is None
@@ -106,7 +106,7 @@ def test_prune_to_a_macs_target(cache, method, structure, target):
         *QUIET,
         "--method",
         method,
-        "--target-macs",
+        "--macs-keep-ratio",
         str(target),
         "--budget-structure",
         structure,
@@ -124,13 +124,13 @@ def test_prune_to_a_macs_target(cache, method, structure, target):
 
 @pytest.mark.slow
 def test_unreachable_macs_target_warns(cache):
-    r = prune(*QUIET, "--method", "l1", "--target-macs", "0.5", "--budget-structure", "heads", "--no-latency")
+    r = prune(*QUIET, "--method", "l1", "--macs-keep-ratio", "0.5", "--budget-structure", "heads", "--no-latency")
     assert any("is out of reach for --budget-structure heads" in n for n in r.notes)
 
 
 @pytest.mark.slow
 def test_prune_cpvit_to_a_macs_target(cache):
-    r = prune(*QUIET, "--method", "cpvit", "--target-macs", "0.7", "--start-block", "0", "--no-latency")
+    r = prune(*QUIET, "--method", "cpvit", "--macs-keep-ratio", "0.7", "--start-block", "0", "--no-latency")
     assert any(n.startswith("budget: keep ratio") for n in r.notes)
     assert 0.66 <= 1 / r.macs_ratio <= 0.7 + 1e-9  # discrete tokens: at most the target, close to it
 
@@ -138,16 +138,16 @@ def test_prune_cpvit_to_a_macs_target(cache):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["prune", "--target-macs", "1.5"], "--target-macs must lie in"),
-        (["prune", "--target-latency", "0"], "--target-latency must lie in"),
-        (["prune", "--method", "cpvit", "--target-latency", "0.5"], "cpvit takes --target-macs"),
-        (["prune", "--method", "gohsp", "--admm-epochs", "1", "--target-macs", "0.5"], "--admm-epochs prunes"),
-        (["prune", "--target-latency", "0.5", "--no-latency"], "drop --no-latency"),
-        (["prune", "--head-ratio", "1.0"], "--head-ratio"),
-        (["prune", "--width-ratio", "-0.2"], "--width-ratio"),
+        (["prune", "--macs-keep-ratio", "1.5"], "--macs-keep-ratio must lie in"),
+        (["prune", "--latency-keep-ratio", "0"], "--latency-keep-ratio must lie in"),
+        (["prune", "--method", "cpvit", "--latency-keep-ratio", "0.5"], "cpvit takes --macs-keep-ratio"),
+        (["prune", "--method", "gohsp", "--admm-epochs", "1", "--macs-keep-ratio", "0.5"], "--admm-epochs prunes"),
+        (["prune", "--latency-keep-ratio", "0.5", "--no-latency"], "drop --no-latency"),
+        (["prune", "--head-pruning-ratio", "1.0"], "--head-pruning-ratio"),
+        (["prune", "--pruning-ratio", "-0.2"], "--pruning-ratio"),
         (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "calibration data"),
-        (["prune", "--target-params", "1.0"], "--target-params"),
-        (["prune", "--method", "cpvit", "--keep", "0"], "--keep"),
+        (["prune", "--method", "gohsp", "--admm-epochs", "1", "--params-pruning-ratio", "1.0"], "--params-pruning-ratio"),
+        (["prune", "--method", "cpvit", "--keep-ratio", "0"], "--keep-ratio"),
         (["prune", "--data-path", "/nowhere"], "need a timm model name"),
         (["prune", "--model", "vit_tiny_patch16_224", "--data-path", "/nowhere"], "does not exist"),
         (
@@ -161,10 +161,10 @@ def test_prune_cpvit_to_a_macs_target(cache):
         (["prune", "--sparse-epochs", "-1"], "--sparse-epochs"),
         (["prune", "--threads", "0"], "--threads"),
         (["bench", "--methods", "magic"], "--methods"),
-        (["bench", "--targets", "1.5"], "--targets"),
+        (["bench", "--macs-keep-ratios", "1.5"], "--macs-keep-ratios"),
         (["bench", "--methods", "vtp", "--finetune-epochs", "0"], "--finetune-epochs >= 1"),
         (["prune", "--method", "l2", "--gate-threshold", "0"], "--gate-threshold"),
-        (["prune", "--method", "vtp", "--gate-threshold", "0", "--target-macs", "0.5"], "drop --target-macs"),
+        (["prune", "--method", "vtp", "--gate-threshold", "0", "--macs-keep-ratio", "0.5"], "drop --macs-keep-ratio"),
         (["prune", "--method", "vtp", "--shrink", "0"], "--shrink"),
         (["prune", "--method", "cpvit", "--gate-histogram", "g.png"], "--gate-histogram"),
     ],
@@ -174,7 +174,7 @@ def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
         cli.main(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert message in err[-1] and err[-1].startswith("tp-vit")  # usage line, then one line that says what to change
+    assert len(err) == 1 and message in err[0] and err[0].startswith("tp-vit")  # one line that says what to change
 
 
 def test_empty_data_folder_is_refused(tmp_path, capsys):
@@ -189,7 +189,7 @@ def test_help_version_and_usage_errors_do_not_import_torch():
     code = (
         "import sys\n"
         "from tp_vit_plugins.demo import cli\n"
-        "for argv in (['--help'], ['--version'], ['prune', '--head-ratio', '2']):\n"
+        "for argv in (['--help'], ['--version'], ['prune', '--head-pruning-ratio', '2']):\n"
         "    try:\n"
         "        cli.main(argv)\n"
         "    except SystemExit as e:\n"
@@ -208,8 +208,8 @@ def test_checkpoint_state_dict_is_loaded_and_a_mismatch_names_the_file(tmp_path,
     source = timm.create_model("test_vit")
     weights = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
-    r = prune("--model", "test_vit", "--checkpoint", str(weights), "--method", "l2", "--head-ratio", "0", "--width-ratio", "0.5",
-              "--finetune-epochs", "0", "--no-latency", "--quiet")  # fmt: skip
+    r = prune("--model", "test_vit", "--checkpoint", str(weights), "--method", "l2", "--head-pruning-ratio", "0",
+              "--pruning-ratio", "0.5", "--finetune-epochs", "0", "--no-latency", "--quiet")  # fmt: skip
     assert f"weights from --checkpoint {weights}" in r.notes
     torch.testing.assert_close(r.model.patch_embed.proj.weight, source.patch_embed.proj.weight)  # loaded, not re-initialised
     bad = tmp_path / "bad.pt"
@@ -239,3 +239,43 @@ def test_report_flags_a_model_slower_than_dense(tokens):
     bs64 = next(line for line in lines if line.startswith("bs 64:"))
     assert "SLOWER than dense" in bs1 and "SLOWER" not in bs64  # 0.62x at batch 1, 1.25x at batch 64
     assert ("scoring and merging" in bs1) == (tokens is not None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--method", "cpvit", "--pruning-ratio", "0.2"], "--method cpvit does not use --pruning-ratio"),
+        (["prune", "--method", "l2", "--keep-ratio", "0.5"], "--method l2 does not use --keep-ratio"),
+        (["prune", "--method", "gohsp", "--admm-epochs", "1", "--head-pruning-ratio", "0.3"], "--params-pruning-ratio"),
+        (["prune", "--method", "taylor", "--reg", "0.1"], "does not use --reg"),
+        (["prune", "--out", "/proc/x"], "--out '/proc/x' cannot be written"),
+        (["prune", "--json", "/proc/x/report.json"], "cannot be written"),
+    ],
+)
+def test_ignored_flags_and_unwritable_outputs_are_refused_in_one_line_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_an_unreadable_checkpoint_is_refused_in_words_before_any_work(tmp_path, capsys):
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prune", "--model", "test_vit", "--checkpoint", str(text), "--method", "l2", "--finetune-epochs", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "is not a torch.save file or a safetensors file of weights" in err[0] and str(text) in err[0]
+
+
+def test_old_flag_spellings_still_work_and_name_the_new_one(capsys):
+    args = cli.build_parser().parse_args(["prune", "--head-ratio", "0.25", "--target-macs", "0.6", "--keep", "0.4"])
+    assert (args.head_pruning_ratio, args.macs_keep_ratio, args.keep_ratio) == (0.25, 0.6, 0.4)
+    err = capsys.readouterr().err
+    assert "--head-ratio is deprecated; use --head-pruning-ratio" in err and "use --macs-keep-ratio" in err
+
+
+def test_help_shows_defaults():
+    text = cli.build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
+    assert "(default: 0.5)" in text and "--head-pruning-ratio" in text and "--head-ratio" not in text

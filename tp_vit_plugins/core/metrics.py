@@ -13,12 +13,13 @@ import functools
 import logging
 import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup", "fused_attn_off"]
+__all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
 
 
 @contextlib.contextmanager
@@ -179,10 +180,19 @@ def measure_latency(
     return out
 
 
+class Timing(NamedTuple):
+    """One batch size of :func:`alternated_speedup` (seconds per batch; ``spread`` of the per-round speed-ups)."""
+
+    dense: float
+    reduced: float
+    speedup: float
+    spread: float
+
+
 def alternated_speedup(
     dense: nn.Module, reduced: nn.Module, example_input: torch.Tensor, batch_sizes: Sequence[int] = (1, 64), rounds: int = 3,
     min_run_time: float = 0.05,
-) -> dict[int, tuple[float, float, float]]:  # fmt: skip
+) -> dict[int, Timing]:  # fmt: skip
     """Dense and reduced latency timed one after the other in every round (machine drift cancels).
 
     Args:
@@ -194,8 +204,10 @@ def alternated_speedup(
         min_run_time: CPU seconds per measurement.
 
     Returns:
-        ``{batch_size: (dense_seconds, reduced_seconds, speed_up)}`` where ``speed_up`` is
-        the median over rounds of the per-round ratio ``dense / reduced``.
+        ``{batch_size: Timing(dense, reduced, speedup, spread)}``: median seconds of each model,
+        the median over rounds of the per-round ratio ``dense / reduced``, and the spread of
+        those ratios, ``(max - min) / median`` (large when the machine is busy or threads are
+        oversubscribed: the speed-up is then not to be trusted).
 
     Raises:
         ValueError: ``rounds`` below 1 (and whatever :func:`measure_latency` refuses).
@@ -212,5 +224,6 @@ def alternated_speedup(
             d_times.append(d)
             r_times.append(r)
             ratios.append(d / r)
-        out[bs] = (statistics.median(d_times), statistics.median(r_times), statistics.median(ratios))
+        mid = statistics.median(ratios)
+        out[bs] = Timing(statistics.median(d_times), statistics.median(r_times), mid, (max(ratios) - min(ratios)) / mid)
     return out

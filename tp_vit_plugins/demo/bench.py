@@ -329,7 +329,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         w.train_set,
         w.test_loader,
         w.example,
-        targets=args.targets,
+        targets=args.macs_keep_ratios,
         methods=[m for m in args.methods.split(",") if m],
         seeds=list(range(args.seeds or 2)),
         finetune_epochs=args.finetune_epochs,

@@ -3,9 +3,11 @@
 Examples::
 
     tp-vit prune                                   # embedded MNIST ViT, tp Taylor
-    tp-vit prune --method l2 --head-ratio 0.5 --width-ratio 0
-    tp-vit prune --method l2 --target-macs 0.6     # ratios fitted to keep 60 % of the MACs
-    tp-vit prune --method l2 --target-latency 0.7  # ... or 70 % of the measured bs-64 latency
+    tp-vit prune --method l2 --head-pruning-ratio 0.5 --pruning-ratio 0
+    tp-vit prune --method l2 --macs-keep-ratio 0.6     # ratios fitted to keep 60 % of the MACs
+    tp-vit prune --method l2 --latency-keep-ratio 0.7  # ... or 70 % of the measured bs-64 latency
+
+Every ``*-pruning-ratio`` counts what is removed, every ``*-keep-ratio`` what is kept.
     tp-vit prune --model deit_small_patch16_224 --pretrained --data-path /data/imagenet
 
 This module parses and validates without importing torch (``--help`` and usage errors return
@@ -19,12 +21,53 @@ import argparse
 import difflib
 import os
 import sys
+import tempfile
+import typing
 from collections.abc import Sequence
 
 from .. import __version__
 from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS, ZOO_TOKEN_METHODS
 
 __all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (what to change), exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: Old flag -> its new name; the old spelling works for one release and warns.
+RENAMED_FLAGS = {
+    "--head-ratio": "--head-pruning-ratio",
+    "--width-ratio": "--pruning-ratio",
+    "--target-params": "--params-pruning-ratio",
+    "--keep": "--keep-ratio",
+    "--head-keep": "--head-keep-ratio",
+    "--target-macs": "--macs-keep-ratio",
+    "--target-latency": "--latency-keep-ratio",
+    "--targets": "--macs-keep-ratios",
+}
+
+
+def _add_renamed(parser: argparse.ArgumentParser) -> None:
+    """Hidden old spellings of renamed flags: same destination, a warning on stderr naming the new one."""
+    for action in list(parser._actions):
+        for old, new in RENAMED_FLAGS.items():
+            if new in action.option_strings:
+                parser.add_argument(old, dest=action.dest, type=action.type, nargs=action.nargs, default=argparse.SUPPRESS,
+                                    help=argparse.SUPPRESS, action=_Renamed, new=new)  # fmt: skip
+
+
+class _Renamed(argparse.Action):
+    def __init__(self, *args: typing.Any, new: str, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: D102
+        print(f"warning: {option_string} is deprecated; use {self.new} (same meaning)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _positive_int(text: str) -> int:
@@ -59,27 +102,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tp-vit`` argument parser (no torch import)."""
-    parser = argparse.ArgumentParser(prog="tp-vit", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="tp-vit", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tp-vit (tp_vit_plugins) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prune", help="prune a model and print a before/after table")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("prune", help="prune a model and print a before/after table", formatter_class=fmt)
     p.add_argument("--method", default="taylor", choices=PRUNE_METHODS, help="importance criterion / method")
-    p.add_argument("--head-ratio", type=float, default=0.5, help="share of attention heads to remove")
-    p.add_argument("--width-ratio", type=float, default=0.3, help="share of width channels to remove (MLP neurons by default)")
+    p.add_argument("--head-pruning-ratio", type=float, default=0.5, help="share of attention heads removed")
+    p.add_argument("--pruning-ratio", type=float, default=0.3, help="share of width channels removed (MLP neurons by default)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--target-macs", type=float, default=None, help="keep this fraction of the dense MACs (ratios fitted)")
+    budget.add_argument("--macs-keep-ratio", type=float, default=None, help="share of the dense MACs kept (ratios fitted)")
     budget.add_argument(
-        "--target-latency", type=float, default=None, help="keep this fraction of the dense latency at the largest batch size"
+        "--latency-keep-ratio", type=float, default=None, help="share of the dense latency kept at the largest batch size"
     )
     p.add_argument(
-        "--budget-structure", default="both", choices=["heads", "width", "both"], help="what a --target-* budget prunes"
+        "--budget-structure",
+        default="both",
+        choices=["heads", "width", "both"],
+        help="what a --macs-keep-ratio / --latency-keep-ratio budget prunes",
     )
     p.add_argument("--global", dest="global_pruning", action="store_true", help="rank heads and channels across layers")
-    p.add_argument("--prune-head-dims", action="store_true", help="the width ratio also removes dims inside heads")
-    p.add_argument("--prune-embed-dim", action="store_true", help="the width ratio also removes embedding dims")
+    p.add_argument("--prune-head-dims", action="store_true", help="--pruning-ratio also removes dims inside heads")
+    p.add_argument("--prune-embed-dim", action="store_true", help="--pruning-ratio also removes embedding dims")
     p.add_argument("--no-mlp", dest="prune_mlp", action="store_false", help="leave MLP neurons alone")
-    p.add_argument("--keep", type=float, default=0.5, help="cpvit: share of patch tokens left in the last block")
-    p.add_argument("--head-keep", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
+    p.add_argument("--keep-ratio", type=float, default=0.5, help="cpvit: share of patch tokens kept in the last block")
+    p.add_argument("--head-keep-ratio", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
     p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
     p.add_argument(
         "--schedule-steps", type=_non_negative_int, default=3, help="cpvit: pruning stages of the stepped schedule (0: the ramp)"
@@ -110,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate-threshold",
         type=float,
         default=None,
-        help="vtp: prune every dim whose gate is <= this (0 = the zeroed gates) instead of --width-ratio",
+        help="vtp: prune every dim whose gate is <= this (0 = the zeroed gates) instead of --pruning-ratio",
     )
     p.add_argument(
         "--fold-gate-values",
@@ -127,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gate-histogram", default=None, help="vtp: write a PNG histogram of the trained gates here")
     p.add_argument(
-        "--admm-epochs", type=_non_negative_int, default=0, help="gohsp: ADMM epochs (>0: GOHSPPruner to --target-params)"
+        "--admm-epochs", type=_non_negative_int, default=0, help="gohsp: ADMM epochs (>0: GOHSPPruner to --params-pruning-ratio)"
     )
     p.add_argument(
         "--admm-rounds",
@@ -135,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="gohsp: ADMM dual updates, evenly over the ADMM steps (default: 10)",
     )
-    p.add_argument("--target-params", type=float, default=0.4, help="gohsp with ADMM: share of parameters to remove")
+    p.add_argument("--params-pruning-ratio", type=float, default=0.4, help="gohsp with ADMM: share of parameters removed")
     p.add_argument("--finetune-epochs", type=_non_negative_int, default=2, help="fine-tune epochs after pruning (0: one-shot)")
     p.add_argument("--eval-batches", type=_positive_int, default=None, help="limit evaluation batches (real data)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size for --data-path loaders")
@@ -146,11 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="save the pruned model in this directory (tpv.save_pruned)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the report as JSON to this file")
     _add_common(p)
+    _add_renamed(p)
     p.set_defaults(subparser=p)
 
-    b = sub.add_parser("bench", help="compare every method at the same MACs budgets")
+    b = sub.add_parser("bench", help="compare every method at the same MACs budgets", formatter_class=fmt)
     b.add_argument("--methods", default=",".join(BENCH_METHODS), help=f"comma list from {','.join(BENCH_METHODS)}")
-    b.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6], help="fractions of the dense MACs to keep")
+    b.add_argument("--macs-keep-ratios", type=float, nargs="+", default=[0.8, 0.6], help="shares of the dense MACs kept")
     b.add_argument("--seeds", type=_positive_int, default=None, help="seeds per (method, target); default 2, with --zoo 3")
     b.add_argument("--finetune-epochs", type=_non_negative_int, default=1, help="training epochs per method")
     b.add_argument("--latency-batch-sizes", type=_positive_int, nargs="*", default=[1, 64], help="batch sizes to time")
@@ -166,16 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--token-methods", default=None, help=f"with --zoo: comma list from {','.join(ZOO_TOKEN_METHODS)}")
     b.add_argument("--zoo-epochs", type=_positive_int, default=2, help="with --zoo: total training epochs per pipeline method")
     _add_common(b)
+    _add_renamed(b)
     b.set_defaults(subparser=b)
     return parser
 
 
 def budget_of(args: argparse.Namespace) -> tuple[str, float] | None:
-    """``("macs" | "latency", target)`` when ``--target-macs`` / ``--target-latency`` is given."""
-    if args.target_macs is not None:
-        return "macs", args.target_macs
-    if args.target_latency is not None:
-        return "latency", args.target_latency
+    """``("macs" | "latency", share kept)`` when ``--macs-keep-ratio`` / ``--latency-keep-ratio`` is given."""
+    if args.macs_keep_ratio is not None:
+        return "macs", args.macs_keep_ratio
+    if args.latency_keep_ratio is not None:
+        return "latency", args.latency_keep_ratio
     return None
 
 
@@ -186,16 +235,19 @@ def _check_ratio(name: str, value: float, low_open: bool = False) -> None:
 
 
 def check_writable_dir(path: str, flag: str) -> None:
-    """``path`` can be created (or is) a writable directory; checked before any work."""
+    """``path`` is (or can be made) a directory a file can be written in: tried, not guessed (checked before any work).
+
+    ``os.access`` says yes to root even on read-only or virtual file systems, so the directory
+    is created (as the run would create it) and a probe file written and removed.
+    """
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a file; give a directory path")
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{flag} {path!r}: {probe!r} is a file, so the directory cannot be created")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path!r}: {probe!r} is not writable; choose another directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e}); choose another directory") from None
 
 
 def check_data_path(root: str) -> None:
@@ -231,39 +283,93 @@ def _check_common(args: argparse.Namespace) -> None:
         check_data_path(args.data_path)
     if args.lr <= 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
-    if args.model:  # last of the common checks: it imports timm
+    if args.model:  # last of the common checks: they import timm / torch
         check_model_name(args.model)
+    if args.checkpoint:
+        from .workload import read_checkpoint
+
+        read_checkpoint(args.checkpoint)  # a file that cannot be read is refused before any work
 
 
-def validate_prune(args: argparse.Namespace) -> None:
+#: ``tp-vit prune`` flags (destinations) by the methods that read them.
+_STRUCTURE_FLAGS = ("head_pruning_ratio", "pruning_ratio", "global_pruning", "prune_head_dims", "prune_embed_dim", "prune_mlp")
+_CPVIT_FLAGS = ("keep_ratio", "head_keep_ratio", "start_block", "schedule_steps", "token_fold")
+_VTP_FLAGS = ("sparse_epochs", "reg", "shrink", "head_dim_gate", "gate_score", "gate_closing", "gate_threshold",
+              "fold_gate_values", "gate_histogram")  # fmt: skip
+_GOHSP_FLAGS = ("admm_epochs", "admm_rounds", "params_pruning_ratio")
+
+
+def used_flags(args: argparse.Namespace) -> set[str]:
+    """The method-specific ``tp-vit prune`` flags (destinations) that ``args.method`` reads."""
+    if args.method == "cpvit":
+        return set(_CPVIT_FLAGS)
+    if args.method == "gohsp":
+        return set(_GOHSP_FLAGS) if args.admm_epochs else {*_STRUCTURE_FLAGS, "admm_epochs"}
+    if args.method == "vtp":
+        return {*_STRUCTURE_FLAGS, *_VTP_FLAGS}
+    return set(_STRUCTURE_FLAGS)
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Destinations of the options written on the command line (not their defaults)."""
+    known = parser._option_string_actions
+    return {known[tok.split("=", 1)[0]].dest for tok in argv if tok.startswith("--") and tok.split("=", 1)[0] in known}
+
+
+def _check_ignored(args: argparse.Namespace, given: set[str], parser: argparse.ArgumentParser | None) -> None:
+    method_specific = {*_STRUCTURE_FLAGS, *_CPVIT_FLAGS, *_VTP_FLAGS, *_GOHSP_FLAGS}
+    ignored = sorted((given & method_specific) - used_flags(args))
+    if not ignored:
+        return
+    actions = parser._actions if parser is not None else []
+    names = {a.dest: a.option_strings[0] for a in actions if a.option_strings and not isinstance(a, _Renamed)}
+    flags = ", ".join(names.get(d, d) for d in ignored)
+    why = " (with --admm-epochs GOHSP decides the structure from --params-pruning-ratio)" if args.method == "gohsp" else ""
+    raise ValueError(f"--method {args.method} does not use {flags}{why}; drop it or choose another method")
+
+
+def validate_prune(
+    args: argparse.Namespace, given: set[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> None:
     """Every ``tp-vit prune`` check that needs no model or data.
+
+    Args:
+        args: The parsed arguments.
+        given: Destinations written on the command line (:func:`given_flags`): a method-specific
+            flag that the method does not read is refused.
+        parser: The ``prune`` parser (names the refused flags).
 
     Raises:
         ValueError: With one line that says what to change.
     """
+    _check_ignored(args, given or set(), parser)
     _check_common(args)
-    _check_ratio("--head-ratio", args.head_ratio)
-    _check_ratio("--width-ratio", args.width_ratio)
-    _check_ratio("--target-params", args.target_params)
-    _check_ratio("--keep", args.keep, low_open=True)
-    _check_ratio("--head-keep", args.head_keep, low_open=True)
+    _check_ratio("--head-pruning-ratio", args.head_pruning_ratio)
+    _check_ratio("--pruning-ratio", args.pruning_ratio)
+    _check_ratio("--params-pruning-ratio", args.params_pruning_ratio)
+    _check_ratio("--keep-ratio", args.keep_ratio, low_open=True)
+    _check_ratio("--head-keep-ratio", args.head_keep_ratio, low_open=True)
     budget = budget_of(args)
     if budget is not None:
         metric, target = budget
-        _check_ratio(f"--target-{metric}", target, low_open=True)
+        _check_ratio(f"--{metric}-keep-ratio", target, low_open=True)
         if args.method == "gohsp" and args.admm_epochs:
-            raise ValueError("--admm-epochs prunes to --target-params; drop either it or --target-macs/--target-latency")
+            raise ValueError(
+                "--admm-epochs prunes to --params-pruning-ratio; drop either it or --macs-keep-ratio/--latency-keep-ratio"
+            )
         if args.method == "cpvit" and metric == "latency":
-            raise ValueError("--method cpvit takes --target-macs (the cascade's MACs are exact); use --keep otherwise")
+            raise ValueError("--method cpvit takes --macs-keep-ratio (the cascade's MACs are exact); use --keep-ratio otherwise")
         if metric == "latency" and not args.latency:
-            raise ValueError("--target-latency measures latency: drop --no-latency")
+            raise ValueError("--latency-keep-ratio measures latency: drop --no-latency")
     if args.reg < 0 or args.shrink <= 0:
         raise ValueError(f"--reg must be >= 0 and --shrink > 0, got {args.reg} and {args.shrink}")
     if args.gate_threshold is not None:
         if args.method != "vtp" or args.gate_threshold < 0:
             raise ValueError("--gate-threshold is VTP's selection rule: use it with --method vtp and a value >= 0")
         if budget is not None:
-            raise ValueError("--gate-threshold decides how much goes; drop --target-macs/--target-latency (or the threshold)")
+            raise ValueError(
+                "--gate-threshold decides how much goes; drop --macs-keep-ratio/--latency-keep-ratio (or the threshold)"
+            )
     if args.gate_histogram and args.method != "vtp":
         raise ValueError("--gate-histogram plots VTP gates: use it with --method vtp")
     needs_data = args.method in ("taylor", "gohsp", "vtp") or args.finetune_epochs > 0
@@ -291,8 +397,8 @@ def validate_bench(args: argparse.Namespace) -> None:
         raise ValueError(f"--methods must be a comma list from {','.join(BENCH_METHODS)}, got {args.methods!r}")
     if "vtp" in methods and args.finetune_epochs == 0 and not args.zoo:
         raise ValueError("vtp trains its gates within the epoch budget: give --finetune-epochs >= 1 (or drop vtp)")
-    for t in args.targets:
-        _check_ratio("--targets", t, low_open=True)
+    for t in args.macs_keep_ratios:
+        _check_ratio("--macs-keep-ratios", t, low_open=True)
     if args.model and not args.data_path:
         raise ValueError("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
     if args.zoo and args.model:
@@ -318,12 +424,16 @@ def validate_bench(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tp-vit``: parse, validate (exit 2 on usage errors), then run."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    sub = vars(args).pop("subparser")  # the subcommand's parser, for its usage line
+    sub = vars(args).pop("subparser")  # the subcommand's parser, for its error line
     try:
-        (validate_prune if args.command == "prune" else validate_bench)(args)
+        if args.command == "prune":
+            validate_prune(args, given_flags(sub, argv), sub)
+        else:
+            validate_bench(args)
     except ValueError as e:
-        sub.error(str(e))  # prints usage + the one-line reason, exits 2
+        sub.error(str(e))  # one line that says what to change, exit 2
     # the heavy imports (torch, timm, tp) happen only now that the arguments are usable
     if args.command == "prune":
         from .prune import cmd_prune

@@ -229,7 +229,11 @@ class VTP(Method):
                 else f"(reg {pruner.reg:g}, gate lr {pruner.gate_lr:.3g})"
             )
             + "; "
-            + (f"gates closed in rounds: {100 * pruner.closed_share:.1f}% of the params" if pruner.closing else "no gate closing")
+            + (
+                f"gates closed in rounds: {100 * pruner.closed_share:.1f}% of the params"
+                if pruner.closing
+                else f"no gate closing: {pruner.closing_off_reason}"
+            )
         )
         pruner.fold_gates()  # the trained gates become the importance; weights absorb them exactly
         return line

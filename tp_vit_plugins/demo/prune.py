@@ -115,6 +115,7 @@ class PruneResult:
         token_schedule: Patch tokens per block of a CP-ViT cascade.
         saved_to: Where the pruned model was saved.
         gate_zero_share: VTP: share of gates exactly 0 after sparse training.
+        latency_spread: Per batch size, ``(max - min) / median`` of the per-round speed-ups.
     """
 
     model_name: str
@@ -132,6 +133,7 @@ class PruneResult:
     token_schedule: list[int] | None = None
     gate_zero_share: float | None = None
     saved_to: str | None = None
+    latency_spread: dict[int, float] = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -172,14 +174,15 @@ def _time_both(args: argparse.Namespace, w: Workload, model: nn.Module, result: 
         return
     phase(args, f"timing dense and pruned alternately at batch sizes {list(args.latency_batch_sizes)}")
     timing = alternated_speedup(w.model, model, w.example, args.latency_batch_sizes, rounds=5, min_run_time=0.2)
-    result.dense.latency = {b: d for b, (d, _, _) in timing.items()}
-    result.pruned.latency = {b: r for b, (_, r, _) in timing.items()}
+    result.dense.latency = {b: t.dense for b, t in timing.items()}
+    result.pruned.latency = {b: t.reduced for b, t in timing.items()}
+    result.latency_spread = {b: t.spread for b, t in timing.items()}
 
 
 def _settings(args: argparse.Namespace) -> MethodSettings:
     return MethodSettings(
-        head_ratio=args.head_ratio,
-        width_ratio=args.width_ratio,
+        head_ratio=args.head_pruning_ratio,
+        width_ratio=args.pruning_ratio,
         global_pruning=args.global_pruning,
         prune_head_dims=args.prune_head_dims,
         prune_mlp=args.prune_mlp,
@@ -188,7 +191,7 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         progress=show_bars(args),
         admm=args.admm_epochs > 0,
         admm_rounds=args.admm_rounds,
-        target_params=args.target_params,
+        target_params=args.params_pruning_ratio,
         reg=args.reg,
         shrink=args.shrink,
         head_dim_gate=args.head_dim_gate,
@@ -196,8 +199,8 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         gate_threshold=args.gate_threshold,
         gate_closing=args.gate_closing,
         **({} if args.fold_gate_values is None else {"fold_gate_values": args.fold_gate_values}),
-        keep=args.keep,
-        head_keep=args.head_keep,
+        keep=args.keep_ratio,
+        head_keep=args.head_keep_ratio,
         start_block=args.start_block,
         schedule_steps=args.schedule_steps or None,
         token_fold=args.token_fold,
@@ -275,7 +278,7 @@ def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, resu
         )
     result.notes.append(
         f"CP-ViT cascade: patch tokens per block {cascade.counts} (the same for every image); "
-        "structure unchanged, --head-ratio/--width-ratio are not used"
+        "structure unchanged, --head-pruning-ratio/--pruning-ratio are not used"
     )
 
 
@@ -354,6 +357,10 @@ def _table(r: PruneResult) -> list[str]:
     return lines
 
 
+#: A spread of the per-round speed-ups above this makes the report call the timing unreliable.
+NOISY_SPREAD = 0.25
+
+
 def format_report(r: PruneResult) -> str:
     """The before/after table and notes of a :class:`PruneResult`, as printed by ``tp-vit prune``."""
     lines = [f"model: {r.model_name} | method: {r.method}", *r.notes, "", *_table(r), ""]
@@ -368,18 +375,24 @@ def format_report(r: PruneResult) -> str:
     if r.token_schedule is not None:
         lines.append(f"patch tokens per block (CP-ViT cascade): {r.token_schedule}")
     for b in sorted(r.dense.latency):
-        speed = r.speedup(b)
-        slower = ""
-        if speed < 1.0:
-            slower = " -- SLOWER than dense at this batch size" + (
+        speed, spread = r.speedup(b), r.latency_spread.get(b, 0.0)
+        flag = ""
+        if spread > NOISY_SPREAD:
+            flag = (
+                f" -- timing spread {100 * spread:.0f}% between rounds: the machine was busy or threads are "
+                "oversubscribed, so this speed-up is not reliable (rerun on a quiet machine, or set --threads)"
+            )
+        elif speed < 1.0:
+            flag = " -- SLOWER than dense at this batch size" + (
                 " (the cascade's scoring and merging cost more per op than the dropped tokens save on a model this "
-                "small; see 'Cascade speed: session 10' in benchmarks/RESULTS.md)"
+                "small; see 'Cascade speed' in benchmarks/RESULTS.md)"
                 if r.token_schedule is not None
                 else ""
             )
         lines.append(
-            f"bs {b}: measured speed-up {speed:.2f}x vs MACs ratio {r.macs_ratio:.2f}x "
-            f"(speed-up / MACs ratio = {speed / r.macs_ratio:.2f}){slower}"
+            f"bs {b}: dense {1e3 * r.dense.latency[b]:.2f} ms, pruned {1e3 * r.pruned.latency[b]:.2f} ms: measured "
+            f"speed-up {speed:.2f}x (spread {100 * spread:.0f}%) vs MACs ratio {r.macs_ratio:.2f}x "
+            f"(speed-up / MACs ratio = {speed / r.macs_ratio:.2f}){flag}"
         )
     if r.saved_to:
         lines.append(f"saved to {r.saved_to}; load it with: tp_vit_plugins.load_pruned({r.saved_to!r})")

@@ -116,6 +116,38 @@ def _embedded_workload(epochs: int | None, retrain: bool, batch_size: int, seed:
     return Workload(model.eval(), train_loader.dataset, train_loader, test_loader, split.x_test[:1], "embedded MNIST ViT", notes)
 
 
+def read_checkpoint(path: str) -> dict[str, torch.Tensor] | None:
+    """The state dict at ``path`` (``None`` for a ``save_pruned`` directory); never unpickles code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is neither safetensors nor a torch file of tensors, said in words.
+    """
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model.safetensors")):
+            raise ValueError(f"checkpoint {path!r} is a directory without model.safetensors (not a save_pruned directory)")
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    torch_file = head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"  # torch.save's zip, or its legacy pickle
+    try:
+        if path.endswith(".safetensors") or not torch_file:
+            state = safetensors.torch.load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader error is a bad file for the user
+        kind = "a safetensors file" if path.endswith(".safetensors") else "a torch.save file or a safetensors file"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path!r} is not {kind} of weights ({reason})") from None
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path!r} holds no state dict of tensors")
+    return state
+
+
 def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
     """``model`` with the weights at ``path`` (see :func:`load_workload`); never unpickles code.
 
@@ -123,21 +155,9 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
         FileNotFoundError: ``path`` does not exist.
         ValueError: Unreadable file or weights that do not fit ``model`` (the message names the file).
     """
-    if os.path.isdir(path):
+    state = read_checkpoint(path)
+    if state is None:
         return load_pruned(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} not found")
-    try:
-        if path.endswith(".safetensors"):
-            state = safetensors.torch.load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any reader error is a bad file for the user
-        raise ValueError(f"checkpoint {path!r} cannot be read as safetensors or a torch state dict: {e}") from e
-    if isinstance(state, dict):
-        state = state.get("model", state.get("state_dict", state))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path!r} holds no state dict of tensors")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -238,6 +238,10 @@ class VTPPruner(ViTPruner):
         if explicit and problem:
             raise ValueError(f"gate closing: {problem}")
         closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
+        #: Why gate closing is off (``None`` when it is on): asked for ``close=False``, nothing to prune, or ``problem``.
+        self.closing_off_reason = (
+            None if closing else "close=False" if close is False else problem or "nothing to prune (pruning_ratio=0)"
+        )
         plan = closing_schedule(sparse_steps, close_rounds, close_until, close_start) if closing else []  # validates
         if closing and close_params is not None and threshold is None:
             threshold = 0.0  # a parameter budget: remove the closed (zero) gates
