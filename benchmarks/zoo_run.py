@@ -4,7 +4,8 @@
     python benchmarks/zoo_run.py tokens   MODELS METHODS THREADS SEEDS OUT_DIR
     python benchmarks/zoo_run.py heads    MODELS METHODS THREADS SEEDS OUT_DIR
 
-MODELS and METHODS are comma lists (``all`` = every zoo model); SEEDS is ``N`` (seeds 0 .. N-1) or
+MODELS and METHODS are comma lists (``all`` = every zoo model; METHODS may name the settings of
+``benchmarks/zoo_variants.py``); SEEDS is ``N`` (seeds 0 .. N-1) or
 ``A:B`` (seeds A .. B-1, e.g. more seeds for an earlier run, merged with ``benchmarks/zoo_merge.py``). Writes ``OUT_DIR/ZOO.md``,
 ``zoo.json`` (with per-image outcomes, for ``benchmarks/zoo_merge.py``) and ``zoo_ranks.png``.
 EPOCHS (pipeline only) sets the equal total epoch budget ``E`` (default ``ZooSettings.epochs``).
@@ -16,6 +17,7 @@ import sys
 import time
 
 import torch
+from zoo_variants import register
 
 from tp_vit_plugins.demo.zoo import ZOO
 from tp_vit_plugins.demo.zoo_bench import ZooSettings, run_zoo
@@ -26,6 +28,7 @@ if __name__ == "__main__":
     protocol, models, methods, threads, seeds, out = sys.argv[1:7]
     extra = {"epochs": int(sys.argv[7])} if len(sys.argv) == 8 else {}
     torch.set_num_threads(int(threads))
+    register()  # the settings the defaults are compared with (benchmarks/zoo_variants.py)
     names = {z.name for z in ZOO} if models == "all" else set(models.split(","))
     chosen = tuple(methods.split(","))
     key = {"pipeline": "pipeline_methods", "tokens": "token_methods", "heads": "head_methods"}[protocol]

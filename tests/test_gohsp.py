@@ -272,15 +272,15 @@ def test_proximal_admm_step_closed_form_and_convergence_under_adamw(x):
     with pytest.raises(ValueError, match="proximal"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, proximal=0.0)
     default = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25)
-    assert (default.proximal, default.metric, default.normalize, default.fisher_decay) == (0.2, "fisher", "heads-block", None)
+    assert (default.proximal, default.metric) == (0.2, "fisher") and default.config == tpv.gohsp.GOHSPConfig()
 
 
 def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
     model = make_model("vit", depth=2, num_heads=4)
     euclid = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.25, metric="euclidean")
-    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, metric="fisher", proximal=None, fisher_decay=0.1)
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, metric="fisher", proximal=None)
     assert pruner._unit_energies(False)[0]["neuron"].equal(euclid._unit_energies(False)[0]["neuron"])  # no step yet
-    for value, factor in ((2.0, 4.0), (0.0, 0.9 * 4.0)):  # F = g^2, then the running mean 0.9 F + 0.1 * 0
+    for value, factor in ((2.0, 4.0), (0.0, 4.0 / 2)):  # F = g^2, then the cumulative mean (g^2 + 0) / 2
         for p in pruner.Z:
             p.grad = torch.full_like(p, value)
         with warnings.catch_warnings(record=True) as caught:
@@ -294,26 +294,6 @@ def test_fisher_metric_weights_unit_energies_by_the_running_squared_gradient(x):
                 torch.testing.assert_close(mine[kind], factor * ref[kind])
     with pytest.raises(ValueError, match="metric"):
         tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, metric="l1")
-
-
-def test_block_normalisation_makes_the_plan_invariant_to_a_block_scale(x):
-    """normalize="block": scaling one block's prunable weights leaves the plan alone; "type" moves it."""
-    model = make_model("vit", depth=2, num_heads=4)
-    scaled = copy.deepcopy(model)
-    b = scaled.blocks[1]
-    with torch.no_grad():
-        for p in (b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight):
-            p.mul_(10.0)
-
-    def plan(m, normalize):
-        pl = tpv.GOHSPPruner(m, x, None, pruning_ratio=0.3, normalize=normalize).project(use_dual=False)
-        return pl.heads, pl.head_dims, pl.neurons
-
-    assert plan(model, "block") == plan(scaled, "block")
-    assert plan(model, "type") != plan(scaled, "type")
-    assert sum(map(len, plan(scaled, "type")[2][1:])) < sum(map(len, plan(model, "type")[2][1:]))  # spares block 1
-    with pytest.raises(ValueError, match="normalize"):
-        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, normalize="layer")
 
 
 def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x):
@@ -330,7 +310,7 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
         torch.nn.functional.cross_entropy(ref_model(xb), yb).backward()
         grads.append({p: p.grad.clone() for p in ref_pruner.Z})
     before = snapshot(model)
-    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, metric="fisher", fisher_decay=None)
+    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.25, metric="fisher")
     z_euclid = {p: z.clone() for p, z in pruner.Z.items()}
     assert pruner.calibrate_fisher(loader, progress=False) is pruner
     assert model.training and all(p.grad is None for p in model.parameters())
@@ -349,18 +329,12 @@ def test_calibrate_fisher_is_the_mean_squared_batch_gradient_and_reprojects_z(x)
         pruner.regularize(model)
     for p, f in pruner._fisher.items():
         torch.testing.assert_close(f, f0[p] * 2 / 3)
-    pruner.fisher_decay = 0.0  # frozen: the calibrated estimate stays
-    pruner.regularize(model)
-    for p, f in pruner._fisher.items():
-        torch.testing.assert_close(f, f0[p] * 2 / 3)
     pruner.update_regularizer()
     with pytest.raises(ValueError, match="before the first dual update"):
         pruner.calibrate_fisher(loader, progress=False)
     euclid = tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, pruning_ratio=0.25, metric="euclidean")
     with pytest.raises(ValueError, match="metric='fisher'"):
         euclid.calibrate_fisher(loader, progress=False)
-    with pytest.raises(ValueError, match="fisher_decay"):
-        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, metric="fisher", fisher_decay=1.5)
 
     def failing():  # a loader that breaks after one batch: no half-calibrated estimate is kept
         yield images[:3], labels[:3]
@@ -439,43 +413,47 @@ def test_flow_graph_gives_an_unwritten_head_no_mass_and_cleans_up(x):
         tpv.GraphHeadImportance(graph="tree")
 
 
-def test_budget_ramp_grows_the_z_support_on_the_cubic_schedule_and_prunes_the_full_budget(x):
-    model = make_model("vit", depth=3, num_heads=4)
-    pruner = tpv.GOHSPPruner(model, x, None, pruning_ratio=0.3, budget_ramp=4, metric="euclidean")
-    B = pruner.budget
-    assert all(not torch.count_nonzero(p - z) for p, z in pruner.Z.items())  # nothing removed yet: Z = W
-    removed = []
-    for k in (1, 2):
-        pruner.update_regularizer()
-        assert pruner.current_budget() == round(B * (1 - (1 - k / 4) ** 3))  # 0.578 B, then 0.875 B
-        removed.append(pruner._z_plan.removed_params)
-        assert pruner.current_budget() <= removed[-1] < B
-    assert removed[0] < removed[1]
-    n0 = tpv.utils.count_params(model)
-    pruner.step()  # two of the four ramp updates ran: the hard prune still removes the full budget
-    assert n0 - tpv.utils.count_params(model) >= B
-    with pytest.raises(ValueError, match="budget_ramp"):
-        tpv.GOHSPPruner(make_model("vit", depth=2, num_heads=4), x, None, budget_ramp=-1)
-    full = tpv.GOHSPPruner(make_model("vit", depth=3, num_heads=4), x, None, pruning_ratio=0.3, metric="euclidean")
-    assert full.current_budget() == full.budget  # no ramp: the full budget from the start
+def test_removed_options_warn_at_their_old_default_and_refuse_other_values(x):
+    model = make_model("vit", depth=2, num_heads=4)
+    for name, old in (("normalize", "heads-block"), ("fisher_decay", None), ("budget_ramp", 0)):
+        with pytest.warns(DeprecationWarning, match=name):
+            tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.2, **{name: old})
+    for name, other in (("normalize", "type"), ("fisher_decay", 0.1), ("budget_ramp", 5)):
+        with pytest.raises(TypeError, match=f"{name}.*removed"):
+            tpv.GOHSPPruner(model, x, None, pruning_ratio=0.2, **{name: other})
+    assert all(type(b.attn).__name__ == "Attention" for b in model.blocks)  # refused before anything changed
 
 
-def test_heads_block_normalises_heads_per_block_and_the_rest_over_the_model(x):
-    """normalize="heads-block": the heads' plan is "block"'s, the neurons' plan is "type"'s (one unit type at a time)."""
+def test_config_object_and_keywords_give_the_same_pruner(x):
+    model = make_model("vit", depth=2, num_heads=4)
+    cfg = tpv.gohsp.GOHSPConfig(structures=("heads", "mlp"), metric="euclidean", rho=0.05)
+    a = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, config=cfg)
+    b = tpv.GOHSPPruner(
+        copy.deepcopy(model), x, None, pruning_ratio=0.3, structures=("heads", "mlp"), metric="euclidean", rho=0.05
+    )
+    assert a.config == b.config == cfg and a.project(use_dual=False) == b.project(use_dual=False)
+    c = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, config=cfg, rho=0.1)  # a keyword overrides
+    assert c.config.rho == 0.1 and c.config.metric == "euclidean"
+    with pytest.raises(ValueError, match="structures"):
+        tpv.gohsp.GOHSPConfig(structures=("heads", "tokens"))
+
+
+def test_heads_compete_within_their_block_and_neurons_across_blocks(x):
+    """Scaling block 1's weights: its heads keep their share (normalised per block), its neurons win over block 0's."""
     model = make_model("vit", depth=3, num_heads=4)
-    b = model.blocks[1]
-    with torch.no_grad():  # make the two normalisations disagree
-        for p in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp.fc1.weight, b.mlp.fc2.weight):
+    scaled = copy.deepcopy(model)
+    b = scaled.blocks[1]
+    with torch.no_grad():
+        for p in (b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight, b.mlp.fc1.weight, b.mlp.fc1.bias, b.mlp.fc2.weight):
             p.mul_(5.0)
 
-    def plan(normalize, structures, ratio):
-        kw = dict(pruning_ratio=ratio, normalize=normalize, structures=structures, metric="euclidean")
-        return tpv.GOHSPPruner(copy.deepcopy(model), x, None, **kw).project(use_dual=False)
+    def plan(m, structures, ratio):
+        kw = dict(pruning_ratio=ratio, structures=structures, metric="euclidean")
+        return tpv.GOHSPPruner(copy.deepcopy(m), x, None, **kw).project(use_dual=False)
 
-    heads = {n: plan(n, ("heads",), 0.05).heads for n in ("block", "type", "heads-block")}
-    neurons = {n: plan(n, ("mlp",), 0.2).neurons for n in ("block", "type", "heads-block")}
-    assert heads["heads-block"] == heads["block"] != heads["type"]
-    assert neurons["heads-block"] == neurons["type"] != neurons["block"]
+    assert plan(model, ("heads",), 0.05).heads == plan(scaled, ("heads",), 0.05).heads
+    before, after = plan(model, ("mlp",), 0.2).neurons, plan(scaled, ("mlp",), 0.2).neurons
+    assert len(after[1]) < len(before[1]) and sum(map(len, after)) == sum(map(len, before))
 
 
 def test_pruning_ratio_counts_removed_parameters_and_the_old_name_warns(x):

@@ -167,7 +167,7 @@ def test_threshold_selection_removes_exactly_the_zeroed_gates(x):
 
 def test_qkv_output_gates_fold_exactly_and_score_q_k_v_together(x):
     model = make_model()
-    pruner = tpv.VTPPruner(model, x, head_dim_gate="qkv_out", prune_mlp=False, prune_embed_dim=False)
+    pruner = tpv.VTPPruner(model, x, gated_layers=("qkv_out",), prune_mlp=False, prune_embed_dim=False)
     qkv = model.blocks[0].attn.qkv
     assert hasattr(qkv, OUT_GATE_NAME) and not hasattr(model.blocks[0].attn.proj, GATE_NAME)
     randomise_gates(pruner, seed=3)
@@ -257,8 +257,8 @@ def test_vtp_errors_leave_model_untouched(x):
     before, n_hooks = snapshot(model), hooks(model)
     with pytest.raises(ValueError, match="reg"):
         tpv.VTPPruner(model, x, reg=-1)
-    with pytest.raises(ValueError, match="head_dim_gate"):
-        tpv.VTPPruner(model, x, head_dim_gate="k")
+    with pytest.raises(TypeError, match="head_dim_gate.*removed"):
+        tpv.VTPPruner(model, x, head_dim_gate="qkv_out")
     with pytest.raises(ValueError, match="sparse_steps"):
         tpv.VTPPruner(model, x, sparse_steps=0)
     with pytest.raises(ValueError, match="gated_layers"):
@@ -301,3 +301,15 @@ def test_rank_only_gates_prune_the_smallest_and_keep_the_rest_ungated(family, x)
             assert gate[dropped].max() <= gate[torch.argsort(gate, stable=True)[192 - kept :]].min()
             b_dense.mlp.fc2.weight[:, dropped] = 0  # the dims that went, zeroed in the ungated model
         torch.testing.assert_close(model(x), dense(x), atol=1e-5, rtol=1e-5)
+
+
+def test_config_object_and_keywords_give_the_same_pruner_and_removed_options_warn(x):
+    cfg = tpv.vtp.VTPConfig(reg=0.3, sparse_steps=10, score="magnitude", close=False)
+    a = tpv.VTPPruner(make_model(), x, pruning_ratio=0.3, config=cfg)
+    b = tpv.VTPPruner(make_model(), x, pruning_ratio=0.3, reg=0.3, sparse_steps=10, score="magnitude", close=False)
+    assert a.config == b.config == cfg and (a.gate_lr, a.reg, a.score) == (b.gate_lr, b.reg, b.score)
+    assert tpv.VTPPruner(make_model(), x, config=cfg, reg=0.1).config.reg == 0.1  # a keyword overrides the object
+    with pytest.warns(DeprecationWarning, match="close_until"):
+        tpv.VTPPruner(make_model(), x, close_until=0.5)
+    with pytest.raises(ValueError, match="score"):
+        tpv.vtp.VTPConfig(score="l1")

@@ -96,7 +96,6 @@ def test_removing_closed_mlp_dims_is_exact_and_removes_their_parameters(x):
     [
         (dict(close_params=0.3), "sparse_steps"),
         (dict(close_params=0.3, sparse_steps=4, prune_embed_dim=True), "prune_embed_dim=False"),
-        (dict(close_params=0.3, sparse_steps=4, head_dim_gate="qkv_out"), "head_dim_gate='proj'"),
         (dict(close_params=1.2, sparse_steps=4), "close_params"),
         (dict(close_params=0.3, sparse_steps=4, close_rounds=0), "rounds"),
         (dict(close_params=0.3, sparse_steps=4, gated_layers=("fc2",)), "proj"),

@@ -129,17 +129,41 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
         zoo_bench.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
 
 
-def test_pipeline_method_names_match_the_protocol():
-    from tp_vit_plugins.demo.names import ZOO_PIPELINE_METHODS
+def test_the_package_runs_the_library_defaults_and_the_peers_only():
+    from tp_vit_plugins.demo.names import ZOO_PIPELINE_METHODS, ZOO_TOKEN_METHODS
 
-    runnable = {"dense+E", "l2", "taylor", "group_norm", *zoo_bench.GOHSP_VARIANTS, *zoo_bench.VTP_VARIANTS}
-    runnable |= set(zoo_bench.ONE_SCHEDULE_VARIANTS)
-    assert set(ZOO_PIPELINE_METHODS) == runnable
-    assert set(zoo_bench.PIPELINE_METHODS) <= runnable and zoo_bench.VTP_VARIANTS["vtp"] == {}  # vtp = the library default
-
-
-def test_token_method_names_match_the_protocol():
-    from tp_vit_plugins.demo.names import ZOO_TOKEN_METHODS
-
+    defaults = {"dense+E", "l2", "taylor", "group_norm", *zoo_bench.GOHSP_VARIANTS, *zoo_bench.VTP_VARIANTS}
+    assert set(ZOO_PIPELINE_METHODS) == defaults
+    assert set(zoo_bench.PIPELINE_METHODS) <= set(ZOO_PIPELINE_METHODS) and zoo_bench.VTP_VARIANTS["vtp"] == {}
     assert set(ZOO_TOKEN_METHODS) == {*zoo_bench.CPVIT_VARIANTS, "tome", "evit"}
     assert zoo_bench.CPVIT_VARIANTS["cpvit"] == {}  # cpvit = apply_cascade's defaults
+
+
+def test_benchmark_variants_register_and_every_one_builds(monkeypatch):
+    """``benchmarks/zoo_variants.py`` only uses options the library still has."""
+    import copy
+    import importlib.util
+    import pathlib
+
+    import tp_vit_plugins as tpv
+    from tp_vit_plugins.demo.zoo_bench import _cascade_kwargs
+
+    for table in ("GOHSP_VARIANTS", "VTP_VARIANTS", "CPVIT_VARIANTS"):
+        monkeypatch.setattr(zoo_bench, table, dict(getattr(zoo_bench, table)))
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "zoo_variants.py"
+    spec = importlib.util.spec_from_file_location("zoo_variants", path)
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    variants.register()
+    assert set(variants.CPVIT) <= set(zoo_bench.CPVIT_VARIANTS) and set(variants.VTP) <= set(zoo_bench.VTP_VARIANTS)
+    with pytest.raises(ValueError, match="library defaults"):
+        zoo_bench.register_variants(vtp={"vtp": {"close": False}})
+    model, x = make_model(num_heads=4), torch.randn(1, 3, 32, 32)
+    for opts in variants.GOHSP.values():
+        opts = {k: v for k, v in opts.items() if k not in ("rounds", "calibrate", "per_block")}
+        tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, **opts)
+    for opts in variants.VTP.values():
+        opts = {k: v for k, v in opts.items() if k != "aggregation" and v != "sparse"}
+        tpv.VTPPruner(copy.deepcopy(model), x, pruning_ratio=0.0, sparse_steps=4, **opts)
+    for name in variants.CPVIT:
+        tpv.apply_cascade(model, **_cascade_kwargs(name, model)).remove()

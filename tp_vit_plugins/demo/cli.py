@@ -140,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-epochs", type=_non_negative_int, default=3, help="vtp: epochs of gated L1 sparse training")
     p.add_argument("--reg", type=float, default=0.5, help="vtp: L1 strength, relative to the mean gate gradient")
     p.add_argument("--shrink", type=float, default=1.0, help="vtp: how far the L1 step alone moves a gate over sparse training")
-    p.add_argument("--head-dim-gate", default="proj", choices=["proj", "qkv_out"], help="vtp: where head dims are gated")
     p.add_argument(
         "--gate-score",
         default="taylor",
@@ -294,7 +293,7 @@ def _check_common(args: argparse.Namespace) -> None:
 #: ``tp-vit prune`` flags (destinations) by the methods that read them.
 _STRUCTURE_FLAGS = ("head_pruning_ratio", "pruning_ratio", "global_pruning", "prune_head_dims", "prune_embed_dim", "prune_mlp")
 _CPVIT_FLAGS = ("keep_ratio", "head_keep_ratio", "start_block", "schedule_steps", "token_fold")
-_VTP_FLAGS = ("sparse_epochs", "reg", "shrink", "head_dim_gate", "gate_score", "gate_closing", "gate_threshold",
+_VTP_FLAGS = ("sparse_epochs", "reg", "shrink", "gate_score", "gate_closing", "gate_threshold",
               "fold_gate_values", "gate_histogram")  # fmt: skip
 _GOHSP_FLAGS = ("admm_epochs", "admm_rounds", "params_pruning_ratio")
 

@@ -55,7 +55,6 @@ class MethodSettings:
     # VTP
     reg: float = 0.5
     shrink: float = 1.0
-    head_dim_gate: str = "proj"
     gate_score: str = "taylor"
     gate_threshold: float | None = None
     gate_closing: bool = True  # False: VTPPruner(close=False), the paper's plain sparse training
@@ -203,7 +202,7 @@ class VTP(Method):
         # VTP's own defaults: one global ranking over MLP, head and embedding dims
         return VTPPruner(
             model, example, pruning_ratio=s.width_ratio, reg=s.reg, shrink=s.shrink, sparse_steps=s.sparse_steps,
-            threshold=s.gate_threshold, head_dim_gate=s.head_dim_gate, head_pruning_ratio=s.head_ratio, score=s.gate_score,
+            threshold=s.gate_threshold, head_pruning_ratio=s.head_ratio, score=s.gate_score,
             **({} if s.gate_closing else {"close": False}),
             **({} if s.fold_gate_values is None else {"fold_values": s.fold_gate_values}),
         )  # fmt: skip

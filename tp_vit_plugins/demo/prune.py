@@ -194,7 +194,6 @@ def _settings(args: argparse.Namespace) -> MethodSettings:
         target_params=args.params_pruning_ratio,
         reg=args.reg,
         shrink=args.shrink,
-        head_dim_gate=args.head_dim_gate,
         gate_score=args.gate_score,
         gate_threshold=args.gate_threshold,
         gate_closing=args.gate_closing,

@@ -204,86 +204,35 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
     return rows
 
 
-#: GOHSP settings in the pipeline, each spelled out: ``rounds`` (ADMM dual updates over the
-#: sparse phase; ``None``: one per sparse epoch), ``calibrate`` (``calibrate_fisher``'s
-#: ``labels``; absent: no calibration), ``per_block`` (the flow graph's head scores normalised per
-#: block, ``GraphHeadImportance(normalize_per_layer=...)``; absent: True); the rest are
-#: ``GOHSPPruner`` arguments. ``gohsp`` is the library default, as the CLI / bench recipes run
-#: it: the ADMM pull as a proximal step, 10 dual updates, the Z-step in the Fisher norm estimated
-#: on the calibration batches (then the cumulative mean), head scores normalised per block and
-#: head-dim / neuron scores over the model. ``gohsp-blocknorm`` is session 8's default (every unit
-#: type normalised per block; records before session 9 named it ``gohsp`` / ``gohsp-1sched``).
-#: ``gohsp-euclid`` is session 7's default (Euclidean projection, scores normalised per unit type);
-#: ``gohsp-grad`` the one before (``rho (W - Z + U)`` through AdamW's gradient, one update per
-#: sparse epoch). The other variants are what the defaults were chosen among.
-_GOHSP_EUCLID = dict(rounds=10, metric="euclidean", normalize="type", fisher_decay=0.1)  # session 7's projection
-_GOHSP_GRAD = {**_GOHSP_EUCLID, "rounds": None, "proximal": None}  # before the proximal step existed
-_GOHSP_S8 = dict(rounds=10, metric="fisher", normalize="block", fisher_decay=None, calibrate="data")  # session 8's default
-GOHSP_VARIANTS = {
-    "gohsp": {**_GOHSP_S8, "normalize": "heads-block"},
-    "gohsp-blocknorm": _GOHSP_S8,
-    "gohsp-euclid": _GOHSP_EUCLID,
-    "gohsp-grad": _GOHSP_GRAD,
-    "gohsp-10-rounds": {**_GOHSP_GRAD, "rounds": 10},
-    # how strongly the head graph guides the projection (graph_bias; 1.0 = the default)
-    "gohsp-bias0": {**_GOHSP_GRAD, "graph_bias": 0.0},
-    "gohsp-bias3": {**_GOHSP_GRAD, "graph_bias": 3.0},
-    # head scores normalised over all heads (the flow graph's mass as one distribution over the model)
-    "gohsp-global": {**_GOHSP_GRAD, "per_block": False},
-    # the proximal pull's strength c
-    "gohsp-prox0.05": {**_GOHSP_EUCLID, "proximal": 0.05},
-    "gohsp-prox1": {**_GOHSP_EUCLID, "proximal": 1.0},
-    "gohsp-prox0.2-bias0": {**_GOHSP_EUCLID, "proximal": 0.2, "graph_bias": 0.0},
-    # the Fisher norm from the training steps alone (running mean, weight 0.1), from the calibration
-    # batches then the cumulative mean, or the calibration estimate alone; all normalised per unit type
-    "gohsp-fisher": {**_GOHSP_EUCLID, "metric": "fisher"},
-    "gohsp-fisher-calib": {**_GOHSP_EUCLID, "metric": "fisher", "fisher_decay": None, "calibrate": "data"},
-    "gohsp-fisher-frozen": {**_GOHSP_EUCLID, "metric": "fisher", "fisher_decay": 0.0, "calibrate": "data"},
-    "gohsp-block": {**_GOHSP_EUCLID, "normalize": "block"},  # session 7's projection normalised per block
-    # session 8's default (scores normalised per block) without the graph, with model-drawn calibration
-    # labels, with the Z-step's budget ramped over the first 5 dual updates
-    "gohsp-nograph": {**_GOHSP_S8, "graph_bias": 0.0},
-    "gohsp-truefisher": {**_GOHSP_S8, "calibrate": "model"},
-    "gohsp-ramp": {**_GOHSP_S8, "budget_ramp": 5},
-}
-#: VTP settings in the pipeline: ``vtp`` is the library default (``VTPPruner``'s own
-#: defaults: gates close during sparse training, the budget being the cut's parameters); the
-#: others, spelled out in full, are the alternatives it was chosen among (``close=False``: the
-#: paper's plain sparse training, the defaults before gate closing).
-_VTP_BASE = dict(reg=0.5, shrink=1.0, head_dim_gate="proj", fold_values=True, close=False)
-VTP_VARIANTS = {
-    "vtp": {},
-    "vtp-noclose": {"close": False},  # the default of zoo_vtp2: mean |g * dL/dg| ranking, no closing
-    "vtp-fold-close": {"fold_values": True},  # closing, surviving gate values folded
-    # closing with the gates trained (proximal L1 step, the default of zoo_vtp3) instead of held at 1
-    "vtp-trained-gates": {"gate_lr": "sparse"},
-    # closing rounds in the middle half of the sparse phase, folded
-    "vtp-late": {"close_start": 0.25, "close_until": 0.75, "fold_values": True},
-    "vtp-fold": _VTP_BASE,
-    "vtp-qkv": {**_VTP_BASE, "head_dim_gate": "qkv_out"},
-    "vtp-s0.5": {**_VTP_BASE, "shrink": 0.5},
-    "vtp-s2": {**_VTP_BASE, "shrink": 2.0},
-    "vtp-rank": {**_VTP_BASE, "fold_values": False},
-    "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking (the default before zoo_vtp2)
-    "vtp-s0.5-rank": {**_VTP_BASE, "shrink": 0.5, "fold_values": False},
-    # embedding dims pruned too (the other pipeline methods keep them): mean vs max over blocks
-    "vtp-embed-mean": {**_VTP_BASE, "prune_embed_dim": True},
-    "vtp-embed-max": {**_VTP_BASE, "prune_embed_dim": True, "aggregation": "max"},
-}
-
+#: The library's own methods in the pipeline protocol, as the CLI / bench recipes run them, by
+#: name. A GOHSP setting may hold ``rounds`` (ADMM dual updates over the sparse phase; ``None``:
+#: one per sparse epoch), ``calibrate`` (``calibrate_fisher``'s ``labels``; absent: no
+#: calibration) and ``per_block`` (``GraphHeadImportance(normalize_per_layer=...)``); the rest are
+#: ``GOHSPPruner`` options. A VTP setting holds ``VTPPruner`` options, ``prune_embed_dim`` and
+#: ``aggregation`` (``GateImportance``). Benchmark scripts add the settings they compare with
+#: :func:`register_variants` (``benchmarks/zoo_variants.py``); the package carries the defaults only.
+GOHSP_VARIANTS: dict[str, dict] = {"gohsp": dict(rounds=10, calibrate="data")}
+VTP_VARIANTS: dict[str, dict] = {"vtp": {}}
 
 #: Suffix of a two-phase method run with one learning-rate schedule over its sparse phase and
 #: fine-tune (``finetune(schedule_span=...)``) instead of a fine-tune restarted at the peak rate.
-#: VTP with closing always runs so (its prune is exact: the run just continues); GroupNorm and
-#: GOHSP restart by default (their prune changes the function; ``group_norm-1sched``,
-#: ``gohsp-euclid-1sched``, ``gohsp-grad-1sched`` and ``gohsp-blocknorm-1sched`` measured the alternative: lower
-#: or level on the zoo, RESULTS "Zoo: session 7" / "Zoo: session 8"). Closing variants recorded before session 7 (``vtp-late``,
-#: ``vtp-fold-close``, ``vtp-close-v1``, ``vtp-s6`` in ``benchmarks/zoo_vtp3`` / ``zoo_vtp4``) ran
-#: with the restarted schedule; rerunning them now gives the one-schedule numbers.
+#: VTP with closing always runs so (its prune is exact: the run just continues).
 ONE_SCHEDULE = "-1sched"
-ONE_SCHEDULE_VARIANTS = tuple(
-    f"{n}{ONE_SCHEDULE}" for n in ("group_norm", "gohsp", "gohsp-blocknorm", "gohsp-euclid", "gohsp-grad")
-)
+
+
+def register_variants(
+    gohsp: dict[str, dict] | None = None, vtp: dict[str, dict] | None = None, cpvit: dict[str, dict] | None = None
+) -> None:
+    """Add named method settings to the zoo's protocols (benchmark scripts; the library defaults stay).
+
+    Raises:
+        ValueError: A name that would replace a library default.
+    """
+    for table, new in ((GOHSP_VARIANTS, gohsp), (VTP_VARIANTS, vtp), (CPVIT_VARIANTS, cpvit)):
+        clash = set(new or {}) & {"gohsp", "vtp", "cpvit", "cpvit-random"}
+        if clash:
+            raise ValueError(f"{sorted(clash)} name the library defaults; register variants under other names")
+        table.update(new or {})
 
 
 def _prune_to_params(
@@ -377,38 +326,11 @@ def protocol_pipeline(member: ZooModel, model: nn.Module, split, s: ZooSettings,
     return rows
 
 
-#: CP-ViT settings in the tokens protocol: ``cpvit`` is ``apply_cascade``'s defaults; the
-#: others, spelled out in full, are the alternatives the defaults were chosen among (a
-#: ``-random`` twin: random scores with the same schedule and fold, the reference the
-#: cumulative score must beat). ``"depth//4"``: the first versions' default start block.
+#: CP-ViT settings in the tokens protocol: ``cpvit`` is ``apply_cascade``'s defaults and
+#: ``cpvit-random`` the same schedule with random scores (the reference the cumulative score must
+#: beat on every model). A start block may be ``"depth//4"`` (resolved per model).
 _Q = "depth//4"
-_BLOCK = dict(prune_at="block", weighted_pool=False)  # before session 9: after the whole block, plain mean pool
-_RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)
-CPVIT_VARIANTS = {
-    "cpvit": {},
-    "cpvit-random": dict(score="random"),
-    "cpvit-notrim": dict(trim_last=False),
-    "cpvit-notrim-random": dict(trim_last=False, score="random"),
-    "cpvit-ramp": dict(schedule_steps=None, trim_last=False),
-    "cpvit-ramp-random": dict(schedule_steps=None, score="random", trim_last=False),
-    "cpvit-scoreprune": dict(score_at="prune", trim_last=False),
-    "cpvit-scoreprune-random": dict(score_at="prune", score="random", trim_last=False),
-    "cpvit-plainpool": dict(weighted_pool=False, trim_last=False),
-    "cpvit-plainpool-random": dict(weighted_pool=False, score="random", trim_last=False),
-    "cpvit-ramp-plainpool": dict(schedule_steps=None, weighted_pool=False, trim_last=False),
-    "cpvit-ramp-plainpool-random": dict(schedule_steps=None, weighted_pool=False, score="random", trim_last=False),
-    "cpvit-block": _BLOCK,
-    "cpvit-block-random": {**_BLOCK, "score": "random"},
-    "cpvit-ramp-drop": _RAMP_DROP,
-    "cpvit-ramp-drop-random": {**_RAMP_DROP, "score": "random"},
-    "cpvit-merge": {**_RAMP_DROP, "fold": "merge"},
-    "cpvit-s0": {**_RAMP_DROP, "start_block": 0},
-    "cpvit-s0-merge": {**_RAMP_DROP, "start_block": 0, "fold": "merge"},
-    "cpvit-s0-random": {**_RAMP_DROP, "start_block": 0, "score": "random"},
-    "cpvit-stepped": {**_RAMP_DROP, "schedule_steps": 3},
-    "cpvit-s0-stepped-merge": dict(start_block=0, schedule_steps=3, fold="merge", **_BLOCK),
-    "cpvit-s0-stepped-merge-random": dict(start_block=0, schedule_steps=3, fold="merge", score="random", **_BLOCK),
-}
+CPVIT_VARIANTS: dict[str, dict] = {"cpvit": {}, "cpvit-random": dict(score="random")}
 
 
 def _cascade_kwargs(name: str, model: nn.Module) -> dict:

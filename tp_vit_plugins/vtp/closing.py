@@ -28,7 +28,7 @@ import torch
 __all__ = ["closing_schedule", "select_closed", "ClosedUnits"]
 
 
-def closing_schedule(sparse_steps: int, rounds: int, until: float, start: float = 0.0) -> list[tuple[int, float]]:
+def closing_schedule(sparse_steps: int, rounds: int, until: float = 0.5, start: float = 0.0) -> list[tuple[int, float]]:
     """When to close and how much: ``[(step, share of the budget), ...]``, ascending.
 
     Round ``k`` (``1..rounds``) falls after step ``ceil((start + k / rounds * (until - start)) *

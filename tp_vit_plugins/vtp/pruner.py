@@ -6,44 +6,38 @@ dims, embedding dims — tp removes coupled channels); fold the surviving gate v
 weights; fine-tune.
 
 What follows the paper: gates on every block's dimensions, the L1 penalty on them, pruning
-by gate magnitude with a threshold (``threshold=``), folding, fine-tuning. This library's
-choices (the paper's text is not available here; these are reconstructions):
+by gate magnitude with a threshold (``threshold=``), folding (``fold_values=True``),
+fine-tuning. This library's reconstructions and extensions (listed in the README):
 
 * **Where the gates sit.** Input gates on ``qkv`` and ``fc1`` (embedding dims), on ``fc2``
-  (MLP hidden dims), and head dims gated where they are removed: output gates on ``qkv``
-  (``"qkv_out"``: q, k and v of each head dim, which tp removes together) or, as in the first
-  versions of this library, the ``proj`` input gate (``"proj"``: the v side only).
+  (MLP hidden dims) and on ``proj`` (head dims, the v side of each head dim).
 * **How the L1 term is applied.** A proximal step (:meth:`GateSet.proximal_step`): the gates
   take their own plain-SGD step at ``gate_lr`` and a soft threshold ``gate_lr * reg``, outside
   the model's optimizer, so gates reach exactly 0 whatever that optimizer is.
-* **Units.** Gate gradients of a mean loss are tiny and model-dependent (median ``|dL/dg|``
-  1e-5 to 3e-4 on the zoo), so the gradient is divided by a running mean of ``|dL/dg|``
-  over all gates (an EMA, one scalar): ``reg`` is then dimensionless — a gate whose mean
-  gradient stays below ``reg`` times the average gate's is driven to 0 — and the same value
-  transfers between models and datasets. ``gate_lr`` is per step; give ``sparse_steps``
-  (the number of sparse-training steps) and it is set from ``shrink``, the distance the L1
-  term alone moves a gate over the run (``gate_lr = shrink / (reg * sparse_steps)``), so
-  a short run on a small dataset and a long one shrink gates alike.
-* **Ratio as well as threshold.** ``pruning_ratio`` (default) ranks the dims globally across
-  MLP, head and embedding dims (heterogeneous widths); ``threshold`` removes every dimension
-  whose score is at most the threshold (``0.0``: exactly the gates the L1 step zeroed).
-* **What ranks.** By default (``score="taylor"``, this library's extension, chosen on the zoo)
-  the mean over sparse training of ``|g * dL/dg|`` — the first-order loss change of closing
-  the gate — times 0 where the L1 step zeroed the gate; the paper's ``|g|`` is
-  ``score="magnitude"``. Both remove the zeroed gates first.
+* **Units.** Gate gradients of a mean loss are tiny and model-dependent, so the gradient is
+  divided by a running mean of ``|dL/dg|`` over all gates (an EMA, one scalar): ``reg`` is
+  then dimensionless — a gate whose mean gradient stays below ``reg`` times the average
+  gate's is driven to 0. ``gate_lr`` is per step; give ``sparse_steps`` and it is set from
+  ``shrink``, the distance the L1 term alone moves a gate over the run
+  (``gate_lr = shrink / (reg * sparse_steps)``).
+* **Ratio as well as threshold.** ``pruning_ratio`` ranks the dims globally across MLP and
+  head dims (heterogeneous widths); ``threshold`` removes every dimension whose score is at
+  most the threshold (``0.0``: exactly the gates the L1 step zeroed).
+* **What ranks.** ``score="taylor"``: the mean over sparse training of ``|g * dL/dg|`` — the
+  first-order loss change of closing the gate — times 0 where the L1 step zeroed the gate;
+  the paper's ``|g|`` is ``score="magnitude"``. Both remove the zeroed gates first.
 * Residual-stream dims (``prune_embed_dim=True``) are scored by the mean of the ``qkv`` /
-  ``fc1`` input gates of all blocks (see :mod:`.importance`; ``"max"`` gave the same zoo
-  results to 0.1 pt). They are not pruned by default.
+  ``fc1`` input gates of all blocks (see :mod:`.importance`); not pruned by default.
 * **Closing** (``close``, on by default when ``sparse_steps`` is given): gates of the
-  lowest-scoring dims are fixed at exactly 0 in a few rounds during sparse training, up to
-  the pruning budget, so the end of the sparse phase already trains the pruned network
-  (:mod:`.closing`). While closing, the other gates are held at exactly 1 by default
-  (``gate_lr=0``): they only measure ``|g * dL/dg|`` and mask, so the prune changes nothing
-  the sparse phase trained (trained gate values that revert to 1 at the prune, or a gate step
-  that is large on a short run, cost accuracy on the zoo: see ``gate_lr``).
-* **Gates rank, they are not folded** by default (``fold_values=False``): after the short
-  sparse phases measured on the zoo, the shrunken gate values cost more accuracy than they
-  carry; the paper's folding is ``fold_values=True``.
+  lowest-scoring dims are fixed at exactly 0 in a few rounds over the first half of sparse
+  training, up to the pruning budget, so the end of the sparse phase already trains the
+  pruned network (:mod:`.closing`). While closing, the other gates are held at 1 by default
+  (``gate_lr=0``): they measure ``|g * dL/dg|`` and mask, so the prune changes nothing the
+  sparse phase trained.
+* **Gates rank, they are not folded** by default (``fold_values=False``); the paper's
+  folding is ``fold_values=True``.
+
+The measurements behind the defaults are in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -56,43 +50,43 @@ import torch_pruning as tp
 from torch import nn
 
 from ..core.metrics import count_params
+from ..core.options import split_options
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..hosts.timm.structure import block_layers, head_layout, unit_param_costs
 from .closing import closing_schedule, select_closed
+from .config import GATE_SCORES, GATED_LAYERS, VTPConfig
 from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
 from .importance import GateImportance
 
-__all__ = ["VTPPruner", "GATED_LAYERS", "HEAD_DIM_GATES", "GATE_SCORES", "default_gated_layers"]
+__all__ = ["VTPPruner", "VTPConfig", "GATED_LAYERS", "GATE_SCORES", "default_gated_layers"]
 
-#: Gate positions of a block: input gates of ``qkv``, ``proj``, ``fc1``, ``fc2`` and the
-#: output gate of ``qkv`` (``"qkv_out"``: q, k, v of every head dim).
-GATED_LAYERS = ("qkv", "proj", "fc1", "fc2", "qkv_out")
+#: Options that left VTPPruner: name -> (its old default, why).
+_REMOVED = {
+    "head_dim_gate": ("proj", "head dims are gated at the proj input"),
+    "close_until": (0.5, "the closing rounds run over the first half of the sparse phase"),
+    "close_start": (0.0, "the closing rounds start with the sparse phase"),
+}
 #: Gate positions per prunable structure (the default: gate exactly what may be pruned).
 GATES_FOR = {"mlp": ("fc2",), "embed": ("qkv", "fc1")}
-#: Head-dim gate choices: ``"qkv_out"`` (q, k, v of each dim) or ``"proj"`` (the v side).
-HEAD_DIM_GATES = ("qkv_out", "proj")
-#: What ranks the dims at pruning time: ``"magnitude"`` (``|g|``, the paper's) or
-#: ``"taylor"`` (mean ``|g * dL/dg|`` over sparse training; this library's extension).
-GATE_SCORES = ("magnitude", "taylor")
 
 
-def default_gated_layers(prune_mlp: bool, prune_head_dims: bool, prune_embed_dim: bool, head_dim_gate: str) -> tuple:
+def default_gated_layers(prune_mlp: bool, prune_head_dims: bool, prune_embed_dim: bool) -> tuple:
     """The gate positions that score the enabled structures, and no others."""
     names = [*(GATES_FOR["mlp"] if prune_mlp else ()), *(GATES_FOR["embed"] if prune_embed_dim else ())]
     if prune_head_dims:
-        names.append(head_dim_gate)
+        names.append("proj")
     return tuple(names)
 
 
-def _closing_problem(sparse_steps: int | None, prune_embed_dim: bool, head_ratio: float, head_dim_gate: str) -> str | None:
+def _closing_problem(sparse_steps: int | None, prune_embed_dim: bool, head_ratio: float) -> str | None:
     """Why these settings rule out gate closing (``None``: they do not)."""
     if not sparse_steps:
         return "it needs sparse_steps (the closing rounds are spread over the sparse phase)"
-    if prune_embed_dim or head_ratio > 0 or head_dim_gate != "proj":
+    if prune_embed_dim or head_ratio > 0:
         return (
-            "it closes MLP hidden dims and head dims gated at proj: use prune_embed_dim=False, "
-            "head_pruning_ratio=0 and head_dim_gate='proj' (or close=False)"
+            "it closes MLP hidden dims and head dims, not whole heads or embedding dims: use prune_embed_dim=False "
+            "and head_pruning_ratio=0 (or close=False)"
         )
     return None
 
@@ -112,82 +106,36 @@ class VTPPruner(ViTPruner):
 
     Example::
 
-        pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4)
-        train(model, loader, epochs, step_hook=pruner.regularize)   # proximal L1 step on the gates
-        print(pruner.gate_zero_share())   # share of gates the L1 step drove to exactly 0
-        pruner.step()        # score by |gate|, remove the gates, prune, sync attention
+        pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4,
+                               config=tpv.vtp.VTPConfig(sparse_steps=epochs * len(loader)))
+        train(model, loader, epochs, step_hook=pruner.regularize)   # gates: L1 step / closing rounds
+        print(pruner.gate_zero_share())   # share of gates at exactly 0
+        pruner.step()        # rank by the gate scores, remove the gates, prune, sync attention
         train(model, loader, finetune_epochs)
+
+    Defaults differ from :class:`ViTPruner`'s on purpose: ``ViTPruner`` mirrors tp's
+    constructor and prunes nothing until given ratios, while VTP is a method with a budget
+    (``pruning_ratio=0.4``) that ranks every gated dimension of the model together
+    (``global_pruning=True``, head dims included), as the paper ranks its gates.
 
     Args:
         model: A timm ViT-family model (gates are attached at construction).
         example_inputs: Input for tp's graph tracing.
-        pruning_ratio: Share of dimensions to remove, in ``[0, 1)`` (ignored with ``threshold``).
-        reg: L1 strength, relative to the running mean gate gradient (see module docs).
-        gate_lr: Learning rate of the gates' own proximal SGD step (see :mod:`.gates`); one
-            step shrinks a gate by ``gate_lr * reg`` besides the (normalised) loss gradient.
-            Default: 0 while closing (the gates are held at 1 unless closed; ``reg`` then
-            plays no part; chosen on the zoo over trained gates: +0.87 pt [+0.45, +1.30] /
-            +1.28 [+0.22, +2.43] at -40 / -70 % params, 2 epochs, ``benchmarks/zoo_vtp4``),
-            else from ``sparse_steps``, else 0.01.
-        sparse_steps: Optimizer steps of the planned sparse training (sets ``gate_lr``).
-        threshold: Prune every dimension whose gate score is ``<= threshold`` (the paper's
-            rule; ``0.0`` = the gates sparse training zeroed) instead of a fixed ratio.
-            Needs ``global_pruning=True``.
+        pruning_ratio: Share of dimensions removed, in ``[0, 1)`` (ignored with ``threshold``).
         importance: Defaults to :class:`~tp_vit_plugins.GateImportance`.
-        global_pruning: One threshold across all layers and structure types (heterogeneous)
-            instead of per-layer thresholds.
+        config: The method's options (:class:`~tp_vit_plugins.vtp.VTPConfig`).
+        global_pruning: One ranking across all layers and structure types (heterogeneous widths).
         prune_mlp, prune_head_dims, prune_embed_dim: Which dimensions may go (head dims of
-            rotary models, EVA02, go in rotary pairs: see ``ViTPruner``). Embedding dims
-            are off by default (chosen on the zoo: pruning the residual stream too, at equal
-            parameters, cost 22.0 pt [16.8, 27.2] at -40 % params, ``benchmarks/zoo_vtp``).
-        shrink: With ``sparse_steps``: how far the L1 term alone moves a gate over the whole
-            sparse training (``gate_lr * reg * sparse_steps``); 1.0 lets it drive a gate
-            without any loss gradient from 1 to exactly 0 by the last step.
-        head_dim_gate: Where head dims are gated, one of :data:`HEAD_DIM_GATES`.
-        fold_values: Fold the surviving gate values into the weights (the paper's VTP).
-            Default ``False`` (chosen on the zoo: +2.16 pt [+0.87, +3.49] at -40 % and
-            +1.11 pt [-0.33, +2.60] at -70 % parameters over folding, zoo means with paired
-            95 % intervals, ``benchmarks/zoo_vtp``): the gates only choose what goes and the kept
-            dims return to their ungated scale. Removing a zeroed gate's dims is exact either way.
-        gated_layers: Explicit gate positions (subset of :data:`GATED_LAYERS`); default: the
-            positions that score the enabled structures (:func:`default_gated_layers`).
-        score: What ranks the dims, one of :data:`GATE_SCORES` (see :meth:`gate_scores`).
-            Default ``"taylor"`` (chosen on the zoo over the paper's ``"magnitude"``:
-            +0.17 [-0.25, +0.62] / +0.61 [-0.78, +2.13] pt at -40 / -70 % params with 2 epochs,
-            +0.08 [-0.24, +0.42] / +1.61 [+0.02, +3.19] pt with 4 epochs; paired 95 % intervals,
-            ``benchmarks/zoo_vtp2``). A gate the L1 step zeroed scores 0 either way.
-        close: Close gates during sparse training (library extension, :mod:`.closing`): in
-            ``close_rounds`` rounds over the first ``close_until`` of the ``sparse_steps``,
-            the gates of the lowest-scoring MLP hidden dims and head dims (in-head indices,
-            all heads) are fixed at exactly 0, a cubic-growing share of the budget each
-            round, so the rest of the sparse phase trains the pruned network. The budget is
-            ``close_params`` if given, else ``pruning_ratio`` of the ranked dims (counted as
-            tp's global ranking counts them, so :meth:`step` at that ratio removes the closed
-            dims first). ``None`` (default): on whenever ``sparse_steps`` is given and the
-            settings allow it (no embedding dims, whole heads, ``qkv_out`` gates, rotary head
-            dims or blocks without a two-layer MLP), the paper's plain sparse training
-            otherwise; ``True``: refuse settings it cannot serve; ``False``: off. Chosen on
-            the zoo (``benchmarks/zoo_vtp3``, 2 epochs, paired 95 % intervals: over no closing
-            +0.78 pt [+0.31, +1.26] / +6.99 [+5.59, +8.29] at -40 / -70 % params). With the
-            gates held at 1 and one learning-rate schedule over sparse phase and fine-tune
-            (``benchmarks/zoo_vtp4``): against tp Taylor + fine-tune +0.98 [+0.51, +1.51] /
-            +7.64 [+6.83, +8.44], against dense + the same epochs -0.05 [-0.33, +0.23] /
-            -1.35 [-1.75, -0.94].
-        close_params: A parameter budget for closing: the share of the model's parameters
-            whose dims close. :meth:`step` then removes the zero gates (``threshold=0.0``
-            unless given) instead of using ``pruning_ratio``.
-        close_rounds: Closing rounds (see ``close``).
-        close_until: Share of the sparse phase by which the last closing round has run.
-        close_start: Share of the sparse phase before the first closing round.
-        **kwargs: Passed to :class:`ViTPruner` (``head_pruning_ratio``, ``round_to``, ...).
+            rotary models, EVA02, go in rotary pairs: see ``ViTPruner``).
+        **kwargs: :class:`~tp_vit_plugins.vtp.VTPConfig` fields (override ``config``), then
+            :class:`ViTPruner` arguments (``head_pruning_ratio``, ``round_to``, ...).
 
     Raises:
-        ValueError: Bad ratio, negative ``reg`` / ``gate_lr`` / ``threshold``, ``threshold``
-            without global pruning, unknown gate positions, or closing asked for (``close=True``
-            or ``close_params``) with settings it cannot serve (no ``sparse_steps``, embedding
-            dims, whole heads, rotary head dims, ``qkv_out`` gates, blocks without a two-layer
-            MLP); the model is left as it was.
-        TypeError: The model is not a timm ViT.
+        ValueError: Bad ratio or options, ``threshold`` without global pruning, or closing
+            asked for (``close=True`` or ``close_params``) with settings it cannot serve (no
+            ``sparse_steps``, embedding dims, whole heads, rotary head dims, blocks without a
+            two-layer MLP); the model is left as it was.
+        TypeError: The model is not a timm ViT, or a removed option with a non-default value.
     """
 
     def __init__(
@@ -195,46 +143,26 @@ class VTPPruner(ViTPruner):
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence,
         pruning_ratio: float = 0.4,
-        reg: float = 0.5,
-        gate_lr: float | None = None,
-        sparse_steps: int | None = None,
-        threshold: float | None = None,
         importance: tp.importance.Importance | None = None,
+        config: VTPConfig | None = None,
+        *,
         global_pruning: bool = True,
         prune_mlp: bool = True,
         prune_head_dims: bool = True,
         prune_embed_dim: bool = False,
-        shrink: float = 1.0,
-        head_dim_gate: str = "proj",
-        fold_values: bool = False,
-        gated_layers: Sequence[str] | None = None,
-        score: str = "taylor",
-        close: bool | None = None,
-        close_params: float | None = None,
-        close_rounds: int = 4,
-        close_until: float = 0.5,
-        close_start: float = 0.0,
         **kwargs: typing.Any,
     ) -> None:
         pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
-        if reg < 0 or (gate_lr is not None and gate_lr < 0):
-            raise ValueError(f"reg and gate_lr must be >= 0, got reg={reg}, gate_lr={gate_lr}")
-        if sparse_steps is not None and (not isinstance(sparse_steps, int) or sparse_steps < 1):
-            raise ValueError(f"sparse_steps must be a positive int, got {sparse_steps!r}")
-        if threshold is not None and (threshold < 0 or not global_pruning):
-            raise ValueError(f"threshold={threshold} needs threshold >= 0 and global_pruning=True (one threshold across layers)")
-        if head_dim_gate not in HEAD_DIM_GATES:
-            raise ValueError(f"head_dim_gate must be one of {HEAD_DIM_GATES}, got {head_dim_gate!r}")
-        if shrink <= 0:
-            raise ValueError(f"shrink must be > 0, got {shrink}")
-        if score not in GATE_SCORES:
-            raise ValueError(f"score must be one of {GATE_SCORES}, got {score!r}")
-        if close_params is not None:
-            check_ratio("close_params", close_params)
-        if close is False and close_params is not None:
-            raise ValueError("close=False contradicts close_params (a closing budget); drop one of them")
+        cfg, kwargs = split_options(VTPConfig, config, kwargs, _REMOVED, "VTPPruner")
+        self.config = cfg
+        reg, gate_lr, sparse_steps, threshold, shrink = cfg.reg, cfg.gate_lr, cfg.sparse_steps, cfg.threshold, cfg.shrink
+        fold_values, gated_layers, score, close, close_params = (
+            cfg.fold_values, cfg.gated_layers, cfg.score, cfg.close, cfg.close_params,
+        )  # fmt: skip
+        if threshold is not None and not global_pruning:
+            raise ValueError(f"threshold={threshold} needs global_pruning=True (one threshold across layers)")
         explicit = bool(close) or close_params is not None  # asked for: refuse what cannot close
-        problem = _closing_problem(sparse_steps, prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)), head_dim_gate)
+        problem = _closing_problem(sparse_steps, prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)))
         if explicit and problem:
             raise ValueError(f"gate closing: {problem}")
         closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
@@ -242,17 +170,16 @@ class VTPPruner(ViTPruner):
         self.closing_off_reason = (
             None if closing else "close=False" if close is False else problem or "nothing to prune (pruning_ratio=0)"
         )
-        plan = closing_schedule(sparse_steps, close_rounds, close_until, close_start) if closing else []  # validates
+        plan = closing_schedule(sparse_steps, cfg.close_rounds) if closing else []  # validates
         if closing and close_params is not None and threshold is None:
             threshold = 0.0  # a parameter budget: remove the closed (zero) gates
         total_params = count_params(model)
         before = ModuleSnapshot(model) if closing else None  # closing checks the built pruner: undo on refusal
         if gated_layers is None:
             heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
-            gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim, head_dim_gate)
-        bad = set(gated_layers) - set(GATED_LAYERS)
-        if bad or not gated_layers:
-            raise ValueError(f"gated_layers must be a non-empty subset of {GATED_LAYERS}, got {list(gated_layers)}")
+            gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim)
+        if not gated_layers:
+            raise ValueError("nothing to gate: enable prune_mlp, prune_head_dims or prune_embed_dim (or give gated_layers)")
         super().__init__(
             model,
             example_inputs,

@@ -1,0 +1,61 @@
+"""Method settings the zoo compares with the library defaults (registered by ``zoo_run.py``).
+
+The installed package runs only the defaults (``gohsp``, ``vtp``, ``cpvit``, ``cpvit-random``)
+and the peers; the alternatives below are the settings the defaults are measured against.
+Append ``-1sched`` to a pipeline name to run its sparse phase and fine-tune under one
+learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+from tp_vit_plugins.demo.zoo_bench import register_variants
+
+_DEFAULT_GOHSP = dict(rounds=10, calibrate="data")
+GOHSP = {
+    "gohsp-nograph": {**_DEFAULT_GOHSP, "graph_bias": 0.0},  # no graph guideline in the projection
+    "gohsp-bias3": {**_DEFAULT_GOHSP, "graph_bias": 3.0},  # a stronger one
+    "gohsp-euclid": {**_DEFAULT_GOHSP, "metric": "euclidean", "calibrate": None},  # the paper's (Euclidean) projection
+    "gohsp-grad": {**_DEFAULT_GOHSP, "proximal": None},  # the ADMM term through the optimizer's gradient
+    "gohsp-truefisher": {**_DEFAULT_GOHSP, "calibrate": "model"},  # labels drawn from the model: the true Fisher
+    "gohsp-global": {**_DEFAULT_GOHSP, "per_block": False},  # flow-graph head scores over the model
+}
+
+_PLAIN = dict(reg=0.5, shrink=1.0, close=False)  # the paper's plain sparse training
+VTP = {
+    "vtp-noclose": {"close": False},
+    "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking
+    "vtp-fold": {**_PLAIN, "fold_values": True},  # the paper's folding
+    "vtp-fold-close": {"fold_values": True},
+    "vtp-trained-gates": {"gate_lr": "sparse"},  # closing with the gates trained by the L1 step
+    "vtp-s0.5": {**_PLAIN, "fold_values": True, "shrink": 0.5},
+    "vtp-s2": {**_PLAIN, "fold_values": True, "shrink": 2.0},
+    "vtp-embed-mean": {**_PLAIN, "fold_values": True, "prune_embed_dim": True},
+    "vtp-embed-max": {**_PLAIN, "fold_values": True, "prune_embed_dim": True, "aggregation": "max"},
+}
+
+_Q = "depth//4"  # the paper's start block, resolved per model
+_BLOCK = dict(prune_at="block", weighted_pool=False)  # tokens leave after the whole block, plain mean pool
+_RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)  # the paper's pipeline
+CPVIT = {
+    "cpvit-notrim": dict(trim_last=False),
+    "cpvit-notrim-random": dict(trim_last=False, score="random"),
+    "cpvit-ramp": dict(schedule_steps=None, trim_last=False),
+    "cpvit-ramp-random": dict(schedule_steps=None, score="random", trim_last=False),
+    "cpvit-scoreprune": dict(score_at="prune", trim_last=False),
+    "cpvit-scoreprune-random": dict(score_at="prune", score="random", trim_last=False),
+    "cpvit-plainpool": dict(weighted_pool=False, trim_last=False),
+    "cpvit-plainpool-random": dict(weighted_pool=False, score="random", trim_last=False),
+    "cpvit-block": _BLOCK,
+    "cpvit-block-random": {**_BLOCK, "score": "random"},
+    "cpvit-ramp-drop": _RAMP_DROP,
+    "cpvit-ramp-drop-random": {**_RAMP_DROP, "score": "random"},
+    "cpvit-merge": {**_RAMP_DROP, "fold": "merge"},
+    "cpvit-s0": {**_RAMP_DROP, "start_block": 0},
+    "cpvit-s0-random": {**_RAMP_DROP, "start_block": 0, "score": "random"},
+    "cpvit-stepped": {**_RAMP_DROP, "schedule_steps": 3},
+}
+
+
+def register() -> None:
+    """Make every setting above runnable by the zoo's protocols."""
+    register_variants(gohsp=GOHSP, vtp=VTP, cpvit=CPVIT)

@@ -1,0 +1,69 @@
+"""GOHSP's options in one frozen object (:class:`GOHSPConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GOHSPConfig", "UNIT_TYPES", "METRICS"]
+
+#: Unit types GOHSP can remove.
+UNIT_TYPES = ("heads", "head_dims", "mlp")
+#: The norm of the Z-step projection: ``"euclidean"`` (nearest point, textbook ADMM) or
+#: ``"fisher"`` (squared distance weighted by the mean of ``(dL/dW)^2``: units scored by
+#: ``sum F W^2``, the second-order loss change of zeroing them; this library's extension).
+METRICS = ("euclidean", "fisher")
+
+
+@dataclass(frozen=True)
+class GOHSPConfig:
+    """Options of :class:`~tp_vit_plugins.GOHSPPruner` (its budget, ``pruning_ratio``, is a constructor argument).
+
+    Attributes:
+        structures: Unit types to prune, a non-empty subset of :data:`UNIT_TYPES`.
+        metric: The Z-step projection's norm, one of :data:`METRICS` (``"fisher"``: estimated by
+            :meth:`~tp_vit_plugins.GOHSPPruner.calibrate_fisher` and every sparse-training step;
+            this library's extension, the paper's projection is Euclidean).
+        proximal: The pull towards ``Z`` as an exact proximal step of strength ``c`` on the
+            weights after each backward, outside the optimizer (as AdamW decouples weight
+            decay); ``None``: ``rho (W - Z + U)`` is added to the gradient (textbook ADMM).
+        graph_bias: Exponent of the graph head score in the projection (0 ignores the graph).
+        admm_interval: Optimizer steps between the dual updates that ``regularize`` runs itself;
+            ``None``: call ``update_regularizer`` yourself (e.g. once per epoch, as tp's loop does).
+        rho: Initial ADMM penalty.
+        rho_growth: Extra factor applied to ``rho`` at every dual update (1 = balancing only).
+        balance: Residual balancing of ``rho`` (Boyd et al. 2011, §3.4.1).
+        mu, tau: Balancing threshold and factor.
+        tol: Relative primal residual ``||W - Z|| / ||W||`` below which ADMM has converged.
+        min_heads: Heads every block keeps.
+    """
+
+    structures: tuple[str, ...] = UNIT_TYPES
+    metric: str = "fisher"
+    proximal: float | None = 0.2
+    graph_bias: float = 1.0
+    admm_interval: int | None = None
+    rho: float = 1e-2
+    rho_growth: float = 1.0
+    balance: bool = True
+    mu: float = 10.0
+    tau: float = 2.0
+    tol: float = 1e-2
+    min_heads: int = 1
+
+    def __post_init__(self) -> None:
+        structures = (self.structures,) if isinstance(self.structures, str) else tuple(self.structures)
+        object.__setattr__(self, "structures", structures)
+        if not structures or set(structures) - set(UNIT_TYPES):
+            raise ValueError(f"structures must be a non-empty subset of {UNIT_TYPES}, got {list(structures)}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.proximal is not None and self.proximal <= 0:
+            raise ValueError(f"proximal must be > 0 (or None: the ADMM term goes through the gradient), got {self.proximal}")
+        if self.rho <= 0 or self.rho_growth < 1:
+            raise ValueError(f"need rho > 0 and rho_growth >= 1, got rho={self.rho}, rho_growth={self.rho_growth}")
+        if self.admm_interval is not None and (not isinstance(self.admm_interval, int) or self.admm_interval < 1):
+            raise ValueError(f"admm_interval must be a positive int (optimizer steps), got {self.admm_interval!r}")
+        if self.mu <= 1 or self.tau <= 1 or self.tol <= 0:
+            raise ValueError(f"need mu > 1, tau > 1 and tol > 0, got mu={self.mu}, tau={self.tau}, tol={self.tol}")
+        if not isinstance(self.min_heads, int) or self.min_heads < 1:
+            raise ValueError(f"min_heads must be an int >= 1, got {self.min_heads!r}")

@@ -1,0 +1,78 @@
+"""VTP's options in one frozen object (:class:`VTPConfig`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["VTPConfig", "GATE_SCORES", "GATED_LAYERS"]
+
+#: Gate positions of a block: input gates of ``qkv``, ``proj``, ``fc1``, ``fc2`` and the
+#: output gate of ``qkv`` (``"qkv_out"``: q, k, v of every head dim).
+GATED_LAYERS = ("qkv", "proj", "fc1", "fc2", "qkv_out")
+#: What ranks the dims at pruning time: ``"magnitude"`` (``|g|``, the paper's) or
+#: ``"taylor"`` (mean ``|g * dL/dg|`` over sparse training; this library's extension).
+GATE_SCORES = ("magnitude", "taylor")
+
+
+@dataclass(frozen=True)
+class VTPConfig:
+    """Options of :class:`~tp_vit_plugins.VTPPruner` (its ratio and structure switches are constructor arguments).
+
+    Attributes:
+        reg: L1 strength, relative to the running mean gate gradient (dimensionless; see
+            :mod:`tp_vit_plugins.vtp.pruner`).
+        gate_lr: Learning rate of the gates' own proximal SGD step; one step shrinks a gate by
+            ``gate_lr * reg`` besides the (normalised) loss gradient. ``None``: 0 while closing
+            (the gates are held at 1 unless closed), else from ``sparse_steps`` and ``shrink``,
+            else 0.01.
+        sparse_steps: Optimizer steps of the planned sparse training (sets ``gate_lr`` and the
+            closing rounds).
+        threshold: Prune every dimension whose gate score is ``<= threshold`` (the paper's rule;
+            ``0.0`` = the gates sparse training zeroed) instead of a fixed ratio.
+        shrink: With ``sparse_steps``: how far the L1 term alone moves a gate over the whole
+            sparse training (``gate_lr * reg * sparse_steps``).
+        fold_values: Fold the surviving gate values into the weights (the paper's VTP);
+            ``False``: the gates only choose what goes, kept dims return to their ungated scale.
+        gated_layers: Explicit gate positions (a subset of :data:`GATED_LAYERS`); ``None``:
+            the positions that score the enabled structures.
+        score: What ranks the dims, one of :data:`GATE_SCORES`.
+        close: Close gates during sparse training (this library's extension): ``None`` — on
+            whenever ``sparse_steps`` is given and the settings allow it; ``True`` — refuse
+            settings it cannot serve; ``False`` — the paper's plain sparse training.
+        close_params: A parameter budget for closing (the share of the model's parameters
+            whose dims close); the prune then removes the zero gates.
+        close_rounds: Closing rounds over the first half of the sparse phase.
+    """
+
+    reg: float = 0.5
+    gate_lr: float | None = None
+    sparse_steps: int | None = None
+    threshold: float | None = None
+    shrink: float = 1.0
+    fold_values: bool = False
+    gated_layers: Sequence[str] | None = None
+    score: str = "taylor"
+    close: bool | None = None
+    close_params: float | None = None
+    close_rounds: int = 4
+
+    def __post_init__(self) -> None:
+        if self.gated_layers is not None:
+            object.__setattr__(self, "gated_layers", tuple(self.gated_layers))
+        if self.reg < 0 or (self.gate_lr is not None and self.gate_lr < 0):
+            raise ValueError(f"reg and gate_lr must be >= 0, got reg={self.reg}, gate_lr={self.gate_lr}")
+        if self.sparse_steps is not None and (not isinstance(self.sparse_steps, int) or self.sparse_steps < 1):
+            raise ValueError(f"sparse_steps must be a positive int, got {self.sparse_steps!r}")
+        if self.threshold is not None and self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.shrink <= 0:
+            raise ValueError(f"shrink must be > 0, got {self.shrink}")
+        if self.score not in GATE_SCORES:
+            raise ValueError(f"score must be one of {GATE_SCORES}, got {self.score!r}")
+        if self.close_params is not None and not 0.0 <= self.close_params < 1.0:
+            raise ValueError(f"close_params must lie in [0, 1), got {self.close_params}")
+        if self.close is False and self.close_params is not None:
+            raise ValueError("close=False contradicts close_params (a closing budget); drop one of them")
+        if self.gated_layers is not None and (not self.gated_layers or set(self.gated_layers) - set(GATED_LAYERS)):
+            raise ValueError(f"gated_layers must be a non-empty subset of {GATED_LAYERS}, got {list(self.gated_layers)}")
