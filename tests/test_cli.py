@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 import tp_vit_plugins as tpv
 from tp_vit_plugins.demo import cli, embedded
 from tp_vit_plugins.demo import prune as prune_cmd
+from tp_vit_plugins.demo.common import Structure
 
 QUIET = ["--embedded-epochs", "1", "--calib-batches", "2", "--finetune-epochs", "0", "--quiet"]
 
@@ -23,7 +24,7 @@ QUIET = ["--embedded-epochs", "1", "--calib-batches", "2", "--finetune-epochs", 
 def prune(*argv: str) -> prune_cmd.PruneResult:
     args = cli.build_parser().parse_args(["prune", *argv])
     cli.validate_prune(args)
-    return prune_cmd.run_prune(args)
+    return prune_cmd.run_prune(cli.prune_options(args))
 
 
 @pytest.mark.slow
@@ -231,7 +232,7 @@ def test_method_names_match_the_recipe_table():
 @pytest.mark.parametrize("tokens", [None, [49, 41, 33]])
 def test_report_flags_a_model_slower_than_dense(tokens):
     m = prune_cmd.Measurement
-    s = prune_cmd.Structure([6], [16], [384])
+    s = Structure([6], [16], [384])
     r = prune_cmd.PruneResult("embedded", "cpvit", m(10, 100, None, {1: 1.0, 64: 20.0}), m(10, 70, None, {1: 1.6, 64: 16.0}),
                               torch.nn.Identity(), s, s, token_schedule=tokens)  # fmt: skip
     lines = prune_cmd.format_report(r).splitlines()

@@ -33,28 +33,27 @@ Outputs in ``out_dir``: ``RESULTS.md``, ``results.json``, ``accuracy_vs_macs.png
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import statistics
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..budget import clone_with_grads, fit_budget, vit_prune_fn
 from ..core.metrics import alternated_speedup, count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
 from ..cpvit import remove_cascade
-from ..vtp import VTPPruner
-from .methods import MethodSettings, get_method
+from .common import Structure, load_options_workload, show_bars, usage_error
+from .data import calibration_loader
+from .methods import MethodSettings, get_method, run_recipe
 from .names import BENCH_METHODS
-from .prune import Structure, load_args_workload, show_bars, usage_error
+from .options import BenchOptions
 
 _FIT = dict(tolerance=0.015, max_evaluations=12)  # within the 2 % the comparison promises
 
@@ -104,9 +103,7 @@ class _Setup:
 def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
     """Prune a copy of the dense model with recipe ``name`` to ``target`` of its MACs, train, measure."""
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(1000 + seed)
-    idx = torch.randperm(len(setup.train_set), generator=g)[: setup.calib_batches * setup.batch_size].tolist()
-    calib = DataLoader(Subset(setup.train_set, idx), batch_size=setup.batch_size)
+    calib = calibration_loader(setup.train_set, setup.calib_batches, setup.batch_size, seed)
     train_loader = DataLoader(
         setup.train_set, batch_size=setup.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
@@ -119,24 +116,20 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         recipe = get_method(name)
         settings = MethodSettings(head_ratio=0.0, width_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
     if recipe is not None and recipe.prunes_structure:
+
+        def train(n: int, one: bool, step_hook, epoch_hook) -> None:  # the sparse phase counts against the epochs
+            span = (0, setup.finetune_epochs) if one else None
+            finetune(base, train_loader, epochs=n, lr=setup.lr, seed=seed, schedule_span=span, progress=False,
+                     step_hook=step_hook, epoch_hook=epoch_hook)  # fmt: skip
+
         sparse = recipe.sparse_epochs(settings, 0, budget=setup.finetune_epochs)
-        settings.plan_sparse(sparse, train_loader)
-        pruner = recipe.prepare(base, setup.example, calib, settings)
-        if sparse:  # the sparse phase counts against the method's epoch budget
-            step_hook, epoch_hook = recipe.hooks(pruner)
-            hooks = dict(step_hook=step_hook, epoch_hook=epoch_hook)
-            one_schedule = recipe.one_schedule(pruner)
-            span = (0, setup.finetune_epochs) if one_schedule else None
-            finetune(base, train_loader, epochs=sparse, lr=setup.lr, seed=seed, schedule_span=span, progress=False, **hooks)
-            epochs = max(0, epochs - sparse)
-        recipe.finish(pruner)
-        if isinstance(pruner, VTPPruner):
-            zero_share = pruner.gate_zero_share()
-            if setup.out_dir:
-                pruner.save_gate_histogram(os.path.join(setup.out_dir, f"vtp_gates_{target:.2f}_s{seed}.png"))
+        plot = os.path.join(setup.out_dir, f"vtp_gates_{target:.2f}_s{seed}.png") if setup.out_dir else None
+        run = run_recipe(recipe, base, setup.example, calib, train_loader, settings, sparse, train, plot)
+        one_schedule, epochs = run.one_schedule, max(0, epochs - sparse)
+        zero_share = run.stats.get("gate_zero_share")
         # half of the MACs cut (in log scale) from structure when tokens take the other half
         struct_target = math.sqrt(target) if recipe.drops_tokens else target
-        prune_fn = vit_prune_fn(pruner.importance, base, lambda r: r, lambda r: r, prune_head_dims=True)
+        prune_fn = vit_prune_fn(run.pruner.importance, base, lambda r: r, lambda r: r, prune_head_dims=True)
         pruned = fit_budget(base, setup.example, struct_target, prune_fn=prune_fn, **_FIT).model
     pruned.zero_grad(set_to_none=True)
     cascade = False
@@ -315,13 +308,13 @@ def _plots(rows: list[BenchRow], groups: dict, out_dir: str, dense_acc: float) -
     plt.close(fig)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run ``tp-vit bench`` for parsed, validated ``args`` and print its table."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.zoo:
-        return _cmd_zoo(args)
-    w = load_args_workload(args)
+def cmd_bench(opts: BenchOptions) -> int:
+    """Run ``tp-vit bench`` for validated options and print its table."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.zoo:
+        return _cmd_zoo(opts)
+    w = load_options_workload(opts)
     if w.train_set is None:
         usage_error("tp-vit bench --model needs --data-path (accuracy is part of the comparison)")
     run_bench(
@@ -329,37 +322,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
         w.train_set,
         w.test_loader,
         w.example,
-        targets=args.macs_keep_ratios,
-        methods=[m for m in args.methods.split(",") if m],
-        seeds=list(range(args.seeds or 2)),
-        finetune_epochs=args.finetune_epochs,
-        calib_batches=args.calib_batches,
-        lr=args.lr,
-        latency_batch_sizes=args.latency_batch_sizes,
-        out_dir=args.out,
-        progress=show_bars(args),
+        targets=opts.macs_keep_ratios,
+        methods=list(opts.methods),
+        seeds=list(range(opts.seeds or 2)),
+        finetune_epochs=opts.finetune_epochs,
+        calib_batches=opts.calib_batches,
+        lr=opts.lr,
+        latency_batch_sizes=opts.latency_batch_sizes,
+        out_dir=opts.out,
+        progress=show_bars(opts),
     )
-    with open(os.path.join(args.out, "RESULTS.md")) as f:
+    with open(os.path.join(opts.out, "RESULTS.md")) as f:
         print(f.read())
-    print(f"wrote {args.out}/RESULTS.md, {args.out}/results.json and the plots (with matplotlib installed)")
+    print(f"wrote {opts.out}/RESULTS.md, {opts.out}/results.json and the plots (with matplotlib installed)")
     return 0
 
 
-def _cmd_zoo(args: argparse.Namespace) -> int:
+def _cmd_zoo(opts: BenchOptions) -> int:
     from .zoo_bench import ZooSettings, run_zoo  # the zoo protocols load only when asked for
 
-    protocols = tuple(p for p in args.protocols.split(",") if p)
-    if args.quick:
-        settings = ZooSettings.quick(protocols)
+    if opts.quick:
+        settings = ZooSettings.quick(opts.protocols)
     else:
-        settings = ZooSettings(seeds=args.seeds or 3, epochs=args.zoo_epochs, protocols=protocols)
-    if args.pipeline_methods:
-        settings.pipeline_methods = tuple(m for m in args.pipeline_methods.split(",") if m)
-    if args.token_methods:
-        settings.token_methods = tuple(m for m in args.token_methods.split(",") if m)
-    command = "tp-vit " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tp-vit") else "tp-vit bench --zoo"
-    run_zoo(args.out, settings, quick=args.quick, progress=show_bars(args), command=command)
-    with open(os.path.join(args.out, "ZOO.md")) as f:
+        settings = ZooSettings(seeds=opts.seeds or 3, epochs=opts.zoo_epochs, protocols=opts.protocols)
+    if opts.pipeline_methods:
+        settings.pipeline_methods = opts.pipeline_methods
+    if opts.token_methods:
+        settings.token_methods = opts.token_methods
+    run_zoo(opts.out, settings, quick=opts.quick, progress=show_bars(opts), command=opts.command or "tp-vit bench --zoo")
+    with open(os.path.join(opts.out, "ZOO.md")) as f:
         print(f.read())
-    print(f"wrote {args.out}/ZOO.md, {args.out}/zoo.json and {args.out}/zoo_ranks.png (with matplotlib installed)")
+    print(f"wrote {opts.out}/ZOO.md, {opts.out}/zoo.json and {opts.out}/zoo_ranks.png (with matplotlib installed)")
     return 0

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS, ZOO_TOKEN_METHODS
+from .options import BenchOptions, PruneOptions, from_namespace
 
-__all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of"]
+__all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of", "prune_options", "bench_options"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -437,10 +438,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "prune":
         from .prune import cmd_prune
 
-        return cmd_prune(args)
+        return cmd_prune(prune_options(args))
     from .bench import cmd_bench
 
-    return cmd_bench(args)
+    return cmd_bench(bench_options(args, "tp-vit " + " ".join(argv)))
+
+
+def prune_options(args: argparse.Namespace) -> PruneOptions:
+    """The typed options of parsed ``tp-vit prune`` arguments (the work layer reads nothing else)."""
+    return from_namespace(PruneOptions, args)
+
+
+def bench_options(args: argparse.Namespace, command: str = "") -> BenchOptions:
+    """The typed options of parsed ``tp-vit bench`` arguments; ``command`` is recorded with the results."""
+    return from_namespace(BenchOptions, args, command=command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import timm.data
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 __all__ = [
     "DATASETS",
@@ -129,6 +129,23 @@ def make_loaders(
     train = DataLoader(TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=True, generator=gen)
     test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=eval_batch_size)
     return train, test
+
+
+def calibration_loader(dataset: Dataset, batches: int, batch_size: int, seed: int) -> DataLoader:
+    """The calibration subset every recipe of one run shares: ``batches * batch_size`` images drawn with ``seed``.
+
+    Args:
+        dataset: The training set.
+        batches: Calibration batches.
+        batch_size: Images per batch.
+        seed: The draw's seed (offset from the training order's, so the two are independent).
+
+    Returns:
+        A loader over the subset (unshuffled).
+    """
+    g = torch.Generator().manual_seed(1000 + seed)
+    idx = torch.randperm(len(dataset), generator=g)[: batches * batch_size].tolist()
+    return DataLoader(Subset(dataset, idx), batch_size=batch_size)
 
 
 def image_folder_loaders(

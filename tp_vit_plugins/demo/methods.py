@@ -17,7 +17,7 @@ instead attach a cascade (:meth:`Method.attach_tokens`); ``gohsp+cpvit`` and ``v
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,9 +29,9 @@ from ..core.criteria import TP_CRITERIA, tp_importance
 from ..core.pruner import ViTPruner
 from ..cpvit import Cascade, CascadeConfig, apply_cascade, fit_keep_ratio
 from ..gohsp import GOHSPPruner, GraphHeadImportance
-from ..vtp import VTPPruner
+from ..vtp import GateImportance, VTPPruner
 
-__all__ = ["MethodSettings", "Method", "METHODS", "get_method"]
+__all__ = ["MethodSettings", "Method", "METHODS", "get_method", "RecipeRun", "run_recipe"]
 
 Hook = Callable[..., Any]
 
@@ -51,7 +51,15 @@ class MethodSettings:
     # GOHSP
     admm: bool = False
     target_params: float = 0.4
-    admm_rounds: int | None = None  # dual updates over the sparse steps; None: one per sparse epoch (zoo)
+    admm_rounds: int | None = None  # dual updates over the sparse steps; None: 10
+    fisher_labels: str | None = "data"  # calibrate_fisher's labels ("data" / "model"); None: no calibration
+    graph_per_block: bool = True  # GraphHeadImportance(normalize_per_layer=...)
+    seed: int = 0  # of the Fisher label draws with fisher_labels="model"
+    # a parameter budget (the share of parameters removed) instead of the ratios: the zoo's pipeline
+    # protocol (GOHSP's ADMM prunes to it; VTP closes gates up to it; the others are fitted to it)
+    params_budget: float | None = None
+    #: Extra GOHSPConfig / VTPConfig fields (the zoo's method variants), applied last.
+    options: dict = field(default_factory=dict)
     # VTP
     reg: float = 0.5
     shrink: float = 1.0
@@ -59,6 +67,7 @@ class MethodSettings:
     gate_threshold: float | None = None
     gate_closing: bool = True  # False: VTPPruner(close=False), the paper's plain sparse training
     fold_gate_values: bool | None = None  # None: VTPPruner's default
+    gate_aggregation: str = "mean"  # GateImportance(aggregation=...) for embedding dims
     sparse_steps: int | None = None  # set by plan_sparse once the sparse epochs and loader are known
     planned_sparse_epochs: int = 0  # likewise
     # CP-ViT
@@ -121,6 +130,18 @@ class Method:
         """Run after sparse training, before ranking; returns a report line (or ``None``)."""
         return None
 
+    def stats(self, pruner: ViTPruner) -> dict[str, float]:
+        """Numbers the method reports after its sparse phase (e.g. VTP's share of zero gates)."""
+        return {}
+
+    def plot(self, pruner: ViTPruner, path: str) -> str | None:
+        """Write the method's diagnostic plot to ``path`` (VTP: the gate histogram); a report line, or ``None``."""
+        return None
+
+    def reaches_budget(self, pruner: ViTPruner) -> bool:
+        """Whether ``pruner.step()`` itself removes a parameter budget (GOHSP's ADMM), instead of a fitted ratio."""
+        return False
+
     def one_schedule(self, pruner: ViTPruner) -> bool:
         """Whether the sparse phase and the fine-tune share one learning-rate schedule.
 
@@ -162,20 +183,34 @@ class GOHSP(Method):
     name, summary, needs_data = "gohsp", "GOHSP graph head ranking (+ ADMM with --admm-epochs)", True
 
     def prepare(self, model, example, calib, s):
-        imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2))
+        imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  normalize_per_layer=s.graph_per_block)  # fmt: skip
         imp.calibrate(model, calib, max_batches=s.calib_batches)
-        if s.admm:
-            # 10 dual updates over the sparse phase unless told otherwise, the proximal ADMM pull and the
-            # Z-step in the Fisher norm from the calibration batches, scores normalised per block
-            # (GOHSPPruner's defaults): chosen on the zoo, benchmarks/zoo_gohsp4 and zoo_gohsp5
+        if s.admm or s.params_budget is not None:
+            # 10 dual updates over the sparse phase unless told otherwise, the Z-step's Fisher norm from
+            # the calibration batches (GOHSPPruner's defaults otherwise)
             rounds = s.admm_rounds or 10
             interval = max(1, (s.sparse_steps or rounds) // rounds)
-            pruner = GOHSPPruner(model, example, imp, pruning_ratio=s.target_params, admm_interval=interval)
-            return pruner.calibrate_fisher(calib, max_batches=s.calib_batches, progress=s.progress)
+            budget = s.target_params if s.params_budget is None else s.params_budget
+            pruner = GOHSPPruner(model, example, imp, pruning_ratio=budget, admm_interval=interval, **s.options)
+            if pruner.metric == "fisher" and s.fisher_labels:
+                pruner.calibrate_fisher(calib, max_batches=s.calib_batches, progress=s.progress, labels=s.fisher_labels,
+                                        seed=s.seed)  # fmt: skip
+            return pruner
         return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
 
     def sparse_epochs(self, s, requested, budget=None):
+        if s.params_budget is not None:  # the zoo: half of the epoch budget on ADMM
+            return (budget or 0) // 2
         return requested if s.admm else 0
+
+    def reaches_budget(self, pruner):
+        return isinstance(pruner, GOHSPPruner)  # its step() removes Z's support: the parameter budget
+
+    def stats(self, pruner):
+        if isinstance(pruner, GOHSPPruner):
+            return {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
+        return {}
 
     def hooks(self, pruner):
         if isinstance(pruner, GOHSPPruner):
@@ -199,6 +234,14 @@ class VTP(Method):
     name, summary, needs_data = "vtp", "VTP gates + L1 sparse training", True
 
     def prepare(self, model, example, calib, s):
+        if s.params_budget is not None:  # the zoo: gates close up to the parameter budget, then the ranking is fitted to it
+            opts = dict(reg=s.reg, shrink=s.shrink, score=s.gate_score, **s.options)
+            if opts.get("gate_lr") == "sparse":  # the gate step VTPPruner takes without closing
+                opts["gate_lr"] = opts["shrink"] / (opts["reg"] * max(1, s.sparse_steps or 1))
+            close = None if opts.get("close") is False else s.params_budget
+            return VTPPruner(model, example, pruning_ratio=0.0, prune_embed_dim=s.prune_embed_dim,
+                             sparse_steps=s.sparse_steps or 1, importance=GateImportance(aggregation=s.gate_aggregation),
+                             close_params=close, **opts)  # fmt: skip
         # VTP's own defaults: one global ranking over MLP, head and embedding dims
         return VTPPruner(
             model, example, pruning_ratio=s.width_ratio, reg=s.reg, shrink=s.shrink, sparse_steps=s.sparse_steps,
@@ -210,7 +253,18 @@ class VTP(Method):
     def sparse_epochs(self, s, requested, budget=None):
         # the bench spends half of its epoch budget on sparse training, at least one (untrained gates rank
         # nothing); the bench refuses VTP with a budget of 0 epochs, so the totals stay equal
+        if budget is not None and s.params_budget is not None:
+            return budget // 2  # the zoo: half of the epoch budget
         return requested if budget is None else (max(1, budget // 2) if budget > 0 else 0)
+
+    def stats(self, pruner):
+        out = {"gate_zero_share": pruner.gate_zero_share()}
+        if pruner.closing:
+            out["closed_params"] = pruner.closed_share
+        return out
+
+    def plot(self, pruner, path):
+        return f"gate histogram: {pruner.save_gate_histogram(path)}"
 
     def hooks(self, pruner):
         return pruner.regularize, None
@@ -269,6 +323,74 @@ class VTPWithCascade(VTP):
     name, summary = "vtp+cpvit", "VTP structure + CP-ViT cascade"
     drops_tokens = True
     attach_tokens = CPViT.attach_tokens
+
+
+@dataclass
+class RecipeRun:
+    """What :func:`run_recipe` leaves: the pruner, ready to prune, and what to report.
+
+    Attributes:
+        pruner: The recipe's pruner (its importance ranks; ``step()`` prunes at its ratios).
+        sparse_epochs: Epochs of the sparse phase that ran.
+        one_schedule: The sparse phase and the fine-tune share one learning-rate schedule.
+        notes: Report lines (sparse phase, plots).
+        stats: The method's numbers (:meth:`Method.stats`).
+        reaches_budget: ``pruner.step()`` removes the parameter budget itself (:meth:`Method.reaches_budget`).
+    """
+
+    pruner: ViTPruner
+    sparse_epochs: int = 0
+    one_schedule: bool = False
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+    reaches_budget: bool = False
+
+
+#: ``train(epochs, one_schedule, step_hook, epoch_hook)``: the caller's training loop for the sparse phase.
+TrainFn = Callable[[int, bool, Hook | None, Hook | None], None]
+
+
+def run_recipe(
+    recipe: Method,
+    model: nn.Module,
+    example: torch.Tensor,
+    calib: Iterable | None,
+    train_loader: Iterable | None,
+    s: MethodSettings,
+    sparse_epochs: int,
+    train: TrainFn,
+    plot_path: str | None = None,
+) -> RecipeRun:
+    """The one engine behind ``tp-vit prune``, ``tp-vit bench`` and the zoo: prepare, sparse-train, finish.
+
+    The caller then prunes: ``run.pruner.step()`` at the recipe's ratios (or to its parameter
+    budget when ``run.reaches_budget``), or hands ``run.pruner.importance`` to a budget fitter.
+
+    Args:
+        recipe: The method (:func:`get_method`).
+        model: Pruned in place by the caller afterwards; gated / regularised in place here.
+        example: One input for tracing.
+        calib: Calibration batches (attention statistics, gradients).
+        train_loader: The training loader (its length sets the sparse phase's steps).
+        s: The settings.
+        sparse_epochs: Epochs of the sparse phase (0: none).
+        train: Runs the sparse phase with the recipe's hooks.
+        plot_path: Where the method's diagnostic plot goes (VTP's gate histogram), if anywhere.
+    """
+    s.plan_sparse(sparse_epochs, train_loader)
+    pruner = recipe.prepare(model, example, calib, s)
+    run = RecipeRun(pruner, sparse_epochs, reaches_budget=recipe.reaches_budget(pruner))
+    if sparse_epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
+        step_hook, epoch_hook = recipe.hooks(pruner)
+        run.one_schedule = recipe.one_schedule(pruner)  # an exact prune: the fine-tune continues the run
+        train(sparse_epochs, run.one_schedule, step_hook, epoch_hook)
+    if plot_path:
+        note = recipe.plot(pruner, plot_path)
+        run.notes.extend([note] if note else [])
+    line = recipe.finish(pruner)
+    run.notes.extend([line] if line else [])
+    run.stats = recipe.stats(pruner)
+    return run
 
 
 #: Every recipe by name, in the order the CLI and the bench list them.

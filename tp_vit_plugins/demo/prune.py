@@ -7,11 +7,9 @@ object, not the printed text; ``--json`` writes :meth:`PruneResult.to_dict`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -21,66 +19,12 @@ from ..budget import BudgetResult, fit_budget
 from ..core.io import save_pruned
 from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.training import evaluate, finetune
-from ..hosts.timm.structure import block_layers, head_layout
-from ..vtp import VTPPruner
-from .cli import budget_of
-from .methods import MethodSettings, get_method
-from .workload import Workload, load_workload
+from .common import Structure, load_options_workload, phase, show_bars, usage_error
+from .methods import MethodSettings, get_method, run_recipe
+from .options import PruneOptions
+from .workload import Workload
 
-__all__ = ["run_prune", "format_report", "cmd_prune", "PruneResult", "Measurement", "Structure", "usage_error", "phase"]
-
-
-def usage_error(message: str) -> None:
-    """Report a usage problem found after parsing (one line, exit code 2) and stop."""
-    print(f"tp-vit: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def phase(args: argparse.Namespace, message: str) -> None:
-    """One line per phase on stderr (what progress bars become when output is piped), unless ``--quiet``."""
-    if not args.quiet:
-        print(f"[tp-vit] {message}", file=sys.stderr, flush=True)
-
-
-def show_bars(args: argparse.Namespace) -> bool:
-    """Tqdm bars only on a terminal: piped output gets the phase lines instead of one huge line."""
-    return not args.quiet and sys.stderr.isatty()
-
-
-def load_args_workload(args: argparse.Namespace) -> Workload:
-    """The workload of parsed CLI ``args``; a checkpoint or data problem is a usage error (exit 2)."""
-    phase(args, "loading the model" + (" and data" if args.data_path or not args.model else ""))
-    try:
-        return load_workload(
-            args.model,
-            args.pretrained,
-            args.data_path,
-            batch_size=getattr(args, "batch_size", 64),
-            eval_batches=getattr(args, "eval_batches", None),
-            embedded_epochs=args.embedded_epochs,
-            retrain=getattr(args, "retrain", False),
-            seed=args.seed,
-            progress=show_bars(args),
-            checkpoint=args.checkpoint,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        usage_error(str(e))
-
-
-@dataclass
-class Structure:
-    """What is left per block: heads, head width and MLP hidden width."""
-
-    heads: list[int]
-    head_dims: list[int]
-    mlp: list[int]
-
-    @classmethod
-    def of(cls, model: nn.Module) -> Structure:
-        blocks = block_layers(model)
-        layouts = [head_layout(b.attn) for b in blocks]
-        mlp = [b.fc2.in_features if b.fc2 is not None else 0 for b in blocks]  # hidden width (MLP or SwiGLU)
-        return cls([h for h, _ in layouts], [d for _, d in layouts], mlp)
+__all__ = ["run_prune", "format_report", "cmd_prune", "PruneResult", "Measurement"]
 
 
 @dataclass
@@ -161,67 +105,67 @@ class PruneResult:
         return out
 
 
-def _measure(model: nn.Module, w: Workload, args: argparse.Namespace, label: str) -> Measurement:
+def _measure(model: nn.Module, w: Workload, opts: PruneOptions, label: str) -> Measurement:
     """Params, MACs and test accuracy (latency: :func:`_time_both`)."""
-    phase(args, f"measuring the {label} model")
-    acc = evaluate(model, w.test_loader, desc=f"eval {label}", progress=show_bars(args)) if w.test_loader else None
+    phase(opts, f"measuring the {label} model")
+    acc = evaluate(model, w.test_loader, desc=f"eval {label}", progress=show_bars(opts)) if w.test_loader else None
     return Measurement(count_params(model), count_macs(model, w.example), acc)
 
 
-def _time_both(args: argparse.Namespace, w: Workload, model: nn.Module, result: PruneResult) -> None:
+def _time_both(opts: PruneOptions, w: Workload, model: nn.Module, result: PruneResult) -> None:
     """Dense and pruned latency, timed one after the other in every round (drift cancels; medians kept)."""
-    if not args.latency:
+    if not opts.latency:
         return
-    phase(args, f"timing dense and pruned alternately at batch sizes {list(args.latency_batch_sizes)}")
-    timing = alternated_speedup(w.model, model, w.example, args.latency_batch_sizes, rounds=5, min_run_time=0.2)
+    phase(opts, f"timing dense and pruned alternately at batch sizes {list(opts.latency_batch_sizes)}")
+    timing = alternated_speedup(w.model, model, w.example, opts.latency_batch_sizes, rounds=5, min_run_time=0.2)
     result.dense.latency = {b: t.dense for b, t in timing.items()}
     result.pruned.latency = {b: t.reduced for b, t in timing.items()}
     result.latency_spread = {b: t.spread for b, t in timing.items()}
 
 
-def _settings(args: argparse.Namespace) -> MethodSettings:
+def _settings(opts: PruneOptions) -> MethodSettings:
     return MethodSettings(
-        head_ratio=args.head_pruning_ratio,
-        width_ratio=args.pruning_ratio,
-        global_pruning=args.global_pruning,
-        prune_head_dims=args.prune_head_dims,
-        prune_mlp=args.prune_mlp,
-        prune_embed_dim=args.prune_embed_dim,
-        calib_batches=args.calib_batches,
-        progress=show_bars(args),
-        admm=args.admm_epochs > 0,
-        admm_rounds=args.admm_rounds,
-        target_params=args.params_pruning_ratio,
-        reg=args.reg,
-        shrink=args.shrink,
-        gate_score=args.gate_score,
-        gate_threshold=args.gate_threshold,
-        gate_closing=args.gate_closing,
-        **({} if args.fold_gate_values is None else {"fold_gate_values": args.fold_gate_values}),
-        keep=args.keep_ratio,
-        head_keep=args.head_keep_ratio,
-        start_block=args.start_block,
-        schedule_steps=args.schedule_steps or None,
-        token_fold=args.token_fold,
+        head_ratio=opts.head_pruning_ratio,
+        width_ratio=opts.pruning_ratio,
+        global_pruning=opts.global_pruning,
+        prune_head_dims=opts.prune_head_dims,
+        prune_mlp=opts.prune_mlp,
+        prune_embed_dim=opts.prune_embed_dim,
+        calib_batches=opts.calib_batches,
+        progress=show_bars(opts),
+        admm=opts.admm_epochs > 0,
+        admm_rounds=opts.admm_rounds,
+        target_params=opts.params_pruning_ratio,
+        reg=opts.reg,
+        shrink=opts.shrink,
+        gate_score=opts.gate_score,
+        gate_threshold=opts.gate_threshold,
+        gate_closing=opts.gate_closing,
+        **({} if opts.fold_gate_values is None else {"fold_gate_values": opts.fold_gate_values}),
+        keep=opts.keep_ratio,
+        head_keep=opts.head_keep_ratio,
+        start_block=opts.start_block,
+        schedule_steps=opts.schedule_steps or None,
+        token_fold=opts.token_fold,
     )
 
 
-def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, importance, result: PruneResult) -> nn.Module:
+def _fit_structure(opts: PruneOptions, model: nn.Module, w: Workload, importance, result: PruneResult) -> nn.Module:
     """Prune a copy of ``model`` to the ``--target-*`` budget with ``importance``; return it."""
-    metric, target = budget_of(args)
+    metric, target = opts.budget
     res = fit_budget(
         model,
         w.example,
         target,
         importance=importance,
-        structure=args.budget_structure,
+        structure=opts.budget_structure,
         metric=metric,
-        latency_batch_size=max(args.latency_batch_sizes),
-        progress=show_bars(args),
-        global_pruning=args.global_pruning,
-        prune_head_dims=args.prune_head_dims,
-        prune_mlp=args.prune_mlp,
-        prune_embed_dim=args.prune_embed_dim,
+        latency_batch_size=max(opts.latency_batch_sizes),
+        progress=show_bars(opts),
+        global_pruning=opts.global_pruning,
+        prune_head_dims=opts.prune_head_dims,
+        prune_mlp=opts.prune_mlp,
+        prune_embed_dim=opts.prune_embed_dim,
     )
     result.budget = res
     result.notes.append(
@@ -231,45 +175,39 @@ def _fit_structure(args: argparse.Namespace, model: nn.Module, w: Workload, impo
     )
     if res.relative_error > 0.02:
         result.notes.append(
-            f"warning: {target:.3f} of the {metric} is out of reach for --budget-structure {args.budget_structure} "
+            f"warning: {target:.3f} of the {metric} is out of reach for --budget-structure {opts.budget_structure} "
             "(or too noisy); the closest candidate is kept. Prune more structure (both, --prune-head-dims) or relax it."
         )
     return res.model
 
 
-def _prune_structure(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> nn.Module:
+def _prune_structure(opts: PruneOptions, model: nn.Module, w: Workload, result: PruneResult) -> nn.Module:
     """Prepare, sparse-train and prune ``model`` with the method's recipe; returns the pruned model."""
-    recipe, s = get_method(args.method), _settings(args)
-    epochs = recipe.sparse_epochs(s, args.admm_epochs if args.method == "gohsp" else args.sparse_epochs)
-    s.plan_sparse(epochs, w.train_loader)
-    pruner = recipe.prepare(model, w.example, w.train_loader, s)
-    if epochs:  # GOHSP's ADMM rounds or VTP's gated L1 training: the pruner regularises
-        step_hook, epoch_hook = recipe.hooks(pruner)
-        phase(args, f"{args.method} sparse training for {epochs} epochs")
-        if recipe.one_schedule(pruner):  # exact prune: the fine-tune continues the run
-            result.sparse_epochs = epochs
-        span = (0, epochs + args.finetune_epochs) if result.sparse_epochs else None
-        _train(args, model, w, epochs, f"{args.method} sparse training", span, step_hook=step_hook, epoch_hook=epoch_hook)
-    if getattr(args, "gate_histogram", None) and isinstance(pruner, VTPPruner):
-        result.notes.append(f"gate histogram: {pruner.save_gate_histogram(args.gate_histogram)}")
-    line = recipe.finish(pruner)
-    if line:
-        result.notes.append(line)
-    if isinstance(pruner, VTPPruner):
-        result.gate_zero_share = pruner.gate_zero_share()
-    if budget_of(args) is not None:
-        model = _fit_structure(args, model, w, pruner.importance, result)
+    recipe, s = get_method(opts.method), _settings(opts)
+    epochs = recipe.sparse_epochs(s, opts.admm_epochs if opts.method == "gohsp" else opts.sparse_epochs)
+
+    def train(n: int, one_schedule: bool, step_hook, epoch_hook) -> None:
+        phase(opts, f"{opts.method} sparse training for {n} epochs")
+        result.sparse_epochs = n if one_schedule else 0
+        span = (0, n + opts.finetune_epochs) if one_schedule else None
+        _train(opts, model, w, n, f"{opts.method} sparse training", span, step_hook=step_hook, epoch_hook=epoch_hook)
+
+    run = run_recipe(recipe, model, w.example, w.train_loader, w.train_loader, s, epochs, train, opts.gate_histogram)
+    result.notes.extend(run.notes)
+    result.gate_zero_share = run.stats.get("gate_zero_share")
+    if opts.budget is not None:
+        model = _fit_structure(opts, model, w, run.pruner.importance, result)
     else:
-        pruner.step()
+        run.pruner.step()
     model.zero_grad(set_to_none=True)
     return model
 
 
-def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
-    budget = budget_of(args)
+def _attach_tokens(opts: PruneOptions, model: nn.Module, w: Workload, result: PruneResult) -> None:
+    budget = opts.budget
     input_size = tuple(w.example.shape[1:])
     target = budget[1] if budget else None
-    cascade = get_method(args.method).attach_tokens(model, input_size, _settings(args), target, calib=w.train_loader)
+    cascade = get_method(opts.method).attach_tokens(model, input_size, _settings(opts), target, calib=w.train_loader)
     result.token_schedule = list(cascade.counts)
     if budget is not None:
         result.notes.append(
@@ -282,50 +220,50 @@ def _attach_tokens(args: argparse.Namespace, model: nn.Module, w: Workload, resu
 
 
 def _train(
-    args: argparse.Namespace, model: nn.Module, w: Workload, epochs: int, desc: str, span: tuple[int, int] | None, **hooks
+    opts: PruneOptions, model: nn.Module, w: Workload, epochs: int, desc: str, span: tuple[int, int] | None, **hooks
 ) -> None:
     """The CLI's training runs (sparse phase, fine-tune): AdamW, 1 warm-up epoch, cosine (over both: ``span``)."""
-    finetune(model, w.train_loader, epochs=epochs, lr=args.lr, warmup_epochs=1.0, seed=args.seed, desc=desc,
-             schedule_span=span, progress=show_bars(args), **hooks)  # fmt: skip
+    finetune(model, w.train_loader, epochs=epochs, lr=opts.lr, warmup_epochs=1.0, seed=opts.seed, desc=desc,
+             schedule_span=span, progress=show_bars(opts), **hooks)  # fmt: skip
 
 
-def _finetune(args: argparse.Namespace, model: nn.Module, w: Workload, result: PruneResult) -> None:
-    result.one_shot_accuracy = _measure(model, w, args, "one-shot").accuracy
-    phase(args, f"fine-tuning for {args.finetune_epochs} epochs")
+def _finetune(opts: PruneOptions, model: nn.Module, w: Workload, result: PruneResult) -> None:
+    result.one_shot_accuracy = _measure(model, w, opts, "one-shot").accuracy
+    phase(opts, f"fine-tuning for {opts.finetune_epochs} epochs")
     done = result.sparse_epochs
-    _train(args, model, w, args.finetune_epochs, "fine-tune", (done, done + args.finetune_epochs) if done else None)
-    result.finetune_epochs = args.finetune_epochs
+    _train(opts, model, w, opts.finetune_epochs, "fine-tune", (done, done + opts.finetune_epochs) if done else None)
+    result.finetune_epochs = opts.finetune_epochs
 
 
-def run_prune(args: argparse.Namespace) -> PruneResult:
-    """Run ``tp-vit prune`` for parsed and validated ``args`` (see :func:`tp_vit_plugins.demo.cli.validate_prune`).
+def run_prune(opts: PruneOptions) -> PruneResult:
+    """Run ``tp-vit prune`` for parsed and validated ``opts`` (see :func:`tp_vit_plugins.demo.cli.validate_prune`).
 
     Nothing is printed but progress bars and phase lines (stderr).
     """
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    w = load_args_workload(args)
-    recipe = get_method(args.method)
-    if w.train_loader is None and (recipe.needs_data or args.finetune_epochs):
-        usage_error(f"--method {args.method} / fine-tuning need calibration data: add --data-path")
-    w.model.to(args.device).eval()
-    w.example = w.example.to(args.device)
-    dense = _measure(w.model, w, args, "dense")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    w = load_options_workload(opts)
+    recipe = get_method(opts.method)
+    if w.train_loader is None and (recipe.needs_data or opts.finetune_epochs):
+        usage_error(f"--method {opts.method} / fine-tuning need calibration data: add --data-path")
+    w.model.to(opts.device).eval()
+    w.example = w.example.to(opts.device)
+    dense = _measure(w.model, w, opts, "dense")
     model = copy.deepcopy(w.model)
-    result = PruneResult(w.name, args.method, dense, dense, model, Structure.of(model), Structure.of(model), notes=list(w.notes))
-    phase(args, f"pruning with {recipe.summary}")
+    result = PruneResult(w.name, opts.method, dense, dense, model, Structure.of(model), Structure.of(model), notes=list(w.notes))
+    phase(opts, f"pruning with {recipe.summary}")
     if recipe.prunes_structure:
-        model = _prune_structure(args, model, w, result)
+        model = _prune_structure(opts, model, w, result)
     if recipe.drops_tokens:
-        _attach_tokens(args, model, w, result)
-    if args.finetune_epochs and w.train_loader is not None:
-        _finetune(args, model, w, result)
+        _attach_tokens(opts, model, w, result)
+    if opts.finetune_epochs and w.train_loader is not None:
+        _finetune(opts, model, w, result)
     model.eval()
-    result.model, result.pruned, result.after = model, _measure(model, w, args, "pruned"), Structure.of(model)
-    _time_both(args, w, model, result)
-    if args.out:
-        result.saved_to = save_pruned(model, args.out)
+    result.model, result.pruned, result.after = model, _measure(model, w, opts, "pruned"), Structure.of(model)
+    _time_both(opts, w, model, result)
+    if opts.out:
+        result.saved_to = save_pruned(model, opts.out)
         if recipe.drops_tokens:
             result.notes.append(
                 "the cascade is a runtime setting: save_pruned stores the weights only; "
@@ -398,13 +336,13 @@ def format_report(r: PruneResult) -> str:
     return "\n".join(lines)
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def cmd_prune(opts: PruneOptions) -> int:
     """Run ``tp-vit prune``, print its report and write ``--json``."""
-    result = run_prune(args)
+    result = run_prune(opts)
     print(format_report(result))
-    if args.json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
-        with open(args.json_path, "w") as f:
+    if opts.json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(opts.json_path)), exist_ok=True)
+        with open(opts.json_path, "w") as f:
             json.dump(result.to_dict(), f, indent=1)
-        print(f"report written to {args.json_path}")
+        print(f"report written to {opts.json_path}")
     return 0

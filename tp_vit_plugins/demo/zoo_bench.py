@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from ..budget import clone_with_grads, fit_budget, remap_state, vit_prune_fn
@@ -50,10 +50,11 @@ from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
 from ..cpvit import Cascade, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
-from ..gohsp import GOHSPPruner, GraphHeadImportance
+from ..gohsp import GraphHeadImportance
 from ..hosts.timm.pruning import vit_pruning_kwargs
 from ..hosts.timm.structure import heads_per_block
-from ..vtp import GateImportance, VTPPruner
+from .data import calibration_loader
+from .methods import MethodSettings, get_method, run_recipe
 from .peers import apply_evit, apply_tome, remove_peer
 from .zoo import QUICK_ZOO, ZOO, ZooModel, load_zoo
 
@@ -124,9 +125,7 @@ def _correct(model: nn.Module, loader: DataLoader) -> torch.Tensor:
 
 
 def _calib(split, seed: int, s: ZooSettings) -> DataLoader:
-    g = torch.Generator().manual_seed(1000 + seed)
-    idx = torch.randperm(len(split.y_train), generator=g)[: s.calib_batches * s.batch_size].tolist()
-    return DataLoader(Subset(TensorDataset(split.x_train, split.y_train), idx), batch_size=s.batch_size)
+    return calibration_loader(TensorDataset(split.x_train, split.y_train), s.calib_batches, s.batch_size, seed)
 
 
 def _train_loader(split, seed: int, s: ZooSettings) -> DataLoader:
@@ -253,60 +252,54 @@ def _prune_to_params(
 def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> tuple[nn.Module, dict]:
     """Prune ``model`` (a copy) with ``name`` to ``1 - cut`` of its parameters, spending exactly ``s.epochs`` epochs.
 
+    GOHSP and VTP settings run through the recipe engine the CLI and the bench use
+    (:func:`~tp_vit_plugins.demo.methods.run_recipe`), with the cut as their parameter budget.
     Returns the pruned, fine-tuned model and what the method reports (ADMM residuals, zero-gate share).
     """
     extra: dict = {}
     example, E = split.x_test[:1], s.epochs
-    one_schedule = name.endswith(ONE_SCHEDULE) or (name in VTP_VARIANTS and VTP_VARIANTS[name].get("close") is not False)
+    suffix = name.endswith(ONE_SCHEDULE)
     name = name.removesuffix(ONE_SCHEDULE)
-    sparse = E // 2 if name in ("group_norm", *GOHSP_VARIANTS, *VTP_VARIANTS) else 0
-    spans = ((0, E), (sparse, E)) if one_schedule else (None, None)  # sparse phase, fine-tune
     target = (1 - cut) * count_params(model)
     loader, calib = _train_loader(split, seed, s), _calib(split, seed, s)
     m = clone_with_grads(model)
     train = dict(lr=s.lr, seed=seed, warmup_epochs=0.0, progress=False)
+    sparse, one_schedule = 0, suffix
     if name == "dense+E":
         finetune(m, loader, epochs=E, **train)
         return m, extra
     if name in ("l2", "taylor"):
         m = _prune_to_params(m, example, _head_importance(name, m, calib), target)
     elif name == "group_norm":
+        sparse = E // 2
         imp = tp.importance.GroupMagnitudeImportance(p=2)
         gnp = tp.pruner.GroupNormPruner(m, example, importance=imp, reg=1e-4, **vit_pruning_kwargs(m))
         if sparse:
-            finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), schedule_span=spans[0], **train)
+            span = (0, E) if suffix else None
+            finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), schedule_span=span, **train)
         m = _prune_to_params(m, example, tp_importance("l2"), target)
-    elif name in GOHSP_VARIANTS:
-        opts = dict(GOHSP_VARIANTS[name])
-        rounds, labels = opts.pop("rounds") or max(1, sparse), opts.pop("calibrate", None)
-        per_block = opts.pop("per_block", True)
-        imp = GraphHeadImportance(progress=False, normalize_per_layer=per_block).calibrate(m, calib)
-        interval = max(1, sparse * len(loader) // rounds)  # dual updates spread over the sparse phase
-        pruner = GOHSPPruner(m, example, imp, pruning_ratio=cut, admm_interval=interval, **opts)
-        if labels is not None:
-            pruner.calibrate_fisher(calib, progress=False, labels=labels, seed=seed)
-        if sparse:
-            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=spans[0], **train)
-        extra = {"admm_rounds": pruner.rounds, "admm_primal": pruner.admm_residual(), "admm_converged": pruner.converged}
-        pruner.step()
-    elif name in VTP_VARIANTS:
-        opts = dict(VTP_VARIANTS[name])
-        embed = opts.pop("prune_embed_dim", False)
-        imp = GateImportance(aggregation=opts.pop("aggregation", "mean"))
-        close = None if opts.get("close") is False else cut  # closing budget: the cut's parameters
-        if opts.get("gate_lr") == "sparse":  # the gate step VTPPruner takes without closing
-            opts["gate_lr"] = opts.get("shrink", 1.0) / (opts.get("reg", 0.5) * max(1, sparse * len(loader)))
-        pruner = VTPPruner(m, example, pruning_ratio=0.0, prune_embed_dim=embed, sparse_steps=max(1, sparse * len(loader)),
-                           importance=imp, close_params=close, **opts)  # fmt: skip
-        if sparse:
-            finetune(m, loader, epochs=sparse, step_hook=pruner.regularize, schedule_span=spans[0], **train)
-        extra = {"gate_zero_share": pruner.gate_zero_share()}
-        if close is not None:
-            extra["closed_params"] = pruner.closed_share
-        pruner.fold_gates()
-        m = _prune_to_params(m, example, pruner.importance, target, prune_embed_dim=embed)
+    elif name in GOHSP_VARIANTS or name in VTP_VARIANTS:
+        recipe = get_method("gohsp" if name in GOHSP_VARIANTS else "vtp")
+        opts = dict(GOHSP_VARIANTS.get(name, VTP_VARIANTS.get(name)))
+        settings = MethodSettings(
+            progress=False, calib_batches=s.calib_batches, params_budget=cut, seed=seed, admm_rounds=opts.pop("rounds", None),
+            fisher_labels=opts.pop("calibrate", None), graph_per_block=opts.pop("per_block", True),
+            prune_embed_dim=opts.pop("prune_embed_dim", False), gate_aggregation=opts.pop("aggregation", "mean"), options=opts,
+        )  # fmt: skip
+        sparse = recipe.sparse_epochs(settings, 0, budget=E)
+
+        def sparse_phase(n: int, one: bool, step_hook, epoch_hook) -> None:
+            span = (0, E) if one or suffix else None
+            finetune(m, loader, epochs=n, step_hook=step_hook, epoch_hook=epoch_hook, schedule_span=span, **train)
+
+        run = run_recipe(recipe, m, example, calib, loader, settings, sparse, sparse_phase)
+        extra, one_schedule = dict(run.stats), run.one_schedule or suffix
+        if run.reaches_budget:  # GOHSP: the hard prune removes Z's support, the parameter budget
+            run.pruner.step()
+        else:  # VTP: the gate ranking, fitted to the parameter budget
+            m = _prune_to_params(m, example, run.pruner.importance, target, prune_embed_dim=settings.prune_embed_dim)
     m.zero_grad(set_to_none=True)
-    finetune(m, loader, epochs=E - sparse, schedule_span=spans[1], **train)
+    finetune(m, loader, epochs=E - sparse, schedule_span=(sparse, E) if one_schedule else None, **train)
     return m, extra
 
 

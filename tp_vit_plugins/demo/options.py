@@ -1,0 +1,130 @@
+"""Typed options of ``tp-vit prune`` and ``tp-vit bench`` (the CLI fills them; the work layer reads them).
+
+No heavy imports here: :mod:`.cli` builds these objects before torch is loaded.
+Vocabulary: a ``*pruning_ratio`` counts what is removed, a ``*keep_ratio`` what is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = ["WorkloadOptions", "PruneOptions", "BenchOptions", "from_namespace"]
+
+
+@dataclass(frozen=True)
+class WorkloadOptions:
+    """What both commands load and how they run.
+
+    Attributes:
+        model: timm model name; ``None``: the embedded MNIST ViT.
+        pretrained: Load timm's pretrained weights.
+        checkpoint: Local weights (safetensors / torch state dict / ``save_pruned`` directory).
+        data_path: ImageFolder root with ``train/`` and ``val/``.
+        embedded_epochs: Train the embedded model with this many epochs instead of the shipped one.
+        seed: Seed of data order, calibration subset and training.
+        threads: CPU threads for torch (``None``: torch's choice).
+        calib_batches: Calibration batches for data-driven criteria.
+        lr: Peak learning rate of sparse training and fine-tuning.
+        quiet: No progress bars or phase lines.
+    """
+
+    model: str | None = None
+    pretrained: bool = False
+    checkpoint: str | None = None
+    data_path: str | None = None
+    embedded_epochs: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    calib_batches: int = 8
+    lr: float = 5e-4
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class PruneOptions(WorkloadOptions):
+    """``tp-vit prune``: one method, one budget, a before/after report (``tp-vit prune --help`` documents each)."""
+
+    method: str = "taylor"
+    head_pruning_ratio: float = 0.5
+    pruning_ratio: float = 0.3
+    macs_keep_ratio: float | None = None
+    latency_keep_ratio: float | None = None
+    budget_structure: str = "both"
+    global_pruning: bool = False
+    prune_head_dims: bool = False
+    prune_embed_dim: bool = False
+    prune_mlp: bool = True
+    keep_ratio: float = 0.5
+    head_keep_ratio: float = 1.0
+    start_block: int | None = None
+    schedule_steps: int = 3
+    token_fold: str = "merge"
+    sparse_epochs: int = 3
+    reg: float = 0.5
+    shrink: float = 1.0
+    gate_score: str = "taylor"
+    gate_closing: bool = True
+    gate_threshold: float | None = None
+    fold_gate_values: bool | None = None
+    gate_histogram: str | None = None
+    admm_epochs: int = 0
+    admm_rounds: int | None = None
+    params_pruning_ratio: float = 0.4
+    finetune_epochs: int = 2
+    eval_batches: int | None = None
+    batch_size: int = 64
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    latency: bool = True
+    device: str = "cpu"
+    retrain: bool = False
+    out: str | None = None
+    json_path: str | None = None
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        """``("macs" | "latency", share kept)`` when a keep-ratio budget is given, else ``None``."""
+        if self.macs_keep_ratio is not None:
+            return "macs", self.macs_keep_ratio
+        if self.latency_keep_ratio is not None:
+            return "latency", self.latency_keep_ratio
+        return None
+
+
+@dataclass(frozen=True)
+class BenchOptions(WorkloadOptions):
+    """``tp-vit bench``: every method at the same MACs budgets, or the zoo protocols (``--zoo``)."""
+
+    methods: tuple[str, ...] = ()
+    macs_keep_ratios: tuple[float, ...] = (0.8, 0.6)
+    seeds: int | None = None
+    finetune_epochs: int = 1
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
+    out: str = "bench_out"
+    zoo: bool = False
+    quick: bool = False
+    protocols: tuple[str, ...] = ()
+    pipeline_methods: tuple[str, ...] | None = None
+    token_methods: tuple[str, ...] | None = None
+    zoo_epochs: int = 2
+    command: str = field(default="", compare=False)
+
+
+def _tuple(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(v for v in value.split(",") if v)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def from_namespace(cls: type, args: argparse.Namespace, **extra: object) -> PruneOptions | BenchOptions:
+    """The options object of parsed ``args`` (comma lists and lists become tuples)."""
+    values = vars(args)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            kwargs[f.name] = _tuple(v) if "tuple" in str(f.type) and v is not None else v
+    return cls(**kwargs, **extra)
