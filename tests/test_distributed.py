@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 
@@ -12,7 +13,7 @@ from dist_workers import data, ddp_step_worker, make_pruner, ranking_worker, tin
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.core.training import finetune
+from tp_vit_plugins.core.training import finetune, random_shift
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -101,7 +102,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     def loader():
         return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5))
 
-    common = dict(epochs=3, lr=5e-3, max_shift=2, seed=1, progress=False)
+    common = dict(epochs=3, lr=5e-3, augment=functools.partial(random_shift, max_shift=2), seed=1, progress=False)
     straight = tiny_model()
     hist = finetune(straight, loader(), checkpoint_dir=tmp_path / "a", **common)
 

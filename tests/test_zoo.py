@@ -102,7 +102,10 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
         ),
     )
     settings = zoo_bench.ZooSettings.quick()
-    summary = zoo_bench.run_zoo(str(tmp_path / "out"), settings, progress=False, members=tiny, command="test")
+    lines: list[str] = []
+    summary = zoo_bench.run_zoo(str(tmp_path / "out"), settings, progress=False, members=tiny, command="test", log=lines.append)
+    assert lines[0].startswith("training zoo model tiny-a (1 epochs; first use only") and "min left" in lines[1]
+    assert "zoo protocol heads on tiny-a (1 of 8)" in lines
     assert set(summary) == {"heads | 50% heads removed", "pipeline | -40% params, 2 epochs", "tokens | 70% MACs",
                             "latency | bs 1, 60% MACs"}  # fmt: skip
     heads = summary["heads | 50% heads removed"]

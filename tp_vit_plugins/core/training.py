@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -216,7 +217,7 @@ def finetune(
     weight_decay: float = 0.05,
     warmup_epochs: float = 0.0,
     label_smoothing: float = 0.0,
-    max_shift: int = 0,
+    augment: Callable[..., torch.Tensor] | None = None,
     amp: bool | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
@@ -226,6 +227,7 @@ def finetune(
     schedule_span: tuple[int, int] | None = None,
     desc: str = "fine-tune",
     progress: bool = True,
+    max_shift: int | None = None,
 ) -> dict:
     """Train ``model`` (dense, gated or pruned), optionally distilling from ``teacher``.
 
@@ -240,7 +242,8 @@ def finetune(
         lr, weight_decay: AdamW settings (peak learning rate).
         warmup_epochs: Linear warm-up before the cosine decay.
         label_smoothing: Label smoothing of the ground-truth loss.
-        max_shift: Random-translation augmentation in pixels (0 = none).
+        augment: ``augment(images, generator=g) -> images``, applied to every training batch
+            with a seeded generator (e.g. ``functools.partial(random_shift, max_shift=2)``); ``None``: none.
         amp: bfloat16 autocast; default on for CUDA models, off on CPU.
         checkpoint_dir: Write ``last.pt`` after every epoch (rank 0) and resume from it.
         resume: Resume from ``checkpoint_dir/last.pt`` when it exists.
@@ -254,6 +257,7 @@ def finetune(
             restarting at the peak. ``None``: the schedule spans this call (``(0, epochs)``).
         desc: Progress-bar label.
         progress: Show a tqdm bar (rank 0 only).
+        max_shift: Deprecated: ``augment=functools.partial(random_shift, max_shift=...)``.
 
     Returns:
         ``{"loss": [per-epoch mean loss], "val_acc": [per-epoch accuracy or None], "resumed_from": int}``.
@@ -287,6 +291,10 @@ def finetune(
         run.load(ckpt_path)
     if teacher is not None:
         teacher.eval()
+    if max_shift is not None:
+        warnings.warn("finetune(max_shift=) is now finetune(augment=functools.partial(random_shift, max_shift=...))",
+                      DeprecationWarning, 2)  # fmt: skip
+        augment = partial(random_shift, max_shift=max_shift) if max_shift > 0 else augment
     loss_fn = partial(distillation_loss, kd=kd, alpha=kd_alpha, temperature=kd_temperature, label_smoothing=label_smoothing)
     was_training = base.training
     show = progress and is_main()
@@ -297,7 +305,7 @@ def finetune(
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             mean_loss = _train_epoch(
-                run, train_loader, teacher if kd is not None else None, loss_fn, max_shift, amp, step_hook, bar
+                run, train_loader, teacher if kd is not None else None, loss_fn, augment, amp, step_hook, bar
             )
             run.history["loss"].append(mean_loss)
             run.history["val_acc"].append(_accuracy(base, val_loader, device) if val_loader is not None else None)
@@ -317,7 +325,7 @@ def _train_epoch(
     loader: Iterable,
     teacher: nn.Module | None,
     loss_fn: Callable[..., torch.Tensor],
-    max_shift: int,
+    augment: Callable[..., torch.Tensor] | None,
     amp: bool,
     step_hook: Callable[[nn.Module, torch.Tensor], None] | None,
     bar: tqdm,
@@ -326,7 +334,8 @@ def _train_epoch(
     run.base.train()
     running = torch.zeros(2, dtype=torch.float64)
     for x, y in loader:
-        x, y = random_shift(x, max_shift, run.aug_gen).to(run.device), y.to(run.device)
+        x = augment(x, generator=run.aug_gen) if augment is not None else x
+        x, y = x.to(run.device), y.to(run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
             out = run.net(x)
             with torch.no_grad():

@@ -5,10 +5,9 @@ For every block ``l`` and head ``h`` the score is the calibration mean of
 head's queries focus on patches. The runtime cascade skips low heads per input; this class
 uses the same statistic, averaged over a loader, to remove heads for good with tp.
 
-.. warning:: **Flagged by the zoo** (``tp-vit bench --zoo --protocols heads,tokens --threads 1
-   --out benchmarks/zoo``; ``benchmarks/RESULTS.md#zoo``): below tp's random criterion on
-   digits32-wide-d4 at 50 % and 70 % of heads removed (and on mnist-ls-d6 at 70 %); zoo mean
-   66.2 % vs tp Hessian 77.7 % at 50 %. tp Taylor / Hessian are the better head criteria.
+.. warning:: As a criterion for removing heads for good it falls below tp's random criterion
+   on some zoo models (``benchmarks/RESULTS.md``, the one-shot heads table): prefer tp's Taylor
+   or Hessian criteria to remove heads; the statistic serves the cascade's per-input skipping.
 """
 
 from __future__ import annotations

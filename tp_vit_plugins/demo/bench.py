@@ -49,7 +49,7 @@ from ..budget import clone_with_grads, fit_budget, vit_prune_fn
 from ..core.metrics import alternated_speedup, count_macs, count_params, measure_latency
 from ..core.training import evaluate, finetune
 from ..cpvit import remove_cascade
-from .common import Structure, load_options_workload, show_bars, usage_error
+from .common import Structure, load_options_workload, phase, show_bars, usage_error
 from .data import calibration_loader
 from .methods import MethodSettings, get_method, run_recipe
 from .names import BENCH_METHODS
@@ -349,7 +349,8 @@ def _cmd_zoo(opts: BenchOptions) -> int:
         settings.pipeline_methods = opts.pipeline_methods
     if opts.token_methods:
         settings.token_methods = opts.token_methods
-    run_zoo(opts.out, settings, quick=opts.quick, progress=show_bars(opts), command=opts.command or "tp-vit bench --zoo")
+    log = None if opts.quiet else (lambda line: phase(opts, line))
+    run_zoo(opts.out, settings, quick=opts.quick, progress=show_bars(opts), command=opts.command or "tp-vit bench --zoo", log=log)
     with open(os.path.join(opts.out, "ZOO.md")) as f:
         print(f.read())
     print(f"wrote {opts.out}/ZOO.md, {opts.out}/zoo.json and {opts.out}/zoo_ranks.png (with matplotlib installed)")

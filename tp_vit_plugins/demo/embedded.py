@@ -15,13 +15,16 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ..core.io import load_pruned, save_pruned
-from ..core.training import evaluate, finetune
+from ..core.training import evaluate, finetune, random_shift
 from .data import DatasetSplit, load_split, make_loaders
 
 __all__ = ["TrainRecipe", "EmbeddedRecipe", "cache_dir", "create_embedded_model", "embedded_model"]
@@ -99,12 +102,18 @@ def cache_path(recipe: EmbeddedRecipe) -> str:
 
 
 def train_embedded(
-    recipe: TrainRecipe, split: DatasetSplit, out_dir: str, progress: bool = True, arch: dict | None = None
+    recipe: TrainRecipe,
+    split: DatasetSplit,
+    out_dir: str,
+    progress: bool = True,
+    arch: dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[VisionTransformer, dict]:
     """Train ``recipe`` from scratch and save model + ``meta.json`` to ``out_dir`` (atomically).
 
     ``arch`` (``VisionTransformer`` kwargs) overrides ``recipe.arch``; the zoo passes its
-    members' full architecture (image size, channels, classes) this way.
+    members' full architecture (image size, channels, classes) this way. ``log`` receives a
+    line after every epoch with the time the rest will take at the pace so far.
 
     Returns:
         ``(model in eval mode, meta)``; ``meta`` holds the recipe, its key and the test accuracy.
@@ -119,10 +128,11 @@ def train_embedded(
         weight_decay=recipe.weight_decay,
         warmup_epochs=recipe.warmup_epochs,
         label_smoothing=recipe.label_smoothing,
-        max_shift=recipe.max_shift,
+        augment=partial(random_shift, max_shift=recipe.max_shift) if recipe.max_shift else None,
         seed=recipe.seed,
         desc="train embedded ViT",
         progress=progress,
+        epoch_hook=_EpochLog(recipe.epochs, log) if log is not None else None,
     )
     model.eval()
     meta = {"recipe": recipe.as_dict(), "key": recipe.key(), "test_accuracy": evaluate(model, test_loader, progress=progress)}
@@ -136,6 +146,18 @@ def train_embedded(
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return model, meta
+
+
+class _EpochLog:
+    """``epoch_hook`` writing "epoch k of E, about m min left" (measured pace) to a log function."""
+
+    def __init__(self, epochs: int, log: Callable[[str], None]) -> None:
+        self.epochs, self.log, self.start = epochs, log, time.perf_counter()
+
+    def __call__(self, epoch: int) -> None:
+        done = epoch + 1
+        left = (time.perf_counter() - self.start) / done * (self.epochs - done)
+        self.log(f"  epoch {done} of {self.epochs}, about {left / 60:.1f} min left")
 
 
 def embedded_model(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -96,25 +97,27 @@ def zoo_split(member: ZooModel) -> DatasetSplit:
 
 
 def load_zoo_model(
-    member: ZooModel, retrain: bool = False, progress: bool = True
+    member: ZooModel, retrain: bool = False, progress: bool = True, log: Callable[[str], None] | None = None
 ) -> tuple[VisionTransformer, DatasetSplit, dict]:
-    """The trained member (trained and cached on first use), its split and its metadata."""
+    """The trained member (trained and cached on first use, reporting to ``log``), its split and its metadata."""
     split = zoo_split(member)
     path = os.path.join(cache_dir(), f"zoo-{member.name}-{member.key()}")
     if not retrain and os.path.isfile(os.path.join(path, "meta.json")):
         with open(os.path.join(path, "meta.json")) as f:
             return load_pruned(path), split, json.load(f)
-    model, meta = train_embedded(member, split, path, progress=progress, arch=member.full_arch(split.num_classes))
+    if log is not None:
+        log(f"training zoo model {member.name} ({member.epochs} epochs; first use only, then cached in {path})")
+    model, meta = train_embedded(member, split, path, progress=progress, arch=member.full_arch(split.num_classes), log=log)
     return model, split, meta
 
 
 def load_zoo(
-    members: tuple[ZooModel, ...] = ZOO, progress: bool = True
+    members: tuple[ZooModel, ...] = ZOO, progress: bool = True, log: Callable[[str], None] | None = None
 ) -> list[tuple[ZooModel, VisionTransformer, DatasetSplit, dict]]:
-    """Every member, trained on first use; ``meta["test_accuracy"]`` is re-measured on load."""
+    """Every member, trained on first use (reported to ``log``); ``meta["test_accuracy"]`` is re-measured on load."""
     out = []
     for member in tqdm(members, desc="zoo", disable=not progress):
-        model, split, meta = load_zoo_model(member, progress=progress)
+        model, split, meta = load_zoo_model(member, progress=progress, log=log)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(split.x_test, split.y_test), batch_size=256)
         meta = {**meta, "test_accuracy": evaluate(model, loader, progress=False)}
         out.append((member, model.eval(), split, meta))

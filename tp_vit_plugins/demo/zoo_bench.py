@@ -646,6 +646,7 @@ def run_zoo(
     progress: bool = True,
     command: str = "",
     members: tuple[ZooModel, ...] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the protocols on the zoo; write ``ZOO.md``, ``zoo.json`` and ``zoo_ranks.png`` to ``out_dir``.
 
@@ -656,6 +657,8 @@ def run_zoo(
         progress: tqdm bars.
         command: The command line written into ``ZOO.md``.
         members: Zoo members to use instead of :data:`~tp_vit_plugins.demo.zoo.ZOO`.
+        log: Receives one line per phase (zoo models trained on first use with their progress
+            and time left, then each protocol and model); ``None``: silent.
 
     Returns:
         The summary (what ``zoo.json`` holds besides the raw records).
@@ -668,10 +671,12 @@ def run_zoo(
     if bad:
         raise ValueError(f"unknown protocols {sorted(bad)}; choose from {PROTOCOLS}")
     os.makedirs(out_dir, exist_ok=True)
-    zoo = load_zoo(members or (QUICK_ZOO if quick else ZOO), progress=progress)
+    zoo = load_zoo(members or (QUICK_ZOO if quick else ZOO), progress=progress, log=log)
     rows: list[Record] = []
     jobs = [(p, z) for p in s.protocols for z in zoo]
-    for protocol, (member, model, split, _) in tqdm(jobs, desc="zoo bench", disable=not progress):
+    for i, (protocol, (member, model, split, _)) in enumerate(tqdm(jobs, desc="zoo bench", disable=not progress)):
+        if log is not None:
+            log(f"zoo protocol {protocol} on {member.name} ({i + 1} of {len(jobs)})")
         test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=256)
         rows.extend(_PROTOCOL_FNS[protocol](member, model, split, s, test))
         with open(os.path.join(out_dir, "zoo_partial.json"), "w") as f:  # what is measured so far survives a stop

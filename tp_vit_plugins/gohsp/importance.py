@@ -1,8 +1,8 @@
 """GOHSP head ranking: a converged Markov chain over attention heads (Yin et al., AAAI 2023).
 
-GOHSP ranks heads by the stationary distribution of a Markov chain over a graph of heads. The
-paper's text is not available here; what the chain is built from is this library's
-reconstruction, in two versions (``graph=``):
+GOHSP ranks heads by the stationary distribution of a Markov chain over a graph of heads. What
+the chain is built from is this library's reconstruction (the paper's abstract names the chain,
+not its edges), in two versions (``graph=``):
 
 * ``"flow"`` (default, chosen on the zoo): a **directed** graph of who reads whom. Every head,
   every MLP and the patch embedding write a term into the residual stream; every later head,
@@ -12,14 +12,11 @@ reconstruction, in two versions (``graph=``):
   that starts at the classifier, steps back to what the current reader reads, and restarts at
   the classifier with probability ``1 - damping``. **A head's stationary mass is the share of
   those walks that pass through it: how much of what the classifier reads is computed, directly
-  or through later heads and MLPs, from that head's output.** Zoo (``benchmarks/zoo_gohsp2``,
-  6 models x 3 seeds, one-shot uniform head removal, paired 95 % intervals): vs tp L2
-  +1.73 [+1.29, +2.18] / +4.49 [+3.33, +5.59] / +3.20 [+2.13, +4.20] pt at 30 / 50 / 70 % of
-  heads removed; vs tp Taylor +0.33 [-0.14, +0.77] / +0.56 [-1.21, +2.68] / +0.53 [-0.81, +2.00];
-  above random on every model.
-* ``"similarity"``: the first versions' undirected graph joining heads of consecutive blocks
-  with the similarity of their attention maps (``statistic``, ``similarity``, ``mode`` apply).
-  **Below tp's random criterion on 5 of 6 zoo models**; kept as an option for comparison.
+  or through later heads and MLPs, from that head's output.**
+* ``"similarity"``: an undirected graph joining heads of consecutive blocks with the
+  similarity of their attention maps (``statistic``, ``similarity``, ``mode`` apply), the
+  closest reading of the paper's "inter-head correlation"; how each graph ranks heads on the
+  zoo of models is in ``benchmarks/RESULTS.md``.
 
 ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` decide how the head
 scores meet weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).

@@ -255,10 +255,8 @@ def cascade_attention(
 
 #: CPU cache budget of the scoring attention (:func:`cascade_attention`'s ``reduce_probs``): when the
 #: batch's ``[B, H, N, N]`` probabilities exceed ``4 * CHUNK_BYTES``, they are computed for as many
-#: images at a time as fit in ``CHUNK_BYTES`` (at least one). On a 2-core Xeon (2 MiB L2 per core),
-#: DeiT-small's eager attention + token score at batch 64 took 113 ms in one piece and 60 ms in
-#: chunks (fused SDPA without scores: 45 ms; ``python benchmarks/cascade_ops.py``); at 50 tokens and
-#: batch 64 the whole batch is one chunk.
+#: images at a time as fit in ``CHUNK_BYTES`` (at least one), so they stay in a typical L2 cache
+#: (``python benchmarks/cascade_ops.py`` measures both ways; results in ``benchmarks/RESULTS.md``).
 CHUNK_BYTES = 1 << 20
 
 
