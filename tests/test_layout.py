@@ -103,3 +103,17 @@ def test_one_folder_per_method(method):
     files = {p.name for p in (ROOT / method).glob("*.py")}
     assert {"__init__.py", "importance.py"} <= files
     assert files & {"pruner.py", "patch.py"}
+
+
+@pytest.mark.slow
+def test_mypy_resolves_the_public_names(tmp_path):
+    """A type checker sees the real signatures through the lazy top level (py.typed + TYPE_CHECKING imports)."""
+    pytest.importorskip("mypy")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import tp_vit_plugins as tpv\nreveal_type(tpv.ViTPruner)\nreveal_type(tpv.apply_cascade)\n")
+    root = ROOT.parent
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--no-incremental", str(probe)],
+        capture_output=True, text=True, cwd=root, check=False,
+    ).stdout  # fmt: skip
+    assert "tp_vit_plugins.core.pruner.ViTPruner" in out and "tp_vit_plugins.cpvit.patch.Cascade" in out, out
