@@ -37,6 +37,8 @@ __all__ = [
     "keep_schedule",
     "adjusted_count",
     "topk_sorted",
+    "split_ranked",
+    "ascending",
     "heads_kept",
     "gather_tokens",
 ]
@@ -166,6 +168,18 @@ def heads_kept(num_heads: int, head_keep_ratio: float) -> int:
     return max(1, round_half_up(num_heads * head_keep_ratio))
 
 
+def ascending(idx: torch.Tensor) -> torch.Tensor:
+    """Integer indices sorted ascending per row, by ``topk`` (ONNX ``TopK``: a stable sort has no ONNX op).
+
+    Args:
+        idx: ``[B, k]`` distinct indices.
+
+    Returns:
+        ``[B, k]``.
+    """
+    return idx.topk(idx.shape[1], dim=1, largest=False, sorted=True).values
+
+
 def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` highest scores per row, in ascending index order (token order kept).
 
@@ -176,7 +190,23 @@ def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     Returns:
         ``[B, k]`` int64.
     """
-    return scores.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+    return ascending(scores.topk(k, dim=1, sorted=False).indices)
+
+
+def split_ranked(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` highest scores' indices (ascending) and the rest (highest first): a partition of each row.
+
+    One full ranking by ``topk`` (exportable), so the two sides never overlap, ties included.
+
+    Args:
+        scores: ``[B, P]``.
+        k: Number to keep, ``1 <= k <= P``.
+
+    Returns:
+        ``(keep [B, k], rest [B, P - k])``, int64.
+    """
+    order = scores.topk(scores.shape[1], dim=1, sorted=True).indices
+    return ascending(order[:, :k]), order[:, k:]
 
 
 def gather_tokens(x: torch.Tensor, keep: torch.Tensor, num_prefix: int) -> torch.Tensor:

@@ -74,6 +74,7 @@ from .maths import (
     gather_tokens,
     heads_kept,
     keep_schedule,
+    split_ranked,
     token_scores,
     topk_sorted,
 )
@@ -390,8 +391,7 @@ class Cascade:
         if self.mode == "drop":
             dropped = None
             if self.fold == "merge":  # one ranking gives both sides
-                order = st.scores.argsort(dim=1, descending=True, stable=True)
-                keep, dropped = order[:, :n].sort(dim=1).values, order[:, n:]
+                keep, dropped = split_ranked(st.scores, n)
             else:
                 keep = topk_sorted(st.scores, n)
             st.scores = st.scores.gather(1, keep)

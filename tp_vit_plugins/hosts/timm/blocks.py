@@ -260,6 +260,16 @@ def cascade_attention(
 CHUNK_BYTES = 1 << 20
 
 
+def _attend_whole(a, q, k, v, bias, reduce_probs, observe) -> torch.Tensor:
+    """:func:`_attend_in_chunks` as one chunk (what a compiled or exported graph runs)."""
+    logits = (q * a.scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    probs = logits.softmax(dim=-1)
+    observe(reduce_probs(probs))
+    return a.attn_drop(probs) @ v
+
+
 def _attend_in_chunks(
     a: nn.Module,
     q: torch.Tensor,
@@ -283,6 +293,8 @@ def _attend_in_chunks(
     """
     B, H, N, _ = q.shape
     per_image = H * N * N * q.element_size()
+    if torch.compiler.is_compiling():  # export / compile: one piece, no branch or loop on the (symbolic) batch size
+        return _attend_whole(a, q, k, v, bias, reduce_probs, observe)
     step = B if q.device.type != "cpu" or B * per_image <= 4 * CHUNK_BYTES else max(1, CHUNK_BYTES // per_image)
     outs, stats = [], []
     for i in range(0, B, step):
