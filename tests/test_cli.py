@@ -280,3 +280,28 @@ def test_old_flag_spellings_still_work_and_name_the_new_one(capsys):
 def test_help_shows_defaults():
     text = cli.build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
     assert "(default: 0.5)" in text and "--head-pruning-ratio" in text and "--head-ratio" not in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["export", "/nowhere", "m.onnx"], "is not a directory written by tpv.save_pruned"),
+        (["prune", "--export", "model.txt"], "must name a .onnx file"),
+    ],
+)
+def test_export_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and message in err[0]
+
+
+@pytest.mark.slow
+def test_prune_export_and_the_export_command(cache, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx_path, saved = tmp_path / "p.onnx", tmp_path / "saved"
+    r = prune(*QUIET, "--method", "l2", "--export", str(onnx_path), "--out", str(saved), "--latency-batch-sizes", "1", "4")
+    assert r.onnx["max_abs_diff"] <= 1e-4 and onnx_path.stat().st_size > 0
+    assert set(r.onnx["latency"]) == {1, 4} and all(v[2] > 0 for v in r.onnx["latency"].values())
+    assert cli.main(["export", str(saved), str(tmp_path / "again.onnx"), "--latency-batch-sizes", "2"]) == 0
+    assert "max |diff|" in capsys.readouterr().out and (tmp_path / "again.onnx").exists()

@@ -17,7 +17,7 @@ ROOT = pathlib.Path(tpv.__file__).parent
 PUBLIC = {
     "ViTPruner", "GOHSPPruner", "VTPPruner", "GraphHeadImportance", "CumulativeHeadImportance", "GateImportance",
     "vit_pruning_kwargs", "sync_attention", "apply_cascade", "fit_budget", "count_macs", "save_pruned", "load_pruned",
-    "UnsupportedModelError",
+    "UnsupportedModelError", "export_onnx",
 }  # fmt: skip
 #: Names that moved, with the new place the DeprecationWarning must name.
 MOVED = {

@@ -11,6 +11,7 @@ The public names below are the whole top-level API:
   :class:`tp_vit_plugins.cpvit.CascadeConfig`);
 * budgets and measurement — :func:`fit_budget`, :func:`count_macs`;
 * safe storage — :func:`save_pruned` / :func:`load_pruned`;
+* deployment — :func:`export_onnx` (ONNX with a dynamic batch, checked in onnxruntime);
 * :class:`UnsupportedModelError`, raised before anything changes.
 
 Everything else lives one level down: :mod:`tp_vit_plugins.utils` (training loop, latency,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # what the lazy loader below returns, spelled out for type ch
     from .core.pruner import ViTPruner as ViTPruner
     from .cpvit.importance import CumulativeHeadImportance as CumulativeHeadImportance
     from .cpvit.patch import apply_cascade as apply_cascade
+    from .export import export_onnx as export_onnx
     from .gohsp.importance import GraphHeadImportance as GraphHeadImportance
     from .gohsp.pruner import GOHSPPruner as GOHSPPruner
     from .hosts.timm.pruning import vit_pruning_kwargs as vit_pruning_kwargs
@@ -65,6 +67,7 @@ _EXPORTS = {
     "save_pruned": ".core.io",
     "load_pruned": ".core.io",
     "UnsupportedModelError": ".hosts.timm.support",
+    "export_onnx": ".export",
 }
 
 #: Names that moved: old top-level name -> (module, attribute, the new spelling). They keep
@@ -84,7 +87,7 @@ _MOVED = {
 }
 
 #: Subpackages reachable as attributes (``tpv.utils``, ``tpv.cpvit``, ...).
-_SUBMODULES = ("budget", "core", "cpvit", "gohsp", "utils", "vtp")
+_SUBMODULES = ("budget", "core", "cpvit", "export", "gohsp", "hosts", "utils", "vtp")
 
 __all__ = list(_EXPORTS)
 

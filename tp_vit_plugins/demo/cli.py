@@ -191,10 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--retrain", action="store_true", help="retrain the embedded model instead of using the shipped weights")
     p.add_argument("--out", default=None, help="save the pruned model in this directory (tpv.save_pruned)")
+    p.add_argument(
+        "--export", dest="export_path", default=None, help="also export the pruned model (cascade included) to this .onnx file"
+    )
     p.add_argument("--json", dest="json_path", default=None, help="also write the report as JSON to this file")
     _add_common(p)
     _add_renamed(p)
     p.set_defaults(subparser=p)
+
+    e = sub.add_parser(
+        "export", help="export a model saved by tpv.save_pruned to ONNX, checked in onnxruntime", formatter_class=fmt
+    )
+    e.add_argument("saved_dir", help="a directory written by tpv.save_pruned (or tp-vit prune --out)")
+    e.add_argument("onnx_path", help="the .onnx file to write")
+    e.add_argument(
+        "--latency-batch-sizes", type=_positive_int, nargs="*", default=[1, 64], help="onnxruntime batch sizes to time"
+    )
+    e.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime / torch CPU threads")
+    e.set_defaults(subparser=e)
 
     b = sub.add_parser("bench", help="compare every method at the same MACs budgets", formatter_class=fmt)
     b.add_argument("--methods", default=",".join(BENCH_METHODS), help=f"comma list from {','.join(BENCH_METHODS)}")
@@ -248,6 +262,18 @@ def check_writable_dir(path: str, flag: str) -> None:
             pass
     except OSError as e:
         raise ValueError(f"{flag} {path!r} cannot be written ({e.strerror or e}); choose another directory") from None
+
+
+def check_export(path: str, flag: str) -> None:
+    """An ``.onnx`` path in a writable directory, with the ``[export]`` extra installed (checked before any work)."""
+    import importlib.util
+
+    if not path.endswith(".onnx"):
+        raise ValueError(f"{flag} {path!r} must name a .onnx file")
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{flag} needs {', '.join(missing)}: pip install 'tp-vit-plugins[export]'")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
 
 
 def check_data_path(root: str) -> None:
@@ -378,6 +404,8 @@ def validate_prune(
             f"--method {args.method} / fine-tuning need calibration data: add --data-path "
             "(or use l1/l2/random with --finetune-epochs 0)"
         )
+    if args.export_path:
+        check_export(args.export_path, "--export")
     dirs = [(args.out, "--out"), (os.path.dirname(args.json_path or "") or None, "--json")]
     dirs.append((os.path.dirname(args.gate_histogram or "") or None, "--gate-histogram"))
     for path, flag in dirs:
@@ -421,6 +449,17 @@ def validate_bench(args: argparse.Namespace) -> None:
     check_writable_dir(args.out, "--out")
 
 
+def validate_export(args: argparse.Namespace) -> None:
+    """``tp-vit export`` checks: a ``save_pruned`` directory, a writable ``.onnx`` path, the extra installed.
+
+    Raises:
+        ValueError: With one line that says what to change.
+    """
+    if not os.path.isfile(os.path.join(args.saved_dir, "model.safetensors")):
+        raise ValueError(f"{args.saved_dir!r} is not a directory written by tpv.save_pruned (no model.safetensors)")
+    check_export(args.onnx_path, "ONNX_PATH")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tp-vit``: parse, validate (exit 2 on usage errors), then run."""
     parser = build_parser()
@@ -430,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prune":
             validate_prune(args, given_flags(sub, argv), sub)
+        elif args.command == "export":
+            validate_export(args)
         else:
             validate_bench(args)
     except ValueError as e:
@@ -439,6 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .prune import cmd_prune
 
         return cmd_prune(prune_options(args))
+    if args.command == "export":
+        from .export_cmd import cmd_export
+
+        return cmd_export(args.saved_dir, args.onnx_path, tuple(args.latency_batch_sizes), args.threads)
     from .bench import cmd_bench
 
     return cmd_bench(bench_options(args, "tp-vit " + " ".join(argv)))

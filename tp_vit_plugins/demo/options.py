@@ -81,6 +81,7 @@ class PruneOptions(WorkloadOptions):
     retrain: bool = False
     out: str | None = None
     json_path: str | None = None
+    export_path: str | None = None
 
     @property
     def budget(self) -> tuple[str, float] | None:

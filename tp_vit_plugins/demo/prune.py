@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,6 +20,7 @@ from ..budget import BudgetResult, fit_budget
 from ..core.io import save_pruned
 from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.training import evaluate, finetune
+from ..export import alternated_onnx_speedup, export_onnx
 from .common import Structure, load_options_workload, phase, show_bars, usage_error
 from .methods import MethodSettings, get_method, run_recipe
 from .options import PruneOptions
@@ -60,6 +62,7 @@ class PruneResult:
         saved_to: Where the pruned model was saved.
         gate_zero_share: VTP: share of gates exactly 0 after sparse training.
         latency_spread: Per batch size, ``(max - min) / median`` of the per-round speed-ups.
+        onnx: With ``--export``: ``{"path", "max_abs_diff", "latency": {bs: [dense_s, pruned_s, speedup, spread]}}``.
     """
 
     model_name: str
@@ -78,6 +81,7 @@ class PruneResult:
     gate_zero_share: float | None = None
     saved_to: str | None = None
     latency_spread: dict[int, float] = field(default_factory=dict)
+    onnx: dict | None = None
 
     @property
     def macs_ratio(self) -> float:
@@ -121,6 +125,18 @@ def _time_both(opts: PruneOptions, w: Workload, model: nn.Module, result: PruneR
     result.dense.latency = {b: t.dense for b, t in timing.items()}
     result.pruned.latency = {b: t.reduced for b, t in timing.items()}
     result.latency_spread = {b: t.spread for b, t in timing.items()}
+
+
+def _export(opts: PruneOptions, w: Workload, model: nn.Module, result: PruneResult) -> None:
+    """Export the pruned model (its cascade included) to ONNX; time dense and pruned in onnxruntime, alternated."""
+    phase(opts, f"exporting to {opts.export_path}" + (" and timing dense and pruned in onnxruntime" if opts.latency else ""))
+    report = export_onnx(model, w.example, opts.export_path)
+    result.onnx = {"path": report.path, "max_abs_diff": report.max_abs_diff, "latency": {}}
+    if opts.latency:
+        with tempfile.TemporaryDirectory() as tmp:
+            dense = export_onnx(w.model, w.example, os.path.join(tmp, "dense.onnx"))
+            timing = alternated_onnx_speedup(dense.path, report.path, w.example, opts.latency_batch_sizes, rounds=5)
+        result.onnx["latency"] = {b: list(v) for b, v in timing.items()}
 
 
 def _settings(opts: PruneOptions) -> MethodSettings:
@@ -262,6 +278,8 @@ def run_prune(opts: PruneOptions) -> PruneResult:
     model.eval()
     result.model, result.pruned, result.after = model, _measure(model, w, opts, "pruned"), Structure.of(model)
     _time_both(opts, w, model, result)
+    if opts.export_path:
+        _export(opts, w, model, result)
     if opts.out:
         result.saved_to = save_pruned(model, opts.out)
         if recipe.drops_tokens:
@@ -331,6 +349,15 @@ def format_report(r: PruneResult) -> str:
             f"speed-up {speed:.2f}x (spread {100 * spread:.0f}%) vs MACs ratio {r.macs_ratio:.2f}x "
             f"(speed-up / MACs ratio = {speed / r.macs_ratio:.2f}){flag}"
         )
+    if r.onnx is not None:
+        lines.append(f"ONNX: {r.onnx['path']} (onnxruntime vs PyTorch max |diff| {r.onnx['max_abs_diff']:.1e})")
+        for b, (dense_s, pruned_s, speed, spread) in sorted(r.onnx["latency"].items()):
+            noisy = " -- timing spread too large to trust" if spread > NOISY_SPREAD else ""
+            lines.append(
+                f"onnxruntime bs {b}: dense {1e3 * dense_s:.2f} ms, pruned {1e3 * pruned_s:.2f} ms: speed-up {speed:.2f}x "
+                f"(spread {100 * spread:.0f}%) vs MACs ratio {r.macs_ratio:.2f}x (speed-up / MACs ratio = "
+                f"{speed / r.macs_ratio:.2f}){noisy}"
+            )
     if r.saved_to:
         lines.append(f"saved to {r.saved_to}; load it with: tp_vit_plugins.load_pruned({r.saved_to!r})")
     return "\n".join(lines)
