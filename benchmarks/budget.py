@@ -28,8 +28,8 @@ def remeasure(dense: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, 
     """Median over ``rounds`` of pruned / dense latency, the two timed alternately."""
     ratios = []
     for _ in range(rounds):
-        d = tpv.measure_latency(dense, x, (bs,), min_run_time=0.2, warmup=1)[bs]
-        p = tpv.measure_latency(pruned, x, (bs,), min_run_time=0.2, warmup=1)[bs]
+        d = tpv.utils.measure_latency(dense, x, (bs,), min_run_time=0.2, warmup=1)[bs]
+        p = tpv.utils.measure_latency(pruned, x, (bs,), min_run_time=0.2, warmup=1)[bs]
         ratios.append(p / d)
     return statistics.median(ratios)
 

@@ -88,7 +88,7 @@ def rows_for(
     run = (lambda m: torch.compile(m, dynamic=False)) if compiled else (lambda m: m)
     dense = run(model)
     for target in targets:
-        keep = tpv.fit_keep_ratio(model, tuple(example.shape[1:]), target, **options)
+        keep = tpv.cpvit.fit_keep_ratio(model, tuple(example.shape[1:]), target, **options)
         reduced = copy.deepcopy(model)
         cascade = apply_cascade(reduced, keep_ratio=keep, **options)
         bound = sliced_copy(model, cascade)

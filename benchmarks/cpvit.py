@@ -78,12 +78,12 @@ def latency(model_name, keeps, start, batch_sizes, min_run_time):
 
     model = timm.create_model(model_name).eval()
     example = torch.randn(1, 3, 224, 224)
-    dense_lat = tpv.measure_latency(model, example, batch_sizes, min_run_time=min_run_time)
+    dense_lat = tpv.utils.measure_latency(model, example, batch_sizes, min_run_time=min_run_time)
     dense_macs = cascade_macs(model, (3, 224, 224), keep_ratio=1.0, start_block=start, trim_last=False)
     out = []
     for keep in keeps:
         c = apply_cascade(model, keep_ratio=keep, start_block=start, beta=0.0)
-        lat = tpv.measure_latency(model, example, batch_sizes, min_run_time=min_run_time)
+        lat = tpv.utils.measure_latency(model, example, batch_sizes, min_run_time=min_run_time)
         macs = cascade_macs(model, (3, 224, 224), keep_ratio=keep, start_block=start, counts=c.schedule)
         remove_cascade(model)
         out.append((keep, dense_macs / macs, {b: dense_lat[b] / lat[b] for b in batch_sizes}, lat))

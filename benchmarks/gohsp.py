@@ -71,11 +71,11 @@ def oneshot(base, split, seeds, calib_batches):
 def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr):
     example = split.x_test[:1]
     out: dict[str, dict[str, list[float]]] = {}
-    n0 = tpv.count_params(base)
+    n0 = tpv.utils.count_params(base)
 
     def record(name, model, oneshot_acc, final_acc):
         r = out.setdefault(name, {"params": [], "macs": [], "oneshot": [], "final": []})
-        r["params"].append(100.0 * (1 - tpv.count_params(model) / n0))
+        r["params"].append(100.0 * (1 - tpv.utils.count_params(model) / n0))
         r["macs"].append(100.0 * tpv.count_macs(model, example) / tpv.count_macs(base, example))
         r["oneshot"].append(oneshot_acc)
         r["final"].append(final_acc)
@@ -109,7 +109,7 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
             flush=True,
         )
         # tp Taylor at the same parameter count
-        target_params = tpv.count_params(m)
+        target_params = tpv.utils.count_params(m)
         g = clone_with_grads(base)
         accumulate_gradients(g, calib, progress=False)
 
@@ -127,7 +127,7 @@ def pipeline(base, split, seeds, calib_batches, epochs, admm_epochs, target, lr)
             return c
 
         # the ratio whose model has at most target_params parameters (hi end of the bracket)
-        _, r = bisect_threshold(lambda r: tpv.count_params(build(r)) > target_params, 0.0, 0.95, iterations=12)
+        _, r = bisect_threshold(lambda r: tpv.utils.count_params(build(r)) > target_params, 0.0, 0.95, iterations=12)
         t = build(r)
         one = acc(t, test)
         finetune(t, train_loader, epochs=epochs, warmup_epochs=1.0, lr=lr, seed=seed, desc="Taylor fine-tune")

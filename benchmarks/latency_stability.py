@@ -39,8 +39,8 @@ def main() -> None:
         for k in range(args.estimates):
             d, p = [], []
             for _ in range(7):
-                p.append(tpv.measure_latency(pruned, x, (bs,), min_run_time=0.1, warmup=1)[bs])
-                d.append(tpv.measure_latency(model, x, (bs,), min_run_time=0.1, warmup=1)[bs])
+                p.append(tpv.utils.measure_latency(pruned, x, (bs,), min_run_time=0.1, warmup=1)[bs])
+                d.append(tpv.utils.measure_latency(model, x, (bs,), min_run_time=0.1, warmup=1)[bs])
             ratios.append(statistics.median(a / b for a, b in zip(p, d)))
             print(
                 f"{threads} threads, estimate {k}: dense {1e3 * statistics.median(d):.1f} ms, "

@@ -112,8 +112,8 @@ def main(argv=None) -> int:
     _, test = loaders(split, 0)
     dense = acc(base, test)
     example = split.x_test[:1]
-    dense_lat = tpv.measure_latency(base, example, (1, 64))
-    dense_params, dense_macs = tpv.count_params(base), tpv.count_macs(base, example)
+    dense_lat = tpv.utils.measure_latency(base, example, (1, 64))
+    dense_params, dense_macs = tpv.utils.count_params(base), tpv.count_macs(base, example)
     cmd = "python benchmarks/vtp.py " + " ".join(sys.argv[1:] if argv is None else argv)
     body = [
         f"Command: `{cmd.strip()}` — embedded MNIST ViT (recipe {meta['key']}), dense {dense:.2f} %, "
@@ -131,8 +131,8 @@ def main(argv=None) -> int:
                 torch.manual_seed(seed)
                 reg = args.vtp_reg if fn is run_vtp else args.gn_reg
                 m, one, final = fn(base, split, seed, ratio, args.sparse_epochs, args.epochs, args.lr, reg)
-                lat = tpv.measure_latency(m, example, (1, 64))
-                rec["params"].append(100 * tpv.count_params(m) / dense_params)
+                lat = tpv.utils.measure_latency(m, example, (1, 64))
+                rec["params"].append(100 * tpv.utils.count_params(m) / dense_params)
                 rec["macs"].append(100 * tpv.count_macs(m, example) / dense_macs)
                 rec["s1"].append(dense_lat[1] / lat[1])
                 rec["s64"].append(dense_lat[64] / lat[64])

@@ -12,6 +12,7 @@ Needs the optional ``[export]`` extra (``onnx``, ``onnxruntime``, ``onnxscript``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import statistics
 import time
@@ -79,6 +80,22 @@ class _Logits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _logits(self.model(x))
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's informational log lines (warnings about our graph still surface as errors)."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -167,8 +184,7 @@ def export_onnx(
         probe = model(x[:1])
         net = model if isinstance(probe, torch.Tensor) else _Logits(model)
         batch = torch.export.Dim("batch", min=1, max=4096)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_exporter():
             kwargs = {"opset_version": opset} if opset is not None else {}
             program = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, **kwargs)
         program.save(path)
