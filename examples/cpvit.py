@@ -2,12 +2,12 @@
 
 Embedded default (offline):
 
-    python examples/cpvit.py --keep 0.5
+    python examples/cpvit.py --keep-ratio 0.5
 
 A real timm model on an ImageFolder root:
 
     python examples/cpvit.py --model deit_small_patch16_224 --pretrained --data-path /data/imagenet \
-        --keep 0.5 --start-block 3 --eval-batches 100
+        --keep-ratio 0.5 --start-block 3 --eval-batches 100
 
 Optionally fine-tune briefly with the cascade active (``--finetune-epochs 1``): the token
 gather is differentiable, so the model adapts to the tokens it will see.
@@ -22,9 +22,9 @@ from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_a
 
 p = argparse.ArgumentParser()
 add_workload_arguments(p)
-p.add_argument("--keep", type=float, default=0.5, help="share of patch tokens left in the last block")
-p.add_argument("--head-keep", type=float, default=1.0, help="share of heads each input keeps")
-p.add_argument("--start-block", type=int, default=None)
+p.add_argument("--keep-ratio", type=float, default=0.5, help="share of patch tokens kept in the last block")
+p.add_argument("--head-keep-ratio", type=float, default=1.0, help="share of heads each input keeps")
+p.add_argument("--start-block", type=int, default=0, help="first block whose scores prune tokens")
 p.add_argument("--finetune-epochs", type=int, default=0)
 args = p.parse_args()
 
@@ -33,7 +33,7 @@ model, train_loader, val_loader, example = w.model, w.train_loader, w.test_loade
 
 dense_acc, dense_macs = evaluate(model, val_loader), tpv.count_macs(model, example)
 dense_lat = tpv.utils.measure_latency(model, example, (1, 64))
-cascade = apply_cascade(model, keep_ratio=args.keep, head_keep_ratio=args.head_keep, start_block=args.start_block)
+cascade = apply_cascade(model, keep_ratio=args.keep_ratio, head_keep_ratio=args.head_keep_ratio, start_block=args.start_block)
 if args.finetune_epochs:
     finetune(model, train_loader, epochs=args.finetune_epochs, warmup_epochs=1.0, lr=2e-4, desc="fine-tune with cascade")
 acc, macs = evaluate(model, val_loader), tpv.count_macs(model, example)

@@ -1,6 +1,6 @@
 """GOHSP end to end: graph head ranking -> ADMM -> hard prune -> fine-tune -> report.
 
-Embedded default (offline, trains/caches the MNIST ViT on first use):
+Embedded default (offline; the embedded MNIST ViT's weights ship with the package):
 
     python examples/gohsp.py
 
@@ -19,7 +19,7 @@ from tp_vit_plugins.demo.workload import add_workload_arguments, workload_from_a
 
 p = argparse.ArgumentParser()
 add_workload_arguments(p)
-p.add_argument("--target-params", type=float, default=0.4, help="share of parameters to remove")
+p.add_argument("--pruning-ratio", type=float, default=0.4, help="share of parameters removed")
 p.add_argument("--calib-batches", type=int, default=8)
 p.add_argument("--admm-epochs", type=int, default=4)
 p.add_argument("--finetune-epochs", type=int, default=6)
@@ -36,7 +36,7 @@ imp = tpv.GraphHeadImportance().calibrate(model, train_loader, max_batches=args.
 # the ADMM pull is a proximal step on the weights (GOHSPPruner's default), rho balanced by the residuals;
 # the Z-step projects in the Fisher norm, estimated first on calibration batches (also the default)
 interval = max(1, args.admm_epochs * len(train_loader) // 10)  # 10 dual updates over the ADMM epochs
-pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=args.target_params, admm_interval=interval)
+pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=args.pruning_ratio, admm_interval=interval)
 pruner.calibrate_fisher(train_loader, max_batches=args.calib_batches)
 finetune(
     model,
