@@ -24,6 +24,7 @@ import warnings
 
 import timm
 import torch
+import torch._dynamo
 from common import write_section
 
 import tp_vit_plugins as tpv
@@ -80,6 +81,7 @@ def rows_for(name: str, args: argparse.Namespace, tmp: str) -> list[str]:
 
 
 def main() -> None:
+    torch._dynamo.config.cache_size_limit = 64
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="deit_small_patch16_224,eva02_small_patch14_224,deit3_small_patch16_224")
     p.add_argument("--rounds", type=int, default=5)
