@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from tp_vit_plugins.demo.zoo_bench import merge_runs
+from tp_vit_plugins.demo.zoo_report import merge_runs
 
 if __name__ == "__main__":
     args = sys.argv[1:]

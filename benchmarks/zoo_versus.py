@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from tp_vit_plugins.demo.zoo_bench import _by, _diff, _load_records, paired_bootstrap
+from tp_vit_plugins.demo.zoo_report import _by, _diff, _load_records, paired_bootstrap
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:

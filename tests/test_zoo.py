@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_model
 
-from tp_vit_plugins.demo import zoo_bench
+from tp_vit_plugins.demo import zoo_bench, zoo_report
 from tp_vit_plugins.demo.peers import apply_evit, apply_tome, bipartite_merge, evit_blocks, remove_peer
 from tp_vit_plugins.demo.zoo import ZOO, ZooModel
 
@@ -65,11 +65,11 @@ def test_peers_at_no_reduction_are_the_model_and_per_image(family, x):
 
 def test_paired_bootstrap_closed_form():
     constant = [torch.full((3, 50), 0.25), torch.full((2, 40), -0.05)]
-    point, low, high = zoo_bench.paired_bootstrap(constant, boot=50)
+    point, low, high = zoo_report.paired_bootstrap(constant, boot=50)
     assert point == pytest.approx(0.10) and low == pytest.approx(0.10) and high == pytest.approx(0.10)
     g = torch.Generator().manual_seed(0)
     noisy = [(torch.rand(3, 400, generator=g) < 0.6).double() - (torch.rand(3, 400, generator=g) < 0.5).double()]
-    point, low, high = zoo_bench.paired_bootstrap(noisy, boot=300)
+    point, low, high = zoo_report.paired_bootstrap(noisy, boot=300)
     assert low < point < high and 0.02 < point < 0.2 and high - low < 0.15
 
 
@@ -121,15 +121,15 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
     assert "mean rank" in (tmp_path / "out" / "ZOO.md").read_text()
     assert (tmp_path / "out" / "zoo_ranks.png").stat().st_size > 1000
     # the per-image outcomes are kept, so runs merge with the same paired intervals
-    merged = zoo_bench.merge_runs(str(tmp_path / "merged"), [str(tmp_path / "out" / "zoo.json")], "merge", boot=settings.boot)
+    merged = zoo_report.merge_runs(str(tmp_path / "merged"), [str(tmp_path / "out" / "zoo.json")], "merge", boot=settings.boot)
     assert merged["heads | 50% heads removed"]["versus_best_peer"] == heads["versus_best_peer"]
     assert merged["tokens | 70% MACs"]["accuracy"] == summary["tokens | 70% MACs"]["accuracy"]
     source = f"{tmp_path / 'out' / 'zoo.json'}:gohsp=gohsp-renamed"
-    only = zoo_bench.merge_runs(str(tmp_path / "only"), [source], "merge", boot=settings.boot, methods=["gohsp-renamed", "l2"])
+    only = zoo_report.merge_runs(str(tmp_path / "only"), [source], "merge", boot=settings.boot, methods=["gohsp-renamed", "l2"])
     assert set(only["heads | 50% heads removed"]["accuracy"]) == {"gohsp-renamed", "l2"}
     assert only["heads | 50% heads removed"]["accuracy"]["gohsp-renamed"] == heads["accuracy"]["gohsp"]
     with pytest.raises(ValueError, match="no records"):
-        zoo_bench.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
+        zoo_report.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
 
 
 def test_the_package_runs_the_library_defaults_and_the_peers_only():

@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 def split_options(
     cls: type[T],
-    config: T | None,
+    config: T | str | None,
     kwargs: dict[str, Any],
     removed: dict[str, tuple[Any, str]] | None = None,
     owner: str = "",
@@ -22,7 +22,7 @@ def split_options(
 
     Args:
         cls: A frozen dataclass of options.
-        config: The options given as an object, or ``None``.
+        config: The options given as an object, a preset's name (``cls.preset(name)``), or ``None``.
         kwargs: Keyword arguments of a constructor: the fields of ``cls`` override ``config``;
             the rest is returned (e.g. for ``tp.pruner.BasePruner``).
         removed: Options that left the API: ``name -> (value that was the default, what to do
@@ -36,7 +36,7 @@ def split_options(
     Raises:
         TypeError: ``config`` is not a ``cls``, or a removed option with a non-default value.
     """
-    base = cls() if config is None else config
+    base = cls() if config is None else cls.preset(config) if isinstance(config, str) else config  # type: ignore[attr-defined]
     if not isinstance(base, cls):
         raise TypeError(f"{owner or cls.__name__}: config must be a {cls.__name__}, got {type(base).__name__}")
     rest = dict(kwargs)

@@ -22,7 +22,7 @@ __all__ = ["cascade_macs", "fit_keep_ratio"]
 def cascade_macs(
     model: nn.Module,
     input_size: Sequence[int],
-    config: CascadeConfig | None = None,
+    config: CascadeConfig | str | None = None,
     *,
     counts: Sequence[int] | None = None,
     batch_size: int = 1,
@@ -54,11 +54,10 @@ def cascade_macs(
     cfg = with_options(config, options)
     if cfg.mode != "drop":
         raise ValueError("mode='mask' keeps every token's MACs (shapes unchanged): count it with tpv.count_macs")
-    keep_ratio, head_keep_ratio, start_block, head_start_block = (
-        cfg.keep_ratio, cfg.head_keep_ratio, cfg.start_block, cfg.first_head_block,
-    )  # fmt: skip
+    keep_ratio, head_keep_ratio = cfg.keep_ratio, cfg.head_keep_ratio
     fold, prune_at, trim_last = cfg.fold, cfg.prune_at, cfg.trim_last
     depth = len(token_blocks(model))
+    start_block, head_start_block = cfg.start_blocks(depth)
     rows, cols = patch_grid(model)
     P, prefix = rows * cols, prefix_tokens(model)
     if counts is None:
@@ -119,7 +118,7 @@ def fit_keep_ratio(
     model: nn.Module,
     input_size: Sequence[int],
     macs_keep_ratio: float | None = None,
-    config: CascadeConfig | None = None,
+    config: CascadeConfig | str | None = None,
     *,
     iterations: int = 30,
     target: float | None = None,

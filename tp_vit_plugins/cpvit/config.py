@@ -7,7 +7,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CascadeConfig", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES"]
+__all__ = ["CascadeConfig", "PRESETS", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES"]
+
+#: Named option sets of every method (``config="paper"`` / ``"recommended"``).
+PRESETS = ("paper", "recommended")
 
 #: Token modes: really drop tokens, or keep shapes and mask them out as keys (analysis).
 TOKEN_MODES = ("drop", "mask")
@@ -33,7 +36,8 @@ class CascadeConfig:
         keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``.
         head_keep_ratio: Fraction of heads each input keeps in blocks ``>= head_start_block``
             (1.0 = no head skipping), in ``(0, 1]``.
-        start_block: First block whose scores prune tokens (after it).
+        start_block: First block whose scores prune tokens (after it); ``None``: a quarter of
+            the depth (the paper's pruning location).
         head_start_block: First block with head skipping; ``None``: ``start_block``.
         schedule_steps: An int: the stepped schedule with that many pruning stages; ``None``:
             the paper's progressive ramp (tokens leave after every block from ``start_block``).
@@ -65,7 +69,7 @@ class CascadeConfig:
 
     keep_ratio: float = 0.5
     head_keep_ratio: float = 1.0
-    start_block: int = 0
+    start_block: int | None = 0
     head_start_block: int | None = None
     schedule_steps: int | None = 3
     fold: str | None = None
@@ -100,13 +104,37 @@ class CascadeConfig:
             raise ValueError(f"need 0 <= beta <= 1 and radius >= 0, got beta={self.beta}, radius={self.radius}")
         if self.schedule_steps is not None and (not isinstance(self.schedule_steps, int) or self.schedule_steps < 1):
             raise ValueError(f"schedule_steps must be an int >= 1 (or None: the ramp), got {self.schedule_steps!r}")
-        if not isinstance(self.start_block, int) or self.start_block < 0:
-            raise ValueError(f"start_block must be an int >= 0, got {self.start_block!r}")
+        if self.start_block is not None and (not isinstance(self.start_block, int) or self.start_block < 0):
+            raise ValueError(f"start_block must be an int >= 0 (or None: a quarter of the depth), got {self.start_block!r}")
 
-    @property
-    def first_head_block(self) -> int:
-        """``head_start_block``, or ``start_block`` when it is ``None``."""
-        return self.start_block if self.head_start_block is None else self.head_start_block
+    def start_blocks(self, depth: int) -> tuple[int, int]:
+        """``(start_block, head_start_block)`` for a model of ``depth`` blocks (``None`` resolved)."""
+        start = depth // 4 if self.start_block is None else self.start_block
+        return start, start if self.head_start_block is None else self.head_start_block
+
+    @classmethod
+    def preset(cls, name: str) -> CascadeConfig:
+        """A named set of options, one of :data:`PRESETS`; individual options still override it.
+
+        * ``"paper"`` — CP-ViT as its paper describes it: the cumulative score of patches and
+          heads, tokens dropped progressively after every block from a quarter of the depth
+          (``start_block=None``, ``schedule_steps=None``, ``fold="drop"``, ``prune_at="block"``),
+          a quarter of the heads skipped per input from there (``head_keep_ratio=0.75``), the
+          per-layer ratio adjusted by attention range (``beta=0.5``, calibrated; needs
+          ``calib=``). The head share and ``beta`` are reconstructions (the abstract gives no
+          values).
+        * ``"recommended"`` — the defaults (chosen on the zoo): merged tokens, pruned before the
+          pruning block's MLP in 3 stages from block 0, no head skipping, no range adjustment.
+
+        Raises:
+            ValueError: Unknown name.
+        """
+        if name == "recommended":
+            return cls()
+        if name == "paper":
+            return cls(start_block=None, schedule_steps=None, fold="drop", prune_at="block", trim_last=False,
+                       weighted_pool=False, head_keep_ratio=0.75, beta=0.5)  # fmt: skip
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def replace(self, **changes: Any) -> CascadeConfig:
         """A copy with ``changes`` applied (validated; unknown names raise ``TypeError``)."""
@@ -124,13 +152,13 @@ _REMOVED = {
 }
 
 
-def with_options(config: CascadeConfig | None, options: dict[str, Any]) -> CascadeConfig:
-    """``config`` (default :class:`CascadeConfig`) with keyword ``options`` applied, validated.
+def with_options(config: CascadeConfig | str | None, options: dict[str, Any]) -> CascadeConfig:
+    """``config`` (default :class:`CascadeConfig`; a string names a preset) with keyword ``options`` applied, validated.
 
     Raises:
         TypeError: An option that is not a :class:`CascadeConfig` field (the message lists them).
     """
-    base = CascadeConfig() if config is None else config
+    base = CascadeConfig() if config is None else CascadeConfig.preset(config) if isinstance(config, str) else config
     if not isinstance(base, CascadeConfig):
         raise TypeError(f"config must be a CascadeConfig, got {type(base).__name__}")
     options = dict(options)

@@ -202,10 +202,9 @@ class Cascade:
         self.num_prefix = prefix_tokens(model)
         rows, self.grid_width = patch_grid(model)
         self.num_patches = rows * self.grid_width
-        keep_ratio, head_keep_ratio, start_block, beta = c.keep_ratio, c.head_keep_ratio, c.start_block, c.beta
-        head_start_block, mode, prune_at, trim_last, score_at, score = (
-            c.first_head_block, c.mode, c.prune_at, c.trim_last, c.score_at, c.score,
-        )  # fmt: skip
+        keep_ratio, head_keep_ratio, beta = c.keep_ratio, c.head_keep_ratio, c.beta
+        start_block, head_start_block = c.start_blocks(self.depth)
+        mode, prune_at, trim_last, score_at, score = c.mode, c.prune_at, c.trim_last, c.score_at, c.score
         self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
         self.start_block, self.head_start_block = start_block, head_start_block
         self.mode, self.beta, self.radius = mode, beta, c.radius
@@ -421,7 +420,7 @@ def find_cascade(model: nn.Module) -> Cascade | None:
 
 def apply_cascade(
     model: nn.Module,
-    config: CascadeConfig | None = None,
+    config: CascadeConfig | str | None = None,
     *,
     calib: Iterable | None = None,
     calib_batches: int | None = 8,
@@ -439,13 +438,14 @@ def apply_cascade(
 
     The defaults (:class:`~tp_vit_plugins.cpvit.CascadeConfig`) were chosen on the zoo of
     models (``benchmarks/RESULTS.md``); the paper's own pipeline (a ramp from ``depth // 4``,
-    dropped tokens after whole blocks) is ``start_block=depth // 4, schedule_steps=None,
-    fold="drop", prune_at="block"``.
+    dropped tokens after whole blocks, head skipping, the attention-range adjustment) is the
+    ``"paper"`` preset: ``apply_cascade(model, "paper", calib=loader)``.
 
     Args:
         model: timm ``VisionTransformer`` family model (DeiT, distilled, register tokens,
             LayerScale, EVA02, BEiT, CaiT, tp-pruned ones included).
-        config: The options; default ``CascadeConfig()``.
+        config: The options; default ``CascadeConfig()``; a string names a preset
+            (:meth:`~tp_vit_plugins.cpvit.CascadeConfig.preset`: ``"paper"`` or ``"recommended"``).
         calib: Calibration batches, required when ``beta > 0`` (the attention-range
             adjustment is calibrated once into fixed per-block counts).
         calib_batches: Use at most this many of them.
@@ -477,14 +477,15 @@ def apply_cascade(
             "use prune_at='block' (tokens leave after the whole block). Nothing was changed."
         )
     depth = len(blocks)
-    if not 0 <= cfg.first_head_block < depth:
-        raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {cfg.first_head_block}")
+    start_block, head_start_block = cfg.start_blocks(depth)
+    if not 0 <= head_start_block < depth:
+        raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {head_start_block}")
     if cfg.beta > 0 and calib is None:
         raise ValueError(
             f"beta={cfg.beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
-    keep_schedule(1, depth, cfg.keep_ratio, cfg.start_block, steps=cfg.schedule_steps)  # validates the schedule
+    keep_schedule(1, depth, cfg.keep_ratio, start_block, steps=cfg.schedule_steps)  # validates the schedule
     talking = [b.attn for b in blocks if isinstance(b.attn, PrunableTalkingHeadAttn)]
     if any(heads_kept(a.num_heads, cfg.head_keep_ratio) < a.num_heads for a in talking):
         raise ValueError(

@@ -126,32 +126,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-head-dims", action="store_true", help="--pruning-ratio also removes dims inside heads")
     p.add_argument("--prune-embed-dim", action="store_true", help="--pruning-ratio also removes embedding dims")
     p.add_argument("--no-mlp", dest="prune_mlp", action="store_false", help="leave MLP neurons alone")
-    p.add_argument("--keep-ratio", type=float, default=0.5, help="cpvit: share of patch tokens kept in the last block")
-    p.add_argument("--head-keep-ratio", type=float, default=1.0, help="cpvit: share of heads each input keeps (1 = no skipping)")
-    p.add_argument("--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens")
     p.add_argument(
-        "--schedule-steps", type=_non_negative_int, default=3, help="cpvit: pruning stages of the stepped schedule (0: the ramp)"
+        "--preset",
+        default=None,
+        choices=["paper", "recommended"],
+        help="gohsp / vtp / cpvit: the paper's pipeline, or the library's defaults (None: recommended); "
+        "the method flags below override it",
+    )
+    p.add_argument(
+        "--keep-ratio", type=float, default=None, help="cpvit: share of patch tokens kept in the last block (preset: 0.5)"
+    )
+    p.add_argument(
+        "--head-keep-ratio", type=float, default=None, help="cpvit: share of heads each input keeps (preset: 1, paper 0.75)"
+    )
+    p.add_argument(
+        "--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens (preset: 0, paper depth/4)"
+    )
+    p.add_argument(
+        "--schedule-steps",
+        type=_non_negative_int,
+        default=None,
+        help="cpvit: pruning stages of the stepped schedule, 0: the ramp (preset: 3, paper 0)",
     )
     p.add_argument(
         "--token-fold",
-        default="merge",
+        default=None,
         choices=["merge", "drop"],
-        help="cpvit: merge pruned tokens into their most similar kept token, or drop them (the paper)",
+        help="cpvit: merge pruned tokens into their most similar kept token, or drop them (preset: merge, paper drop)",
     )
+    p.add_argument(
+        "--attention-range", dest="beta", type=float, default=None,
+        help="cpvit: strength of the attention-range adjustment, calibrated on the data (preset: 0, paper 0.5)",
+    )  # fmt: skip
     p.add_argument("--sparse-epochs", type=_non_negative_int, default=3, help="vtp: epochs of gated L1 sparse training")
-    p.add_argument("--reg", type=float, default=0.5, help="vtp: L1 strength, relative to the mean gate gradient")
-    p.add_argument("--shrink", type=float, default=1.0, help="vtp: how far the L1 step alone moves a gate over sparse training")
+    p.add_argument("--reg", type=float, default=None, help="vtp: L1 strength, relative to the mean gate gradient (preset: 0.5)")
+    p.add_argument("--shrink", type=float, default=None, help="vtp: how far the L1 step alone moves a gate (preset: 1.0)")
     p.add_argument(
         "--gate-score",
-        default="taylor",
+        default=None,
         choices=["taylor", "magnitude"],
-        help="vtp: rank dims by mean |g * dL/dg| over sparse training (default) or by |g| (the paper's rule)",
+        help="vtp: rank dims by mean |g * dL/dg| over sparse training, or by |g| (preset: taylor, paper magnitude)",
     )
     p.add_argument(
         "--no-gate-closing",
         dest="gate_closing",
-        action="store_false",
-        help="vtp: plain L1 sparse training (the paper) instead of closing the lowest-scoring gates in rounds",
+        action="store_const",
+        const=False,
+        default=None,
+        help="vtp: plain L1 sparse training instead of closing the lowest-scoring gates in rounds (the paper preset's)",
     )
     p.add_argument(
         "--gate-threshold",
@@ -319,7 +341,7 @@ def _check_common(args: argparse.Namespace) -> None:
 
 #: ``tp-vit prune`` flags (destinations) by the methods that read them.
 _STRUCTURE_FLAGS = ("head_pruning_ratio", "pruning_ratio", "global_pruning", "prune_head_dims", "prune_embed_dim", "prune_mlp")
-_CPVIT_FLAGS = ("keep_ratio", "head_keep_ratio", "start_block", "schedule_steps", "token_fold")
+_CPVIT_FLAGS = ("keep_ratio", "head_keep_ratio", "start_block", "schedule_steps", "token_fold", "beta")
 _VTP_FLAGS = ("sparse_epochs", "reg", "shrink", "gate_score", "gate_closing", "gate_threshold",
               "fold_gate_values", "gate_histogram")  # fmt: skip
 _GOHSP_FLAGS = ("admm_epochs", "admm_rounds", "params_pruning_ratio")
@@ -328,11 +350,11 @@ _GOHSP_FLAGS = ("admm_epochs", "admm_rounds", "params_pruning_ratio")
 def used_flags(args: argparse.Namespace) -> set[str]:
     """The method-specific ``tp-vit prune`` flags (destinations) that ``args.method`` reads."""
     if args.method == "cpvit":
-        return set(_CPVIT_FLAGS)
+        return {*_CPVIT_FLAGS, "preset"}
     if args.method == "gohsp":
-        return set(_GOHSP_FLAGS) if args.admm_epochs else {*_STRUCTURE_FLAGS, "admm_epochs"}
+        return {*_GOHSP_FLAGS, "preset"} if args.admm_epochs else {*_STRUCTURE_FLAGS, "admm_epochs", "preset"}
     if args.method == "vtp":
-        return {*_STRUCTURE_FLAGS, *_VTP_FLAGS}
+        return {*_STRUCTURE_FLAGS, *_VTP_FLAGS, "preset"}
     return set(_STRUCTURE_FLAGS)
 
 
@@ -343,7 +365,7 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str
 
 
 def _check_ignored(args: argparse.Namespace, given: set[str], parser: argparse.ArgumentParser | None) -> None:
-    method_specific = {*_STRUCTURE_FLAGS, *_CPVIT_FLAGS, *_VTP_FLAGS, *_GOHSP_FLAGS}
+    method_specific = {*_STRUCTURE_FLAGS, *_CPVIT_FLAGS, *_VTP_FLAGS, *_GOHSP_FLAGS, "preset"}
     ignored = sorted((given & method_specific) - used_flags(args))
     if not ignored:
         return
@@ -373,8 +395,11 @@ def validate_prune(
     _check_ratio("--head-pruning-ratio", args.head_pruning_ratio)
     _check_ratio("--pruning-ratio", args.pruning_ratio)
     _check_ratio("--params-pruning-ratio", args.params_pruning_ratio)
-    _check_ratio("--keep-ratio", args.keep_ratio, low_open=True)
-    _check_ratio("--head-keep-ratio", args.head_keep_ratio, low_open=True)
+    for flag, value in (("--keep-ratio", args.keep_ratio), ("--head-keep-ratio", args.head_keep_ratio)):
+        if value is not None:
+            _check_ratio(flag, value, low_open=True)
+    if args.beta is not None and not 0.0 <= args.beta <= 1.0:
+        raise ValueError(f"--attention-range must lie in [0, 1], got {args.beta}")
     budget = budget_of(args)
     if budget is not None:
         metric, target = budget
@@ -387,7 +412,7 @@ def validate_prune(
             raise ValueError("--method cpvit takes --macs-keep-ratio (the cascade's MACs are exact); use --keep-ratio otherwise")
         if metric == "latency" and not args.latency:
             raise ValueError("--latency-keep-ratio measures latency: drop --no-latency")
-    if args.reg < 0 or args.shrink <= 0:
+    if (args.reg is not None and args.reg < 0) or (args.shrink is not None and args.shrink <= 0):
         raise ValueError(f"--reg must be >= 0 and --shrink > 0, got {args.reg} and {args.shrink}")
     if args.gate_threshold is not None:
         if args.method != "vtp" or args.gate_threshold < 0:

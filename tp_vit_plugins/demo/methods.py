@@ -16,6 +16,7 @@ instead attach a cascade (:meth:`Method.attach_tokens`); ``gohsp+cpvit`` and ``v
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from ..core.criteria import TP_CRITERIA, tp_importance
 from ..core.pruner import ViTPruner
 from ..cpvit import Cascade, CascadeConfig, apply_cascade, fit_keep_ratio
 from ..gohsp import GOHSPPruner, GraphHeadImportance
-from ..vtp import GateImportance, VTPPruner
+from ..vtp import GateImportance, VTPConfig, VTPPruner
 
 __all__ = ["MethodSettings", "Method", "METHODS", "get_method", "RecipeRun", "run_recipe"]
 
@@ -38,8 +39,13 @@ Hook = Callable[..., Any]
 
 @dataclass
 class MethodSettings:
-    """Everything a recipe may read (the CLI fills it from its flags, the bench from its protocol)."""
+    """Everything a recipe may read (the CLI fills it from its flags, the bench from its protocol).
 
+    ``preset`` names the method's option set (``"paper"`` / ``"recommended"``; ``None``: the
+    library's defaults); a method option left at ``None`` takes the preset's value.
+    """
+
+    preset: str | None = None
     head_ratio: float = 0.5
     width_ratio: float = 0.3
     global_pruning: bool = False
@@ -60,23 +66,23 @@ class MethodSettings:
     params_budget: float | None = None
     #: Extra GOHSPConfig / VTPConfig fields (the zoo's method variants), applied last.
     options: dict = field(default_factory=dict)
-    # VTP
-    reg: float = 0.5
-    shrink: float = 1.0
-    gate_score: str = "taylor"
+    # VTP (None: the preset's)
+    reg: float | None = None
+    shrink: float | None = None
+    gate_score: str | None = None
     gate_threshold: float | None = None
-    gate_closing: bool = True  # False: VTPPruner(close=False), the paper's plain sparse training
-    fold_gate_values: bool | None = None  # None: VTPPruner's default
+    gate_closing: bool | None = None  # False: VTPPruner(close=False), the paper's plain sparse training
+    fold_gate_values: bool | None = None
     gate_aggregation: str = "mean"  # GateImportance(aggregation=...) for embedding dims
     sparse_steps: int | None = None  # set by plan_sparse once the sparse epochs and loader are known
     planned_sparse_epochs: int = 0  # likewise
-    # CP-ViT
-    keep: float = 0.5
-    head_keep: float = 1.0
+    # CP-ViT (None: the preset's; schedule_steps 0: the ramp)
+    keep: float | None = None
+    head_keep: float | None = None
     start_block: int | None = None
-    schedule_steps: int | None = 3  # None: the ramp
-    token_fold: str = "merge"
-    beta: float = 0.0  # > 0: calibrated into fixed counts on the calibration data
+    schedule_steps: int | None = None
+    token_fold: str | None = None
+    beta: float | None = None  # > 0: calibrated into fixed counts on the calibration data
 
     def plan_sparse(self, epochs: int, loader: Iterable | None) -> None:
         """Record the sparse phase (VTP sets its gate step size, GOHSP its ADMM cadence from it).
@@ -87,11 +93,20 @@ class MethodSettings:
         self.sparse_steps = max(1, epochs * len(loader)) if epochs else None
 
     def cascade_config(self) -> CascadeConfig:
-        """The CP-ViT cascade's options (the library's defaults where the settings leave them)."""
-        opts = dict(keep_ratio=self.keep, head_keep_ratio=self.head_keep, schedule_steps=self.schedule_steps)
-        if self.start_block is not None:
-            opts["start_block"] = self.start_block
-        return CascadeConfig(fold=self.token_fold, beta=self.beta, **opts)
+        """The CP-ViT cascade's options: the preset's, with every option the settings give."""
+        given = dict(keep_ratio=self.keep, head_keep_ratio=self.head_keep, start_block=self.start_block, fold=self.token_fold,
+                     beta=self.beta, schedule_steps=self.schedule_steps)  # fmt: skip
+        opts = {k: v for k, v in given.items() if v is not None}
+        if opts.get("schedule_steps") == 0:
+            opts["schedule_steps"] = None  # 0 on the command line: the ramp
+        return CascadeConfig.preset(self.preset or "recommended").replace(**opts)
+
+    def vtp_config(self) -> VTPConfig:
+        """VTP's options: the preset's, with every option the settings give."""
+        given = dict(reg=self.reg, shrink=self.shrink, score=self.gate_score, threshold=self.gate_threshold,
+                     close=None if self.gate_closing is not False else False, fold_values=self.fold_gate_values)  # fmt: skip
+        cfg = VTPConfig.preset(self.preset or "recommended")
+        return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
 
     def pruner_kwargs(self) -> dict:
         """The :class:`ViTPruner` structure switches."""
@@ -184,7 +199,7 @@ class GOHSP(Method):
 
     def prepare(self, model, example, calib, s):
         imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  normalize_per_layer=s.graph_per_block)  # fmt: skip
+                                  normalize_per_layer=s.graph_per_block, preset=s.preset)  # fmt: skip
         imp.calibrate(model, calib, max_batches=s.calib_batches)
         if s.admm or s.params_budget is not None:
             # 10 dual updates over the sparse phase unless told otherwise, the Z-step's Fisher norm from
@@ -192,7 +207,7 @@ class GOHSP(Method):
             rounds = s.admm_rounds or 10
             interval = max(1, (s.sparse_steps or rounds) // rounds)
             budget = s.target_params if s.params_budget is None else s.params_budget
-            pruner = GOHSPPruner(model, example, imp, pruning_ratio=budget, admm_interval=interval, **s.options)
+            pruner = GOHSPPruner(model, example, imp, pruning_ratio=budget, config=s.preset, admm_interval=interval, **s.options)
             if pruner.metric == "fisher" and s.fisher_labels:
                 pruner.calibrate_fisher(calib, max_batches=s.calib_batches, progress=s.progress, labels=s.fisher_labels,
                                         seed=s.seed)  # fmt: skip
@@ -234,21 +249,19 @@ class VTP(Method):
     name, summary, needs_data = "vtp", "VTP gates + L1 sparse training", True
 
     def prepare(self, model, example, calib, s):
+        cfg = s.vtp_config()
         if s.params_budget is not None:  # the zoo: gates close up to the parameter budget, then the ranking is fitted to it
-            opts = dict(reg=s.reg, shrink=s.shrink, score=s.gate_score, **s.options)
+            opts = dict(s.options)
             if opts.get("gate_lr") == "sparse":  # the gate step VTPPruner takes without closing
-                opts["gate_lr"] = opts["shrink"] / (opts["reg"] * max(1, s.sparse_steps or 1))
-            close = None if opts.get("close") is False else s.params_budget
-            return VTPPruner(model, example, pruning_ratio=0.0, prune_embed_dim=s.prune_embed_dim,
+                reg, shrink = opts.get("reg", cfg.reg), opts.get("shrink", cfg.shrink)
+                opts["gate_lr"] = shrink / (reg * max(1, s.sparse_steps or 1))
+            close = None if opts.get("close", cfg.close) is False else s.params_budget
+            return VTPPruner(model, example, pruning_ratio=0.0, config=cfg, prune_embed_dim=s.prune_embed_dim,
                              sparse_steps=s.sparse_steps or 1, importance=GateImportance(aggregation=s.gate_aggregation),
                              close_params=close, **opts)  # fmt: skip
-        # VTP's own defaults: one global ranking over MLP, head and embedding dims
-        return VTPPruner(
-            model, example, pruning_ratio=s.width_ratio, reg=s.reg, shrink=s.shrink, sparse_steps=s.sparse_steps,
-            threshold=s.gate_threshold, head_pruning_ratio=s.head_ratio, score=s.gate_score,
-            **({} if s.gate_closing else {"close": False}),
-            **({} if s.fold_gate_values is None else {"fold_values": s.fold_gate_values}),
-        )  # fmt: skip
+        # one global ranking over MLP and head dims (VTP's own defaults)
+        return VTPPruner(model, example, pruning_ratio=s.width_ratio, config=cfg, sparse_steps=s.sparse_steps,
+                         head_pruning_ratio=s.head_ratio)  # fmt: skip
 
     def sparse_epochs(self, s, requested, budget=None):
         # the bench spends half of its epoch budget on sparse training, at least one (untrained gates rank

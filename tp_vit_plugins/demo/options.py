@@ -44,7 +44,10 @@ class WorkloadOptions:
 
 @dataclass(frozen=True)
 class PruneOptions(WorkloadOptions):
-    """``tp-vit prune``: one method, one budget, a before/after report (``tp-vit prune --help`` documents each)."""
+    """``tp-vit prune``: one method, one budget, a before/after report (``tp-vit prune --help`` documents each).
+
+    ``None`` in a method option means "the preset's value" (``preset=None``: the library's defaults).
+    """
 
     method: str = "taylor"
     head_pruning_ratio: float = 0.5
@@ -56,16 +59,18 @@ class PruneOptions(WorkloadOptions):
     prune_head_dims: bool = False
     prune_embed_dim: bool = False
     prune_mlp: bool = True
-    keep_ratio: float = 0.5
-    head_keep_ratio: float = 1.0
+    preset: str | None = None
+    keep_ratio: float | None = None
+    head_keep_ratio: float | None = None
     start_block: int | None = None
-    schedule_steps: int = 3
-    token_fold: str = "merge"
+    schedule_steps: int | None = None
+    token_fold: str | None = None
+    beta: float | None = None
     sparse_epochs: int = 3
-    reg: float = 0.5
-    shrink: float = 1.0
-    gate_score: str = "taylor"
-    gate_closing: bool = True
+    reg: float | None = None
+    shrink: float | None = None
+    gate_score: str | None = None
+    gate_closing: bool | None = None
     gate_threshold: float | None = None
     fold_gate_values: bool | None = None
     gate_histogram: str | None = None

@@ -161,8 +161,10 @@ def _settings(opts: PruneOptions) -> MethodSettings:
         keep=opts.keep_ratio,
         head_keep=opts.head_keep_ratio,
         start_block=opts.start_block,
-        schedule_steps=opts.schedule_steps or None,
+        schedule_steps=opts.schedule_steps,
         token_fold=opts.token_fold,
+        beta=opts.beta,
+        preset=opts.preset,
     )
 
 

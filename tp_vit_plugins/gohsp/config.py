@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GOHSPConfig", "UNIT_TYPES", "METRICS"]
+__all__ = ["GOHSPConfig", "PRESETS", "UNIT_TYPES", "METRICS"]
+
+#: Named option sets (``GOHSPPruner(..., config="paper")``; ``GraphHeadImportance(preset=...)``).
+PRESETS = ("paper", "recommended")
 
 #: Unit types GOHSP can remove.
 UNIT_TYPES = ("heads", "head_dims", "mlp")
@@ -49,6 +52,28 @@ class GOHSPConfig:
     tau: float = 2.0
     tol: float = 1e-2
     min_heads: int = 1
+
+    @classmethod
+    def preset(cls, name: str) -> GOHSPConfig:
+        """A named set of options, one of :data:`PRESETS`; individual options still override it.
+
+        * ``"paper"`` — GOHSP's optimisation stage as its paper describes it: textbook ADMM (the
+          penalty ``rho/2 ||W - Z + U||^2`` through the optimizer's gradient, ``proximal=None``)
+          towards heterogeneous structured sparsity, the Z-step a Euclidean projection onto the
+          pattern with the graph ranking as a soft guideline (``graph_bias=1``). Pair it with
+          ``GraphHeadImportance(preset="paper")`` (PageRank over an attention-correlation head
+          graph). The penalty schedule and residual balancing are reconstructions.
+        * ``"recommended"`` — the defaults (chosen on the zoo): the proximal pull and the
+          Fisher-weighted projection, with ``GraphHeadImportance()``'s "who reads whom" graph.
+
+        Raises:
+            ValueError: Unknown name.
+        """
+        if name == "recommended":
+            return cls()
+        if name == "paper":
+            return cls(metric="euclidean", proximal=None)
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def __post_init__(self) -> None:
         structures = (self.structures,) if isinstance(self.structures, str) else tuple(self.structures)

@@ -37,6 +37,7 @@ from ..core.calibration import _device, collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
 from ..hosts.timm.structure import attention_modules
+from .config import PRESETS
 from .flow import FlowUsage
 from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
 
@@ -122,9 +123,11 @@ class GraphHeadImportance(HeadImportance):
             from the classifier back through every head and MLP that reads an output to the
             output's writer, weighted by how strongly it reads it (:mod:`.flow`); a head's
             stationary mass is how much of what the classifier reads flows through it.
-            ``"similarity"``: the first versions' undirected graph of attention-map
-            similarities (below random on the zoo); ``statistic`` and ``similarity`` apply to
-            it only.
+            ``"similarity"``: an undirected graph of attention-map similarities between heads
+            of consecutive blocks (the paper's "inter-head correlation"); ``statistic`` and
+            ``similarity`` apply to it only. ``None``: the preset's graph.
+        preset: ``"paper"`` (``graph="similarity"``) or ``"recommended"`` (``graph="flow"``,
+            the default); an explicit ``graph`` overrides it.
 
     Attributes:
         head_scores: ``{attn.qkv: [H]}`` normalised scores (higher = keep).
@@ -143,9 +146,15 @@ class GraphHeadImportance(HeadImportance):
         head_weight: float = 1.0,
         normalize_per_layer: bool = True,
         progress: bool = True,
-        graph: str = "flow",
+        graph: str | None = None,
+        preset: str | None = None,
     ) -> None:
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        if graph is None:  # the preset's graph: the paper's attention correlation, or the recommended flow graph
+            graph = "similarity" if preset == "paper" else "flow"
+        self.preset = preset
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
         self.graph_kind = graph

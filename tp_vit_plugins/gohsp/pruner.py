@@ -99,7 +99,8 @@ class GOHSPPruner(ViTPruner):
             importance with ``head_scores``); ``None`` means no graph bias.
         pruning_ratio: Share of the model's **parameters** to remove, in ``[0, 1)``: GOHSP
             decides which heads, head dims and neurons go (tp's per-layer channel ratios are not used).
-        config: The method's options (:class:`~tp_vit_plugins.gohsp.GOHSPConfig`).
+        config: The method's options (:class:`~tp_vit_plugins.gohsp.GOHSPConfig`), or a preset's
+            name (``"paper"``, ``"recommended"``: :meth:`~tp_vit_plugins.gohsp.GOHSPConfig.preset`).
         **kwargs: :class:`~tp_vit_plugins.gohsp.GOHSPConfig` fields (override ``config``), then
             :class:`ViTPruner` / ``tp.pruner.BasePruner`` arguments.
 
@@ -115,7 +116,7 @@ class GOHSPPruner(ViTPruner):
         example_inputs: torch.Tensor | Sequence,
         importance: tp.importance.Importance | None = None,
         pruning_ratio: float = 0.4,
-        config: GOHSPConfig | None = None,
+        config: GOHSPConfig | str | None = None,
         **kwargs: typing.Any,
     ) -> None:
         if "target_params_ratio" in kwargs:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["VTPConfig", "GATE_SCORES", "GATED_LAYERS"]
+__all__ = ["VTPConfig", "PRESETS", "GATE_SCORES", "GATED_LAYERS"]
+
+#: Named option sets (``VTPPruner(..., config="paper")``); ``"recommended"`` is ``"closing"``.
+PRESETS = ("paper", "closing", "recommended")
 
 #: Gate positions of a block: input gates of ``qkv``, ``proj``, ``fc1``, ``fc2`` and the
 #: output gate of ``qkv`` (``"qkv_out"``: q, k, v of every head dim).
@@ -56,6 +59,28 @@ class VTPConfig:
     close: bool | None = None
     close_params: float | None = None
     close_rounds: int = 4
+
+    @classmethod
+    def preset(cls, name: str) -> VTPConfig:
+        """A named set of options, one of :data:`PRESETS`; individual options still override it.
+
+        * ``"paper"`` — VTP as its paper describes it: gates trained with the L1 penalty
+          (a proximal step, so unimportant gates reach exactly 0; ``close=False``), dims ranked by
+          gate magnitude ``|g|`` (``score="magnitude"``), surviving gate values folded into the
+          weights (``fold_values=True``), then fine-tuning. Give ``sparse_steps`` so the gate
+          step size follows the run's length.
+        * ``"closing"`` (= ``"recommended"``, the defaults, chosen on the zoo) — the lowest-scoring
+          gates closed in rounds during sparse training while the others are held at 1, dims
+          ranked by ``|g * dL/dg|``, gate values not folded.
+
+        Raises:
+            ValueError: Unknown name.
+        """
+        if name in ("recommended", "closing"):
+            return cls()
+        if name == "paper":
+            return cls(close=False, score="magnitude", fold_values=True)
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def __post_init__(self) -> None:
         if self.gated_layers is not None:

@@ -123,7 +123,8 @@ class VTPPruner(ViTPruner):
         example_inputs: Input for tp's graph tracing.
         pruning_ratio: Share of dimensions removed, in ``[0, 1)`` (ignored with ``threshold``).
         importance: Defaults to :class:`~tp_vit_plugins.GateImportance`.
-        config: The method's options (:class:`~tp_vit_plugins.vtp.VTPConfig`).
+        config: The method's options (:class:`~tp_vit_plugins.vtp.VTPConfig`), or a preset's name
+            (``"paper"``, ``"closing"`` = ``"recommended"``: :meth:`~tp_vit_plugins.vtp.VTPConfig.preset`).
         global_pruning: One ranking across all layers and structure types (heterogeneous widths).
         prune_mlp, prune_head_dims, prune_embed_dim: Which dimensions may go (head dims of
             rotary models, EVA02, go in rotary pairs: see ``ViTPruner``).
@@ -144,7 +145,7 @@ class VTPPruner(ViTPruner):
         example_inputs: torch.Tensor | Sequence,
         pruning_ratio: float = 0.4,
         importance: tp.importance.Importance | None = None,
-        config: VTPConfig | None = None,
+        config: VTPConfig | str | None = None,
         *,
         global_pruning: bool = True,
         prune_mlp: bool = True,

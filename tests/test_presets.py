@@ -1,0 +1,115 @@
+"""Each method's "paper" and "recommended" presets: what defines them, end to end on tiny models."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from conftest import make_model
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.cpvit import CascadeConfig
+from tp_vit_plugins.gohsp import GOHSPConfig
+from tp_vit_plugins.vtp import VTPConfig
+
+
+def _batches(n: int = 3, size: int = 32, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 3, size, size, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+
+
+def test_recommended_presets_are_the_defaults_and_options_override_presets():
+    assert CascadeConfig.preset("recommended") == CascadeConfig()
+    assert GOHSPConfig.preset("recommended") == GOHSPConfig()
+    assert VTPConfig.preset("recommended") == VTPConfig.preset("closing") == VTPConfig()
+    for cls in (CascadeConfig, GOHSPConfig, VTPConfig):
+        with pytest.raises(ValueError, match="preset"):
+            cls.preset("fastest")
+    assert tpv.cpvit.cascade_macs(make_model(), (3, 32, 32), "paper", keep_ratio=1.0) == tpv.cpvit.cascade_macs(
+        make_model(), (3, 32, 32), CascadeConfig.preset("paper"), keep_ratio=1.0
+    )
+
+
+def test_paper_cascade_skips_heads_per_input_and_its_attention_range_moves_the_schedule():
+    model = make_model("vit", depth=4, num_heads=4)
+    calib = [x for x, _ in _batches()]
+    cascade = tpv.apply_cascade(model, "paper", calib=calib)
+    cfg = cascade.config
+    assert (cfg.fold, cfg.prune_at, cfg.schedule_steps, cfg.beta, cfg.head_keep_ratio) == ("drop", "block", None, 0.5, 0.75)
+    assert cascade.start_block == 4 // 4  # a quarter of the depth
+    with torch.no_grad():
+        model(calib[0])
+    assert cascade.last.heads_kept and all(k < 4 for k in cascade.last.heads_kept)  # heads skipped per input
+    assert cascade.counts != cascade.schedule  # the calibrated attention range changed the per-block counts
+    cascade.remove()
+    plain = tpv.apply_cascade(model, "paper", beta=0.0)  # an option overrides the preset
+    assert plain.counts == plain.schedule and plain.config.head_keep_ratio == 0.75
+    plain.remove()
+    with pytest.raises(ValueError, match="calib="):
+        tpv.apply_cascade(model, "paper")  # the range adjustment needs calibration data
+
+
+def test_paper_vtp_learns_its_gates_under_l1_and_some_reach_exactly_zero():
+    model = make_model("vit", depth=2, num_heads=4)
+    data = _batches(4)
+    pruner = tpv.VTPPruner(model, data[0][0][:1], pruning_ratio=0.3, config="paper", sparse_steps=4 * 4, reg=4.0)
+    assert (pruner.closing, pruner.score, pruner.fold_values) == (False, "magnitude", True) and pruner.gate_lr > 0
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "gate" not in n], lr=1e-3)
+    for _ in range(4):
+        for x, y in data:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            pruner.regularize(model)
+            opt.step()
+            opt.zero_grad()
+    gates = torch.cat([g.detach().flatten() for g in pruner.gate_parameters()])
+    assert (gates != 1).all() and (gates > 0).any()  # every gate moved; not all collapsed
+    assert pruner.gate_zero_share() > 0  # the L1 step drove some to exactly 0
+    n0 = tpv.utils.count_params(model)
+    pruner.step()
+    assert tpv.utils.count_params(model) < n0
+
+
+def test_paper_gohsp_ranks_heads_by_an_attention_graph_that_changes_what_the_optimisation_keeps():
+    model = make_model("vit", depth=3, num_heads=4)
+    data = _batches(2)
+    imp = tpv.GraphHeadImportance(preset="paper", progress=False).calibrate(model, data)
+    assert imp.graph_kind == "similarity" and tpv.GraphHeadImportance().graph_kind == "flow"
+    x = data[0][0][:1]
+    guided = tpv.GOHSPPruner(copy.deepcopy(model), x, imp, pruning_ratio=0.3, config="paper")
+    unguided = tpv.GOHSPPruner(copy.deepcopy(model), x, imp, pruning_ratio=0.3, config="paper", graph_bias=0.0)
+    assert guided.config == dataclasses.replace(GOHSPConfig(), metric="euclidean", proximal=None)
+    plans = [p.project(use_dual=False).heads for p in (guided, unguided)]
+    assert plans[0] != plans[1]  # the graph is a guideline that moves the support
+
+
+#: CLI flag -> (options class, field, CLI value -> config value)
+_FLAGS = {
+    "--keep-ratio": (CascadeConfig, "keep_ratio", float),
+    "--head-keep-ratio": (CascadeConfig, "head_keep_ratio", float),
+    "--schedule-steps": (CascadeConfig, "schedule_steps", lambda v: int(v) or None),
+    "--token-fold": (CascadeConfig, "fold", str),
+    "--attention-range": (CascadeConfig, "beta", float),
+    "--reg": (VTPConfig, "reg", float),
+    "--shrink": (VTPConfig, "shrink", float),
+    "--gate-score": (VTPConfig, "score", str),
+}
+
+
+def test_cli_help_states_the_presets_values_as_the_code_has_them():
+    """Read each flag's "(preset: X, paper Y)" from the help and compare it with the presets in the code."""
+    import re
+
+    from tp_vit_plugins.demo import cli
+
+    prune = cli.build_parser()._subparsers._group_actions[0].choices["prune"]
+    helps = {a.option_strings[0]: a.help for a in prune._actions if a.option_strings}
+    for flag, (cls, field, parse) in _FLAGS.items():
+        found = re.search(r"\(preset: ([^,)]+)(?:, paper ([^)]+))?\)", helps[flag])
+        assert found, (flag, helps[flag])
+        recommended, paper = found.group(1), found.group(2) or found.group(1)
+        assert parse(recommended) == getattr(cls.preset("recommended"), field), flag
+        assert parse(paper) == getattr(cls.preset("paper"), field), flag
+    args = cli.build_parser().parse_args(["prune"])
+    assert args.preset is None and all(getattr(args, d) is None for d in ("keep_ratio", "token_fold", "gate_score", "reg"))
