@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
@@ -77,9 +76,11 @@ def test_paper_gohsp_ranks_heads_by_an_attention_graph_that_changes_what_the_opt
     imp = tpv.GraphHeadImportance(preset="paper", progress=False).calibrate(model, data)
     assert imp.graph_kind == "similarity" and tpv.GraphHeadImportance().graph_kind == "flow"
     x = data[0][0][:1]
-    guided = tpv.GOHSPPruner(copy.deepcopy(model), x, imp, pruning_ratio=0.3, config="paper")
-    unguided = tpv.GOHSPPruner(copy.deepcopy(model), x, imp, pruning_ratio=0.3, config="paper", graph_bias=0.0)
-    assert guided.config == dataclasses.replace(GOHSPConfig(), metric="euclidean", proximal=None)
+    kw = dict(pruning_ratio=0.15, config="paper", structures=("heads",))  # only heads: where the graph acts
+    guided = tpv.GOHSPPruner(model, x, imp, **kw)  # the importance is keyed by this model's modules
+    unguided = tpv.GOHSPPruner(model, x, imp, graph_bias=0.0, **kw)
+    assert guided.config == dataclasses.replace(GOHSPConfig.preset("paper"), structures=("heads",))
+    assert (guided.config.metric, guided.config.proximal, guided.config.graph_guide) == ("euclidean", None, "zscore")
     plans = [p.project(use_dual=False).heads for p in (guided, unguided)]
     assert plans[0] != plans[1]  # the graph is a guideline that moves the support
 

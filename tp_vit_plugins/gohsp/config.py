@@ -15,6 +15,8 @@ UNIT_TYPES = ("heads", "head_dims", "mlp")
 #: ``"fisher"`` (squared distance weighted by the mean of ``(dL/dW)^2``: units scored by
 #: ``sum F W^2``, the second-order loss change of zeroing them; this library's extension).
 METRICS = ("euclidean", "fisher")
+#: How the graph ranking scales the Z-step's head scores (see :class:`GOHSPConfig`).
+GRAPH_GUIDES = ("mass", "zscore")
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,12 @@ class GOHSPConfig:
         proximal: The pull towards ``Z`` as an exact proximal step of strength ``c`` on the
             weights after each backward, outside the optimizer (as AdamW decouples weight
             decay); ``None``: ``rho (W - Z + U)`` is added to the gradient (textbook ADMM).
-        graph_bias: Exponent of the graph head score in the projection (0 ignores the graph).
+        graph_bias: Strength of the graph ranking in the projection (0 ignores the graph).
+        graph_guide: How the ranking scales a head's Z-step score: ``"mass"``, by its normalised
+            PageRank mass ``s ** graph_bias``; ``"zscore"``, by ``exp(graph_bias * z)`` with ``z``
+            the head's standardised score within its block — the ranking's order counts, however
+            flat the stationary distribution is (PageRank on a dense similarity graph is nearly
+            uniform, so ``"mass"`` would leave it almost no say).
         admm_interval: Optimizer steps between the dual updates that ``regularize`` runs itself;
             ``None``: call ``update_regularizer`` yourself (e.g. once per epoch, as tp's loop does).
         rho: Initial ADMM penalty.
@@ -44,6 +51,7 @@ class GOHSPConfig:
     metric: str = "fisher"
     proximal: float | None = 0.2
     graph_bias: float = 1.0
+    graph_guide: str = "mass"
     admm_interval: int | None = None
     rho: float = 1e-2
     rho_growth: float = 1.0
@@ -60,7 +68,8 @@ class GOHSPConfig:
         * ``"paper"`` — GOHSP's optimisation stage as its paper describes it: textbook ADMM (the
           penalty ``rho/2 ||W - Z + U||^2`` through the optimizer's gradient, ``proximal=None``)
           towards heterogeneous structured sparsity, the Z-step a Euclidean projection onto the
-          pattern with the graph ranking as a soft guideline (``graph_bias=1``). Pair it with
+          pattern with the graph ranking as a soft guideline (``graph_guide="zscore"``: a head
+          one standard deviation above its block's mean counts ``e`` times its weight energy). Pair it with
           ``GraphHeadImportance(preset="paper")`` (PageRank over an attention-correlation head
           graph). The penalty schedule and residual balancing are reconstructions.
         * ``"recommended"`` — the defaults (chosen on the zoo): the proximal pull and the
@@ -72,7 +81,7 @@ class GOHSPConfig:
         if name == "recommended":
             return cls()
         if name == "paper":
-            return cls(metric="euclidean", proximal=None)
+            return cls(metric="euclidean", proximal=None, graph_guide="zscore")
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def __post_init__(self) -> None:
@@ -80,6 +89,8 @@ class GOHSPConfig:
         object.__setattr__(self, "structures", structures)
         if not structures or set(structures) - set(UNIT_TYPES):
             raise ValueError(f"structures must be a non-empty subset of {UNIT_TYPES}, got {list(structures)}")
+        if self.graph_guide not in GRAPH_GUIDES:
+            raise ValueError(f"graph_guide must be one of {GRAPH_GUIDES}, got {self.graph_guide!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if self.proximal is not None and self.proximal <= 0:

@@ -213,6 +213,16 @@ class GOHSPPruner(ViTPruner):
             out.append({"head": per.sum(1), "dim": per.sum(0), "neuron": neuron})
         return out
 
+    def _guide(self, scores: torch.Tensor, idx: int) -> float:
+        """The graph's factor on head ``idx``'s Z-step score (``graph_guide``; ``scores``: the block's ``[H]``)."""
+        if self.config.graph_guide == "zscore":  # the ranking's order, whatever the spread of PageRank mass
+            s = scores.double()
+            spread = s.std(unbiased=False)
+            if spread <= 1e-9 * s.abs().mean():  # a flat ranking: no guidance
+                return 1.0
+            return float(torch.exp(self.graph_bias * (s[idx] - s.mean()) / spread))
+        return float(scores[idx]) ** self.graph_bias
+
     @torch.no_grad()
     def project(self, use_dual: bool = True, budget: int | None = None) -> StructurePlan:
         """Choose the structured support of ``W (+ U)`` under the parameter budget.
@@ -257,7 +267,7 @@ class GOHSPPruner(ViTPruner):
                 if kind == "head" and self.graph_bias and graph:
                     qkv = self._blocks[li].qkv
                     if qkv in graph and len(graph[qkv]) == head_layout(self._blocks[li].attn)[0]:
-                        score *= float(graph[qkv][idx]) ** self.graph_bias
+                        score *= self._guide(graph[qkv], idx)
                 units.append((score, li, kind, idx))
         units.sort()
         plan = StructurePlan(
