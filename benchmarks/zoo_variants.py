@@ -12,6 +12,8 @@ from tp_vit_plugins.demo.zoo_bench import register_variants
 
 _DEFAULT_GOHSP = dict(rounds=10, calibrate="data")
 GOHSP = {
+    # the paper preset: textbook ADMM, Euclidean projection, PageRank over the attention-similarity graph
+    "gohsp-paper": {"rounds": 10, "calibrate": None, "preset": "paper"},
     "gohsp-nograph": {**_DEFAULT_GOHSP, "graph_bias": 0.0},  # no graph guideline in the projection
     "gohsp-bias3": {**_DEFAULT_GOHSP, "graph_bias": 3.0},  # a stronger one
     "gohsp-euclid": {**_DEFAULT_GOHSP, "metric": "euclidean", "calibrate": None},  # the paper's (Euclidean) projection
@@ -22,6 +24,7 @@ GOHSP = {
 
 _PLAIN = dict(reg=0.5, shrink=1.0, close=False)  # the paper's plain sparse training
 VTP = {
+    "vtp-paper": {"preset": "paper"},  # gates learned under L1, |g| ranking, folded
     "vtp-noclose": {"close": False},
     "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking
     "vtp-fold": {**_PLAIN, "fold_values": True},  # the paper's folding
@@ -37,6 +40,8 @@ _Q = "depth//4"  # the paper's start block, resolved per model
 _BLOCK = dict(prune_at="block", weighted_pool=False)  # tokens leave after the whole block, plain mean pool
 _RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)  # the paper's pipeline
 CPVIT = {
+    "cpvit-paper": {"preset": "paper"},  # ramp from depth // 4, dropped tokens, head skipping, calibrated attention range
+    "cpvit-paper-random": {"preset": "paper", "score": "random"},
     "cpvit-notrim": dict(trim_last=False),
     "cpvit-notrim-random": dict(trim_last=False, score="random"),
     "cpvit-ramp": dict(schedule_steps=None, trim_last=False),

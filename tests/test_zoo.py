@@ -149,7 +149,7 @@ def test_benchmark_variants_register_and_every_one_builds(monkeypatch):
     import pathlib
 
     import tp_vit_plugins as tpv
-    from tp_vit_plugins.demo.zoo_bench import _cascade_kwargs
+    from tp_vit_plugins.demo.zoo_bench import _cascade_config
 
     for table in ("GOHSP_VARIANTS", "VTP_VARIANTS", "CPVIT_VARIANTS"):
         monkeypatch.setattr(zoo_bench, table, dict(getattr(zoo_bench, table)))
@@ -164,9 +164,9 @@ def test_benchmark_variants_register_and_every_one_builds(monkeypatch):
     model, x = make_model(num_heads=4), torch.randn(1, 3, 32, 32)
     for opts in variants.GOHSP.values():
         opts = {k: v for k, v in opts.items() if k not in ("rounds", "calibrate", "per_block")}
-        tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, **opts)
+        tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, config=opts.pop("preset", None), **opts)
     for opts in variants.VTP.values():
         opts = {k: v for k, v in opts.items() if k != "aggregation" and v != "sparse"}
-        tpv.VTPPruner(copy.deepcopy(model), x, pruning_ratio=0.0, sparse_steps=4, **opts)
+        tpv.VTPPruner(copy.deepcopy(model), x, pruning_ratio=0.0, sparse_steps=4, config=opts.pop("preset", None), **opts)
     for name in variants.CPVIT:
-        tpv.apply_cascade(model, **_cascade_kwargs(name, model)).remove()
+        tpv.apply_cascade(model, _cascade_config(name, model), calib=[torch.randn(4, 3, 32, 32)]).remove()

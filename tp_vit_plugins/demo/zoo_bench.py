@@ -48,7 +48,7 @@ from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
-from ..cpvit import Cascade, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
+from ..cpvit import Cascade, CascadeConfig, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
 from ..gohsp import GraphHeadImportance
 from ..hosts.timm.pruning import vit_pruning_kwargs
 from ..hosts.timm.structure import heads_per_block
@@ -263,7 +263,8 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         recipe = get_method("gohsp" if name in GOHSP_VARIANTS else "vtp")
         opts = dict(GOHSP_VARIANTS.get(name, VTP_VARIANTS.get(name)))
         settings = MethodSettings(
-            progress=False, calib_batches=s.calib_batches, params_budget=cut, seed=seed, admm_rounds=opts.pop("rounds", None),
+            preset=opts.pop("preset", None), progress=False, calib_batches=s.calib_batches, params_budget=cut, seed=seed,
+            admm_rounds=opts.pop("rounds", None),
             fisher_labels=opts.pop("calibrate", None), graph_per_block=opts.pop("per_block", True),
             prune_embed_dim=opts.pop("prune_embed_dim", False), gate_aggregation=opts.pop("aggregation", "mean"), options=opts,
         )  # fmt: skip
@@ -308,15 +309,22 @@ CPVIT_VARIANTS: dict[str, dict] = {"cpvit": {}, "cpvit-random": dict(score="rand
 
 
 def _cascade_kwargs(name: str, model: nn.Module) -> dict:
+    """A CP-ViT setting's options (a ``preset`` key names the preset they modify)."""
     kwargs = dict(CPVIT_VARIANTS[name])
     if kwargs.get("start_block") == _Q:
         kwargs["start_block"] = len(model.blocks) // 4
     return kwargs
 
 
-def _token_patch(name: str, model: nn.Module, knob: float, seed: int):
+def _cascade_config(name: str, model: nn.Module) -> CascadeConfig:
+    kwargs = _cascade_kwargs(name, model)
+    return CascadeConfig.preset(kwargs.pop("preset", "recommended")).replace(**kwargs)
+
+
+def _token_patch(name: str, model: nn.Module, knob: float, seed: int, calib: Iterable | None = None):
     if name in CPVIT_VARIANTS:
-        return apply_cascade(model, keep_ratio=knob, seed=seed, **_cascade_kwargs(name, model))
+        cfg = _cascade_config(name, model)
+        return apply_cascade(model, cfg, keep_ratio=knob, seed=seed, calib=calib if cfg.beta > 0 else None)
     if name == "tome":
         return apply_tome(model, knob)
     return apply_evit(model, knob)
@@ -329,13 +337,15 @@ def _remove(patch) -> None:
         remove_peer(patch)
 
 
-def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int) -> float:
+def _fit_tokens(
+    name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int, calib: Iterable | None = None
+) -> float:
     """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
-    if name in CPVIT_VARIANTS:  # analytic MACs are exact (merging included)
-        return fit_keep_ratio(model, tuple(example.shape[1:]), target, **_cascade_kwargs(name, model))
+    if name in CPVIT_VARIANTS and _cascade_config(name, model).beta == 0:  # analytic MACs are exact (merging included)
+        return fit_keep_ratio(model, tuple(example.shape[1:]), target, _cascade_config(name, model))
 
     def kept(knob: float) -> float:
-        patch = _token_patch(name, model, knob, seed)
+        patch = _token_patch(name, model, knob, seed, calib)
         try:
             return count_macs(model, example) / dense_macs
         finally:
@@ -346,7 +356,7 @@ def _fit_tokens(name: str, model: nn.Module, example: torch.Tensor, target: floa
         hi = (model.patch_embed.num_patches - 1) / max(1, depth - 1)
         _, r = bisect_threshold(lambda r: kept(r) > target, 0.0, hi, iterations=14)
         return r
-    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit: keep share
+    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit / calibrated cascade: keep share
     return lo
 
 
@@ -358,10 +368,12 @@ def protocol_tokens(member: ZooModel, model: nn.Module, split, s: ZooSettings, t
         for name in s.token_methods:
             cached = None
             for seed in range(s.first_seed, s.first_seed + s.seeds):
-                randomised = CPVIT_VARIANTS.get(name, {}).get("score") == "random"
+                cfg = _cascade_config(name, model) if name in CPVIT_VARIANTS else None
+                calib = _calib(split, seed, s) if cfg is not None and cfg.beta > 0 else None  # per-seed calibration
+                randomised = cfg is not None and (cfg.score == "random" or calib is not None)
                 if cached is None or randomised:  # the others are deterministic: measured once
-                    knob = _fit_tokens(name, model, example, target, dense_macs, seed)
-                    patch = _token_patch(name, model, knob, seed)
+                    knob = _fit_tokens(name, model, example, target, dense_macs, seed, calib)
+                    patch = _token_patch(name, model, knob, seed, calib)
                     try:
                         kept = count_macs(model, example) / dense_macs
                         cached = (_correct(model, test), kept, knob)
