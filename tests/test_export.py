@@ -83,3 +83,19 @@ def test_bad_inputs_are_refused(tmp_path):
         tpv.export_onnx(model, x[0], tmp_path / "m.onnx")
     with pytest.raises(TypeError, match="nn.Module"):
         tpv.export_onnx(lambda t: t, x, tmp_path / "m.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "eva02", "cait"])
+def test_cascades_compile_without_graph_breaks_and_export_with_a_dynamic_batch(family):
+    model, x = _pruned(family)
+    tpv.apply_cascade(model, keep_ratio=0.5)
+    with torch.no_grad():
+        ref = model(x)
+        compiled = torch.compile(model, fullgraph=True)  # a graph break would raise
+        torch.testing.assert_close(compiled(x), ref, atol=1e-4, rtol=1e-4)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+    x7 = torch.randn(7, *x.shape[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x7), model(x7), atol=1e-4, rtol=1e-4)
