@@ -117,3 +117,22 @@ def test_mypy_resolves_the_public_names(tmp_path):
         capture_output=True, text=True, cwd=root, check=False,
     ).stdout  # fmt: skip
     assert "tp_vit_plugins.core.pruner.ViTPruner" in out and "tp_vit_plugins.cpvit.patch.Cascade" in out, out
+
+
+@pytest.mark.parametrize(
+    "module, name, new",
+    [
+        ("tp_vit_plugins.core.adapter", "sync_attention", "tp_vit_plugins.hosts.timm.sync"),
+        ("tp_vit_plugins.core.adapter", "attention_modules", "tp_vit_plugins.hosts.timm.structure"),
+        ("tp_vit_plugins.core.families", "convert_attention", "tp_vit_plugins.hosts.timm.families"),
+        ("tp_vit_plugins.cpvit.patch", "merge_into_kept", "tp_vit_plugins.cpvit.maths"),
+        ("tp_vit_plugins.cpvit.patch", "block_halves", "tp_vit_plugins.hosts.timm.blocks"),
+        ("tp_vit_plugins.cpvit", "cascade_attention", "tp_vit_plugins.hosts.timm.blocks"),
+        ("tp_vit_plugins.gohsp", "SIMILARITIES", "tp_vit_plugins.gohsp.graph"),
+        ("tp_vit_plugins.vtp", "GATE_NAME", "tp_vit_plugins.vtp.gates"),
+    ],
+)
+def test_names_that_left_a_module_still_work_and_warn(module, name, new):
+    with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
+        old = getattr(importlib.import_module(module), name)
+    assert old is getattr(importlib.import_module(new), name)

@@ -53,6 +53,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from ..core._moved import moved
 from ..core.calibration import iter_batches
 from ..hosts.timm.blocks import (
     BlockHalves,
@@ -507,3 +508,7 @@ def remove_cascade(model: nn.Module) -> None:
     cascade = find_cascade(model)
     if cascade is not None:
         cascade.detach()
+
+
+#: Names that moved out of this module (the host adapter, the maths): they warn for one release.
+__getattr__ = moved(__name__, ["tp_vit_plugins.hosts.timm.blocks", "tp_vit_plugins.cpvit.maths"])
