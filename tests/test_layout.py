@@ -126,7 +126,7 @@ def test_mypy_resolves_the_public_names(tmp_path):
         ("tp_vit_plugins.core.adapter", "attention_modules", "tp_vit_plugins.hosts.timm.structure"),
         ("tp_vit_plugins.core.families", "convert_attention", "tp_vit_plugins.hosts.timm.families"),
         ("tp_vit_plugins.cpvit.patch", "merge_into_kept", "tp_vit_plugins.cpvit.maths"),
-        ("tp_vit_plugins.cpvit.patch", "block_halves", "tp_vit_plugins.hosts.timm.blocks"),
+        ("tp_vit_plugins.cpvit.patch", "CHUNK_BYTES", "tp_vit_plugins.hosts.timm.blocks"),
         ("tp_vit_plugins.cpvit", "cascade_attention", "tp_vit_plugins.hosts.timm.blocks"),
         ("tp_vit_plugins.gohsp", "SIMILARITIES", "tp_vit_plugins.gohsp.graph"),
         ("tp_vit_plugins.vtp", "GATE_NAME", "tp_vit_plugins.vtp.gates"),
