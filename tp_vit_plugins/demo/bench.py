@@ -350,7 +350,9 @@ def _cmd_zoo(opts: BenchOptions) -> int:
     if opts.token_methods:
         settings.token_methods = opts.token_methods
     log = None if opts.quiet else (lambda line: phase(opts, line))
-    run_zoo(opts.out, settings, quick=opts.quick, progress=show_bars(opts), command=opts.command or "tp-vit bench --zoo", log=log)
+    run_zoo(
+        opts.out, settings, quick=opts.quick, progress=show_bars(opts), command=opts.command_line or "tp-vit bench --zoo", log=log
+    )
     with open(os.path.join(opts.out, "ZOO.md")) as f:
         print(f.read())
     print(f"wrote {opts.out}/ZOO.md, {opts.out}/zoo.json and {opts.out}/zoo_ranks.png (with matplotlib installed)")

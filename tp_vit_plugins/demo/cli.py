@@ -521,7 +521,7 @@ def prune_options(args: argparse.Namespace) -> PruneOptions:
 
 def bench_options(args: argparse.Namespace, command: str = "") -> BenchOptions:
     """The typed options of parsed ``tp-vit bench`` arguments; ``command`` is recorded with the results."""
-    return from_namespace(BenchOptions, args, command=command)
+    return from_namespace(BenchOptions, args, command_line=command)
 
 
 if __name__ == "__main__":  # pragma: no cover

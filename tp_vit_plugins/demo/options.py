@@ -114,7 +114,7 @@ class BenchOptions(WorkloadOptions):
     pipeline_methods: tuple[str, ...] | None = None
     token_methods: tuple[str, ...] | None = None
     zoo_epochs: int = 2
-    command: str = field(default="", compare=False)
+    command_line: str = field(default="", compare=False)
 
 
 def _tuple(value: object) -> object:
