@@ -42,6 +42,9 @@ _RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)  #
 CPVIT = {
     "cpvit-paper": {"preset": "paper"},  # ramp from depth // 4, dropped tokens, head skipping, calibrated attention range
     "cpvit-paper-random": {"preset": "paper", "score": "random"},
+    # the paper's two contributions the recommended preset leaves off, each added to it alone
+    "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping
+    "cpvit-range": {"beta": 0.5},  # the calibrated attention-range adjustment
     "cpvit-notrim": dict(trim_last=False),
     "cpvit-notrim-random": dict(trim_last=False, score="random"),
     "cpvit-ramp": dict(schedule_steps=None, trim_last=False),
