@@ -22,6 +22,7 @@ import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -113,7 +114,7 @@ def vit_prune_fn(
     source: nn.Module,
     head_ratio: Callable[[float], float],
     width_ratio: Callable[[float], float],
-    **pruner_kwargs,
+    **pruner_kwargs: Any,
 ) -> PruneFn:
     """A ``prune_fn`` for :func:`fit_budget`: a :class:`ViTPruner` step on a copy of ``source``.
 
@@ -238,7 +239,7 @@ def fit_budget(
     latency_rounds: int = 7,
     progress: bool = False,
     target: float | None = None,
-    **pruner_kwargs,
+    **pruner_kwargs: Any,
 ) -> BudgetResult:
     """Find the pruning ratio whose result keeps ``keep_ratio`` of the dense MACs (or latency).
 

@@ -238,8 +238,10 @@ def finetune(
         epochs: Total epochs (also when resuming).
         teacher: Dense teacher for ``kd`` (kept in eval mode, no gradients).
         kd: ``None``, ``"soft"`` or ``"hard"``.
-        kd_alpha, kd_temperature: See :func:`distillation_loss`.
-        lr, weight_decay: AdamW settings (peak learning rate).
+        kd_alpha: Weight of the distillation term (see :func:`distillation_loss`).
+        kd_temperature: Softmax temperature of soft distillation.
+        lr: AdamW's peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
         warmup_epochs: Linear warm-up before the cosine decay.
         label_smoothing: Label smoothing of the ground-truth loss.
         augment: ``augment(images, generator=g) -> images``, applied to every training batch

@@ -126,8 +126,9 @@ class VTPPruner(ViTPruner):
         config: The method's options (:class:`~tp_vit_plugins.vtp.VTPConfig`), or a preset's name
             (``"paper"``, ``"closing"`` = ``"recommended"``: :meth:`~tp_vit_plugins.vtp.VTPConfig.preset`).
         global_pruning: One ranking across all layers and structure types (heterogeneous widths).
-        prune_mlp, prune_head_dims, prune_embed_dim: Which dimensions may go (head dims of
-            rotary models, EVA02, go in rotary pairs: see ``ViTPruner``).
+        prune_mlp: MLP hidden dims may go.
+        prune_head_dims: Dims inside heads may go (in rotary pairs for EVA02: see ``ViTPruner``).
+        prune_embed_dim: Embedding (residual-stream) dims may go.
         **kwargs: :class:`~tp_vit_plugins.vtp.VTPConfig` fields (override ``config``), then
             :class:`ViTPruner` arguments (``head_pruning_ratio``, ``round_to``, ...).
 
