@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..hosts.timm.attention import attention_maps
 from ..hosts.timm.support import check_global_sequence
+from .metrics import as_logits
 
 __all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
 
@@ -165,7 +166,7 @@ def accumulate_gradients(
     seen = 0
     try:
         for images, targets in iter_batches(loader, max_batches, desc, progress, with_targets=True, allow_empty=allow_empty):
-            loss_fn(model(images.to(device)), targets.to(device)).backward()
+            loss_fn(as_logits(model(images.to(device))), targets.to(device)).backward()
             if after_backward is not None:
                 after_backward()
             seen += int(images.shape[0])

@@ -29,10 +29,12 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ..hosts import transformers as hf
 from ..hosts.timm.families import convert_attention
 from ..hosts.timm.structure import attention_modules
 from ..hosts.timm.support import ATTENTION_TYPES, attention_pool
 from ..hosts.timm.sync import _sync_model_dims
+from ..hosts.transformers import check_transformers, is_transformers_model
 
 __all__ = ["save_pruned", "load_pruned", "FORMAT"]
 
@@ -233,6 +235,12 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         NotImplementedError: A layer variant the spec cannot describe (custom norm/MLP).
     """
     cls_name = type(model).__name__
+    if is_transformers_model(model):
+        check_transformers(model)
+        spec = {"format": FORMAT, **hf.save_spec(model)}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        spec["shapes"] = {k: list(v.shape) for k, v in state.items()}
+        return _write(path, state, spec)
     if _CLASSES.get(cls_name) is not type(model):
         raise TypeError(f"save_pruned supports {sorted(_CLASSES)} from timm, got {type(model).__qualname__}")
     attns = {}
@@ -264,10 +272,15 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
         "norms": norms,
         "shapes": {k: list(v.shape) for k, v in state.items()},
     }
+    return _write(path, {**state, **extra}, spec)
+
+
+def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], spec: dict) -> str:
+    """Write weights and spec under temporary names, then rename: an interrupted save leaves no half-written model."""
     os.makedirs(path, exist_ok=True)
     weights, spec_file = os.path.join(path, _WEIGHTS), os.path.join(path, _SPEC)
     try:  # write both under temporary names, then rename: an interrupted save leaves no half-written model
-        save_file({**state, **extra}, weights + ".tmp", metadata={"format": FORMAT})
+        save_file(tensors, weights + ".tmp", metadata={"format": FORMAT})
         with open(spec_file + ".tmp", "w") as f:
             json.dump(spec, f, indent=1)
         os.replace(weights + ".tmp", weights)
@@ -331,6 +344,8 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         raise ValueError(f"{spath} holds no spec object; re-save the model with tpv.save_pruned")
     if spec.get("format") != FORMAT:
         raise ValueError(f"{spath}: unsupported format {spec.get('format')!r}, expected {FORMAT!r}")
+    if spec.get("host") == "transformers":
+        return _load_transformers(spec, spath, wpath, map_location)
     cls = _CLASSES.get(spec.get("class"))
     if cls is None:
         raise ValueError(f"{spath}: class {spec.get('class')!r} is not one of {sorted(_CLASSES)}")
@@ -382,4 +397,25 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
     _sync_model_dims(model)
     model.load_state_dict(state, strict=True)
     model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, architecture=spec.get("architecture"))
+    return model.to(map_location).eval()
+
+
+def _load_transformers(spec: dict, spath: str, wpath: str, map_location: str | torch.device) -> nn.Module:
+    """Rebuild a transformers model saved by :func:`save_pruned` (its own config + per-layer sizes)."""
+    try:
+        state = load_file(wpath, device=str(map_location))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise ValueError(f"{wpath} cannot be read as safetensors ({e}); re-save the model with tpv.save_pruned") from e
+    if {k: list(v.shape) for k, v in state.items()} != spec.get("shapes"):
+        raise ValueError(f"{wpath} does not match the shapes recorded in {spath}")
+    try:
+        model = hf.rebuild(spec)
+    except ImportError as e:
+        raise ImportError(f"{spath} holds a transformers model: pip install 'tp-vit-plugins[hf]' ({e})") from e
+    keys = set(model.state_dict()) ^ set(state)
+    if keys:
+        raise ValueError(f"rebuilt {spec['class']} and saved weights differ in keys: {sorted(keys)[:8]}")
+    _resize(model, state)
+    hf.apply_layouts(model, spec["attention"])
+    model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()

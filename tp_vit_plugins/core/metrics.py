@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
+__all__ = ["as_logits", "count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
 
 
 @contextlib.contextmanager
@@ -178,6 +178,16 @@ def measure_latency(
     finally:
         model.train(was_training)
     return out
+
+
+def as_logits(output: object) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself, or a ``ModelOutput``'s ``logits`` (transformers)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(f"expected logits (a tensor or an output with .logits), got {type(output).__name__}")
 
 
 class Timing(NamedTuple):

@@ -159,7 +159,8 @@ class ViTPruner(tp.pruner.BasePruner):
             prune_head_dims=prune_head_dims and not self._rope_pairs,
             head_pruning_ratio=0.0,
             unwrapped_parameters=vit_kw["unwrapped_parameters"],
-            customized_pruners=vit_kw["customized_pruners"],
+            customized_pruners=vit_kw.get("customized_pruners", {}),
+            **{k: v for k, v in vit_kw.items() if k == "output_transform"},  # transformers: trace ModelOutput.logits
             **kwargs,
         )
         check_pruner_state(self)

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum, barrier, is_distributed, is_main, rank
+from .metrics import as_logits
 
 __all__ = ["finetune", "evaluate", "distillation_loss", "random_shift", "add_to_grad", "KD_MODES", "CHECKPOINT_NAME"]
 
@@ -339,9 +340,9 @@ def _train_epoch(
         x = augment(x, generator=run.aug_gen) if augment is not None else x
         x, y = x.to(run.device), y.to(run.device)
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=amp):
-            out = run.net(x)
+            out = as_logits(run.net(x))
             with torch.no_grad():
-                t_out = teacher(x).float() if teacher is not None else None
+                t_out = as_logits(teacher(x)).float() if teacher is not None else None
             loss = loss_fn(out.float(), y, t_out)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -363,7 +364,9 @@ def _accuracy(model: nn.Module, loader: Iterable, device: torch.device) -> float
     counts = torch.zeros(2, dtype=torch.float64)
     try:
         for x, y in loader:
-            counts += torch.tensor([float((model(x.to(device)).argmax(-1).cpu() == y).sum()), len(y)], dtype=torch.float64)
+            counts += torch.tensor(
+                [float((as_logits(model(x.to(device))).argmax(-1).cpu() == y).sum()), len(y)], dtype=torch.float64
+            )
     finally:
         model.train(was)
     all_reduce_sum(counts)
@@ -392,7 +395,7 @@ def evaluate(model: nn.Module, loader: Iterable, desc: str = "eval", progress: b
     correct = total = 0
     try:
         for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            pred = model(x.to(device)).argmax(-1)
+            pred = as_logits(model(x.to(device))).argmax(-1)
             correct += int((pred.cpu() == y).sum())
             total += len(y)
     finally:

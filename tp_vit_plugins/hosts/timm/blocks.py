@@ -95,6 +95,11 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
             (:func:`~tp_vit_plugins.hosts.timm.support.check_supported`).
     """
     check_supported(model)
+    if type(model).__module__.startswith("transformers."):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: the token cascade supports timm models; on transformers models prune heads "
+            "and widths (ViTPruner / GOHSP / VTP) or convert the model to timm. Nothing was changed."
+        )
     family = _NO_TOKEN_PATCH.get(type(model).__name__)
     if family is not None:
         raise UnsupportedModelError(

@@ -13,6 +13,8 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from .. import transformers as hf
+from ..transformers import is_transformers_model
 from .families import (
     convert_attention,
 )
@@ -42,6 +44,8 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
             or is refused by :func:`check_supported` (:class:`UnsupportedModelError`).
     """
     check_supported(model)
+    if is_transformers_model(model):
+        hf.convert(model)  # q/k/v/o into timm's fused layout (exact, idempotent)
     convert_attention(model)  # EVA / BEiT: exact, idempotent (see .families)
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, ATTENTION_TYPES)]
     if not found:
@@ -89,9 +93,9 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
     attns = attention_modules(model)
     owners = {}
     for m in model.modules():
-        attn = getattr(m, "attn", None)
-        if isinstance(attn, ATTENTION_TYPES):
-            owners[attn] = m
+        for child in m.children():  # timm's block.attn, transformers' layer.attention
+            if isinstance(child, ATTENTION_TYPES):
+                owners[child] = m
     out = []
     for name, attn in attns:
         block = owners.get(attn)
@@ -99,7 +103,10 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
         fc2 = fc2 if isinstance(fc2, nn.Linear) else None
         fc1 = fc1 if isinstance(fc1, nn.Linear) and fc2 is not None else None
-        norms = [getattr(block, n, None) for n in ("norm1", "norm2")]
+        norms = [
+            getattr(block, n, None) or getattr(block, alt, None)
+            for n, alt in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"))
+        ]
         norm1, norm2 = (m if isinstance(m, nn.Module) else None for m in norms)
         out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2, norm1, norm2, block))
     return out
@@ -214,11 +221,15 @@ def prefix_tokens(model: nn.Module) -> int:
     """
     if type(model).__name__ in ("Cait", "SwinTransformer"):
         return 0
+    if is_transformers_model(model):
+        return hf.prefix_tokens(model)
     return int(getattr(model, "num_prefix_tokens", 1))
 
 
 def classifier_heads(model: nn.Module) -> list[nn.Module]:
     """Classifier layers whose outputs (classes) must never be pruned (``head``, ``head_dist``)."""
+    if is_transformers_model(model):
+        return hf.classifier_heads(model)
     heads = []
     for attr in _CLASSIFIER_ATTRS:
         m = getattr(model, attr, None)

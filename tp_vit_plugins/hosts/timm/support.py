@@ -10,6 +10,9 @@ from __future__ import annotations
 from timm.layers import Attention
 from torch import nn
 
+from ..transformers import backbone as hf_backbone
+from ..transformers import check_transformers, is_transformers_model
+from ..transformers import fixed_residual as hf_fixed_residual
 from .families import (
     FAMILY_ATTENTIONS,
     PrunableBeitAttention,
@@ -63,6 +66,9 @@ def check_supported(model: nn.Module) -> None:
     """
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if is_transformers_model(model):  # the transformers adapter's own policy
+        check_transformers(model)
+        return
     from timm.models.vision_transformer import VisionTransformer
 
     name = type(model).__name__
@@ -149,7 +155,7 @@ def attention_pool(model: nn.Module) -> nn.Module | None:
     Raises:
         UnsupportedModelError: ``attn_pool`` is another kind of pool (e.g. ``"prr"``).
     """
-    pool = getattr(model, "attn_pool", None)
+    pool = None if is_transformers_model(model) else getattr(model, "attn_pool", None)
     if pool is None:
         return None
     kind = type(pool).__name__
@@ -163,6 +169,8 @@ def attention_pool(model: nn.Module) -> nn.Module | None:
 
 def whole_parts(model: nn.Module) -> list[nn.Module]:
     """Modules the pruners leave whole: an attention-pool head, CaiT's class-attention modules."""
+    if is_transformers_model(model):
+        return []
     parts = [m for m in model.modules() if type(m).__name__ in _WHOLE_ATTENTIONS]
     pool = attention_pool(model)
     return [*([pool] if pool is not None else []), *parts]
@@ -175,6 +183,8 @@ def fixed_residual(model: nn.Module) -> str | None:
     width of their *input*, while their own projections stay whole; Swin's patch merging
     concatenates 2 x 2 neighbouring tokens, a channel layout tp cannot follow.
     """
+    if is_transformers_model(model):
+        return hf_fixed_residual(model)
     parts = whole_parts(model)
     if not parts:
         return None
@@ -191,6 +201,8 @@ def whole_layers(model: nn.Module) -> list[nn.Module]:
     skips every group that would remove output channels of an ignored layer), so the whole
     parts keep the input width they reshape to.
     """
+    if is_transformers_model(model):  # the residual stream keeps its width: ignoring the patch embedding says so to tp
+        return [hf_backbone(model).embeddings.patch_embeddings.projection]
     parts = whole_parts(model)
     if not parts:
         return []

@@ -1,0 +1,138 @@
+"""Hugging Face transformers ViT / DeiT / DINOv2: converted exactly, pruned consistently, saved, exported (tiny configs)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch_pruning as tp
+
+import tp_vit_plugins as tpv
+from tp_vit_plugins.hosts.timm.structure import attention_modules
+
+transformers = pytest.importorskip("transformers")
+
+_COMMON = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_labels=10)
+FAMILIES = {
+    "vit": ("ViTForImageClassification", "ViTConfig", dict(intermediate_size=96)),
+    "deit_teacher": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(intermediate_size=96)),
+    "dinov2": ("Dinov2ForImageClassification", "Dinov2Config", dict(mlp_ratio=2)),
+    "dinov2_registers": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                         dict(mlp_ratio=2, num_register_tokens=2)),
+}  # fmt: skip
+
+
+def make(family: str, attn: str = "sdpa") -> torch.nn.Module:
+    cls, cfg_cls, extra = FAMILIES[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, cfg_cls)(**_COMMON, **extra)
+    config._attn_implementation = attn
+    model = getattr(transformers, cls)(config).eval()
+    with torch.no_grad():  # transformers zero-inits biases and tokens: make every term matter
+        for n, p in model.named_parameters():
+            if p.dim() == 1 or "token" in n or "position" in n:
+                p.normal_(0, 0.3)
+    return model
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).logits
+
+
+X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_import_does_not_import_transformers():
+    code = "import tp_vit_plugins as t, sys; t.ViTPruner; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_conversion_is_exact(family, attn):
+    model = make(family, attn)
+    ref = logits(model, X)
+    tpv.sync_attention(model)  # converts q/k/v/o into the fused layout
+    assert all(type(a).__name__ == "PrunableHFAttention" for _, a in attention_modules(model))
+    torch.testing.assert_close(logits(model, X), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_heads_head_dims_and_mlp_prune_consistently_and_save_load_export(family, tmp_path):
+    model = make(family)
+    tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.5, pruning_ratio=0.25, prune_head_dims=True).step()
+    attns = [a for _, a in attention_modules(model)]
+    assert all(a.num_heads == 2 and a.head_dim < 12 and a.qkv.out_features == 3 * a.num_heads * a.head_dim for a in attns)
+    fused = logits(model, X)
+    for a in attns:
+        a.fused_attn = False
+    torch.testing.assert_close(logits(model, X), fused, atol=1e-5, rtol=1e-5)  # eager == sdpa after pruning
+    tpv.save_pruned(model, tmp_path / "saved")
+    loaded = tpv.load_pruned(tmp_path / "saved")
+    torch.testing.assert_close(logits(loaded, X), logits(model, X), atol=0, rtol=0)
+    pytest.importorskip("onnxruntime")
+    assert tpv.export_onnx(model, X, tmp_path / "m.onnx").max_abs_diff <= 1e-4
+
+
+def test_removed_heads_equal_the_dense_model_with_those_heads_zeroed():
+    dense = make("vit")
+    tpv.sync_attention(dense)
+    pruned = copy.deepcopy(dense)
+    tpv.ViTPruner(pruned, X[:1], head_pruning_ratio=0.5).step()
+    for (_, a_dense), (_, a_pruned) in zip(attention_modules(dense), attention_modules(pruned)):
+        C, d = a_dense.attn_dim, a_dense.head_dim
+        v_dense = a_dense.qkv.weight[2 * C :].view(a_dense.num_heads, d, -1)
+        v_kept = a_pruned.qkv.weight[2 * a_pruned.attn_dim :].view(a_pruned.num_heads, d, -1)
+        kept = [next(h for h in range(a_dense.num_heads) if torch.equal(v_dense[h], v)) for v in v_kept]
+        with torch.no_grad():  # a head whose values are zero adds nothing: removing it is the same
+            for h in set(range(a_dense.num_heads)) - set(kept):
+                a_dense.qkv.weight[2 * C + h * d : 2 * C + (h + 1) * d] = 0
+                a_dense.qkv.bias[2 * C + h * d : 2 * C + (h + 1) * d] = 0
+    torch.testing.assert_close(logits(pruned, X), logits(dense, X), atol=1e-5, rtol=1e-5)
+
+
+def test_a_stock_tp_pruner_with_the_kwargs_and_sync():
+    model = make("dinov2")
+    pruner = tp.pruner.BasePruner(model, X[:1], importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.25,
+                                  **tpv.vit_pruning_kwargs(model))  # fmt: skip
+    pruner.step()
+    tpv.sync_attention(model, pruner.num_heads)
+    assert model.dinov2.embeddings.patch_embeddings.projection.out_channels == 48  # the residual width is kept
+    assert logits(model, X).shape == (3, 10)
+
+
+def test_methods_run_and_the_cascade_is_refused_before_anything_changes():
+    data = [(X, torch.randint(0, 10, (3,)))]
+    model = make("vit")
+    imp = tpv.GraphHeadImportance(preset="paper", progress=False).calibrate(model, data)
+    pruner = tpv.GOHSPPruner(model, X[:1], imp, pruning_ratio=0.3)
+    pruner.calibrate_fisher(data, progress=False)
+    pruner.step()
+    assert tpv.utils.count_params(model) <= 0.7 * tpv.utils.count_params(make("vit")) + 1
+    model = make("deit_teacher")
+    vtp = tpv.VTPPruner(model, X[:1], pruning_ratio=0.3, sparse_steps=2)
+    for _ in range(2):
+        torch.nn.functional.cross_entropy(model(X).logits, data[0][1]).backward()
+        vtp.regularize(model)
+        model.zero_grad()
+    vtp.step()
+    assert logits(model, X).shape == (3, 10)
+    model = make("vit")
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(tpv.UnsupportedModelError, match="token cascade supports timm models"):
+        tpv.apply_cascade(model, keep_ratio=0.5)
+    assert model.state_dict().keys() == before.keys()
+
+
+def test_other_transformers_models_are_refused_before_anything_changes():
+    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)
+    swin = transformers.SwinForImageClassification(config).eval()
+    keys = set(swin.state_dict())
+    with pytest.raises(tpv.UnsupportedModelError, match="not supported"):
+        tpv.ViTPruner(swin, torch.randn(1, 3, 32, 32), head_pruning_ratio=0.5)
+    assert set(swin.state_dict()) == keys
