@@ -136,3 +136,20 @@ def test_other_transformers_models_are_refused_before_anything_changes():
     with pytest.raises(tpv.UnsupportedModelError, match="not supported"):
         tpv.ViTPruner(swin, torch.randn(1, 3, 32, 32), head_pruning_ratio=0.5)
     assert set(swin.state_dict()) == keys
+
+
+@pytest.mark.slow
+def test_the_cli_prunes_a_local_transformers_directory_and_exports_its_save(tmp_path, capsys):
+    from tp_vit_plugins.demo import cli
+    from tp_vit_plugins.demo import prune as prune_cmd
+
+    make("dinov2").save_pretrained(tmp_path / "hf")
+    argv = ["prune", "--model", str(tmp_path / "hf"), "--method", "l2", "--finetune-epochs", "0", "--no-latency", "--quiet",
+            "--out", str(tmp_path / "pruned")]  # fmt: skip
+    args = cli.build_parser().parse_args(argv)
+    cli.validate_prune(args)
+    r = prune_cmd.run_prune(cli.prune_options(args))
+    assert r.after.heads == [2, 2] and r.pruned.macs < r.dense.macs
+    pytest.importorskip("onnxruntime")
+    assert cli.main(["export", str(tmp_path / "pruned"), str(tmp_path / "m.onnx"), "--latency-batch-sizes", "1"]) == 0
+    assert "max |diff|" in capsys.readouterr().out

@@ -87,7 +87,10 @@ def _non_negative_int(text: str) -> int:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     """Workload, data, threads and output flags shared by ``prune`` and ``bench``."""
-    p.add_argument("--model", default=None, help="timm model name (default: the embedded MNIST ViT)")
+    p.add_argument(
+        "--model", default=None,
+        help="timm model name, or a local transformers save_pretrained directory (default: the embedded MNIST ViT)",
+    )  # fmt: skip
     p.add_argument("--pretrained", action="store_true", help="load timm pretrained weights (needs network or a HF cache)")
     p.add_argument(
         "--checkpoint", default=None, help="local weights for --model (.safetensors / .pt state dict, or a save_pruned dir)"
@@ -309,7 +312,11 @@ def check_data_path(root: str) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """A timm model name, with close matches suggested for a typo (imports timm)."""
+    """A timm model name (close matches suggested for a typo; imports timm), or a transformers model directory."""
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise ValueError(f"--model {name!r} is a directory without config.json (not a transformers save_pretrained one)")
+        return
     import timm  # here, not at the top: --help and other usage errors must not wait for torch
 
     known = timm.list_models()
@@ -323,6 +330,8 @@ def check_model_name(name: str) -> None:
 def _check_common(args: argparse.Namespace) -> None:
     if (args.pretrained or args.data_path or args.checkpoint) and not args.model:
         raise ValueError("--pretrained, --checkpoint and --data-path need a timm model name: add --model NAME")
+    if args.model and os.path.isdir(args.model) and (args.pretrained or args.checkpoint):
+        raise ValueError("a transformers model directory brings its own weights: drop --pretrained / --checkpoint")
     if args.model and args.embedded_epochs is not None:
         raise ValueError("--embedded-epochs trains the embedded model; drop it with --model")
     if args.checkpoint and not os.path.exists(args.checkpoint):

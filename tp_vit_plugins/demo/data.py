@@ -153,6 +153,7 @@ def image_folder_loaders(
     model: torch.nn.Module,
     batch_size: int = 64,
     workers: int = 4,
+    data_config: dict | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """ImageFolder loaders for real data (e.g. ImageNet) with the model's own transforms.
 
@@ -165,6 +166,7 @@ def image_folder_loaders(
         model: The timm model whose pretrained config defines the transforms.
         batch_size: Batch size of both loaders.
         workers: DataLoader worker processes.
+        data_config: timm data config (input size, mean, std, ...) instead of the one resolved from ``model``.
 
     Returns:
         ``(train_loader, val_loader)``.
@@ -177,7 +179,7 @@ def image_folder_loaders(
     for sub in ("train", "val"):
         if not os.path.isdir(os.path.join(root, sub)):
             raise FileNotFoundError(f"expected an ImageFolder at {os.path.join(root, sub)!r}")
-    cfg = timm.data.resolve_data_config({}, model=model)
+    cfg = timm.data.resolve_data_config(data_config or {}, model=None if data_config else model)
     train_tf = timm.data.create_transform(**cfg, is_training=True)
     val_tf = timm.data.create_transform(**cfg)
     train = DataLoader(

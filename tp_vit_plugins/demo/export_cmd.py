@@ -20,6 +20,9 @@ def example_input(model: torch.nn.Module) -> torch.Tensor:
         return torch.randn(1, int(chans), *(int(s) for s in size))
     if "input_size" in cfg:
         return torch.randn(1, *cfg["input_size"])
+    hf = getattr(model, "config", None)  # transformers: the config's image size
+    if hf is not None and hasattr(hf, "image_size"):
+        return torch.randn(1, int(getattr(hf, "num_channels", 3)), int(hf.image_size), int(hf.image_size))
     raise ValueError(f"cannot tell the input size of {type(model).__name__}")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 from dataclasses import dataclass, field, replace
 
@@ -87,6 +88,8 @@ def load_workload(
         if pretrained or data_path or checkpoint:
             raise ValueError("pretrained weights, --checkpoint and --data-path need a timm model name")
         return _embedded_workload(embedded_epochs, retrain, batch_size, seed, progress)
+    if is_transformers_dir(model_name):
+        return _transformers_workload(model_name, data_path, batch_size, eval_batches)
     model = timm.create_model(model_name, pretrained=pretrained).eval()
     if checkpoint:
         model = load_checkpoint(model, checkpoint)
@@ -98,6 +101,37 @@ def load_workload(
     train_loader, val_loader = image_folder_loaders(data_path, model, batch_size=batch_size)
     test = list(itertools.islice(val_loader, eval_batches)) if eval_batches else val_loader
     return Workload(model, train_loader.dataset, train_loader, test, example, model_name, notes)
+
+
+def is_transformers_dir(path: str) -> bool:
+    """A local directory written by transformers' ``save_pretrained`` (``config.json`` + weights)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _transformers_workload(path: str, data_path: str | None, batch_size: int, eval_batches: int | None) -> Workload:
+    """A transformers image classifier from a local ``save_pretrained`` directory (nothing downloaded)."""
+    try:
+        from transformers import AutoModelForImageClassification
+    except ImportError as e:
+        raise ValueError(f"--model {path!r} is a transformers model directory: pip install 'tp-vit-plugins[hf]'") from e
+    model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
+    cfg = model.config
+    size, chans = int(cfg.image_size), int(getattr(cfg, "num_channels", 3))
+    example = torch.randn(1, chans, size, size)
+    name = f"{type(model).__name__} from {path}"
+    if not data_path:
+        return Workload(model, None, None, None, example, name, [])
+    data_config = {"input_size": (chans, size, size), "interpolation": "bicubic", "crop_pct": 0.875}
+    proc = os.path.join(path, "preprocessor_config.json")
+    if os.path.isfile(proc):  # the model's own normalisation
+        with open(proc) as f:
+            pre = json.load(f)
+        data_config.update(
+            mean=tuple(pre.get("image_mean", (0.485, 0.456, 0.406))), std=tuple(pre.get("image_std", (0.229, 0.224, 0.225)))
+        )
+    train_loader, val_loader = image_folder_loaders(data_path, model, batch_size=batch_size, data_config=data_config)
+    test = list(itertools.islice(val_loader, eval_batches)) if eval_batches else val_loader
+    return Workload(model, train_loader.dataset, train_loader, test, example, name, [])
 
 
 def _embedded_workload(epochs: int | None, retrain: bool, batch_size: int, seed: int, progress: bool) -> Workload:
