@@ -734,3 +734,16 @@ def test_cascade_config_refuses_bad_options_before_anything_changes():
         c = apply_cascade(model, 0.5)
     assert c.config.keep_ratio == 0.5
     c.remove()
+
+
+def test_random_scores_with_a_calibrated_range_run_in_batch_chunks(x64, monkeypatch):
+    """The random scorer wants no token statistic: a chunked scoring attention passes that on (no cat of None)."""
+    import tp_vit_plugins.hosts.timm.blocks as blocks
+
+    model = deeper("vit", num_heads=4)
+    cascade = apply_cascade(model, keep_ratio=0.5, score="random", beta=0.5, calib=[x64])
+    with torch.no_grad():
+        whole = model(x64)
+        monkeypatch.setattr(blocks, "CHUNK_BYTES", 1)  # one image per chunk
+        torch.testing.assert_close(model(x64), whole, rtol=1e-5, atol=1e-5)
+    cascade.remove()

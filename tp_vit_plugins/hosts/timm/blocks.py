@@ -310,7 +310,7 @@ def _attend_in_chunks(
         probs = logits.softmax(dim=-1)
         stats.append(reduce_probs(probs))
         outs.append(a.attn_drop(probs) @ v[j])
-    observe(stats[0] if len(stats) == 1 else torch.cat(stats))
+    observe(stats[0] if len(stats) == 1 or stats[0] is None else torch.cat(stats))  # None: no statistic wanted
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
