@@ -1,4 +1,4 @@
-"""Unsupported timm families are refused before anything changes (issue 16, item 3)."""
+"""Unsupported timm families are refused before anything changes."""
 
 from __future__ import annotations
 

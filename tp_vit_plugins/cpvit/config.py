@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
+
+from ..core.options import split_options
 
 __all__ = ["CascadeConfig", "PRESETS", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES"]
 
@@ -146,9 +147,9 @@ def _one_of(name: str, value: object, choices: tuple) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-#: Cascade options that left the API, with what to do instead.
+#: Cascade options that left the API: name -> (its old default, what to do instead).
 _REMOVED = {
-    "schedule_power": "the ramp is linear; use schedule_steps (a stepped schedule) to drop tokens earlier",
+    "schedule_power": (1.0, "the ramp is linear; use schedule_steps (a stepped schedule) to drop tokens earlier"),
 }
 
 
@@ -156,24 +157,21 @@ def with_options(config: CascadeConfig | str | None, options: dict[str, Any]) ->
     """``config`` (default :class:`CascadeConfig`; a string names a preset) with keyword ``options`` applied, validated.
 
     Raises:
-        TypeError: An option that is not a :class:`CascadeConfig` field (the message lists them).
+        TypeError: An option that is not a :class:`CascadeConfig` field (the message lists them), or a removed one
+            with a value other than its old default.
     """
-    base = CascadeConfig() if config is None else CascadeConfig.preset(config) if isinstance(config, str) else config
-    if not isinstance(base, CascadeConfig):
-        raise TypeError(f"config must be a CascadeConfig, got {type(base).__name__}")
     options = dict(options)
-    for old, instead in _REMOVED.items():
-        if old in options:
-            value = options.pop(old)
-            if value != 1.0:
-                raise TypeError(f"the cascade option {old!r} was removed: {instead}")
-            warnings.warn(
-                f"the cascade option {old!r} is ignored and will be rejected in the next release", DeprecationWarning, 3
-            )
-    names = {f.name for f in dataclasses.fields(CascadeConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"unknown cascade option(s) {unknown}; CascadeConfig has {sorted(names)}")
-    if "mode" in options and "fold" not in options and options["mode"] != base.mode:
+    base_mode = (
+        config.mode
+        if isinstance(config, CascadeConfig)
+        else CascadeConfig.preset(config).mode
+        if isinstance(config, str)
+        else "drop"
+    )
+    if "mode" in options and "fold" not in options and options["mode"] != base_mode:
         options["fold"] = None  # re-derived from the new mode
-    return dataclasses.replace(base, **options) if options else base
+    cfg, unknown = split_options(CascadeConfig, config, options, _REMOVED, "the cascade")
+    if unknown:
+        names = sorted(f.name for f in dataclasses.fields(CascadeConfig))
+        raise TypeError(f"unknown cascade option(s) {sorted(unknown)}; CascadeConfig has {names}")
+    return cfg
