@@ -67,6 +67,7 @@ from ..hosts.timm.blocks import (
 from ..hosts.timm.families import PrunableTalkingHeadAttn
 from ..hosts.timm.structure import prefix_tokens
 from ..hosts.timm.support import UnsupportedModelError
+from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES  # noqa: F401 (their old place)
 from .config import CascadeConfig, with_options
 from .maths import (
     _merge,
@@ -81,9 +82,6 @@ from .maths import (
 )
 
 __all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade"]
-
-from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES  # noqa: E402,F401  (re-exported)
-
 
 @dataclass
 class _ForwardState:
