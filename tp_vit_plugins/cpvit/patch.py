@@ -67,8 +67,7 @@ from ..hosts.timm.blocks import (
 from ..hosts.timm.families import PrunableTalkingHeadAttn
 from ..hosts.timm.structure import prefix_tokens
 from ..hosts.timm.support import UnsupportedModelError
-from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES  # noqa: F401 (their old place)
-from .config import CascadeConfig, with_options
+from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES, CascadeConfig, with_options  # noqa: F401 (their old place)
 from .maths import (
     _merge,
     adjusted_count,
@@ -82,6 +81,7 @@ from .maths import (
 )
 
 __all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade"]
+
 
 @dataclass
 class _ForwardState:
