@@ -308,16 +308,11 @@ _Q = "depth//4"
 CPVIT_VARIANTS: dict[str, dict] = {"cpvit": {}, "cpvit-random": dict(score="random")}
 
 
-def _cascade_kwargs(name: str, model: nn.Module) -> dict:
-    """A CP-ViT setting's options (a ``preset`` key names the preset they modify)."""
+def _cascade_config(name: str, model: nn.Module) -> CascadeConfig:
+    """A CP-ViT setting's options (a ``preset`` key names the preset they modify; ``"depth//4"`` a start block)."""
     kwargs = dict(CPVIT_VARIANTS[name])
     if kwargs.get("start_block") == _Q:
         kwargs["start_block"] = len(model.blocks) // 4
-    return kwargs
-
-
-def _cascade_config(name: str, model: nn.Module) -> CascadeConfig:
-    kwargs = _cascade_kwargs(name, model)
     return CascadeConfig.preset(kwargs.pop("preset", "recommended")).replace(**kwargs)
 
 

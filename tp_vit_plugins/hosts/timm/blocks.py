@@ -24,6 +24,7 @@ from timm.models.vision_transformer import Block, ResPostBlock, VisionTransforme
 from torch import nn
 
 from ...cpvit.maths import head_scores, topk_sorted
+from ..transformers import is_transformers_model
 from .families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
 from .structure import attention_modules
 from .support import ATTENTION_TYPES, UnsupportedModelError, check_supported
@@ -95,7 +96,7 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
             (:func:`~tp_vit_plugins.hosts.timm.support.check_supported`).
     """
     check_supported(model)
-    if type(model).__module__.startswith("transformers."):
+    if is_transformers_model(model):
         raise UnsupportedModelError(
             f"{type(model).__name__}: the token cascade supports timm models; on transformers models prune heads "
             "and widths (ViTPruner / GOHSP / VTP) or convert the model to timm. Nothing was changed."
