@@ -117,7 +117,7 @@ def test_taylor_score_is_mean_gate_times_gradient_and_zero_for_zeroed_gates(x):
     """``score="taylor"``: mean over steps of |g * dL/dg| (raw gradient), times 0 where the gate ended at 0."""
     torch.manual_seed(0)
     model = make_model()
-    pruner = tpv.VTPPruner(model, x, score="taylor", reg=0.5, gate_lr=0.05, prune_head_dims=False)
+    pruner = tpv.VTPPruner(model, x, score="taylor", reg=0.5, gate_lr=0.05, prune_head_dims=False, close=False)
     gates = pruner.gate_parameters()
     expected = [torch.zeros_like(g) for g in gates]
     for step in range(2):

@@ -7,9 +7,12 @@ shared by every method):
   training. Peers: tp random, L1, L2, Taylor, Hessian (squared-gradient OBD); seed methods:
   GOHSP ``GraphHeadImportance`` and CP-ViT ``CumulativeHeadImportance`` (their defaults).
 * ``pipeline`` — −40 % and −70 % parameters with **equal total epochs** ``E`` for every
-  method: tp L2 / Taylor prune then fine-tune ``E``; tp ``GroupNormPruner`` sparse training
+  method: tp L2 / Taylor prune (also isomorphic: ``l2-iso``, ``taylor-iso``) then fine-tune
+  ``E``; tp ``GroupNormPruner`` sparse training
   ``E // 2`` then L2 prune and fine-tune the rest; GOHSP ADMM ``E // 2`` then prune and
   fine-tune; VTP gates ``E // 2`` then prune and fine-tune; and a "dense + E epochs" control.
+  ``gohsp@tp`` / ``vtp@tp`` drive the library defaults through tp's own loop instead of the
+  recipe (construct, ``regularize`` per step, ``update_regularizer`` per epoch, ``step``).
   tp criteria prune heads, head dims and MLP neurons globally at one scalar ratio bisected to
   the parameter budget.
 * ``tokens`` — token reduction at equal measured MACs (FlopCounterMode, one image), no
@@ -49,9 +52,10 @@ from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
 from ..cpvit import Cascade, CascadeConfig, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
-from ..gohsp import GraphHeadImportance
+from ..gohsp import GOHSPPruner, GraphHeadImportance
 from ..hosts.timm.pruning import vit_pruning_kwargs
 from ..hosts.timm.structure import heads_per_block
+from ..vtp import VTPPruner
 from .data import calibration_loader
 from .methods import MethodSettings, get_method, run_recipe
 from .peers import apply_evit, apply_tome, remove_peer
@@ -216,10 +220,15 @@ def register_variants(
 
 
 def _prune_to_params(
-    model: nn.Module, example: torch.Tensor, imp, target_params: float, prune_embed_dim: bool = False
+    model: nn.Module, example: torch.Tensor, imp, target_params: float, prune_embed_dim: bool = False, **kwargs
 ) -> nn.Module:
-    """Global heads + width + head dims at the scalar ratio whose model has at most ``target_params`` parameters."""
-    prune = vit_prune_fn(imp, model, lambda r: r, lambda r: r, prune_head_dims=True, prune_embed_dim=prune_embed_dim)
+    """Global heads + width + head dims at the scalar ratio whose model has at most ``target_params`` parameters.
+
+    ``kwargs`` go to the pruner (e.g. ``isomorphic=True``: tp's isomorphic pruning, which ranks
+    each family of structurally identical groups separately).
+    """
+    prune = vit_prune_fn(imp, model, lambda r: r, lambda r: r, prune_head_dims=True, prune_embed_dim=prune_embed_dim,
+                         **kwargs)  # fmt: skip
 
     def build(r: float) -> nn.Module:
         twin = clone_with_grads(model)
@@ -228,6 +237,24 @@ def _prune_to_params(
 
     _, hi = bisect_threshold(lambda r: count_params(build(r)) > target_params, 0.0, 0.95, iterations=10)
     return build(hi)
+
+
+#: tp criteria run with ``isomorphic=True``, by name.
+ISOMORPHIC = {"l2-iso": "l2", "taylor-iso": "taylor"}
+#: Suffix of a method driven exactly as tp drives its sparse-training pruners: built from the
+#: model, an example, an importance and a ratio only, ``regularize`` after every backward,
+#: ``update_regularizer()`` after every epoch of the sparse half, then ``step()``.
+TP_LOOP = "@tp"
+
+
+def _tp_loop_pruner(name: str, model: nn.Module, example: torch.Tensor, calib: Iterable, cut: float):
+    """GOHSP or VTP built as a tp user builds a pruner: model, example, importance, a ratio (library defaults)."""
+    if name == "gohsp":
+        imp = GraphHeadImportance(progress=False).calibrate(model, calib)
+        return GOHSPPruner(model, example, imp, pruning_ratio=cut)
+    if name == "vtp":  # the budget as VTP's parameter ratio (its pruning_ratio counts dims)
+        return VTPPruner(model, example, close_params=cut)
+    raise ValueError(f"no tp-loop driving for {name!r}; choose gohsp{TP_LOOP} or vtp{TP_LOOP}")
 
 
 def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> tuple[nn.Module, dict]:
@@ -251,6 +278,16 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         return m, extra
     if name in ("l2", "taylor"):
         m = _prune_to_params(m, example, _head_importance(name, m, calib), target)
+    elif name in ISOMORPHIC:  # tp's isomorphic pruning (Fang et al., ECCV 2024)
+        m = _prune_to_params(m, example, _head_importance(ISOMORPHIC[name], m, calib), target, isomorphic=True)
+    elif name.endswith(TP_LOOP):
+        sparse = E // 2
+        pruner = _tp_loop_pruner(name.removesuffix(TP_LOOP), m, example, calib, cut)
+        span = (0, E) if suffix else None
+        finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: pruner.regularize(mm),
+                 epoch_hook=lambda epoch: pruner.update_regularizer(), schedule_span=span, **train)  # fmt: skip
+        extra = get_method(name.removesuffix(TP_LOOP)).stats(pruner)
+        pruner.step()
     elif name == "group_norm":
         sparse = E // 2
         imp = tp.importance.GroupMagnitudeImportance(p=2)

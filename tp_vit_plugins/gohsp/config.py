@@ -37,8 +37,16 @@ class GOHSPConfig:
             the head's standardised score within its block — the ranking's order counts, however
             flat the stationary distribution is (PageRank on a dense similarity graph is nearly
             uniform, so ``"mass"`` would leave it almost no say).
-        admm_interval: Optimizer steps between the dual updates that ``regularize`` runs itself;
-            ``None``: call ``update_regularizer`` yourself (e.g. once per epoch, as tp's loop does).
+        admm_interval: Optimizer steps between the dual updates that ``regularize`` runs itself.
+            ``None`` (default): the cadence follows the training it sees, so tp's loop
+            (``update_regularizer()`` once per epoch) needs nothing more — dual updates after
+            ``2 * fisher_warmup`` steps, then at doubling gaps until the first
+            ``update_regularizer()`` call, whose step count is the epoch length ``L``; from then on
+            every ``L // 2`` steps besides your calls (a call right after a dual update is skipped).
+        fisher_warmup: With ``metric="fisher"`` and no
+            :meth:`~tp_vit_plugins.GOHSPPruner.calibrate_fisher`: the first training steps
+            only estimate the Fisher norm (``regularize`` does not pull yet), then ``Z`` is
+            re-projected from ``W`` under it — the calibration done on training batches.
         rho: Initial ADMM penalty.
         rho_growth: Extra factor applied to ``rho`` at every dual update (1 = balancing only).
         balance: Residual balancing of ``rho`` (Boyd et al. 2011, §3.4.1).
@@ -53,6 +61,7 @@ class GOHSPConfig:
     graph_bias: float = 1.0
     graph_guide: str = "mass"
     admm_interval: int | None = None
+    fisher_warmup: int = 8
     rho: float = 1e-2
     rho_growth: float = 1.0
     balance: bool = True
@@ -99,6 +108,8 @@ class GOHSPConfig:
             raise ValueError(f"need rho > 0 and rho_growth >= 1, got rho={self.rho}, rho_growth={self.rho_growth}")
         if self.admm_interval is not None and (not isinstance(self.admm_interval, int) or self.admm_interval < 1):
             raise ValueError(f"admm_interval must be a positive int (optimizer steps), got {self.admm_interval!r}")
+        if not isinstance(self.fisher_warmup, int) or self.fisher_warmup < 1:
+            raise ValueError(f"fisher_warmup must be an int >= 1 (training steps), got {self.fisher_warmup!r}")
         if self.mu <= 1 or self.tau <= 1 or self.tol <= 0:
             raise ValueError(f"need mu > 1, tau > 1 and tol > 0, got mu={self.mu}, tau={self.tau}, tol={self.tol}")
         if not isinstance(self.min_heads, int) or self.min_heads < 1:

@@ -6,8 +6,9 @@ proj columns of every head and head dim, fc1 rows and fc2 columns of every MLP n
 * ``regularize(model)`` (after ``loss.backward()``, before ``optimizer.step()``) pulls ``W``
   towards ``Z``: by default an exact proximal step ``W <- (W + c (Z - U)) / (1 + c)`` outside
   the optimizer (``proximal=c``), or the ADMM gradient ``rho * (W - Z + U)``
-  (``proximal=None``); with ``admm_interval`` it also runs the dual update every
-  ``admm_interval`` optimizer steps;
+  (``proximal=None``); it also runs the dual updates, every ``admm_interval`` optimizer
+  steps, or by default on a cadence set by the epoch length it sees (so tp's loop, which
+  calls ``update_regularizer()`` once per epoch, needs no extra call);
 * ``update_regularizer()`` sets ``Z = project(W + U)``, ``U = U + W - Z``, then balances
   ``rho`` (Boyd et al. 2011, §3.4.1: ``rho *= tau`` when the primal residual ``||W - Z||``
   exceeds ``mu`` times the dual residual ``rho ||Z - Z_prev||``, ``rho /= tau`` in the opposite
@@ -37,6 +38,7 @@ behind the defaults are in ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
+import sys
 import typing
 import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
@@ -81,16 +83,23 @@ class StructurePlan:
 class GOHSPPruner(ViTPruner):
     """GOHSP: graph-guided ADMM structured pruning of a timm ViT, a ``tp.pruner.BasePruner``.
 
-    Example::
+    Example (tp's sparse-training loop; nothing else is needed)::
 
         imp = tpv.GraphHeadImportance().calibrate(model, calib_loader, max_batches=8)
-        pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=0.4,      # 40 % of the parameters go
-                                 config=tpv.gohsp.GOHSPConfig(admm_interval=50))
-        pruner.calibrate_fisher(calib_loader, max_batches=8)  # the Z-step's Fisher norm
-        train(model, loader, epochs=sparse_epochs, step_hook=pruner.regularize)  # dual updates every 50 steps
+        pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=0.4)  # 40 % of the parameters go
+        for epoch in range(sparse_epochs):
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(); loss.backward()
+                pruner.regularize(model)     # Fisher estimate, pull towards Z, dual updates
+                optimizer.step()
+            pruner.update_regularizer()      # epoch end: a dual update; sets the cadence
         print(pruner.admm_residual(), pruner.converged)
         pruner.step()        # hard prune to Z's support, attention synced
         train(model, loader, epochs=finetune_epochs)
+
+    ``pruner.calibrate_fisher(calib_loader)`` before training and ``admm_interval=`` fix the
+    Fisher estimate and the cadence yourself (the CLI's recipe).
 
     Args:
         model: A timm ViT-family model.
@@ -140,6 +149,13 @@ class GOHSPPruner(ViTPruner):
         self.rho, self.rho_growth, self.graph_bias = float(cfg.rho), float(cfg.rho_growth), float(cfg.graph_bias)
         self.admm_interval, self.balance, self.mu, self.tau, self.tol = cfg.admm_interval, cfg.balance, cfg.mu, cfg.tau, cfg.tol
         self.steps_done, self.rounds = 0, 0
+        #: Steps between construction and the first ``update_regularizer()`` call (the epoch
+        #: length of tp's loop; ``None`` before it). Sets the automatic dual-update cadence.
+        self.epoch_steps: int | None = None
+        self._since_update = 0
+        self._auto_gap = 2 * cfg.fisher_warmup
+        # training steps left that only estimate the Fisher norm (calibrate_fisher sets it to 0)
+        self._warmup_left = cfg.fisher_warmup if cfg.metric == "fisher" else 0
         #: One entry per dual update: ``{"step", "primal", "dual", "rho"}`` (relative residuals).
         self.history: list[dict] = []
         self._z_plan: StructurePlan | None = None
@@ -320,29 +336,53 @@ class GOHSPPruner(ViTPruner):
 
     # ------------------------------------------------------------------ ADMM hooks
     def regularize(self, model: nn.Module | None = None, loss: torch.Tensor | None = None) -> None:
-        """Add ``rho * (W - Z + U)`` to every prunable weight's gradient (after backward); dual updates every ``admm_interval`` steps.
+        """Pull ``W`` towards ``Z`` (after backward, before the optimizer step); dual updates on the pruner's cadence.
 
-        With ``proximal=c`` the weights themselves move instead: ``W <- (W + c (Z - U)) / (1 + c)``.
-        """  # noqa: E501
-        if self.metric == "fisher" and not self._fisher_count:
-            warnings.warn(
-                "GOHSPPruner(metric='fisher') starts its Fisher estimate from this training step (one batch); "
-                "call pruner.calibrate_fisher(calib_loader) before training (the default recipe), or pass "
-                "metric='euclidean'",
-                stacklevel=2,
-            )
+        With ``proximal=c`` the weights move: ``W <- (W + c (Z - U)) / (1 + c)``; with
+        ``proximal=None`` ``rho * (W - Z + U)`` is added to every prunable weight's gradient.
+        ``metric="fisher"`` folds this step's ``(dL/dW)^2`` into the Fisher estimate first;
+        without :meth:`calibrate_fisher` the first ``fisher_warmup`` steps only estimate it.
+        Dual updates run every ``admm_interval`` steps, or on the cadence ``admm_interval=None``
+        derives from the steps seen (see :class:`~tp_vit_plugins.gohsp.GOHSPConfig`).
+        """
         with torch.no_grad():
             if self.metric == "fisher":  # the loss gradient, before the ADMM term touches it
                 self._update_fisher()
-            for p, z in self.Z.items():
-                if self.proximal is None:
-                    add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
-                else:
-                    c = self.proximal
-                    p.mul_(1.0 / (1.0 + c)).add_(z - self.U[p], alpha=c / (1.0 + c))
+            if self._warmup_left:  # estimating the Fisher norm from training steps: no pull yet
+                self._warmup_left -= 1
+                if not self._warmup_left:
+                    self._end_warmup()
+            else:
+                for p, z in self.Z.items():
+                    if self.proximal is None:
+                        add_to_grad(p, self.rho * (p.detach() - z + self.U[p]))
+                    else:
+                        c = self.proximal
+                        p.mul_(1.0 / (1.0 + c)).add_(z - self.U[p], alpha=c / (1.0 + c))
         self.steps_done += 1
-        if self.admm_interval and self.steps_done % self.admm_interval == 0:
-            self.update_regularizer()
+        self._since_update += 1
+        if self.admm_interval:
+            if self.steps_done % self.admm_interval == 0:
+                self._dual_update()
+        elif not self._warmup_left and self._since_update >= self._auto_gap:
+            self._dual_update()
+            self._auto_gap = self._next_gap(2 * self._auto_gap)
+
+    def _next_gap(self, gap: int) -> int:
+        """The automatic cadence's next gap: ``gap``, at most half the epoch once its length is known.
+
+        An epoch of one step (``update_regularizer()`` after every step) leaves the cadence to those calls.
+        """
+        if self.epoch_steps is None:
+            return gap
+        return min(gap, self.epoch_steps // 2) if self.epoch_steps > 1 else sys.maxsize
+
+    @torch.no_grad()
+    def _end_warmup(self) -> None:
+        """The Fisher estimate from the warm-up steps chooses ``Z`` (as :meth:`calibrate_fisher` does)."""
+        self._warmup_left = 0
+        if not self.rounds:
+            self._set_z(self.project(use_dual=False), use_dual=False)
 
     @torch.no_grad()
     def _update_fisher(self) -> None:
@@ -371,7 +411,8 @@ class GOHSPPruner(ViTPruner):
 
         ``F`` is the mean over batches of the squared mini-batch gradient (the model in eval
         mode, restored afterwards; gradients cleared). Call before the sparse training; without
-        it the estimate starts at the first training step's gradient, one noisy batch.
+        it the first ``fisher_warmup`` training steps estimate it (``regularize`` does not pull
+        during them).
 
         Args:
             loader: Yields ``(images [B, C, H, W], targets [B])``.
@@ -425,6 +466,7 @@ class GOHSPPruner(ViTPruner):
             f = self._fisher.get(p, torch.zeros_like(p.detach())) * self._fisher_count
             self._fisher[p] = all_reduce_sum(f.contiguous()) / count
         self._fisher_count = int(count)
+        self._warmup_left = 0
         self._set_z(self.project(use_dual=False), use_dual=False)
         return self
 
@@ -433,9 +475,26 @@ class GOHSPPruner(ViTPruner):
         """Whether the last dual update left the relative primal residual below ``tol``."""
         return bool(self.history) and self.history[-1]["primal"] < self.tol
 
-    @torch.no_grad()
     def update_regularizer(self) -> None:
-        """ADMM dual step: ``Z = project(W + U)``, ``U += W - Z``, then ``rho`` balancing (see module docs)."""
+        """ADMM dual step: ``Z = project(W + U)``, ``U += W - Z``, then ``rho`` balancing (see module docs).
+
+        Call it once per epoch, as tp's loop does. With ``admm_interval=None`` the first call
+        also records the epoch length (the steps ``regularize`` saw so far), which sets the
+        cadence of the dual updates ``regularize`` runs itself; a call with no training step
+        since the last dual update changes nothing.
+        """
+        if self.admm_interval is None:
+            if self.epoch_steps is None and self.steps_done:
+                self.epoch_steps = self.steps_done
+                self._auto_gap = self._next_gap(self._auto_gap)
+            if self._warmup_left:  # an epoch shorter than the warm-up: the estimate so far decides
+                self._end_warmup()
+            if self.rounds and not self._since_update:
+                return
+        self._dual_update()
+
+    @torch.no_grad()
+    def _dual_update(self) -> None:
         z_prev = {p: z.clone() for p, z in self.Z.items()}
         self.rounds += 1  # this update's share of the budget on the ramp
         plan = self.project(use_dual=True)
@@ -451,6 +510,7 @@ class GOHSPPruner(ViTPruner):
             factor = self.tau
         elif self.balance and dual > self.mu * primal:
             factor = 1.0 / self.tau
+        self._since_update = 0
         factor *= self.rho_growth
         if factor != 1.0:  # the scaled dual U = y / rho: keep y = rho * U when rho changes
             self.rho *= factor

@@ -30,7 +30,8 @@ class VTPConfig:
             (the gates are held at 1 unless closed), else from ``sparse_steps`` and ``shrink``,
             else 0.01.
         sparse_steps: Optimizer steps of the planned sparse training (sets ``gate_lr`` and the
-            closing rounds).
+            closing rounds); ``None``: the closing rounds follow the epoch length that
+            ``update_regularizer()`` (once per epoch, as in tp's loop) reveals.
         threshold: Prune every dimension whose gate score is ``<= threshold`` (the paper's rule;
             ``0.0`` = the gates sparse training zeroed) instead of a fixed ratio.
         shrink: With ``sparse_steps``: how far the L1 term alone moves a gate over the whole
@@ -41,11 +42,12 @@ class VTPConfig:
             the positions that score the enabled structures.
         score: What ranks the dims, one of :data:`GATE_SCORES`.
         close: Close gates during sparse training (this library's extension): ``None`` — on
-            whenever ``sparse_steps`` is given and the settings allow it; ``True`` — refuse
-            settings it cannot serve; ``False`` — the paper's plain sparse training.
+            whenever the settings allow it; ``True`` — refuse settings it cannot serve;
+            ``False`` — the paper's plain sparse training.
         close_params: A parameter budget for closing (the share of the model's parameters
             whose dims close); the prune then removes the zero gates.
-        close_rounds: Closing rounds over the first half of the sparse phase.
+        close_rounds: Closing rounds (over the first half of the sparse phase with
+            ``sparse_steps``; else from the first epoch end on, half an epoch apart).
     """
 
     reg: float = 0.5

@@ -28,10 +28,12 @@ fine-tuning. This library's reconstructions and extensions (listed in the README
   the paper's ``|g|`` is ``score="magnitude"``. Both remove the zeroed gates first.
 * Residual-stream dims (``prune_embed_dim=True``) are scored by the mean of the ``qkv`` /
   ``fc1`` input gates of all blocks (see :mod:`.importance`); not pruned by default.
-* **Closing** (``close``, on by default when ``sparse_steps`` is given): gates of the
-  lowest-scoring dims are fixed at exactly 0 in a few rounds over the first half of sparse
-  training, up to the pruning budget, so the end of the sparse phase already trains the
-  pruned network (:mod:`.closing`). While closing, the other gates are held at 1 by default
+* **Closing** (``close``, on by default): gates of the lowest-scoring dims are fixed at
+  exactly 0 in a few rounds, up to the pruning budget, so the end of the sparse phase already
+  trains the pruned network (:mod:`.closing`). With ``sparse_steps`` the rounds fall in the
+  first half of sparse training; without it (tp's loop) the first round falls at the first
+  ``update_regularizer()`` call, whose step count is the epoch length, and the others follow
+  every half epoch. While closing, the other gates are held at 1 by default
   (``gate_lr=0``): they measure ``|g * dL/dg|`` and mask, so the prune changes nothing the
   sparse phase trained.
 * **Gates rank, they are not folded** by default (``fold_values=False``); the paper's
@@ -79,10 +81,8 @@ def default_gated_layers(prune_mlp: bool, prune_head_dims: bool, prune_embed_dim
     return tuple(names)
 
 
-def _closing_problem(sparse_steps: int | None, prune_embed_dim: bool, head_ratio: float) -> str | None:
+def _closing_problem(prune_embed_dim: bool, head_ratio: float) -> str | None:
     """Why these settings rule out gate closing (``None``: they do not)."""
-    if not sparse_steps:
-        return "it needs sparse_steps (the closing rounds are spread over the sparse phase)"
     if prune_embed_dim or head_ratio > 0:
         return (
             "it closes MLP hidden dims and head dims, not whole heads or embedding dims: use prune_embed_dim=False "
@@ -104,11 +104,16 @@ def _block_linears(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Line
 class VTPPruner(ViTPruner):
     """VTP as a ``tp.pruner.BasePruner``: gates + L1 sparse training + gate importance.
 
-    Example::
+    Example (tp's sparse-training loop; nothing else is needed)::
 
-        pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4,
-                               config=tpv.vtp.VTPConfig(sparse_steps=epochs * len(loader)))
-        train(model, loader, epochs, step_hook=pruner.regularize)   # gates: L1 step / closing rounds
+        pruner = tpv.VTPPruner(model, example, pruning_ratio=0.4)
+        for epoch in range(sparse_epochs):
+            for x, y in loader:
+                loss = F.cross_entropy(model(x), y)
+                optimizer.zero_grad(); loss.backward()
+                pruner.regularize(model)     # gate scores; closing rounds
+                optimizer.step()
+            pruner.update_regularizer()      # epoch end: the closing rounds' cadence
         print(pruner.gate_zero_share())   # share of gates at exactly 0
         pruner.step()        # rank by the gate scores, remove the gates, prune, sync attention
         train(model, loader, finetune_epochs)
@@ -134,9 +139,9 @@ class VTPPruner(ViTPruner):
 
     Raises:
         ValueError: Bad ratio or options, ``threshold`` without global pruning, or closing
-            asked for (``close=True`` or ``close_params``) with settings it cannot serve (no
-            ``sparse_steps``, embedding dims, whole heads, rotary head dims, blocks without a
-            two-layer MLP); the model is left as it was.
+            asked for (``close=True`` or ``close_params``) with settings it cannot serve
+            (embedding dims, whole heads, rotary head dims, blocks without a two-layer MLP);
+            the model is left as it was.
         TypeError: The model is not a timm ViT, or a removed option with a non-default value.
     """
 
@@ -164,7 +169,7 @@ class VTPPruner(ViTPruner):
         if threshold is not None and not global_pruning:
             raise ValueError(f"threshold={threshold} needs global_pruning=True (one threshold across layers)")
         explicit = bool(close) or close_params is not None  # asked for: refuse what cannot close
-        problem = _closing_problem(sparse_steps, prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)))
+        problem = _closing_problem(prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)))
         if explicit and problem:
             raise ValueError(f"gate closing: {problem}")
         closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
@@ -172,7 +177,7 @@ class VTPPruner(ViTPruner):
         self.closing_off_reason = (
             None if closing else "close=False" if close is False else problem or "nothing to prune (pruning_ratio=0)"
         )
-        plan = closing_schedule(sparse_steps, cfg.close_rounds) if closing else []  # validates
+        plan = closing_schedule(sparse_steps, cfg.close_rounds) if closing and sparse_steps else []  # validates
         if closing and close_params is not None and threshold is None:
             threshold = 0.0  # a parameter budget: remove the closed (zero) gates
         total_params = count_params(model)
@@ -217,6 +222,11 @@ class VTPPruner(ViTPruner):
         self.closing, self.close_params = closing, close_params
         #: Closing rounds still to come, ``[(step, share of the budget)]``; parameters closed so far.
         self._close_plan = plan if closing else []
+        #: Closing rounds still to be placed once the epoch length is known (no ``sparse_steps``:
+        #: the first falls at the first ``update_regularizer()`` call, the others half an epoch apart).
+        self._epoch_rounds = cfg.close_rounds if closing and not sparse_steps else 0
+        #: Steps between construction and the first ``update_regularizer()`` call (``None`` before it).
+        self.epoch_steps: int | None = None
         self.closed_params = 0
         self._total_params = total_params
         self._close_budget = (close_params or 0.0) * total_params
@@ -262,6 +272,23 @@ class VTPPruner(ViTPruner):
         self.steps_done += 1
         while self._close_plan and self.steps_done >= self._close_plan[0][0]:
             self._close(self._close_plan.pop(0)[1])
+
+    def update_regularizer(self) -> None:
+        """Epoch end in tp's loop: without ``sparse_steps``, places the closing rounds.
+
+        The first call records the epoch length ``L`` (the steps ``regularize`` saw so far) and
+        runs the first of ``close_rounds`` rounds; the others follow every ``L // 2`` steps.
+        With ``sparse_steps`` (or without closing) it changes nothing.
+        """
+        if self.epoch_steps is not None or not self.steps_done:
+            return
+        self.epoch_steps = self.steps_done
+        if self._epoch_rounds:
+            rounds, gap = self._epoch_rounds, max(1, self.epoch_steps // 2)
+            self._epoch_rounds = 0
+            shares = [1.0 - (1.0 - k / rounds) ** 3 for k in range(1, rounds + 1)]
+            self._close(shares[0])
+            self._close_plan = [(self.steps_done + k * gap, share) for k, share in enumerate(shares[1:], 1)]
 
     @torch.no_grad()
     def _close(self, share: float) -> None:
@@ -423,6 +450,9 @@ class VTPPruner(ViTPruner):
         return 0.0 if k == 0 else min((k - 0.5) / scores.numel(), 0.99)  # tp keeps int(n * (1 - r)) = n - k
 
     def _prune(self) -> Generator[tp.Group, None, None]:
+        if self.gates.active and self.closing and (self._close_plan or self._epoch_rounds) and self.steps_done:
+            self._close(1.0)  # a sparse phase shorter than the closing rounds: the prune closes the whole budget
+            self._close_plan, self._epoch_rounds = [], 0
         self.fold_gates()
         if self.threshold is not None and self.current_step <= self.iterative_steps:
             ratio = self.ratio_for_threshold(self.threshold)
