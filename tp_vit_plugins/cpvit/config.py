@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.options import split_options
 
-__all__ = ["CascadeConfig", "PRESETS", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CascadeConfig", "PRESETS", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES", "TokenScorer"]
 
 #: Named option sets of every method (``config="paper"`` / ``"recommended"``).
 PRESETS = ("paper", "recommended")
@@ -21,6 +25,9 @@ TOKEN_FOLDS = ("drop", "merge")
 #: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
 #: EViT-style attention of the class token in the current block, and random scores.
 TOKEN_SCORES = ("cumulative", "cls", "random")
+#: A custom token scorer: ``scorer(probs [B, H, N, N], num_prefix) -> [B, N - num_prefix]``
+#: (higher = keep); see :class:`CascadeConfig` ``score``.
+TokenScorer = Callable[["torch.Tensor", int], "torch.Tensor"]
 #: Where tokens leave a pruning block: ``"mlp"``, between the block's attention and its MLP (the
 #: MLP already runs on the kept tokens, as in EViT and ToMe), or ``"block"``, after the whole block.
 PRUNE_SITES = ("mlp", "block")
@@ -56,7 +63,12 @@ class CascadeConfig:
         weighted_pool: With merged tokens, an average-pool head weighs each token by the
             patches it stands for, so every original patch counts once, as in the dense model.
         score: Token scorer, one of :data:`TOKEN_SCORES` (``"cumulative"`` is CP-ViT; ``"cls"``
-            and ``"random"`` are baselines on the identical schedule).
+            and ``"random"`` are baselines on the identical schedule), or your own
+            :data:`TokenScorer`: ``scorer(probs, num_prefix)`` maps one block's attention
+            probabilities ``[B, H, N, N]`` (``N`` = prefix + patch tokens still alive) to a
+            per-image patch-token statistic ``[B, N - num_prefix]`` (higher = keep), summed
+            over the scoring blocks like the cumulative score. It must treat every image on
+            its own (an image's tokens never depend on its batch).
         score_at: Which blocks' attention the cumulative score sums, one of
             :data:`SCORE_SITES` (``"prune"``: a speed option, the other blocks stay fused).
         beta: Attention-range adjustment strength in ``[0, 1]`` (0 = plain schedule). With
@@ -77,7 +89,7 @@ class CascadeConfig:
     prune_at: str = "mlp"
     trim_last: bool = True
     weighted_pool: bool = True
-    score: str = "cumulative"
+    score: str | TokenScorer = "cumulative"
     score_at: str = "all"
     beta: float = 0.0
     radius: int = 1
@@ -88,7 +100,8 @@ class CascadeConfig:
         fold = self.fold if self.fold is not None else ("merge" if self.mode == "drop" else "drop")
         object.__setattr__(self, "fold", fold)
         _one_of("mode", self.mode, TOKEN_MODES)
-        _one_of("score", self.score, TOKEN_SCORES)
+        if not callable(self.score):
+            _one_of("score", self.score, TOKEN_SCORES)
         _one_of("prune_at", self.prune_at, PRUNE_SITES)
         _one_of("score_at", self.score_at, SCORE_SITES)
         if fold not in TOKEN_FOLDS or (fold == "merge" and self.mode != "drop"):

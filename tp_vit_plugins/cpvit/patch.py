@@ -220,12 +220,16 @@ class Cascade:
         self.score_blocks = scoring if score != "random" or beta > 0 else set()
         self.head_blocks = set(range(head_start_block, self.depth)) if head_keep_ratio < 1.0 else set()
         self.state = _ForwardState()
-        self.last = _ForwardState()
         self._handles: list = []
         #: Fixed patch-token count entering every block (``beta`` calibrated in; see :meth:`calibrate`).
         self.counts = list(self.schedule) if beta == 0 else None
         self._calibrating: dict[int, list[tuple[float, int]]] | None = None
         self._random_table = torch.rand(self.num_patches, generator=self._generator)
+
+    @property
+    def last(self) -> _ForwardState:
+        """What the latest forward did: ``counts`` (patch tokens entering each block), ``heads_kept``, ..."""
+        return self.state
 
     # -------------------------------------------------------------- lifecycle
     def _attach(self) -> None:
@@ -332,7 +336,6 @@ class Cascade:
         B = x.shape[0]
         if x.shape[1] != self.num_prefix + self.num_patches:
             raise ValueError(f"expected {self.num_prefix + self.num_patches} tokens, got {x.shape[1]}")
-        self.last = self.state
         pos = None
         if self.score == "random" or self._calibrating is not None or self.positional:  # these read grid positions
             pos = torch.arange(self.num_patches, device=x.device).expand(B, -1)
@@ -340,6 +343,13 @@ class Cascade:
 
     def _statistic(self, probs: torch.Tensor) -> torch.Tensor | None:
         """The token statistic ``[b, P]`` from probabilities ``[b, H, N, N]`` (per image)."""
+        if callable(self.score):  # a custom scorer (CascadeConfig.score), summed like the cumulative score
+            out = self.score(probs, self.num_prefix)
+            want = (probs.shape[0], probs.shape[-1] - self.num_prefix)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the token scorer must return a [B, patch tokens] = {list(want)} tensor, got {got}")
+            return out
         if self.score == "cumulative":
             return token_scores(probs, self.num_prefix)
         if self.score == "cls":  # EViT-style: the class token's attention in this block

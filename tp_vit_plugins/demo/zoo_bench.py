@@ -143,6 +143,8 @@ def hessian_importance(model: nn.Module, loader: Iterable) -> tp.importance.Grou
 def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.importance.Importance:
     if name == "gohsp":  # the library default: the directed "who reads whom" chain (gohsp/flow.py)
         return GraphHeadImportance(progress=False).calibrate(model, calib)
+    if name == "gohsp-l2":  # the flow score times the head's tp group-L2 magnitude
+        return GraphHeadImportance(progress=False, combine="product").calibrate(model, calib)
     if name == "gohsp-similarity":  # the first versions' graph of attention-map similarities
         return GraphHeadImportance(progress=False, graph="similarity").calibrate(model, calib)
     if name == "cpvit":

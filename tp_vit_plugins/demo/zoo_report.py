@@ -76,10 +76,10 @@ def _by(rows: list[Record]) -> dict:
 
 
 def _is_seed(protocol: str, method: str) -> bool:
-    """A library method or one of its variants (``vtp-s2``), not a random reference (``cpvit-random``)."""
+    """A library method or one of its variants (``vtp-s2``, ``gohsp@tp``), not a random reference (``cpvit-random``)."""
     if "random" in method:
         return False
-    return any(method == s or method.startswith(s + "-") for s in SEED_METHODS[protocol])
+    return any(method == s or method.startswith((s + "-", s + "@")) for s in SEED_METHODS[protocol])
 
 
 def summarize(rows: list[Record], boot: int) -> dict:
