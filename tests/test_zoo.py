@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -130,6 +131,22 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
     assert only["heads | 50% heads removed"]["accuracy"]["gohsp-renamed"] == heads["accuracy"]["gohsp"]
     with pytest.raises(ValueError, match="no records"):
         zoo_report.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
+
+
+def test_tp_loop_and_isomorphic_peers_reach_the_parameter_budget(tmp_path, monkeypatch):
+    """``gohsp@tp`` / ``vtp@tp`` (tp's calls only), tp's isomorphic pruning and LAMP run and land on the budget."""
+    monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = (ZooModel("tiny-a", "digits", 8, dict(patch_size=2, embed_dim=32, depth=4, num_heads=2), epochs=1),)
+    methods = ("l2-iso", "taylor-iso", "lamp", "gohsp@tp", "vtp@tp")
+    settings = dataclasses.replace(zoo_bench.ZooSettings.quick(("pipeline",)), pipeline_methods=methods)
+    summary = zoo_bench.run_zoo(str(tmp_path / "out"), settings, progress=False, members=tiny)
+    block = summary["pipeline | -40% params, 2 epochs"]
+    assert set(block["accuracy"]) == set(methods)
+    assert set(block["versus_best_peer"]) == {"gohsp@tp", "vtp@tp"}  # ours, compared with the peers
+    records = json.loads((tmp_path / "out" / "zoo.json").read_text())["records"]
+    assert all(0.55 <= r["kept"] <= 0.6 + 1e-3 for r in records), [(r["method"], r["kept"]) for r in records]
+    vtp = next(r for r in records if r["method"] == "vtp@tp")
+    assert vtp["extra"]["gate_zero_share"] > 0  # closing rounds ran from update_regularizer() alone
 
 
 def test_the_package_runs_the_library_defaults_and_the_peers_only():

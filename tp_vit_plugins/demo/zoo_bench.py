@@ -7,7 +7,7 @@ shared by every method):
   training. Peers: tp random, L1, L2, Taylor, Hessian (squared-gradient OBD); seed methods:
   GOHSP ``GraphHeadImportance`` and CP-ViT ``CumulativeHeadImportance`` (their defaults).
 * ``pipeline`` — −40 % and −70 % parameters with **equal total epochs** ``E`` for every
-  method: tp L2 / Taylor prune (also isomorphic: ``l2-iso``, ``taylor-iso``) then fine-tune
+  method: tp L2 / Taylor / LAMP prune (also isomorphic: ``l2-iso``, ``taylor-iso``) then fine-tune
   ``E``; tp ``GroupNormPruner`` sparse training
   ``E // 2`` then L2 prune and fine-tune the rest; GOHSP ADMM ``E // 2`` then prune and
   fine-tune; VTP gates ``E // 2`` then prune and fine-tune; and a "dense + E epochs" control.
@@ -153,6 +153,8 @@ def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.impor
         return hessian_importance(model, calib)
     if name == "taylor":
         accumulate_gradients(model, calib, progress=False)
+    if name == "lamp":  # tp's LAMP (Lee et al., ICLR 2021): layer-adaptive magnitude scores
+        return tp.importance.LAMPImportance(p=2)
     return tp_importance(name)
 
 
@@ -278,7 +280,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
     if name == "dense+E":
         finetune(m, loader, epochs=E, **train)
         return m, extra
-    if name in ("l2", "taylor"):
+    if name in ("l2", "taylor", "lamp"):
         m = _prune_to_params(m, example, _head_importance(name, m, calib), target)
     elif name in ISOMORPHIC:  # tp's isomorphic pruning (Fang et al., ECCV 2024)
         m = _prune_to_params(m, example, _head_importance(ISOMORPHIC[name], m, calib), target, isomorphic=True)
