@@ -1,4 +1,4 @@
-"""Cost of GOHSP's head ranking vs a tp Taylor gradient pass on the same batches (issue 13's cost goal).
+"""Cost of GOHSP's head ranking vs a tp Taylor gradient pass on the same batches.
 
     python benchmarks/gohsp_cost.py [--rounds 3] [--threads 2]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["closing_schedule", "select_closed", "ClosedUnits"]
+__all__ = ["closing_schedule", "closing_shares", "select_closed", "ClosedUnits"]
 
 
 def closing_schedule(sparse_steps: int, rounds: int, until: float = 0.5, start: float = 0.0) -> list[tuple[int, float]]:
@@ -49,10 +49,15 @@ def closing_schedule(sparse_steps: int, rounds: int, until: float = 0.5, start: 
     if not 0 <= start < until <= 1:
         raise ValueError(f"closing needs 0 <= start < until <= 1, got start={start}, until={until}")
     out = []
-    for k in range(1, rounds + 1):
+    for k, share in enumerate(closing_shares(rounds), 1):
         step = max(1, math.ceil((start + k / rounds * (until - start)) * sparse_steps - 1e-9))
-        out.append((step, 1.0 - (1.0 - k / rounds) ** 3))
+        out.append((step, share))
     return out
+
+
+def closing_shares(rounds: int) -> list[float]:
+    """The cubic share of the budget closed by each of ``rounds`` rounds: ``1 - (1 - k / rounds)^3``."""
+    return [1.0 - (1.0 - k / rounds) ** 3 for k in range(1, rounds + 1)]
 
 
 @dataclass

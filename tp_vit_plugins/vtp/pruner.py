@@ -56,7 +56,7 @@ from ..core.options import split_options
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..hosts.timm.structure import block_layers, head_layout, unit_param_costs
-from .closing import closing_schedule, select_closed
+from .closing import closing_schedule, closing_shares, select_closed
 from .config import GATE_SCORES, GATED_LAYERS, VTPConfig
 from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
 from .importance import GateImportance
@@ -286,7 +286,7 @@ class VTPPruner(ViTPruner):
         if self._epoch_rounds:
             rounds, gap = self._epoch_rounds, max(1, self.epoch_steps // 2)
             self._epoch_rounds = 0
-            shares = [1.0 - (1.0 - k / rounds) ** 3 for k in range(1, rounds + 1)]
+            shares = closing_shares(rounds)
             self._close(shares[0])
             self._close_plan = [(self.steps_done + k * gap, share) for k, share in enumerate(shares[1:], 1)]
 
