@@ -1,6 +1,7 @@
-"""The README's support matrix, as a test: every supported timm family x every capability.
+"""The README's support matrix, as a test: every supported timm and transformers family x every capability.
 
-Each family is timm's own config (``timm.create_model``), made tiny (depth 2, small images).
+Each timm family is timm's own config (``timm.create_model``), each transformers family its own
+config class, made tiny (depth 2, small images; nothing downloaded).
 A ``True`` cell must work (the model prunes, stays consistent, fused == eager); a ``False``
 cell must be refused with a clear error before anything changes.
 """
@@ -16,6 +17,7 @@ from conftest import fused_and_eager, snapshot, state_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
+from tp_vit_plugins.core.metrics import as_logits
 from tp_vit_plugins.core.training import finetune
 from tp_vit_plugins.hosts.timm.structure import attention_modules
 
@@ -34,6 +36,15 @@ FAMILIES = {
     "cait": ("cait_xxs24_224", _VIT, 32),
     "swin": ("swin_tiny_patch4_window7_224", _SWIN, 56),
 }  # fmt: skip
+_HF = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, num_labels=10)
+#: transformers family -> (model class, config class, extra config)
+HF_FAMILIES = {
+    "hf_vit": ("ViTForImageClassification", "ViTConfig", dict(intermediate_size=96)),
+    "hf_deit_teacher": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(intermediate_size=96)),
+    "hf_dinov2": ("Dinov2ForImageClassification", "Dinov2Config", dict(mlp_ratio=2)),
+    "hf_dinov2_registers": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                            dict(mlp_ratio=2, num_register_tokens=2)),
+}  # fmt: skip
 CAPABILITIES = ("heads", "head_dims", "mlp", "embed", "tokens", "gohsp", "vtp", "save_load")
 _ALL = dict.fromkeys(CAPABILITIES, True)
 #: The README's matrix (False = refused before anything changes).
@@ -48,13 +59,22 @@ SUPPORT = {
     "eva02": {**_ALL, "gohsp": False},  # SwiGLU (GOHSP's neuron units need fc1 / fc2)
     "cait": {**_ALL, "embed": False},  # class attention reshapes to its input width
     "swin": {**_ALL, "embed": False, "tokens": False, "gohsp": False},  # patch merging; windows
+    "hf_vit": _ALL,
+    "hf_deit_teacher": _ALL,
+    "hf_dinov2": {**_ALL, "embed": False},  # the classifier reads [cls, mean(patches)] concatenated
+    "hf_dinov2_registers": {**_ALL, "embed": False},
 }
 
 
 def _model(family: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    name, kw, size = FAMILIES[family]
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kw).eval()
+    if family in HF_FAMILIES:
+        transformers = pytest.importorskip("transformers")
+        cls, config, extra = HF_FAMILIES[family]
+        model, size = getattr(transformers, cls)(getattr(transformers, config)(**_HF, **extra)).eval(), 32
+    else:
+        name, kw, size = FAMILIES[family]
+        model = timm.create_model(name, pretrained=False, **kw).eval()
     with torch.no_grad():  # timm zero-inits biases, tables and latents: make every term matter
         for n, p in model.named_parameters():
             if p.dim() == 1 or "relative_position" in n or "token" in n or "pos_embed" in n:
@@ -73,11 +93,25 @@ def _hidden(model: torch.nn.Module) -> list[int]:
     return [b.fc2.in_features for b in tpv.hosts.timm.structure.block_layers(model)]
 
 
+def _out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return as_logits(model(x))
+
+
 def _consistent(model: torch.nn.Module, x: torch.Tensor) -> None:
     for _, a in attention_modules(model):
         assert a.num_heads * a.head_dim == a.attn_dim == a.qkv.out_features // 3 == a.proj.in_features
     fused, eager = fused_and_eager(model, x)
-    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(as_logits(fused), as_logits(eager), atol=1e-5, rtol=1e-5)
+
+
+def _patch_width(model: torch.nn.Module) -> int:
+    if family_is_hf(model):
+        return tpv.hosts.transformers.patch_projection(model).out_channels
+    return model.patch_embed.proj.out_channels
+
+
+def family_is_hf(model: torch.nn.Module) -> bool:
+    return tpv.hosts.transformers.is_transformers_model(model)
 
 
 def _heads(model, x):
@@ -99,18 +133,18 @@ def _mlp(model, x):
 
 
 def _embed(model, x):
-    before = model.patch_embed.proj.out_channels
+    before = _patch_width(model)
     tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_embed_dim=True).step()
-    assert model.patch_embed.proj.out_channels < before
+    assert _patch_width(model) < before
 
 
 def _tokens(model, x):
     with torch.no_grad():
-        ref = model(x)
+        ref = _out(model, x)
         tpv.cpvit.apply_cascade(model, keep_ratio=0.5, fold="drop")
-        assert model(x).shape == ref.shape and not torch.allclose(model(x), ref, atol=1e-4)
+        assert _out(model, x).shape == ref.shape and not torch.allclose(_out(model, x), ref, atol=1e-4)
         tpv.cpvit.remove_cascade(model)
-        assert torch.equal(model(x), ref)
+        assert torch.equal(_out(model, x), ref)
     tpv.cpvit.apply_cascade(model, keep_ratio=0.5)  # the default (merge) stays on for the consistency check
 
 
@@ -137,7 +171,7 @@ def _save_load(model, x, tmp_path):
     tpv.save_pruned(model, tmp_path / "m")
     loaded = tpv.load_pruned(tmp_path / "m")
     with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
+        assert torch.equal(_out(loaded, x), _out(model, x))
 
 
 RUN = {"heads": _heads, "head_dims": _head_dims, "mlp": _mlp, "embed": _embed, "tokens": _tokens, "gohsp": _gohsp,
@@ -150,11 +184,11 @@ ATTEMPT = {
     "gohsp": lambda m, x: _gohsp(m, x),
 }
 #: What each refusal must say.
-REFUSAL = {"embed": "stay whole", "head_dims": "rotary", "tokens": "Swin", "gohsp": "fc1|Swin"}
+REFUSAL = {"embed": "stay whole|concatenated", "head_dims": "rotary", "tokens": "Swin", "gohsp": "fc1|Swin"}
 
 
 @pytest.mark.parametrize("capability", CAPABILITIES)
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(HF_FAMILIES))
 def test_support_matrix(family, capability, tmp_path):
     model, x = _model(family)
     if SUPPORT[family][capability]:
@@ -167,7 +201,7 @@ def test_support_matrix(family, capability, tmp_path):
         return
     # EVA / BEiT / CaiT attention is converted (exactly) by any entry point that reads the model, calibration
     # included; tests/test_support.py checks that a refused ViTPruner / GOHSPPruner converts it back
-    tpv.hosts.timm.families.convert_attention(model)
+    attention_modules(model)  # timm families and transformers attention: converted exactly by any entry point
     before, untouched = snapshot(model), copy.deepcopy(model)
     with pytest.raises((TypeError, ValueError), match=REFUSAL[capability]):
         ATTEMPT[capability](model, x)
@@ -175,4 +209,4 @@ def test_support_matrix(family, capability, tmp_path):
     assert {type(m) for m in model.modules()} == {type(m) for m in untouched.modules()}
     assert not any("forward" in vars(m) for m in model.modules())
     with torch.no_grad():
-        assert torch.equal(model(x), untouched(x))
+        assert torch.equal(_out(model, x), _out(untouched, x))

@@ -106,7 +106,7 @@ def test_a_stock_tp_pruner_with_the_kwargs_and_sync():
     assert logits(model, X).shape == (3, 10)
 
 
-def test_methods_run_and_the_cascade_is_refused_before_anything_changes():
+def test_methods_run():
     data = [(X, torch.randint(0, 10, (3,)))]
     model = make("vit")
     imp = tpv.GraphHeadImportance(preset="paper", progress=False).calibrate(model, data)
@@ -122,11 +122,94 @@ def test_methods_run_and_the_cascade_is_refused_before_anything_changes():
         model.zero_grad()
     vtp.step()
     assert logits(model, X).shape == (3, 10)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_flow_graph_reads_each_classifier(family):
+    model = make(family)
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [X])
+    assert imp.graph_kind == "flow" and all(p.sum() > 0 for p in imp.pagerank.values())
+    backbone = transformers.ViTModel(transformers.ViTConfig(**{**_COMMON, "intermediate_size": 96})).eval()
+    assert tpv.GraphHeadImportance(progress=False).calibrate(backbone, [X]).graph_kind == "similarity"  # no classifier
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_layer_halves_are_the_layers_own_forward(family):
+    from tp_vit_plugins.hosts.timm.blocks import block_halves, token_blocks
+
+    model = make(family)
+    h = torch.randn(3, 17 + (family == "deit_teacher") + 2 * (family == "dinov2_registers"), 48)
+    for layer in token_blocks(model):
+        halves = block_halves(layer)
+        with torch.no_grad():
+            torch.testing.assert_close(halves.mlp(layer, halves.attn(layer, h, None)), layer(h, None), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_cascade_on_transformers_models(family, tmp_path):
+    model = make(family)
+    ref = logits(model, X)
+    tpv.sync_attention(model)
+    with pytest.raises(ValueError, match="calib"):  # the attention-range adjustment needs calibration first
+        tpv.apply_cascade(model, "paper")
+    cascade = tpv.apply_cascade(model, keep_ratio=1.0)
+    assert torch.equal(logits(model, X), ref)  # keeping every token is the model itself
+    cascade.remove()
+    for options in (dict(keep_ratio=0.5), dict(keep_ratio=0.5, fold="drop", head_keep_ratio=0.5)):
+        cascade = tpv.apply_cascade(model, **options)
+        out = logits(model, X)
+        assert cascade.last.counts == [16, 8] and tpv.cpvit.find_cascade(model) is cascade
+        alone = torch.cat([logits(model, X[i : i + 1]) for i in range(len(X))])
+        torch.testing.assert_close(alone, out, atol=1e-5, rtol=1e-5)  # an image's output ignores its batch
+        counted = tpv.count_macs(model, X[:1])
+        assert counted == tpv.cpvit.cascade_macs(model, (3, 32, 32), **options) < tpv.count_macs(make(family), X[:1])
+        cascade.remove()
+        assert tpv.cpvit.find_cascade(model) is None and torch.equal(logits(model, X), ref)
+    cascade = tpv.apply_cascade(model, "paper", calib=[X])
+    logits(model, X)
+    assert cascade.last.heads_kept and max(cascade.last.heads_kept) < 4  # heads skipped per input
+    cascade.remove()
+    tpv.apply_cascade(model, keep_ratio=0.5, fold="drop")
+    pytest.importorskip("onnxruntime")
+    assert tpv.export_onnx(model, X, tmp_path / "m.onnx").max_abs_diff <= 1e-4
+
+
+def test_dropping_a_token_equals_masking_it_as_a_key():
     model = make("vit")
+    options = dict(keep_ratio=0.5, prune_at="block", trim_last=False)
+    cascade = tpv.apply_cascade(model, fold="drop", **options)
+    dropped = logits(model, X)
+    cascade.remove()
+    tpv.apply_cascade(model, mode="mask", **options)
+    torch.testing.assert_close(logits(model, X), dropped, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["vit", "deit_teacher"])
+def test_the_embedding_width_prunes_and_saves(family, tmp_path):
+    model = make(family)
+    tpv.ViTPruner(model, X[:1], pruning_ratio=0.25, head_pruning_ratio=0.5, prune_embed_dim=True).step()
+    assert tpv.hosts.transformers.patch_projection(model).out_channels == model.config.hidden_size == 36
+    fused = logits(model, X)
+    for _, a in attention_modules(model):
+        a.fused_attn = False
+    torch.testing.assert_close(logits(model, X), fused, atol=1e-5, rtol=1e-5)
+    tpv.save_pruned(model, tmp_path / "saved")
+    torch.testing.assert_close(logits(tpv.load_pruned(tmp_path / "saved"), X), logits(model, X), atol=0, rtol=0)
+
+
+def test_backbones_prune_their_width_and_a_dinov2_classifier_keeps_it():
+    for cls, config in (("Dinov2Model", transformers.Dinov2Config(**_COMMON, mlp_ratio=2)),
+                        ("ViTModel", transformers.ViTConfig(**_COMMON, intermediate_size=96))):  # fmt: skip
+        model = getattr(transformers, cls)(config).eval()
+        tpv.ViTPruner(model, X[:1], pruning_ratio=0.25, prune_embed_dim=True).step()
+        with torch.no_grad():
+            out = model(X)
+        assert out.last_hidden_state.shape == (3, 17, 36) and out.pooler_output.shape[-1] in (36, 48)
+    model = make("dinov2")
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(tpv.UnsupportedModelError, match="token cascade supports timm models"):
-        tpv.apply_cascade(model, keep_ratio=0.5)
-    assert model.state_dict().keys() == before.keys()
+    with pytest.raises(ValueError, match="concatenated"):
+        tpv.ViTPruner(model, X[:1], pruning_ratio=0.25, prune_embed_dim=True)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_other_transformers_models_are_refused_before_anything_changes():

@@ -23,11 +23,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..hosts import transformers as hf
 from ..hosts.timm.families import drop_heads, has_rope, rope_pairs
 from ..hosts.timm.pruning import vit_pruning_kwargs
 from ..hosts.timm.structure import attention_modules
 from ..hosts.timm.support import fixed_residual
 from ..hosts.timm.sync import sync_attention
+from ..hosts.transformers import is_transformers_model
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -189,6 +191,8 @@ class ViTPruner(tp.pruner.BasePruner):
 
     @staticmethod
     def _embedding_modules(model: nn.Module) -> set[nn.Module]:
+        if is_transformers_model(model):
+            return set(hf.embedding_modules(model))
         mods = set()
         patch = getattr(getattr(model, "patch_embed", None), "proj", None)
         if isinstance(patch, nn.Module):

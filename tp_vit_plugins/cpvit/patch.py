@@ -1,4 +1,4 @@
-"""Apply / remove the CP-ViT cascade on a timm ViT (the only token code touching timm).
+"""Apply / remove the CP-ViT cascade on a timm or transformers ViT (host details come from the adapters).
 
 ``apply_cascade`` replaces every block's ``attn.forward`` with an instance attribute (the
 class and its weights are untouched):
@@ -55,9 +55,12 @@ from torch import nn
 
 from ..core._moved import moved
 from ..core.calibration import iter_batches
+from ..hosts import transformers as hf
 from ..hosts.timm.blocks import (
     BlockHalves,
+    attention_forward,
     averages_patch_tokens,
+    block_attention,
     block_halves,
     cascade_attention,
     patch_grid,
@@ -113,8 +116,8 @@ class _CascadeBlock:
     def __init__(self, cascade: Cascade, index: int, block: nn.Module, halves: BlockHalves) -> None:
         self.cascade, self.index, self.block, self.halves = cascade, index, block, halves
 
-    def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        h = self.halves.attn(self.block, x, **kwargs)
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        h = self.halves.attn(self.block, x, *args, **kwargs)
         pruned = self.cascade._prune(self.index, h)
         return self.halves.mlp(self.block, h if pruned is None else pruned)
 
@@ -147,7 +150,8 @@ class _CascadeAttention:
         positions = st.positions if dropped else None  # grid order while nothing was dropped
         plain = self.index not in c.score_blocks and self.index not in c.head_blocks and st.key_mask is None
         if plain and bias is None and positions is None:
-            return type(a).forward(a, x) if rope is None else type(a).forward(a, x, rope=rope)
+            forward = attention_forward(a)
+            return forward(a, x) if rope is None else forward(a, x, rope=rope)
         kept = None
         if self.index in c.head_blocks:
             kept = heads_kept(a.num_heads, c.head_keep_ratio)
@@ -198,6 +202,8 @@ class Cascade:
         self.depth = len(self.blocks)
         #: Position-indexed attention terms (BEiT's relative bias, EVA's rope) follow the kept tokens.
         self.positional = type(model).__name__ in ("Eva", "Beit")
+        #: The first token is a class token (the ``"cls"`` score reads its attention row).
+        self.class_token = hf.is_transformers_model(model) or getattr(model, "cls_token", None) is not None
         self.num_prefix = prefix_tokens(model)
         rows, self.grid_width = patch_grid(model)
         self.num_patches = rows * self.grid_width
@@ -234,7 +240,9 @@ class Cascade:
     # -------------------------------------------------------------- lifecycle
     def _attach(self) -> None:
         for i, blk in enumerate(self.blocks):
-            blk.attn.forward = _CascadeAttention(self, i, blk.attn)
+            attn = block_attention(blk)
+            fwd = _CascadeAttention(self, i, attn)
+            attn.forward = hf.LayerAttentionCall(fwd) if isinstance(attn, hf.PrunableHFAttention) else fwd
             if i > self.last_point and not (self.trim_last and i == self.depth - 1):  # later blocks never prune
                 continue
             if self.prune_at == "mlp":
@@ -265,8 +273,9 @@ class Cascade:
                 for key in mine:
                     del hooks[key]
         for blk in self.blocks:
-            if isinstance(blk.attn.__dict__.get("forward"), _CascadeAttention):
-                del blk.attn.forward
+            attn = block_attention(blk)
+            if _cascade_of(attn) is self:
+                del attn.forward
             if isinstance(blk.__dict__.get("forward"), _CascadeBlock):
                 del blk.forward
         if isinstance(self.model.__dict__.get("forward_head"), _SizeWeightedHead):
@@ -353,7 +362,7 @@ class Cascade:
         if self.score == "cumulative":
             return token_scores(probs, self.num_prefix)
         if self.score == "cls":  # EViT-style: the class token's attention in this block
-            rows = probs[:, :, 0] if getattr(self.model, "cls_token", None) is not None else probs.mean(2)
+            rows = probs[:, :, 0] if self.class_token else probs.mean(2)
             return rows[..., self.num_prefix :].mean(1)
         return None  # "random": scores come from the fixed table at the pruning point
 
@@ -418,12 +427,25 @@ class Cascade:
         return None
 
 
+def _cascade_of(attn: nn.Module | None) -> Cascade | None:
+    """The cascade whose forward replaced ``attn``'s (directly, or wrapped in transformers' call convention)."""
+    fwd = vars(attn).get("forward") if isinstance(attn, nn.Module) else None
+    fwd = fwd.fn if isinstance(fwd, hf.LayerAttentionCall) else fwd
+    return fwd.cascade if isinstance(fwd, _CascadeAttention) else None
+
+
 def find_cascade(model: nn.Module) -> Cascade | None:
     """The cascade currently applied to ``model``, if any."""
-    for blk in getattr(model, "blocks", []):
-        fwd = getattr(blk, "attn", None) and blk.attn.__dict__.get("forward")
-        if isinstance(fwd, _CascadeAttention):
-            return fwd.cascade
+    blocks = getattr(model, "blocks", None)
+    if blocks is None and hf.is_transformers_model(model):
+        try:
+            blocks = hf.encoder_layers(model)
+        except TypeError:
+            blocks = None
+    for blk in blocks or []:
+        cascade = _cascade_of(getattr(blk, "attn", None) or getattr(blk, "attention", None))
+        if cascade is not None:
+            return cascade
     return None
 
 
@@ -452,7 +474,9 @@ def apply_cascade(
 
     Args:
         model: timm ``VisionTransformer`` family model (DeiT, distilled, register tokens,
-            LayerScale, EVA02, BEiT, CaiT, tp-pruned ones included).
+            LayerScale, EVA02, BEiT, CaiT, tp-pruned ones included), or a transformers ViT /
+            DeiT / DINOv2 model (its attention is converted exactly first; DINOv2's classifier
+            averages the tokens that are left, unweighted).
         config: The options; default ``CascadeConfig()``; a string names a preset
             (:meth:`~tp_vit_plugins.cpvit.CascadeConfig.preset`: ``"paper"`` or ``"recommended"``).
         calib: Calibration batches, required when ``beta > 0`` (the attention-range
@@ -495,7 +519,7 @@ def apply_cascade(
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
     keep_schedule(1, depth, cfg.keep_ratio, start_block, steps=cfg.schedule_steps)  # validates the schedule
-    talking = [b.attn for b in blocks if isinstance(b.attn, PrunableTalkingHeadAttn)]
+    talking = [a for b in blocks if isinstance(a := block_attention(b), PrunableTalkingHeadAttn)]
     if any(heads_kept(a.num_heads, cfg.head_keep_ratio) < a.num_heads for a in talking):
         raise ValueError(
             f"head_keep_ratio={cfg.head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0"

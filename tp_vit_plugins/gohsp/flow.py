@@ -195,11 +195,21 @@ class FlowUsage:
         """The classifier side (:data:`OUT`) reads every readout of :func:`readout` (rows are normalised by the walk)."""
         for ro in self.readouts:
             w = torch.cat([lin.weight.detach() for lin in ro.layers])
+            w = w if ro.columns is None else w[:, ro.columns[0] : ro.columns[1]]
             key = ("readout", id(ro.norm)) if ro.norm is not None else None
             if ro.pool == "token":
                 at = int((sel == ro.index).nonzero()[0, 0])
                 pooled = [(blk, kind, t[:, :, at : at + 1]) for blk, kind, t in terms]  # [K, B, 1, C]
                 stream, norm = (cap[key][:, ro.index : ro.index + 1] if key else None), ro.norm
+            elif ro.pool == "avg" and ro.fc_norm is None and key is not None:  # a norm per token, then the mean (DINOv2)
+                keep = sel >= ro.num_prefix
+                gamma, inv, centred = _norm_map(ro.norm, cap[key][:, sel][:, keep])  # inv [B, S', 1]
+                pooled = []
+                for blk, kind, t in terms:
+                    t = t[:, :, keep]
+                    t = t - t.mean(-1, keepdim=True) if centred else t
+                    pooled.append((blk, kind, (t * gamma * inv).mean(2, keepdim=True)))  # [K, B, 1, C]
+                stream, norm = pooled[0][2][0], None  # already normalised
             elif ro.pool == "avg":
                 keep = sel >= ro.num_prefix
                 pooled = [(blk, kind, t[:, :, keep].mean(2, keepdim=True)) for blk, kind, t in terms]

@@ -36,7 +36,7 @@ from torch import nn
 from ..core.calibration import _device, collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
-from ..hosts.timm.structure import attention_modules
+from ..hosts.timm.structure import attention_modules, readout
 from ..hosts.transformers import is_transformers_model
 from .config import PRESETS
 from .flow import FlowUsage
@@ -153,7 +153,7 @@ class GraphHeadImportance(HeadImportance):
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-        #: ``graph`` left to the preset: a transformers model, whose classifier the flow graph cannot read, uses "similarity".
+        #: ``graph`` left to the preset: a transformers model without a classifier (nothing to walk from) uses "similarity".
         self._graph_from_preset = graph is None
         if graph is None:  # the preset's graph: the paper's attention correlation, or the recommended flow graph
             graph = "similarity" if preset == "paper" else "flow"
@@ -176,8 +176,8 @@ class GraphHeadImportance(HeadImportance):
 
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
         attns = attention_modules(model)
-        if self._graph_from_preset and self.graph_kind == "flow" and is_transformers_model(model):
-            self.graph_kind = "similarity"  # the flow graph reads timm classifiers only
+        if self._graph_from_preset and self.graph_kind == "flow" and is_transformers_model(model) and not readout(model):
+            self.graph_kind = "similarity"  # a transformers *Model without a classifier: nothing for the walk to start from
         if self.graph_kind == "flow":
             usage = FlowUsage(model).run(loader, max_batches, progress=self.progress).usage()
             self.graph = build_flow_graph(usage)

@@ -32,10 +32,19 @@ __all__ = [
     "classifier_heads",
     "unwrapped_parameters",
     "fixed_residual",
+    "embedding_modules",
+    "sync_config",
     "output_logits",
     "save_spec",
     "rebuild",
     "apply_layouts",
+    "layer_halves",
+    "LayerAttentionCall",
+    "patch_projection",
+    "patch_grid",
+    "reads_prefix_only",
+    "readouts",
+    "from_timm",
 ]
 
 #: Supported transformers classes (model classes, by name).
@@ -47,6 +56,8 @@ SUPPORTED = (
 _ATTENTIONS = ("ViTAttention", "DeiTAttention", "Dinov2Attention", "Dinov2WithRegistersAttention")
 _BACKBONES = ("vit", "deit", "dinov2", "dinov2_with_registers")
 _CLASSIFIERS = ("classifier", "cls_classifier", "distillation_classifier")
+#: Classes whose classifiers read the prefix tokens alone (class, distillation).
+_PREFIX_READERS = ("ViTForImageClassification", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher")
 
 
 def is_transformers_model(model: object) -> bool:
@@ -147,8 +158,10 @@ def prefix_tokens(model: nn.Module) -> int:
 
 
 def classifier_heads(model: nn.Module) -> list[nn.Module]:
-    """Classifier layers whose outputs (classes) are never pruned."""
-    return [m for a in _CLASSIFIERS if isinstance(m := getattr(model, a, None), nn.Linear)]
+    """Layers whose outputs (classes, a ``*Model``'s pooled features) are never pruned."""
+    heads = [m for a in _CLASSIFIERS if isinstance(m := getattr(model, a, None), nn.Linear)]
+    pooler = getattr(getattr(backbone(model), "pooler", None), "dense", None)
+    return [*heads, *([pooler] if isinstance(pooler, nn.Linear) else [])]
 
 
 def unwrapped_parameters(model: nn.Module) -> Iterator[tuple[nn.Parameter, int]]:
@@ -166,16 +179,38 @@ def unwrapped_parameters(model: nn.Module) -> Iterator[tuple[nn.Parameter, int]]
 
 
 def fixed_residual(model: nn.Module) -> str | None:
-    """Why the residual stream keeps its width: the embedding width is not pruned on transformers models yet."""
-    return (
-        f"{type(model).__name__} is a transformers model: its embedding width is kept (its config, position "
-        "embeddings and DINOv2's [cls, mean] classifier read the full width)"
-    )
+    """Why the residual stream keeps its width (``None``: it may be pruned).
+
+    tp follows the width through the patch projection, the class / distillation / register
+    tokens and position embeddings (declared in :func:`unwrapped_parameters`), every norm,
+    DINOv2's LayerScale and the ViT / DeiT classifiers; :func:`sync_config` writes the new
+    width into the model's config. DINOv2's classifier reads ``torch.cat([cls, mean(patches)])``,
+    whose two halves tp does not both follow (it prunes the columns of one half only), so a
+    DINOv2 classifier keeps its width (a ``Dinov2Model`` backbone does not).
+    """
+    name = type(model).__name__
+    if name.startswith("Dinov2") and name.endswith("ForImageClassification"):
+        return (
+            f"{name}'s classifier reads [cls, mean(patches)] concatenated, a channel layout tp does not follow, "
+            "so its residual stream keeps its width (prune the Dinov2Model backbone's width, or heads and MLPs here)"
+        )
+    return None
+
+
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    """Layers that exist only on the residual stream: the patch projection and the final norm."""
+    norm = getattr(backbone(model), "layernorm", None)
+    return [patch_projection(model), *([norm] if isinstance(norm, nn.Module) else [])]
+
+
+def sync_config(model: nn.Module) -> None:
+    """Write the residual width (the patch projection's outputs) into ``model.config.hidden_size``."""
+    model.config.hidden_size = int(patch_projection(model).out_channels)
 
 
 def output_logits(output: object) -> torch.Tensor:
-    """The tensor tp traces: ``logits`` of a ``ModelOutput``, else its ``last_hidden_state``."""
-    for attr in ("logits", "last_hidden_state"):
+    """The tensor tp traces: ``logits``, else ``pooler_output`` (it reads the whole network), else ``last_hidden_state``."""
+    for attr in ("logits", "pooler_output", "last_hidden_state"):
         t = getattr(output, attr, None)
         if isinstance(t, torch.Tensor):
             return t
@@ -220,3 +255,190 @@ def apply_layouts(model: nn.Module, layouts: dict[str, dict]) -> None:
         attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
         attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
         attn.fused_attn = bool(layout.get("fused_attn", True))
+
+
+def _vit_attn_half(b: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+    return x + b.dropout(b.attention(b.layernorm_before(x), attention_mask, **kw)[0])
+
+
+def _vit_mlp_half(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x + b.dropout(b.mlp(b.layernorm_after(x)))
+
+
+def _dinov2_attn_half(b: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
+    return x + b.drop_path(b.layer_scale1(b.attention(b.norm1(x), attention_mask=attention_mask, **kw)[0]))
+
+
+def _dinov2_mlp_half(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x + b.drop_path(b.layer_scale2(b.mlp(b.norm2(x))))
+
+
+#: transformers' layer forwards, term by term (by class name: transformers is never imported here;
+#: ``tests/test_transformers.py`` locks every entry to the layer's own forward).
+_HALVES = {
+    **dict.fromkeys(("ViTLayer", "DeiTLayer"), (_vit_attn_half, _vit_mlp_half)),
+    **dict.fromkeys(("Dinov2Layer", "Dinov2WithRegistersLayer"), (_dinov2_attn_half, _dinov2_mlp_half)),
+}
+
+
+def layer_halves(layer: nn.Module) -> tuple | None:
+    """``(attn, mlp)``: a layer's forward as its two residual halves, or ``None`` for another layer type.
+
+    ``attn(layer, x [B, N, C], attention_mask=None, **kw) -> [B, N, C]`` is the stream after the
+    attention residual, ``mlp(layer, x [B, N', C]) -> [B, N', C]`` the MLP residual (per token).
+    """
+    return _HALVES.get(type(layer).__name__)
+
+
+class LayerAttentionCall:
+    """A replacement attention ``forward`` called the transformers way.
+
+    transformers' layers call ``attention(hidden_states, attention_mask, **kwargs)`` and unpack
+    ``(output, weights)``; this wraps ``fn(x [B, N, C], attn_mask=None) -> [B, N, C]`` (the
+    cascade's attention) into that convention. While ``torch.export`` traces, transformers
+    materialises the all-visible ``[B, 1, N, N]`` mask of the full sequence (it cannot inspect a
+    mask while tracing); images have no padding, so that mask is dropped (the cascade changes
+    ``N``). A mask passed in eager use reaches ``fn``, which refuses it.
+
+    Attributes:
+        fn: The wrapped callable.
+    """
+
+    def __init__(self, fn: object) -> None:
+        self.fn = fn
+
+    def __call__(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: object
+    ) -> tuple[torch.Tensor, None]:
+        if attention_mask is not None and torch.compiler.is_exporting():
+            attention_mask = None
+        return self.fn(hidden_states, attn_mask=attention_mask), None
+
+
+def patch_projection(model: nn.Module) -> nn.Conv2d:
+    """The patch-embedding convolution (``embeddings.patch_embeddings.projection``)."""
+    return backbone(model).embeddings.patch_embeddings.projection
+
+
+def patch_grid(model: nn.Module) -> tuple[int, int]:
+    """``(rows, cols)`` of the patch grid at the configured image size."""
+    pe = backbone(model).embeddings.patch_embeddings
+    size, patch = pe.image_size, pe.patch_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return int(size[0]) // int(patch[0]), int(size[1]) // int(patch[1])
+
+
+def reads_prefix_only(model: nn.Module) -> bool:
+    """The classifiers read the class (and distillation) token alone: ViT / DeiT classifiers, not DINOv2's mean."""
+    return type(model).__name__ in _PREFIX_READERS
+
+
+def readouts(model: nn.Module) -> list[tuple]:
+    """How the classifiers read the final norm's output: ``(norm, pool, layers, token index, columns)`` each.
+
+    ViT / DeiT: the classifier on the class token (DeiT with teacher: and the distillation
+    classifier on token 1); DINOv2: the classifier's first half on the class token, its second
+    half on the mean of the patch tokens; a ``*Model`` without a classifier: none.
+    """
+    norm = getattr(backbone(model), "layernorm", None)
+    heads = {a: m for a in _CLASSIFIERS if isinstance(m := getattr(model, a, None), nn.Linear)}
+    if not heads:
+        return []
+    if "cls_classifier" in heads:
+        cls, dist = heads["cls_classifier"], heads["distillation_classifier"]
+        return [(norm, "token", (cls,), 0, None), (norm, "token", (dist,), 1, None)]
+    head = heads["classifier"]
+    if type(model).__name__.startswith("Dinov2"):
+        width = head.in_features // 2
+        return [(norm, "token", (head,), 0, (0, width)), (norm, "avg", (head,), 0, (width, 2 * width))]
+    return [(norm, "token", (head,), 0, None)]
+
+
+def from_timm(model: nn.Module) -> nn.Module:
+    """The same network as a transformers ``ViTForImageClassification`` (weights mapped, equal logits).
+
+    For a plain timm ViT / DeiT (``timm.models.vision_transformer.VisionTransformer``): a class
+    token, no register or distillation token, pre-norm blocks without LayerScale or q/k norm,
+    exact GELU, a linear head on the class token, every block of the same widths with
+    ``num_heads * head_dim`` equal to the residual width (convert before pruning heads). The
+    model itself is left unchanged; the copy is in eval mode, SDPA attention, on the model's
+    device and dtype. Imports transformers.
+
+    Args:
+        model: The timm model.
+
+    Returns:
+        The transformers model (its attention not yet converted; every entry point converts it).
+
+    Raises:
+        TypeError: The model is not such a timm ViT (the message names the first difference).
+    """
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    def refuse(why: str) -> None:
+        raise TypeError(f"from_timm converts a plain timm ViT / DeiT; this one {why}")
+
+    if type(model) is not VisionTransformer:
+        refuse(f"is a {type(model).__name__}")
+    blocks = list(model.blocks)
+    if getattr(model, "cls_token", None) is None or getattr(model, "num_prefix_tokens", 1) != 1:
+        refuse("has no class token, or extra prefix tokens (registers, distillation)")
+    if getattr(model, "global_pool", None) != "token" or not isinstance(model.head, nn.Linear):
+        refuse("does not classify the class token with a linear head")
+    if getattr(model, "no_embed_class", False) or getattr(model, "dynamic_img_size", False):
+        refuse("keeps the class token out of the position embedding or has dynamic image sizes")
+    plain = (nn.Identity,)
+    if not isinstance(model.fc_norm, plain) or not isinstance(model.norm_pre, plain) or not isinstance(model.norm, nn.LayerNorm):
+        refuse("has a norm before the blocks or after pooling, or no final LayerNorm")
+    if getattr(model, "attn_pool", None) is not None:
+        refuse("pools with attention")
+    width, heads, hidden = model.embed_dim, blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features
+    for b in blocks:
+        a, mlp = b.attn, b.mlp
+        if type(b) is not Block or not all(isinstance(m, plain) for m in (b.ls1, b.ls2, a.q_norm, a.k_norm, a.norm)):
+            refuse("has LayerScale, q/k norm or another block type")
+        if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none" or not isinstance(mlp.norm, plain):
+            refuse("uses another MLP activation than exact GELU, or an MLP norm")
+        if a.num_heads != heads or a.qkv.out_features != 3 * width or mlp.fc1.out_features != hidden:
+            refuse("has blocks of different widths or fewer attention channels than the residual width (a pruned "
+                   "model a transformers config cannot describe): convert the dense model, then prune")  # fmt: skip
+        if any(not isinstance(n, nn.LayerNorm) or n.eps != model.norm.eps for n in (b.norm1, b.norm2)):
+            refuse("has block norms other than LayerNorm with the final norm's eps")
+    from transformers import ViTConfig, ViTForImageClassification
+
+    proj = model.patch_embed.proj
+    config = ViTConfig(
+        hidden_size=width, num_hidden_layers=len(blocks), num_attention_heads=heads, intermediate_size=hidden,
+        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        layer_norm_eps=float(model.norm.eps), image_size=tuple(model.patch_embed.img_size),
+        patch_size=tuple(proj.kernel_size), num_channels=proj.in_channels, qkv_bias=blocks[0].attn.qkv.bias is not None,
+        num_labels=model.head.out_features,
+    )  # fmt: skip
+    config._attn_implementation = "sdpa"
+    ref = next(model.parameters())
+    hf = ViTForImageClassification(config).to(device=ref.device, dtype=ref.dtype).eval()
+    src = model.state_dict()
+    out = {
+        "vit.embeddings.cls_token": src["cls_token"], "vit.embeddings.position_embeddings": src["pos_embed"],
+        "vit.embeddings.patch_embeddings.projection.weight": src["patch_embed.proj.weight"],
+        "vit.layernorm.weight": src["norm.weight"], "vit.layernorm.bias": src["norm.bias"],
+        "classifier.weight": src["head.weight"], "classifier.bias": src["head.bias"],
+    }  # fmt: skip
+    if "patch_embed.proj.bias" in src:
+        out["vit.embeddings.patch_embeddings.projection.bias"] = src["patch_embed.proj.bias"]
+    for i in range(len(blocks)):
+        t, h = f"blocks.{i}.", f"vit.layers.{i}."
+        for kind in ("weight", "bias"):
+            if t + f"attn.qkv.{kind}" in src:
+                for part, chunk in zip(("q", "k", "v"), src[t + f"attn.qkv.{kind}"].chunk(3)):
+                    out[h + f"attention.{part}_proj.{kind}"] = chunk
+            for a, b in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
+                         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):  # fmt: skip
+                if t + f"{a}.{kind}" in src:
+                    out[h + f"{b}.{kind}"] = src[t + f"{a}.{kind}"]
+    missing = set(hf.state_dict()) - set(out)
+    if missing:
+        refuse(f"has no counterpart for {sorted(missing)[:4]} (e.g. a layer without bias)")
+    hf.load_state_dict(out, strict=True)
+    return hf

@@ -6,7 +6,9 @@
 * :func:`cascade_attention` — timm's eager attention path plus the cascade's statistics, key
   mask and per-input head skipping (BEiT's relative bias and EVA's rotary embedding follow
   their tokens; CaiT's talking heads);
-* :func:`token_blocks`, :func:`patch_grid`, :func:`reads_prefix_only` — the token sequence.
+* :func:`token_blocks`, :func:`patch_grid`, :func:`reads_prefix_only` — the token sequence
+  (transformers layers included: their halves and call convention come from
+  :mod:`tp_vit_plugins.hosts.transformers`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from timm.models.eva import EvaBlock, EvaBlockPostNorm
 from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import nn
 
-from ...cpvit.maths import head_scores, topk_sorted
+from .. import transformers as hf
 from ..transformers import is_transformers_model
 from .families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
 from .structure import attention_modules
@@ -78,8 +80,22 @@ _HALVES: dict[type, BlockHalves] = {
 
 
 def block_halves(block: nn.Module) -> BlockHalves | None:
-    """The two residual halves of a timm block's forward, or ``None`` for a block type not in the table."""
-    return _HALVES.get(type(block))
+    """The two residual halves of a block's forward (timm, or a transformers layer), or ``None`` for a type not in the tables."""
+    halves = _HALVES.get(type(block))
+    if halves is None and (pair := hf.layer_halves(block)) is not None:
+        halves = BlockHalves(*pair)
+    return halves
+
+
+def block_attention(block: nn.Module) -> nn.Module:
+    """A block's attention module: timm's ``block.attn``, transformers' ``layer.attention``."""
+    attn = getattr(block, "attn", None)
+    return attn if attn is not None else block.attention
+
+
+def attention_forward(attn: nn.Module) -> Callable[..., torch.Tensor]:
+    """The unbound forward of ``attn`` returning a tensor (a converted transformers attention returns a tuple)."""
+    return Attention.forward if isinstance(attn, hf.PrunableHFAttention) else type(attn).forward
 
 
 #: Families whose heads and widths prune but whose tokens cannot be dropped, and why.
@@ -97,10 +113,11 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
     """
     check_supported(model)
     if is_transformers_model(model):
-        raise UnsupportedModelError(
-            f"{type(model).__name__}: the token cascade supports timm models; on transformers models prune heads "
-            "and widths (ViTPruner / GOHSP / VTP) or convert the model to timm. Nothing was changed."
-        )
+        attention_modules(model)  # q/k/v/o into the fused layout (exact, idempotent)
+        layers = hf.encoder_layers(model)
+        if not all(isinstance(getattr(b, "attention", None), hf.PrunableHFAttention) for b in layers):
+            raise UnsupportedModelError(f"{type(model).__name__}: a layer's attention was not converted. Nothing was changed.")
+        return layers
     family = _NO_TOKEN_PATCH.get(type(model).__name__)
     if family is not None:
         raise UnsupportedModelError(
@@ -125,6 +142,8 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
     Raises:
         TypeError: The patch embedding has no fixed grid (dynamic image sizes).
     """
+    if is_transformers_model(model):
+        return hf.patch_grid(model)
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
         raise TypeError("the patch embedding has no fixed grid_size; dynamic image sizes are not supported")
@@ -133,7 +152,7 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
 
 def patch_embed_macs(model: nn.Module) -> int:
     """MACs of the patch-embedding convolution for one image."""
-    conv = model.patch_embed.proj
+    conv = hf.patch_projection(model) if is_transformers_model(model) else model.patch_embed.proj
     rows, cols = patch_grid(model)
     return rows * cols * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
 
@@ -242,6 +261,8 @@ def cascade_attention(
         y = a.norm(y)
         y = y * gate if gate is not None else y
         return a.proj_drop(a.proj(y))
+    from ...cpvit.maths import head_scores, topk_sorted  # here: the cpvit package imports this module
+
     heads = topk_sorted(head_scores(stats, num_prefix), heads_kept)  # [B, k]
     idx = heads[:, :, None, None]
     out = probs.gather(1, idx.expand(-1, -1, N, N)) @ v.gather(1, idx.expand(-1, -1, N, d))  # [B, k, N, d]
@@ -358,6 +379,8 @@ def reads_prefix_only(model: nn.Module) -> bool:
     Then the patch tokens leaving the last block are never read, and neither is anything the
     last block's MLP computes for them.
     """
+    if is_transformers_model(model):
+        return hf.reads_prefix_only(model)
     family = isinstance(model, VisionTransformer) or type(model).__name__ in ("Eva", "Beit")
     return family and getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
 

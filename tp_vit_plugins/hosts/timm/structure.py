@@ -126,6 +126,8 @@ class Readout:
             / class attention's key and value projections).
         index: The token ``"token"`` pooling reads (0: class token, 1: distillation token).
         num_prefix: Prefix tokens (left out of average pooling).
+        columns: ``(start, stop)``: the input columns of ``layers`` this readout feeds (DINOv2's
+            classifier reads ``[cls, mean(patches)]``); ``None``: all of them.
     """
 
     norm: nn.Module | None
@@ -134,14 +136,16 @@ class Readout:
     layers: tuple[nn.Linear, ...]
     index: int = 0
     num_prefix: int = 0
+    columns: tuple[int, int] | None = None
 
 
 def residual_scales(block: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(attention branch scale, MLP branch scale)`` of a block (LayerScale ``gamma`` / ``gamma_1``, ``gamma_2``)."""
+    """``(attention branch scale, MLP branch scale)`` of a block (LayerScale ``gamma``, ``gamma_1``, ``lambda1``; or ``None``)."""
     out = []
-    for ls, raw in (("ls1", "gamma_1"), ("ls2", "gamma_2")):
+    for ls, raw, hf_ls in (("ls1", "gamma_1", "layer_scale1"), ("ls2", "gamma_2", "layer_scale2")):
         g = getattr(getattr(block, ls, None), "gamma", None)
         g = g if isinstance(g, torch.Tensor) else getattr(block, raw, None)
+        g = g if isinstance(g, torch.Tensor) else getattr(getattr(block, hf_ls, None), "lambda1", None)  # DINOv2
         out.append(g.detach() if isinstance(g, torch.Tensor) else None)
     return out[0], out[1]
 
@@ -153,12 +157,17 @@ def readout(model: nn.Module) -> list[Readout]:
     the patch tokens (two readouts for distilled DeiT: class and distillation tokens). SigLIP-
     style attention pool: its key / value projection over every token. CaiT: the first
     class-attention block's key / value projections over every token. Swin: none (windows).
+    transformers: the classifiers (DINOv2's over the class token and the patch mean); none for a
+    ``*Model`` without a classifier.
     """
 
     def on(m: nn.Module | None) -> nn.Module | None:
         return m if isinstance(m, nn.Module) and not isinstance(m, nn.Identity) else None
 
     name = type(model).__name__
+    if is_transformers_model(model):
+        prefix = prefix_tokens(model)
+        return [Readout(norm, pool, None, layers, index, prefix, cols) for norm, pool, layers, index, cols in hf.readouts(model)]
     if name == "SwinTransformer":
         return []
     norm = on(getattr(model, "norm", None))

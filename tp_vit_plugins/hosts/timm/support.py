@@ -10,9 +10,9 @@ from __future__ import annotations
 from timm.layers import Attention
 from torch import nn
 
-from ..transformers import backbone as hf_backbone
 from ..transformers import check_transformers, is_transformers_model
 from ..transformers import fixed_residual as hf_fixed_residual
+from ..transformers import patch_projection as hf_patch_projection
 from .families import (
     FAMILY_ATTENTIONS,
     PrunableBeitAttention,
@@ -201,8 +201,8 @@ def whole_layers(model: nn.Module) -> list[nn.Module]:
     skips every group that would remove output channels of an ignored layer), so the whole
     parts keep the input width they reshape to.
     """
-    if is_transformers_model(model):  # the residual stream keeps its width: ignoring the patch embedding says so to tp
-        return [hf_backbone(model).embeddings.patch_embeddings.projection]
+    if is_transformers_model(model):  # nothing stays whole; a fixed residual: ignoring the patch projection says so to tp
+        return [hf_patch_projection(model)] if hf_fixed_residual(model) is not None else []
     parts = whole_parts(model)
     if not parts:
         return []

@@ -10,6 +10,8 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from .. import transformers as hf
+from ..transformers import is_transformers_model
 from .families import (
     has_rope,
     head_mixers,
@@ -192,6 +194,9 @@ def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None)
 
 def _sync_model_dims(model: nn.Module) -> None:
     if fixed_residual(model) is not None:  # the residual stream kept its width (and Swin's widths vary by stage)
+        return
+    if is_transformers_model(model):  # the config records the width
+        hf.sync_config(model)
         return
     norm = getattr(model, "norm", None)
     dim = _head_norm_size(norm) if isinstance(norm, nn.Module) else None
