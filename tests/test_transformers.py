@@ -233,6 +233,12 @@ def test_the_cli_prunes_a_local_transformers_directory_and_exports_its_save(tmp_
     cli.validate_prune(args)
     r = prune_cmd.run_prune(cli.prune_options(args))
     assert r.after.heads == [2, 2] and r.pruned.macs < r.dense.macs
+    argv = ["prune", "--model", str(tmp_path / "hf"), "--method", "cpvit", "--keep-ratio", "0.5", "--finetune-epochs", "0",
+            "--no-latency", "--quiet"]  # fmt: skip
+    args = cli.build_parser().parse_args(argv)
+    cli.validate_prune(args)
+    r = prune_cmd.run_prune(cli.prune_options(args))
+    assert r.token_schedule == [16, 8] and r.pruned.macs < r.dense.macs  # the cascade on a transformers model
     pytest.importorskip("onnxruntime")
     assert cli.main(["export", str(tmp_path / "pruned"), str(tmp_path / "m.onnx"), "--latency-batch-sizes", "1"]) == 0
     assert "max |diff|" in capsys.readouterr().out
