@@ -242,3 +242,24 @@ def test_the_cli_prunes_a_local_transformers_directory_and_exports_its_save(tmp_
     pytest.importorskip("onnxruntime")
     assert cli.main(["export", str(tmp_path / "pruned"), str(tmp_path / "m.onnx"), "--latency-batch-sizes", "1"]) == 0
     assert "max |diff|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", tpv.hosts.transformers.SUPPORTED)
+def test_every_supported_class_prunes_fits_a_budget_and_takes_the_cascade(name):
+    cls = getattr(transformers, name)
+    torch.manual_seed(0)
+    extra = dict(mlp_ratio=2) if name.startswith("Dinov2") else dict(intermediate_size=96)
+    model = cls(cls.config_class(**{**_COMMON, "num_labels": 10}, **extra)).eval()
+    out = tpv.hosts.transformers.output_logits
+    with torch.no_grad():
+        ref = out(model(X))
+    res = tpv.fit_budget(model, X[:1], keep_ratio=0.6, importance=tp.importance.GroupMagnitudeImportance(p=2))
+    assert abs(res.achieved - 0.6) <= 0.01 * 0.6 and type(res.model) is cls
+    with torch.no_grad():
+        torch.testing.assert_close(out(model(X)), ref, atol=1e-5, rtol=1e-5)  # fit_budget prunes a copy
+    tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.25, global_pruning=True).step()
+    assert sum(a.num_heads for _, a in attention_modules(model)) == 6  # 2 of 8 heads, anywhere
+    cascade = tpv.apply_cascade(model, keep_ratio=0.5, fold="drop")
+    with torch.no_grad():
+        model(X)
+    assert cascade.last.counts == [16, 8]
