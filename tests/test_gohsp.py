@@ -200,7 +200,7 @@ def test_gohsp_errors(x):
 def test_graph_scores_are_normalised_per_block_by_default():
     """The similarity chain gives the first and last blocks less PageRank; the default removes that bias."""
     model = make_model("vit", depth=4)
-    imp = tpv.GraphHeadImportance(progress=False, graph="similarity").calibrate(model, loader())
+    imp = tpv.GraphHeadImportance(progress=False, graph="similarity", mode="importance").calibrate(model, loader())
     for qkv, scores in imp.head_scores.items():
         torch.testing.assert_close(scores.mean(), torch.tensor(1.0))
         torch.testing.assert_close(scores, (imp.pagerank[qkv] / imp.pagerank[qkv].mean()).float())

@@ -111,7 +111,7 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
                             "latency | bs 1, 60% MACs"}  # fmt: skip
     heads = summary["heads | 50% heads removed"]
     assert set(heads["accuracy"]) == set(zoo_bench.HEAD_METHODS)
-    assert set(heads["versus_best_peer"]) == {"gohsp", "gohsp-similarity", "cpvit"}
+    assert set(heads["versus_best_peer"]) == {"gohsp", "gohsp-paper", "cpvit"}
     point, low, high = heads["versus_best_peer"]["gohsp"]["zoo_mean"]
     assert low <= point <= high
     data = json.loads((tmp_path / "out" / "zoo.json").read_text())

@@ -145,8 +145,8 @@ def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.impor
         return GraphHeadImportance(progress=False).calibrate(model, calib)
     if name == "gohsp-l2":  # the flow score times the head's tp group-L2 magnitude
         return GraphHeadImportance(progress=False, combine="product").calibrate(model, calib)
-    if name == "gohsp-similarity":  # the first versions' graph of attention-map similarities
-        return GraphHeadImportance(progress=False, graph="similarity").calibrate(model, calib)
+    if name == "gohsp-paper":  # the paper preset: attention-map correlation graph, heads ranked by redundancy
+        return GraphHeadImportance(progress=False, preset="paper").calibrate(model, calib)
     if name == "cpvit":
         return CumulativeHeadImportance(progress=False).calibrate(model, calib)
     if name == "hessian":
@@ -159,7 +159,7 @@ def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.impor
 
 
 # ---------------------------------------------------------------------------- protocols
-HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "gohsp-similarity", "cpvit")
+HEAD_METHODS = ("random", "l1", "l2", "taylor", "hessian", "gohsp", "gohsp-paper", "cpvit")
 
 
 def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, test: DataLoader) -> list[Record]:

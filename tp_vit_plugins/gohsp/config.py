@@ -80,7 +80,8 @@ class GOHSPConfig:
           pattern with the graph ranking as a soft guideline (``graph_guide="zscore"``: a head
           one standard deviation above its block's mean counts ``e`` times its weight energy). Pair it with
           ``GraphHeadImportance(preset="paper")`` (PageRank over an attention-correlation head
-          graph). The penalty schedule and residual balancing are reconstructions.
+          graph, correlated heads ranked redundant). The penalty schedule and residual balancing
+          are reconstructions.
         * ``"recommended"`` — the defaults (chosen on the zoo): the proximal pull and the
           Fisher-weighted projection, with ``GraphHeadImportance()``'s "who reads whom" graph.
 

@@ -13,10 +13,14 @@ not its edges), in two versions (``graph=``):
   the classifier with probability ``1 - damping``. **A head's stationary mass is the share of
   those walks that pass through it: how much of what the classifier reads is computed, directly
   or through later heads and MLPs, from that head's output.**
-* ``"similarity"``: an undirected graph joining heads of consecutive blocks with the
-  similarity of their attention maps (``statistic``, ``similarity``, ``mode`` apply), the
-  closest reading of the paper's "inter-head correlation"; how each graph ranks heads on the
-  zoo of models is in ``benchmarks/RESULTS.md``.
+* ``"similarity"`` (the ``"paper"`` preset): an undirected graph joining heads of consecutive
+  blocks with the similarity of their attention maps (``statistic``, ``similarity``, ``mode``
+  apply), the closest reading of the paper's "inter-head correlation". The chain's mass
+  gathers on heads whose maps correlate most with their neighbours'; such a head is
+  **redundant** (others carry its pattern), so by default this graph ranks heads by the
+  inverse of their mass (``mode="redundancy"``; the direction is this library's reading: the
+  abstract does not give it). How each graph and direction rank heads on the zoo of models is
+  in ``benchmarks/RESULTS.md``.
 
 ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` decide how the head
 scores meet weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).
@@ -112,7 +116,9 @@ class GraphHeadImportance(HeadImportance):
         damping: PageRank damping factor in ``(0, 1)``.
         similarity: Edge weight, one of :data:`~tp_vit_plugins.gohsp.graph.SIMILARITIES`.
         statistic: Head summary, one of :data:`STATISTICS`.
-        mode: One of :data:`GRAPH_MODES`.
+        mode: One of :data:`GRAPH_MODES`: ``"importance"`` keeps the heads with the most
+            stationary mass, ``"redundancy"`` those with the least. ``None``: ``"importance"``
+            for the flow graph, ``"redundancy"`` for the similarity graph (see module docs).
         base_importance: Criterion combined with the graph score and used for non-head groups.
         combine: ``"head"`` (default: heads ranked by the graph score alone, channels inside a
             head by the base criterion) or ``"product"`` (graph score ** head_weight × base,
@@ -127,8 +133,8 @@ class GraphHeadImportance(HeadImportance):
             ``"similarity"``: an undirected graph of attention-map similarities between heads
             of consecutive blocks (the paper's "inter-head correlation"); ``statistic`` and
             ``similarity`` apply to it only. ``None``: the preset's graph.
-        preset: ``"paper"`` (``graph="similarity"``) or ``"recommended"`` (``graph="flow"``,
-            the default); an explicit ``graph`` overrides it.
+        preset: ``"paper"`` (``graph="similarity"``, ranked by redundancy) or ``"recommended"``
+            (``graph="flow"``, the default); an explicit ``graph`` overrides it.
 
     Attributes:
         head_scores: ``{attn.qkv: [H]}`` normalised scores (higher = keep).
@@ -141,7 +147,7 @@ class GraphHeadImportance(HeadImportance):
         damping: float = 0.85,
         similarity: str = "abs_cosine",
         statistic: str = "mean_map",
-        mode: str = "importance",
+        mode: str | None = None,
         base_importance: tp.importance.Importance | None = None,
         combine: str = "head",
         head_weight: float = 1.0,
@@ -167,6 +173,9 @@ class GraphHeadImportance(HeadImportance):
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        self._mode_from_graph = mode is None
+        if mode is None:  # what the chain's mass means depends on the graph
+            mode = "redundancy" if graph == "similarity" else "importance"
         if mode not in GRAPH_MODES:
             raise ValueError(f"mode must be one of {GRAPH_MODES}, got {mode!r}")
         self.damping, self.similarity, self.statistic, self.mode = damping, similarity, statistic, mode
@@ -178,6 +187,7 @@ class GraphHeadImportance(HeadImportance):
         attns = attention_modules(model)
         if self._graph_from_preset and self.graph_kind == "flow" and is_transformers_model(model) and not readout(model):
             self.graph_kind = "similarity"  # a transformers *Model without a classifier: nothing for the walk to start from
+            self.mode = "redundancy" if self._mode_from_graph else self.mode
         if self.graph_kind == "flow":
             usage = FlowUsage(model).run(loader, max_batches, progress=self.progress).usage()
             self.graph = build_flow_graph(usage)
