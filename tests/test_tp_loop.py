@@ -133,6 +133,25 @@ def test_vtp_tp_loop_zeroes_gates_and_matches_the_sparse_steps_schedule_when_the
     assert pruner.gate_zero_share() == pytest.approx(recipe.gate_zero_share())  # the same budget closed either way
 
 
+def test_vtp_paper_preset_paces_its_l1_step_by_the_epoch_and_zeroes_gates_in_tp_loop(xy):
+    """The paper's plain sparse training from tp's calls: after the first epoch the L1 step follows its length."""
+    x, y = xy
+    torch.manual_seed(0)
+    model = make_model("vit")
+    pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.4, config="paper")
+    assert not pruner.closing and pruner.gate_lr == 1e-2
+    _tp_loop(model, pruner, x, y, epochs=1, steps_per_epoch=8)
+    assert pruner.gate_lr == pytest.approx(1.0 / (0.5 * 2 * 8))  # shrink / (reg * 2 L)
+    _tp_loop(model, pruner, x, y, epochs=2, steps_per_epoch=8)
+    gates = torch.cat([g.detach().flatten() for g in pruner.gate_parameters()])
+    assert 0.05 <= pruner.gate_zero_share() < 1.0 and ((gates > 0) & (gates != 1)).any()  # learned, some exactly 0
+    fixed = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.4, config="paper", gate_lr=0.02)
+    fixed.update_regularizer()  # nothing seen yet: nothing paced
+    fixed.steps_done = 5
+    fixed.update_regularizer()
+    assert fixed.gate_lr == 0.02  # a given gate_lr is kept
+
+
 # ------------------------------------------------------------------------ end to end, real digits
 @pytest.mark.slow
 def test_tp_loop_defaults_reach_the_documented_recipe_on_real_digits():

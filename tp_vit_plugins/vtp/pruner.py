@@ -204,9 +204,11 @@ class VTPPruner(ViTPruner):
                 before.restore()  # attention converted by the construction above (EVA / BEiT) goes back
                 raise ValueError(f"gate closing: {problem}")
             closing = not problem
+        #: Gates trained under L1 without ``sparse_steps`` or ``gate_lr``: the first epoch end sets the step size.
+        self._pace_gate_lr = cfg.gate_lr is None and not closing and not sparse_steps
         if gate_lr is None:  # closing: the gates are probes and masks, held at 1 unless closed
             gate_lr = 0.0 if closing else shrink / (max(reg, 1e-12) * sparse_steps) if sparse_steps else 1e-2
-        self.reg, self.gate_lr, self.threshold = float(reg), float(gate_lr), threshold
+        self.reg, self.gate_lr, self.threshold, self.shrink = float(reg), float(gate_lr), threshold, float(shrink)
         self.sparse_steps, self.steps_done = sparse_steps, 0
         self.fold_values, self.score = fold_values, score
         self.grad_ema_decay = 0.9
@@ -274,15 +276,20 @@ class VTPPruner(ViTPruner):
             self._close(self._close_plan.pop(0)[1])
 
     def update_regularizer(self) -> None:
-        """Epoch end in tp's loop: without ``sparse_steps``, places the closing rounds.
+        """Epoch end in tp's loop: without ``sparse_steps``, paces closing or the L1 step by the epoch length.
 
-        The first call records the epoch length ``L`` (the steps ``regularize`` saw so far) and
-        runs the first of ``close_rounds`` rounds; the others follow every ``L // 2`` steps.
-        With ``sparse_steps`` (or without closing) it changes nothing.
+        The first call records the epoch length ``L`` (the steps ``regularize`` saw so far).
+        With closing it runs the first of ``close_rounds`` rounds; the others follow every
+        ``L // 2`` steps. With gates trained under L1 (``close=False``, the paper preset) and
+        no ``gate_lr`` given, it sets ``gate_lr = shrink / (reg * 2 L)``: from then on the L1
+        term alone moves a gate by ``shrink`` over two epochs, whatever the epoch length (before
+        the first call the step is ``1e-2``). With ``sparse_steps`` it changes nothing.
         """
         if self.epoch_steps is not None or not self.steps_done:
             return
         self.epoch_steps = self.steps_done
+        if self._pace_gate_lr:
+            self.gate_lr = self.shrink / (max(self.reg, 1e-12) * 2 * self.epoch_steps)
         if self._epoch_rounds:
             rounds, gap = self._epoch_rounds, max(1, self.epoch_steps // 2)
             self._epoch_rounds = 0
