@@ -1,44 +1,78 @@
-"""Copy the zoo runs' ZOO.md files into a section of RESULTS.md (no measurement here).
+"""Write a zoo run's tables into their section of RESULTS.md (no measurement here).
 
-python benchmarks/zoo_section.py benchmarks/zoo benchmarks/zoo_latency [benchmarks/zoo_pipeline]
-python benchmarks/zoo_section.py --section "Zoo: method reworks" --intro FILE DIR [DIR ...]
+    python benchmarks/zoo_section.py SECTION OUT_DIR
+
+``zoo_run.py`` and ``zoo_merge.py`` call it with ``--section SECTION``: the section is rewritten
+in place from ``OUT_DIR/ZOO.md``, under the section's fixed introduction (:data:`INTROS`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 from common import write_section
 
-INTRO = """Every table below comes from `tp-vit bench --zoo` (command above each part) on the six zoo
-models of `tp_vit_plugins/demo/zoo.py` (trained here; dense accuracies in each part), 3 seeds, the
-same seeded calibration batches for every method of a seed, 40 % of each dataset held out (2,000
-MNIST / 719 digits test images). Intervals: paired 95 % bootstrap over test images and seeds
-(1,000 replicates), each library method against the peer with the best zoo mean. The runs used
-`--threads 1` and ran two at a time on the 2-core machine (the latency part ran next to the
-pipeline run, each on one core). Rank heatmaps: `benchmarks/zoo*/zoo_ranks.png`; raw records:
-`benchmarks/zoo*/zoo.json`.
-"""
+_ZOO = """The six zoo models of `tp_vit_plugins/demo/zoo.py` (ViTs trained here on MNIST-5000 and
+scikit-learn's digits; 4 to 12 blocks of 3 to 12 heads, class-token and average-pool heads,
+register tokens, LayerScale; dense accuracies below), 40 % of each dataset held out (2,000 MNIST / 719 digits test images), the same
+seeded calibration batches for every method of a seed. Intervals: paired 95 % bootstrap over test
+images and seeds (1,000 replicates), each library method (and variant) against the peer with the
+best zoo mean; a FLAG marks a library method below its random reference on some model."""
+
+#: Section name -> the paragraph above its tables (what is measured; the numbers come from the run).
+INTROS = {
+    "Zoo: one-shot heads": _ZOO
+    + """
+
+Uniform head removal at 30 / 50 / 70 % of each block's heads, no fine-tune. `gohsp` is
+`GraphHeadImportance()` (the recommended flow graph), `gohsp-paper` is
+`GraphHeadImportance(preset="paper")` (attention-map correlation graph, heads ranked by
+redundancy); `l2` / `taylor` are tp's group importances.""",
+    "Zoo: tokens": _ZOO
+    + """
+
+Inference-time token reduction at 80 / 70 / 60 / 50 % of the dense MACs (each method's keep ratio
+fitted to the budget), no fine-tune. `cpvit` is `apply_cascade()`'s recommended preset,
+`cpvit-paper` the paper preset (ramp from `depth // 4`, dropped tokens after whole blocks, 25 % of
+the heads skipped per input, the attention-range adjustment `beta=0.5` calibrated), `cpvit-heads`
+/ `cpvit-range` the recommended preset plus head skipping (`head_keep_ratio=0.75`) / plus the
+attention-range adjustment (`beta=0.5`); `cpvit-random` the recommended schedule with random
+scores; `tome` / `evit` ToMe- and EViT-style peers written here from their papers. One seed:
+only the calibration of `beta` depends on it.""",
+    "Zoo: pipeline, 2 epochs": _ZOO
+    + """
+
+Prune to 60 % / 30 % of the parameters (−40 % / −70 %) and train, every method with the same total
+epochs `E = 2` (two-phase methods: half sparse training, half fine-tune): `gohsp` / `vtp` are the
+recommended presets driven by the library's recipe, `gohsp@tp` / `vtp@tp` the same defaults built
+from model, example, importance and a ratio and driven by tp's calls only (`regularize`,
+`update_regularizer()`, `step()`), `gohsp-paper` / `vtp-paper` the paper presets,
+`gohsp-nograph` the recommended GOHSP without its graph guideline; peers: tp's magnitude (`l2`),
+Taylor, isomorphic (`-iso`) and GroupNorm pruners followed by the same fine-tune; `dense+E` the
+dense model trained for the same epochs.""",
+    "Zoo: pipeline, 12 epochs": _ZOO
+    + """
+
+The pipeline protocol at a longer budget, `E = 12` epochs in all (methods as in the 2-epoch
+section).""",
+}
 
 
-def main(dirs: list[str], section: str = "Zoo", intro: str = INTRO) -> None:
-    parts = [intro]
-    for d in dirs:
-        with open(os.path.join(d, "ZOO.md")) as f:
-            text = f.read().split("\n", 2)[2]  # drop the file's own title
-        parts.append(f"#### `{d}`\n\n" + text.replace("\n### ", "\n##### "))
-    write_section(section, "\n".join(parts))
+def zoo_section(section: str, out_dir: str) -> None:
+    """Rewrite ``## section`` of RESULTS.md from ``out_dir/ZOO.md`` (and the runs recorded in its ``zoo.json``)."""
+    if section not in INTROS:
+        raise SystemExit(f"unknown section {section!r}; one of {sorted(INTROS)}")
+    with open(os.path.join(out_dir, "ZOO.md")) as f:
+        tables = f.read().split("\n", 2)[2]  # drop the file's own title
+    with open(os.path.join(out_dir, "zoo.json")) as f:
+        runs = json.load(f).get("settings", {}).get("runs", [])
+    where = "Runs merged: " + "; ".join(f"`{c}`" for c in runs) + ".\n\n" if runs else ""
+    write_section(section, INTROS[section] + "\n\n" + where + tables.replace("\n### ", "\n#### "))
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    kwargs = {}
-    while args and args[0] in ("--section", "--intro"):
-        flag, value, args = args[0], args[1], args[2:]
-        if flag == "--section":
-            kwargs["section"] = value
-        else:
-            with open(value) as f:
-                kwargs["intro"] = f.read()
-    main(args, **kwargs)
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    zoo_section(sys.argv[1], sys.argv[2])

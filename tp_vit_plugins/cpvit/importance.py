@@ -5,9 +5,9 @@ For every block ``l`` and head ``h`` the score is the calibration mean of
 head's queries focus on patches. The runtime cascade skips low heads per input; this class
 uses the same statistic, averaged over a loader, to remove heads for good with tp.
 
-.. warning:: As a criterion for removing heads for good it falls below tp's random criterion
-   on some zoo models (``benchmarks/RESULTS.md``, the one-shot heads table): prefer tp's Taylor
-   or Hessian criteria to remove heads; the statistic serves the cascade's per-input skipping.
+.. warning:: As a criterion for removing heads for good it has fallen below tp's random
+   criterion on some zoo models: prefer tp's Taylor or Hessian criteria to remove heads; the
+   statistic serves the cascade's per-input skipping.
 """
 
 from __future__ import annotations

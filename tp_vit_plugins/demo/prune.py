@@ -342,7 +342,7 @@ def format_report(r: PruneResult) -> str:
         elif speed < 1.0:
             flag = " -- SLOWER than dense at this batch size" + (
                 " (the cascade's scoring and merging cost more per op than the dropped tokens save on a model this "
-                "small; see 'Cascade speed' in benchmarks/RESULTS.md)"
+                "small; see 'Deployment speed' in benchmarks/RESULTS.md)"
                 if r.token_schedule is not None
                 else ""
             )

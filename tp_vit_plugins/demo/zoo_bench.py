@@ -506,6 +506,6 @@ def run_zoo(
             json.dump([asdict(r) for r in rows], f)
     summary = summarize(rows, s.boot)
     zoo_meta = {member.name: meta["test_accuracy"] for member, _, _, meta in zoo}
-    _write_outputs(out_dir, rows, summary, zoo_meta, command, asdict(s))
+    _write_outputs(out_dir, rows, summary, zoo_meta, command, {**asdict(s), "command": command})
     os.remove(os.path.join(out_dir, "zoo_partial.json"))
     return summary

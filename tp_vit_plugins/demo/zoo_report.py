@@ -273,6 +273,15 @@ def _load_records(path: str) -> tuple[list[Record], dict]:
     return rows, zoo_meta
 
 
+def _run_commands(path: str) -> list[str]:
+    """The commands recorded in a ``zoo.json`` (its own run, or the runs a merge combined); none in a partial file."""
+    with open(path) as f:
+        data = json.load(f)
+    settings = data.get("settings", {}) if isinstance(data, dict) else {}
+    own = [settings["command"]] if settings.get("command") else []
+    return [*settings.get("runs", []), *own]
+
+
 def merge_runs(
     out_dir: str, sources: Sequence[str], command: str, boot: int = 1000, methods: Sequence[str] | None = None
 ) -> dict:
@@ -295,10 +304,12 @@ def merge_runs(
     """
     merged: dict[tuple, Record] = {}
     zoo_meta: dict = {}
+    runs: list[str] = []  # the commands that made the sources (zoo runs record theirs)
     for spec in sources:
         path, _, renames = spec.partition(":")
         rename = dict(pair.split("=", 1) for pair in renames.split(",") if pair)
         rows, meta = _load_records(path)
+        runs.extend(c for c in _run_commands(path) if c not in runs)
         zoo_meta.update(meta)
         for r in rows:
             r.method = rename.get(r.method, r.method)
@@ -312,7 +323,7 @@ def merge_runs(
         used = {r.model for r in rows}
         zoo_meta = {m.name: meta["test_accuracy"] for m, _, _, meta in load_zoo(tuple(z for z in ZOO if z.name in used), False)}
     os.makedirs(out_dir, exist_ok=True)
-    _write_outputs(out_dir, rows, summary, zoo_meta, command, {"merged_from": list(sources)})
+    _write_outputs(out_dir, rows, summary, zoo_meta, command, {"merged_from": list(sources), "runs": runs})
     return summary
 
 
