@@ -66,3 +66,15 @@ def test_unchecked_tp_version_warns_once(monkeypatch):
         tp_seams.check_tp_seams()
     tp_seams.check_tp_seams()  # second call: no new warning (pytest -W error would fail otherwise)
     assert tp_seams._warned == {"9.9.9"}
+
+
+@pytest.mark.xfail(raises=TypeError, strict=True, reason="tp 1.6's OBDCImportance cannot prepare a model")
+def test_tp_obdc_prepares_a_vit_group_set(x):
+    """tp's OBDC (EigenDamage) as a zoo peer: ``_prepare_model`` walks every group through
+    ``_downstream_node_as_root_if_attention``, which returns ``None`` for a group without
+    attention, so it raises on any model (a ViT here; ResNet-18 as well). When a tp release fixes
+    this, the test fails: wire OBDC into the zoo's pipeline peers."""
+    model = make_model()
+    imp = tp.importance.OBDCImportance(num_classes=10)
+    pruner = tp.pruner.BasePruner(model, x[:1], importance=imp, pruning_ratio=0.3, **tpv.vit_pruning_kwargs(model))
+    imp._prepare_model(model, pruner)
