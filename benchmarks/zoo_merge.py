@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 from zoo_section import zoo_section
@@ -35,8 +36,8 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     out, sources = args[0], args[1:]
     shown = ["OUT"] + [f"RUN{i}/{os.path.basename(p)}" for i, p in enumerate(sources, 1)]
-    flags = (["--only", ",".join(only)] if only else []) + (["--section", repr(section)] if section else [])
-    command = "python benchmarks/zoo_merge.py " + " ".join(flags + shown)
+    flags = (["--only", ",".join(only)] if only else []) + (["--section", section] if section else [])
+    command = "python benchmarks/zoo_merge.py " + shlex.join(flags + shown)
     merge_runs(out, sources, command=command, methods=only)
     if made_by:  # commands of sources that record none
         path = os.path.join(out, "zoo.json")

@@ -14,6 +14,7 @@ EPOCHS (pipeline only) sets the equal total epoch budget ``E`` (default ``ZooSet
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 
@@ -43,7 +44,7 @@ if __name__ == "__main__":
     span = dict(seeds=int(last) - int(first or 0), first_seed=int(first or 0))
     settings = ZooSettings(protocols=(protocol,), **span, **{key: chosen}, **extra)
     start = time.time()
-    command = "python benchmarks/zoo_run.py " + " ".join("OUT" if a == out else a for a in sys.argv[1:])
+    command = "python benchmarks/zoo_run.py " + shlex.join("OUT" if a == out else a for a in sys.argv[1:])
     run_zoo(out, settings, progress=False, members=tuple(z for z in ZOO if z.name in names), command=command)
     print(open(f"{out}/ZOO.md").read())
     print(f"took {time.time() - start:.0f} s")
