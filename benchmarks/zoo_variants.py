@@ -12,9 +12,9 @@ from tp_vit_plugins.demo.zoo_bench import register_variants
 
 _DEFAULT_GOHSP = dict(rounds=10, calibrate="data")
 GOHSP = {
-    # the paper preset: textbook ADMM, Euclidean projection, PageRank over the attention-similarity graph
+    # the paper preset: ADMM, Euclidean projection, PageRank over the attention-correlation graph
     "gohsp-paper": {"rounds": 10, "calibrate": None, "preset": "paper"},
-    "gohsp-paper-prox": {"rounds": 10, "calibrate": None, "preset": "paper", "proximal": 0.2},  # its W-step as a proximal step
+    "gohsp-paper-sgd": {"rounds": 10, "calibrate": None, "preset": "paper", "proximal": None},  # W-step through the gradient
     "gohsp-nograph": {**_DEFAULT_GOHSP, "graph_bias": 0.0},  # no graph guideline in the projection
     "gohsp-bias3": {**_DEFAULT_GOHSP, "graph_bias": 3.0},  # a stronger one
     "gohsp-euclid": {**_DEFAULT_GOHSP, "metric": "euclidean", "calibrate": None},  # the paper's (Euclidean) projection

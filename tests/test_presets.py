@@ -82,7 +82,7 @@ def test_paper_gohsp_ranks_heads_by_an_attention_graph_that_changes_what_the_opt
     guided = tpv.GOHSPPruner(model, x, imp, **kw)  # the importance is keyed by this model's modules
     unguided = tpv.GOHSPPruner(model, x, imp, graph_bias=0.0, **kw)
     assert guided.config == dataclasses.replace(GOHSPConfig.preset("paper"), structures=("heads",))
-    assert (guided.config.metric, guided.config.proximal, guided.config.graph_guide) == ("euclidean", None, "zscore")
+    assert (guided.config.metric, guided.config.proximal, guided.config.graph_guide) == ("euclidean", 0.2, "zscore")
     plans = [p.project(use_dual=False).heads for p in (guided, unguided)]
     assert plans[0] != plans[1]  # the graph is a guideline that moves the support
 

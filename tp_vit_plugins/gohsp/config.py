@@ -74,16 +74,18 @@ class GOHSPConfig:
     def preset(cls, name: str) -> GOHSPConfig:
         """A named set of options, one of :data:`PRESETS`; individual options still override it.
 
-        * ``"paper"`` — GOHSP's optimisation stage as its paper describes it: textbook ADMM (the
-          penalty ``rho/2 ||W - Z + U||^2`` through the optimizer's gradient, ``proximal=None``)
-          towards heterogeneous structured sparsity, the Z-step a Euclidean projection onto the
-          pattern with the graph ranking as a soft guideline (``graph_guide="zscore"``: a head
-          one standard deviation above its block's mean counts ``e`` times its weight energy). Pair it with
+        * ``"paper"`` — GOHSP's optimisation stage as its paper describes it: ADMM towards
+          heterogeneous structured sparsity (heads, head dims, MLP neurons under one parameter
+          budget), the Z-step a Euclidean projection onto the pattern with the graph ranking as
+          a soft guideline (``graph_guide="zscore"``: a head one standard deviation above its
+          block's mean counts ``e`` times its weight energy). Pair it with
           ``GraphHeadImportance(preset="paper")`` (PageRank over an attention-correlation head
-          graph, correlated heads ranked redundant). The penalty schedule and residual balancing
-          are reconstructions.
-        * ``"recommended"`` — the defaults (chosen on the zoo): the proximal pull and the
-          Fisher-weighted projection, with ``GraphHeadImportance()``'s "who reads whom" graph.
+          graph, correlated heads ranked redundant). Reconstructed: the W-step as a proximal
+          step (``proximal=0.2``; ``proximal=None`` puts ``rho (W - Z + U)`` into the
+          optimizer's gradient instead, which does not converge within short fine-tuning
+          budgets), the penalty schedule and residual balancing.
+        * ``"recommended"`` — the defaults (chosen on the zoo): the Fisher-weighted projection,
+          with ``GraphHeadImportance()``'s "who reads whom" graph.
 
         Raises:
             ValueError: Unknown name.
@@ -91,7 +93,7 @@ class GOHSPConfig:
         if name == "recommended":
             return cls()
         if name == "paper":
-            return cls(metric="euclidean", proximal=None, graph_guide="zscore")
+            return cls(metric="euclidean", graph_guide="zscore")
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def __post_init__(self) -> None:
