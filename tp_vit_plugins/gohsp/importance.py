@@ -22,6 +22,15 @@ not its edges), in two versions (``graph=``):
   abstract does not give it). How each graph and direction rank heads on the zoo of models is
   in ``benchmarks/RESULTS.md``.
 
+**One-shot use.** Used alone to remove heads (``ViTPruner(model, example, imp,
+head_pruning_ratio=r)``), the flow graph leads tp's L2 criterion on the zoo mean at 30 / 50 / 70 %
+of heads but not on every model and ratio, and neither does tp's Taylor criterion: which one-shot
+ranking wins is model-dependent (``benchmarks/RESULTS.md``, "Presets", lists every model and
+ratio where a ranking falls below L2, with paired intervals). The default is chosen on the zoo
+mean; on a model of your own, compare it with ``tp.importance.GroupMagnitudeImportance(p=2)``
+on held-out data before a one-shot prune, or prune with GOHSP's optimisation, which does not
+depend on the ranking alone.
+
 ``normalize_per_layer``, ``combine``, ``head_weight``, ``base_importance`` decide how the head
 scores meet weight information (see :class:`~tp_vit_plugins.core.head_importance.HeadImportance`).
 Scores are normalised per block by default, so a global ranking across blocks compares heads
