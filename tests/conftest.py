@@ -125,3 +125,13 @@ def hidden(block: torch.nn.Module) -> int:
 def fc1_of(block: torch.nn.Module) -> torch.nn.Linear:
     """The MLP's first (value-path) projection: ``fc1``, or SwiGLU's ``fc1_x``."""
     return block.mlp.fc1 if hasattr(block.mlp, "fc1") else block.mlp.fc1_x
+
+
+#: transformers family -> (model class, config class, extra config) of the tiny test models (no download).
+HF_FAMILIES = {
+    "vit": ("ViTForImageClassification", "ViTConfig", dict(intermediate_size=96)),
+    "deit_teacher": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(intermediate_size=96)),
+    "dinov2": ("Dinov2ForImageClassification", "Dinov2Config", dict(mlp_ratio=2)),
+    "dinov2_registers": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                         dict(mlp_ratio=2, num_register_tokens=2)),
+}  # fmt: skip

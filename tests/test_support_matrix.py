@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import conftest
 import pytest
 import timm
 import torch
@@ -38,13 +39,7 @@ FAMILIES = {
 }  # fmt: skip
 _HF = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, num_labels=10)
 #: transformers family -> (model class, config class, extra config)
-HF_FAMILIES = {
-    "hf_vit": ("ViTForImageClassification", "ViTConfig", dict(intermediate_size=96)),
-    "hf_deit_teacher": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(intermediate_size=96)),
-    "hf_dinov2": ("Dinov2ForImageClassification", "Dinov2Config", dict(mlp_ratio=2)),
-    "hf_dinov2_registers": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
-                            dict(mlp_ratio=2, num_register_tokens=2)),
-}  # fmt: skip
+HF_FAMILIES = {f"hf_{k}": v for k, v in conftest.HF_FAMILIES.items()}
 CAPABILITIES = ("heads", "head_dims", "mlp", "embed", "tokens", "gohsp", "vtp", "save_load")
 _ALL = dict.fromkeys(CAPABILITIES, True)
 #: The README's matrix (False = refused before anything changes).

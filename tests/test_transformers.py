@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 import torch_pruning as tp
+from conftest import HF_FAMILIES
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.hosts.timm.structure import attention_modules
@@ -16,13 +17,7 @@ from tp_vit_plugins.hosts.timm.structure import attention_modules
 transformers = pytest.importorskip("transformers")
 
 _COMMON = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_labels=10)
-FAMILIES = {
-    "vit": ("ViTForImageClassification", "ViTConfig", dict(intermediate_size=96)),
-    "deit_teacher": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(intermediate_size=96)),
-    "dinov2": ("Dinov2ForImageClassification", "Dinov2Config", dict(mlp_ratio=2)),
-    "dinov2_registers": ("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
-                         dict(mlp_ratio=2, num_register_tokens=2)),
-}  # fmt: skip
+FAMILIES = HF_FAMILIES
 
 
 def make(family: str, attn: str = "sdpa") -> torch.nn.Module:
