@@ -374,6 +374,7 @@ def from_timm(model: nn.Module) -> nn.Module:
     Raises:
         TypeError: The model is not such a timm ViT (the message names the first difference).
     """
+    from timm.layers import Mlp
     from timm.models.vision_transformer import Block, VisionTransformer
 
     def refuse(why: str) -> None:
@@ -393,17 +394,19 @@ def from_timm(model: nn.Module) -> nn.Module:
         refuse("has a norm before the blocks or after pooling, or no final LayerNorm")
     if getattr(model, "attn_pool", None) is not None:
         refuse("pools with attention")
+    if any(type(blk) is not Block or type(blk.mlp) is not Mlp for blk in blocks):
+        refuse("has another block or MLP type than timm's Block and Mlp (e.g. SwiGLU)")
     width, heads, hidden = model.embed_dim, blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features
-    for b in blocks:
-        a, mlp = b.attn, b.mlp
-        if type(b) is not Block or not all(isinstance(m, plain) for m in (b.ls1, b.ls2, a.q_norm, a.k_norm, a.norm)):
-            refuse("has LayerScale, q/k norm or another block type")
+    for blk in blocks:
+        attn, mlp = blk.attn, blk.mlp
+        if not all(isinstance(m, plain) for m in (blk.ls1, blk.ls2, attn.q_norm, attn.k_norm, attn.norm)):
+            refuse("has LayerScale or q/k norm")
         if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none" or not isinstance(mlp.norm, plain):
             refuse("uses another MLP activation than exact GELU, or an MLP norm")
-        if a.num_heads != heads or a.qkv.out_features != 3 * width or mlp.fc1.out_features != hidden:
+        if attn.num_heads != heads or attn.qkv.out_features != 3 * width or mlp.fc1.out_features != hidden:
             refuse("has blocks of different widths or fewer attention channels than the residual width (a pruned "
                    "model a transformers config cannot describe): convert the dense model, then prune")  # fmt: skip
-        if any(not isinstance(n, nn.LayerNorm) or n.eps != model.norm.eps for n in (b.norm1, b.norm2)):
+        if any(not isinstance(n, nn.LayerNorm) or n.eps != model.norm.eps for n in (blk.norm1, blk.norm2)):
             refuse("has block norms other than LayerNorm with the final norm's eps")
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -433,10 +436,10 @@ def from_timm(model: nn.Module) -> nn.Module:
             if t + f"attn.qkv.{kind}" in src:
                 for part, chunk in zip(("q", "k", "v"), src[t + f"attn.qkv.{kind}"].chunk(3)):
                     out[h + f"attention.{part}_proj.{kind}"] = chunk
-            for a, b in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
-                         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):  # fmt: skip
-                if t + f"{a}.{kind}" in src:
-                    out[h + f"{b}.{kind}"] = src[t + f"{a}.{kind}"]
+            for mine, theirs in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"),
+                                 ("norm2", "layernorm_after"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):  # fmt: skip
+                if t + f"{mine}.{kind}" in src:
+                    out[h + f"{theirs}.{kind}"] = src[t + f"{mine}.{kind}"]
     missing = set(hf.state_dict()) - set(out)
     if missing:
         refuse(f"has no counterpart for {sorted(missing)[:4]} (e.g. a layer without bias)")
