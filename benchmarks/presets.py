@@ -1,9 +1,10 @@
 """Paper vs recommended presets, and what each named contribution does, from zoo runs.
 
-    python benchmarks/presets.py HEADS.json TOKENS.json PIPELINE.json
+    python benchmarks/presets.py HEADS.json TOKENS.json PIPELINE.json [PIPELINE.json ...]
 
 The inputs are the ``zoo.json`` files behind the "Zoo: one-shot heads", "Zoo: tokens" and
-"Zoo: pipeline, 2 epochs" sections. Prints, and writes into the "Presets" section of RESULTS.md,
+"Zoo: pipeline, 2 epochs" sections (more pipeline runs may add variants; each comparison uses
+the models both sides have). Prints, and writes into the "Presets" section of RESULTS.md,
 paired 95 % intervals (bootstrap over test images and seeds, 1,000 replicates) of
 recommended − paper per method and budget, of each contribution switched on or off against the
 recommended preset, and the one-shot head rankings per model against tp's L2 criterion.
@@ -27,6 +28,7 @@ PAIRS = {
     ],
     "pipeline": [
         ("gohsp", "gohsp-paper", "GOHSP recommended − paper preset"),
+        ("gohsp-paper", "gohsp-paper-sgd", "GOHSP paper preset: W-step proximal − through the gradient"),
         ("gohsp", "gohsp-nograph", "GOHSP graph guideline on − off"),
         ("vtp", "vtp-paper", "VTP recommended (closing) − paper preset (L1-trained gates)"),
     ],
@@ -38,19 +40,28 @@ def _pct(t: tuple[float, float, float]) -> str:
     return f"{100 * p:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
-def main(heads: str, tokens: str, pipeline: str) -> str:
+def _records(paths: list[str]) -> list:
+    """Records of several runs, a later run's record replacing an earlier one with the same key."""
+    merged = {}
+    for path in paths:
+        rows, _ = _load_records(path)
+        merged.update({(r.protocol, r.setting, r.model, r.method, r.seed): r for r in rows})
+    return list(merged.values())
+
+
+def main(heads: str, tokens: str, *pipelines: str) -> str:
     lines = [
         "What each preset and named contribution does on the zoo, from the runs behind the three zoo",
         "sections above (paired 95 % intervals over test images and seeds, in points; a positive value",
-        "favours the first named). `python benchmarks/presets.py HEADS.json TOKENS.json PIPELINE.json`",
+        "favours the first named). `python benchmarks/presets.py HEADS.json TOKENS.json PIPELINE.json ...`",
         "rewrites this section from those runs' `zoo.json`.",
         "",
         "| comparison | setting | zoo mean | models where it is negative |",
         "|---|---|---|---|",
     ]
     below: list[str] = []
-    for protocol, path in (("heads", heads), ("tokens", tokens), ("pipeline", pipeline)):
-        rows, _ = _load_records(path)
+    for protocol, paths in (("heads", [heads]), ("tokens", [tokens]), ("pipeline", list(pipelines))):
+        rows = _records(paths)
         for (proto, setting), methods in _by(rows).items():
             if proto != protocol:
                 continue
@@ -75,6 +86,6 @@ def main(heads: str, tokens: str, pipeline: str) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) < 4:
         sys.exit(__doc__)
     write_section("Presets", main(*sys.argv[1:]))
