@@ -12,7 +12,6 @@ of a stopped run); ``--section`` then rewrites that section of RESULTS.md. Write
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -38,15 +37,7 @@ if __name__ == "__main__":
     shown = ["OUT"] + [f"RUN{i}/{os.path.basename(p)}" for i, p in enumerate(sources, 1)]
     flags = (["--only", ",".join(only)] if only else []) + (["--section", section] if section else [])
     command = "python benchmarks/zoo_merge.py " + shlex.join(flags + shown)
-    merge_runs(out, sources, command=command, methods=only)
-    if made_by:  # commands of sources that record none
-        path = os.path.join(out, "zoo.json")
-        with open(path) as f:
-            data = json.load(f)
-        runs = data["settings"].setdefault("runs", [])
-        runs[:0] = [c for c in made_by if c not in runs]
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1)
+    merge_runs(out, sources, command=command, methods=only, runs=made_by)
     with open(f"{out}/ZOO.md") as f:
         print(f.read())
     if section is not None:

@@ -443,7 +443,7 @@ def find_cascade(model: nn.Module) -> Cascade | None:
         except TypeError:
             blocks = None
     for blk in blocks or []:
-        cascade = _cascade_of(getattr(blk, "attn", None) or getattr(blk, "attention", None))
+        cascade = _cascade_of(block_attention(blk))
         if cascade is not None:
             return cascade
     return None

@@ -283,7 +283,12 @@ def _run_commands(path: str) -> list[str]:
 
 
 def merge_runs(
-    out_dir: str, sources: Sequence[str], command: str, boot: int = 1000, methods: Sequence[str] | None = None
+    out_dir: str,
+    sources: Sequence[str],
+    command: str,
+    boot: int = 1000,
+    methods: Sequence[str] | None = None,
+    runs: Sequence[str] = (),
 ) -> dict:
     """Summarise several zoo runs together (e.g. new variants against peers measured earlier).
 
@@ -298,13 +303,15 @@ def merge_runs(
         command: The command lines written into ``ZOO.md``.
         boot: Bootstrap resamples.
         methods: Keep only these methods (after relabelling); ``None`` keeps all.
+        runs: Commands that made sources which record none (a ``zoo_partial.json`` of a stopped
+            run); listed first, before the commands the sources record.
 
     Returns:
         The summary.
     """
     merged: dict[tuple, Record] = {}
     zoo_meta: dict = {}
-    runs: list[str] = []  # the commands that made the sources (zoo runs record theirs)
+    runs = list(dict.fromkeys(runs))  # the commands that made the sources (zoo runs record theirs)
     for spec in sources:
         path, _, renames = spec.partition(":")
         rename = dict(pair.split("=", 1) for pair in renames.split(",") if pair)

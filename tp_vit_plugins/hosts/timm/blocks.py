@@ -87,10 +87,10 @@ def block_halves(block: nn.Module) -> BlockHalves | None:
     return halves
 
 
-def block_attention(block: nn.Module) -> nn.Module:
-    """A block's attention module: timm's ``block.attn``, transformers' ``layer.attention``."""
+def block_attention(block: nn.Module) -> nn.Module | None:
+    """A block's attention module: timm's ``block.attn``, transformers' ``layer.attention`` (``None``: neither)."""
     attn = getattr(block, "attn", None)
-    return attn if attn is not None else block.attention
+    return attn if attn is not None else getattr(block, "attention", None)
 
 
 def attention_forward(attn: nn.Module) -> Callable[..., torch.Tensor]:
