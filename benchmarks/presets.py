@@ -16,7 +16,7 @@ import sys
 
 from common import write_section
 
-from tp_vit_plugins.demo.zoo_report import _by, _diff, _load_records, paired_bootstrap
+from tp_vit_plugins.demo.zoo_report import _by, _diff, load_runs, paired_bootstrap
 
 #: (method, other, what the difference means), per protocol.
 PAIRS = {
@@ -40,15 +40,6 @@ def _pct(t: tuple[float, float, float]) -> str:
     return f"{100 * p:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
-def _records(paths: list[str]) -> list:
-    """Records of several runs, a later run's record replacing an earlier one with the same key."""
-    merged = {}
-    for path in paths:
-        rows, _ = _load_records(path)
-        merged.update({(r.protocol, r.setting, r.model, r.method, r.seed): r for r in rows})
-    return list(merged.values())
-
-
 def main(heads: str, tokens: str, *pipelines: str) -> str:
     lines = [
         "What each preset and named contribution does on the zoo, from the runs behind the three zoo",
@@ -61,7 +52,7 @@ def main(heads: str, tokens: str, *pipelines: str) -> str:
     ]
     below: list[str] = []
     for protocol, paths in (("heads", [heads]), ("tokens", [tokens]), ("pipeline", list(pipelines))):
-        rows = _records(paths)
+        rows = load_runs(paths)[0]
         for (proto, setting), methods in _by(rows).items():
             if proto != protocol:
                 continue

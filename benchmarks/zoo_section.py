@@ -14,7 +14,9 @@ import sys
 
 from common import write_section
 
-_ZOO = """The six zoo models of `tp_vit_plugins/demo/zoo.py` (ViTs trained here on MNIST-5000 and
+from tp_vit_plugins.demo.zoo import ZOO
+
+_ZOO = """{models} of `tp_vit_plugins/demo/zoo.py` (ViTs trained here on MNIST-5000 and
 scikit-learn's digits; 4 to 12 blocks of 3 to 12 heads, class-token and average-pool heads,
 register tokens, LayerScale; dense accuracies below), 40 % of each dataset held out (2,000 MNIST / 719 digits test images), the same
 seeded calibration batches for every method of a seed. Intervals: paired 95 % bootstrap over test
@@ -60,6 +62,13 @@ section).""",
 }
 
 
+def covered_models(names: list[str]) -> str:
+    """How the introduction names the zoo models a run covered (all of them, or which ones)."""
+    if set(names) >= {z.name for z in ZOO}:
+        return f"The {len(ZOO)} zoo models"
+    return f"{len(names)} of the {len(ZOO)} zoo models ({', '.join(names)})"
+
+
 def zoo_section(section: str, out_dir: str) -> None:
     """Rewrite ``## section`` of RESULTS.md from ``out_dir/ZOO.md`` (and the runs recorded in its ``zoo.json``)."""
     if section not in INTROS:
@@ -67,9 +76,11 @@ def zoo_section(section: str, out_dir: str) -> None:
     with open(os.path.join(out_dir, "ZOO.md")) as f:
         tables = f.read().split("\n", 2)[2]  # drop the file's own title
     with open(os.path.join(out_dir, "zoo.json")) as f:
-        runs = json.load(f).get("settings", {}).get("runs", [])
+        run = json.load(f)
+    runs = run.get("settings", {}).get("runs", [])
+    intro = INTROS[section].format(models=covered_models(list(run.get("zoo", {}))))
     where = "Runs merged: " + "; ".join(f"`{c}`" for c in runs) + ".\n\n" if runs else ""
-    write_section(section, INTROS[section] + "\n\n" + where + tables.replace("\n### ", "\n#### "))
+    write_section(section, intro + "\n\n" + where + tables.replace("\n### ", "\n#### "))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,26 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
         zoo_report.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
 
 
+def test_summary_of_a_method_measured_on_some_models_only():
+    """A merge where one variant covers part of the zoo: it is compared on its models and left unranked."""
+
+    def rec(model: str, method: str, hits: int, seed: int = 0) -> zoo_report.Record:
+        correct = [i < hits for i in range(10)]
+        return zoo_report.Record("pipeline", "-40% params", model, method, seed, hits / 10, 0.6, correct)
+
+    rows = [rec("a", "taylor", 6), rec("b", "taylor", 8), rec("a", "l2", 5), rec("b", "l2", 7)]
+    rows += [rec("a", "gohsp", 7), rec("b", "gohsp", 9), rec("a", "gohsp-sgd", 4)]
+    block = zoo_report.summarize(rows, boot=50)["pipeline | -40% params"]
+    assert block["mean_rank"] == {"gohsp": 1.0, "taylor": 2.0, "l2": 3.0}  # the partial variant is not ranked
+    assert block["accuracy"]["gohsp-sgd"] == {"a": 0.4}
+    partial = block["versus_best_peer"]["gohsp-sgd"]
+    assert partial["peer"] == "taylor" and set(partial["per_model"]) == {"a"}
+    assert partial["zoo_mean"][0] == pytest.approx(-0.2)  # 4 of 10 vs 6 of 10, on model a only
+    assert block["versus_best_peer"]["gohsp"]["zoo_mean"][0] == pytest.approx(0.1)
+    table = zoo_report.render({"pipeline | -40% params": block}, {"a": 0.9, "b": 0.9}, "cmd")
+    assert "| gohsp-sgd | 40.00 | – | 40.00 (1 of 2) | – | 0.600 |" in table
+
+
 def test_tp_loop_and_isomorphic_peers_reach_the_parameter_budget(tmp_path, monkeypatch):
     """``gohsp@tp`` / ``vtp@tp`` (tp's calls only), tp's isomorphic pruning and LAMP run and land on the budget."""
     monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))

@@ -18,7 +18,17 @@ import torch
 
 from .zoo import ZOO, load_zoo
 
-__all__ = ["Record", "summarize", "render", "rerender", "merge_runs", "paired_bootstrap", "SEED_METHODS", "RANDOM_PEER"]
+__all__ = [
+    "Record",
+    "summarize",
+    "render",
+    "rerender",
+    "merge_runs",
+    "load_runs",
+    "paired_bootstrap",
+    "SEED_METHODS",
+    "RANDOM_PEER",
+]
 
 #: The library's own methods per protocol (the rest of each protocol are peers).
 SEED_METHODS = {"heads": ("gohsp", "cpvit"), "pipeline": ("gohsp", "vtp"), "tokens": ("cpvit",), "latency": ()}
@@ -92,22 +102,24 @@ def summarize(rows: list[Record], boot: int) -> dict:
             }
             continue
         models = sorted({model for per in methods.values() for model in per})
-        acc = {m: {model: statistics.mean(r.accuracy for r in per[model]) for model in models} for m, per in methods.items()}
-        ranks = {m: 0.0 for m in methods}
+        acc = {m: {model: statistics.mean(r.accuracy for r in rs) for model, rs in per.items()} for m, per in methods.items()}
+        complete = [m for m in methods if len(methods[m]) == len(models)]  # ranked; others compared where measured
+        ranks = {m: 0.0 for m in complete}
         for model in models:
-            order = sorted(methods, key=lambda m: -acc[m][model])
+            order = sorted(complete, key=lambda m: -acc[m][model])
             for i, m in enumerate(order):
                 ranks[m] += (i + 1) / len(models)
         seeds_methods = [m for m in methods if _is_seed(protocol, m)]  # the library's methods and their variants
-        peers = [m for m in methods if m not in seeds_methods and m != "dense+E"]
+        peers = [m for m in complete if m not in seeds_methods and m != "dense+E"]
         best = max(peers, key=lambda m: statistics.mean(acc[m].values())) if peers else None
         versus = {}
         for m in seeds_methods:
             if best is None:
                 continue
-            diffs = [_diff(methods[m][model], methods[best][model]) for model in models]
+            shared = [model for model in models if model in methods[m]]
+            diffs = [_diff(methods[m][model], methods[best][model]) for model in shared]
             point, low, high = paired_bootstrap(diffs, boot)
-            per_model = {model: paired_bootstrap([d], boot) for model, d in zip(models, diffs)}
+            per_model = {model: paired_bootstrap([d], boot) for model, d in zip(shared, diffs)}
             versus[m] = {"peer": best, "zoo_mean": (point, low, high), "per_model": per_model}
         flags = []
         for m in seeds_methods:
@@ -117,7 +129,7 @@ def summarize(rows: list[Record], boot: int) -> dict:
             elif protocol == "tokens" and "-s0" in m:
                 rnd = "cpvit-s0-random"  # the random scorer on the same schedule
             if rnd in methods:
-                below = [model for model in models if acc[m][model] < acc[rnd][model]]
+                below = [model for model in models if model in acc[m] and model in acc[rnd] and acc[m][model] < acc[rnd][model]]
                 if below:
                     flags.append(f"{m} is below {rnd} on {', '.join(below)}")
         kept = {m: statistics.mean(r.kept for rs in per.values() for r in rs) for m, per in methods.items()}
@@ -179,14 +191,20 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
             lines.append("")
             continue
         acc, ranks, kept = block["accuracy"], block["mean_rank"], block.get("kept", {})
-        models = sorted(next(iter(acc.values())))
+        models = sorted({x for per in acc.values() for x in per})
         what = {"heads": "heads kept", "pipeline": "params kept", "tokens": "MACs kept"}[key.split(" |")[0]]
         lines.append("| method | " + " | ".join(models) + f" | zoo mean | mean rank | {what} |")
         lines.append("|---" * (len(models) + 4) + "|")
-        for m in sorted(acc, key=lambda m: ranks[m]):
-            cells = " | ".join(_pct(acc[m][x]) for x in models)
+        for m in sorted(acc, key=lambda m: (m not in ranks, ranks.get(m, 0.0), m)):
+            cells = " | ".join(_pct(acc[m][x]) if x in acc[m] else "–" for x in models)
             share = f"{kept[m]:.3f}" if m in kept else "-"
-            lines.append(f"| {m} | {cells} | {_pct(statistics.mean(acc[m].values()))} | {ranks[m]:.2f} | {share} |")
+            mean = _pct(statistics.mean(acc[m].values())) + ("" if m in ranks else f" ({len(acc[m])} of {len(models)})")
+            rank = f"{ranks[m]:.2f}" if m in ranks else "–"
+            lines.append(f"| {m} | {cells} | {mean} | {rank} | {share} |")
+        if len(ranks) < len(acc):
+            lines.append("")
+            lines.append("A method measured on some models only: its mean is over those models, it is not ranked,")
+            lines.append("and its interval below pairs it with the best peer on those models.")
         lines.append("")
         for m, v in block["versus_best_peer"].items():
             point, low, high = v["zoo_mean"]
@@ -234,9 +252,9 @@ def _heatmap(summary: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.6), squeeze=False)
     for ax, (key, block) in zip(axes[0], blocks):
         acc = block["accuracy"]
-        methods = sorted(acc, key=lambda m: block["mean_rank"][m])
-        models = sorted(next(iter(acc.values())))
-        grid = [[1 + sorted(acc, key=lambda m2: -acc[m2][x]).index(m) for x in models] for m in methods]
+        methods = sorted(block["mean_rank"], key=lambda m: block["mean_rank"][m])  # those measured on every model
+        models = sorted(next(iter(acc[m] for m in methods)))
+        grid = [[1 + sorted(methods, key=lambda m2: -acc[m2][x]).index(m) for x in models] for m in methods]
         ax.imshow(grid, cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(len(models)), models, rotation=60, ha="right", fontsize=6)
         ax.set_yticks(range(len(methods)), methods, fontsize=7)
@@ -282,6 +300,37 @@ def _run_commands(path: str) -> list[str]:
     return [*settings.get("runs", []), *own]
 
 
+def load_runs(
+    sources: Sequence[str], methods: Sequence[str] | None = None, runs: Sequence[str] = ()
+) -> tuple[list[Record], dict, list[str]]:
+    """The records of several zoo runs, a later source's record replacing an earlier one with the same key.
+
+    Args:
+        sources: ``zoo.json`` / ``zoo_partial.json`` paths, each optionally followed by
+            ``:old=new,old2=new2`` to relabel methods.
+        methods: Keep only these methods (after relabelling); ``None`` keeps all.
+        runs: Commands that made sources which record none, listed first.
+
+    Returns:
+        The records (one per protocol, setting, model, method and seed), the zoo's dense
+        accuracies the sources record, and the commands that made the sources.
+    """
+    merged: dict[tuple, Record] = {}
+    zoo_meta: dict = {}
+    runs = list(dict.fromkeys(runs))  # the commands that made the sources (zoo runs record theirs)
+    for spec in sources:
+        path, _, renames = spec.partition(":")
+        rename = dict(pair.split("=", 1) for pair in renames.split(",") if pair)
+        rows, meta = _load_records(path)
+        runs.extend(c for c in _run_commands(path) if c not in runs)
+        zoo_meta.update(meta)
+        for r in rows:
+            r.method = rename.get(r.method, r.method)
+            if methods is None or r.method in methods:
+                merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
+    return list(merged.values()), zoo_meta, runs
+
+
 def merge_runs(
     out_dir: str,
     sources: Sequence[str],
@@ -309,20 +358,7 @@ def merge_runs(
     Returns:
         The summary.
     """
-    merged: dict[tuple, Record] = {}
-    zoo_meta: dict = {}
-    runs = list(dict.fromkeys(runs))  # the commands that made the sources (zoo runs record theirs)
-    for spec in sources:
-        path, _, renames = spec.partition(":")
-        rename = dict(pair.split("=", 1) for pair in renames.split(",") if pair)
-        rows, meta = _load_records(path)
-        runs.extend(c for c in _run_commands(path) if c not in runs)
-        zoo_meta.update(meta)
-        for r in rows:
-            r.method = rename.get(r.method, r.method)
-            if methods is None or r.method in methods:
-                merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
-    rows = list(merged.values())
+    rows, zoo_meta, runs = load_runs(sources, methods, runs)
     if not rows:
         raise ValueError(f"no records left from {list(sources)} (methods={methods})")
     summary = summarize(rows, boot)
