@@ -31,7 +31,9 @@ INTROS = {
 Uniform head removal at 30 / 50 / 70 % of each block's heads, no fine-tune. `gohsp` is
 `GraphHeadImportance()` (the recommended flow graph), `gohsp-paper` is
 `GraphHeadImportance(preset="paper")` (attention-map correlation graph, heads ranked by
-redundancy); `l2` / `taylor` are tp's group importances.""",
+redundancy); `l2` / `taylor` / `lamp` are tp's group importances (LAMP: layer-adaptive magnitude).
+tp ranks attention heads in their own scope, so its isomorphic pruning keeps the same heads as
+plain tp here (`tests/test_tp_seams.py`); it is a peer in the pipeline protocol.""",
     "Zoo: tokens": _ZOO
     + """
 
@@ -52,7 +54,7 @@ recommended presets driven by the library's recipe, `gohsp@tp` / `vtp@tp` the sa
 from model, example, importance and a ratio and driven by tp's calls only (`regularize`,
 `update_regularizer()`, `step()`), `gohsp-paper` / `vtp-paper` the paper presets,
 `gohsp-nograph` the recommended GOHSP without its graph guideline; peers: tp's magnitude (`l2`),
-Taylor, isomorphic (`-iso`) and GroupNorm pruners followed by the same fine-tune; `dense+E` the
+LAMP (`lamp`), Taylor, isomorphic (`-iso`) and GroupNorm pruners followed by the same fine-tune; `dense+E` the
 dense model trained for the same epochs.""",
     "Zoo: pipeline, 12 epochs": _ZOO
     + """

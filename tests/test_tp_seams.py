@@ -8,6 +8,7 @@ from conftest import make_model, snapshot, state_equal
 
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core import tp_seams
+from tp_vit_plugins.hosts.timm.structure import heads_per_block
 
 
 def test_installed_tp_has_the_seams(x):
@@ -78,3 +79,19 @@ def test_tp_obdc_prepares_a_vit_group_set(x):
     imp = tp.importance.OBDCImportance(num_classes=10)
     pruner = tp.pruner.BasePruner(model, x[:1], importance=imp, pruning_ratio=0.3, **tpv.vit_pruning_kwargs(model))
     imp._prepare_model(model, pruner)
+
+
+@pytest.mark.parametrize("global_head_pruning", [False, True])
+def test_isomorphic_pruning_leaves_head_removal_unchanged(x, global_head_pruning):
+    """tp ranks attention heads in their own scope, before its isomorphic scopes: removing heads only,
+    ``isomorphic=True`` keeps the same heads (why the one-shot heads protocol has no ``-iso`` peer)."""
+    pruned = {}
+    for isomorphic in (False, True):
+        model = make_model(depth=3, num_heads=4)
+        model.blocks[0].attn.qkv.weight.data *= 5  # so that a global ranking is not uniform by chance
+        tpv.ViTPruner(model, x[:1], tp.importance.GroupMagnitudeImportance(p=2), head_pruning_ratio=0.5,
+                      global_head_pruning=global_head_pruning, isomorphic=isomorphic).step()  # fmt: skip
+        pruned[isomorphic] = model
+    assert state_equal(snapshot(pruned[False]), snapshot(pruned[True]))
+    heads = heads_per_block(pruned[False])
+    assert sum(heads) == 6 and (heads != [2, 2, 2]) == global_head_pruning, heads  # global: blocks differ
