@@ -362,9 +362,10 @@ def merge_runs(
     if not rows:
         raise ValueError(f"no records left from {list(sources)} (methods={methods})")
     summary = summarize(rows, boot)
-    if not zoo_meta:
-        used = {r.model for r in rows}
-        zoo_meta = {m.name: meta["test_accuracy"] for m, _, _, meta in load_zoo(tuple(z for z in ZOO if z.name in used), False)}
+    missing = {r.model for r in rows} - set(zoo_meta)  # a partial file records no dense accuracies
+    if missing:
+        members = tuple(z for z in ZOO if z.name in missing)
+        zoo_meta.update({m.name: meta["test_accuracy"] for m, _, _, meta in load_zoo(members, False)})
     os.makedirs(out_dir, exist_ok=True)
     _write_outputs(out_dir, rows, summary, zoo_meta, command, {"merged_from": list(sources), "runs": runs})
     return summary
