@@ -153,6 +153,23 @@ def test_summary_of_a_method_measured_on_some_models_only():
     assert "| gohsp-sgd | 40.00 | – | 40.00 (1 of 2) | – | 0.600 |" in table
 
 
+def test_a_flag_below_the_random_reference_carries_its_paired_interval():
+    def rec(model: str, method: str, correct: list[bool]) -> zoo_report.Record:
+        return zoo_report.Record("heads", "50% heads removed", model, method, 0, sum(correct) / 4, 0.5, correct)
+
+    rows = [rec("a", "random", [True, True, False, False]), rec("a", "gohsp", [True, False, False, False])]
+    rows += [
+        rec("b", "random", [True] * 4),
+        rec("b", "gohsp", [True] * 4),
+        rec("a", "l2", [True] * 4),
+        rec("b", "l2", [True] * 4),
+    ]
+    block = zoo_report.summarize(rows, boot=200)["heads | 50% heads removed"]
+    (flag,) = block["flags"]
+    assert flag.startswith("gohsp is below random on a -25.00 [")  # one image of four, model b not flagged
+    assert ", b" not in flag
+
+
 def test_tp_loop_and_isomorphic_peers_reach_the_parameter_budget(tmp_path, monkeypatch):
     """``gohsp@tp`` / ``vtp@tp`` (tp's calls only), tp's isomorphic pruning and LAMP run and land on the budget."""
     monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))

@@ -130,8 +130,9 @@ def summarize(rows: list[Record], boot: int) -> dict:
                 rnd = "cpvit-s0-random"  # the random scorer on the same schedule
             if rnd in methods:
                 below = [model for model in models if model in acc[m] and model in acc[rnd] and acc[m][model] < acc[rnd][model]]
-                if below:
-                    flags.append(f"{m} is below {rnd} on {', '.join(below)}")
+                if below:  # each with its paired interval: a tie within noise reads differently from a deficit
+                    where = [f"{x} {_interval(paired_bootstrap([_diff(methods[m][x], methods[rnd][x])], boot))}" for x in below]
+                    flags.append(f"{m} is below {rnd} on {', '.join(where)}")
         kept = {m: statistics.mean(r.kept for rs in per.values() for r in rs) for m, per in methods.items()}
         reported: dict[str, dict[str, float]] = {}  # what methods report about themselves (ADMM residual, zero gates)
         for m, per in methods.items():
@@ -165,6 +166,12 @@ def _diff(a: list[Record], b: list[Record]) -> torch.Tensor:
 # ---------------------------------------------------------------------------- reporting
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
+
+
+def _interval(t: tuple[float, float, float]) -> str:
+    """A paired difference in points with its 95 % interval: ``-0.42 [-1.53, +0.56]``."""
+    point, low, high = t
+    return f"{100 * point:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def render(summary: dict, zoo_meta: dict, command: str) -> str:
@@ -208,7 +215,7 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
         lines.append("")
         for m, v in block["versus_best_peer"].items():
             point, low, high = v["zoo_mean"]
-            per = ", ".join(f"{x} {100 * p:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]" for x, (p, lo, hi) in v["per_model"].items())
+            per = ", ".join(f"{x} {_interval(t)}" for x, t in v["per_model"].items())
             lines.append(
                 f"- **{m}** vs best peer **{v['peer']}**: zoo mean {100 * point:+.2f} pt, "
                 f"95 % CI [{100 * low:+.2f}, {100 * high:+.2f}]; per model: {per}"
