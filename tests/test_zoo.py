@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 
 import pytest
@@ -133,7 +134,7 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
         zoo_report.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
 
 
-def test_summary_of_a_method_measured_on_some_models_only():
+def test_summary_of_a_method_measured_on_some_models_only(tmp_path):
     """A merge where one variant covers part of the zoo: it is compared on its models and left unranked."""
 
     def rec(model: str, method: str, hits: int, seed: int = 0) -> zoo_report.Record:
@@ -151,6 +152,10 @@ def test_summary_of_a_method_measured_on_some_models_only():
     assert block["versus_best_peer"]["gohsp"]["zoo_mean"][0] == pytest.approx(0.1)
     table = zoo_report.render({"pipeline | -40% params": block}, {"a": 0.9, "b": 0.9}, "cmd")
     assert "| gohsp-sgd | 40.00 | – | 40.00 (1 of 2) | – | 0.600 |" in table
+    disjoint = zoo_report.summarize([rec("a", "taylor", 6), rec("b", "gohsp", 7)], boot=50)  # nothing on every model
+    assert disjoint["pipeline | -40% params"]["mean_rank"] == {}
+    if importlib.util.find_spec("matplotlib"):
+        zoo_report._heatmap(disjoint, str(tmp_path / "ranks.png"))  # an empty panel, no error
 
 
 def test_a_flag_below_the_random_reference_carries_its_paired_interval():

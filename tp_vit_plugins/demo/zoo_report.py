@@ -260,6 +260,9 @@ def _heatmap(summary: dict, path: str) -> None:
     for ax, (key, block) in zip(axes[0], blocks):
         acc = block["accuracy"]
         methods = sorted(block["mean_rank"], key=lambda m: block["mean_rank"][m])  # those measured on every model
+        if not methods:
+            ax.set_axis_off()
+            continue
         models = sorted(next(iter(acc[m] for m in methods)))
         grid = [[1 + sorted(methods, key=lambda m2: -acc[m2][x]).index(m) for x in models] for m in methods]
         ax.imshow(grid, cmap="viridis_r", aspect="auto")
