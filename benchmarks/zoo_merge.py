@@ -36,6 +36,7 @@ if __name__ == "__main__":
     out, sources = args[0], args[1:]
     shown = ["OUT"] + [f"RUN{i}/{os.path.basename(p)}" for i, p in enumerate(sources, 1)]
     flags = (["--only", ",".join(only)] if only else []) + (["--section", section] if section else [])
+    flags += [part for c in made_by for part in ("--made-by", c)]
     command = "python benchmarks/zoo_merge.py " + shlex.join(flags + shown)
     merge_runs(out, sources, command=command, methods=only, runs=made_by)
     with open(f"{out}/ZOO.md") as f:
