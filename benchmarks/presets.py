@@ -16,7 +16,7 @@ import sys
 
 from common import write_section
 
-from tp_vit_plugins.demo.zoo_report import _by, _diff, load_runs, paired_bootstrap
+from tp_vit_plugins.demo.zoo_report import _by, _diff, _interval, load_runs, paired_bootstrap
 
 #: (method, other, what the difference means), per protocol.
 PAIRS = {
@@ -33,11 +33,6 @@ PAIRS = {
         ("vtp", "vtp-paper", "VTP recommended (closing) − paper preset (L1-trained gates)"),
     ],
 }
-
-
-def _pct(t: tuple[float, float, float]) -> str:
-    p, lo, hi = t
-    return f"{100 * p:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
 def main(heads: str, tokens: str, *pipelines: str) -> str:
@@ -62,13 +57,13 @@ def main(heads: str, tokens: str, *pipelines: str) -> str:
                 models = sorted(set(methods[a]) & set(methods[b]))
                 diffs = [_diff(methods[a][m], methods[b][m]) for m in models]
                 worse = [m for m, d in zip(models, diffs) if paired_bootstrap([d], 1000)[0] < 0]
-                lines.append(f"| {what} | {setting} | {_pct(paired_bootstrap(diffs, 1000))} | {', '.join(worse) or '–'} |")
+                lines.append(f"| {what} | {setting} | {_interval(paired_bootstrap(diffs, 1000))} | {', '.join(worse) or '–'} |")
             if protocol == "heads":
                 for m in ("gohsp", "gohsp-paper", "taylor"):
                     for model in sorted(methods.get(m, {})):
                         t = paired_bootstrap([_diff(methods[m][model], methods["l2"][model])], 1000)
                         if t[0] < 0:
-                            below.append(f"| {m} | {setting} | {model} | {_pct(t)} |")
+                            below.append(f"| {m} | {setting} | {model} | {_interval(t)} |")
     lines += ["", "One-shot head rankings below tp's L2 criterion on a model (per-model paired intervals):", ""]
     lines += ["| ranking | setting | model | − L2 |", "|---|---|---|---|", *below]
     body = "\n".join(lines)
