@@ -136,3 +136,37 @@ def test_names_that_left_a_module_still_work_and_warn(module, name, new):
     with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
         old = getattr(importlib.import_module(module), name)
     assert old is getattr(importlib.import_module(new), name)
+
+
+#: The method and core code that must reach host libraries only through the host interface.
+HOST_NEUTRAL = ["core", "gohsp", "cpvit", "vtp", "budget.py", "export.py", "utils.py"]
+#: Host libraries (and the library's own host modules) that code outside hosts/ must not import.
+HOST_LIBRARIES = ("timm", "transformers", "torchvision", "open_clip")
+
+
+def _host_neutral_files() -> list[pathlib.Path]:
+    files = []
+    for entry in HOST_NEUTRAL:
+        path = ROOT / entry
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    return [f for f in files if f.name not in ("adapter.py", "families.py") or f.parent.name != "core"]  # 0.3 shims
+
+
+@pytest.mark.parametrize("path", _host_neutral_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_methods_import_no_host_library_and_no_host_module(path):
+    """Methods ask ``tp_vit_plugins.hosts`` (the interface), never a host library or one host's module."""
+    for name in _imported_modules(path):
+        top = name.lstrip(".").split(".")[0]
+        assert top not in HOST_LIBRARIES, f"{path.name} imports {name}"
+        parts = name.lstrip(".").split(".")
+        if "hosts" in parts:  # only the interface package itself
+            assert parts[-1] == "hosts", f"{path.name} imports {name}: ask tp_vit_plugins.hosts.host_for(model) instead"
+
+
+@pytest.mark.parametrize("path", _host_neutral_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_methods_branch_on_no_host_type(path):
+    """No ``is_transformers_model`` / class-name tests of host models outside hosts/."""
+    text = path.read_text()
+    for pattern in ("is_transformers_model", "type(model).__name__ in", "type(model).__name__ ==", "PrunableHFAttention",
+                    "LayerAttentionCall", "PrunableTalkingHeadAttn"):  # fmt: skip
+        assert pattern not in text, f"{path.name} branches on a host type ({pattern})"

@@ -36,6 +36,8 @@ __version__ = "0.3.0"
 
 if TYPE_CHECKING:  # what the lazy loader below returns, spelled out for type checkers and IDEs
     from .budget import fit_budget as fit_budget
+    from .core.glue import sync_attention as sync_attention
+    from .core.glue import vit_pruning_kwargs as vit_pruning_kwargs
     from .core.io import load_pruned as load_pruned
     from .core.io import save_pruned as save_pruned
     from .core.metrics import count_macs as count_macs
@@ -45,9 +47,7 @@ if TYPE_CHECKING:  # what the lazy loader below returns, spelled out for type ch
     from .export import export_onnx as export_onnx
     from .gohsp.importance import GraphHeadImportance as GraphHeadImportance
     from .gohsp.pruner import GOHSPPruner as GOHSPPruner
-    from .hosts.timm.pruning import vit_pruning_kwargs as vit_pruning_kwargs
-    from .hosts.timm.support import UnsupportedModelError as UnsupportedModelError
-    from .hosts.timm.sync import sync_attention as sync_attention
+    from .hosts import UnsupportedModelError as UnsupportedModelError
     from .vtp.importance import GateImportance as GateImportance
     from .vtp.pruner import VTPPruner as VTPPruner
 
@@ -59,14 +59,14 @@ _EXPORTS = {
     "GraphHeadImportance": ".gohsp.importance",
     "CumulativeHeadImportance": ".cpvit.importance",
     "GateImportance": ".vtp.importance",
-    "vit_pruning_kwargs": ".hosts.timm.pruning",
-    "sync_attention": ".hosts.timm.sync",
+    "vit_pruning_kwargs": ".core.glue",
+    "sync_attention": ".core.glue",
     "apply_cascade": ".cpvit.patch",
     "fit_budget": ".budget",
     "count_macs": ".core.metrics",
     "save_pruned": ".core.io",
     "load_pruned": ".core.io",
-    "UnsupportedModelError": ".hosts.timm.support",
+    "UnsupportedModelError": ".hosts",
     "export_onnx": ".export",
 }
 

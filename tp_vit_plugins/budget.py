@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .core.metrics import count_macs, measure_latency
 from .core.pruner import ViTPruner
 from .core.search import bisect_threshold
-from .hosts.timm.structure import heads_per_block
+from .hosts import host_for
 
 __all__ = ["BudgetResult", "fit_budget", "clone_with_grads", "remap_state", "vit_prune_fn", "BUDGET_STRUCTURES"]
 
@@ -99,7 +99,7 @@ def remap_state(obj: object, source: nn.Module, twin: nn.Module) -> object:
 
 def _max_head_ratio(model: nn.Module, kwargs: dict) -> float:
     """Largest head ratio that leaves every block ``min_heads`` heads (ViTPruner's rounding)."""
-    heads = heads_per_block(model)
+    heads = host_for(model).heads_per_block(model)
     keep = int(kwargs.get("min_heads", 1))
     if kwargs.get("global_head_pruning", kwargs.get("global_pruning", False)):
         return (sum(heads) - keep * len(heads)) / sum(heads)

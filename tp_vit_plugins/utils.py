@@ -13,10 +13,10 @@ None of these is needed to prune; they are what a pruning script usually wants n
 
 from __future__ import annotations
 
+from .core.glue import attention_maps, check_supported, eager_attention, is_supported
 from .core.metrics import count_params, measure_latency
 from .core.training import evaluate, finetune
-from .hosts.timm.attention import AttentionMaps, attention_maps, eager_attention
-from .hosts.timm.support import check_supported, is_supported
+from .hosts import AttentionMaps
 
 __all__ = [
     "AttentionMaps",

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..hosts.timm.attention import attention_maps
-from ..hosts.timm.support import check_global_sequence
+from ..hosts import host_for
 from .metrics import as_logits
 
 __all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
@@ -114,16 +113,17 @@ def collect_attention(
     Raises:
         ValueError: Empty loader or invalid ``max_batches``.
         TypeError: No timm attention in ``model``, malformed batches, or a windowed-attention
-            model (Swin: :class:`~.adapter.UnsupportedModelError`).
+            model (Swin: :class:`~tp_vit_plugins.UnsupportedModelError`).
     """
     _check_max_batches(max_batches)
-    check_global_sequence(model, f"attention calibration ({desc})")
+    host = host_for(model)
+    host.check_global_sequence(model, f"attention calibration ({desc})")
     was_training = model.training
     device = _device(model)
     seen = 0
     model.eval()
     try:
-        with attention_maps(model, store=False, callback=callback):
+        with host.attention_maps(model, store=False, callback=callback):
             for images in iter_batches(loader, max_batches, desc, progress, allow_empty=allow_empty):
                 model(images.to(device))
                 seen += int(images.shape[0])
@@ -158,7 +158,7 @@ def accumulate_gradients(
         TypeError: The loader yields no targets.
     """
     _check_max_batches(max_batches)
-    check_global_sequence(model, f"attention calibration ({desc})")
+    host_for(model).check_global_sequence(model, f"attention calibration ({desc})")
     was_training = model.training
     device = _device(model)
     model.eval()

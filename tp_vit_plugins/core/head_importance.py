@@ -32,7 +32,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..hosts.timm.structure import attention_modules
+from ..hosts import host_for
 
 __all__ = ["HeadImportance", "COMBINE_MODES"]
 
@@ -81,7 +81,7 @@ class HeadImportance(tp.importance.Importance):
         """Compute ``head_scores`` for ``model`` from calibration batches.
 
         Args:
-            model: A timm ViT-family model (left unchanged; hooks removed afterwards).
+            model: A supported ViT (left unchanged; hooks removed afterwards).
             loader: Yields image tensors or ``(images, target)`` tuples.
             max_batches: Use at most this many batches.
 
@@ -92,7 +92,7 @@ class HeadImportance(tp.importance.Importance):
             TypeError: No timm attention in ``model`` or malformed batches.
             ValueError: Empty loader.
         """
-        attns = attention_modules(model)
+        attns = host_for(model).attention_modules(model)
         scores = self._compute_head_scores(model, loader, max_batches)
         self.set_head_scores({a.qkv: s for (_, a), s in zip(attns, scores, strict=True)})
         return self

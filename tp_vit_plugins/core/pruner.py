@@ -23,13 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..hosts import transformers as hf
-from ..hosts.timm.families import drop_heads, has_rope, rope_pairs
-from ..hosts.timm.pruning import vit_pruning_kwargs
-from ..hosts.timm.structure import attention_modules
-from ..hosts.timm.support import fixed_residual
-from ..hosts.timm.sync import sync_attention
-from ..hosts.transformers import is_transformers_model
+from ..hosts import host_for
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -86,7 +80,7 @@ class ViTPruner(tp.pruner.BasePruner):
         TypeError: The model has no timm attention, or a kwarg this class sets itself.
         ValueError: A ratio outside ``[0, 1)``, a head budget leaving a layer with fewer
             than ``min_heads`` heads, or ``prune_embed_dim=True`` on a model whose residual
-            stream must keep its width (:func:`~tp_vit_plugins.hosts.timm.support.fixed_residual`).
+            stream must keep its width (the host's :meth:`~tp_vit_plugins.hosts.Host.fixed_residual`).
             The model is untouched in every error case (EVA / BEiT / CaiT / Swin attention,
             converted at construction, is converted back).
     """
@@ -136,19 +130,20 @@ class ViTPruner(tp.pruner.BasePruner):
         self, model, example_inputs, importance, pruning_ratio, head_pruning_ratio, global_pruning,
         global_head_pruning, prune_head_dims, prune_mlp, prune_embed_dim, min_heads, ignored_layers, kwargs,
     ) -> None:  # fmt: skip
-        vit_kw = vit_pruning_kwargs(model)  # TypeError for non-ViT models
-        reason = fixed_residual(model)
+        self.host = host = host_for(model)
+        vit_kw = host.pruning_kwargs(model)  # TypeError for non-ViT models
+        reason = host.fixed_residual(model)
         if prune_embed_dim and reason is not None:
             raise ValueError(f"{reason}; use prune_embed_dim=False (heads, head dims and MLP dims still prune)")
         #: Rotary models: head dims go in rotary pairs, the same share per block (:meth:`_prune_rope_head_dims`).
-        self._rope_pairs = bool(prune_head_dims and has_rope(model))
-        self._attentions = attention_modules(model)
+        self._rope_pairs = bool(prune_head_dims and host.has_rope(model))
+        self._attentions = host.attention_modules(model)
         self.global_head_pruning = global_pruning if global_head_pruning is None else bool(global_head_pruning)
         self.min_heads = min_heads
         self.target_head_pruning_ratio = head_pruning_ratio
         self._check_head_budget(head_pruning_ratio)
         self._enabled_kinds = {"attention": prune_head_dims and not self._rope_pairs, "mlp": prune_mlp, "embed": prune_embed_dim}
-        self._embed_modules = self._embedding_modules(model)
+        self._embed_modules = set(host.embedding_modules(model))
         super().__init__(
             model,
             example_inputs,
@@ -188,20 +183,6 @@ class ViTPruner(tp.pruner.BasePruner):
                         f"head_pruning_ratio={ratio} would leave {name} with 0 of its {h} heads; "
                         "lower the ratio or use global_head_pruning=True"
                     )
-
-    @staticmethod
-    def _embedding_modules(model: nn.Module) -> set[nn.Module]:
-        if is_transformers_model(model):
-            return set(hf.embedding_modules(model))
-        mods = set()
-        patch = getattr(getattr(model, "patch_embed", None), "proj", None)
-        if isinstance(patch, nn.Module):
-            mods.add(patch)
-        for attr in ("norm", "fc_norm"):
-            m = getattr(model, attr, None)
-            if isinstance(m, nn.Module) and any(True for _ in m.parameters()):
-                mods.add(m)
-        return mods
 
     # ------------------------------------------------------------------ tp hooks
     def group_kind(self, group: tp.Group) -> str:
@@ -276,10 +257,10 @@ class ViTPruner(tp.pruner.BasePruner):
 
         After the caller prunes the group (tp's ``step`` loop, or an interactive caller), the
         per-head parameters outside tp's graph lose the same heads: BEiT / Swin relative position
-        table columns, CaiT talking-heads mixer rows and columns (:func:`~.families.drop_heads`).
+        table columns, CaiT talking-heads mixer rows and columns (the host's ``drop_heads``).
         """
         yield self.head_group(attn, heads)
-        drop_heads(attn, heads)
+        self.host.drop_heads(attn, heads)
 
     def head_group(self, attn: nn.Module, heads: Sequence[int]) -> tp.Group:
         """The tp group removing whole ``heads`` of ``attn``; head bookkeeping is updated.
@@ -303,12 +284,12 @@ class ViTPruner(tp.pruner.BasePruner):
             yield from super()._prune()  # tp warns and yields nothing
             return
         yield from self._prune_heads()
-        sync_attention(self.model, self.num_heads)  # head norms need the new layout
+        self.host.sync(self.model, self.num_heads)  # head norms need the new layout
         if self._width_active:
             yield from super()._prune()
             if self._rope_pairs:
                 yield from self._prune_rope_head_dims()
-        sync_attention(self.model, self.num_heads)
+        self.host.sync(self.model, self.num_heads)
         sync = getattr(self.importance, "sync_layout", None)
         if sync is not None:  # head dims may have gone: calibrated head scores stay with their heads
             for _, attn in self._attentions:
@@ -337,7 +318,7 @@ class ViTPruner(tp.pruner.BasePruner):
             if imp is None:
                 continue
             per_dim = imp.detach().float().cpu().view(H, d).mean(0)
-            pairs = rope_pairs(d, bool(getattr(attn, "rotate_half", False)))
+            pairs = self.host.rope_pairs(attn) or []
             scores = torch.stack([per_dim[a] + per_dim[b] for a, b in pairs])
             gone = {j for p in torch.argsort(scores, stable=True)[:remove].tolist() for j in pairs[p]}
             idxs = sorted(h * d + j for h in range(H) for j in gone)

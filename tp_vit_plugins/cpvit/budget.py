@@ -9,10 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..core.search import bisect_threshold
-from ..hosts.timm.blocks import patch_embed_macs, patch_grid, reads_prefix_only, token_blocks
-from ..hosts.timm.families import head_mixers
-from ..hosts.timm.structure import block_layers, classifier_heads, head_layout, prefix_tokens
-from ..hosts.timm.support import attention_pool
+from ..hosts import host_for
 from .config import CascadeConfig, with_options
 from .maths import heads_kept, keep_schedule
 
@@ -56,24 +53,25 @@ def cascade_macs(
         raise ValueError("mode='mask' keeps every token's MACs (shapes unchanged): count it with tpv.count_macs")
     keep_ratio, head_keep_ratio = cfg.keep_ratio, cfg.head_keep_ratio
     fold, prune_at, trim_last = cfg.fold, cfg.prune_at, cfg.trim_last
-    depth = len(token_blocks(model))
+    host = host_for(model)
+    depth = len(host.token_blocks(model))
     start_block, head_start_block = cfg.start_blocks(depth)
-    rows, cols = patch_grid(model)
-    P, prefix = rows * cols, prefix_tokens(model)
+    rows, cols = host.patch_grid(model)
+    P, prefix = rows * cols, host.prefix_tokens(model)
     if counts is None:
         counts = keep_schedule(P, depth, keep_ratio, start_block, steps=cfg.schedule_steps)
     counts = list(counts)
-    trim = trim_last and prune_at == "mlp" and reads_prefix_only(model) and min(counts) < P  # only a pruning cascade
-    macs = patch_embed_macs(model)
-    for i, b in enumerate(block_layers(model)):
+    trim = trim_last and prune_at == "mlp" and host.reads_prefix_only(model) and min(counts) < P  # only a pruning cascade
+    macs = host.patch_embed_macs(model)
+    for i, b in enumerate(host.block_layers(model)):
         n = prefix + counts[i]
-        H, d = head_layout(b.attn)
+        H, d = host.head_layout(b.attn)
         skip = head_keep_ratio < 1 and i >= head_start_block
         kept = heads_kept(H, head_keep_ratio) if skip else H
         # per-token linears of the attention (qkv, an output gate), its output projection on the kept heads
         # (all heads when a head norm or gate needs the full layout), the two attention matmuls
         full = not isinstance(getattr(b.attn, "norm", nn.Identity()), nn.Identity) or getattr(b.attn, "gate", None) is not None
-        mixers = head_mixers(b.attn)  # CaiT's talking heads: linears over the heads of [N, N] maps
+        mixers = host.head_mixers(b.attn)  # CaiT's talking heads: linears over the heads of [N, N] maps
         macs += n * _linear_macs(b.attn, skip=(b.proj, *mixers)) + n * n * sum(_linear_macs(x) for x in mixers)
         macs += n * (H if full else kept) * d * b.proj.out_features + H * n * n * d + kept * n * n * d
         n_mlp = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
@@ -82,7 +80,7 @@ def cascade_macs(
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
             macs += (counts[i] - counts[i + 1]) * counts[i + 1] * b.qkv.in_features  # similarity of pruned and kept tokens
     macs += _readout_macs(model, prefix + counts[-1] if not trim else prefix, counts[-1])
-    macs += sum(h.in_features * h.out_features for h in classifier_heads(model) if isinstance(h, nn.Linear))
+    macs += sum(h.in_features * h.out_features for h in host.classifier_heads(model) if isinstance(h, nn.Linear))
     return batch_size * macs
 
 
@@ -105,7 +103,7 @@ def _readout_macs(model: nn.Module, tokens: int, patches: int) -> int:
         a, n = blk.attn, 1 + patches  # the class token, then the patch tokens
         macs += a.q.in_features * a.q.out_features + n * (_linear_macs(a.k) + _linear_macs(a.v))
         macs += 2 * n * a.q.out_features + a.proj.in_features * a.proj.out_features + _linear_macs(blk.mlp)
-    pool = attention_pool(model)
+    pool = host_for(model).attention_pool(model)
     if pool is not None:
         n = tokens if getattr(model, "pool_include_prefix", False) else patches
         L, dim = pool.latent_len, pool.q.out_features

@@ -21,7 +21,7 @@ from torch import nn
 from ..core.calibration import _device, collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
-from ..hosts.timm.structure import prefix_tokens
+from ..hosts import host_for
 from .maths import head_scores
 
 __all__ = ["CumulativeHeadImportance"]
@@ -56,7 +56,7 @@ class CumulativeHeadImportance(HeadImportance):
         self.progress = progress
 
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
-        num_prefix = prefix_tokens(model)
+        num_prefix = host_for(model).prefix_tokens(model)
         sums: dict[int, torch.Tensor] = {}
 
         def accumulate(block: int, probs: torch.Tensor) -> None:

@@ -50,26 +50,11 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import Attention
 from torch import nn
 
 from ..core._moved import moved
 from ..core.calibration import iter_batches
-from ..hosts import transformers as hf
-from ..hosts.timm.blocks import (
-    BlockHalves,
-    attention_forward,
-    averages_patch_tokens,
-    block_attention,
-    block_halves,
-    cascade_attention,
-    patch_grid,
-    reads_prefix_only,
-    token_blocks,
-)
-from ..hosts.timm.families import PrunableTalkingHeadAttn
-from ..hosts.timm.structure import prefix_tokens
-from ..hosts.timm.support import UnsupportedModelError
+from ..hosts import BlockHalves, Host, UnsupportedModelError, host_for
 from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES, CascadeConfig, with_options  # noqa: F401 (their old place)
 from .maths import (
     _merge,
@@ -125,7 +110,7 @@ class _CascadeBlock:
 class _CascadeAttention:
     """Replacement ``attn.forward`` bound to one block."""
 
-    def __init__(self, cascade: Cascade, index: int, attn: Attention) -> None:
+    def __init__(self, cascade: Cascade, index: int, attn: nn.Module) -> None:
         self.cascade, self.index, self.attn = cascade, index, attn
 
     def __call__(
@@ -150,18 +135,18 @@ class _CascadeAttention:
         positions = st.positions if dropped else None  # grid order while nothing was dropped
         plain = self.index not in c.score_blocks and self.index not in c.head_blocks and st.key_mask is None
         if plain and bias is None and positions is None:
-            forward = attention_forward(a)
+            forward = c.host.attention_forward(a)
             return forward(a, x) if rope is None else forward(a, x, rope=rope)
         kept = None
         if self.index in c.head_blocks:
-            kept = heads_kept(a.num_heads, c.head_keep_ratio)
+            kept = heads_kept(c.host.head_layout(a)[0], c.head_keep_ratio)
             st.heads_kept.append(kept)
         observe, reduce = None, None
         if self.index in c.score_blocks and c._calibrating is None:  # the token statistic alone
             observe, reduce = partial(c._accumulate, self.index), c._statistic
         elif self.index in c.score_blocks:  # calibration also measures the attention range
             observe = partial(c._observe, self.index)
-        return cascade_attention(a, x, c.num_prefix, st.key_mask, kept, observe, logit_bias=bias, positions=positions,
+        return c.host.cascade_attention(a, x, c.num_prefix, st.key_mask, kept, observe, logit_bias=bias, positions=positions,
                                  rope=rope, reduce_probs=reduce)  # fmt: skip
 
 
@@ -198,14 +183,15 @@ class Cascade:
         c = config
         self.fold, self.prune_at, self.weighted_pool, self.score = c.fold, c.prune_at, c.weighted_pool, c.score
         self._generator = torch.Generator().manual_seed(c.seed)
-        self.blocks = token_blocks(model)
+        self.host: Host = host_for(model)
+        self.blocks = self.host.token_blocks(model)
         self.depth = len(self.blocks)
         #: Position-indexed attention terms (BEiT's relative bias, EVA's rope) follow the kept tokens.
-        self.positional = type(model).__name__ in ("Eva", "Beit")
+        self.positional = self.host.positional_attention(model)
         #: The first token is a class token (the ``"cls"`` score reads its attention row).
-        self.class_token = hf.is_transformers_model(model) or getattr(model, "cls_token", None) is not None
-        self.num_prefix = prefix_tokens(model)
-        rows, self.grid_width = patch_grid(model)
+        self.class_token = self.host.has_class_token(model)
+        self.num_prefix = self.host.prefix_tokens(model)
+        rows, self.grid_width = self.host.patch_grid(model)
         self.num_patches = rows * self.grid_width
         keep_ratio, head_keep_ratio, beta = c.keep_ratio, c.head_keep_ratio, c.beta
         start_block, head_start_block = c.start_blocks(self.depth)
@@ -219,7 +205,8 @@ class Cascade:
         self.last_point = prune_points[-1] if prune_points else -1
         #: The last block's MLP runs on the prefix tokens alone (see ``apply_cascade(trim_last=)``); only a
         #: cascade that prunes trims, so ``keep_ratio=1.0`` stays bit-identical to the model.
-        self.trim_last = trim_last and prune_at == "mlp" and mode == "drop" and bool(prune_points) and reads_prefix_only(model)
+        pruning = prune_at == "mlp" and mode == "drop" and bool(prune_points)
+        self.trim_last = trim_last and pruning and self.host.reads_prefix_only(model)
         #: Blocks whose attention feeds the token score (they run eager attention). The ``"random"``
         #: baseline reads no attention (only a calibration of ``beta`` does).
         scoring = set(prune_points) if score_at == "prune" else set(range(self.last_point + 1))
@@ -240,19 +227,18 @@ class Cascade:
     # -------------------------------------------------------------- lifecycle
     def _attach(self) -> None:
         for i, blk in enumerate(self.blocks):
-            attn = block_attention(blk)
-            fwd = _CascadeAttention(self, i, attn)
-            attn.forward = hf.LayerAttentionCall(fwd) if isinstance(attn, hf.PrunableHFAttention) else fwd
+            attn = self.host.block_attention(blk)
+            attn.forward = self.host.wrap_attention_call(attn, _CascadeAttention(self, i, attn))
             if i > self.last_point and not (self.trim_last and i == self.depth - 1):  # later blocks never prune
                 continue
             if self.prune_at == "mlp":
-                blk.forward = _CascadeBlock(self, i, blk, block_halves(blk))
+                blk.forward = _CascadeBlock(self, i, blk, self.host.block_halves(blk))
             else:
                 self._handles.append(blk.register_forward_hook(_AfterBlock(self, i)))
         self._handles.append(self.blocks[0].register_forward_pre_hook(self._reset))
         own_head = "forward_head" in vars(self.model)  # someone's own replacement: left alone
         merged = self.fold == "merge" and self.mode == "drop"
-        if self.weighted_pool and merged and averages_patch_tokens(self.model) and not own_head:
+        if self.weighted_pool and merged and self.host.averages_patch_tokens(self.model) and not own_head:
             include = bool(getattr(self.model, "pool_include_prefix", False))
             self.model.forward_head = _SizeWeightedHead(self, include)
 
@@ -273,8 +259,8 @@ class Cascade:
                 for key in mine:
                     del hooks[key]
         for blk in self.blocks:
-            attn = block_attention(blk)
-            if _cascade_of(attn) is self:
+            attn = self.host.block_attention(blk)
+            if _cascade_of(self.host, attn) is self:
                 del attn.forward
             if isinstance(blk.__dict__.get("forward"), _CascadeBlock):
                 del blk.forward
@@ -427,23 +413,22 @@ class Cascade:
         return None
 
 
-def _cascade_of(attn: nn.Module | None) -> Cascade | None:
-    """The cascade whose forward replaced ``attn``'s (directly, or wrapped in transformers' call convention)."""
+def _cascade_of(host: Host, attn: nn.Module | None) -> Cascade | None:
+    """The cascade whose forward replaced ``attn``'s (directly, or wrapped in the host's call convention)."""
     fwd = vars(attn).get("forward") if isinstance(attn, nn.Module) else None
-    fwd = fwd.fn if isinstance(fwd, hf.LayerAttentionCall) else fwd
+    fwd = host.unwrap_attention_call(fwd) if fwd is not None else None
     return fwd.cascade if isinstance(fwd, _CascadeAttention) else None
 
 
 def find_cascade(model: nn.Module) -> Cascade | None:
-    """The cascade currently applied to ``model``, if any."""
-    blocks = getattr(model, "blocks", None)
-    if blocks is None and hf.is_transformers_model(model):
-        try:
-            blocks = hf.encoder_layers(model)
-        except TypeError:
-            blocks = None
-    for blk in blocks or []:
-        cascade = _cascade_of(block_attention(blk))
+    """The cascade currently applied to ``model``, if any (``None`` also for a model no host supports)."""
+    try:
+        host = host_for(model)
+        blocks = host.token_blocks(model)
+    except TypeError:
+        return None
+    for blk in blocks:
+        cascade = _cascade_of(host, host.block_attention(blk))
         if cascade is not None:
             return cascade
     return None
@@ -498,12 +483,13 @@ def apply_cascade(
                       DeprecationWarning, 2)  # fmt: skip
         config, options = None, {"keep_ratio": float(config), **options}
     cfg = with_options(config, options)
-    blocks = token_blocks(model)
+    host = host_for(model)
+    blocks = host.token_blocks(model)
     if find_cascade(model) is not None:
         raise TypeError("a cascade is already applied; call cascade.remove() (or remove_cascade(model)) first")
     if any("forward" in vars(b) for b in blocks):
         raise TypeError("a token reduction already replaced a block's forward (e.g. a token-merging peer); remove it first")
-    odd = sorted({type(b).__name__ for b in blocks if block_halves(b) is None})
+    odd = sorted({type(b).__name__ for b in blocks if host.block_halves(b) is None})
     if cfg.prune_at == "mlp" and odd:
         raise UnsupportedModelError(
             f"prune_at='mlp' needs the block's forward split at its MLP, which is not known for {', '.join(odd)}; "
@@ -519,8 +505,8 @@ def apply_cascade(
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
     keep_schedule(1, depth, cfg.keep_ratio, start_block, steps=cfg.schedule_steps)  # validates the schedule
-    talking = [a for b in blocks if isinstance(a := block_attention(b), PrunableTalkingHeadAttn)]
-    if any(heads_kept(a.num_heads, cfg.head_keep_ratio) < a.num_heads for a in talking):
+    talking = [host.head_layout(a)[0] for b in blocks if host.head_mixers(a := host.block_attention(b))]
+    if any(heads_kept(h, cfg.head_keep_ratio) < h for h in talking):
         raise ValueError(
             f"head_keep_ratio={cfg.head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0"
         )

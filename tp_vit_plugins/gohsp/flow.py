@@ -17,8 +17,8 @@ that measures what each head's output is used for; :func:`~.graph.flow_head_scor
 into a converged Markov chain (personalised PageRank from the classifier) whose stationary
 mass ranks heads.
 
-Maths on captured tensors; the layers come from the timm adapter (:func:`block_layers`,
-:func:`readout`).
+Maths on captured tensors; the layers come from the model's host (:meth:`~tp_vit_plugins.hosts.Host.block_layers`,
+:meth:`~tp_vit_plugins.hosts.Host.readout`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from torch import nn
 
 from ..core.calibration import _device, iter_batches
 from ..core.distributed import all_reduce_counted, is_distributed
-from ..hosts.timm.structure import block_layers, readout, residual_scales
-from ..hosts.timm.support import check_global_sequence
+from ..hosts import host_for
 from .graph import EMBED, OUT
 
 __all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]
@@ -61,18 +60,19 @@ class FlowUsage:
 
     Raises:
         TypeError: A windowed model (Swin) or one whose readout the adapter does not know
-            (:func:`~tp_vit_plugins.hosts.timm.structure.readout` is empty).
+            (the host's :meth:`~tp_vit_plugins.hosts.Host.readout` is empty).
     """
 
     def __init__(self, model: nn.Module) -> None:
-        check_global_sequence(model, "the GOHSP flow graph")
+        self.host = host = host_for(model)
+        host.check_global_sequence(model, "the GOHSP flow graph")
         self.model = model
-        self.blocks = block_layers(model)
-        self.readouts = readout(model)
+        self.blocks = host.block_layers(model)
+        self.readouts = host.readout(model)
         if not self.readouts:
             raise TypeError(
                 f"the flow graph needs to know how {type(model).__name__}'s classifier reads the residual stream "
-                "(see tp_vit_plugins.hosts.timm.structure.readout); use graph='similarity'"
+                "(the host's readout); use graph='similarity'"
             )
         self.sums: dict[tuple, dict[tuple, float]] = {}
         self.count = 0
@@ -155,7 +155,7 @@ class FlowUsage:
             H, d = int(b.attn.num_heads), int(b.attn.head_dim)
             wp = b.proj.weight.detach().view(-1, H, d)  # [C, H, d]
             o = torch.einsum("bshd,chd->hbsc", a.reshape(B, len(sel), H, d), wp)  # [H, B, S, C]
-            g1, g2 = residual_scales(b.block)
+            g1, g2 = self.host.residual_scales(b.block)
             o = o * g1 if g1 is not None else o
             terms.append((i, "attn", o))
             if ("fc2", i) in cap:

@@ -49,8 +49,7 @@ from torch import nn
 from ..core.calibration import _device, collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
-from ..hosts.timm.structure import attention_modules, readout
-from ..hosts.transformers import is_transformers_model
+from ..hosts import host_for
 from .config import PRESETS
 from .flow import FlowUsage
 from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
@@ -193,9 +192,10 @@ class GraphHeadImportance(HeadImportance):
         self.graph: nx.Graph | None = None
 
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
-        attns = attention_modules(model)
-        if self._graph_from_preset and self.graph_kind == "flow" and is_transformers_model(model) and not readout(model):
-            self.graph_kind = "similarity"  # a transformers *Model without a classifier: nothing for the walk to start from
+        host = host_for(model)
+        attns = host.attention_modules(model)
+        if self._graph_from_preset and self.graph_kind == "flow" and not host.readout(model):
+            self.graph_kind = "similarity"  # e.g. a backbone without a classifier: nothing for the walk to start from
             self.mode = "redundancy" if self._mode_from_graph else self.mode
         if self.graph_kind == "flow":
             usage = FlowUsage(model).run(loader, max_batches, progress=self.progress).usage()

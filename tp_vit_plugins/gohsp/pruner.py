@@ -55,9 +55,7 @@ from ..core.options import split_options
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..core.training import add_to_grad
-from ..hosts.timm.families import has_rope
-from ..hosts.timm.structure import BlockLayers, block_layers, head_layout, split_qkv, unit_param_costs
-from ..hosts.timm.sync import sync_attention
+from ..hosts import BlockLayers, host_for, split_qkv, unit_param_costs
 from .config import METRICS, UNIT_TYPES, GOHSPConfig
 
 __all__ = ["GOHSPPruner", "GOHSPConfig", "StructurePlan", "UNIT_TYPES", "METRICS"]
@@ -159,7 +157,7 @@ class GOHSPPruner(ViTPruner):
         #: One entry per dual update: ``{"step", "primal", "dual", "rho"}`` (relative residuals).
         self.history: list[dict] = []
         self._z_plan: StructurePlan | None = None
-        if "head_dims" in cfg.structures and has_rope(model):
+        if "head_dims" in cfg.structures and host_for(model).has_rope(model):
             raise ValueError(
                 f"{type(model).__name__} applies a rotary embedding computed for the full head width; use "
                 "structures=('heads', 'mlp')"
@@ -196,9 +194,9 @@ class GOHSPPruner(ViTPruner):
 
     @staticmethod
     def _prunable_blocks(model: nn.Module) -> list[BlockLayers]:
-        blocks = block_layers(model)
+        blocks = host_for(model).block_layers(model)
         if any(b.fc1 is None for b in blocks):
-            raise TypeError("GOHSPPruner expects timm blocks with an MLP of two nn.Linear layers (mlp.fc1 / mlp.fc2)")
+            raise TypeError("GOHSPPruner expects blocks with an MLP of two nn.Linear layers (fc1 / fc2)")
         return blocks
 
     def _squared(self, p: nn.Parameter, use_dual: bool) -> torch.Tensor:
@@ -217,7 +215,7 @@ class GOHSPPruner(ViTPruner):
         out, sq = [], self._squared
         for b in self._blocks:
             fc1, fc2 = b.fc1, b.fc2
-            H, d = head_layout(b.attn)
+            H, d = self.host.head_layout(b.attn)
             qkv_w = split_qkv(sq(b.qkv.weight, use_dual), H, d).sum((0, 3))  # [H, d]
             if b.qkv.bias is not None:
                 qkv_w = qkv_w + split_qkv(sq(b.qkv.bias, use_dual), H, d).sum(0)
@@ -256,7 +254,7 @@ class GOHSPPruner(ViTPruner):
         units: list[tuple[float, int, str, int]] = []  # (score, block, kind, index)
         raw: dict[str, list[tuple[float, int, int]]] = {"head": [], "dim": [], "neuron": []}
         for li, (b, e) in enumerate(zip(self._blocks, energies)):
-            H, d = head_layout(b.attn)
+            H, d = self.host.head_layout(b.attn)
             cell, ncost = unit_param_costs(b)
             if "heads" in self.structures:
                 for h, v in enumerate(e["head"].tolist()):
@@ -282,15 +280,15 @@ class GOHSPPruner(ViTPruner):
                 score = v / ((total / n) or 1.0)
                 if kind == "head" and self.graph_bias and graph:
                     qkv = self._blocks[li].qkv
-                    if qkv in graph and len(graph[qkv]) == head_layout(self._blocks[li].attn)[0]:
+                    if qkv in graph and len(graph[qkv]) == self.host.head_layout(self._blocks[li].attn)[0]:
                         score *= self._guide(graph[qkv], idx)
                 units.append((score, li, kind, idx))
         units.sort()
         plan = StructurePlan(
             heads=[[] for _ in self._blocks], head_dims=[[] for _ in self._blocks], neurons=[[] for _ in self._blocks]
         )
-        heads_left = [head_layout(b.attn)[0] for b in self._blocks]
-        dims_left = [head_layout(b.attn)[1] for b in self._blocks]
+        heads_left = [self.host.head_layout(b.attn)[0] for b in self._blocks]
+        dims_left = [self.host.head_layout(b.attn)[1] for b in self._blocks]
         neurons_left = [b.fc1.out_features for b in self._blocks]
         removed = 0
         for _, li, kind, idx in units:
@@ -317,7 +315,7 @@ class GOHSPPruner(ViTPruner):
         """``Z`` = ``W (+ U)`` with every removed unit zeroed."""
         for li, b in enumerate(self._blocks):
             fc1, fc2 = b.fc1, b.fc2
-            H, d = head_layout(b.attn)
+            H, d = self.host.head_layout(b.attn)
             for p in (b.qkv.weight, b.qkv.bias, b.proj.weight, fc1.weight, fc1.bias, fc2.weight):
                 if p is not None:
                     self.Z[p] = self._value(p, use_dual).clone()
@@ -539,16 +537,16 @@ class GOHSPPruner(ViTPruner):
         for li, b in enumerate(self._blocks):  # 1) whole heads
             if plan.heads[li]:
                 yield from self.head_removal(b.attn, plan.heads[li])
-        sync_attention(self.model, self.num_heads)
+        self.host.sync(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 2) head dims, same dims in every kept head
             dims = sorted(plan.head_dims[li])
             if dims:
-                H, d = head_layout(b.attn)
+                H, d = self.host.head_layout(b.attn)
                 idxs = [h * d + j for h in range(H) for j in dims]
                 yield self.DG.get_pruning_group(b.proj, tp.prune_linear_in_channels, idxs)
-        sync_attention(self.model, self.num_heads)
+        self.host.sync(self.model, self.num_heads)
         for li, b in enumerate(self._blocks):  # 3) MLP neurons
             if plan.neurons[li]:
                 yield self.DG.get_pruning_group(b.fc1, tp.prune_linear_out_channels, sorted(plan.neurons[li]))
-        sync_attention(self.model, self.num_heads)
+        self.host.sync(self.model, self.num_heads)
         self.Z, self.U = {}, {}

@@ -1,1 +1,43 @@
-"""Host adapters: the only code that reads a host library's internals (one package per host)."""
+"""Host adapters: the only code that reads a host library's internals, behind one interface.
+
+:func:`host_for` returns the :class:`Host` that claims a model; the methods ask it, never a host
+type. Registered here: the transformers host (Hugging Face ViT / DeiT / DINOv2) and the timm host
+(the fallback, whose check names what is supported). A new host subclasses :class:`Host` in its
+own module and is added with :func:`register_host` (``docs/extending.md``, "A new host").
+"""
+
+from . import transformers as _transformers  # first: the timm adapter reads its functions
+from .base import (
+    AttentionMaps,
+    BlockHalves,
+    BlockLayers,
+    Host,
+    Readout,
+    UnsupportedModelError,
+    host_for,
+    register_host,
+    registered_hosts,
+    resize_to_state,
+    split_qkv,
+    unit_param_costs,
+)
+from .timm.host import TimmHost
+
+__all__ = [
+    "Host",
+    "host_for",
+    "register_host",
+    "registered_hosts",
+    "UnsupportedModelError",
+    "BlockLayers",
+    "Readout",
+    "BlockHalves",
+    "AttentionMaps",
+    "split_qkv",
+    "unit_param_costs",
+    "resize_to_state",
+    "TimmHost",
+]
+
+register_host(_transformers.TransformersHost())
+register_host(TimmHost())

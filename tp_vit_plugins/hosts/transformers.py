@@ -20,6 +20,8 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
+from .base import UnsupportedModelError
+
 __all__ = [
     "SUPPORTED",
     "PrunableHFAttention",
@@ -37,6 +39,7 @@ __all__ = [
     "output_logits",
     "save_spec",
     "rebuild",
+    "TransformersHost",
     "apply_layouts",
     "layer_halves",
     "LayerAttentionCall",
@@ -71,8 +74,6 @@ def check_transformers(model: nn.Module) -> None:
     Raises:
         TypeError: (``UnsupportedModelError``) the class is not in :data:`SUPPORTED`.
     """
-    from .timm.support import UnsupportedModelError
-
     name = type(model).__name__
     if name not in SUPPORTED:
         raise UnsupportedModelError(
@@ -217,33 +218,51 @@ def output_logits(output: object) -> torch.Tensor:
     return output  # type: ignore[return-value]
 
 
-def save_spec(model: nn.Module) -> dict:
-    """What rebuilds a (pruned) transformers model: its class, its own config, every attention's layout."""
+def save_spec(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(spec, tensors)``: the class, its own config, every attention's layout, and the weights."""
     from .timm.structure import attention_modules
 
+    check_transformers(model)
     attns = {}
     for name, a in attention_modules(model):
         if a.num_heads * a.head_dim != a.attn_dim or a.attn_dim != a.qkv.out_features // 3:
             raise ValueError(f"{name} is out of sync with its qkv weights; call tpv.sync_attention(model) first")
         attns[name] = {"num_heads": int(a.num_heads), "head_dim": int(a.head_dim), "scale": float(a.scale),
                        "fused_attn": bool(a.fused_attn)}  # fmt: skip
-    return {"host": "transformers", "class": type(model).__name__, "config": model.config.to_dict(), "attention": attns}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    spec = {"class": type(model).__name__, "config": model.config.to_dict(), "attention": attns,
+            "shapes": {k: list(v.shape) for k, v in state.items()}}  # fmt: skip
+    return spec, state
 
 
-def rebuild(spec: dict) -> nn.Module:
-    """An unpruned model of ``spec``'s class and config, its attention converted (weights not loaded).
+def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model of ``spec`` (its class and config, attention converted, per-layer sizes) with ``state`` loaded.
 
     Raises:
-        ValueError: The class is not a supported transformers class.
+        ValueError: The class is not a supported transformers class, or the tensors do not match the spec.
+        ImportError: transformers is not installed.
     """
-    import transformers
+    from .base import resize_to_state
 
+    if {k: list(v.shape) for k, v in state.items()} != spec.get("shapes"):
+        raise ValueError("the weights file does not match the shapes recorded in the spec")
     name = spec.get("class")
     if name not in SUPPORTED:
         raise ValueError(f"class {name!r} is not one of the supported transformers classes {SUPPORTED}")
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"the spec holds a transformers model: pip install transformers ({e})") from e
     cls = getattr(transformers, name)
     config = cls.config_class.from_dict(spec["config"])
-    return convert(cls(config))
+    model = convert(cls(config))
+    keys = set(model.state_dict()) ^ set(state)
+    if keys:
+        raise ValueError(f"rebuilt {name} and saved weights differ in keys: {sorted(keys)[:8]}")
+    resize_to_state(model, state)
+    apply_layouts(model, spec["attention"])
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def apply_layouts(model: nn.Module, layouts: dict[str, dict]) -> None:
@@ -445,3 +464,47 @@ def from_timm(model: nn.Module) -> nn.Module:
         refuse(f"has no counterpart for {sorted(missing)[:4]} (e.g. a layer without bias)")
     hf.load_state_dict(out, strict=True)
     return hf
+
+
+# The host class last: today it shares the timm adapter's fused-attention functions (which reach
+# this module's functions through the converted attention), so it is defined once both exist.
+from .timm.host import TimmHost  # noqa: E402
+
+
+class TransformersHost(TimmHost):
+    """Hugging Face ViT / DeiT / DINOv2 models (classes in :data:`SUPPORTED`), recognised by their class's module.
+
+    The attention is converted exactly into :class:`PrunableHFAttention` (fused ``qkv``) on first
+    structural use; from there the timm adapter's functions apply, and this class supplies what
+    differs: support, the layers' calling convention for a replaced attention, storage.
+    """
+
+    name = "transformers"
+    fallback = False
+
+    def claims(self, model: nn.Module) -> bool:
+        return is_transformers_model(model)
+
+    def check(self, model: nn.Module) -> None:
+        check_transformers(model)
+
+    def wrap_attention_call(self, attn: nn.Module, fn):
+        return LayerAttentionCall(fn) if isinstance(attn, PrunableHFAttention) else fn
+
+    def unwrap_attention_call(self, forward):
+        return forward.fn if isinstance(forward, LayerAttentionCall) else forward
+
+    def has_class_token(self, model: nn.Module) -> bool:
+        return True
+
+    def positional_attention(self, model: nn.Module) -> bool:
+        return False
+
+    def attention_pool(self, model: nn.Module) -> nn.Module | None:
+        return None
+
+    def save_spec(self, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+        return save_spec(model)
+
+    def rebuild(self, spec: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
+        return rebuild(spec, tensors)

@@ -55,7 +55,7 @@ from ..core.metrics import count_params
 from ..core.options import split_options
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
-from ..hosts.timm.structure import block_layers, head_layout, unit_param_costs
+from ..hosts import host_for, unit_param_costs
 from .closing import closing_schedule, closing_shares, select_closed
 from .config import GATE_SCORES, GATED_LAYERS, VTPConfig
 from .gates import GATE_NAME, OUT_GATE_NAME, GateSet
@@ -94,7 +94,7 @@ def _closing_problem(prune_embed_dim: bool, head_ratio: float) -> str | None:
 def _block_linears(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Linear], list[nn.Linear]]:
     """``(input-gated layers, output-gated layers)`` of every block."""
     ins, outs = [], []
-    for b in block_layers(model):
+    for b in host_for(model).block_layers(model):
         ins.extend(getattr(b, n) for n in names if n != "qkv_out" and isinstance(getattr(b, n), nn.Linear))
         if "qkv_out" in names and isinstance(b.qkv, nn.Linear):
             outs.append(b.qkv)
@@ -246,7 +246,7 @@ class VTPPruner(ViTPruner):
         need |= {"proj"} if self._enabled_kinds["attention"] else set()
         if not need <= set(gated_layers):
             return f"it needs gates on {sorted(need)}, got gated_layers={list(gated_layers)}"
-        for b in block_layers(self.model):
+        for b in self.host.block_layers(self.model):
             if self._enabled_kinds["mlp"] and (b.fc1 is None or b.fc2 is None):
                 return f"it needs a two-layer MLP in every block ({b.name} has none): use close=False"
         return None
@@ -306,13 +306,14 @@ class VTPPruner(ViTPruner):
         dim, one per in-head index).
         """
         ins, _ = self.gate_scores()
-        blocks = block_layers(self.model)
+        blocks = self.host.block_layers(self.model)
         mlp, dims = self._enabled_kinds["mlp"], self._enabled_kinds["attention"]
         neuron_scores = [ins[b.fc2] if mlp and b.fc2 in ins else None for b in blocks]
-        dim_scores = [ins[b.proj].view(*head_layout(b.attn)).mean(0) if dims and b.proj in ins else None for b in blocks]
+        layout = self.host.head_layout
+        dim_scores = [ins[b.proj].view(*layout(b.attn)).mean(0) if dims and b.proj in ins else None for b in blocks]
         costs = [unit_param_costs(b) for b in blocks]  # (cell, neuron)
         neuron_costs = [neuron for _, neuron in costs]
-        dim_costs = [cell * head_layout(b.attn)[0] for b, (cell, _) in zip(blocks, costs)]
+        dim_costs = [cell * self.host.head_layout(b.attn)[0] for b, (cell, _) in zip(blocks, costs)]
         if self.close_params is not None:
             chosen = select_closed(neuron_scores, dim_scores, neuron_costs, dim_costs, share * self._close_budget)
         else:
@@ -324,7 +325,7 @@ class VTPPruner(ViTPruner):
             if neurons:
                 self.gates.close(b.fc2, neurons)
             if head_dims:
-                H, d = head_layout(b.attn)
+                H, d = self.host.head_layout(b.attn)
                 self.gates.close(b.proj, [h * d + j for h in range(H) for j in head_dims])
             params += len(neurons) * neuron_costs[i] + len(head_dims) * dim_costs[i]
         self.closed_params = params

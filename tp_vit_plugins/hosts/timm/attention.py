@@ -10,6 +10,7 @@ from timm.layers import Attention
 from torch import nn
 
 from ...core.metrics import fused_attn_off
+from ..base import AttentionMaps
 from .structure import attention_modules
 
 
@@ -23,36 +24,6 @@ def eager_attention(model: nn.Module) -> Iterator[list[tuple[str, Attention]]]:
     attns = attention_modules(model)
     with fused_attn_off(a for _, a in attns):
         yield attns
-
-
-class AttentionMaps:
-    """Attention probabilities captured by :func:`attention_maps`.
-
-    ``maps[i]`` is block ``i``'s ``[B, H, N, N]`` probability tensor from the latest forward
-    (``None`` until that block ran). ``names[i]`` is the block's attention module name.
-    """
-
-    def __init__(self, names: list[str], store: bool, callback: Callable[[int, torch.Tensor], None] | None):
-        self.names = names
-        self.maps: list[torch.Tensor | None] = [None] * len(names)
-        self._store = store
-        self._callback = callback
-
-    def __len__(self) -> int:
-        return len(self.maps)
-
-    def __getitem__(self, i: int) -> torch.Tensor | None:
-        return self.maps[i]
-
-    def __iter__(self) -> Iterator[torch.Tensor | None]:
-        return iter(self.maps)
-
-    def _hook(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        probs = args[0].detach()  # attn_drop's input: softmax probabilities, before dropout
-        if self._store:
-            self.maps[index] = probs
-        if self._callback is not None:
-            self._callback(index, probs)
 
 
 @contextlib.contextmanager

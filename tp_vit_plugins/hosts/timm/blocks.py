@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +25,11 @@ from timm.models.vision_transformer import Block, ResPostBlock, VisionTransforme
 from torch import nn
 
 from .. import transformers as hf
+from ..base import BlockHalves
 from ..transformers import is_transformers_model
 from .families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
 from .structure import attention_modules
 from .support import ATTENTION_TYPES, UnsupportedModelError, check_supported
-
-
-@dataclass(frozen=True)
-class BlockHalves:
-    """A timm block's forward as its two residual halves: ``mlp(block, attn(block, x, **kw))`` is ``block(x, **kw)``.
-
-    Attributes:
-        attn: ``(block, x [B, N, C], **kwargs) -> [B, N, C]``, the stream after the attention residual
-            (``kwargs``: what the block's forward takes besides ``x``, passed on to its attention).
-        mlp: ``(block, x [B, N', C]) -> [B, N', C]``, the MLP residual (per token: any ``N'``).
-    """
-
-    attn: Callable[..., torch.Tensor]
-    mlp: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 def _scaled(scale: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:

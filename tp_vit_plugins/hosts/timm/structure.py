@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from timm.layers import Attention
 from torch import nn
 
 from .. import transformers as hf
+from ..base import BlockLayers, Readout, split_qkv, unit_param_costs  # noqa: F401 (re-exported: their old place)
 from ..transformers import is_transformers_model
 from .families import (
     convert_attention,
@@ -56,34 +55,6 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
     return found
 
 
-@dataclass(frozen=True)
-class BlockLayers:
-    """The prunable layers of one transformer block.
-
-    Attributes:
-        name: Qualified name of the block's attention module.
-        attn: The timm ``Attention``.
-        qkv: Fused query/key/value projection, ``out_features = 3 * num_heads * head_dim``.
-        proj: Attention output projection, ``in_features = num_heads * head_dim``.
-        fc1: MLP input projection (``None`` when the block has no plain two-layer MLP, e.g.
-            EVA02's SwiGLU with ``fc1_g`` / ``fc1_x``).
-        fc2: MLP output projection (``None`` when the block has no such layer).
-        norm1: The norm the attention reads the residual stream through (``None`` if none).
-        norm2: The norm the MLP reads it through (``None`` if none).
-        block: The transformer block holding both.
-    """
-
-    name: str
-    attn: Attention
-    qkv: nn.Linear
-    proj: nn.Linear
-    fc1: nn.Linear | None
-    fc2: nn.Linear | None
-    norm1: nn.Module | None = None
-    norm2: nn.Module | None = None
-    block: nn.Module | None = None
-
-
 def block_layers(model: nn.Module) -> list[BlockLayers]:
     """Every block's attention and MLP layers, in forward order.
 
@@ -110,33 +81,6 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
         norm1, norm2 = (m if isinstance(m, nn.Module) else None for m in norms)
         out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2, norm1, norm2, block))
     return out
-
-
-@dataclass(frozen=True)
-class Readout:
-    """One way the classifier reads the residual stream: ``weights @ pool(norm(x))`` (then ``fc_norm``).
-
-    Attributes:
-        norm: The norm applied per token before pooling, or ``None``.
-        pool: ``"token"`` (the token at ``index``), ``"avg"`` (mean over the patch tokens,
-            then ``fc_norm``) or ``"all"`` (every token is read: an attention pool's keys and
-            values, CaiT's class attention).
-        fc_norm: A norm after pooling (``"avg"``), or ``None``.
-        layers: The linear layers reading the pooled vector (the classifier, or the pool's
-            / class attention's key and value projections).
-        index: The token ``"token"`` pooling reads (0: class token, 1: distillation token).
-        num_prefix: Prefix tokens (left out of average pooling).
-        columns: ``(start, stop)``: the input columns of ``layers`` this readout feeds (DINOv2's
-            classifier reads ``[cls, mean(patches)]``); ``None``: all of them.
-    """
-
-    norm: nn.Module | None
-    pool: str
-    fc_norm: nn.Module | None
-    layers: tuple[nn.Linear, ...]
-    index: int = 0
-    num_prefix: int = 0
-    columns: tuple[int, int] | None = None
 
 
 def residual_scales(block: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -194,29 +138,6 @@ def head_layout(attn: nn.Module) -> tuple[int, int]:
     return int(attn.num_heads), int(attn.head_dim)
 
 
-def unit_param_costs(b: BlockLayers) -> tuple[int, int]:
-    """Parameters removed with one (head, head dim) cell and with one MLP hidden dim of block ``b``.
-
-    A cell is one q, k and v row of ``qkv`` (with their biases) and one ``proj`` column; a hidden
-    dim is one ``fc1`` row (with its bias) and one ``fc2`` column (0 when the block has no
-    two-layer MLP).
-    """
-    embed = b.qkv.in_features
-    cell = 4 * embed + (3 if b.qkv.bias is not None else 0)
-    if b.fc1 is None or b.fc2 is None:
-        return cell, 0
-    neuron = b.fc1.in_features + b.fc2.out_features + (1 if b.fc1.bias is not None else 0)
-    return cell, neuron
-
-
-def split_qkv(t: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """View a timm ``qkv`` weight ``[3 * H * d, C]`` (or bias ``[3 * H * d]``) as ``[3, H, d, ...]``.
-
-    timm's fused projection stacks the q, k and v rows, each grouped head by head.
-    """
-    return t.view(3, num_heads, head_dim, *t.shape[1:])
-
-
 def heads_per_block(model: nn.Module) -> list[int]:
     """Head count of every attention block, in order."""
     return [int(a.num_heads) for _, a in attention_modules(model)]
@@ -245,3 +166,18 @@ def classifier_heads(model: nn.Module) -> list[nn.Module]:
         if isinstance(m, nn.Module) and any(True for _ in m.parameters()):
             heads.append(m)
     return heads
+
+
+def embedding_modules(model: nn.Module) -> list[nn.Module]:
+    """Layers that exist only on the residual stream: the patch projection and the final norms (with weights)."""
+    if is_transformers_model(model):
+        return hf.embedding_modules(model)
+    mods = []
+    patch = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if isinstance(patch, nn.Module):
+        mods.append(patch)
+    for attr in ("norm", "fc_norm"):
+        m = getattr(model, attr, None)
+        if isinstance(m, nn.Module) and any(True for _ in m.parameters()):
+            mods.append(m)
+    return mods

@@ -10,6 +10,7 @@ from __future__ import annotations
 from timm.layers import Attention
 from torch import nn
 
+from ..base import UnsupportedModelError
 from ..transformers import check_transformers, is_transformers_model
 from ..transformers import fixed_residual as hf_fixed_residual
 from ..transformers import patch_projection as hf_patch_projection
@@ -42,10 +43,6 @@ _UNSUPPORTED_FAMILIES = {
     "VisionTransformerRelPos": "vit_relpos (relative position attention)",
     "PoolingVisionTransformer": "PiT (token pooling between stages)",
 }
-
-
-class UnsupportedModelError(TypeError):
-    """The model is not a timm ViT this library can prune (raised before anything changes)."""
 
 
 def check_supported(model: nn.Module) -> None:
