@@ -284,17 +284,59 @@ def _calibrated(kind: str, model, x):
     return tpv.CumulativeHeadImportance().calibrate(model, [x])
 
 
+def _q_rows_by_head(model) -> list[torch.Tensor]:
+    """Every block's q biases, ``[H, d]`` (embedding columns may be pruned; biases identify the rows)."""
+    out = []
+    for _, a in attention_modules(model):
+        H, d = int(a.num_heads), int(a.head_dim)
+        out.append(a.qkv.bias.detach()[: H * d].view(H, d).clone())
+    return out
+
+
+def _surviving_heads(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Which original heads' q rows the pruned block still holds (head dims untouched)."""
+    return [next(h for h in range(len(before)) if torch.equal(before[h], rows)) for rows in after]
+
+
 @pytest.mark.parametrize("kind", ["graph", "cumulative"])
-def test_stock_tp_iterative_pruning_cannot_misalign_head_scores(kind, x):
-    """Step 2 of a stock tp pruner would apply 6-head scores to 4 heads: it raises, model untouched."""
+def test_stock_tp_iterative_pruning_keeps_head_scores_aligned(kind, x):
+    """tp's own iterative loop: the importance follows tp's pruning history, no recalibration, no error."""
     model = make_model(num_heads=6)
     imp = _calibrated(kind, model, x)
+    raw = {q: v.clone() for q, v in imp.raw_head_scores.items()}
+    rows0 = _q_rows_by_head(model)
     pruner = tp.pruner.BasePruner(model, x[:1], importance=imp, pruning_ratio=0.3, head_pruning_ratio=0.5,
-                                  prune_num_heads=True, iterative_steps=2, **tpv.vit_pruning_kwargs(model))  # fmt: skip
-    pruner.step()
-    assert list(pruner.num_heads.values()) == [4, 4]
+                                  prune_num_heads=True, prune_head_dims=False, iterative_steps=3,
+                                  **tpv.vit_pruning_kwargs(model))  # fmt: skip
+    for _ in range(3):
+        pruner.step()
+        tpv.sync_attention(model, pruner.num_heads)
+    heads = [a.num_heads for _, a in attention_modules(model)]
+    assert heads == list(pruner.num_heads.values()) and max(heads) < 6
+    imp.follow(pruner.DG)  # replay the last step now (otherwise at the next call)
+    for (q, scores), before, after in zip(imp.raw_head_scores.items(), rows0, _q_rows_by_head(model)):
+        kept = _surviving_heads(before, after)
+        assert scores.tolist() == raw[q][kept].tolist()  # each surviving head carries its own calibrated score
+        assert sorted(kept) == sorted(torch.argsort(raw[q])[-len(kept) :].tolist())  # the best calibrated heads survive
+
+
+def test_a_change_tp_did_not_record_raises_and_leaves_the_model(x):
+    """Heads removed by hand (no tp history): the next call refuses instead of misaligning the scores."""
+    model = make_model(num_heads=6)
+    imp = _calibrated("cumulative", model, x)
+    attn = attention_modules(model)[0][1]
+    keep = torch.arange(4 * 8).tolist()  # heads 0..3 of 6 (head_dim 8)
+    rows = [p * 48 + j for p in range(3) for j in keep]
+    attn.qkv.weight = torch.nn.Parameter(attn.qkv.weight.detach()[rows].clone())
+    attn.qkv.bias = torch.nn.Parameter(attn.qkv.bias.detach()[rows].clone())
+    attn.qkv.out_features = len(rows)
+    attn.proj.weight = torch.nn.Parameter(attn.proj.weight.detach()[:, keep].clone())
+    attn.proj.in_features = len(keep)
+    tpv.sync_attention(model)
     before = snapshot(model)
-    with pytest.raises(RuntimeError, match="did not say which heads went"):
+    pruner = tp.pruner.BasePruner(model, x[:1], importance=imp, pruning_ratio=0.3, head_pruning_ratio=0.5,
+                                  prune_num_heads=True, **tpv.vit_pruning_kwargs(model))  # fmt: skip
+    with pytest.raises(RuntimeError, match="Calibrate again"):
         pruner.step()
     assert state_equal(before, model.state_dict())
 

@@ -14,10 +14,22 @@ from torch import nn
 
 from ..hosts import AttentionMaps, UnsupportedModelError, host_for
 
-__all__ = ["vit_pruning_kwargs", "sync_attention", "attention_maps", "eager_attention", "check_supported", "is_supported"]
+__all__ = [
+    "MERGED_KWARGS",
+    "vit_pruning_kwargs",
+    "sync_attention",
+    "attention_maps",
+    "eager_attention",
+    "check_supported",
+    "is_supported",
+]
 
 
-def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
+#: Arguments of a tp pruner that :func:`vit_pruning_kwargs` merges with a script's own.
+MERGED_KWARGS = ("ignored_layers", "num_heads", "unwrapped_parameters", "customized_pruners", "output_transform")
+
+
+def vit_pruning_kwargs(model: nn.Module, **theirs: Any) -> dict[str, Any]:
     """Keyword arguments that let any ``tp.pruner.BasePruner`` prune a supported ViT correctly.
 
     Returns a fresh dict on each call (tp mutates ``num_heads`` in place):
@@ -33,14 +45,50 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
       talking-heads mixers, where the model has them;
     * ``output_transform`` — for transformers models, the tensor tp traces (``logits``).
 
+    **Additive.** A script's own arguments go in as keywords and come out merged, so an existing
+    tp call keeps every argument it had and gains the ViT's in one changed line::
+
+        pruner = tp.pruner.MetaPruner(model, example_inputs, **tpv.vit_pruning_kwargs(model,
+            importance=imp, pruning_ratio=0.5, ignored_layers=[model.head, *bottlenecks],
+            num_heads=num_heads, round_to=2))
+
+    ``ignored_layers`` are joined (theirs first, no duplicates); ``num_heads``,
+    ``customized_pruners`` and ``unwrapped_parameters`` (a list of ``(param, dim)`` or a dict)
+    are joined with theirs winning on the same key; their ``output_transform`` replaces the
+    host's. Every other keyword passes through unchanged.
+
     After ``pruner.step()`` call ``sync_attention(model, pruner.num_heads)``. Attention that a
     host prunes in a converted form (EVA / BEiT / CaiT / Swin, transformers) is converted in
     place first (exact; outputs unchanged).
 
     Raises:
         UnsupportedModelError: (a ``TypeError``) the model is not supported; nothing changed.
+        TypeError: A merged argument of the wrong type (e.g. ``num_heads`` that is not a dict).
     """
-    return host_for(model).pruning_kwargs(model)
+    ours = host_for(model).pruning_kwargs(model)
+    out = dict(theirs)
+    if "ignored_layers" in theirs:
+        layers = theirs["ignored_layers"]
+        if isinstance(layers, nn.Module) or not isinstance(layers, (list, tuple, set)):
+            raise TypeError(f"ignored_layers must be a list of modules, got {type(layers).__name__}")
+        seen: set[int] = set()
+        out["ignored_layers"] = [m for m in (*layers, *ours["ignored_layers"]) if not (id(m) in seen or seen.add(id(m)))]
+    else:
+        out["ignored_layers"] = ours["ignored_layers"]
+    for key in ("num_heads", "customized_pruners"):
+        mine = theirs.get(key) or {}
+        if not isinstance(mine, Mapping):
+            raise TypeError(f"{key} must be a dict, got {type(mine).__name__}")
+        out[key] = {**ours.get(key, {}), **mine}
+    mine_params = theirs.get("unwrapped_parameters") or []
+    pairs = list(mine_params.items()) if isinstance(mine_params, Mapping) else list(mine_params)
+    if not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+        raise TypeError("unwrapped_parameters must be a list of (parameter, dim) pairs or a {parameter: dim} dict")
+    taken = {id(p) for p, _ in pairs}
+    out["unwrapped_parameters"] = [*pairs, *(pd for pd in ours["unwrapped_parameters"] if id(pd[0]) not in taken)]
+    if theirs.get("output_transform") is None and "output_transform" in ours:
+        out["output_transform"] = ours["output_transform"]
+    return out
 
 
 def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None) -> nn.Module:

@@ -15,17 +15,26 @@
 Head scores are normalised to mean 1 (over all heads, or per block), the same scale as tp's
 mean-normalised base criterion, so a global ranking across structure types is meaningful.
 
-**Alignment.** Scores belong to the heads that existed at calibration. The importance records
-every attention's width (``qkv.out_features``) with its scores; :class:`~tp_vit_plugins.ViTPruner`
-reports each change (``remove_heads`` for heads, ``sync_layout`` after head-dim pruning), so
-the scores follow the surviving heads through any number of steps. A change nobody reported —
-a stock ``tp.pruner.BasePruner`` with ``iterative_steps > 1`` removes heads without saying
-which — is detected on the next call and raises, instead of applying the old per-head scores
-to whatever heads are left.
+**Alignment.** Scores belong to the heads that existed at calibration. tp records every group it
+prunes in its dependency graph's pruning history (``DG.pruning_history()``: root layer, in / out,
+indices); before scoring, the importance replays the entries it has not seen yet — of every graph
+it was called from, so a new pruner built on the pruned model is followed too — and keeps, per
+attention, which calibrated channel every current channel is. Head scores therefore follow the
+surviving heads through any number of steps and any tp pruner (``iterative_steps > 1``, stock
+``BasePruner`` / ``MetaPruner`` / ``GroupNormPruner`` / ``GrowingRegPruner``, ``tpv.ViTPruner``,
+interactive ``group.prune()``) without recalibration. A change tp did not record (layers edited by
+hand) is detected on the next call and raises, instead of applying old per-head scores to
+whatever heads are left; calibrate again then.
+
+**Groups.** An attention group is recognised by its ``qkv`` output dependency, whatever its root:
+``proj`` inputs (tp's ``step``), ``qkv`` outputs (tp's ``regularize`` walks ungrouped roots), or
+another layer; each root channel is mapped to its head through tp's ``root_idxs``. A group whose
+root channels do not map onto the attention's channels gets the base criterion.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -66,10 +75,18 @@ class HeadImportance(tp.importance.Importance):
         self.combine = combine
         self.head_weight = float(head_weight)
         self.normalize_per_layer = normalize_per_layer
+        #: Normalised scores of the current heads, ``{attn.qkv: [H]}`` (mean 1 at calibration).
         self.head_scores: dict[nn.Module, torch.Tensor] = {}
+        #: Raw scores of the current heads, ``{attn.qkv: [H]}``.
         self.raw_head_scores: dict[nn.Module, torch.Tensor] = {}
-        #: ``qkv.out_features`` the scores of each attention belong to (see module docs).
+        #: ``qkv.out_features`` the tracked channels of each attention account for (see module docs).
         self.layout: dict[nn.Module, int] = {}
+        self._raw0: dict[nn.Module, torch.Tensor] = {}  # calibrated raw scores [H0]
+        self._norm0: dict[nn.Module, torch.Tensor] = {}  # calibrated normalised scores [H0]
+        self._dim0: dict[nn.Module, int] = {}  # calibrated head width d0
+        self._channels: dict[nn.Module, torch.Tensor] = {}  # calibrated channel id of every current channel
+        self._proj_of: dict[nn.Module, nn.Module] = {}  # attn.proj -> attn.qkv
+        self._graphs: tuple[tuple[weakref.ref, int], ...] = ()  # (tp graph, history entries replayed)
 
     # -- to implement -------------------------------------------------------------------
     def _compute_head_scores(self, model: nn.Module, loader: Iterable, max_batches: int | None) -> list[torch.Tensor]:
@@ -95,68 +112,134 @@ class HeadImportance(tp.importance.Importance):
         attns = host_for(model).attention_modules(model)
         scores = self._compute_head_scores(model, loader, max_batches)
         self.set_head_scores({a.qkv: s for (_, a), s in zip(attns, scores, strict=True)})
+        self._proj_of = {a.proj: a.qkv for _, a in attns if isinstance(getattr(a, "proj", None), nn.Module)}
         return self
 
     def set_head_scores(self, scores: dict[nn.Module, torch.Tensor]) -> None:
-        """Install raw per-head scores ``{attn.qkv: [H]}`` (higher = keep) and normalise them."""
+        """Install raw per-head scores ``{attn.qkv: [H]}`` (higher = keep) for the heads ``qkv`` has now, and normalise them."""
         raw = {k: torch.as_tensor(v, dtype=torch.float64).flatten().clone() for k, v in scores.items()}
         for v in raw.values():
             if not torch.isfinite(v).all() or (v < 0).any():
                 raise ValueError("head scores must be finite and non-negative")
-        self.raw_head_scores = raw
-        self.layout = {k: int(k.out_features) for k in raw if hasattr(k, "out_features")}
-        self._normalize()
-
-    def _normalize(self) -> None:
-        raw = self.raw_head_scores
+        for k, v in raw.items():
+            width = int(getattr(k, "out_features", 0)) // 3
+            if width and width % len(v):
+                raise ValueError(f"{len(v)} head scores cannot split an attention of {width} channels into heads")
+        self._raw0 = raw
         if self.normalize_per_layer:
-            self.head_scores = {k: (v / v.mean().clamp_min(1e-12)).float() for k, v in raw.items()}
+            self._norm0 = {k: (v / v.mean().clamp_min(1e-12)).float() for k, v in raw.items()}
         else:
             mean = torch.cat(list(raw.values())).mean().clamp_min(1e-12) if raw else 1.0
-            self.head_scores = {k: (v / mean).float() for k, v in raw.items()}
+            self._norm0 = {k: (v / mean).float() for k, v in raw.items()}
+        self._dim0 = {k: int(k.out_features) // 3 // len(v) for k, v in raw.items() if hasattr(k, "out_features")}
+        self._channels = {k: torch.arange(int(k.out_features) // 3) for k in self._dim0}
+        self._graphs = ()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Current heads' scores and layouts from the tracked channels."""
+        self.raw_head_scores, self.head_scores, self.layout = {}, {}, {}
+        for k, v in self._raw0.items():
+            chans = self._channels.get(k)
+            if chans is None:  # not a Linear: scores used as given
+                self.raw_head_scores[k], self.head_scores[k] = v, self._norm0[k]
+                continue
+            heads = torch.unique_consecutive(chans // self._dim0[k])
+            self.raw_head_scores[k], self.head_scores[k] = v[heads], self._norm0[k][heads]
+            self.layout[k] = 3 * len(chans)
 
     def remove_heads(self, qkv: nn.Module, heads: Sequence[int]) -> None:
-        """Forget the scores of heads tp is removing (called by ``ViTPruner``), keep the rest aligned."""
-        if qkv not in self.raw_head_scores:
-            return
-        n = len(self.raw_head_scores[qkv])
-        keep = [h for h in range(n) if h not in set(heads)]
-        if qkv in self.layout:  # the width after tp removes these heads
-            self.layout[qkv] -= self.layout[qkv] // n * (n - len(keep))
-        self.raw_head_scores[qkv] = self.raw_head_scores[qkv][keep]
-        self.head_scores[qkv] = self.head_scores[qkv][keep]
+        """Kept for callers of earlier releases: alignment now follows tp's pruning history (nothing to do)."""
 
     def sync_layout(self, qkv: nn.Module) -> None:
-        """Record ``qkv``'s current width as belonging to the current heads (after head-dim pruning)."""
-        if qkv in self.layout:
-            self.layout[qkv] = int(qkv.out_features)
+        """Kept for callers of earlier releases: alignment now follows tp's pruning history (nothing to do)."""
+
+    # -- following tp ----------------------------------------------------------------------
+    def follow(self, graph: tp.DependencyGraph | None = None) -> HeadImportance:
+        """Bring ``head_scores`` up to date with what tp pruned since the last call (``pruner.DG`` for a new graph).
+
+        Scoring a group does this by itself; call it to read the scores of the current heads
+        after a pruner's last step. Returns ``self``.
+        """
+        self._follow(graph)
+        return self
+
+    def _follow(self, graph: object) -> None:
+        """Replay the pruning-history entries of every tp graph seen so far (``graph`` included) not yet replayed."""
+        known = [(ref, seen) for ref, seen in self._graphs if ref() is not None]
+        if graph is not None and not any(ref() is graph for ref, _ in known):
+            widths_match = all(self.layout.get(k) == int(k.out_features) for k in self._channels)
+            # a graph first met: its earlier entries are ours to replay only if our layout is behind the model
+            known.append((weakref.ref(graph), 0 if not widths_match else len(graph.pruning_history())))
+        updated = []
+        changed = False
+        for ref, seen in known:
+            g = ref()
+            history = g.pruning_history()
+            for name, is_out, idxs in history[seen:]:
+                changed |= self._replay(g, name, bool(is_out), idxs)
+            updated.append((ref, len(history)))
+        self._graphs = tuple(updated)
+        if changed:
+            self._refresh()
+
+    def _replay(self, graph: object, name: str, is_out: bool, idxs: Sequence[int]) -> bool:
+        try:
+            module = graph.model.get_submodule(name) if name else graph.model
+        except AttributeError:
+            return False
+        if module in self._channels and is_out:  # qkv outputs: q, k and v rows of the same channels
+            chans = self._channels[module]
+            gone = {int(i) % len(chans) for i in idxs}
+        elif module in self._proj_of and not is_out and self._proj_of[module] in self._channels:
+            module = self._proj_of[module]
+            chans = self._channels[module]
+            gone = {int(i) for i in idxs}
+        else:
+            return False
+        keep = torch.as_tensor([j for j in range(len(chans)) if j not in gone], dtype=torch.long)
+        self._channels[module] = chans[keep]
+        return True
 
     def _attention_of(self, group: tp.Group) -> nn.Module | None:
         for dep, _ in group:
-            if dep.target.module in self.head_scores and dep.handler == tp.prune_linear_out_channels:
+            if dep.target.module in self._raw0 and dep.handler == tp.prune_linear_out_channels:
                 return dep.target.module
         return None
 
     def _head_index(self, group: tp.Group) -> tuple[nn.Module, torch.Tensor] | None:
-        """``(attn.qkv, head of every channel [n])`` of an attention group; ``None`` for other groups."""
+        """``(attn.qkv, head of every root channel [n])`` of an attention group; ``None`` for other groups."""
         qkv = self._attention_of(group)
         if qkv is None:
             return None
+        for dep, _ in group:  # learn the output projection (a user's set_head_scores names qkv only)
+            m = dep.target.module
+            if dep.handler == tp.prune_linear_in_channels and m is not qkv and isinstance(m, nn.Linear):
+                if m.in_features == qkv.out_features // 3:
+                    self._proj_of.setdefault(m, qkv)
+        self._follow(getattr(group, "_DG", None))
         num_heads = len(self.head_scores[qkv])
         attn_dim = qkv.out_features // 3
         if attn_dim % num_heads or self.layout.get(qkv, qkv.out_features) != qkv.out_features:
             raise RuntimeError(
                 f"{type(self).__name__}: an attention now has {attn_dim} channels but its {num_heads} head "
-                f"scores were calibrated for {self.layout.get(qkv, 3 * attn_dim) // 3}: it was pruned since "
-                "calibrate() by something that did not say which heads went (e.g. tp.pruner.BasePruner "
-                "with iterative_steps > 1). Calibrate again before every step, or prune with tpv.ViTPruner, "
-                "which keeps head scores aligned"
+                f"scores account for {self.layout.get(qkv, 3 * attn_dim) // 3}: it was changed since calibrate() "
+                "in a way tp's pruning history does not record (e.g. layers edited by hand). Calibrate again"
             )
-        # tp roots attention groups at the proj inputs (one index per attention channel)
-        idxs = torch.as_tensor([int(i) for i in group[0][1]], dtype=torch.long)
-        if idxs.numel() and int(idxs.max()) >= attn_dim:
-            raise ValueError("attention groups must be rooted at attn.proj inputs, as tp's pruners build them")
-        return qkv, idxs // (attn_dim // num_heads)
+        head_dim = attn_dim // num_heads
+        # each root channel's head, through the qkv dependency (tp's root_idxs map its rows to root channels)
+        n_root = len(group[0][1])
+        heads = torch.full((n_root,), -1, dtype=torch.long)
+        for i, (dep, idxs) in enumerate(group):
+            if dep.target.module is qkv and dep.handler == tp.prune_linear_out_channels:
+                rows = torch.as_tensor([int(j) for j in idxs], dtype=torch.long)
+                roots = torch.as_tensor([int(r) for r in group[i].root_idxs], dtype=torch.long)
+                ok = roots < n_root
+                heads[roots[ok]] = (rows[ok] % attn_dim) // head_dim
+                break
+        if bool((heads < 0).any()):
+            return None  # root channels that are not attention channels: the base criterion
+        return qkv, heads
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor | None:

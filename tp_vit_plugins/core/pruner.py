@@ -266,7 +266,7 @@ class ViTPruner(tp.pruner.BasePruner):
         """The tp group removing whole ``heads`` of ``attn``; head bookkeeping is updated.
 
         ``num_heads`` / ``out_channel_groups`` are decremented (as tp does for the groups it
-        yields) and a calibrated importance is told which heads go (``remove_heads``).
+        yields); tp's pruning history records which heads go (calibrated head importances follow it).
         """
         heads = sorted(int(h) for h in heads)
         head_dim = attn.qkv.out_features // 3 // self.num_heads[attn.qkv]
@@ -274,9 +274,6 @@ class ViTPruner(tp.pruner.BasePruner):
         group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
         self.num_heads[attn.qkv] -= len(heads)
         self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
-        remove = getattr(self.importance, "remove_heads", None)
-        if remove is not None:  # calibrated head scores stay aligned with the heads left
-            remove(attn.qkv, heads)
         return group
 
     def _prune(self) -> Generator[tp.Group, None, None]:
@@ -290,10 +287,9 @@ class ViTPruner(tp.pruner.BasePruner):
             if self._rope_pairs:
                 yield from self._prune_rope_head_dims()
         self.host.sync(self.model, self.num_heads)
-        sync = getattr(self.importance, "sync_layout", None)
-        if sync is not None:  # head dims may have gone: calibrated head scores stay with their heads
-            for _, attn in self._attentions:
-                sync(attn.qkv)
+        follow = getattr(self.importance, "follow", None)
+        if callable(follow):  # calibrated head scores: up to date with this step's prunes
+            follow(self.DG)
 
     def _prune_rope_head_dims(self) -> Generator[tp.Group, None, None]:
         """Head dims of rotary models (EVA02): whole rotary pairs, the same share of every block's pairs.
@@ -336,6 +332,7 @@ class ViTPruner(tp.pruner.BasePruner):
             return super().step(interactive=True)
         snapshot = ModuleSnapshot(self.model)
         books = (dict(self.num_heads), dict(self.out_channel_groups), self.current_step)
+        history = len(self.DG.pruning_history())
         imp_state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self.importance).items()}
         try:
             super().step()
@@ -347,6 +344,7 @@ class ViTPruner(tp.pruner.BasePruner):
             self.out_channel_groups.clear()
             self.out_channel_groups.update(books[1])
             self.current_step = books[2]
+            del self.DG.pruning_history()[history:]  # the restored model never had those prunes
             raise
         return None
 

@@ -1,0 +1,76 @@
+"""prune_timm_vit_tp.py with a plugin importance (GOHSP's graph ranking) dropped in.
+
+Only the lines marked ``# plugin`` differ from the plain tp script.
+"""
+
+import argparse
+
+import timm
+import torch
+import torch_pruning as tp
+
+import tp_vit_plugins as tpv  # plugin
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="prune a timm ViT with Torch-Pruning")
+    parser.add_argument("--pruning_ratio", default=0.25, type=float)
+    parser.add_argument("--head_pruning_ratio", default=0.5, type=float)
+    parser.add_argument("--prune_num_heads", default=False, action="store_true")
+    parser.add_argument("--global_pruning", default=False, action="store_true")
+    parser.add_argument("--bottleneck", default=False, action="store_true", help="prune inside MLP and attention only")
+    parser.add_argument("--iterative_steps", default=1, type=int)
+    return parser.parse_args(argv)
+
+
+def batches(n=2):
+    torch.manual_seed(0)
+    return [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(n)]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_heads=6, embed_dim=48,
+                              num_classes=10).eval()  # fmt: skip
+    example_inputs = torch.randn(1, 3, 32, 32)
+    base_macs, base_params = tp.utils.count_ops_and_params(model, example_inputs)
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(model, batches())  # plugin
+
+    num_heads, ignored_layers = {}, [model.head]
+    for m in model.modules():
+        if isinstance(m, timm.models.vision_transformer.Attention):
+            num_heads[m.qkv] = m.num_heads
+        if args.bottleneck and isinstance(m, timm.layers.Mlp):
+            ignored_layers.append(m.fc2)
+
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs,
+        **tpv.vit_pruning_kwargs(
+            model,  # plugin
+            importance=imp,
+            global_pruning=args.global_pruning,
+            pruning_ratio=args.pruning_ratio,
+            iterative_steps=args.iterative_steps,
+            ignored_layers=ignored_layers,
+            num_heads=num_heads,
+            prune_num_heads=args.prune_num_heads,
+            prune_head_dims=not args.prune_num_heads,
+            head_pruning_ratio=args.head_pruning_ratio,
+            round_to=2,
+        ),
+    )  # plugin
+    for _ in range(args.iterative_steps):
+        for group in pruner.step(interactive=True):
+            group.prune()
+
+    tpv.sync_attention(model, pruner.num_heads)  # plugin: the attention layout and scale after pruning
+
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    print(f"MACs {base_macs / 1e6:.2f} M -> {macs / 1e6:.2f} M, params {base_params / 1e6:.3f} M -> {params / 1e6:.3f} M")
+    return model, pruner
+
+
+if __name__ == "__main__":
+    main()
