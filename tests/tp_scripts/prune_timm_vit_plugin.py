@@ -44,23 +44,23 @@ def main(argv=None):
         if args.bottleneck and isinstance(m, timm.layers.Mlp):
             ignored_layers.append(m.fc2)
 
+    # fmt: off
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs,
-        **tpv.vit_pruning_kwargs(
-            model,  # plugin
-            importance=imp,
-            global_pruning=args.global_pruning,
-            pruning_ratio=args.pruning_ratio,
-            iterative_steps=args.iterative_steps,
-            ignored_layers=ignored_layers,
-            num_heads=num_heads,
-            prune_num_heads=args.prune_num_heads,
-            prune_head_dims=not args.prune_num_heads,
-            head_pruning_ratio=args.head_pruning_ratio,
-            round_to=2,
-        ),
-    )  # plugin
+        **tpv.vit_pruning_kwargs(model,  # plugin
+        importance=imp,
+        global_pruning=args.global_pruning,
+        pruning_ratio=args.pruning_ratio,
+        iterative_steps=args.iterative_steps,
+        ignored_layers=ignored_layers,
+        num_heads=num_heads,
+        prune_num_heads=args.prune_num_heads,
+        prune_head_dims=not args.prune_num_heads,
+        head_pruning_ratio=args.head_pruning_ratio,
+        round_to=2,
+    ))  # plugin
+    # fmt: on
     for _ in range(args.iterative_steps):
         for group in pruner.step(interactive=True):
             group.prune()

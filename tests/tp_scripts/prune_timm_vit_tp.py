@@ -43,6 +43,7 @@ def main(argv=None):
         if args.bottleneck and isinstance(m, timm.layers.Mlp):
             ignored_layers.append(m.fc2)
 
+    # fmt: off
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs,
@@ -57,6 +58,7 @@ def main(argv=None):
         head_pruning_ratio=args.head_pruning_ratio,
         round_to=2,
     )
+    # fmt: on
     for _ in range(args.iterative_steps):
         for group in pruner.step(interactive=True):
             group.prune()
