@@ -74,14 +74,6 @@ def test_unsupported_family_is_refused_before_anything_changes(family):
         model(x)  # still works
 
 
-def test_torchvision_vit_is_refused():
-    tv = pytest.importorskip("torchvision")
-    model = tv.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=48,
-                                        mlp_dim=96, num_classes=10)  # fmt: skip
-    with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
-        tpv.ViTPruner(model, torch.randn(1, 3, 32, 32), pruning_ratio=0.3)
-
-
 def test_other_patch_stems_are_refused():
     from conftest import make_model
     from timm.layers import PatchEmbed

@@ -1,4 +1,4 @@
-"""The README's support matrix, as a test: every supported timm and transformers family x every capability.
+"""The README's support matrix, as a test: every supported timm, transformers and torchvision family x every capability.
 
 Each timm family is timm's own config (``timm.create_model``), each transformers family its own
 config class, made tiny (depth 2, small images; nothing downloaded).
@@ -20,7 +20,12 @@ from torch.utils.data import DataLoader, TensorDataset
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.metrics import as_logits
 from tp_vit_plugins.core.training import finetune
-from tp_vit_plugins.hosts.timm.structure import attention_modules
+from tp_vit_plugins.hosts import host_for
+
+
+def attention_modules(model):
+    return host_for(model).attention_modules(model)
+
 
 _VIT = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 _SWIN = dict(img_size=56, depths=(1, 1), num_heads=(2, 4), embed_dim=32, num_classes=10)
@@ -40,6 +45,9 @@ FAMILIES = {
 _HF = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=2, num_attention_heads=3, num_labels=10)
 #: transformers family -> (model class, config class, extra config)
 HF_FAMILIES = {f"hf_{k}": v for k, v in conftest.HF_FAMILIES.items()}
+_TV = dict(image_size=32, patch_size=8, num_layers=2, num_heads=3, hidden_dim=48, mlp_dim=96, num_classes=10)
+#: torchvision family -> VisionTransformer kwargs
+TV_FAMILIES = {"tv_vit": _TV, "tv_vit_representation": {**_TV, "representation_size": 24}}
 CAPABILITIES = ("heads", "head_dims", "mlp", "embed", "tokens", "gohsp", "vtp", "save_load")
 _ALL = dict.fromkeys(CAPABILITIES, True)
 #: The README's matrix (False = refused before anything changes).
@@ -58,6 +66,8 @@ SUPPORT = {
     "hf_deit_teacher": _ALL,
     "hf_dinov2": {**_ALL, "embed": False},  # the classifier reads [cls, mean(patches)] concatenated
     "hf_dinov2_registers": {**_ALL, "embed": False},
+    "tv_vit": _ALL,
+    "tv_vit_representation": _ALL,
 }
 
 
@@ -67,6 +77,9 @@ def _model(family: str) -> tuple[torch.nn.Module, torch.Tensor]:
         transformers = pytest.importorskip("transformers")
         cls, config, extra = HF_FAMILIES[family]
         model, size = getattr(transformers, cls)(getattr(transformers, config)(**_HF, **extra)).eval(), 32
+    elif family in TV_FAMILIES:
+        vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
+        model, size = vision_transformer.VisionTransformer(**TV_FAMILIES[family]).eval(), 32
     else:
         name, kw, size = FAMILIES[family]
         model = timm.create_model(name, pretrained=False, **kw).eval()
@@ -85,7 +98,7 @@ def _params(model: torch.nn.Module) -> int:
 
 def _hidden(model: torch.nn.Module) -> list[int]:
     """MLP hidden widths of the pruned blocks (an attention pool's MLP stays whole)."""
-    return [b.fc2.in_features for b in tpv.hosts.timm.structure.block_layers(model)]
+    return [b.fc2.in_features for b in host_for(model).block_layers(model)]
 
 
 def _out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -100,13 +113,7 @@ def _consistent(model: torch.nn.Module, x: torch.Tensor) -> None:
 
 
 def _patch_width(model: torch.nn.Module) -> int:
-    if family_is_hf(model):
-        return tpv.hosts.transformers.patch_projection(model).out_channels
-    return model.patch_embed.proj.out_channels
-
-
-def family_is_hf(model: torch.nn.Module) -> bool:
-    return tpv.hosts.transformers.is_transformers_model(model)
+    return host_for(model).embedding_modules(model)[0].out_channels
 
 
 def _heads(model, x):
@@ -146,7 +153,7 @@ def _tokens(model, x):
 def _gohsp(model, x):
     n = _params(model)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
-    structures = ("heads", "mlp") if tpv.hosts.timm.families.has_rope(model) else ("heads", "head_dims", "mlp")
+    structures = ("heads", "mlp") if host_for(model).has_rope(model) else ("heads", "head_dims", "mlp")
     tpv.GOHSPPruner(model, x[:1], imp, pruning_ratio=0.2, structures=structures).step()
     assert _params(model) < n
 
@@ -183,7 +190,7 @@ REFUSAL = {"embed": "stay whole|concatenated", "head_dims": "rotary", "tokens": 
 
 
 @pytest.mark.parametrize("capability", CAPABILITIES)
-@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(HF_FAMILIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES) + sorted(HF_FAMILIES) + sorted(TV_FAMILIES))
 def test_support_matrix(family, capability, tmp_path):
     model, x = _model(family)
     if SUPPORT[family][capability]:

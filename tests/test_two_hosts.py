@@ -1,4 +1,4 @@
-"""One model, two hosts: a timm ViT and its transformers conversion prune to the same structure and logits."""
+"""One model, three hosts: a timm ViT and its transformers and torchvision conversions prune to the same structure and logits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import torch_pruning as tp
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.hosts.timm.structure import block_layers
+from tp_vit_plugins.hosts import host_for
+from tp_vit_plugins.hosts.torchvision import from_timm as to_torchvision
 
 pytest.importorskip("transformers")
 from tp_vit_plugins.hosts.transformers import from_timm  # noqa: E402
@@ -37,7 +38,8 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _structure(model: torch.nn.Module) -> list[tuple]:
-    return [(b.attn.num_heads, b.attn.head_dim, b.fc1.out_features, b.qkv.in_features) for b in block_layers(model)]
+    blocks = host_for(model).block_layers(model)
+    return [(b.attn.num_heads, b.attn.head_dim, b.fc1.out_features, b.qkv.in_features) for b in blocks]
 
 
 def _backward(model: torch.nn.Module) -> None:
@@ -130,26 +132,38 @@ METHODS = {"l2": _l2, "l2_global_embed": _l2_global_embed, "taylor": _taylor, "s
            "cumulative": _cumulative, "gohsp": _gohsp, "vtp": _vtp}  # fmt: skip
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_each_method_prunes_both_hosts_alike(method):
+def test_the_torchvision_conversion_is_exact():
     model = _timm()
-    hf = from_timm(model)
+    tv = to_torchvision(model)
+    assert type(tv).__module__ == "torchvision.models.vision_transformer"
+    torch.testing.assert_close(_logits(tv), _logits(model), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="LayerScale"):
+        to_torchvision(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
+                                         num_heads=4, init_values=0.1))  # fmt: skip
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_prunes_every_host_alike(method):
+    model = _timm()
+    others = [from_timm(model), to_torchvision(model)]
     dense = _structure(model)
     METHODS[method](model)
-    METHODS[method](hf)
-    assert _structure(model) == _structure(hf) != dense
-    torch.testing.assert_close(_logits(hf), _logits(model), atol=1e-4, rtol=1e-4)
+    for other in others:
+        METHODS[method](other)
+        assert _structure(model) == _structure(other) != dense
+        torch.testing.assert_close(_logits(other), _logits(model), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("options", [dict(keep_ratio=0.5), dict(keep_ratio=0.5, fold="drop", head_keep_ratio=0.5), "paper"])
-def test_the_cascade_gives_both_hosts_the_same_tokens_and_logits(options):
+def test_the_cascade_gives_every_host_the_same_tokens_and_logits(options):
     model = _timm()
-    hf = from_timm(model)
+    others = [from_timm(model), to_torchvision(model)]
     cascades = []
-    for m in (model, hf):
+    for m in (model, *others):
         if options == "paper":
             cascades.append(tpv.apply_cascade(m, "paper", calib=[X]))
         else:
             cascades.append(tpv.apply_cascade(m, **options))
-    torch.testing.assert_close(_logits(hf), _logits(model), atol=1e-5, rtol=1e-5)
-    assert cascades[0].last.counts == cascades[1].last.counts and cascades[0].last.heads_kept == cascades[1].last.heads_kept
+    for other, cascade in zip(others, cascades[1:]):
+        torch.testing.assert_close(_logits(other), _logits(model), atol=1e-5, rtol=1e-5)
+        assert cascade.last.counts == cascades[0].last.counts and cascade.last.heads_kept == cascades[0].last.heads_kept

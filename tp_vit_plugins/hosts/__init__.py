@@ -1,9 +1,10 @@
 """Host adapters: the only code that reads a host library's internals, behind one interface.
 
 :func:`host_for` returns the :class:`Host` that claims a model; the methods ask it, never a host
-type. Registered here: the transformers host (Hugging Face ViT / DeiT / DINOv2) and the timm host
-(the fallback, whose check names what is supported). A new host subclasses :class:`Host` in its
-own module and is added with :func:`register_host` (``docs/extending.md``, "A new host").
+type. Registered here: the transformers host (Hugging Face ViT / DeiT / DINOv2), the torchvision host
+(``VisionTransformer``) and the timm host (the fallback, whose check names what is supported). A
+new host subclasses :class:`Host` in its own module and is added with :func:`register_host`
+(``docs/extending.md``, "A new host").
 """
 
 from . import transformers as _transformers  # first: the timm adapter reads its functions
@@ -22,6 +23,7 @@ from .base import (
     unit_param_costs,
 )
 from .timm.host import TimmHost
+from .torchvision import TorchvisionHost
 
 __all__ = [
     "Host",
@@ -37,7 +39,9 @@ __all__ = [
     "unit_param_costs",
     "resize_to_state",
     "TimmHost",
+    "TorchvisionHost",
 ]
 
 register_host(_transformers.TransformersHost())
+register_host(TorchvisionHost())
 register_host(TimmHost())

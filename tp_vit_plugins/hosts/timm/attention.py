@@ -56,8 +56,17 @@ def attention_maps(
     Raises:
         TypeError: No timm ``Attention`` in ``model``.
     """
+    with capture_attention(attention_modules(model), store, callback) as recorder:
+        yield recorder
+
+
+@contextlib.contextmanager
+def capture_attention(
+    attns: list[tuple[str, nn.Module]], store: bool = True, callback: Callable[[int, torch.Tensor], None] | None = None
+) -> Iterator[AttentionMaps]:
+    """:func:`attention_maps` over given timm-style attention modules (eager path, hooks on ``attn_drop``)."""
     handles = []
-    with eager_attention(model) as attns:
+    with fused_attn_off(a for _, a in attns):
         recorder = AttentionMaps([n for n, _ in attns], store, callback)
         try:
             for i, (_, a) in enumerate(attns):

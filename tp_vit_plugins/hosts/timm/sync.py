@@ -175,8 +175,7 @@ def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None)
         ValueError: Inconsistent shapes or an ambiguous layout; nothing is changed then.
     """
     attns = attention_modules(model)
-    # validate every module before touching any, so a bad layout changes nothing
-    plan = [(attn, _check_one(name, attn, _lookup_heads(num_heads, name, attn))) for name, attn in attns]
+    plan = check_layouts(attns, num_heads)  # every module validated before any is touched
     if has_rope(model):
         for (name, attn), (_, heads) in zip(attns, plan):
             dims = getattr(attn, "rope_dims", None)
@@ -190,6 +189,21 @@ def sync_attention(model: nn.Module, num_heads: Mapping[Any, int] | None = None)
         _apply_one(attn, heads)
     _sync_model_dims(model)
     return model
+
+
+def check_layouts(attns: list[tuple[str, Attention]], num_heads: Mapping[Any, int] | None) -> list[tuple[Attention, int]]:
+    """``[(attention, head count)]`` after validating every module's pruned layout (nothing changed).
+
+    Raises:
+        ValueError: Inconsistent shapes or an ambiguous layout.
+    """
+    return [(attn, _check_one(name, attn, _lookup_heads(num_heads, name, attn))) for name, attn in attns]
+
+
+def apply_layouts(plan: list[tuple[Attention, int]]) -> None:
+    """Set head count, head width, attention width and logit scale of each validated attention (see :func:`sync_attention`)."""
+    for attn, heads in plan:
+        _apply_one(attn, heads)
 
 
 def _sync_model_dims(model: nn.Module) -> None:
