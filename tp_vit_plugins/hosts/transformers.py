@@ -508,3 +508,70 @@ class TransformersHost(TimmHost):
 
     def rebuild(self, spec: dict, tensors: dict[str, torch.Tensor]) -> nn.Module:
         return rebuild(spec, tensors)
+
+
+def _pruning_callback_class() -> type:
+    """:class:`PruningCallback`, built on first use (it subclasses ``transformers.TrainerCallback``)."""
+    from transformers import TrainerCallback
+
+    class PruningCallback(TrainerCallback):
+        """Drive a pruner's sparse training from a ``transformers.Trainer``: tp's loop, as callbacks.
+
+        * ``on_pre_optimizer_step`` (after the backward of every optimizer step, after gradient
+          clipping, before the optimizer): ``pruner.regularize(model)``;
+        * ``on_epoch_end``: ``pruner.update_regularizer()`` (when the pruner has one);
+        * ``on_train_end``: ``pruner.step()`` when ``step_at_end`` (the pruned model is then the
+          trainer's model; fine-tune it with a new ``Trainer``).
+
+        Example::
+
+            pruner = tpv.GOHSPPruner(model, example, imp, pruning_ratio=0.4)
+            trainer = Trainer(model=model, args=args, train_dataset=ds,
+                              callbacks=[tpv.hosts.transformers.PruningCallback(pruner)])
+            trainer.train()                      # sparse training, then the hard prune
+
+        With fp16 loss scaling the gradients ``regularize`` sees are scaled; use bf16 or fp32.
+
+        Args:
+            pruner: A tp pruner with ``regularize(model)`` (``tpv.GOHSPPruner``, ``tpv.VTPPruner``,
+                ``tp.pruner.GroupNormPruner``, ...).
+            step_at_end: Call ``pruner.step()`` when training ends.
+
+        Attributes:
+            regularized: Optimizer steps regularised so far.
+            epochs: ``update_regularizer()`` calls so far.
+            pruned: Whether ``pruner.step()`` ran.
+        """
+
+        def __init__(self, pruner: object, step_at_end: bool = True) -> None:
+            if not callable(getattr(pruner, "regularize", None)):
+                raise TypeError(f"PruningCallback needs a pruner with regularize(model), got {type(pruner).__name__}")
+            self.pruner, self.step_at_end = pruner, step_at_end
+            self.regularized, self.epochs, self.pruned = 0, 0, False
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # noqa: D102
+            self.pruner.regularize(model if model is not None else self.pruner.model)
+            self.regularized += 1
+
+        def on_epoch_end(self, args, state, control, **kwargs):  # noqa: D102
+            update = getattr(self.pruner, "update_regularizer", None)
+            if callable(update):
+                update()
+                self.epochs += 1
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: D102
+            if self.step_at_end and not self.pruned:
+                self.pruner.step()
+                self.pruned = True
+
+    PruningCallback.__module__ = __name__
+    PruningCallback.__qualname__ = "PruningCallback"
+    return PruningCallback
+
+
+def __getattr__(name: str) -> object:
+    if name == "PruningCallback":  # transformers is imported here, not when the package is
+        cls = _pruning_callback_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
