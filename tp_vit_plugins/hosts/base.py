@@ -52,6 +52,7 @@ __all__ = [
     "split_qkv",
     "unit_param_costs",
     "resize_to_state",
+    "restore_shapes",
 ]
 
 
@@ -180,6 +181,39 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, nn.Conv2d):
             m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+def restore_shapes(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    norms: dict[str, list[int]] | None = None,
+    attention: dict[str, dict] | None = None,
+    attention_types: tuple[type, ...] = (nn.Module,),
+) -> None:
+    """Give a freshly built ``model`` the saved shapes: tensors, norm widths, each attention's layout (values not loaded).
+
+    Args:
+        model: The rebuilt, unpruned skeleton (attention already in the host's prunable form).
+        tensors: The saved state dict.
+        norms: ``{norm name: normalized_shape}``.
+        attention: ``{attention name: {"num_heads", "head_dim", "scale"}}``.
+        attention_types: What each named attention must be.
+
+    Raises:
+        ValueError: Keys that differ from the skeleton's, or a named attention of another type.
+    """
+    keys = set(model.state_dict()) ^ set(tensors)
+    if keys:
+        raise ValueError(f"rebuilt {type(model).__name__} and saved weights differ in keys: {sorted(keys)[:8]}")
+    resize_to_state(model, tensors)
+    for name, shape in (norms or {}).items():
+        model.get_submodule(name).normalized_shape = tuple(shape)
+    for name, layout in (attention or {}).items():
+        attn = model.get_submodule(name)
+        if not isinstance(attn, attention_types):
+            raise ValueError(f"{name} is a {type(attn).__name__} in the rebuilt model, not a prunable attention")
+        attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
+        attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
 
 
 class AttentionMaps:

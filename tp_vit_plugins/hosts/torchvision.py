@@ -24,7 +24,7 @@ from timm.layers import Attention
 from torch import nn
 
 from ..core.metrics import fused_attn_off
-from .base import BlockHalves, BlockLayers, Host, Readout, UnsupportedModelError, resize_to_state
+from .base import BlockHalves, BlockLayers, Host, Readout, UnsupportedModelError, restore_shapes
 from .timm import attention as timm_attention
 from .timm import blocks as timm_blocks
 from .timm import sync as timm_sync
@@ -284,16 +284,7 @@ class TorchvisionHost(Host):
         except ImportError as e:
             raise ImportError(f"the spec holds a torchvision model: pip install torchvision ({e})") from e
         model = convert(VisionTransformer(**spec["kwargs"]))
-        keys = set(model.state_dict()) ^ set(tensors)
-        if keys:
-            raise ValueError(f"rebuilt {_MODEL} and saved weights differ in keys: {sorted(keys)[:8]}")
-        resize_to_state(model, tensors)
-        for name, shape in spec["norms"].items():
-            model.get_submodule(name).normalized_shape = tuple(shape)
-        for name, layout in spec["attention"].items():
-            attn = model.get_submodule(name)
-            attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
-            attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
+        restore_shapes(model, tensors, spec["norms"], spec["attention"], (PrunableMHAttention,))
         model.load_state_dict(tensors, strict=True)
         self.sync(model)
         return model.eval()
@@ -302,46 +293,32 @@ class TorchvisionHost(Host):
 def from_timm(model: nn.Module) -> nn.Module:
     """The same network as a torchvision ``VisionTransformer`` (weights mapped, equal logits; imports torchvision).
 
-    For a plain, unpruned timm ViT: a class token and no other prefix token, a linear head on the
-    class token, pre-norm blocks of equal widths without LayerScale or q/k norm, exact GELU,
-    ``LayerNorm(eps=1e-6)``, biases everywhere, square images. The timm model is left unchanged;
+    For a plain, unpruned timm ViT (:func:`~tp_vit_plugins.hosts.timm.support.plain_vit_difference`)
+    with ``LayerNorm(eps=1e-6)``, biases everywhere and square images. The timm model is left unchanged;
     the copy is in eval mode on the model's device and dtype.
 
     Raises:
         TypeError: The model is not such a timm ViT (the message names the first difference).
     """
-    from timm.layers import Mlp
-    from timm.models.vision_transformer import Block
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
     from torchvision.models.vision_transformer import VisionTransformer
+
+    from .timm.support import plain_vit_difference
 
     def refuse(why: str) -> None:
         raise TypeError(f"from_timm converts a plain timm ViT to torchvision; this one {why}")
 
-    if type(model) is not TimmViT:
-        refuse(f"is a {type(model).__name__}")
+    why = plain_vit_difference(model)
+    if why is not None:
+        refuse(why)
     blocks = list(model.blocks)
-    if getattr(model, "cls_token", None) is None or model.num_prefix_tokens != 1 or model.global_pool != "token":
-        refuse("does not read one class token")
-    if any(type(b) is not Block or type(b.mlp) is not Mlp or type(b.mlp.act) is not nn.GELU for b in blocks):
-        refuse("has another block or MLP type than timm's Block and Mlp with exact GELU")
-    plain = (nn.Identity,)
-    if not isinstance(model.fc_norm, plain) or not isinstance(model.norm_pre, plain) or model.attn_pool is not None:
-        refuse("has a norm before the blocks or after pooling, or an attention pool")
     width, heads, hidden = model.embed_dim, blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features
-    for b in blocks:
-        if not all(isinstance(m, plain) for m in (b.ls1, b.ls2, b.attn.q_norm, b.attn.k_norm, b.attn.norm, b.mlp.norm)):
-            refuse("has LayerScale, q/k norm or an MLP norm")
-        if b.attn.num_heads != heads or b.attn.qkv.out_features != 3 * width or b.mlp.fc1.out_features != hidden:
-            refuse("has blocks of different widths (convert the dense model, then prune)")
-        if any(m.bias is None for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)):
-            refuse("has a layer without bias")
-    norms = [model.norm, *(n for b in blocks for n in (b.norm1, b.norm2))]
-    if any(not isinstance(n, nn.LayerNorm) or abs(n.eps - 1e-6) > 1e-12 for n in norms):
+    if any(m.bias is None for b in blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1, b.mlp.fc2)):
+        refuse("has a layer without bias")
+    if abs(model.norm.eps - 1e-6) > 1e-12:
         refuse("has norms other than LayerNorm(eps=1e-6)")
     size, patch = model.patch_embed.img_size, model.patch_embed.patch_size
-    if size[0] != size[1] or patch[0] != patch[1] or not isinstance(model.head, nn.Linear):
-        refuse("has non-square images or patches, or no linear head")
+    if size[0] != size[1] or patch[0] != patch[1]:
+        refuse("has non-square images or patches")
     ref = next(model.parameters())
     tv = VisionTransformer(image_size=size[0], patch_size=patch[0], num_layers=len(blocks), num_heads=heads, hidden_dim=width,
                            mlp_dim=hidden, num_classes=model.head.out_features)  # fmt: skip

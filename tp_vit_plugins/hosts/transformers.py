@@ -40,7 +40,6 @@ __all__ = [
     "save_spec",
     "rebuild",
     "TransformersHost",
-    "apply_layouts",
     "layer_halves",
     "LayerAttentionCall",
     "patch_projection",
@@ -242,7 +241,7 @@ def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
         ValueError: The class is not a supported transformers class, or the tensors do not match the spec.
         ImportError: transformers is not installed.
     """
-    from .base import resize_to_state
+    from .base import restore_shapes
 
     if {k: list(v.shape) for k, v in state.items()} != spec.get("shapes"):
         raise ValueError("the weights file does not match the shapes recorded in the spec")
@@ -256,24 +255,11 @@ def rebuild(spec: dict, state: dict[str, torch.Tensor]) -> nn.Module:
     cls = getattr(transformers, name)
     config = cls.config_class.from_dict(spec["config"])
     model = convert(cls(config))
-    keys = set(model.state_dict()) ^ set(state)
-    if keys:
-        raise ValueError(f"rebuilt {name} and saved weights differ in keys: {sorted(keys)[:8]}")
-    resize_to_state(model, state)
-    apply_layouts(model, spec["attention"])
+    restore_shapes(model, state, None, spec["attention"], (PrunableHFAttention,))
+    for attn_name, layout in spec["attention"].items():
+        model.get_submodule(attn_name).fused_attn = bool(layout.get("fused_attn", True))
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def apply_layouts(model: nn.Module, layouts: dict[str, dict]) -> None:
-    """Set every converted attention's head count, head width, scale and path from a saved spec."""
-    for name, layout in layouts.items():
-        attn = model.get_submodule(name)
-        if not isinstance(attn, PrunableHFAttention):
-            raise ValueError(f"{name} is not a converted transformers attention in the rebuilt model")
-        attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
-        attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
-        attn.fused_attn = bool(layout.get("fused_attn", True))
 
 
 def _vit_attn_half(b: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw: object) -> torch.Tensor:
@@ -393,40 +379,13 @@ def from_timm(model: nn.Module) -> nn.Module:
     Raises:
         TypeError: The model is not such a timm ViT (the message names the first difference).
     """
-    from timm.layers import Mlp
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from .timm.support import plain_vit_difference
 
-    def refuse(why: str) -> None:
+    why = plain_vit_difference(model)
+    if why is not None:
         raise TypeError(f"from_timm converts a plain timm ViT / DeiT; this one {why}")
-
-    if type(model) is not VisionTransformer:
-        refuse(f"is a {type(model).__name__}")
     blocks = list(model.blocks)
-    if getattr(model, "cls_token", None) is None or getattr(model, "num_prefix_tokens", 1) != 1:
-        refuse("has no class token, or extra prefix tokens (registers, distillation)")
-    if getattr(model, "global_pool", None) != "token" or not isinstance(model.head, nn.Linear):
-        refuse("does not classify the class token with a linear head")
-    if getattr(model, "no_embed_class", False) or getattr(model, "dynamic_img_size", False):
-        refuse("keeps the class token out of the position embedding or has dynamic image sizes")
-    plain = (nn.Identity,)
-    if not isinstance(model.fc_norm, plain) or not isinstance(model.norm_pre, plain) or not isinstance(model.norm, nn.LayerNorm):
-        refuse("has a norm before the blocks or after pooling, or no final LayerNorm")
-    if getattr(model, "attn_pool", None) is not None:
-        refuse("pools with attention")
-    if any(type(blk) is not Block or type(blk.mlp) is not Mlp for blk in blocks):
-        refuse("has another block or MLP type than timm's Block and Mlp (e.g. SwiGLU)")
     width, heads, hidden = model.embed_dim, blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features
-    for blk in blocks:
-        attn, mlp = blk.attn, blk.mlp
-        if not all(isinstance(m, plain) for m in (blk.ls1, blk.ls2, attn.q_norm, attn.k_norm, attn.norm)):
-            refuse("has LayerScale or q/k norm")
-        if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none" or not isinstance(mlp.norm, plain):
-            refuse("uses another MLP activation than exact GELU, or an MLP norm")
-        if attn.num_heads != heads or attn.qkv.out_features != 3 * width or mlp.fc1.out_features != hidden:
-            refuse("has blocks of different widths or fewer attention channels than the residual width (a pruned "
-                   "model a transformers config cannot describe): convert the dense model, then prune")  # fmt: skip
-        if any(not isinstance(n, nn.LayerNorm) or n.eps != model.norm.eps for n in (blk.norm1, blk.norm2)):
-            refuse("has block norms other than LayerNorm with the final norm's eps")
     from transformers import ViTConfig, ViTForImageClassification
 
     proj = model.patch_embed.proj
@@ -461,7 +420,7 @@ def from_timm(model: nn.Module) -> nn.Module:
                     out[h + f"{theirs}.{kind}"] = src[t + f"{mine}.{kind}"]
     missing = set(hf.state_dict()) - set(out)
     if missing:
-        refuse(f"has no counterpart for {sorted(missing)[:4]} (e.g. a layer without bias)")
+        raise TypeError(f"from_timm converts a plain timm ViT / DeiT; this one has no counterpart for {sorted(missing)[:4]}")
     hf.load_state_dict(out, strict=True)
     return hf
 

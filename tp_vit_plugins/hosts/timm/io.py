@@ -20,7 +20,7 @@ from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..base import resize_to_state
+from ..base import restore_shapes
 from .families import convert_attention
 from .structure import attention_modules
 from .support import ATTENTION_TYPES, attention_pool
@@ -268,20 +268,10 @@ def rebuild(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
     model = convert_attention(cls(**kwargs))
-    missing = set(model.state_dict()) ^ set(state)
-    if missing:
-        raise ValueError(f"rebuilt {cls.__name__} and saved weights differ in keys: {sorted(missing)[:8]}")
-    resize_to_state(model, state)
-    for name, shape in spec["norms"].items():
-        model.get_submodule(name).normalized_shape = tuple(shape)
+    restore_shapes(model, state, spec["norms"], spec["attention"], ATTENTION_TYPES)
     for name, layout in spec["attention"].items():
-        attn = model.get_submodule(name)
-        if not isinstance(attn, ATTENTION_TYPES):
-            raise ValueError(f"{name} is not a timm Attention in the rebuilt model")
-        attn.num_heads, attn.head_dim = int(layout["num_heads"]), int(layout["head_dim"])
-        attn.attn_dim, attn.scale = attn.num_heads * attn.head_dim, float(layout["scale"])
-        if "rope_dims" in layout:
-            attn.rope_dims = [int(j) for j in layout["rope_dims"]]
+        if "rope_dims" in layout:  # EVA: the rotary dims a head-dim-pruned attention kept
+            model.get_submodule(name).rope_dims = [int(j) for j in layout["rope_dims"]]
     layout = spec.get("attn_pool")
     if layout is not None:
         pool = attention_pool(model)

@@ -217,3 +217,46 @@ def is_supported(model: nn.Module) -> bool:
     except TypeError:
         return False
     return any(isinstance(m, (*ATTENTION_TYPES, *FAMILY_ATTENTIONS)) for m in model.modules())
+
+
+def plain_vit_difference(model: nn.Module) -> str | None:
+    """Why ``model`` is not a plain, unpruned timm ViT another library's ViT can mirror (``None``: it is one).
+
+    Plain: timm's own ``VisionTransformer`` class with one class token read by a linear head, the
+    class token inside the position embedding, fixed image size, pre-norm ``Block`` / ``Mlp`` with
+    exact GELU, no LayerScale, q/k norm, MLP norm, pre-blocks norm, fc_norm or attention pool,
+    LayerNorm everywhere with one eps, and every block of the same widths with
+    ``num_heads * head_dim`` equal to the residual width. The answer completes "this one ...".
+    """
+    from timm.layers import Mlp
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    if type(model) is not VisionTransformer:
+        return f"is a {type(model).__name__}"
+    blocks = list(model.blocks)
+    if getattr(model, "cls_token", None) is None or getattr(model, "num_prefix_tokens", 1) != 1:
+        return "has no class token, or extra prefix tokens (registers, distillation)"
+    if getattr(model, "global_pool", None) != "token" or not isinstance(model.head, nn.Linear):
+        return "does not classify the class token with a linear head"
+    if getattr(model, "no_embed_class", False) or getattr(model, "dynamic_img_size", False):
+        return "keeps the class token out of the position embedding or has dynamic image sizes"
+    plain = (nn.Identity,)
+    if not isinstance(model.fc_norm, plain) or not isinstance(model.norm_pre, plain) or not isinstance(model.norm, nn.LayerNorm):
+        return "has a norm before the blocks or after pooling, or no final LayerNorm"
+    if getattr(model, "attn_pool", None) is not None:
+        return "pools with attention"
+    if any(type(blk) is not Block or type(blk.mlp) is not Mlp for blk in blocks):
+        return "has another block or MLP type than timm's Block and Mlp (e.g. SwiGLU)"
+    width, heads, hidden = model.embed_dim, blocks[0].attn.num_heads, blocks[0].mlp.fc1.out_features
+    for blk in blocks:
+        attn, mlp = blk.attn, blk.mlp
+        if not all(isinstance(m, plain) for m in (blk.ls1, blk.ls2, attn.q_norm, attn.k_norm, attn.norm)):
+            return "has LayerScale or q/k norm"
+        if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none" or not isinstance(mlp.norm, plain):
+            return "uses another MLP activation than exact GELU, or an MLP norm"
+        if attn.num_heads != heads or attn.qkv.out_features != 3 * width or mlp.fc1.out_features != hidden:
+            return ("has blocks of different widths or fewer attention channels than the residual width (a pruned "
+                    "model a config cannot describe): convert the dense model, then prune")  # fmt: skip
+        if any(not isinstance(n, nn.LayerNorm) or n.eps != model.norm.eps for n in (blk.norm1, blk.norm2)):
+            return "has block norms other than LayerNorm with the final norm's eps"
+    return None
