@@ -12,28 +12,16 @@ import contextlib
 import functools
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..hosts.base import fused_attn_off
+
 __all__ = ["as_logits", "count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
-
-
-@contextlib.contextmanager
-def fused_attn_off(modules: Iterable[nn.Module]) -> Iterator[None]:
-    """Set ``fused_attn = False`` on ``modules`` (their eager path); the flags come back on every path."""
-    mods = list(modules)
-    saved = [m.fused_attn for m in mods]
-    try:
-        for m in mods:
-            m.fused_attn = False
-        yield
-    finally:
-        for m, flag in zip(mods, saved):
-            m.fused_attn = flag
 
 
 def _eager(model: nn.Module) -> contextlib.AbstractContextManager[None]:

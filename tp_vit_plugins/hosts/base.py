@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "unit_param_costs",
     "resize_to_state",
     "restore_shapes",
+    "fused_attn_off",
 ]
 
 
@@ -181,6 +182,20 @@ def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             m.out_features, m.in_features = m.weight.shape
         elif isinstance(m, nn.Conv2d):
             m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+@contextlib.contextmanager
+def fused_attn_off(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Set ``fused_attn = False`` on ``modules`` (their eager path); the flags come back on every path."""
+    mods = list(modules)
+    saved = [m.fused_attn for m in mods]
+    try:
+        for m in mods:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, flag in zip(mods, saved):
+            m.fused_attn = flag
 
 
 def restore_shapes(

@@ -23,8 +23,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from ..core.metrics import fused_attn_off
-from .base import BlockHalves, BlockLayers, Host, Readout, UnsupportedModelError, restore_shapes
+from .base import BlockHalves, BlockLayers, Host, Readout, UnsupportedModelError, fused_attn_off, restore_shapes
 from .timm import attention as timm_attention
 from .timm import blocks as timm_blocks
 from .timm import sync as timm_sync

@@ -9,8 +9,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from ...core.metrics import fused_attn_off
-from ..base import AttentionMaps
+from ..base import AttentionMaps, fused_attn_off
 from .structure import attention_modules
 
 
