@@ -4,7 +4,10 @@
         [--rounds 5] [--batch-sizes 1 16] [--ort-threads 1 2] [--no-compile]
 
 Random weights (timing needs no trained weights). Per model: "pruned" = ``tpv.ViTPruner`` with
-``pruning_ratio=0.3`` (MLP width) and ``head_pruning_ratio=0.5``; "cascade 80 %" / "cascade 60 %" =
+``pruning_ratio=0.3`` (MLP width) and ``head_pruning_ratio=0.5``; on ``--sparse-models`` also
+"GOHSP" / "VTP" = ``tpv.GOHSPPruner(pruning_ratio=0.4)`` / ``tpv.VTPPruner(close_params=0.4)``
+after ``--sparse-steps`` steps of tp's loop on random images (their structures: heterogeneous
+heads, head dims and MLP widths); "cascade 80 %" / "cascade 60 %" =
 ``tpv.apply_cascade`` with the keep ratio fitted by ``tpv.cpvit.fit_keep_ratio`` to keep 80 / 60 %
 of the MACs (library defaults otherwise). Every reduced model and the dense one are exported
 with ``tpv.export_onnx`` (checked in onnxruntime), then timed one after the other in every round
@@ -32,10 +35,37 @@ from tp_vit_plugins.core.metrics import alternated_speedup
 from tp_vit_plugins.export import alternated_onnx_speedup
 
 
-def variants(model: torch.nn.Module, example: torch.Tensor) -> dict[str, torch.nn.Module]:
+def _sparse_phase(pruner, model: torch.nn.Module, example: torch.Tensor, steps: int) -> None:
+    """A short sparse phase on random images and labels (the structure is what is timed), driven like tp's loop."""
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        x = torch.randn(8, *example.shape[1:], generator=g)
+        y = torch.randint(0, 1000, (8,), generator=g)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        pruner.regularize(model)
+        model.zero_grad()
+    pruner.update_regularizer()
+    model.eval()
+    pruner.step()
+
+
+def sparse_variants(model: torch.nn.Module, example: torch.Tensor, steps: int) -> dict[str, torch.nn.Module]:
+    """GOHSP and VTP (recommended presets), 40 % of the parameters, after ``steps`` sparse-training steps."""
+    gohsp = copy.deepcopy(model)
+    imp = tpv.GraphHeadImportance(progress=False).calibrate(gohsp, [torch.randn(8, *example.shape[1:])])
+    _sparse_phase(tpv.GOHSPPruner(gohsp, example, imp, pruning_ratio=0.4), gohsp, example, steps)
+    vtp = copy.deepcopy(model)
+    _sparse_phase(tpv.VTPPruner(vtp, example, close_params=0.4), vtp, example, steps)
+    return {"GOHSP (40 % params)": gohsp, "VTP (40 % params)": vtp}
+
+
+def variants(model: torch.nn.Module, example: torch.Tensor, sparse_steps: int = 0) -> dict[str, torch.nn.Module]:
     pruned = copy.deepcopy(model)
     tpv.ViTPruner(pruned, example, pruning_ratio=0.3, head_pruning_ratio=0.5).step()
     out = {"pruned (30 % width, 50 % heads)": pruned}
+    if sparse_steps:
+        out.update(sparse_variants(model, example, sparse_steps))
     for target in (0.8, 0.6):
         keep = tpv.cpvit.fit_keep_ratio(model, tuple(example.shape[1:]), target)
         cascaded = copy.deepcopy(model)
@@ -52,7 +82,10 @@ def rows_for(name: str, args: argparse.Namespace, tmp: str) -> list[str]:
     dense_macs = tpv.count_macs(model, example)
     dense_path = tpv.export_onnx(model, example, os.path.join(tmp, f"{name}-dense.onnx"), check_batch_sizes=(2,)).path
     out = []
-    for label, reduced in variants(model, example).items():
+    steps = args.sparse_steps if name in args.sparse_models.split(",") else 0
+    for label, reduced in variants(model, example, steps).items():
+        heads = tpv.hosts.host_for(reduced).attention_modules(reduced)
+        print(f"# {name} {label}: heads {[int(a.num_heads) for _, a in heads]}, head dims {[int(a.head_dim) for _, a in heads]}")
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
         slug = label.split()[0] + label.split()[1]
         report = tpv.export_onnx(reduced, example, os.path.join(tmp, f"{name}-{slug}.onnx"), check_batch_sizes=(2,))
@@ -88,6 +121,8 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     p.add_argument("--ort-threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--sparse-models", default="deit_small_patch16_224", help="models that also get GOHSP / VTP rows")
+    p.add_argument("--sparse-steps", type=int, default=20, help="sparse-training steps before GOHSP / VTP prune")
     args = p.parse_args()
     lines = [
         "| model | reduced | runtime | batch | dense ms | reduced ms | speed-up | MACs ratio | speed-up ÷ MACs | spread |",
@@ -96,7 +131,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             lines += rows_for(name, args, tmp)
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k == "models" and v != p.get_default(k))
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k != "compile" and v != p.get_default(k)
+    )
     command = "python benchmarks/export_speed.py" + (f" {flags}" if flags else "") + ("" if args.compile else " --no-compile")
     write_section("Deployment speed", f"`{command}`\n\n" + "\n".join(lines))
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..hosts.base import fused_attn_off
+from ..hosts import fused_attn_off
 
 __all__ = ["as_logits", "count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
 

@@ -10,6 +10,8 @@ Differences from a bare ``BasePruner`` (public tp extension points, plus the pri
   then), by building head groups with ``DG.get_pruning_group``;
 * lets you choose which structures the width ratio touches (MLP neurons, head dims,
   embedding dims) by returning no importance for the others;
+* never leaves a head narrower than a floor (:func:`head_dim_floor`): where tp's head-dim
+  ranking would, the cells go as whole heads instead (:meth:`ViTPruner._floored`);
 * calls :func:`~tp_vit_plugins.sync_attention` after every step, and rolls the model back if
   a step fails.
 """
@@ -28,7 +30,28 @@ from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
 
-__all__ = ["ViTPruner", "check_ratio"]
+__all__ = ["ViTPruner", "check_ratio", "head_dim_floor", "MIN_HEAD_DIM"]
+
+#: The narrowest head a pruner leaves by default (dims), unless the model's heads are narrower.
+MIN_HEAD_DIM = 8
+
+
+def head_dim_floor(head_dim: int, min_head_dim: int | None = None) -> int:
+    """The fewest dims a head of original width ``head_dim`` keeps.
+
+    Default: ``max(MIN_HEAD_DIM, ceil(head_dim / 4))``, at most ``head_dim``: a head narrower
+    than that keeps the whole ``N x N`` attention cost (softmax, memory traffic) for few MACs,
+    so it is slow for what it computes. ``min_head_dim`` replaces the rule (1 = no floor).
+
+    Raises:
+        ValueError: ``min_head_dim`` is not an int >= 1.
+    """
+    if min_head_dim is None:
+        return min(head_dim, max(MIN_HEAD_DIM, -(-head_dim // 4)))
+    if isinstance(min_head_dim, bool) or not isinstance(min_head_dim, int) or min_head_dim < 1:
+        raise ValueError(f"min_head_dim must be an int >= 1 (1: no floor), got {min_head_dim!r}")
+    return min(head_dim, min_head_dim)
+
 
 _OWN_KWARGS = ("num_heads", "unwrapped_parameters", "customized_pruners", "head_pruning_ratio_dict")
 
@@ -72,6 +95,10 @@ class ViTPruner(tp.pruner.BasePruner):
         prune_mlp: Let the width ratio remove MLP hidden neurons.
         prune_embed_dim: Let the width ratio remove embedding (residual stream) dims.
         min_heads: Heads every layer keeps in global head pruning (at least 1).
+        min_head_dim: The narrowest head left, in dims (:func:`head_dim_floor`: by default 8 or a
+            quarter of the original width, whichever is larger; 1 = no floor). Where the width
+            ranking would leave narrower heads, the block keeps that width and loses as many
+            cells as whole heads (its lowest-scoring heads) instead.
         ignored_layers: Extra layers tp must not prune (classifier heads are added).
         **kwargs: Passed to ``tp.pruner.BasePruner`` (``iterative_steps``, ``round_to``,
             ``pruning_ratio_dict``, ``max_pruning_ratio``, ...).
@@ -100,6 +127,7 @@ class ViTPruner(tp.pruner.BasePruner):
         prune_mlp: bool = True,
         prune_embed_dim: bool = False,
         min_heads: int = 1,
+        min_head_dim: int | None = None,
         ignored_layers: Sequence[nn.Module] | None = None,
         **kwargs: typing.Any,
     ) -> None:
@@ -112,6 +140,8 @@ class ViTPruner(tp.pruner.BasePruner):
             raise ValueError("prune_num_heads=False contradicts head_pruning_ratio > 0")
         if not isinstance(min_heads, int) or min_heads < 1:
             raise ValueError(f"min_heads must be an int >= 1, got {min_heads!r}")
+        head_dim_floor(MIN_HEAD_DIM, min_head_dim)  # validates
+        self.min_head_dim = min_head_dim
         check_tp_seams()
         before = ModuleSnapshot(model)  # EVA / BEiT attention is converted below: undone on any error here
         modes = {m: m.training for m in model.modules()}  # tp's tracing leaves the model in eval mode
@@ -161,6 +191,11 @@ class ViTPruner(tp.pruner.BasePruner):
             **kwargs,
         )
         check_pruner_state(self)
+        #: The narrowest head each attention may keep (:func:`head_dim_floor` of its width now).
+        self.head_dim_floors = {
+            a.qkv: head_dim_floor(self.host.head_layout(a)[1], self.min_head_dim) for _, a in self._attentions
+        }
+        self._attention_of_proj = {a.proj: a for _, a in self._attentions}
         self._rope_head_dim0 = {a.qkv: int(a.head_dim) for _, a in self._attentions}
         self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
         self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
@@ -283,13 +318,48 @@ class ViTPruner(tp.pruner.BasePruner):
         yield from self._prune_heads()
         self.host.sync(self.model, self.num_heads)  # head norms need the new layout
         if self._width_active:
-            yield from super()._prune()
+            for group in super()._prune():
+                yield from self._floored(group)
             if self._rope_pairs:
                 yield from self._prune_rope_head_dims()
         self.host.sync(self.model, self.num_heads)
         follow = getattr(self.importance, "follow", None)
         if callable(follow):  # calibrated head scores: up to date with this step's prunes
             follow(self.DG)
+
+    def _floored(self, group: tp.Group) -> Generator[tp.Group, None, None]:
+        """``group``, or, where it would leave heads narrower than their floor, whole heads and then fewer dims.
+
+        tp removes the same in-head dims from every head of a block. When that leaves ``d'``
+        dims below the floor ``f``, the block keeps ``f`` dims (the ``f - d'`` best of those tp
+        chose, by the importance averaged over heads) and keeps ``round(H * d' / f)`` heads (at
+        least ``min_heads``): about the cells tp asked for, as fewer heads of a fast width.
+        """
+        dep, idxs = group[0]
+        attn = self._attention_of_proj.get(dep.target.module)
+        if attn is None or dep.handler != tp.prune_linear_in_channels:
+            yield group
+            return
+        H = int(self.num_heads[attn.qkv])
+        d = attn.qkv.out_features // 3 // H
+        idxs = [int(i) for i in idxs]
+        dims = sorted({i % d for i in idxs})
+        floor = self.head_dim_floors[attn.qkv]
+        if d - len(dims) >= floor or len(idxs) != H * len(dims) or len(dims) == d:
+            yield group  # wide enough, or not tp's uniform head-dim removal
+            return
+        full = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(H * d)))
+        imp = self.estimate_importance(full)
+        scores = imp.detach().float().cpu().view(H, d) if imp is not None else torch.zeros(H, d)
+        keep_heads = min(H, max(self.min_heads, round(H * (d - len(dims)) / floor)))
+        if keep_heads < H:
+            yield from self.head_removal(attn, torch.argsort(scores.mean(1), stable=True)[: H - keep_heads].tolist())
+        by_score = sorted(dims, key=lambda j: float(scores[:, j].mean()))
+        gone = sorted(by_score[: d - floor])  # the lowest-scoring of tp's dims, down to the floor
+        if gone:
+            yield self.DG.get_pruning_group(
+                attn.proj, tp.prune_linear_in_channels, [h * d + j for h in range(keep_heads) for j in gone]
+            )
 
     def _prune_rope_head_dims(self) -> Generator[tp.Group, None, None]:
         """Head dims of rotary models (EVA02): whole rotary pairs, the same share of every block's pairs.

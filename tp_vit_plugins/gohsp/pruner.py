@@ -289,17 +289,27 @@ class GOHSPPruner(ViTPruner):
         )
         heads_left = [self.host.head_layout(b.attn)[0] for b in self._blocks]
         dims_left = [self.host.head_layout(b.attn)[1] for b in self._blocks]
+        floors = [self.head_dim_floors.get(b.qkv, 1) for b in self._blocks]
         neurons_left = [b.fc1.out_features for b in self._blocks]
+        head_order: list[list[int]] = [[] for _ in self._blocks]  # per block, heads from the lowest score
+        for _, li, kind, idx in units:
+            if kind == "head":
+                head_order[li].append(idx)
         removed = 0
         for _, li, kind, idx in units:
             if removed >= budget:
                 break
             cell, ncost = unit_param_costs(self._blocks[li])
-            if kind == "head" and heads_left[li] > self.min_heads:
+            if kind == "dim" and dims_left[li] <= floors[li]:  # at the floor: the block's next head goes instead
+                kind = "head"
+                idx = next((h for h in head_order[li] if h not in plan.heads[li]), -1)
+                if idx < 0:
+                    continue
+            if kind == "head" and heads_left[li] > self.min_heads and idx not in plan.heads[li]:
                 plan.heads[li].append(idx)
                 heads_left[li] -= 1
                 removed += dims_left[li] * cell
-            elif kind == "dim" and dims_left[li] > 1:
+            elif kind == "dim":
                 plan.head_dims[li].append(idx)
                 dims_left[li] -= 1
                 removed += heads_left[li] * cell

@@ -15,6 +15,7 @@ from .base import (
     Host,
     Readout,
     UnsupportedModelError,
+    fused_attn_off,
     host_for,
     register_host,
     registered_hosts,
@@ -38,6 +39,7 @@ __all__ = [
     "split_qkv",
     "unit_param_costs",
     "resize_to_state",
+    "fused_attn_off",
     "TimmHost",
     "TorchvisionHost",
 ]

@@ -75,6 +75,7 @@ def select_closed(
     neuron_costs: Sequence[int],
     dim_costs: Sequence[int],
     budget: float,
+    min_dims: Sequence[int] | None = None,
 ) -> ClosedUnits:
     """The lowest-scoring units whose parameters reach ``budget``, at least one of each kind left per block.
 
@@ -89,6 +90,8 @@ def select_closed(
         neuron_costs: Per block, the parameters of one hidden dim.
         dim_costs: Per block, the parameters of one in-head index (all heads).
         budget: Parameters to remove.
+        min_dims: Per block, the in-head indices that stay at least (the head-width floor;
+            default 1).
 
     Returns:
         The chosen units, indices ascending, and the parameters they hold.
@@ -97,8 +100,8 @@ def select_closed(
         ValueError: The per-block lists differ in length.
     """
     n = len(neuron_scores)
-    if not len(dim_scores) == len(neuron_costs) == len(dim_costs) == n:
-        raise ValueError("neuron_scores, dim_scores, neuron_costs and dim_costs need one entry per block")
+    if not len(dim_scores) == len(neuron_costs) == len(dim_costs) == n or (min_dims is not None and len(min_dims) != n):
+        raise ValueError("neuron_scores, dim_scores, neuron_costs, dim_costs (and min_dims) need one entry per block")
     units: list[tuple[float, int, int, int]] = []  # (score, block, kind 0 = neuron / 1 = dim, index)
     left = [[0, 0] for _ in range(n)]
     for b in range(n):
@@ -112,7 +115,7 @@ def select_closed(
     for _, b, kind, i in units:
         if out.params >= budget:
             break
-        if left[b][kind] <= 1:
+        if left[b][kind] <= (min_dims[b] if kind == 1 and min_dims is not None else 1):
             continue
         left[b][kind] -= 1
         (out.neurons if kind == 0 else out.head_dims)[b].append(i)

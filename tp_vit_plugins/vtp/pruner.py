@@ -314,12 +314,14 @@ class VTPPruner(ViTPruner):
         costs = [unit_param_costs(b) for b in blocks]  # (cell, neuron)
         neuron_costs = [neuron for _, neuron in costs]
         dim_costs = [cell * self.host.head_layout(b.attn)[0] for b, (cell, _) in zip(blocks, costs)]
+        floors = [self.head_dim_floors.get(b.qkv, 1) for b in blocks]  # no head narrower than its floor
         if self.close_params is not None:
-            chosen = select_closed(neuron_scores, dim_scores, neuron_costs, dim_costs, share * self._close_budget)
+            chosen = select_closed(neuron_scores, dim_scores, neuron_costs, dim_costs, share * self._close_budget, floors)
         else:
             units = sum(int(t.numel()) for t in (*neuron_scores, *dim_scores) if t is not None)
             budget = units - int(units * (1 - float(self.pruning_ratio)))
-            chosen = select_closed(neuron_scores, dim_scores, [1] * len(blocks), [1] * len(blocks), share * budget)
+            ones = [1] * len(blocks)
+            chosen = select_closed(neuron_scores, dim_scores, ones, ones, share * budget, floors)
         params = 0
         for i, (b, neurons, head_dims) in enumerate(zip(blocks, chosen.neurons, chosen.head_dims)):
             if neurons:
