@@ -148,12 +148,6 @@ class HeadImportance(tp.importance.Importance):
             self.raw_head_scores[k], self.head_scores[k] = v[heads], self._norm0[k][heads]
             self.layout[k] = 3 * len(chans)
 
-    def remove_heads(self, qkv: nn.Module, heads: Sequence[int]) -> None:
-        """Kept for callers of earlier releases: alignment now follows tp's pruning history (nothing to do)."""
-
-    def sync_layout(self, qkv: nn.Module) -> None:
-        """Kept for callers of earlier releases: alignment now follows tp's pruning history (nothing to do)."""
-
     # -- following tp ----------------------------------------------------------------------
     def follow(self, graph: tp.DependencyGraph | None = None) -> HeadImportance:
         """Bring ``head_scores`` up to date with what tp pruned since the last call (``pruner.DG`` for a new graph).
