@@ -265,9 +265,11 @@ class Host(abc.ABC):
     """What the methods may ask of one model library. Subclass it and :func:`register_host` an instance.
 
     Every method takes the model (or one of its submodules the host itself returned) and never
-    changes a user's weights unless its name says so (:meth:`sync`, :meth:`drop_heads`).
-    Attention modules are whatever the host returns from :meth:`attention_modules`; the methods
-    only read them through :meth:`head_layout` and :class:`BlockLayers`.
+    changes a user's weights unless its name says so (:meth:`sync`, :meth:`drop_heads`); a host
+    may convert attention modules into a prunable form first (exactly: outputs unchanged).
+    The attention modules a host returns from :meth:`attention_modules` present timm's layout —
+    a fused ``qkv`` Linear, ``proj``, ``num_heads`` / ``head_dim`` / ``scale`` and ``fused_attn`` —
+    which the methods read besides :meth:`head_layout` and :class:`BlockLayers`.
     """
 
     #: Short name, written into saved specs (``"host"``) and error messages.
