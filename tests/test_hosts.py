@@ -123,3 +123,17 @@ def test_a_host_must_implement_the_interface():
 
     with pytest.raises(TypeError, match="abstract"):
         Half()  # type: ignore[abstract]
+
+
+def test_is_supported_changes_nothing_on_any_host():
+    transformers = pytest.importorskip("transformers")
+    vision_transformer = pytest.importorskip("torchvision.models.vision_transformer")
+    config = transformers.ViTConfig(hidden_size=48, num_hidden_layers=1, num_attention_heads=3, intermediate_size=96,
+                                    image_size=32, patch_size=8)  # fmt: skip
+    hf = transformers.ViTForImageClassification(config)
+    tv = vision_transformer.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=3, hidden_dim=48, mlp_dim=96)
+    for model in (hf, tv, make_model()):
+        types = [type(m) for m in model.modules()]
+        assert tpv.utils.is_supported(model)
+        assert [type(m) for m in model.modules()] == types  # no attention converted
+    assert not tpv.utils.is_supported(nn.Sequential(nn.Linear(2, 2)))

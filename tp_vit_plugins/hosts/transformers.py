@@ -427,6 +427,7 @@ def from_timm(model: nn.Module) -> nn.Module:
 
 # The host class last: today it shares the timm adapter's fused-attention functions (which reach
 # this module's functions through the converted attention), so it is defined once both exist.
+from .base import Host  # noqa: E402
 from .timm.host import TimmHost  # noqa: E402
 
 
@@ -446,6 +447,9 @@ class TransformersHost(TimmHost):
 
     def check(self, model: nn.Module) -> None:
         check_transformers(model)
+
+    def is_supported(self, model: nn.Module) -> bool:
+        return Host.is_supported(self, model)
 
     def wrap_attention_call(self, attn: nn.Module, fn):
         return LayerAttentionCall(fn) if isinstance(attn, PrunableHFAttention) else fn
