@@ -1,7 +1,8 @@
 """The protocol shared by the data-driven head criteria (GOHSP graph, CP-ViT cumulative).
 
 ``imp.calibrate(model, loader, max_batches=None)`` fills ``imp.head_scores``
-(``{attn.qkv: [H]}``); ``imp(group)`` then returns tp's 1-D per-channel score:
+(``{key: [H]}``, keyed by each attention's first input projection: timm's ``attn.qkv``,
+transformers' ``q_proj``); ``imp(group)`` then returns tp's 1-D per-channel score:
 
 * attention groups: every channel carries its head's score, combined with a base
   criterion (default tp group-L2 with mean normalisation) — ``combine="product"`` gives
@@ -26,10 +27,11 @@ interactive ``group.prune()``) without recalibration. A change tp did not record
 hand) is detected on the next call and raises, instead of applying old per-head scores to
 whatever heads are left; calibrate again then.
 
-**Groups.** An attention group is recognised by its ``qkv`` output dependency, whatever its root:
-``proj`` inputs (tp's ``step``), ``qkv`` outputs (tp's ``regularize`` walks ungrouped roots), or
-another layer; each root channel is mapped to its head through tp's ``root_idxs``. A group whose
-root channels do not map onto the attention's channels gets the base criterion.
+**Groups.** An attention group is recognised by its key projection's output dependency, whatever
+its root: ``proj`` inputs (tp's ``step``), ``qkv`` (or ``q`` / ``k`` / ``v``) outputs (tp's
+``regularize`` walks ungrouped roots), or another layer; each root channel is mapped to its head
+through tp's ``root_idxs``. A group whose root channels do not map onto the attention's channels
+gets the base criterion.
 """
 
 from __future__ import annotations
@@ -75,17 +77,20 @@ class HeadImportance(tp.importance.Importance):
         self.combine = combine
         self.head_weight = float(head_weight)
         self.normalize_per_layer = normalize_per_layer
-        #: Normalised scores of the current heads, ``{attn.qkv: [H]}`` (mean 1 at calibration).
+        #: Normalised scores of the current heads, ``{key: [H]}`` (mean 1 at calibration).
         self.head_scores: dict[nn.Module, torch.Tensor] = {}
-        #: Raw scores of the current heads, ``{attn.qkv: [H]}``.
+        #: Raw scores of the current heads, ``{key: [H]}``.
         self.raw_head_scores: dict[nn.Module, torch.Tensor] = {}
-        #: ``qkv.out_features`` the tracked channels of each attention account for (see module docs).
+        #: ``key.out_features`` the tracked channels of each attention account for (see module docs).
         self.layout: dict[nn.Module, int] = {}
+        #: Row blocks of each key layer: 3 for a fused ``qkv`` (the default), 1 for a separate ``q``.
+        self.parts: dict[nn.Module, int] = {}
         self._raw0: dict[nn.Module, torch.Tensor] = {}  # calibrated raw scores [H0]
         self._norm0: dict[nn.Module, torch.Tensor] = {}  # calibrated normalised scores [H0]
         self._dim0: dict[nn.Module, int] = {}  # calibrated head width d0
         self._channels: dict[nn.Module, torch.Tensor] = {}  # calibrated channel id of every current channel
-        self._proj_of: dict[nn.Module, nn.Module] = {}  # attn.proj -> attn.qkv
+        self._proj_of: dict[nn.Module, nn.Module] = {}  # attn.proj -> key
+        self._alias_of: dict[nn.Module, nn.Module] = {}  # separate k / v projections -> key (q)
         self._graphs: tuple[tuple[weakref.ref, int], ...] = ()  # (tp graph, history entries replayed)
 
     # -- to implement -------------------------------------------------------------------
@@ -109,20 +114,30 @@ class HeadImportance(tp.importance.Importance):
             TypeError: No timm attention in ``model`` or malformed batches.
             ValueError: Empty loader.
         """
-        attns = host_for(model).attention_modules(model)
+        host = host_for(model)
+        attns = host.attention_modules(model)
         scores = self._compute_head_scores(model, loader, max_batches)
-        self.set_head_scores({a.qkv: s for (_, a), s in zip(attns, scores, strict=True)})
-        self._proj_of = {a.proj: a.qkv for _, a in attns if isinstance(getattr(a, "proj", None), nn.Module)}
+        projs = {host.head_key(a): host.in_projections(a) for _, a in attns}
+        parts = {k: 3 if len(p) == 1 else 1 for k, p in projs.items()}
+        self.set_head_scores({host.head_key(a): s for (_, a), s in zip(attns, scores, strict=True)}, parts)
+        self._proj_of = {host.out_projection(a): host.head_key(a) for _, a in attns}
+        self._alias_of = {p: k for k, ps in projs.items() for p in ps[1:]}
         return self
 
-    def set_head_scores(self, scores: dict[nn.Module, torch.Tensor]) -> None:
-        """Install raw per-head scores ``{attn.qkv: [H]}`` (higher = keep) for the heads ``qkv`` has now, and normalise them."""
+    def set_head_scores(self, scores: dict[nn.Module, torch.Tensor], parts: dict[nn.Module, int] | None = None) -> None:
+        """Install raw per-head scores ``{key: [H]}`` (higher = keep) for the heads the key layer has now, and normalise them.
+
+        Args:
+            scores: Per attention, keyed by its fused ``qkv`` (or its separate ``q`` projection).
+            parts: Row blocks of each key layer (3: fused ``qkv``, the default; 1: a separate ``q``).
+        """
         raw = {k: torch.as_tensor(v, dtype=torch.float64).flatten().clone() for k, v in scores.items()}
         for v in raw.values():
             if not torch.isfinite(v).all() or (v < 0).any():
                 raise ValueError("head scores must be finite and non-negative")
+        self.parts = {k: int((parts or {}).get(k, 3)) for k in raw}
         for k, v in raw.items():
-            width = int(getattr(k, "out_features", 0)) // 3
+            width = int(getattr(k, "out_features", 0)) // self.parts[k]
             if width and width % len(v):
                 raise ValueError(f"{len(v)} head scores cannot split an attention of {width} channels into heads")
         self._raw0 = raw
@@ -131,8 +146,8 @@ class HeadImportance(tp.importance.Importance):
         else:
             mean = torch.cat(list(raw.values())).mean().clamp_min(1e-12) if raw else 1.0
             self._norm0 = {k: (v / mean).float() for k, v in raw.items()}
-        self._dim0 = {k: int(k.out_features) // 3 // len(v) for k, v in raw.items() if hasattr(k, "out_features")}
-        self._channels = {k: torch.arange(int(k.out_features) // 3) for k in self._dim0}
+        self._dim0 = {k: self._width(k) // len(v) for k, v in raw.items() if hasattr(k, "out_features")}
+        self._channels = {k: torch.arange(self._width(k)) for k in self._dim0}
         self._graphs = ()
         self._refresh()
 
@@ -146,7 +161,11 @@ class HeadImportance(tp.importance.Importance):
                 continue
             heads = torch.unique_consecutive(chans // self._dim0[k])
             self.raw_head_scores[k], self.head_scores[k] = v[heads], self._norm0[k][heads]
-            self.layout[k] = 3 * len(chans)
+            self.layout[k] = self.parts.get(k, 3) * len(chans)
+
+    def _width(self, key: nn.Module) -> int:
+        """Attention channels of a key layer now (``H * d``)."""
+        return int(key.out_features) // self.parts.get(key, 3)
 
     # -- following tp ----------------------------------------------------------------------
     def follow(self, graph: tp.DependencyGraph | None = None) -> HeadImportance:
@@ -182,6 +201,8 @@ class HeadImportance(tp.importance.Importance):
             module = graph.model.get_submodule(name) if name else graph.model
         except AttributeError:
             return False
+        if module in self._alias_of and is_out:  # separate k / v outputs: the same channels as q's
+            module = self._alias_of[module]
         if module in self._channels and is_out:  # qkv outputs: q, k and v rows of the same channels
             chans = self._channels[module]
             gone = {int(i) % len(chans) for i in idxs}
@@ -202,22 +223,23 @@ class HeadImportance(tp.importance.Importance):
         return None
 
     def _head_index(self, group: tp.Group) -> tuple[nn.Module, torch.Tensor] | None:
-        """``(attn.qkv, head of every root channel [n])`` of an attention group; ``None`` for other groups."""
+        """``(key layer, head of every root channel [n])`` of an attention group; ``None`` for other groups."""
         qkv = self._attention_of(group)
         if qkv is None:
             return None
-        for dep, _ in group:  # learn the output projection (a user's set_head_scores names qkv only)
+        parts = self.parts.get(qkv, 3)
+        for dep, _ in group:  # learn the output projection (a user's set_head_scores names the key only)
             m = dep.target.module
             if dep.handler == tp.prune_linear_in_channels and m is not qkv and isinstance(m, nn.Linear):
-                if m.in_features == qkv.out_features // 3:
+                if m.in_features == qkv.out_features // parts:
                     self._proj_of.setdefault(m, qkv)
         self._follow(getattr(group, "_DG", None))
         num_heads = len(self.head_scores[qkv])
-        attn_dim = qkv.out_features // 3
+        attn_dim = self._width(qkv)
         if attn_dim % num_heads or self.layout.get(qkv, qkv.out_features) != qkv.out_features:
             raise RuntimeError(
                 f"{type(self).__name__}: an attention now has {attn_dim} channels but its {num_heads} head "
-                f"scores account for {self.layout.get(qkv, 3 * attn_dim) // 3}: it was changed since calibrate() "
+                f"scores account for {self.layout.get(qkv, parts * attn_dim) // parts}: it was changed since calibrate() "
                 "in a way tp's pruning history does not record (e.g. layers edited by hand). Calibrate again"
             )
         head_dim = attn_dim // num_heads

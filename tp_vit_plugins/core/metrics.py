@@ -12,25 +12,32 @@ import contextlib
 import functools
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..hosts import fused_attn_off
+from ..hosts import fused_attn_off, host_for
 
 __all__ = ["as_logits", "count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
 
 
-def _eager(model: nn.Module) -> contextlib.AbstractContextManager[None]:
-    """Switch every module with a ``fused_attn`` flag to its eager path while counting.
+@contextlib.contextmanager
+def _eager(model: nn.Module) -> Iterator[None]:
+    """Run every attention on its eager path while counting.
 
-    timm's attention, attention pools and CaiT's class attention: ``FlopCounterMode`` counts the
-    eager matmuls (not every fused kernel).
+    Modules with a ``fused_attn`` flag (timm's attention, attention pools, CaiT's class
+    attention) and, for a model a host supports, the host's own switch (transformers' attention
+    implementation): ``FlopCounterMode`` counts the eager matmuls (not every fused kernel).
     """
-    return fused_attn_off(m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool))
+    flagged = [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    with contextlib.ExitStack() as stack:
+        if not flagged and (host := host_for(model)).is_supported(model):
+            stack.enter_context(host.eager_attention(model))
+        stack.enter_context(fused_attn_off(flagged))
+        yield
 
 
 def _torch_benchmark():

@@ -193,16 +193,36 @@ class ViTPruner(tp.pruner.BasePruner):
         check_pruner_state(self)
         #: The narrowest head each attention may keep (:func:`head_dim_floor` of its width now).
         self.head_dim_floors = {
-            a.qkv: head_dim_floor(self.host.head_layout(a)[1], self.min_head_dim) for _, a in self._attentions
+            self._key(a): head_dim_floor(self.host.head_layout(a)[1], self.min_head_dim) for _, a in self._attentions
         }
-        self._attention_of_proj = {a.proj: a for _, a in self._attentions}
-        self._rope_head_dim0 = {a.qkv: int(a.head_dim) for _, a in self._attentions}
+        self._attention_of_proj = {self._out(a): a for _, a in self._attentions}
+        self._rope_head_dim0 = {self._key(a): int(self.host.head_layout(a)[1]) for _, a in self._attentions}
         self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
         self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
 
+    # ------------------------------------------------------------------ layout
+    def _key(self, attn: nn.Module) -> nn.Module:
+        """The layer keying ``attn`` in ``num_heads``, head scores and floors (the host's ``head_key``)."""
+        return self.host.head_key(attn)
+
+    def _out(self, attn: nn.Module) -> nn.Linear:
+        """``attn``'s output projection: every attention group is rooted at its inputs."""
+        return self.host.out_projection(attn)
+
+    def _attn_dim(self, attn: nn.Module) -> int:
+        """Channels of ``attn`` now (``H * d``): its output projection's inputs."""
+        return int(self._out(attn).in_features)
+
+    def _set_heads(self, attn: nn.Module, heads: int) -> None:
+        """Record ``heads`` for every input projection of ``attn`` (tp reads each one's ``num_heads``)."""
+        for m in self.host.in_projections(attn):
+            if m in self.num_heads:
+                self.num_heads[m] = heads
+                self.out_channel_groups[m] = heads
+
     # ------------------------------------------------------------------ validation
     def _check_head_budget(self, ratio: float) -> None:
-        heads = [int(a.num_heads) for _, a in self._attentions]
+        heads = [self.host.head_layout(a)[0] for _, a in self._attentions]
         if self.global_head_pruning:
             removed = round_half_up(ratio * sum(heads))
             room = sum(h - self.min_heads for h in heads)
@@ -235,15 +255,15 @@ class ViTPruner(tp.pruner.BasePruner):
         return super().estimate_importance(group)
 
     def head_scores(self) -> dict[nn.Module, torch.Tensor]:
-        """Current per-head scores ``{attn.qkv: [H]}``: the importance averaged over each head's channels.
+        """Current per-head scores ``{key: [H]}`` (key: :meth:`_key`): the importance averaged over each head's channels.
 
         Raises:
             RuntimeError: The importance returned no score or a wrongly sized one.
         """
         scores = {}
         for name, attn in self._attentions:
-            heads, attn_dim = self.num_heads[attn.qkv], attn.qkv.out_features // 3
-            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(attn_dim)))
+            heads, attn_dim = self.num_heads[self._key(attn)], self._attn_dim(attn)
+            group = self.DG.get_pruning_group(self._out(attn), tp.prune_linear_in_channels, list(range(attn_dim)))
             imp = self.importance(group)
             if imp is None or imp.numel() != attn_dim:
                 raise RuntimeError(
@@ -251,12 +271,12 @@ class ViTPruner(tp.pruner.BasePruner):
                     f"{'no score' if imp is None else f'{imp.numel()} scores'} for the {attn_dim} "
                     f"channels of {name}; it cannot rank heads"
                 )
-            scores[attn.qkv] = imp.detach().float().cpu().view(heads, -1).mean(1)
+            scores[self._key(attn)] = imp.detach().float().cpu().view(heads, -1).mean(1)
         return scores
 
     def _heads_to_remove(self, ratio: float) -> dict[nn.Module, list[int]]:
         scores = self.head_scores()
-        qkvs = [a.qkv for _, a in self._attentions]
+        qkvs = [self._key(a) for _, a in self._attentions]
         plan: dict[nn.Module, list[int]] = {q: [] for q in qkvs}
         if self.global_head_pruning:
             total0 = sum(self.init_num_heads[q] for q in qkvs)
@@ -284,8 +304,8 @@ class ViTPruner(tp.pruner.BasePruner):
             return
         plan = self._heads_to_remove(ratio)
         for _, attn in self._attentions:
-            if plan[attn.qkv]:
-                yield from self.head_removal(attn, plan[attn.qkv])
+            if plan[self._key(attn)]:
+                yield from self.head_removal(attn, plan[self._key(attn)])
 
     def head_removal(self, attn: nn.Module, heads: Sequence[int]) -> Generator[tp.Group, None, None]:
         """Yield the tp group removing ``heads`` of ``attn``; once it is pruned, cut what tp cannot see.
@@ -304,11 +324,11 @@ class ViTPruner(tp.pruner.BasePruner):
         yields); tp's pruning history records which heads go (calibrated head importances follow it).
         """
         heads = sorted(int(h) for h in heads)
-        head_dim = attn.qkv.out_features // 3 // self.num_heads[attn.qkv]
+        key = self._key(attn)
+        head_dim = self._attn_dim(attn) // self.num_heads[key]
         idxs = [h * head_dim + j for h in heads for j in range(head_dim)]
-        group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
-        self.num_heads[attn.qkv] -= len(heads)
-        self.out_channel_groups[attn.qkv] = self.num_heads[attn.qkv]
+        group = self.DG.get_pruning_group(self._out(attn), tp.prune_linear_in_channels, idxs)
+        self._set_heads(attn, self.num_heads[key] - len(heads))
         return group
 
     def _prune(self) -> Generator[tp.Group, None, None]:
@@ -340,15 +360,15 @@ class ViTPruner(tp.pruner.BasePruner):
         if attn is None or dep.handler != tp.prune_linear_in_channels:
             yield group
             return
-        H = int(self.num_heads[attn.qkv])
-        d = attn.qkv.out_features // 3 // H
+        H = int(self.num_heads[self._key(attn)])
+        d = self._attn_dim(attn) // H
         idxs = [int(i) for i in idxs]
         dims = sorted({i % d for i in idxs})
-        floor = self.head_dim_floors[attn.qkv]
+        floor = self.head_dim_floors[self._key(attn)]
         if d - len(dims) >= floor or len(idxs) != H * len(dims) or len(dims) == d:
             yield group  # wide enough, or not tp's uniform head-dim removal
             return
-        full = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(H * d)))
+        full = self.DG.get_pruning_group(self._out(attn), tp.prune_linear_in_channels, list(range(H * d)))
         imp = self.estimate_importance(full)
         scores = imp.detach().float().cpu().view(H, d) if imp is not None else torch.zeros(H, d)
         keep_heads = min(H, max(self.min_heads, round(H * (d - len(dims)) / floor)))
@@ -358,7 +378,7 @@ class ViTPruner(tp.pruner.BasePruner):
         gone = sorted(by_score[: d - floor])  # the lowest-scoring of tp's dims, down to the floor
         if gone:
             yield self.DG.get_pruning_group(
-                attn.proj, tp.prune_linear_in_channels, [h * d + j for h in range(keep_heads) for j in gone]
+                self._out(attn), tp.prune_linear_in_channels, [h * d + j for h in range(keep_heads) for j in gone]
             )
 
     def _prune_rope_head_dims(self) -> Generator[tp.Group, None, None]:
@@ -373,13 +393,13 @@ class ViTPruner(tp.pruner.BasePruner):
         """
         ratio = float(self.per_step_pruning_ratio[min(self.current_step, self.iterative_steps)])
         for _, attn in self._attentions:
-            H, d = int(attn.num_heads), int(attn.head_dim)
+            H, d = self.host.head_layout(attn)
             dims = list(attn.rope_dims) if getattr(attn, "rope_dims", None) is not None else list(range(d))
-            pairs0 = self._rope_head_dim0[attn.qkv] // 2
+            pairs0 = self._rope_head_dim0[self._key(attn)] // 2
             remove = d // 2 - max(1, int(pairs0 * (1 - ratio)))
             if remove <= 0:
                 continue
-            group = self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, list(range(H * d)))
+            group = self.DG.get_pruning_group(self._out(attn), tp.prune_linear_in_channels, list(range(H * d)))
             imp = self.importance(group)
             if imp is None:
                 continue
@@ -388,7 +408,7 @@ class ViTPruner(tp.pruner.BasePruner):
             scores = torch.stack([per_dim[a] + per_dim[b] for a, b in pairs])
             gone = {j for p in torch.argsort(scores, stable=True)[:remove].tolist() for j in pairs[p]}
             idxs = sorted(h * d + j for h in range(H) for j in gone)
-            yield self.DG.get_pruning_group(attn.proj, tp.prune_linear_in_channels, idxs)
+            yield self.DG.get_pruning_group(self._out(attn), tp.prune_linear_in_channels, idxs)
             attn.rope_dims = [dims[j] for j in range(d) if j not in gone]  # ascending keeps the pair layout
 
     def step(self, interactive: bool = False) -> Generator | None:
@@ -420,4 +440,4 @@ class ViTPruner(tp.pruner.BasePruner):
 
     def heads_per_layer(self) -> list[int]:
         """Current head count of every block, in order."""
-        return [int(self.num_heads[a.qkv]) for _, a in self._attentions]
+        return [int(self.num_heads[self._key(a)]) for _, a in self._attentions]

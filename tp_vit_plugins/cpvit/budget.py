@@ -78,7 +78,7 @@ def cascade_macs(
         n_mlp = prefix if trim and i == depth - 1 else n_mlp
         macs += n_mlp * _linear_macs(getattr(b.block, "mlp", None))
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
-            macs += (counts[i] - counts[i + 1]) * counts[i + 1] * b.qkv.in_features  # similarity of pruned and kept tokens
+            macs += (counts[i] - counts[i + 1]) * counts[i + 1] * b.embed_dim  # similarity of pruned and kept tokens
     macs += _readout_macs(model, prefix + counts[-1] if not trim else prefix, counts[-1])
     macs += sum(h.in_features * h.out_features for h in host.classifier_heads(model) if isinstance(h, nn.Linear))
     return batch_size * macs

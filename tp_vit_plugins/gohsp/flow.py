@@ -85,7 +85,7 @@ class FlowUsage:
         mlp = getattr(b.block, "mlp", None)
         firsts = [getattr(mlp, n, None) for n in ("fc1", "fc1_x", "fc1_g")]
         w = [m.weight.detach() for m in firsts if isinstance(m, nn.Linear)]
-        return b.qkv.weight.detach(), (torch.cat(w) if w else None)
+        return b.qkv_weight(), (torch.cat(w) if w else None)
 
     @torch.no_grad()
     def run(self, loader: Iterable, max_batches: int | None = None, progress: bool = True) -> FlowUsage:
@@ -152,7 +152,7 @@ class FlowUsage:
         terms: list[tuple[int, str, torch.Tensor]] = [(-1, "embed", x0[:, sel][None])]
         for i, b in enumerate(self.blocks):
             a = cap[("proj", i)][:, sel]  # [B, S, A]
-            H, d = int(b.attn.num_heads), int(b.attn.head_dim)
+            H, d = self.host.head_layout(b.attn)
             wp = b.proj.weight.detach().view(-1, H, d)  # [C, H, d]
             o = torch.einsum("bshd,chd->hbsc", a.reshape(B, len(sel), H, d), wp)  # [H, B, S, C]
             g1, g2 = self.host.residual_scales(b.block)
@@ -163,7 +163,7 @@ class FlowUsage:
                 terms.append((i, "mlp", (m * g2 if g2 is not None else m)[None]))
         for r, b in enumerate(self.blocks):
             w_qkv, w_mlp = self._reader_weights(b)
-            H, d = int(b.attn.num_heads), int(b.attn.head_dim)
+            H, d = self.host.head_layout(b.attn)
             readers = [("attn", b.norm1, w_qkv, ("norm1", r))]
             if w_mlp is not None and ("norm2", r) in cap:
                 readers.append(("mlp", b.norm2, w_mlp, ("norm2", r)))

@@ -145,8 +145,9 @@ class GraphHeadImportance(HeadImportance):
             (``graph="flow"``, the default); an explicit ``graph`` overrides it.
 
     Attributes:
-        head_scores: ``{attn.qkv: [H]}`` normalised scores (higher = keep).
-        pagerank: ``{attn.qkv: [H]}`` raw PageRank values after :meth:`calibrate`.
+        head_scores: ``{key: [H]}`` normalised scores (higher = keep; key: the attention's ``qkv``,
+            or its ``q_proj`` in a transformers model).
+        pagerank: ``{key: [H]}`` raw PageRank values after :meth:`calibrate`.
         graph: The ``networkx.Graph`` of the last calibration.
     """
 
@@ -200,8 +201,8 @@ class GraphHeadImportance(HeadImportance):
         if self.graph_kind == "flow":
             usage = FlowUsage(model).run(loader, max_batches, progress=self.progress).usage()
             self.graph = build_flow_graph(usage)
-            pr = flow_head_scores(self.graph, [int(a.num_heads) for _, a in attns], self.damping)
-            self.pagerank = {a.qkv: p for (_, a), p in zip(attns, pr)}
+            pr = flow_head_scores(self.graph, [host.head_layout(a)[0] for _, a in attns], self.damping)
+            self.pagerank = {host.head_key(a): p for (_, a), p in zip(attns, pr)}
             return pr if self.mode == "importance" else [1.0 / p.clamp_min(1e-300) for p in pr]
         acc = _MapAccumulator(self.statistic, self.similarity)
         collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress,
@@ -210,10 +211,10 @@ class GraphHeadImportance(HeadImportance):
         if not acc.count:
             raise ValueError("the calibration loaders of all processes yielded no batches")
         sims = acc.similarities()
-        heads = [int(a.num_heads) for _, a in attns]
+        heads = [host.head_layout(a)[0] for _, a in attns]
         self.graph = build_head_graph(sims) if sims else nx.Graph()
         pr = pagerank_head_scores(self.graph, heads, self.damping)
-        self.pagerank = {a.qkv: p for (_, a), p in zip(attns, pr)}
+        self.pagerank = {host.head_key(a): p for (_, a), p in zip(attns, pr)}
         if self.mode == "importance":
             return pr
         return [1.0 / p for p in pr]

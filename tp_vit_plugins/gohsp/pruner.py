@@ -216,9 +216,11 @@ class GOHSPPruner(ViTPruner):
         for b in self._blocks:
             fc1, fc2 = b.fc1, b.fc2
             H, d = self.host.head_layout(b.attn)
-            qkv_w = split_qkv(sq(b.qkv.weight, use_dual), H, d).sum((0, 3))  # [H, d]
-            if b.qkv.bias is not None:
-                qkv_w = qkv_w + split_qkv(sq(b.qkv.bias, use_dual), H, d).sum(0)
+            qkv_w = torch.zeros(H, d, device=b.proj.weight.device, dtype=b.proj.weight.dtype)
+            for lin in b.in_projs:  # the fused qkv, or q, k and v
+                qkv_w = qkv_w + split_qkv(sq(lin.weight, use_dual), H, d).sum((0, 3))  # [H, d]
+                if lin.bias is not None:
+                    qkv_w = qkv_w + split_qkv(sq(lin.bias, use_dual), H, d).sum(0)
             proj_w = sq(b.proj.weight, use_dual).sum(0).view(H, d)
             per = qkv_w + proj_w  # [H, d]
             neuron = sq(fc1.weight, use_dual).sum(1) + sq(fc2.weight, use_dual).sum(0)
@@ -279,7 +281,7 @@ class GOHSPPruner(ViTPruner):
                 total, n = means[group(kind, li)]
                 score = v / ((total / n) or 1.0)
                 if kind == "head" and self.graph_bias and graph:
-                    qkv = self._blocks[li].qkv
+                    qkv = self._blocks[li].key
                     if qkv in graph and len(graph[qkv]) == self.host.head_layout(self._blocks[li].attn)[0]:
                         score *= self._guide(graph[qkv], idx)
                 units.append((score, li, kind, idx))
@@ -289,7 +291,7 @@ class GOHSPPruner(ViTPruner):
         )
         heads_left = [self.host.head_layout(b.attn)[0] for b in self._blocks]
         dims_left = [self.host.head_layout(b.attn)[1] for b in self._blocks]
-        floors = [self.head_dim_floors.get(b.qkv, 1) for b in self._blocks]
+        floors = [self.head_dim_floors.get(b.key, 1) for b in self._blocks]
         neurons_left = [b.fc1.out_features for b in self._blocks]
         head_order: list[list[int]] = [[] for _ in self._blocks]  # per block, heads from the lowest score
         for _, li, kind, idx in units:
@@ -326,15 +328,17 @@ class GOHSPPruner(ViTPruner):
         for li, b in enumerate(self._blocks):
             fc1, fc2 = b.fc1, b.fc2
             H, d = self.host.head_layout(b.attn)
-            for p in (b.qkv.weight, b.qkv.bias, b.proj.weight, fc1.weight, fc1.bias, fc2.weight):
+            ins = [p for lin in b.in_projs for p in (lin.weight, lin.bias)]
+            for p in (*ins, b.proj.weight, fc1.weight, fc1.bias, fc2.weight):
                 if p is not None:
                     self.Z[p] = self._value(p, use_dual).clone()
             keep = torch.ones(H, d, dtype=torch.bool)
             keep[plan.heads[li]] = False
             keep[:, plan.head_dims[li]] = False
-            split_qkv(self.Z[b.qkv.weight], H, d)[:, ~keep] = 0
-            if b.qkv.bias is not None:
-                split_qkv(self.Z[b.qkv.bias], H, d)[:, ~keep] = 0
+            for lin in b.in_projs:
+                split_qkv(self.Z[lin.weight], H, d)[:, ~keep] = 0
+                if lin.bias is not None:
+                    split_qkv(self.Z[lin.bias], H, d)[:, ~keep] = 0
             self.Z[b.proj.weight][:, ~keep.flatten()] = 0
             n = plan.neurons[li]
             self.Z[fc1.weight][n] = 0

@@ -69,7 +69,8 @@ class BlockLayers:
         name: Qualified name of the block's attention module.
         attn: The attention module (its head layout: :meth:`Host.head_layout`).
         qkv: Fused query/key/value projection, ``out_features = 3 * num_heads * head_dim``
-            (rows ``[q; k; v]``, each grouped head by head: :func:`split_qkv`).
+            (rows ``[q; k; v]``, each grouped head by head: :func:`split_qkv`); ``None`` where
+            the host keeps separate projections (see ``in_projs``).
         proj: Attention output projection, ``in_features = num_heads * head_dim``.
         fc1: MLP input projection (``None`` when the block has no plain two-layer MLP, e.g.
             EVA02's SwiGLU with ``fc1_g`` / ``fc1_x``).
@@ -77,17 +78,42 @@ class BlockLayers:
         norm1: The norm the attention reads the residual stream through (``None`` if none).
         norm2: The norm the MLP reads it through (``None`` if none).
         block: The transformer block holding both.
+        in_projs: The attention's input projections whose rows are grouped head by head:
+            ``(qkv,)`` (fused) or ``(q, k, v)`` (separate, transformers); default ``(qkv,)``.
+            The first one keys per-head state (:meth:`Host.head_key`).
     """
 
     name: str
     attn: nn.Module
-    qkv: nn.Linear
+    qkv: nn.Linear | None
     proj: nn.Linear
     fc1: nn.Linear | None
     fc2: nn.Linear | None
     norm1: nn.Module | None = None
     norm2: nn.Module | None = None
     block: nn.Module | None = None
+    in_projs: tuple[nn.Linear, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.in_projs:
+            if self.qkv is None:
+                raise ValueError(f"{self.name}: BlockLayers needs qkv or in_projs")
+            object.__setattr__(self, "in_projs", (self.qkv,))
+
+    @property
+    def key(self) -> nn.Linear:
+        """The layer that keys this attention's per-head state (``qkv``, or ``q`` when separate)."""
+        return self.in_projs[0]
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the residual stream the attention reads."""
+        return int(self.in_projs[0].in_features)
+
+    def qkv_weight(self) -> torch.Tensor:
+        """``[3 * H * d, C]``: the q, k and v rows stacked (a detached view or copy, for reading)."""
+        ws = [m.weight.detach() for m in self.in_projs]
+        return ws[0] if len(ws) == 1 else torch.cat(ws)
 
 
 @dataclass(frozen=True)
@@ -134,20 +160,22 @@ class BlockHalves:
 def split_qkv(t: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
     """View a fused ``qkv`` weight ``[3 * H * d, C]`` (or bias ``[3 * H * d]``) as ``[3, H, d, ...]``.
 
-    The fused projection stacks the q, k and v rows, each grouped head by head.
+    The fused projection stacks the q, k and v rows, each grouped head by head. A separate
+    projection's ``[H * d, C]`` weight is viewed likewise as ``[1, H, d, C]``.
     """
-    return t.view(3, num_heads, head_dim, *t.shape[1:])
+    return t.view(-1, num_heads, head_dim, *t.shape[1:])
 
 
 def unit_param_costs(b: BlockLayers) -> tuple[int, int]:
     """Parameters removed with one (head, head dim) cell and with one MLP hidden dim of block ``b``.
 
-    A cell is one q, k and v row of ``qkv`` (with their biases) and one ``proj`` column; a hidden
+    A cell is one q, k and v row (with their biases) and one ``proj`` column; a hidden
     dim is one ``fc1`` row (with its bias) and one ``fc2`` column (0 when the block has no
     two-layer MLP).
     """
-    embed = b.qkv.in_features
-    cell = 4 * embed + (3 if b.qkv.bias is not None else 0)
+    embed = b.embed_dim
+    per_row = sum(m.out_features for m in b.in_projs) // max(1, b.proj.in_features)  # 3
+    cell = (per_row + 1) * embed + (per_row if b.in_projs[0].bias is not None else 0)
     if b.fc1 is None or b.fc2 is None:
         return cell, 0
     neuron = b.fc1.in_features + b.fc2.out_features + (1 if b.fc1.bias is not None else 0)
@@ -267,9 +295,9 @@ class Host(abc.ABC):
     Every method takes the model (or one of its submodules the host itself returned) and never
     changes a user's weights unless its name says so (:meth:`sync`, :meth:`drop_heads`); a host
     may convert attention modules into a prunable form first (exactly: outputs unchanged).
-    The attention modules a host returns from :meth:`attention_modules` present timm's layout —
-    a fused ``qkv`` Linear, ``proj``, ``num_heads`` / ``head_dim`` / ``scale`` and ``fused_attn`` —
-    which the methods read besides :meth:`head_layout` and :class:`BlockLayers`.
+    The methods read an attention through :meth:`head_layout`, :meth:`head_key`,
+    :meth:`in_projections`, :meth:`out_projection` and :class:`BlockLayers`; the defaults
+    describe timm's layout (a fused ``qkv`` Linear and ``proj``).
     """
 
     #: Short name, written into saved specs (``"host"``) and error messages.
@@ -315,6 +343,18 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def head_layout(self, attn: nn.Module) -> tuple[int, int]:
         """``(num_heads, head_dim)`` of an attention module (after :meth:`sync`)."""
+
+    def head_key(self, attn: nn.Module) -> nn.Linear:
+        """The layer that keys ``attn``'s per-head state (head scores, ``num_heads``, floors): its first input projection."""
+        return self.in_projections(attn)[0]
+
+    def in_projections(self, attn: nn.Module) -> tuple[nn.Linear, ...]:
+        """``attn``'s input projections with head-grouped rows: ``(qkv,)`` by default (timm's fused layout)."""
+        return (attn.qkv,)
+
+    def out_projection(self, attn: nn.Module) -> nn.Linear:
+        """``attn``'s output projection (its inputs are the heads' channels): ``proj`` by default."""
+        return attn.proj
 
     def heads_per_block(self, model: nn.Module) -> list[int]:
         """Head count of every attention block, in order."""

@@ -95,9 +95,11 @@ def _block_linears(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Line
     """``(input-gated layers, output-gated layers)`` of every block."""
     ins, outs = [], []
     for b in host_for(model).block_layers(model):
-        ins.extend(getattr(b, n) for n in names if n != "qkv_out" and isinstance(getattr(b, n), nn.Linear))
-        if "qkv_out" in names and isinstance(b.qkv, nn.Linear):
-            outs.append(b.qkv)
+        for n in names:  # "qkv": the fused qkv, or q, k and v (each its own gate)
+            if n in ("qkv", "qkv_out"):
+                (outs if n == "qkv_out" else ins).extend(b.in_projs)
+            elif isinstance(getattr(b, n), nn.Linear):
+                ins.append(getattr(b, n))
     return ins, outs
 
 
@@ -314,7 +316,7 @@ class VTPPruner(ViTPruner):
         costs = [unit_param_costs(b) for b in blocks]  # (cell, neuron)
         neuron_costs = [neuron for _, neuron in costs]
         dim_costs = [cell * self.host.head_layout(b.attn)[0] for b, (cell, _) in zip(blocks, costs)]
-        floors = [self.head_dim_floors.get(b.qkv, 1) for b in blocks]  # no head narrower than its floor
+        floors = [self.head_dim_floors.get(b.key, 1) for b in blocks]  # no head narrower than its floor
         if self.close_params is not None:
             chosen = select_closed(neuron_scores, dim_scores, neuron_costs, dim_costs, share * self._close_budget, floors)
         else:
@@ -434,19 +436,19 @@ class VTPPruner(ViTPruner):
         index, averaged over the heads (tp removes the same dims in every head). Disabled
         structures are left out.
         """
-        proj_of = {a.qkv: a.proj for _, a in self._attentions}
+        attn_of = {m: a for _, a in self._attentions for m in self.host.in_projections(a)}
         scores = []
         for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers, root_module_types=self.root_module_types):
             kind = self.group_kind(group)
             if not self._enabled_kinds[kind]:
                 continue
             if kind == "attention":
-                qkv = self._is_atten_group(group)[1][0]
-                dims = qkv.out_features // 3
-                group = self.DG.get_pruning_group(proj_of[qkv], tp.prune_linear_in_channels, list(range(dims)))
+                attn = attn_of[self._is_atten_group(group)[1][0]]
+                dims = self._attn_dim(attn)
+                group = self.DG.get_pruning_group(self._out(attn), tp.prune_linear_in_channels, list(range(dims)))
                 imp = self.importance(group)
                 if imp is not None:
-                    scores.append(imp.float().view(self.num_heads[qkv], -1).mean(0))
+                    scores.append(imp.float().view(self.num_heads[self._key(attn)], -1).mean(0))
                 continue
             imp = self.importance(group)
             if imp is not None:

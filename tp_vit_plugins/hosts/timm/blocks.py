@@ -24,9 +24,7 @@ from timm.models.eva import EvaBlock, EvaBlockPostNorm
 from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import nn
 
-from .. import transformers as hf
 from ..base import BlockHalves
-from ..transformers import is_transformers_model
 from .families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
 from .structure import attention_modules
 from .support import ATTENTION_TYPES, UnsupportedModelError, check_supported
@@ -66,22 +64,18 @@ _HALVES: dict[type, BlockHalves] = {
 
 
 def block_halves(block: nn.Module) -> BlockHalves | None:
-    """The two residual halves of a block's forward (timm, or a transformers layer), or ``None`` for a type not in the tables."""
-    halves = _HALVES.get(type(block))
-    if halves is None and (pair := hf.layer_halves(block)) is not None:
-        halves = BlockHalves(*pair)
-    return halves
+    """The two residual halves of a timm block's forward, or ``None`` for a type not in the tables."""
+    return _HALVES.get(type(block))
 
 
 def block_attention(block: nn.Module) -> nn.Module | None:
-    """A block's attention module: timm's ``block.attn``, transformers' ``layer.attention`` (``None``: neither)."""
-    attn = getattr(block, "attn", None)
-    return attn if attn is not None else getattr(block, "attention", None)
+    """A block's attention module, ``block.attn`` (``None``: none)."""
+    return getattr(block, "attn", None)
 
 
 def attention_forward(attn: nn.Module) -> Callable[..., torch.Tensor]:
-    """The unbound forward of ``attn`` returning a tensor (a converted transformers attention returns a tuple)."""
-    return Attention.forward if isinstance(attn, hf.PrunableHFAttention) else type(attn).forward
+    """The unbound forward of ``attn`` (it returns a tensor)."""
+    return type(attn).forward
 
 
 #: Families whose heads and widths prune but whose tokens cannot be dropped, and why.
@@ -98,12 +92,6 @@ def token_blocks(model: nn.Module) -> list[nn.Module]:
             (:func:`~tp_vit_plugins.hosts.timm.support.check_supported`).
     """
     check_supported(model)
-    if is_transformers_model(model):
-        attention_modules(model)  # q/k/v/o into the fused layout (exact, idempotent)
-        layers = hf.encoder_layers(model)
-        if not all(isinstance(getattr(b, "attention", None), hf.PrunableHFAttention) for b in layers):
-            raise UnsupportedModelError(f"{type(model).__name__}: a layer's attention was not converted. Nothing was changed.")
-        return layers
     family = _NO_TOKEN_PATCH.get(type(model).__name__)
     if family is not None:
         raise UnsupportedModelError(
@@ -128,8 +116,6 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
     Raises:
         TypeError: The patch embedding has no fixed grid (dynamic image sizes).
     """
-    if is_transformers_model(model):
-        return hf.patch_grid(model)
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
         raise TypeError("the patch embedding has no fixed grid_size; dynamic image sizes are not supported")
@@ -138,7 +124,7 @@ def patch_grid(model: nn.Module) -> tuple[int, int]:
 
 def patch_embed_macs(model: nn.Module) -> int:
     """MACs of the patch-embedding convolution for one image."""
-    conv = hf.patch_projection(model) if is_transformers_model(model) else model.patch_embed.proj
+    conv = model.patch_embed.proj
     rows, cols = patch_grid(model)
     return rows * cols * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
 
@@ -365,8 +351,6 @@ def reads_prefix_only(model: nn.Module) -> bool:
     Then the patch tokens leaving the last block are never read, and neither is anything the
     last block's MLP computes for them.
     """
-    if is_transformers_model(model):
-        return hf.reads_prefix_only(model)
     family = isinstance(model, VisionTransformer) or type(model).__name__ in ("Eva", "Beit")
     return family and getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
 

@@ -13,8 +13,6 @@ import torch_pruning as tp
 from timm.layers import Attention, LayerScale
 from torch import nn
 
-from .. import transformers as hf
-from ..transformers import is_transformers_model
 from .families import (
     HeadMixer,
     head_mixers,
@@ -163,14 +161,6 @@ def vit_pruning_kwargs(model: nn.Module) -> dict[str, Any]:
     """
     attns = attention_modules(model)
     unwrapped: list[tuple[nn.Parameter, int]] = []
-    if is_transformers_model(model):  # tokens, position embeddings, LayerScale; tp traces ModelOutput.logits
-        return {
-            "num_heads": {a.qkv: int(a.num_heads) for _, a in attns},
-            "ignored_layers": [*classifier_heads(model), *whole_layers(model)],
-            "unwrapped_parameters": list(hf.unwrapped_parameters(model)),
-            "customized_pruners": {},
-            "output_transform": hf.output_logits,
-        }
     for attr in (*PREFIX_TOKEN_ATTRS, "pos_embed"):
         p = getattr(model, attr, None)
         if isinstance(p, nn.Parameter):

@@ -11,9 +11,7 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from .. import transformers as hf
 from ..base import BlockLayers, Readout, split_qkv, unit_param_costs  # noqa: F401 (re-exported: their old place)
-from ..transformers import is_transformers_model
 from .families import (
     convert_attention,
 )
@@ -43,8 +41,6 @@ def attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
             or is refused by :func:`check_supported` (:class:`UnsupportedModelError`).
     """
     check_supported(model)
-    if is_transformers_model(model):
-        hf.convert(model)  # q/k/v/o into timm's fused layout (exact, idempotent)
     convert_attention(model)  # EVA / BEiT: exact, idempotent (see .families)
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, ATTENTION_TYPES)]
     if not found:
@@ -64,7 +60,7 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
     attns = attention_modules(model)
     owners = {}
     for m in model.modules():
-        for child in m.children():  # timm's block.attn, transformers' layer.attention
+        for child in m.children():  # block.attn
             if isinstance(child, ATTENTION_TYPES):
                 owners[child] = m
     out = []
@@ -74,11 +70,7 @@ def block_layers(model: nn.Module) -> list[BlockLayers]:
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
         fc2 = fc2 if isinstance(fc2, nn.Linear) else None
         fc1 = fc1 if isinstance(fc1, nn.Linear) and fc2 is not None else None
-        norms = [
-            getattr(block, n, None) or getattr(block, alt, None)
-            for n, alt in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"))
-        ]
-        norm1, norm2 = (m if isinstance(m, nn.Module) else None for m in norms)
+        norm1, norm2 = (m if isinstance(m := getattr(block, n, None), nn.Module) else None for n in ("norm1", "norm2"))
         out.append(BlockLayers(name, attn, attn.qkv, attn.proj, fc1, fc2, norm1, norm2, block))
     return out
 
@@ -101,17 +93,12 @@ def readout(model: nn.Module) -> list[Readout]:
     the patch tokens (two readouts for distilled DeiT: class and distillation tokens). SigLIP-
     style attention pool: its key / value projection over every token. CaiT: the first
     class-attention block's key / value projections over every token. Swin: none (windows).
-    transformers: the classifiers (DINOv2's over the class token and the patch mean); none for a
-    ``*Model`` without a classifier.
     """
 
     def on(m: nn.Module | None) -> nn.Module | None:
         return m if isinstance(m, nn.Module) and not isinstance(m, nn.Identity) else None
 
     name = type(model).__name__
-    if is_transformers_model(model):
-        prefix = prefix_tokens(model)
-        return [Readout(norm, pool, None, layers, index, prefix, cols) for norm, pool, layers, index, cols in hf.readouts(model)]
     if name == "SwinTransformer":
         return []
     norm = on(getattr(model, "norm", None))
@@ -151,15 +138,11 @@ def prefix_tokens(model: nn.Module) -> int:
     """
     if type(model).__name__ in ("Cait", "SwinTransformer"):
         return 0
-    if is_transformers_model(model):
-        return hf.prefix_tokens(model)
     return int(getattr(model, "num_prefix_tokens", 1))
 
 
 def classifier_heads(model: nn.Module) -> list[nn.Module]:
     """Classifier layers whose outputs (classes) must never be pruned (``head``, ``head_dist``)."""
-    if is_transformers_model(model):
-        return hf.classifier_heads(model)
     heads = []
     for attr in _CLASSIFIER_ATTRS:
         m = getattr(model, attr, None)
@@ -170,8 +153,6 @@ def classifier_heads(model: nn.Module) -> list[nn.Module]:
 
 def embedding_modules(model: nn.Module) -> list[nn.Module]:
     """Layers that exist only on the residual stream: the patch projection and the final norms (with weights)."""
-    if is_transformers_model(model):
-        return hf.embedding_modules(model)
     mods = []
     patch = getattr(getattr(model, "patch_embed", None), "proj", None)
     if isinstance(patch, nn.Module):

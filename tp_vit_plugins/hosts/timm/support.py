@@ -11,9 +11,6 @@ from timm.layers import Attention
 from torch import nn
 
 from ..base import UnsupportedModelError
-from ..transformers import check_transformers, is_transformers_model
-from ..transformers import fixed_residual as hf_fixed_residual
-from ..transformers import patch_projection as hf_patch_projection
 from .families import (
     FAMILY_ATTENTIONS,
     PrunableBeitAttention,
@@ -63,9 +60,6 @@ def check_supported(model: nn.Module) -> None:
     """
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if is_transformers_model(model):  # the transformers adapter's own policy
-        check_transformers(model)
-        return
     from timm.models.vision_transformer import VisionTransformer
 
     name = type(model).__name__
@@ -152,7 +146,7 @@ def attention_pool(model: nn.Module) -> nn.Module | None:
     Raises:
         UnsupportedModelError: ``attn_pool`` is another kind of pool (e.g. ``"prr"``).
     """
-    pool = None if is_transformers_model(model) else getattr(model, "attn_pool", None)
+    pool = getattr(model, "attn_pool", None)
     if pool is None:
         return None
     kind = type(pool).__name__
@@ -166,8 +160,6 @@ def attention_pool(model: nn.Module) -> nn.Module | None:
 
 def whole_parts(model: nn.Module) -> list[nn.Module]:
     """Modules the pruners leave whole: an attention-pool head, CaiT's class-attention modules."""
-    if is_transformers_model(model):
-        return []
     parts = [m for m in model.modules() if type(m).__name__ in _WHOLE_ATTENTIONS]
     pool = attention_pool(model)
     return [*([pool] if pool is not None else []), *parts]
@@ -180,8 +172,6 @@ def fixed_residual(model: nn.Module) -> str | None:
     width of their *input*, while their own projections stay whole; Swin's patch merging
     concatenates 2 x 2 neighbouring tokens, a channel layout tp cannot follow.
     """
-    if is_transformers_model(model):
-        return hf_fixed_residual(model)
     parts = whole_parts(model)
     if not parts:
         return None
@@ -198,8 +188,6 @@ def whole_layers(model: nn.Module) -> list[nn.Module]:
     skips every group that would remove output channels of an ignored layer), so the whole
     parts keep the input width they reshape to.
     """
-    if is_transformers_model(model):  # nothing stays whole; a fixed residual: ignoring the patch projection says so to tp
-        return [hf_patch_projection(model)] if hf_fixed_residual(model) is not None else []
     parts = whole_parts(model)
     if not parts:
         return []

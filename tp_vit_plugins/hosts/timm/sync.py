@@ -10,8 +10,6 @@ import torch
 from timm.layers import Attention
 from torch import nn
 
-from .. import transformers as hf
-from ..transformers import is_transformers_model
 from .families import (
     has_rope,
     head_mixers,
@@ -208,9 +206,6 @@ def apply_layouts(plan: list[tuple[Attention, int]]) -> None:
 
 def _sync_model_dims(model: nn.Module) -> None:
     if fixed_residual(model) is not None:  # the residual stream kept its width (and Swin's widths vary by stage)
-        return
-    if is_transformers_model(model):  # the config records the width
-        hf.sync_config(model)
         return
     norm = getattr(model, "norm", None)
     dim = _head_norm_size(norm) if isinstance(norm, nn.Module) else None
