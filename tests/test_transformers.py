@@ -1,4 +1,4 @@
-"""Hugging Face transformers ViT / DeiT / DINOv2: converted exactly, pruned consistently, saved, exported (tiny configs)."""
+"""Hugging Face ViT / DeiT / DINOv2: read without change, pruned in place as transformers modules, saved, exported."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch_pruning as tp
 from conftest import HF_FAMILIES
 
 import tp_vit_plugins as tpv
-from tp_vit_plugins.hosts.timm.structure import attention_modules
+from tp_vit_plugins.hosts.transformers import attention_modules
 
 transformers = pytest.importorskip("transformers")
 
@@ -47,14 +47,29 @@ def test_import_does_not_import_transformers():
     assert out.strip() == "False"
 
 
+def _eager_and_sdpa(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    impl = model.config._attn_implementation
+    out = []
+    for name in ("eager", "sdpa"):
+        model.set_attn_implementation(name)
+        out.append(logits(model, X))
+    model.set_attn_implementation(impl)
+    return out[0], out[1]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_conversion_is_exact(family, attn):
+def test_reading_a_model_changes_nothing(family, attn):
     model = make(family, attn)
-    ref = logits(model, X)
-    tpv.sync_attention(model)  # converts q/k/v/o into the fused layout
-    assert all(type(a).__name__ == "PrunableHFAttention" for _, a in attention_modules(model))
-    torch.testing.assert_close(logits(model, X), ref, atol=1e-5, rtol=1e-5)
+    ref, keys, kinds = logits(model, X), list(model.state_dict()), [type(m) for m in model.modules()]
+    tpv.GraphHeadImportance(progress=False).calibrate(model, [X])
+    tpv.CumulativeHeadImportance(progress=False).calibrate(model, [X])
+    tpv.vit_pruning_kwargs(model)
+    tpv.count_macs(model, X[:1])
+    tpv.sync_attention(model)  # nothing pruned: nothing to change
+    assert list(model.state_dict()) == keys and [type(m) for m in model.modules()] == kinds
+    assert model.config._attn_implementation == attn and not any(m._forward_hooks for m in model.modules())
+    assert torch.equal(logits(model, X), ref)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -62,11 +77,16 @@ def test_heads_head_dims_and_mlp_prune_consistently_and_save_load_export(family,
     model = make(family)
     tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.5, pruning_ratio=0.25, prune_head_dims=True).step()
     attns = [a for _, a in attention_modules(model)]
-    assert all(a.num_heads == 2 and a.head_dim < 12 and a.qkv.out_features == 3 * a.num_heads * a.head_dim for a in attns)
-    fused = logits(model, X)
-    for a in attns:
-        a.fused_attn = False
-    torch.testing.assert_close(logits(model, X), fused, atol=1e-5, rtol=1e-5)  # eager == sdpa after pruning
+    assert all(type(a).__name__.endswith("Attention") and a.num_attention_heads == 2 and a.head_dim < 12 for a in attns)
+    assert all(p.out_features == a.num_attention_heads * a.head_dim for a in attns for p in (a.q_proj, a.k_proj, a.v_proj))
+    assert all(a.scaling == 12**-0.5 for a in attns)  # the trained logit scale is kept
+    eager, sdpa = _eager_and_sdpa(model)
+    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=1e-5)  # eager == sdpa after pruning
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        maps = model(X, output_attentions=True).attentions
+    assert [m.shape[1] for m in maps] == [2, 2]  # the pruned head counts
+    model.set_attn_implementation("sdpa")
     tpv.save_pruned(model, tmp_path / "saved")
     loaded = tpv.load_pruned(tmp_path / "saved")
     torch.testing.assert_close(logits(loaded, X), logits(model, X), atol=0, rtol=0)
@@ -76,18 +96,17 @@ def test_heads_head_dims_and_mlp_prune_consistently_and_save_load_export(family,
 
 def test_removed_heads_equal_the_dense_model_with_those_heads_zeroed():
     dense = make("vit")
-    tpv.sync_attention(dense)
     pruned = copy.deepcopy(dense)
     tpv.ViTPruner(pruned, X[:1], head_pruning_ratio=0.5).step()
     for (_, a_dense), (_, a_pruned) in zip(attention_modules(dense), attention_modules(pruned)):
-        C, d = a_dense.attn_dim, a_dense.head_dim
-        v_dense = a_dense.qkv.weight[2 * C :].view(a_dense.num_heads, d, -1)
-        v_kept = a_pruned.qkv.weight[2 * a_pruned.attn_dim :].view(a_pruned.num_heads, d, -1)
-        kept = [next(h for h in range(a_dense.num_heads) if torch.equal(v_dense[h], v)) for v in v_kept]
+        H, d = a_dense.num_attention_heads, a_dense.head_dim
+        v_dense = a_dense.v_proj.weight.view(H, d, -1)
+        v_kept = a_pruned.v_proj.weight.view(a_pruned.num_attention_heads, d, -1)
+        kept = [next(h for h in range(H) if torch.equal(v_dense[h], v)) for v in v_kept]
         with torch.no_grad():  # a head whose values are zero adds nothing: removing it is the same
-            for h in set(range(a_dense.num_heads)) - set(kept):
-                a_dense.qkv.weight[2 * C + h * d : 2 * C + (h + 1) * d] = 0
-                a_dense.qkv.bias[2 * C + h * d : 2 * C + (h + 1) * d] = 0
+            for h in set(range(H)) - set(kept):
+                a_dense.v_proj.weight[h * d : (h + 1) * d] = 0
+                a_dense.v_proj.bias[h * d : (h + 1) * d] = 0
     torch.testing.assert_close(logits(pruned, X), logits(dense, X), atol=1e-5, rtol=1e-5)
 
 
@@ -130,12 +149,13 @@ def test_the_flow_graph_reads_each_classifier(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_layer_halves_are_the_layers_own_forward(family):
-    from tp_vit_plugins.hosts.timm.blocks import block_halves, token_blocks
+    from tp_vit_plugins.hosts import host_for
 
     model = make(family)
+    host = host_for(model)
     h = torch.randn(3, 17 + (family == "deit_teacher") + 2 * (family == "dinov2_registers"), 48)
-    for layer in token_blocks(model):
-        halves = block_halves(layer)
+    for layer in host.token_blocks(model):
+        halves = host.block_halves(layer)
         with torch.no_grad():
             torch.testing.assert_close(halves.mlp(layer, halves.attn(layer, h, None)), layer(h, None), atol=0, rtol=0)
 
@@ -184,10 +204,7 @@ def test_the_embedding_width_prunes_and_saves(family, tmp_path):
     model = make(family)
     tpv.ViTPruner(model, X[:1], pruning_ratio=0.25, head_pruning_ratio=0.5, prune_embed_dim=True).step()
     assert tpv.hosts.transformers.patch_projection(model).out_channels == model.config.hidden_size == 36
-    fused = logits(model, X)
-    for _, a in attention_modules(model):
-        a.fused_attn = False
-    torch.testing.assert_close(logits(model, X), fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(*_eager_and_sdpa(model), atol=1e-5, rtol=1e-5)
     tpv.save_pruned(model, tmp_path / "saved")
     torch.testing.assert_close(logits(tpv.load_pruned(tmp_path / "saved"), X), logits(model, X), atol=0, rtol=0)
 
@@ -253,8 +270,55 @@ def test_every_supported_class_prunes_fits_a_budget_and_takes_the_cascade(name):
     with torch.no_grad():
         torch.testing.assert_close(out(model(X)), ref, atol=1e-5, rtol=1e-5)  # fit_budget prunes a copy
     tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.25, global_pruning=True).step()
-    assert sum(a.num_heads for _, a in attention_modules(model)) == 6  # 2 of 8 heads, anywhere
+    assert sum(a.num_attention_heads for _, a in attention_modules(model)) == 6  # 2 of 8 heads, anywhere
     cascade = tpv.apply_cascade(model, keep_ratio=0.5, fold="drop")
     with torch.no_grad():
         model(X)
     assert cascade.last.counts == [16, 8]
+
+
+def test_the_tp_kwargs_name_the_models_own_projections():
+    model = make("vit")
+    kw = tpv.vit_pruning_kwargs(model)
+    q, k, v = (getattr(model.vit.layers[0].attention, f"{p}_proj") for p in "qkv")
+    assert kw["num_heads"][q] == kw["num_heads"][k] == kw["num_heads"][v] == 4
+    assert model.classifier in kw["ignored_layers"]
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_save_pretrained_then_from_pretrained_rebuilds_the_pruned_model(uniform, tmp_path):
+    model = make("vit")
+    if uniform:  # every layer the same: the config alone describes it
+        tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.5, pruning_ratio=0.25).step()
+    else:
+        tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.25, global_head_pruning=True, pruning_ratio=0.25,
+                      global_pruning=True, prune_head_dims=True).step()  # fmt: skip
+    sizes = tpv.hosts.transformers.layer_sizes(model)
+    model.save_pretrained(tmp_path)
+    loaded = tpv.hosts.transformers.from_pretrained(tmp_path)
+    assert type(loaded) is type(model) and tpv.hosts.transformers.layer_sizes(loaded) == sizes
+    torch.testing.assert_close(logits(loaded, X), logits(model, X), atol=0, rtol=0)
+    if uniform:
+        assert model.config.num_attention_heads == 2 and model.config.intermediate_size == sizes[0]["intermediate_size"]
+        plain = transformers.ViTForImageClassification.from_pretrained(tmp_path).eval()
+        torch.testing.assert_close(logits(plain, X), logits(model, X), atol=0, rtol=0)
+    else:  # per-layer sizes: the config holds no single (false) value, and transformers alone refuses it loudly
+        assert model.config.num_attention_heads is None and model.config.tpv_layers == sizes
+        with pytest.raises(Exception, match="num_attention_heads"):
+            transformers.ViTForImageClassification.from_pretrained(tmp_path)
+
+
+def test_lora_on_a_pruned_model():
+    peft = pytest.importorskip("peft")
+    model = make("vit")
+    tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.5, pruning_ratio=0.25).step()
+    ref = logits(model, X)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    assert lora.base_model.model.vit.layers[0].attention.q_proj.base_layer.out_features == 24  # 2 heads x 12
+    with torch.no_grad():
+        torch.testing.assert_close(lora(pixel_values=X).logits, ref, atol=1e-6, rtol=1e-6)  # LoRA starts at zero
+    torch.nn.functional.cross_entropy(lora(pixel_values=X).logits, torch.tensor([1, 2, 3])).backward()
+    trained = [n for n, p in lora.named_parameters() if p.requires_grad and p.grad is not None]
+    assert trained and all("lora_" in n or "classifier" in n for n in trained)
+    with pytest.raises(tpv.UnsupportedModelError, match="prune before wrapping"):
+        tpv.vit_pruning_kwargs(lora.base_model.model)

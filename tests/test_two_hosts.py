@@ -39,7 +39,8 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 def _structure(model: torch.nn.Module) -> list[tuple]:
     blocks = host_for(model).block_layers(model)
-    return [(b.attn.num_heads, b.attn.head_dim, b.fc1.out_features, b.qkv.in_features) for b in blocks]
+    host = host_for(model)
+    return [(*host.head_layout(b.attn), b.fc1.out_features, b.embed_dim) for b in blocks]
 
 
 def _backward(model: torch.nn.Module) -> None:

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from torch import nn
 
-from ..hosts.timm.structure import block_layers, head_layout
+from ..hosts import host_for
 from .options import WorkloadOptions
 from .workload import Workload, load_workload
 
@@ -62,7 +62,8 @@ class Structure:
 
     @classmethod
     def of(cls, model: nn.Module) -> Structure:
-        blocks = block_layers(model)
-        layouts = [head_layout(b.attn) for b in blocks]
+        host = host_for(model)
+        blocks = host.block_layers(model)
+        layouts = [host.head_layout(b.attn) for b in blocks]
         mlp = [b.fc2.in_features if b.fc2 is not None else 0 for b in blocks]  # hidden width (MLP or SwiGLU)
         return cls([h for h, _ in layouts], [d for _, d in layouts], mlp)

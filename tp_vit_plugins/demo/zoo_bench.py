@@ -47,14 +47,14 @@ from tqdm.auto import tqdm
 from ..budget import clone_with_grads, fit_budget, remap_state, vit_prune_fn
 from ..core.calibration import accumulate_gradients, iter_batches
 from ..core.criteria import tp_importance
+from ..core.glue import vit_pruning_kwargs
 from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
 from ..cpvit import Cascade, CascadeConfig, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
 from ..gohsp import GOHSPPruner, GraphHeadImportance
-from ..hosts.timm.pruning import vit_pruning_kwargs
-from ..hosts.timm.structure import heads_per_block
+from ..hosts import host_for
 from ..vtp import VTPPruner
 from .data import calibration_loader
 from .methods import MethodSettings, get_method, run_recipe
@@ -176,7 +176,7 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
                 pruned = clone_with_grads(base)
                 ViTPruner(pruned, example, remap_state(imp, base, pruned), head_pruning_ratio=r).step()
                 c = _correct(pruned, test)
-                kept = sum(heads_per_block(pruned)) / sum(heads_per_block(model))
+                kept = sum(host_for(pruned).heads_per_block(pruned)) / sum(host_for(model).heads_per_block(model))
                 rows.append(
                     Record(
                         "heads",

@@ -282,7 +282,11 @@ class AttentionMaps:
         return iter(self.maps)
 
     def _hook(self, index: int, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        probs = args[0].detach()  # attn_drop's input: softmax probabilities, before dropout
+        self.record(index, args[0])  # attn_drop's input: softmax probabilities, before dropout
+
+    def record(self, index: int, probs: torch.Tensor) -> None:
+        """Store / pass on block ``index``'s probabilities ``[B, H, N, N]`` (what a host's capture hook calls)."""
+        probs = probs.detach()
         if self._store:
             self.maps[index] = probs
         if self._callback is not None:

@@ -351,10 +351,9 @@ def _uniform_values(config: Any, layers: list[dict[str, Any]]) -> dict[str, Any]
     hidden = first["intermediate_size"]
     if hasattr(config, "mlp_ratio"):  # DINOv2: the MLP width comes from mlp_ratio
         width = int(config.hidden_size)
-        ratio = hidden / width
-        if getattr(config, "use_swiglu_ffn", False) or int(width * ratio) != hidden:
-            return None
-        values["mlp_ratio"] = ratio
+        if getattr(config, "use_swiglu_ffn", False) or hidden % width:
+            return None  # the config's mlp_ratio is an int
+        values["mlp_ratio"] = hidden // width
     else:
         values["intermediate_size"] = hidden
     return values
@@ -413,7 +412,7 @@ class _CaptureHook:
         self.recorder, self.index = recorder, index
 
     def __call__(self, module: nn.Module, args: tuple, output: tuple) -> None:
-        self.recorder._hook(self.index, module, args, output[1])
+        self.recorder.record(self.index, output[1])
 
 
 @contextlib.contextmanager
@@ -494,7 +493,7 @@ def _skeleton(cls: type, config_dict: dict, layers: list[dict]) -> nn.Module:
     if "intermediate_size" in cfg and cfg["intermediate_size"] is None:
         cfg["intermediate_size"] = first.get("intermediate_size") or cfg["hidden_size"]
     if "mlp_ratio" in cfg and cfg["mlp_ratio"] is None:
-        cfg["mlp_ratio"] = 1.0
+        cfg["mlp_ratio"] = cls.config_class().mlp_ratio  # the default, of the type the config checks
     config = cls.config_class.from_dict(cfg)
     impl = config_dict.get("_attn_implementation_internal") or getattr(config, "_attn_implementation", None) or "sdpa"
     config._attn_implementation = impl
