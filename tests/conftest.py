@@ -102,7 +102,15 @@ def set_fused(model: torch.nn.Module, flag: bool) -> None:
 
 @torch.no_grad()
 def fused_and_eager(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs with the fused attention path and with the eager one (transformers: its sdpa and eager implementations)."""
     m = copy.deepcopy(model)
+    impl = getattr(getattr(m, "config", None), "_attn_implementation", None)
+    if impl is not None:
+        outs = []
+        for name in ("sdpa", "eager"):
+            m.set_attn_implementation(name)
+            outs.append(m(x))
+        return outs[0], outs[1]
     set_fused(m, True)
     a = m(x)
     set_fused(m, False)

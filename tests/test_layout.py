@@ -170,3 +170,11 @@ def test_methods_branch_on_no_host_type(path):
     for pattern in ("is_transformers_model", "type(model).__name__ in", "type(model).__name__ ==", "PrunableHFAttention",
                     "LayerAttentionCall", "PrunableTalkingHeadAttn"):  # fmt: skip
         assert pattern not in text, f"{path.name} branches on a host type ({pattern})"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "hosts" / "timm").rglob("*.py")), ids=lambda p: p.name)
+def test_each_host_reads_only_its_own_library(path):
+    """The timm adapter neither imports the transformers adapter nor branches on transformers models."""
+    text = path.read_text()
+    assert "is_transformers_model" not in text and "PrunableHFAttention" not in text
+    assert not any("transformers" in name.split(".") for name in _imported_modules(path)), f"{path.name} imports transformers"

@@ -106,8 +106,11 @@ def _out(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _consistent(model: torch.nn.Module, x: torch.Tensor) -> None:
+    host = host_for(model)
     for _, a in attention_modules(model):
-        assert a.num_heads * a.head_dim == a.attn_dim == a.qkv.out_features // 3 == a.proj.in_features
+        H, d = host.head_layout(a)
+        widths = {p.out_features // (3 if len(host.in_projections(a)) == 1 else 1) for p in host.in_projections(a)}
+        assert widths == {H * d} and host.out_projection(a).in_features == H * d
     fused, eager = fused_and_eager(model, x)
     torch.testing.assert_close(as_logits(fused), as_logits(eager), atol=1e-5, rtol=1e-5)
 
@@ -117,15 +120,16 @@ def _patch_width(model: torch.nn.Module) -> int:
 
 
 def _heads(model, x):
-    before = [a.num_heads for _, a in attention_modules(model)]
+    before = host_for(model).heads_per_block(model)
     tpv.ViTPruner(model, x[:1], head_pruning_ratio=0.5).step()
-    assert all(a.num_heads < h for (_, a), h in zip(attention_modules(model), before))
+    assert all(h < h0 for h, h0 in zip(host_for(model).heads_per_block(model), before))
 
 
 def _head_dims(model, x):
-    before = [a.head_dim for _, a in attention_modules(model)]
+    dims = lambda: [host_for(model).head_layout(a)[1] for _, a in attention_modules(model)]  # noqa: E731
+    before = dims()
     tpv.ViTPruner(model, x[:1], pruning_ratio=0.25, prune_mlp=False, prune_head_dims=True).step()
-    assert all(a.head_dim < d for (_, a), d in zip(attention_modules(model), before))
+    assert all(d < d0 for d, d0 in zip(dims(), before))
 
 
 def _mlp(model, x):
@@ -203,7 +207,7 @@ def test_support_matrix(family, capability, tmp_path):
         return
     # EVA / BEiT / CaiT attention is converted (exactly) by any entry point that reads the model, calibration
     # included; tests/test_support.py checks that a refused ViTPruner / GOHSPPruner converts it back
-    attention_modules(model)  # timm families and transformers attention: converted exactly by any entry point
+    attention_modules(model)  # EVA / BEiT / CaiT / Swin and torchvision attention: converted exactly by any entry point
     before, untouched = snapshot(model), copy.deepcopy(model)
     with pytest.raises((TypeError, ValueError), match=REFUSAL[capability]):
         ATTEMPT[capability](model, x)

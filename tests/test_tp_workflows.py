@@ -90,18 +90,15 @@ def test_plugin_importance_in_a_stock_tp_workflow(workflow, kind, host):
     model, pruner, imp = _run(workflow, kind, host, x)
     h = host_for(model)
     heads = h.heads_per_block(model)
-    assert heads == [int(pruner.num_heads[a.qkv]) for _, a in h.attention_modules(model)]
+    assert heads == [int(pruner.num_heads[h.head_key(a)]) for _, a in h.attention_modules(model)]
     assert sum(heads) < 12  # heads went
     imp.follow(pruner.DG)
-    assert [len(imp.head_scores[a.qkv]) for _, a in h.attention_modules(model)] == heads
+    assert [len(imp.head_scores[h.head_key(a)]) for _, a in h.attention_modules(model)] == heads
     with torch.no_grad():
         fused = copy.deepcopy(model)
-        for _, a in h.attention_modules(fused):
-            a.fused_attn = True
         eager = copy.deepcopy(model)
-        for _, a in h.attention_modules(eager):
-            a.fused_attn = False
-        a_out, b_out = _logits(fused(x)), _logits(eager(x))
+        with h.eager_attention(eager):
+            a_out, b_out = _logits(fused(x)), _logits(eager(x))
     assert torch.isfinite(a_out).all()
     torch.testing.assert_close(a_out, b_out, atol=1e-5, rtol=1e-5)
 
@@ -177,28 +174,58 @@ def _fused_and_eager(model, x):
 SCRIPT_ARGS = ([], ["--prune_num_heads", "--global_pruning", "--iterative_steps", "2"], ["--bottleneck"])
 
 
-def test_tp_example_shaped_script_gains_a_plugin_in_a_few_lines():
-    """Our tp-example-shaped timm script, plain and with GOHSP's importance: both run; the plugin's is consistent."""
+def _script_diff(name: str) -> tuple[list[str], list[str]]:
+    """``(added, removed)`` code lines of ``prune_<name>_plugin.py`` against ``prune_<name>_tp.py`` (blank lines aside)."""
     import difflib
     import pathlib
 
     here = pathlib.Path(__file__).parent / "tp_scripts"
-    plain, plugin = here / "prune_timm_vit_tp.py", here / "prune_timm_vit_plugin.py"
+    plain, plugin = here / f"prune_{name}_tp.py", here / f"prune_{name}_plugin.py"
     diff = [
         line for line in difflib.unified_diff(_code_lines(plain), _code_lines(plugin), lineterm="", n=0)
         if line[:1] in "+-" and not line.startswith(("+++", "---")) and line[1:].strip()
     ]  # fmt: skip
-    added = [line for line in diff if line.startswith("+")]
-    assert len(added) == 5 and all("# plugin" in line for line in added), diff  # import, imp, glue (2), sync
-    assert len(diff) - len(added) == 7  # the plain script's imp line, closing line and 5-line manual head loop
+    return [x for x in diff if x.startswith("+")], [x for x in diff if x.startswith("-")]
+
+
+def _script(name: str, kind: str):
+    import pathlib
+
+    return pathlib.Path(__file__).parent / "tp_scripts" / f"prune_{name}_{kind}.py"
+
+
+def test_tp_example_shaped_script_gains_a_plugin_in_a_few_lines():
+    """Our tp-example-shaped timm script, plain and with GOHSP's importance: both run; the plugin's is consistent."""
+    added, removed = _script_diff("timm_vit")
+    assert len(added) == 3 and all("# plugin" in line for line in added), added  # import, imp, sync
+    assert len(removed) == 6  # the plain script's imp line and its 5-line manual head loop (sync replaces it)
     x = torch.randn(2, 3, 32, 32)
     for argv in SCRIPT_ARGS:
-        model, pruner = _run_script(plugin, argv)
+        model, pruner = _run_script(_script("timm_vit", "plugin"), argv)
         assert [blk.attn.num_heads for blk in model.blocks] == [int(pruner.num_heads[blk.attn.qkv]) for blk in model.blocks]
         fused, eager = _fused_and_eager(model, x)
         assert torch.isfinite(fused).all()
         torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
     # the plain form runs too; its hand-written head loop leaves eager and fused attention apart once head dims go
-    model, _ = _run_script(plain, [])
+    model, _ = _run_script(_script("timm_vit", "tp"), [])
     fused, eager = _fused_and_eager(model, x)
     assert torch.isfinite(fused).all() and not torch.allclose(fused, eager, atol=1e-4)
+
+
+@pytest.mark.parametrize("argv", [[], ["--prune_num_heads", "--global_pruning", "--iterative_steps", "2"]])
+def test_tp_example_shaped_hf_script_gains_a_plugin_in_two_lines(argv):
+    """The transformers twin: the plain script's own head loop is right for the native modules; the plugin adds two lines."""
+    pytest.importorskip("transformers")
+    added, removed = _script_diff("hf_vit")
+    assert len(added) == 2 and all("# plugin" in line for line in added) and len(removed) == 1, (added, removed)
+    x = torch.randn(2, 3, 32, 32)
+    model, pruner = _run_script(_script("hf_vit", "plugin"), argv)
+    layers = model.vit.layers
+    assert [a.attention.num_attention_heads for a in layers] == [int(pruner.num_heads[a.attention.q_proj]) for a in layers]
+    outs = []
+    for impl in ("sdpa", "eager"):
+        model.set_attn_implementation(impl)
+        with torch.no_grad():
+            outs.append(model(x).logits)
+    assert torch.isfinite(outs[0]).all()
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)

@@ -48,7 +48,6 @@ def main(argv=None):
     pruner = tp.pruner.MetaPruner(
         model,
         example_inputs,
-        **tpv.vit_pruning_kwargs(model,  # plugin
         importance=imp,
         global_pruning=args.global_pruning,
         pruning_ratio=args.pruning_ratio,
@@ -59,7 +58,7 @@ def main(argv=None):
         prune_head_dims=not args.prune_num_heads,
         head_pruning_ratio=args.head_pruning_ratio,
         round_to=2,
-    ))  # plugin
+    )
     # fmt: on
     for _ in range(args.iterative_steps):
         for group in pruner.step(interactive=True):

@@ -7,7 +7,7 @@ new host subclasses :class:`Host` in its own module and is added with :func:`reg
 (``docs/extending.md``, "A new host").
 """
 
-from . import transformers as _transformers  # first: the timm adapter reads its functions
+from . import transformers as _transformers
 from .base import (
     AttentionMaps,
     BlockHalves,

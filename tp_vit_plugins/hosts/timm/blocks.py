@@ -6,9 +6,7 @@
 * :func:`cascade_attention` — timm's eager attention path plus the cascade's statistics, key
   mask and per-input head skipping (BEiT's relative bias and EVA's rotary embedding follow
   their tokens; CaiT's talking heads);
-* :func:`token_blocks`, :func:`patch_grid`, :func:`reads_prefix_only` — the token sequence
-  (transformers layers included: their halves and call convention come from
-  :mod:`tp_vit_plugins.hosts.transformers`).
+* :func:`token_blocks`, :func:`patch_grid`, :func:`reads_prefix_only` — the token sequence.
 """
 
 from __future__ import annotations
