@@ -3,7 +3,7 @@
 Runs offline: a DINOv2-style image classifier built from a config (random weights; use
 ``Dinov2ForImageClassification.from_pretrained(...)`` where the hub is reachable), half of
 its heads and 30 % of its MLP width removed by tp's group-L2 criterion, checked eager vs sdpa,
-saved and loaded.
+saved with ``save_pretrained`` and loaded with ``tpv.hosts.transformers.from_pretrained``.
 
     python examples/hf_tp_script.py
 """
@@ -29,21 +29,22 @@ pruner = tp.pruner.BasePruner(
     pruning_ratio=0.3,
     prune_num_heads=True,
     head_pruning_ratio=0.5,
-    **tpv.vit_pruning_kwargs(model),  # q/k/v fused for tp, tokens and LayerScale declared, logits traced
+    **tpv.vit_pruning_kwargs(model),  # q/k/v named for tp, tokens and LayerScale declared, logits traced
 )
 pruner.step()
-tpv.sync_attention(model, pruner.num_heads)
+tpv.sync_attention(model, pruner.num_heads)  # num_attention_heads / head_dim per layer, config sizes
 
 with torch.no_grad():
-    fused = model(example).logits
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
-    eager = model(example).logits
+    sdpa = model(example).logits
+    model.set_attn_implementation("eager")  # still transformers' own modules
+    eager = model(example, output_attentions=True)
 print(f"MACs {macs / 1e9:.2f}G -> {tpv.count_macs(model, example) / 1e9:.2f}G, params {params / 1e6:.1f}M -> "
-      f"{tpv.utils.count_params(model) / 1e6:.1f}M; eager vs sdpa max |diff| {(fused - eager).abs().max():.1e}")  # fmt: skip
+      f"{tpv.utils.count_params(model) / 1e6:.1f}M; eager vs sdpa max |diff| {(sdpa - eager.logits).abs().max():.1e}; "
+      f"heads per layer {[a.shape[1] for a in eager.attentions]}")  # fmt: skip
 with tempfile.TemporaryDirectory() as tmp:
-    tpv.save_pruned(model, tmp)  # safetensors + the model's own config + per-layer sizes
-    loaded = tpv.load_pruned(tmp)
+    model.save_pretrained(tmp)  # safetensors + a config with the pruned sizes
+    # DINOv2's config holds the MLP width as an integer mlp_ratio, which 70 % of it is not: the config says
+    # null there (transformers alone refuses it) and lists every layer's sizes, which this loader reads
+    loaded = tpv.hosts.transformers.from_pretrained(tmp)
     with torch.no_grad():
-        print("save / load max |diff|", float((loaded(example).logits - eager).abs().max()))
+        print("save_pretrained / from_pretrained max |diff|", float((loaded(example).logits - eager.logits).abs().max()))

@@ -322,3 +322,11 @@ def test_lora_on_a_pruned_model():
     assert trained and all("lora_" in n or "classifier" in n for n in trained)
     with pytest.raises(tpv.UnsupportedModelError, match="prune before wrapping"):
         tpv.vit_pruning_kwargs(lora.base_model.model)
+
+
+@pytest.mark.slow
+def test_the_hf_tp_script_example_runs():
+    import pathlib
+    import runpy
+
+    runpy.run_path(str(pathlib.Path(__file__).parents[1] / "examples" / "hf_tp_script.py"), run_name="__main__")
