@@ -330,3 +330,16 @@ def test_the_hf_tp_script_example_runs():
     import runpy
 
     runpy.run_path(str(pathlib.Path(__file__).parents[1] / "examples" / "hf_tp_script.py"), run_name="__main__")
+
+
+@pytest.mark.slow
+def test_eager_sdpa_and_flex_attention_agree_after_pruning():
+    """Every implementation reads the module's num_attention_heads / head_dim / scaling (flex compiles: slow)."""
+    model = make("vit")
+    tpv.ViTPruner(model, X[:1], head_pruning_ratio=0.5, pruning_ratio=0.25, prune_head_dims=True).step()
+    outs = {}
+    for impl in ("eager", "sdpa", "flex_attention"):
+        model.set_attn_implementation(impl)
+        outs[impl] = logits(model, X)
+    for impl in ("sdpa", "flex_attention"):
+        torch.testing.assert_close(outs[impl], outs["eager"], atol=1e-5, rtol=1e-5)

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from ..core.search import bisect_threshold
-from ..hosts import host_for
+from ..hosts import host_for, linear_macs
 from .config import CascadeConfig, with_options
 from .maths import heads_kept, keep_schedule
 
@@ -72,44 +72,16 @@ def cascade_macs(
         # (all heads when a head norm or gate needs the full layout), the two attention matmuls
         full = not isinstance(getattr(b.attn, "norm", nn.Identity()), nn.Identity) or getattr(b.attn, "gate", None) is not None
         mixers = host.head_mixers(b.attn)  # CaiT's talking heads: linears over the heads of [N, N] maps
-        macs += n * _linear_macs(b.attn, skip=(b.proj, *mixers)) + n * n * sum(_linear_macs(x) for x in mixers)
+        macs += n * linear_macs(b.attn, skip=(b.proj, *mixers)) + n * n * sum(linear_macs(x) for x in mixers)
         macs += n * (H if full else kept) * d * b.proj.out_features + H * n * n * d + kept * n * n * d
         n_mlp = prefix + counts[i + 1] if prune_at == "mlp" and i + 1 < depth else n  # tokens through the MLP
         n_mlp = prefix if trim and i == depth - 1 else n_mlp
-        macs += n_mlp * _linear_macs(getattr(b.block, "mlp", None))
+        macs += n_mlp * linear_macs(getattr(b.block, "mlp", None))
         if fold == "merge" and i + 1 < depth and counts[i + 1] < counts[i]:
             macs += (counts[i] - counts[i + 1]) * counts[i + 1] * b.embed_dim  # similarity of pruned and kept tokens
-    macs += _readout_macs(model, prefix + counts[-1] if not trim else prefix, counts[-1])
+    macs += host.readout_macs(model, prefix + counts[-1] if not trim else prefix, counts[-1])
     macs += sum(h.in_features * h.out_features for h in host.classifier_heads(model) if isinstance(h, nn.Linear))
     return batch_size * macs
-
-
-def _linear_macs(module: nn.Module | None, skip: Sequence[nn.Module] = ()) -> int:
-    """MACs per token of every ``nn.Linear`` in ``module`` but ``skip`` (each applied once to every token)."""
-    if module is None:
-        return 0
-    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear) and m not in skip)
-
-
-def _readout_macs(model: nn.Module, tokens: int, patches: int) -> int:
-    """MACs of what reads the last block's ``tokens`` (``patches`` of them patch tokens) before the classifier.
-
-    CaiT's class-attention blocks (the class token attends to itself and the patch tokens: its
-    query, projection and MLP on one token, keys and values on ``1 + patches``) and an
-    attention-pool head (latent queries over the patch tokens); 0 for a pooled / class-token head.
-    """
-    macs = 0
-    for blk in getattr(model, "blocks_token_only", None) or ():
-        a, n = blk.attn, 1 + patches  # the class token, then the patch tokens
-        macs += a.q.in_features * a.q.out_features + n * (_linear_macs(a.k) + _linear_macs(a.v))
-        macs += 2 * n * a.q.out_features + a.proj.in_features * a.proj.out_features + _linear_macs(blk.mlp)
-    pool = host_for(model).attention_pool(model)
-    if pool is not None:
-        n = tokens if getattr(model, "pool_include_prefix", False) else patches
-        L, dim = pool.latent_len, pool.q.out_features
-        macs += L * _linear_macs(pool.q) + n * _linear_macs(pool.kv) + 2 * L * n * dim
-        macs += L * (_linear_macs(pool.proj) + _linear_macs(getattr(pool, "mlp", None)))
-    return macs
 
 
 def fit_keep_ratio(

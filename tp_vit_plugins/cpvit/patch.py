@@ -61,6 +61,7 @@ from .maths import (
     adjusted_count,
     attention_range,
     gather_tokens,
+    head_scores,
     heads_kept,
     keep_schedule,
     split_ranked,
@@ -69,6 +70,11 @@ from .maths import (
 )
 
 __all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade"]
+
+
+def select_heads(probs: torch.Tensor, num_prefix: int, k: int) -> torch.Tensor:
+    """CP-ViT's per-input head choice: the ``k`` heads of highest score (:func:`~.maths.head_scores`), ascending ``[B, k]``."""
+    return topk_sorted(head_scores(probs, num_prefix), k)
 
 
 @dataclass
@@ -147,7 +153,7 @@ class _CascadeAttention:
         elif self.index in c.score_blocks:  # calibration also measures the attention range
             observe = partial(c._observe, self.index)
         return c.host.cascade_attention(a, x, c.num_prefix, st.key_mask, kept, observe, logit_bias=bias, positions=positions,
-                                 rope=rope, reduce_probs=reduce)  # fmt: skip
+                                 rope=rope, reduce_probs=reduce, select_heads=select_heads)  # fmt: skip
 
 
 class _SizeWeightedHead:

@@ -51,6 +51,7 @@ __all__ = [
     "host_for",
     "split_qkv",
     "unit_param_costs",
+    "linear_macs",
     "resize_to_state",
     "restore_shapes",
     "fused_attn_off",
@@ -180,6 +181,13 @@ def unit_param_costs(b: BlockLayers) -> tuple[int, int]:
         return cell, 0
     neuron = b.fc1.in_features + b.fc2.out_features + (1 if b.fc1.bias is not None else 0)
     return cell, neuron
+
+
+def linear_macs(module: nn.Module | None, skip: Sequence[nn.Module] = ()) -> int:
+    """MACs per token of every ``nn.Linear`` in ``module`` but ``skip`` (each applied once to every token)."""
+    if module is None:
+        return 0
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear) and m not in skip)
 
 
 def resize_to_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -464,6 +472,10 @@ class Host(abc.ABC):
     def averages_patch_tokens(self, model: nn.Module) -> bool:
         """The classifier is a plain mean over the tokens."""
         return False
+
+    def readout_macs(self, model: nn.Module, tokens: int, patches: int) -> int:
+        """MACs of what reads the last block's ``tokens`` (``patches`` of them patches) before the classifier (0 by default)."""
+        return 0
 
     def has_class_token(self, model: nn.Module) -> bool:
         """The sequence starts with a class token."""

@@ -22,10 +22,10 @@ from timm.models.eva import EvaBlock, EvaBlockPostNorm
 from timm.models.vision_transformer import Block, ResPostBlock, VisionTransformer
 from torch import nn
 
-from ..base import BlockHalves
+from ..base import BlockHalves, linear_macs
 from .families import PrunableTalkingHeadAttn, head_tables, rope_with_identity_prefix, select_rope_dims
 from .structure import attention_modules
-from .support import ATTENTION_TYPES, UnsupportedModelError, check_supported
+from .support import ATTENTION_TYPES, UnsupportedModelError, attention_pool, check_supported
 
 
 def _scaled(scale: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
@@ -139,6 +139,7 @@ def cascade_attention(
     positions: torch.Tensor | None = None,
     rope: torch.Tensor | None = None,
     reduce_probs: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    select_heads: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The timm ``Attention.forward`` eager path, plus what the cascade needs.
 
@@ -156,7 +157,7 @@ def cascade_attention(
         x: Tokens ``[B, N, C]``.
         num_prefix: Leading prefix tokens (never masked, not scored).
         key_mask: ``[B, N - num_prefix]``, ``True`` = masked patch.
-        heads_kept: Heads each input keeps (``None`` = all).
+        heads_kept: Heads each input keeps (``None`` = all); needs ``select_heads``.
         observe: Callback receiving the attention probabilities.
         logit_bias: Added to the attention logits before the softmax.
         observe_keys: Callback receiving the (normed) keys.
@@ -169,6 +170,8 @@ def cascade_attention(
             probabilities, and without a key mask or head skipping the attention runs over the
             batch in chunks whose probabilities stay in the CPU cache (:data:`CHUNK_BYTES`; the
             full ``[B, H, N, N]`` tensor is never built; one chunk on other devices).
+        select_heads: The method's head choice, ``(probs [B, H, N, N], num_prefix, k) -> [B, k]``
+            (ascending head indices per input), used when ``heads_kept < H``.
 
     Returns:
         ``[B, N, C_out]``.
@@ -231,9 +234,9 @@ def cascade_attention(
         y = a.norm(y)
         y = y * gate if gate is not None else y
         return a.proj_drop(a.proj(y))
-    from ...cpvit.maths import head_scores, topk_sorted  # here: the cpvit package imports this module
-
-    heads = topk_sorted(head_scores(stats, num_prefix), heads_kept)  # [B, k]
+    if select_heads is None:
+        raise ValueError("heads_kept below the head count needs select_heads (the method's per-input head choice)")
+    heads = select_heads(stats, num_prefix, heads_kept)  # [B, k]
     idx = heads[:, :, None, None]
     out = probs.gather(1, idx.expand(-1, -1, N, N)) @ v.gather(1, idx.expand(-1, -1, N, d))  # [B, k, N, d]
     out = out.transpose(1, 2)  # [B, N, k, d]
@@ -356,3 +359,24 @@ def reads_prefix_only(model: nn.Module) -> bool:
 def averages_patch_tokens(model: nn.Module) -> bool:
     """The model's head is a plain mean over its tokens (``global_pool="avg"``, no attention pool)."""
     return getattr(model, "global_pool", None) == "avg" and getattr(model, "attn_pool", None) is None
+
+
+def readout_macs(model: nn.Module, tokens: int, patches: int) -> int:
+    """MACs of what reads the last block's ``tokens`` (``patches`` of them patch tokens) before the classifier.
+
+    CaiT's class-attention blocks (the class token attends to itself and the patch tokens: its
+    query, projection and MLP on one token, keys and values on ``1 + patches``) and an
+    attention-pool head (latent queries over the patch tokens); 0 for a pooled / class-token head.
+    """
+    macs = 0
+    for blk in getattr(model, "blocks_token_only", None) or ():
+        a, n = blk.attn, 1 + patches  # the class token, then the patch tokens
+        macs += a.q.in_features * a.q.out_features + n * (linear_macs(a.k) + linear_macs(a.v))
+        macs += 2 * n * a.q.out_features + a.proj.in_features * a.proj.out_features + linear_macs(blk.mlp)
+    pool = attention_pool(model)
+    if pool is not None:
+        n = tokens if getattr(model, "pool_include_prefix", False) else patches
+        L, dim = pool.latent_len, pool.q.out_features
+        macs += L * linear_macs(pool.q) + n * linear_macs(pool.kv) + 2 * L * n * dim
+        macs += L * (linear_macs(pool.proj) + linear_macs(getattr(pool, "mlp", None)))
+    return macs

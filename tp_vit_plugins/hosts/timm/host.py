@@ -111,6 +111,9 @@ class TimmHost(Host):
     def averages_patch_tokens(self, model: nn.Module) -> bool:
         return blocks.averages_patch_tokens(model)
 
+    def readout_macs(self, model: nn.Module, tokens: int, patches: int) -> int:
+        return blocks.readout_macs(model, tokens, patches)
+
     def has_class_token(self, model: nn.Module) -> bool:
         return getattr(model, "cls_token", None) is not None
 
