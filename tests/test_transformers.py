@@ -66,6 +66,11 @@ def test_reading_a_model_changes_nothing(family, attn):
     tpv.CumulativeHeadImportance(progress=False).calibrate(model, [X])
     tpv.vit_pruning_kwargs(model)
     tpv.count_macs(model, X[:1])
+    tpv.cpvit.cascade_macs(model, (3, 32, 32), keep_ratio=0.5)
+    pruned = tpv.fit_budget(model, X[:1], keep_ratio=0.7).model  # a pruned copy
+    assert pruned is not model and type(pruned.get_submodule(attention_modules(model)[0][0])) is type(
+        attention_modules(model)[0][1]
+    )
     tpv.sync_attention(model)  # nothing pruned: nothing to change
     assert list(model.state_dict()) == keys and [type(m) for m in model.modules()] == kinds
     assert model.config._attn_implementation == attn and not any(m._forward_hooks for m in model.modules())
@@ -167,7 +172,9 @@ def test_the_cascade_on_transformers_models(family, tmp_path):
     tpv.sync_attention(model)
     with pytest.raises(ValueError, match="calib"):  # the attention-range adjustment needs calibration first
         tpv.apply_cascade(model, "paper")
+    kinds = [type(m) for m in model.modules()]
     cascade = tpv.apply_cascade(model, keep_ratio=1.0)
+    assert [type(m) for m in model.modules()] == kinds  # no module replaced: instance forwards and hooks only
     assert torch.equal(logits(model, X), ref)  # keeping every token is the model itself
     cascade.remove()
     for options in (dict(keep_ratio=0.5), dict(keep_ratio=0.5, fold="drop", head_keep_ratio=0.5)):
