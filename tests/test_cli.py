@@ -168,6 +168,8 @@ def test_prune_cpvit_to_a_macs_target(cache):
         (["prune", "--method", "vtp", "--gate-threshold", "0", "--macs-keep-ratio", "0.5"], "drop --macs-keep-ratio"),
         (["prune", "--method", "vtp", "--shrink", "0"], "--shrink"),
         (["prune", "--method", "cpvit", "--gate-histogram", "g.png"], "--gate-histogram"),
+        (["prune", "--method", "cpvit", "--preset", "paper", "--macs-keep-ratio", "0.6"], "--attention-range 0"),
+        (["prune", "--method", "gohsp", "--preset", "paper", "--head-pruning-ratio", "0.3"], "--params-pruning-ratio"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
@@ -278,8 +280,9 @@ def test_old_flag_spellings_still_work_and_name_the_new_one(capsys):
 
 
 def test_help_shows_defaults():
-    text = cli.build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
-    assert "(default: 0.5)" in text and "--head-pruning-ratio" in text and "--head-ratio" not in text
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["prune"].format_help().split())
+    assert "(default: 0.3)" in text and "(default: 0.5; vtp: 0)" in text and "--head-ratio" not in text
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
 
 
 @pytest.mark.parametrize(
@@ -305,3 +308,29 @@ def test_prune_export_and_the_export_command(cache, tmp_path, capsys):
     assert set(r.onnx["latency"]) == {1, 4} and all(v[2] > 0 for v in r.onnx["latency"].values())
     assert cli.main(["export", str(saved), str(tmp_path / "again.onnx"), "--latency-batch-sizes", "2"]) == 0
     assert "max |diff|" in capsys.readouterr().out and (tmp_path / "again.onnx").exists()
+
+
+def test_presets_keep_their_meaning_through_the_cli():
+    """GOHSP's paper preset runs its ADMM phase, VTP removes no whole head unless asked (defaults per method)."""
+    parse = cli.build_parser().parse_args
+    args = parse(["prune", "--method", "gohsp", "--preset", "paper"])
+    cli.validate_prune(args)
+    assert cli.prune_options(args).admm_epochs == 2
+    args = parse(["prune", "--method", "gohsp"])
+    cli.validate_prune(args)
+    assert cli.prune_options(args).admm_epochs == 0 and cli.prune_options(args).head_pruning_ratio == 0.5
+    for preset in ([], ["--preset", "paper"]):
+        args = parse(["prune", "--method", "vtp", *preset])
+        cli.validate_prune(args)
+        assert cli.prune_options(args).head_pruning_ratio == 0.0
+    args = parse(["prune", "--method", "cpvit", "--preset", "paper", "--attention-range", "0", "--macs-keep-ratio", "0.6"])
+    cli.validate_prune(args)  # the plain schedule fits a budget when asked for explicitly
+    assert prune_cmd.PruneOptions(method="vtp").head_pruning_ratio == 0.0  # the same defaults without the CLI
+    assert prune_cmd.PruneOptions(method="gohsp", preset="paper").admm_epochs == 2
+
+
+@pytest.mark.slow
+def test_the_gohsp_paper_preset_prunes_heterogeneously(cache):
+    r = prune(*QUIET, "--method", "gohsp", "--preset", "paper", "--no-latency")
+    assert r.pruned.params <= 0.6 * r.dense.params + 1  # --params-pruning-ratio 0.4 through ADMM
+    assert len(set(r.after.mlp)) > 1 or len(set(r.after.heads)) > 1  # heterogeneous, not a uniform one-shot prune

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS, ZOO_TOKEN_METHODS
-from .options import BenchOptions, PruneOptions, from_namespace
+from .options import BenchOptions, PruneOptions, default_admm_epochs, default_head_ratio, from_namespace
 
 __all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of", "prune_options", "bench_options"]
 
@@ -71,6 +71,15 @@ class _Renamed(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is ``None`` (the help then says what applies) or a switch's implied value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -109,10 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tp-vit", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tp-vit (tp_vit_plugins) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     p = sub.add_parser("prune", help="prune a model and print a before/after table", formatter_class=fmt)
     p.add_argument("--method", default="taylor", choices=PRUNE_METHODS, help="importance criterion / method")
-    p.add_argument("--head-pruning-ratio", type=float, default=0.5, help="share of attention heads removed")
+    p.add_argument(
+        "--head-pruning-ratio", type=float, default=None, help="share of attention heads removed (default: 0.5; vtp: 0)"
+    )
     p.add_argument("--pruning-ratio", type=float, default=0.3, help="share of width channels removed (MLP neurons by default)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--macs-keep-ratio", type=float, default=None, help="share of the dense MACs kept (ratios fitted)")
@@ -133,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=["paper", "recommended"],
-        help="gohsp / vtp / cpvit: the paper's pipeline, or the library's defaults (None: recommended); "
-        "the method flags below override it",
+        help="gohsp / vtp / cpvit: 'paper' runs the paper's method (gohsp: graph-ranked heads then ADMM towards "
+        "heterogeneous structured sparsity, 2 ADMM epochs unless --admm-epochs; vtp: L1-trained gates on dims, ranked "
+        "by |g|, no whole heads; cpvit: cumulative scores, progressive token drop, head skipping, attention-range "
+        "adjustment); 'recommended' the library's defaults (default); method flags override either",
     )
     p.add_argument(
         "--keep-ratio", type=float, default=None, help="cpvit: share of patch tokens kept in the last block (preset: 0.5)"
@@ -199,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gate-histogram", default=None, help="vtp: write a PNG histogram of the trained gates here")
     p.add_argument(
-        "--admm-epochs", type=_non_negative_int, default=0, help="gohsp: ADMM epochs (>0: GOHSPPruner to --params-pruning-ratio)"
+        "--admm-epochs",
+        type=_non_negative_int,
+        default=None,
+        help="gohsp: ADMM epochs (>0: GOHSPPruner to --params-pruning-ratio; default: 2 with --preset paper, else 0)",
     )
     p.add_argument(
         "--admm-rounds",
@@ -399,6 +415,10 @@ def validate_prune(
     Raises:
         ValueError: With one line that says what to change.
     """
+    if args.head_pruning_ratio is None:
+        args.head_pruning_ratio = default_head_ratio(args.method)
+    if args.admm_epochs is None:
+        args.admm_epochs = default_admm_epochs(args.method, args.preset)
     _check_ignored(args, given or set(), parser)
     _check_common(args)
     _check_ratio("--head-pruning-ratio", args.head_pruning_ratio)
@@ -416,6 +436,11 @@ def validate_prune(
         if args.method == "gohsp" and args.admm_epochs:
             raise ValueError(
                 "--admm-epochs prunes to --params-pruning-ratio; drop either it or --macs-keep-ratio/--latency-keep-ratio"
+            )
+        if args.method == "cpvit" and args.preset == "paper" and args.beta != 0:
+            raise ValueError(
+                "the cpvit paper preset's attention-range adjustment is calibrated on data, so no keep ratio can be fitted "
+                "to --macs-keep-ratio beforehand: give --keep-ratio, or add --attention-range 0 to fit the plain schedule"
             )
         if args.method == "cpvit" and metric == "latency":
             raise ValueError("--method cpvit takes --macs-keep-ratio (the cascade's MACs are exact); use --keep-ratio otherwise")

@@ -318,8 +318,13 @@ class CPViT(Method):
         cfg = s.cascade_config()
         if target is None:
             return apply_cascade(model, cfg, calib=calib, calib_batches=s.calib_batches)
-        keep = fit_keep_ratio(model, input_size, target, cfg, beta=0.0)  # beta 0: the schedule's MACs are exact
-        return apply_cascade(model, cfg, keep_ratio=keep, beta=0.0)
+        if cfg.beta > 0:
+            raise ValueError(
+                "an attention-range adjustment (beta > 0) is calibrated on data, so no keep ratio can be fitted to a MACs "
+                "budget beforehand: give keep_ratio, or set beta=0 to fit the plain schedule"
+            )
+        keep = fit_keep_ratio(model, input_size, target, cfg)  # beta 0: the schedule's MACs are exact
+        return apply_cascade(model, cfg, keep_ratio=keep)
 
 
 class GOHSPWithCascade(GOHSP):

@@ -10,7 +10,23 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["WorkloadOptions", "PruneOptions", "BenchOptions", "from_namespace"]
+__all__ = ["WorkloadOptions", "PruneOptions", "BenchOptions", "from_namespace", "default_head_ratio", "default_admm_epochs",
+           "PAPER_ADMM_EPOCHS"]  # fmt: skip
+
+#: Share of heads removed when none is given, per method (VTP prunes dimensions, never whole heads).
+_HEAD_RATIO = {"vtp": 0.0}
+#: ADMM epochs of GOHSP's paper preset when none are given (the paper's method is the ADMM phase).
+PAPER_ADMM_EPOCHS = 2
+
+
+def default_head_ratio(method: str) -> float:
+    """``--head-pruning-ratio`` when none is given: 0 for ``vtp`` (it prunes dimensions), else 0.5."""
+    return _HEAD_RATIO.get(method, 0.5)
+
+
+def default_admm_epochs(method: str, preset: str | None) -> int:
+    """``--admm-epochs`` when none is given: :data:`PAPER_ADMM_EPOCHS` for GOHSP's paper preset, else 0 (no ADMM)."""
+    return PAPER_ADMM_EPOCHS if method == "gohsp" and preset == "paper" else 0
 
 
 @dataclass(frozen=True)
@@ -46,11 +62,13 @@ class WorkloadOptions:
 class PruneOptions(WorkloadOptions):
     """``tp-vit prune``: one method, one budget, a before/after report (``tp-vit prune --help`` documents each).
 
-    ``None`` in a method option means "the preset's value" (``preset=None``: the library's defaults).
+    ``None`` in a method option means "the preset's value" (``preset=None``: the library's defaults);
+    ``head_pruning_ratio`` and ``admm_epochs`` left ``None`` get the method's default
+    (:func:`default_head_ratio`, :func:`default_admm_epochs`).
     """
 
     method: str = "taylor"
-    head_pruning_ratio: float = 0.5
+    head_pruning_ratio: float | None = None
     pruning_ratio: float = 0.3
     macs_keep_ratio: float | None = None
     latency_keep_ratio: float | None = None
@@ -74,7 +92,7 @@ class PruneOptions(WorkloadOptions):
     gate_threshold: float | None = None
     fold_gate_values: bool | None = None
     gate_histogram: str | None = None
-    admm_epochs: int = 0
+    admm_epochs: int | None = None
     admm_rounds: int | None = None
     params_pruning_ratio: float = 0.4
     finetune_epochs: int = 2
@@ -87,6 +105,12 @@ class PruneOptions(WorkloadOptions):
     out: str | None = None
     json_path: str | None = None
     export_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_pruning_ratio is None:
+            object.__setattr__(self, "head_pruning_ratio", default_head_ratio(self.method))
+        if self.admm_epochs is None:
+            object.__setattr__(self, "admm_epochs", default_admm_epochs(self.method, self.preset))
 
     @property
     def budget(self) -> tuple[str, float] | None:

@@ -229,7 +229,7 @@ def _attach_tokens(opts: PruneOptions, model: nn.Module, w: Workload, result: Pr
     result.token_schedule = list(cascade.counts)
     if budget is not None:
         result.notes.append(
-            f"budget: keep ratio {cascade.keep_ratio:.4f} for {budget[1]:.3f} of the dense MACs (beta 0: the schedule is exact)"
+            f"budget: keep ratio {cascade.keep_ratio:.4f} for {budget[1]:.3f} of the dense MACs (the plain schedule: exact MACs)"
         )
     result.notes.append(
         f"CP-ViT cascade: patch tokens per block {cascade.counts} (the same for every image); "

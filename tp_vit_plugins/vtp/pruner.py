@@ -172,8 +172,8 @@ class VTPPruner(ViTPruner):
             raise ValueError(f"threshold={threshold} needs global_pruning=True (one threshold across layers)")
         explicit = bool(close) or close_params is not None  # asked for: refuse what cannot close
         problem = _closing_problem(prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)))
-        if explicit and problem:
-            raise ValueError(f"gate closing: {problem}")
+        if problem and (explicit or (close is None and pruning_ratio > 0)):  # never a silent switch to plain L1 training
+            raise ValueError(f"gate closing (the recommended selection): {problem}")
         closing = close is not False and (close_params is not None or pruning_ratio > 0) and not problem
         #: Why gate closing is off (``None`` when it is on): asked for ``close=False``, nothing to prune, or ``problem``.
         self.closing_off_reason = (
