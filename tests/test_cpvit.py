@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import tp_vit_plugins as tpv
 from tp_vit_plugins.core.metrics import count_macs
 from tp_vit_plugins.cpvit import apply_cascade, cascade_macs, find_cascade, remove_cascade
-from tp_vit_plugins.cpvit.maths import adjusted_count, gather_tokens, head_scores, keep_schedule, token_scores, topk_sorted
+from tp_vit_plugins.cpvit.maths import gather_tokens, head_scores, keep_schedule, range_adjusted_counts, token_scores, topk_sorted
 from tp_vit_plugins.hosts.timm.blocks import cascade_attention
 
 
@@ -47,8 +47,11 @@ def test_schedule_closed_form():
     assert keep_schedule(49, 6, 0.5, 1) == [49, 49, 43, 37, 31, 25]
     # gamma = 0.5: n = round(64 * (1 - 0.5 * t ** 0.5)), t = 1/2, 1
     assert keep_schedule(64, 4, 0.5, 1, power=0.5) == [64, 64, round(64 * (1 - 0.5 * 0.5**0.5)), 32]
-    assert adjusted_count(48, 32, 32, False, locality=1.0, beta=0.5) == 40  # half the drop deferred
-    assert adjusted_count(40, 32, 32, True, locality=1.0, beta=0.5) == 32  # last point lands exactly
+    schedule = [48, 48, 40, 32, 32]
+    assert range_adjusted_counts(schedule, {1: 0.5, 2: 0.5}, 0.5) == schedule  # equal ranges: the schedule
+    local_first = range_adjusted_counts(schedule, {1: 0.9, 2: 0.1}, 0.5)
+    assert local_first[2] > 40 and local_first[3] < local_first[2] * 32 / 40  # local point prunes less, global more
+    assert range_adjusted_counts(schedule, {1: 0.9, 2: 0.1}, 0.0) == schedule
     with pytest.raises(ValueError, match="keep_ratio"):
         keep_schedule(64, 4, 0.0, 1)
     with pytest.raises(ValueError, match="start_block"):
@@ -747,3 +750,27 @@ def test_random_scores_with_a_calibrated_range_run_in_batch_chunks(x64, monkeypa
         monkeypatch.setattr(blocks, "CHUNK_BYTES", 1)  # one image per chunk
         torch.testing.assert_close(model(x64), whole, rtol=1e-5, atol=1e-5)
     cascade.remove()
+
+
+def test_cumulative_head_scores_weigh_each_patch_by_its_cumulative_score():
+    torch.manual_seed(0)
+    probs = torch.rand(2, 3, 5, 5).softmax(-1)
+    plain = head_scores(probs, 1)
+    uniform = tpv.cpvit.maths.cumulative_head_scores(probs, torch.ones(2, 4), 1)
+    torch.testing.assert_close(uniform, plain / 4)  # equal token scores: the block's head score, scaled
+    one = torch.zeros(2, 4)
+    one[:, 2] = 5.0
+    torch.testing.assert_close(tpv.cpvit.maths.cumulative_head_scores(probs, one, 1), probs[..., 3].amax(2))
+    assert torch.equal(tpv.cpvit.maths.cumulative_head_scores(probs, None, 1), plain)  # nothing accumulated yet
+
+
+def test_the_cascade_schedule_keeps_a_mean_share():
+    counts = keep_schedule(196, 12, 0.5, 0, mean=True)
+    assert counts[0] == 196 and all(a >= b for a, b in zip(counts, counts[1:]))
+    assert abs(sum(counts) / (12 * 196) - 0.5) < 0.01
+    ratios = [b / a for a, b in zip(counts[1:], counts[2:])]
+    assert max(ratios) - min(ratios) < 0.05  # every block keeps the same share of what it receives
+    with pytest.raises(ValueError, match="out of reach"):
+        keep_schedule(196, 2, 0.5, 0, mean=True)
+    with pytest.raises(ValueError, match="schedule_steps=None"):
+        tpv.cpvit.CascadeConfig(keep_mean=True)

@@ -37,11 +37,14 @@ def test_paper_cascade_skips_heads_per_input_and_its_attention_range_moves_the_s
     cascade = tpv.apply_cascade(model, "paper", calib=calib)
     cfg = cascade.config
     assert (cfg.fold, cfg.prune_at, cfg.schedule_steps, cfg.beta, cfg.head_keep_ratio) == ("drop", "block", None, 0.5, 0.75)
-    assert cascade.start_block == 4 // 4  # a quarter of the depth
+    assert cascade.start_block == 0 and cfg.keep_mean and cfg.head_score == "cumulative"
+    assert abs(sum(cascade.schedule) / (4 * cascade.num_patches) - 0.5) < 0.05  # half of the patch-block work
     with torch.no_grad():
         model(calib[0])
     assert cascade.last.heads_kept and all(k < 4 for k in cascade.last.heads_kept)  # heads skipped per input
-    assert cascade.counts != cascade.schedule  # the calibrated attention range changed the per-block counts
+    points = [i for i in range(3) if cascade.schedule[i + 1] < cascade.schedule[i]]
+    assert sorted(cascade.localities) == points  # every pruning point's attention range, calibrated once
+    assert cascade.counts == tpv.cpvit.maths.range_adjusted_counts(cascade.schedule, cascade.localities, 0.5)
     cascade.remove()
     plain = tpv.apply_cascade(model, "paper", beta=0.0)  # an option overrides the preset
     assert plain.counts == plain.schedule and plain.config.head_keep_ratio == 0.75
@@ -116,3 +119,14 @@ def test_cli_help_states_the_presets_values_as_the_code_has_them():
         assert parse(paper) == getattr(cls.preset("paper"), field), flag
     args = cli.build_parser().parse_args(["prune"])
     assert args.preset is None and all(getattr(args, d) is None for d in ("keep_ratio", "token_fold", "gate_score", "reg"))
+
+
+def test_the_cp_vit_abstracts_relation_holds_on_deit_s_and_vit_b():
+    """ "By progressively pruning 50 % patches, CP-ViT reduces over 40 % FLOPs": the paper preset at keep_ratio=0.5."""
+    import timm
+
+    for name in ("deit_small_patch16_224", "vit_base_patch16_224"):
+        model = timm.create_model(name, pretrained=False).eval()
+        dense = tpv.cpvit.cascade_macs(model, (3, 224, 224), keep_ratio=1.0)
+        paper = tpv.cpvit.cascade_macs(model, (3, 224, 224), "paper", keep_ratio=0.5)
+        assert paper < 0.6 * dense, (name, paper / dense)

@@ -59,7 +59,7 @@ def cascade_macs(
     rows, cols = host.patch_grid(model)
     P, prefix = rows * cols, host.prefix_tokens(model)
     if counts is None:
-        counts = keep_schedule(P, depth, keep_ratio, start_block, steps=cfg.schedule_steps)
+        counts = keep_schedule(P, depth, keep_ratio, start_block, steps=cfg.schedule_steps, mean=cfg.keep_mean)
     counts = list(counts)
     trim = trim_last and prune_at == "mlp" and host.reads_prefix_only(model) and min(counts) < P  # only a pruning cascade
     macs = host.patch_embed_macs(model)

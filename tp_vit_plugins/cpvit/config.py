@@ -12,7 +12,8 @@ from ..core.options import split_options
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CascadeConfig", "PRESETS", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "PRUNE_SITES", "SCORE_SITES", "TokenScorer"]
+__all__ = ["CascadeConfig", "PRESETS", "TOKEN_MODES", "TOKEN_FOLDS", "TOKEN_SCORES", "HEAD_SCORES", "PRUNE_SITES", "SCORE_SITES",
+           "TokenScorer"]  # fmt: skip
 
 #: Named option sets of every method (``config="paper"`` / ``"recommended"``).
 PRESETS = ("paper", "recommended")
@@ -25,6 +26,9 @@ TOKEN_FOLDS = ("drop", "merge")
 #: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
 #: EViT-style attention of the class token in the current block, and random scores.
 TOKEN_SCORES = ("cumulative", "cls", "random")
+#: Per-input head scores for head skipping: the block's own attention (``"block"``), or weighted by the
+#: cumulative patch score so it accumulates across blocks (``"cumulative"``, the paper preset's).
+HEAD_SCORES = ("block", "cumulative")
 #: A custom token scorer: ``scorer(probs [B, H, N, N], num_prefix) -> [B, N - num_prefix]``
 #: (higher = keep); see :class:`CascadeConfig` ``score``.
 TokenScorer = Callable[["torch.Tensor", int], "torch.Tensor"]
@@ -41,12 +45,18 @@ class CascadeConfig:
     """Options of a CP-ViT cascade (:func:`~tp_vit_plugins.apply_cascade`).
 
     Attributes:
-        keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``.
+        keep_ratio: Fraction of patch tokens still present in the last block, in ``(0, 1]``
+            (with ``keep_mean``: the fraction the blocks see on average).
+        keep_mean: ``keep_ratio`` is the mean share of patch tokens over the blocks and the
+            schedule a cascade in which every block from ``start_block`` keeps the same share of
+            the tokens it receives (the paper preset: "progressively pruning 50 % patches"
+            read as half of the patch-block work; ``schedule_steps`` must be ``None``).
         head_keep_ratio: Fraction of heads each input keeps in blocks ``>= head_start_block``
             (1.0 = no head skipping), in ``(0, 1]``.
         start_block: First block whose scores prune tokens (after it); ``None``: a quarter of
-            the depth (the paper's pruning location).
+            the depth.
         head_start_block: First block with head skipping; ``None``: ``start_block``.
+        head_score: How each input ranks its heads for skipping, one of :data:`HEAD_SCORES`.
         schedule_steps: An int: the stepped schedule with that many pruning stages; ``None``:
             the paper's progressive ramp (tokens leave after every block from ``start_block``).
         fold: What pruned tokens become, one of :data:`TOKEN_FOLDS`: ``"merge"`` (into the
@@ -71,9 +81,11 @@ class CascadeConfig:
             its own (an image's tokens never depend on its batch).
         score_at: Which blocks' attention the cumulative score sums, one of
             :data:`SCORE_SITES` (``"prune"``: a speed option, the other blocks stay fused).
-        beta: Attention-range adjustment strength in ``[0, 1]`` (0 = plain schedule). With
-            ``beta > 0`` the adjustment is calibrated once on calibration data into fixed
-            per-block counts (so an image's output never depends on its batch).
+        beta: Attention-range adjustment strength in ``[0, 1]`` (0 = plain schedule): a pruning
+            point whose attention is more local than the others' prunes a smaller share, a more
+            global one a larger share (:func:`~tp_vit_plugins.cpvit.maths.range_adjusted_counts`).
+            Calibrated once on calibration data into fixed per-block counts (so an image's
+            output never depends on its batch).
         radius: Chebyshev radius of "near" patches for the attention range.
         mode: ``"drop"`` (tokens gathered out) or ``"mask"`` (analysis: masked as keys, no
             MACs saved), one of :data:`TOKEN_MODES`.
@@ -81,9 +93,11 @@ class CascadeConfig:
     """
 
     keep_ratio: float = 0.5
+    keep_mean: bool = False
     head_keep_ratio: float = 1.0
     start_block: int | None = 0
     head_start_block: int | None = None
+    head_score: str = "block"
     schedule_steps: int | None = 3
     fold: str | None = None
     prune_at: str = "mlp"
@@ -104,6 +118,9 @@ class CascadeConfig:
             _one_of("score", self.score, TOKEN_SCORES)
         _one_of("prune_at", self.prune_at, PRUNE_SITES)
         _one_of("score_at", self.score_at, SCORE_SITES)
+        _one_of("head_score", self.head_score, HEAD_SCORES)
+        if self.keep_mean and self.schedule_steps is not None:
+            raise ValueError("keep_mean=True sets a cascade schedule: use schedule_steps=None")
         if fold not in TOKEN_FOLDS or (fold == "merge" and self.mode != "drop"):
             raise ValueError(
                 f"fold must be one of {TOKEN_FOLDS} (merging needs mode='drop'), got fold={fold!r}, mode={self.mode!r}"
@@ -130,13 +147,16 @@ class CascadeConfig:
     def preset(cls, name: str) -> CascadeConfig:
         """A named set of options, one of :data:`PRESETS`; individual options still override it.
 
-        * ``"paper"`` — CP-ViT as its paper describes it: the cumulative score of patches and
-          heads, tokens dropped progressively after every block from a quarter of the depth
-          (``start_block=None``, ``schedule_steps=None``, ``fold="drop"``, ``prune_at="block"``),
-          a quarter of the heads skipped per input from there (``head_keep_ratio=0.75``), the
-          per-layer ratio adjusted by attention range (``beta=0.5``, calibrated; needs
-          ``calib=``). The head share and ``beta`` are reconstructions (the abstract gives no
-          values).
+        * ``"paper"`` — CP-ViT as its abstract describes it: the cumulative score of patches
+          and of heads (``head_score="cumulative"``), tokens dropped progressively after every
+          block from the first on as a cascade whose ``keep_ratio`` is the mean share of
+          patches the blocks see (``keep_mean=True``: ``keep_ratio=0.5`` prunes half of the
+          patch-block work, which cuts over 40 % of DeiT-S's MACs with head skipping), whole
+          blocks (``fold="drop"``, ``prune_at="block"``), a quarter of the heads skipped per
+          input (``head_keep_ratio=0.75``), each layer's ratio raised or lowered by its
+          attention range (``beta=0.5``, calibrated; needs ``calib=``). The cascade's shape,
+          the start block, the head share and ``beta`` are this library's reading (the
+          abstract gives no values).
         * ``"recommended"`` — the defaults (chosen on the zoo): merged tokens, pruned before the
           pruning block's MLP in 3 stages from block 0, no head skipping, no range adjustment.
 
@@ -146,8 +166,8 @@ class CascadeConfig:
         if name == "recommended":
             return cls()
         if name == "paper":
-            return cls(start_block=None, schedule_steps=None, fold="drop", prune_at="block", trim_last=False,
-                       weighted_pool=False, head_keep_ratio=0.75, beta=0.5)  # fmt: skip
+            return cls(start_block=0, schedule_steps=None, keep_mean=True, fold="drop", prune_at="block", trim_last=False,
+                       weighted_pool=False, head_keep_ratio=0.75, head_score="cumulative", beta=0.5)  # fmt: skip
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def replace(self, **changes: Any) -> CascadeConfig:

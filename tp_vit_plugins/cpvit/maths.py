@@ -33,6 +33,9 @@ __all__ = [
     "merge_into_kept",
     "token_scores",
     "head_scores",
+    "cumulative_head_scores",
+    "cascade_share",
+    "range_adjusted_counts",
     "attention_range",
     "keep_schedule",
     "adjusted_count",
@@ -60,6 +63,59 @@ def token_scores(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
 def head_scores(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """Per-head score ``sum_p max_i A[b, h, i, p]`` over patch columns, ``[B, H]``."""
     return attn[..., num_prefix:].amax(dim=2).sum(dim=-1)
+
+
+def cumulative_head_scores(attn: torch.Tensor, token_scores: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
+    """Per-head score weighted by the cumulative patch score: ``sum_p max_i A[b, h, i, p] * s[b, p] / sum_p s[b, p]``, ``[B, H]``.
+
+    A head scores by the attention it pays to the patches the cascade's cumulative score (summed
+    over the blocks so far) marks informative, so the head score accumulates across blocks like
+    the patch score (this library's reading of the paper's cumulative score "for patches and
+    heads"). Without a token score (``None`` or another length) it is :func:`head_scores`.
+
+    Args:
+        attn: ``[B, H, N, N]`` probabilities.
+        token_scores: ``[B, N - num_prefix]`` cumulative patch scores, or ``None``.
+        num_prefix: Leading prefix tokens.
+    """
+    col = attn[..., num_prefix:].amax(dim=2)  # [B, H, P]
+    if token_scores is None or token_scores.shape[-1] != col.shape[-1]:
+        return col.sum(dim=-1)
+    w = token_scores.to(col.dtype).clamp_min(0)
+    w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(col.dtype).tiny)
+    return (col * w[:, None, :]).sum(dim=-1)
+
+
+def range_adjusted_counts(schedule: list[int], localities: dict[int, float], beta: float) -> list[int]:
+    """Token counts with each pruning point's share scaled by its attention range relative to the others.
+
+    At pruning point ``l`` the schedule removes the share ``q_l`` of the tokens present; with
+    ``m`` the mean locality over the points, the adjusted share is
+    ``q_l * (1 + beta * (m - loc_l) / max(m, 1 - m))`` (clipped to ``[0, 1)``): a layer whose
+    attention is more local than the others prunes less, a more global one prunes more, so the
+    ratio can go up or down while the adjustments roughly cancel over the network (this
+    library's reading of the paper's layer-aware adjustment; the magnitude is a reconstruction).
+
+    Args:
+        schedule: Counts ``[n_0, ..., n_{L-1}]`` of the plain schedule.
+        localities: ``{pruning point: attention range in [0, 1]}`` (from calibration).
+        beta: Strength in ``[0, 1]`` (0: the schedule).
+
+    Returns:
+        Adjusted counts, non-increasing, at least 1.
+    """
+    if not localities or beta == 0:
+        return list(schedule)
+    m = sum(localities.values()) / len(localities)
+    spread = max(m, 1.0 - m, 1e-12)
+    counts = [schedule[0]]
+    for i in range(len(schedule) - 1):
+        current = counts[-1]
+        q = 1.0 - schedule[i + 1] / schedule[i] if schedule[i] else 0.0
+        if i in localities and q > 0:
+            q = min(max(q * (1.0 + beta * (m - localities[i]) / spread), 0.0), 1.0 - 1.0 / max(current, 1))
+        counts.append(max(1, min(current, round_half_up(current * (1.0 - q)))))
+    return counts
 
 
 def attention_range(
@@ -94,8 +150,41 @@ def attention_range(
 SCHEDULES = ("ramp", "stepped")
 
 
+def cascade_share(depth: int, mean_keep: float, start_block: int) -> float:
+    """The share ``r`` of its patch tokens every block from ``start_block`` on passes to the next, for a mean keep.
+
+    The cascade keeps all ``P`` tokens up to ``start_block`` and ``P * r ** (l - start_block)``
+    in block ``l`` after it; ``r`` is chosen so that the blocks see ``mean_keep`` of the patch
+    tokens on average (``mean_keep = 0.5``: half of the patch-block work pruned).
+
+    Raises:
+        ValueError: ``mean_keep`` below what ``start_block + 1`` unpruned blocks already average.
+    """
+    floor = (start_block + 1) / depth
+    if not floor < mean_keep <= 1.0:
+        raise ValueError(
+            f"a mean keep of {mean_keep} is out of reach for {depth} blocks pruned after block {start_block} "
+            f"(the blocks up to it alone keep {floor:.3f}); raise keep_ratio or start earlier"
+        )
+
+    def mean(r: float) -> float:
+        return (start_block + 1 + sum(r**j for j in range(1, depth - start_block))) / depth
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < mean_keep else (lo, mid)
+    return (lo + hi) / 2
+
+
 def keep_schedule(
-    num_patches: int, depth: int, keep_ratio: float, start_block: int, power: float = 1.0, steps: int | None = None
+    num_patches: int,
+    depth: int,
+    keep_ratio: float,
+    start_block: int,
+    power: float = 1.0,
+    steps: int | None = None,
+    mean: bool = False,
 ) -> list[int]:
     """Patch-token count entering every block under the progressive CP-ViT schedule.
 
@@ -104,7 +193,10 @@ def keep_schedule(
     schedule is **stepped** instead: tokens go at ``steps`` evenly spaced blocks only, an equal
     share each time (``frac(l) = 1 - (1 - keep_ratio) * ceil(steps * (l - start) / span) / steps``;
     a reconstruction of the author code's per-stage ratios, whose exact values are not
-    available here).
+    available here). With ``mean`` the schedule is a **cascade**: every block after
+    ``start_block`` keeps the same share of the tokens it receives (:func:`cascade_share`), and
+    ``keep_ratio`` is the share of patch tokens the blocks see on average (this library's reading
+    of the paper's "progressively pruning 50 % patches").
 
     Args:
         num_patches: Patch tokens ``P`` of the input.
@@ -113,6 +205,7 @@ def keep_schedule(
         start_block: First block whose scores may drop tokens (drops happen after it).
         power: Ramp exponent ``gamma > 0`` (1 = linear, < 1 = front-loaded; ignored with ``steps``).
         steps: Number of pruning stages of the stepped schedule (``None``: the ramp).
+        mean: ``keep_ratio`` is the mean share over the blocks, the schedule the cascade (``steps`` must be ``None``).
 
     Returns:
         ``[n_0, ..., n_{L-1}]``, non-increasing, ``n_l = P`` up to ``start_block``.
@@ -130,6 +223,12 @@ def keep_schedule(
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     span = depth - 1 - start_block
+    if mean:
+        if steps is not None:
+            raise ValueError("a mean keep ratio sets a cascade schedule: use steps=None")
+        r = cascade_share(depth, keep_ratio, start_block)
+        fracs = [1.0 if layer <= start_block else r ** (layer - start_block) for layer in range(depth)]
+        return [max(1, min(num_patches, round_half_up(num_patches * f))) for f in fracs]
     counts = []
     for layer in range(depth):
         if layer <= start_block:

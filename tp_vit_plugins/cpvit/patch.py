@@ -58,12 +58,13 @@ from ..hosts import BlockHalves, Host, UnsupportedModelError, host_for
 from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES, CascadeConfig, with_options  # noqa: F401 (their old place)
 from .maths import (
     _merge,
-    adjusted_count,
     attention_range,
+    cumulative_head_scores,
     gather_tokens,
     head_scores,
     heads_kept,
     keep_schedule,
+    range_adjusted_counts,
     split_ranked,
     token_scores,
     topk_sorted,
@@ -153,7 +154,7 @@ class _CascadeAttention:
         elif self.index in c.score_blocks:  # calibration also measures the attention range
             observe = partial(c._observe, self.index)
         return c.host.cascade_attention(a, x, c.num_prefix, st.key_mask, kept, observe, logit_bias=bias, positions=positions,
-                                 rope=rope, reduce_probs=reduce, select_heads=select_heads)  # fmt: skip
+                                 rope=rope, reduce_probs=reduce, select_heads=c._select_heads)  # fmt: skip
 
 
 class _SizeWeightedHead:
@@ -205,7 +206,9 @@ class Cascade:
         self.keep_ratio, self.head_keep_ratio = keep_ratio, head_keep_ratio
         self.start_block, self.head_start_block = start_block, head_start_block
         self.mode, self.beta, self.radius = mode, beta, c.radius
-        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, steps=c.schedule_steps)
+        self.schedule = keep_schedule(self.num_patches, self.depth, keep_ratio, start_block, steps=c.schedule_steps,
+                                      mean=c.keep_mean)  # fmt: skip
+        self.head_score = c.head_score
         self.final_count = self.schedule[-1]
         prune_points = [i for i in range(self.depth - 1) if self.schedule[i + 1] < self.schedule[i]]
         self.last_point = prune_points[-1] if prune_points else -1
@@ -222,6 +225,8 @@ class Cascade:
         self._handles: list = []
         #: Fixed patch-token count entering every block (``beta`` calibrated in; see :meth:`calibrate`).
         self.counts = list(self.schedule) if beta == 0 else None
+        #: Calibrated attention range of every pruning point (``{block: share of local attention}``; empty without ``beta``).
+        self.localities: dict[int, float] = {}
         self._calibrating: dict[int, list[tuple[float, int]]] | None = None
         self._random_table = torch.rand(self.num_patches, generator=self._generator)
 
@@ -281,11 +286,11 @@ class Cascade:
     def calibrate(self, loader: Iterable, max_batches: int | None = 8) -> list[int]:
         """Fix the attention-range adjustment into per-block token counts from calibration data.
 
-        Every batch runs with the paper's adjustment (the count after each pruning point is
-        moved towards the current count by ``beta * locality``); the localities are averaged
-        per pruning point over all images, and the counts the averages give become
-        :attr:`counts`, used for every later input. Without ``beta`` there is nothing to
-        calibrate (the counts are the schedule).
+        Every batch runs on the plain schedule; each pruning point's attention range is averaged
+        over all images, and :func:`~.maths.range_adjusted_counts` turns the averages into
+        :attr:`counts` (a point more local than the others prunes less, a more global one more),
+        used for every later input. Without ``beta`` there is nothing to calibrate (the counts
+        are the schedule).
 
         Args:
             loader: Yields image tensors or ``(images, target)`` tuples.
@@ -313,18 +318,10 @@ class Cascade:
         finally:
             self._calibrating = None
             self.model.train(was_training)
-        counts = [self.num_patches]
-        for index in range(self.depth - 1):
-            current = counts[-1]
-            if index > self.last_point:
-                counts.append(current)
-                continue
-            pairs = records.get(index, [])
-            loc = sum(v * b for v, b in pairs) / max(1, sum(b for _, b in pairs))
-            n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
-            counts.append(min(n, current))
-        self.counts = counts
-        return list(counts)
+        locs = {i: sum(v * b for v, b in pairs) / max(1, sum(b for _, b in pairs)) for i, pairs in records.items() if pairs}
+        self.localities = locs
+        self.counts = range_adjusted_counts(self.schedule, locs, self.beta)
+        return list(self.counts)
 
     # -------------------------------------------------------------- per forward
     def _reset(self, module: nn.Module, args: tuple) -> None:
@@ -358,6 +355,12 @@ class Cascade:
             return rows[..., self.num_prefix :].mean(1)
         return None  # "random": scores come from the fixed table at the pruning point
 
+    def _select_heads(self, probs: torch.Tensor, num_prefix: int, k: int) -> torch.Tensor:
+        """The ``k`` heads each input keeps, ascending ``[B, k]``: by its block's attention or its cumulative score."""
+        if self.head_score == "cumulative":
+            return topk_sorted(cumulative_head_scores(probs, self.state.scores, num_prefix), k)
+        return select_heads(probs, num_prefix, k)
+
     def _accumulate(self, index: int, s: torch.Tensor | None) -> None:
         """Fold block ``index``'s statistic ``[B, P]`` into the running token scores."""
         st = self.state
@@ -385,10 +388,10 @@ class Cascade:
         if index > self.last_point or index + 1 >= self.depth:
             return None
         current = st.counts[-1]
-        if self._calibrating is not None:  # calibration: the batch's attention range decides
+        if self._calibrating is not None:  # calibration: the plain schedule, each point's attention range recorded
             loc = st.localities[-1] if st.localities else 0.0
             self._calibrating.setdefault(index, []).append((loc, out.shape[0]))
-            n = adjusted_count(current, self.schedule[index + 1], self.final_count, index == self.last_point, loc, self.beta)
+            n = self.schedule[index + 1]
         else:
             n = self.counts[index + 1]
         if n >= current:
@@ -510,7 +513,7 @@ def apply_cascade(
             f"beta={cfg.beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
             "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
         )
-    keep_schedule(1, depth, cfg.keep_ratio, start_block, steps=cfg.schedule_steps)  # validates the schedule
+    keep_schedule(1, depth, cfg.keep_ratio, start_block, steps=cfg.schedule_steps, mean=cfg.keep_mean)  # validates the schedule
     talking = [host.head_layout(a)[0] for b in blocks if host.head_mixers(a := host.block_attention(b))]
     if any(heads_kept(h, cfg.head_keep_ratio) < h for h in talking):
         raise ValueError(
