@@ -130,3 +130,58 @@ def test_the_cp_vit_abstracts_relation_holds_on_deit_s_and_vit_b():
         dense = tpv.cpvit.cascade_macs(model, (3, 224, 224), keep_ratio=1.0)
         paper = tpv.cpvit.cascade_macs(model, (3, 224, 224), "paper", keep_ratio=0.5)
         assert paper < 0.6 * dense, (name, paper / dense)
+
+
+def test_paper_vtp_gates_every_projections_inputs_and_prunes_them_per_block(tmp_path):
+    """The abstract's "pruning dimensions of linear projections": qkv, proj, fc1 and fc2 inputs, each block its own."""
+    import timm
+
+    deit = timm.create_model("deit_tiny_patch16_224", pretrained=False)
+    paper = tpv.VTPPruner(deit, torch.randn(1, 3, 224, 224), pruning_ratio=0.4, config="paper", sparse_steps=4)
+    assert sum(g.numel() for g in paper.gates.parameters()) == 12 * (192 + 192 + 192 + 768)  # 16,128 gate entries
+    paper.remove_gates(fold=False)
+    model = make_model("vit", depth=3, num_heads=4)
+    data = _batches(2)
+    x = data[0][0]
+    pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.4, config="paper", sparse_steps=4, reg=4.0)
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "gate" not in n], lr=1e-3)
+    for _ in range(2):
+        for xb, yb in data:
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            pruner.regularize(model)
+            opt.step()
+            opt.zero_grad()
+    width = model.patch_embed.proj.out_channels
+    pruner.step()
+    model.eval()
+    assert model.patch_embed.proj.out_channels == width  # the residual stream keeps its width
+    assert any(a > 0 or m > 0 for a, m in pruner.inputs_removed)  # some block reads fewer dims
+    for blk, (a, m) in zip(model.blocks, pruner.inputs_removed):
+        assert blk.attn.qkv.in_features == width - a and blk.mlp.fc1.in_features == width - m
+    with torch.no_grad():
+        out = model(x)
+    assert torch.isfinite(out).all()
+    tpv.save_pruned(model, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(tpv.load_pruned(tmp_path / "m")(x), out)
+    pytest.importorskip("onnxruntime")
+    assert tpv.export_onnx(model, x, tmp_path / "m.onnx").max_abs_diff <= 1e-4
+    with pytest.raises(ValueError, match="prune_inputs"):
+        tpv.VTPPruner(make_model("vit", depth=2, num_heads=4), x[:1], pruning_ratio=0.3, prune_inputs=True)
+
+
+def test_removing_a_blocks_input_dims_equals_zeroing_those_columns():
+    import copy
+
+    from tp_vit_plugins.core.inputs import prune_block_inputs
+    from tp_vit_plugins.hosts import host_for
+
+    model = make_model("vit", depth=2, num_heads=4)
+    x = _batches(1)[0][0]
+    dense = copy.deepcopy(model)
+    prune_block_inputs(host_for(model).block_layers(model)[1], [0, 3, 5], [2])
+    blk = dense.blocks[1]
+    with torch.no_grad():
+        blk.attn.qkv.weight[:, [0, 3, 5]] = 0
+        blk.mlp.fc1.weight[:, [2]] = 0
+        torch.testing.assert_close(model(x), dense(x), atol=1e-6, rtol=1e-6)

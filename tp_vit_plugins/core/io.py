@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..hosts import host_for, registered_hosts
+from .inputs import KEPT_BUFFER, select_outputs, selected_outputs
 
 __all__ = ["save_pruned", "load_pruned", "FORMAT"]
 
@@ -51,6 +52,16 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
     """
     host = host_for(model)
     spec, tensors = host.save_spec(model)
+    selected = {}  # per-block input dims (core.inputs): the host rebuilds the norms, the selection is applied after
+    for name, module in model.named_modules():
+        keep = selected_outputs(module)
+        if keep is not None:
+            key = f"{name}.{KEPT_BUFFER}"
+            tensors.pop(key, None)
+            spec.get("shapes", {}).pop(key, None)
+            selected[name] = [int(i) for i in keep.tolist()]
+    if selected:
+        spec["selected_outputs"] = selected
     return _write(path, tensors, {"format": FORMAT, "host": host.name, **spec})
 
 
@@ -109,6 +120,8 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
         raise ValueError(f"{wpath} cannot be read as safetensors ({e}); re-save the model with tpv.save_pruned") from e
     try:
         model = hosts[name].rebuild(spec, state)
-    except ValueError as e:
+        for norm_name, keep in (spec.get("selected_outputs") or {}).items():
+            select_outputs(model.get_submodule(norm_name), keep)
+    except (ValueError, AttributeError) as e:
         raise ValueError(f"{spath}: {e}") from e
     return model.to(map_location).eval()

@@ -26,7 +26,8 @@ random value per grid position, and the token counts are one fixed schedule. The
 layer-aware attention-range adjustment (``beta > 0``) measures how local attention is; at run
 time that would be an average over the batch, so here it is **calibrated** once on calibration
 data (:meth:`Cascade.calibrate`, or ``apply_cascade(..., calib=loader)``) into fixed per-block
-counts (this library's reconstruction; the paper adjusts per batch).
+counts (this library's reading: the abstract calls the adjustment dynamic without saying over
+what it averages; one that followed each batch would make an image's output depend on its batch).
 
 ``remove_cascade`` deletes the instance attributes and hooks: the model behaves exactly as
 before. Works on tp-pruned models (any ``num_heads`` / ``head_dim``).

@@ -11,9 +11,12 @@ PRESETS = ("paper", "recommended")
 
 #: Unit types GOHSP can remove.
 UNIT_TYPES = ("heads", "head_dims", "mlp")
-#: The norm of the Z-step projection: ``"euclidean"`` (nearest point, textbook ADMM) or
-#: ``"fisher"`` (squared distance weighted by the mean of ``(dL/dW)^2``: units scored by
-#: ``sum F W^2``, the second-order loss change of zeroing them; this library's extension).
+#: The norm of the Z-step projection: ``"euclidean"`` (units scored by their weight energy
+#: ``sum W^2``, as the nearest point in the Euclidean norm) or ``"fisher"`` (squared distance
+#: weighted by the mean of ``(dL/dW)^2``: units scored by ``sum F W^2``, the second-order loss
+#: change of zeroing them; this library's extension). Either way each unit's score per parameter
+#: is divided by the mean of its kind (heads within their block) before units compete, so the
+#: Z-step is a *normalised* projection, not the exact nearest point (this library's choice).
 METRICS = ("euclidean", "fisher")
 #: How the graph ranking scales the Z-step's head scores (see :class:`GOHSPConfig`).
 GRAPH_GUIDES = ("mass", "zscore")
@@ -76,7 +79,9 @@ class GOHSPConfig:
 
         * ``"paper"`` — GOHSP's optimisation stage as its paper describes it: ADMM towards
           heterogeneous structured sparsity (heads, head dims, MLP neurons under one parameter
-          budget), the Z-step a Euclidean projection onto the pattern with the graph ranking as
+          budget), the Z-step keeping the pattern of highest weight energy per parameter, each
+          unit's energy normalised by its kind's mean (a normalised Euclidean projection; the
+          exact nearest point would compare raw energies), with the graph ranking as
           a soft guideline (``graph_guide="zscore"``: a head one standard deviation above its
           block's mean counts ``e`` times its weight energy). Pair it with
           ``GraphHeadImportance(preset="paper")`` (PageRank over an attention-correlation head

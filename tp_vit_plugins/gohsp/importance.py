@@ -18,7 +18,10 @@ not its edges), in two versions (``graph=``):
   apply), the closest reading of the paper's "inter-head correlation". The chain's mass
   gathers on heads whose maps correlate most with their neighbours'; such a head is
   **redundant** (others carry its pattern), so by default this graph ranks heads by the
-  inverse of their mass (``mode="redundancy"``; the direction is this library's reading: the
+  inverse of their mass. On an undirected graph PageRank's stationary mass is close to each
+  node's weighted degree (exactly proportional to it without restarts, ``damping -> 1``), so
+  this ranking is near the sum of a head's similarities to its neighbours; the walk adds little
+  beyond it (``mode="redundancy"``; the direction is this library's reading: the
   abstract does not give it). How each graph and direction rank heads on the zoo of models is
   in ``benchmarks/RESULTS.md``.
 

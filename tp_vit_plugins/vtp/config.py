@@ -48,6 +48,11 @@ class VTPConfig:
             whose dims close); the prune then removes the zero gates.
         close_rounds: Closing rounds (over the first half of the sparse phase with
             ``sparse_steps``; else from the first epoch end on, half an epoch apart).
+        prune_inputs: Gate the inputs of every block's ``qkv`` and ``fc1`` too and remove,
+            per block, the input dims whose scores fall below the cut the MLP and head dims
+            share (one ranking over all four projections; the block's normalised input is
+            indexed, the residual stream keeps its width: :mod:`tp_vit_plugins.core.inputs`).
+            Needs ``close=False`` and ``prune_embed_dim=False``.
     """
 
     reg: float = 0.5
@@ -61,15 +66,18 @@ class VTPConfig:
     close: bool | None = None
     close_params: float | None = None
     close_rounds: int = 4
+    prune_inputs: bool = False
 
     @classmethod
     def preset(cls, name: str) -> VTPConfig:
         """A named set of options, one of :data:`PRESETS`; individual options still override it.
 
-        * ``"paper"`` — VTP as its paper describes it: gates trained with the L1 penalty
-          (a proximal step, so unimportant gates reach exactly 0; ``close=False``), dims ranked by
-          gate magnitude ``|g|`` (``score="magnitude"``), surviving gate values folded into the
-          weights (``fold_values=True``), then fine-tuning. Give ``sparse_steps`` so the gate
+        * ``"paper"`` — VTP as its paper describes it: gates on the input dims of every linear
+          projection of every block (``qkv``, ``proj``, ``fc1``, ``fc2``; ``prune_inputs=True``),
+          trained with the L1 penalty (a proximal step, so unimportant gates reach exactly 0;
+          ``close=False``), dims ranked by gate magnitude ``|g|`` (``score="magnitude"``) and
+          removed per layer, surviving gate values folded into the weights
+          (``fold_values=True``), then fine-tuning. Give ``sparse_steps`` so the gate
           step size follows the run's length.
         * ``"closing"`` (= ``"recommended"``, the defaults, chosen on the zoo) — the lowest-scoring
           gates closed in rounds during sparse training while the others are held at 1, dims
@@ -81,7 +89,7 @@ class VTPConfig:
         if name in ("recommended", "closing"):
             return cls()
         if name == "paper":
-            return cls(close=False, score="magnitude", fold_values=True)
+            return cls(close=False, score="magnitude", fold_values=True, prune_inputs=True)
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def __post_init__(self) -> None:

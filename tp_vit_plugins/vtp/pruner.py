@@ -9,8 +9,11 @@ What follows the paper: gates on every block's dimensions, the L1 penalty on the
 by gate magnitude with a threshold (``threshold=``), folding (``fold_values=True``),
 fine-tuning. This library's reconstructions and extensions (listed in the README):
 
-* **Where the gates sit.** Input gates on ``qkv`` and ``fc1`` (embedding dims), on ``fc2``
-  (MLP hidden dims) and on ``proj`` (head dims, the v side of each head dim).
+* **Where the gates sit.** By default only where something is pruned: input gates on ``fc2``
+  (MLP hidden dims) and on ``proj`` (head dims, the v side of each head dim); with
+  ``prune_embed_dim=True`` also on the inputs of ``qkv`` and ``fc1`` (embedding dims, one
+  residual-stream decision for all blocks). ``gated_layers=`` places them anywhere in
+  :data:`GATED_LAYERS`.
 * **How the L1 term is applied.** A proximal step (:meth:`GateSet.proximal_step`): the gates
   take their own plain-SGD step at ``gate_lr`` and a soft threshold ``gate_lr * reg``, outside
   the model's optimizer, so gates reach exactly 0 whatever that optimizer is.
@@ -170,6 +173,11 @@ class VTPPruner(ViTPruner):
         )  # fmt: skip
         if threshold is not None and not global_pruning:
             raise ValueError(f"threshold={threshold} needs global_pruning=True (one threshold across layers)")
+        if cfg.prune_inputs and (prune_embed_dim or close or cfg.close is None or not global_pruning):
+            raise ValueError(
+                "prune_inputs removes each block's own input dims by one global ranking of the gates: use "
+                "prune_embed_dim=False, close=False and global_pruning=True (the paper preset)"
+            )
         explicit = bool(close) or close_params is not None  # asked for: refuse what cannot close
         problem = _closing_problem(prune_embed_dim, float(kwargs.get("head_pruning_ratio", 0.0)))
         if problem and (explicit or (close is None and pruning_ratio > 0)):  # never a silent switch to plain L1 training
@@ -187,6 +195,8 @@ class VTPPruner(ViTPruner):
         if gated_layers is None:
             heads_ranked = prune_head_dims or float(kwargs.get("head_pruning_ratio", 0.0)) > 0  # heads need gates too
             gated_layers = default_gated_layers(prune_mlp, heads_ranked, prune_embed_dim)
+            if cfg.prune_inputs:
+                gated_layers = (*gated_layers, *(n for n in ("qkv", "fc1") if n not in gated_layers))
         if not gated_layers:
             raise ValueError("nothing to gate: enable prune_mlp, prune_head_dims or prune_embed_dim (or give gated_layers)")
         super().__init__(
@@ -232,6 +242,9 @@ class VTPPruner(ViTPruner):
         #: Steps between construction and the first ``update_regularizer()`` call (``None`` before it).
         self.epoch_steps: int | None = None
         self.closed_params = 0
+        #: Per-block input dims removed at the prune (``prune_inputs``): ``[(attention inputs, MLP inputs)]``.
+        self.prune_inputs = cfg.prune_inputs
+        self.inputs_removed: list[tuple[int, int]] = []
         self._total_params = total_params
         self._close_budget = (close_params or 0.0) * total_params
 
@@ -465,10 +478,52 @@ class VTPPruner(ViTPruner):
         if self.gates.active and self.closing and (self._close_plan or self._epoch_rounds) and self.steps_done:
             self._close(1.0)  # a sparse phase shorter than the closing rounds: the prune closes the whole budget
             self._close_plan, self._epoch_rounds = [], 0
+        last = self.current_step >= self.iterative_steps
+        inputs = self._input_scores() if self.prune_inputs and self.gates.active and last else None
         self.fold_gates()
-        if self.threshold is not None and self.current_step <= self.iterative_steps:
-            ratio = self.ratio_for_threshold(self.threshold)
+        threshold = self.threshold
+        if inputs is not None and threshold is None:  # one cut over every gated dim: tp's width units and the inputs
+            threshold = self._shared_cut(inputs)
+        if threshold is not None and self.current_step <= self.iterative_steps:
+            ratio = self.ratio_for_threshold(threshold)
             self.pruning_ratio = ratio
             self.per_step_pruning_ratio = self.iterative_pruning_ratio_scheduler(ratio, self.iterative_steps)
             self._width_active = ratio > 0
         yield from super()._prune()
+        if inputs is not None:
+            self._prune_inputs(inputs, threshold)
+
+    def _input_scores(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per block, ``(attention input scores [C], MLP input scores [C] or None)`` from the ``qkv`` / ``fc1`` input gates."""
+        ins, _ = self.gate_scores()
+        p = float(getattr(self.importance, "p", 1.0))
+        out = []
+        for b in self.host.block_layers(self.model):
+            attn = torch.stack([ins[lin].detach().abs().float().cpu() for lin in b.in_projs]).mean(0) ** p
+            mlp = ins[b.fc1].detach().abs().float().cpu() ** p if b.fc1 is not None and b.fc1 in ins else None
+            out.append((attn, mlp))
+        return out
+
+    def _shared_cut(self, inputs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> float:
+        """The score at or below which ``pruning_ratio`` of all gated units go (tp's width units and the block inputs)."""
+        scores = torch.cat([self.width_scores(), *(t for pair in inputs for t in pair if t is not None)])
+        n = scores.numel()
+        k = n - int(n * (1 - float(self.pruning_ratio)))  # tp keeps int(n * (1 - r))
+        return float(scores.sort().values[k - 1]) if k > 0 else float("-inf")
+
+    @torch.no_grad()
+    def _prune_inputs(self, inputs: list[tuple[torch.Tensor, torch.Tensor | None]], cut: float) -> None:
+        """Remove, block by block, the input dims scored at or below ``cut`` (each block keeps its best one)."""
+        from ..core.inputs import prune_block_inputs
+
+        def gone(scores: torch.Tensor | None) -> list[int]:
+            if scores is None:
+                return []
+            idx = (scores <= cut).nonzero().flatten().tolist()
+            return idx if len(idx) < scores.numel() else [i for i in idx if i != int(scores.argmax())]
+
+        self.inputs_removed = []
+        for b, (attn, mlp) in zip(self.host.block_layers(self.model), inputs):
+            a, m = gone(attn), gone(mlp)
+            prune_block_inputs(b, a, m)
+            self.inputs_removed.append((len(a), len(m)))
