@@ -137,16 +137,19 @@ def test_default_closing_follows_pruning_ratio_and_step_removes_exactly_the_clos
         torch.testing.assert_close(model(x), gated, atol=1e-5, rtol=1e-5)
 
 
-def test_default_closing_steps_aside_where_it_cannot_close_and_explicit_closing_refuses(x):
+def test_closing_refuses_what_it_cannot_close_instead_of_becoming_plain_l1_training(x):
     without_steps = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25)  # tp's loop: closes all the same
-    embed = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True)
+    embed = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True, close=False)
     off = tpv.VTPPruner(make_model("vit"), x[:1], pruning_ratio=0.25, sparse_steps=4, close=False)
     assert without_steps.closing and not (embed.closing or off.closing)
     assert not (without_steps.fold_values or off.fold_values or embed.fold_values)  # the zoo-chosen default
     model = make_model("vit")
     before = snapshot(model)
-    with pytest.raises(ValueError, match="prune_embed_dim=False"):
-        tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True, close=True)
+    for close in (None, True):  # the default refuses in one line too: never a silent switch to another method
+        with pytest.raises(ValueError, match="prune_embed_dim=False"):
+            tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, sparse_steps=4, prune_embed_dim=True, close=close)
+        with pytest.raises(ValueError, match="head_pruning_ratio=0"):
+            tpv.VTPPruner(model, x[:1], pruning_ratio=0.25, head_pruning_ratio=0.5, close=close)
     with pytest.raises(ValueError, match="contradicts"):
         tpv.VTPPruner(model, x[:1], sparse_steps=4, close=False, close_params=0.2)
     assert state_equal(before, snapshot(model))

@@ -220,7 +220,7 @@ def test_benchmark_variants_register_and_every_one_builds(monkeypatch):
     assert set(variants.CPVIT) <= set(zoo_bench.CPVIT_VARIANTS) and set(variants.VTP) <= set(zoo_bench.VTP_VARIANTS)
     with pytest.raises(ValueError, match="library defaults"):
         zoo_bench.register_variants(vtp={"vtp": {"close": False}})
-    model, x = make_model(num_heads=4), torch.randn(1, 3, 32, 32)
+    model, x = make_model(num_heads=4, depth=4), torch.randn(1, 3, 32, 32)  # the paper cascade needs depth
     for opts in variants.GOHSP.values():
         opts = {k: v for k, v in opts.items() if k not in ("rounds", "calibrate", "per_block")}
         tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, config=opts.pop("preset", None), **opts)
