@@ -334,3 +334,10 @@ def test_the_gohsp_paper_preset_prunes_heterogeneously(cache):
     r = prune(*QUIET, "--method", "gohsp", "--preset", "paper", "--no-latency")
     assert r.pruned.params <= 0.6 * r.dense.params + 1  # --params-pruning-ratio 0.4 through ADMM
     assert len(set(r.after.mlp)) > 1 or len(set(r.after.heads)) > 1  # heterogeneous, not a uniform one-shot prune
+
+
+@pytest.mark.slow
+def test_the_vtp_paper_preset_keeps_every_head_and_prunes_block_inputs(cache):
+    r = prune(*QUIET, "--method", "vtp", "--preset", "paper", "--sparse-epochs", "1", "--no-latency")
+    assert r.after.heads == r.before.heads  # VTP prunes dimensions, never whole heads
+    assert any(a < 96 or m < 96 for a, m in r.after.inputs) and r.after.inputs != r.before.inputs

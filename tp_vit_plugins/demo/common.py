@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from torch import nn
@@ -54,11 +54,12 @@ def load_options_workload(opts: WorkloadOptions) -> Workload:
 
 @dataclass
 class Structure:
-    """What is left per block: heads, head width and MLP hidden width."""
+    """What is left per block: heads, head width, MLP hidden width, and the input dims attention and MLP read."""
 
     heads: list[int]
     head_dims: list[int]
     mlp: list[int]
+    inputs: list[tuple[int, int]] = field(default_factory=list)
 
     @classmethod
     def of(cls, model: nn.Module) -> Structure:
@@ -66,4 +67,5 @@ class Structure:
         blocks = host.block_layers(model)
         layouts = [host.head_layout(b.attn) for b in blocks]
         mlp = [b.fc2.in_features if b.fc2 is not None else 0 for b in blocks]  # hidden width (MLP or SwiGLU)
-        return cls([h for h, _ in layouts], [d for _, d in layouts], mlp)
+        inputs = [(b.embed_dim, b.fc1.in_features if b.fc1 is not None else b.embed_dim) for b in blocks]
+        return cls([h for h, _ in layouts], [d for _, d in layouts], mlp, inputs)

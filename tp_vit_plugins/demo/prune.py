@@ -329,6 +329,8 @@ def format_report(r: PruneResult) -> str:
     lines.append(f"heads per block:     {r.before.heads} -> {r.after.heads}")
     lines.append(f"head dims per block: {r.before.head_dims} -> {r.after.head_dims}")
     lines.append(f"MLP width per block: {r.before.mlp} -> {r.after.mlp}")
+    if r.after.inputs != r.before.inputs:  # VTP's paper preset: each block's own input dims
+        lines.append(f"attention / MLP input dims per block: {r.before.inputs} -> {r.after.inputs}")
     if r.token_schedule is not None:
         lines.append(f"patch tokens per block (CP-ViT cascade): {r.token_schedule}")
     for b in sorted(r.dense.latency):

@@ -245,6 +245,7 @@ class VTPPruner(ViTPruner):
         #: Per-block input dims removed at the prune (``prune_inputs``): ``[(attention inputs, MLP inputs)]``.
         self.prune_inputs = cfg.prune_inputs
         self.inputs_removed: list[tuple[int, int]] = []
+        self._inputs: list[tuple[torch.Tensor, torch.Tensor | None]] | None = None  # input-gate scores at folding
         self._total_params = total_params
         self._close_budget = (close_params or 0.0) * total_params
 
@@ -438,6 +439,8 @@ class VTPPruner(ViTPruner):
         copies of the model in :func:`~tp_vit_plugins.fit_budget`. No-op once folded.
         """
         if self.gates.active:
+            if self.prune_inputs:
+                self._inputs = self._input_scores()
             if isinstance(self.importance, GateImportance):
                 self.importance.set_gates(*self.gate_scores())
             self.remove_gates(fold=self.fold_values)  # before tp changes any shape (folding W <- W * g is exact)
@@ -479,8 +482,8 @@ class VTPPruner(ViTPruner):
             self._close(1.0)  # a sparse phase shorter than the closing rounds: the prune closes the whole budget
             self._close_plan, self._epoch_rounds = [], 0
         last = self.current_step >= self.iterative_steps
-        inputs = self._input_scores() if self.prune_inputs and self.gates.active and last else None
-        self.fold_gates()
+        self.fold_gates()  # records the input-gate scores first (prune_inputs)
+        inputs = self._inputs if self.prune_inputs and last else None
         threshold = self.threshold
         if inputs is not None and threshold is None:  # one cut over every gated dim: tp's width units and the inputs
             threshold = self._shared_cut(inputs)
