@@ -41,7 +41,7 @@ _Q = "depth//4"  # the paper's start block, resolved per model
 _BLOCK = dict(prune_at="block", weighted_pool=False)  # tokens leave after the whole block, plain mean pool
 _RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)  # the paper's pipeline
 CPVIT = {
-    "cpvit-paper": {"preset": "paper"},  # ramp from depth // 4, dropped tokens, head skipping, calibrated attention range
+    "cpvit-paper": {"preset": "paper"},  # mean-share cascade, dropped tokens, cumulative head skipping, attention range
     "cpvit-paper-random": {"preset": "paper", "score": "random"},
     # the paper's two contributions the recommended preset leaves off, each added to it alone
     "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping

@@ -53,18 +53,23 @@ def test_paper_cascade_skips_heads_per_input_and_its_attention_range_moves_the_s
         tpv.apply_cascade(model, "paper")  # the range adjustment needs calibration data
 
 
-def test_paper_vtp_learns_its_gates_under_l1_and_some_reach_exactly_zero():
-    model = make_model("vit", depth=2, num_heads=4)
-    data = _batches(4)
-    pruner = tpv.VTPPruner(model, data[0][0][:1], pruning_ratio=0.3, config="paper", sparse_steps=4 * 4, reg=4.0)
-    assert (pruner.closing, pruner.score, pruner.fold_values) == (False, "magnitude", True) and pruner.gate_lr > 0
+def _sparse_train(model, pruner, data, epochs: int) -> None:
+    """tp's sparse-training loop: backward, ``regularize``, an AdamW step on the weights (not the gates)."""
     opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "gate" not in n], lr=1e-3)
-    for _ in range(4):
+    for _ in range(epochs):
         for x, y in data:
             torch.nn.functional.cross_entropy(model(x), y).backward()
             pruner.regularize(model)
             opt.step()
             opt.zero_grad()
+
+
+def test_paper_vtp_learns_its_gates_under_l1_and_some_reach_exactly_zero():
+    model = make_model("vit", depth=2, num_heads=4)
+    data = _batches(4)
+    pruner = tpv.VTPPruner(model, data[0][0][:1], pruning_ratio=0.3, config="paper", sparse_steps=4 * 4, reg=4.0)
+    assert (pruner.closing, pruner.score, pruner.fold_values) == (False, "magnitude", True) and pruner.gate_lr > 0
+    _sparse_train(model, pruner, data, 4)
     gates = torch.cat([g.detach().flatten() for g in pruner.gate_parameters()])
     assert (gates != 1).all() and (gates > 0).any()  # every gate moved; not all collapsed
     assert pruner.gate_zero_share() > 0  # the L1 step drove some to exactly 0
@@ -144,13 +149,7 @@ def test_paper_vtp_gates_every_projections_inputs_and_prunes_them_per_block(tmp_
     data = _batches(2)
     x = data[0][0]
     pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.4, config="paper", sparse_steps=4, reg=4.0)
-    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "gate" not in n], lr=1e-3)
-    for _ in range(2):
-        for xb, yb in data:
-            torch.nn.functional.cross_entropy(model(xb), yb).backward()
-            pruner.regularize(model)
-            opt.step()
-            opt.zero_grad()
+    _sparse_train(model, pruner, data, 2)
     width = model.patch_embed.proj.out_channels
     pruner.step()
     model.eval()

@@ -52,7 +52,15 @@ from ..core.metrics import alternated_speedup, count_macs, count_params
 from ..core.pruner import ViTPruner
 from ..core.search import bisect_threshold
 from ..core.training import finetune
-from ..cpvit import Cascade, CascadeConfig, CumulativeHeadImportance, apply_cascade, fit_keep_ratio, remove_cascade
+from ..cpvit import (
+    Cascade,
+    CascadeConfig,
+    CumulativeHeadImportance,
+    apply_cascade,
+    cascade_macs,
+    fit_keep_ratio,
+    remove_cascade,
+)
 from ..gohsp import GOHSPPruner, GraphHeadImportance
 from ..hosts import host_for
 from ..vtp import VTPPruner
@@ -376,9 +384,22 @@ def _remove(patch) -> None:
 def _fit_tokens(
     name: str, model: nn.Module, example: torch.Tensor, target: float, dense_macs: int, seed: int, calib: Iterable | None = None
 ) -> float:
-    """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge)."""
-    if name in CPVIT_VARIANTS and _cascade_config(name, model).beta == 0:  # analytic MACs are exact (merging included)
-        return fit_keep_ratio(model, tuple(example.shape[1:]), target, _cascade_config(name, model))
+    """The knob keeping at most ``target`` of the measured MACs (largest keep / smallest merge); ``None``: out of reach.
+
+    A cascade whose ``keep_ratio`` is a mean share (the CP-ViT paper preset) cannot keep less than
+    its unpruned first blocks; a target below what it reaches there is out of reach.
+    """
+    cfg = _cascade_config(name, model) if name in CPVIT_VARIANTS else None
+    low = 1e-3
+    if cfg is not None and cfg.keep_mean:
+        start, _ = cfg.start_blocks(len(model.blocks))
+        low = (start + 1) / len(model.blocks) + 1e-3
+    if cfg is not None and cfg.beta == 0:  # analytic MACs are exact (merging included)
+        if cfg.keep_mean and cascade_macs(model, tuple(example.shape[1:]), cfg, keep_ratio=low) > target * cascade_macs(
+            model, tuple(example.shape[1:]), cfg, keep_ratio=1.0
+        ):
+            return None
+        return fit_keep_ratio(model, tuple(example.shape[1:]), target, cfg)
 
     def kept(knob: float) -> float:
         patch = _token_patch(name, model, knob, seed, calib)
@@ -392,7 +413,9 @@ def _fit_tokens(
         hi = (model.patch_embed.num_patches - 1) / max(1, depth - 1)
         _, r = bisect_threshold(lambda r: kept(r) > target, 0.0, hi, iterations=14)
         return r
-    lo, _ = bisect_threshold(lambda k: kept(k) <= target, 1e-3, 1.0, iterations=14)  # evit / calibrated cascade: keep share
+    if kept(low) > target:
+        return None
+    lo, _ = bisect_threshold(lambda k: kept(k) <= target, low, 1.0, iterations=14)  # evit / calibrated cascade: keep share
     return lo
 
 
@@ -409,6 +432,8 @@ def protocol_tokens(member: ZooModel, model: nn.Module, split, s: ZooSettings, t
                 randomised = cfg is not None and (cfg.score == "random" or calib is not None)
                 if cached is None or randomised:  # the others are deterministic: measured once
                     knob = _fit_tokens(name, model, example, target, dense_macs, seed, calib)
+                    if knob is None:  # out of this setting's reach: no row
+                        break
                     patch = _token_patch(name, model, knob, seed, calib)
                     try:
                         kept = count_macs(model, example) / dense_macs

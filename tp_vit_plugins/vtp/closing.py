@@ -14,7 +14,7 @@ round already trains the pruned network.
 What ranks is the pruner's gate score (see ``VTPPruner.gate_scores``) on the same raw scale
 tp's global ranking uses: one score per MLP hidden dim, and per in-head index of a head
 dim the mean over heads (tp removes the same index in every head). A dim's cost is the
-parameters its removal takes (see :func:`~tp_vit_plugins.hosts.timm.structure.unit_param_costs`).
+parameters its removal takes (see :func:`~tp_vit_plugins.hosts.unit_param_costs`).
 """
 
 from __future__ import annotations
