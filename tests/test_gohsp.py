@@ -464,3 +464,21 @@ def test_pruning_ratio_counts_removed_parameters_and_the_old_name_warns(x):
     assert n0 - tpv.utils.count_params(pruner.model) >= pruner.budget  # removed, not kept
     with pytest.raises(TypeError, match="head_pruning_ratio"):
         tpv.GOHSPPruner(copy.deepcopy(model), x, None, head_pruning_ratio=0.5)
+
+
+def test_the_flow_sketch_estimates_the_exact_usage_and_is_deterministic():
+    from tp_vit_plugins.gohsp.flow import FlowUsage
+
+    torch.manual_seed(0)
+    model = make_model("vit", depth=3, num_heads=4)  # head rows 3 * 12 = 36 > 8 sketch rows
+    data = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    exact = FlowUsage(model, sketch=None).run(data, progress=False).usage()
+    wide = FlowUsage(model, sketch=1000).run(data, progress=False).usage()  # wider than the weights: exact
+    assert all(wide[r][c] == pytest.approx(exact[r][c], rel=1e-5) for r in exact for c in exact[r])
+    sketched = FlowUsage(model, sketch=8).run(data, progress=False).usage()
+    again = FlowUsage(model, sketch=8).run(data, progress=False).usage()
+    assert sketched == again  # a fixed seed: the same estimate every time
+    ratios = torch.tensor([sketched[r][c] / exact[r][c] for r in exact for c in exact[r] if exact[r][c] > 0])
+    assert 0.8 < float(ratios.mean()) < 1.2 and float(ratios.std()) < 0.35  # an estimate of ||W x||, not a bias
+    with pytest.raises(ValueError, match="sketch"):
+        FlowUsage(model, sketch=0)

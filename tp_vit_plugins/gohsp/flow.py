@@ -17,6 +17,16 @@ that measures what each head's output is used for; :func:`~.graph.flow_head_scor
 into a converged Markov chain (personalised PageRank from the classifier) whose stationary
 mass ranks heads.
 
+**Cost.** Every reader reads every earlier contributor, so the exact statistic costs a matmul
+of each contributor's term with each later reader's input weights: it grows with depth² ×
+heads, while a forward grows with depth. By default each reader's weights are replaced by a
+Gaussian sketch (Johnson–Lindenstrauss): ``||W_h x||`` of a head's ``3d`` q, k, v rows is
+estimated by ``||Pi_h W_h x||`` with ``Pi_h`` of ``sketch`` rows (``E ||Pi v||^2 = ||v||^2``), an
+MLP's by ``4 * sketch`` rows; the sketch is drawn once per calibration from a fixed seed
+(deterministic), and the contributors of a reader go through one matmul. ``sketch=None`` is the
+exact statistic. ``benchmarks/calibration_cost.py`` measures both against a forward pass and
+the ranking's agreement.
+
 Maths on captured tensors; the layers come from the model's host (:meth:`~tp_vit_plugins.hosts.Host.block_layers`,
 :meth:`~tp_vit_plugins.hosts.Host.readout`).
 """
@@ -34,10 +44,14 @@ from ..core.distributed import all_reduce_counted, is_distributed
 from ..hosts import host_for
 from .graph import EMBED, OUT
 
-__all__ = ["FlowUsage", "TOKENS_PER_IMAGE"]
+__all__ = ["FlowUsage", "TOKENS_PER_IMAGE", "SKETCH_ROWS"]
 
 #: Tokens per image the usage is measured on (a fixed stride over the sequence).
 TOKENS_PER_IMAGE = 16
+#: Sketch rows per reader head (an MLP reader gets 4x); ``FlowUsage(sketch=None)``: exact.
+SKETCH_ROWS = 32
+#: Contributor rows per matmul (bounds the memory of the exact statistic).
+_CHUNK_ROWS = 64
 
 
 def _norm_map(norm: nn.Module | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -57,13 +71,19 @@ class FlowUsage:
 
     Args:
         model: A timm ViT-family model with a plain linear readout.
+        sketch: Sketch rows per reader head (see module docs); ``None``: the exact statistic.
+        seed: Seed of the sketch.
 
     Raises:
         TypeError: A windowed model (Swin) or one whose readout the adapter does not know
             (the host's :meth:`~tp_vit_plugins.hosts.Host.readout` is empty).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, sketch: int | None = SKETCH_ROWS, seed: int = 0) -> None:
+        if sketch is not None and (isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 1):
+            raise ValueError(f"sketch must be an int >= 1 (rows per reader head) or None (exact), got {sketch!r}")
+        self.sketch, self.seed = sketch, seed
+        self._projections: dict[tuple[str, int], torch.Tensor] = {}
         self.host = host = host_for(model)
         host.check_global_sequence(model, "the GOHSP flow graph")
         self.model = model
@@ -81,11 +101,41 @@ class FlowUsage:
         row = self.sums.setdefault(reader, {})
         row[contributor] = row.get(contributor, 0.0) + value
 
+    def _add_block(self, readers, contributors: list, values: torch.Tensor) -> None:
+        """Add ``values [contributors, readers]`` (one transfer to the CPU, then plain floats)."""
+        table = values.double().cpu().tolist()
+        for j, reader in enumerate(readers):
+            row = self.sums.setdefault(reader, {})
+            for i, c in enumerate(contributors):
+                row[c] = row.get(c, 0.0) + table[i][j]
+
     def _reader_weights(self, b) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         mlp = getattr(b.block, "mlp", None)
         firsts = [getattr(mlp, n, None) for n in ("fc1", "fc1_x", "fc1_g")]
         w = [m.weight.detach() for m in firsts if isinstance(m, nn.Linear)]
         return b.qkv_weight(), (torch.cat(w) if w else None)
+
+    def _projection(self, kind: str, r: int, w: torch.Tensor, H: int, d: int) -> tuple[torch.Tensor, int]:
+        """``(P [groups * rows, C], rows per group)``: the reader's weights, grouped by head (attention), sketched.
+
+        ``||P_g x||`` estimates ``||W_g x||`` for every group ``g`` (a head's q, k, v rows; the
+        whole MLP); exact (``P = W`` regrouped) without a sketch or where the sketch is not smaller.
+        """
+        key = (kind, r)
+        if key in self._projections:
+            P = self._projections[key]
+            return P, P.shape[0] // (H if kind == "attn" else 1)
+        C = w.shape[-1]
+        groups = w.view(-1, H, d, C).permute(1, 0, 2, 3).reshape(H, -1, C) if kind == "attn" else w[None]  # [G, R, C]
+        rows = groups.shape[1]
+        k = None if self.sketch is None else (self.sketch if kind == "attn" else 4 * self.sketch)
+        if k is not None and k < rows:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * r + (kind == "mlp"))
+            pi = torch.randn(groups.shape[0], k, rows, generator=gen, dtype=torch.float64) / math.sqrt(k)
+            groups = torch.einsum("gkr,grc->gkc", pi.to(groups), groups)
+        P = groups.reshape(-1, C).contiguous()
+        self._projections[key] = P
+        return P, groups.shape[1]
 
     @torch.no_grad()
     def run(self, loader: Iterable, max_batches: int | None = None, progress: bool = True) -> FlowUsage:
@@ -169,21 +219,18 @@ class FlowUsage:
                 readers.append(("mlp", b.norm2, w_mlp, ("norm2", r)))
             for kind, norm, w, key in readers:
                 gamma, inv, centred = _norm_map(norm, cap[key][:, sel])
-                for block, ckind, term in terms:
-                    before = block < r or (kind == "mlp" and block == r and ckind == "attn")
-                    if not before:
-                        continue
-                    t = term - term.mean(-1, keepdim=True) if centred else term
-                    y = (t * gamma * inv) @ w.T  # [K, B, S, R]
-                    if kind == "attn":
-                        use = y.view(*y.shape[:-1], 3, H, d).pow(2).sum((-3, -1)).sqrt().sum((1, 2))  # [K, H]
-                        for k in range(use.shape[0]):
-                            for h in range(H):
-                                self._add(("head", r, h), self._node(block, ckind, k), float(use[k, h]))
-                    else:
-                        use = y.pow(2).sum(-1).sqrt().sum((1, 2))  # [K]
-                        for k in range(use.shape[0]):
-                            self._add(("mlp", r), self._node(block, ckind, k), float(use[k]))
+                P, rows = self._projection(kind, r, w, H, d)
+                groups = P.shape[0] // rows
+                before = [(blk, ck, t) for blk, ck, t in terms if blk < r or (kind == "mlp" and blk == r and ck == "attn")]
+                nodes = [self._node(blk, ck, k) for blk, ck, t in before for k in range(t.shape[0])]
+                stacked = torch.cat([t for _, _, t in before])  # [U, B, S, C]: every earlier contributor
+                uses = []
+                for chunk in stacked.split(_CHUNK_ROWS):
+                    t = chunk - chunk.mean(-1, keepdim=True) if centred else chunk
+                    y = (t * gamma * inv) @ P.T  # [u, B, S, groups * rows]
+                    uses.append(y.view(*y.shape[:-1], groups, rows).pow(2).sum(-1).sqrt().sum((1, 2)))  # [u, groups]
+                self._add_block((("head", r, h) for h in range(H)) if kind == "attn" else [("mlp", r)], nodes,
+                                torch.cat(uses))  # fmt: skip
         self._accumulate_out(cap, terms, sel)
         self.count += B * len(sel)
 

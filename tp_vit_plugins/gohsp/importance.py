@@ -54,7 +54,7 @@ from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
 from ..hosts import host_for
 from .config import PRESETS
-from .flow import FlowUsage
+from .flow import SKETCH_ROWS, FlowUsage
 from .graph import SIMILARITIES, build_flow_graph, build_head_graph, flow_head_scores, head_similarity, pagerank_head_scores
 
 __all__ = ["GraphHeadImportance", "STATISTICS", "GRAPH_MODES", "GRAPHS"]
@@ -146,6 +146,8 @@ class GraphHeadImportance(HeadImportance):
             ``similarity`` apply to it only. ``None``: the preset's graph.
         preset: ``"paper"`` (``graph="similarity"``, ranked by redundancy) or ``"recommended"``
             (``graph="flow"``, the default); an explicit ``graph`` overrides it.
+        flow_sketch: Sketch rows per reader head of the flow graph's usage (its cost grows like
+            a forward pass; :mod:`.flow`); ``None``: the exact statistic.
 
     Attributes:
         head_scores: ``{key: [H]}`` normalised scores (higher = keep; key: the attention's ``qkv``,
@@ -167,6 +169,7 @@ class GraphHeadImportance(HeadImportance):
         progress: bool = True,
         graph: str | None = None,
         preset: str | None = None,
+        flow_sketch: int | None = SKETCH_ROWS,
     ) -> None:
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
         if preset is not None and preset not in PRESETS:
@@ -192,6 +195,9 @@ class GraphHeadImportance(HeadImportance):
             raise ValueError(f"mode must be one of {GRAPH_MODES}, got {mode!r}")
         self.damping, self.similarity, self.statistic, self.mode = damping, similarity, statistic, mode
         self.progress = progress
+        if flow_sketch is not None and (isinstance(flow_sketch, bool) or not isinstance(flow_sketch, int) or flow_sketch < 1):
+            raise ValueError(f"flow_sketch must be an int >= 1 or None (exact), got {flow_sketch!r}")
+        self.flow_sketch = flow_sketch
         self.pagerank: dict[nn.Module, torch.Tensor] = {}
         self.graph: nx.Graph | None = None
 
@@ -202,7 +208,7 @@ class GraphHeadImportance(HeadImportance):
             self.graph_kind = "similarity"  # e.g. a backbone without a classifier: nothing for the walk to start from
             self.mode = "redundancy" if self._mode_from_graph else self.mode
         if self.graph_kind == "flow":
-            usage = FlowUsage(model).run(loader, max_batches, progress=self.progress).usage()
+            usage = FlowUsage(model, sketch=self.flow_sketch).run(loader, max_batches, progress=self.progress).usage()
             self.graph = build_flow_graph(usage)
             pr = flow_head_scores(self.graph, [host.head_layout(a)[0] for _, a in attns], self.damping)
             self.pagerank = {host.head_key(a): p for (_, a), p in zip(attns, pr)}
