@@ -43,6 +43,9 @@ _RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)  #
 CPVIT = {
     "cpvit-paper": {"preset": "paper"},  # mean-share cascade, dropped tokens, cumulative head skipping, attention range
     "cpvit-paper-random": {"preset": "paper", "score": "random"},
+    "cpvit-paper-noheads": {"preset": "paper", "head_keep_ratio": 1.0},
+    "cpvit-paper-noheads-random": {"preset": "paper", "head_keep_ratio": 1.0, "score": "random"},
+    "cpvit-paper-blockheads": {"preset": "paper", "head_score": "block"},
     # the paper's two contributions the recommended preset leaves off, each added to it alone
     "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping
     "cpvit-range": {"beta": 0.5},  # the calibrated attention-range adjustment

@@ -62,8 +62,8 @@ class CumulativeHeadImportance(HeadImportance):
         def accumulate(block: int, probs: torch.Tensor) -> None:
             sums[block] = sums.get(block, 0) + head_scores(probs.double(), num_prefix).sum(0)
 
-        seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT heads", progress=self.progress,
-                                 allow_empty=is_distributed())  # fmt: skip
+        seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT head scores: attention maps",
+                                 progress=self.progress, allow_empty=is_distributed())  # fmt: skip
         # sums over ranks: split loaders rank like one loader (a rank that saw no batch adds zeros)
         stats, total = all_reduce_counted(sums, seen, _device(model))
         if not total:

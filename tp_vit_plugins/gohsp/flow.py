@@ -164,7 +164,9 @@ class FlowUsage:
             self.model.eval()
             device = _device(self.model)
             empty_ok = is_distributed()  # the total is checked after the sum over processes
-            for x in iter_batches(loader, max_batches, desc="GOHSP flow", progress=progress, allow_empty=empty_ok):
+            for x in iter_batches(
+                loader, max_batches, desc="GOHSP flow graph: who reads each head", progress=progress, allow_empty=empty_ok
+            ):
                 captured.clear()
                 self.model(x.to(device))
                 self._accumulate(captured)

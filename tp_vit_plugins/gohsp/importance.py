@@ -214,8 +214,8 @@ class GraphHeadImportance(HeadImportance):
             self.pagerank = {host.head_key(a): p for (_, a), p in zip(attns, pr)}
             return pr if self.mode == "importance" else [1.0 / p.clamp_min(1e-300) for p in pr]
         acc = _MapAccumulator(self.statistic, self.similarity)
-        collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP attention", progress=self.progress,
-                          allow_empty=is_distributed())  # fmt: skip
+        collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP head graph: attention maps",
+                          progress=self.progress, allow_empty=is_distributed())  # fmt: skip
         acc.all_reduce(_device(model))
         if not acc.count:
             raise ValueError("the calibration loaders of all processes yielded no batches")

@@ -1,0 +1,164 @@
+"""What the plugins cost next to the work they prune: calibration, sparse-training steps, the cascade.
+
+    python benchmarks/calibration_cost.py                 # writes the "Cost" section of RESULTS.md
+    python benchmarks/calibration_cost.py --models deit_small_patch16_224 --no-write
+
+Random-weight timm models at 224 px, 2 batches of 8 images, the machine's threads; every ratio is
+measured in one run against the model's own no-grad forward over the same images (the median of
+``--repeats`` alternated timings). Calibration: the default GOHSP flow graph (sketched), the exact
+flow graph (``flow_sketch=None``; not on ViT-L, where it alone takes minutes), the paper preset's
+similarity graph and CP-ViT's cumulative head score. Training: an AdamW step with GOHSP's and
+VTP's ``regularize`` against a plain AdamW step (deit_small). The cascade at ``keep_ratio=1.0``
+against the plain forward. Flow rankings: the smallest per-block Spearman correlation of the
+sketched and exact flow-graph head scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import timm
+import torch
+from common import tpv, write_section
+from scipy.stats import spearmanr
+
+MODELS = ("deit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224")
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def calibration_rows(name: str, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    data = [torch.randn(8, 3, 224, 224) for _ in range(2)]
+
+    @torch.no_grad()
+    def forward() -> None:
+        for x in data:
+            model(x)
+
+    forward()  # warm-up
+    fwd = _median_time(forward, repeats)
+    rows = []
+    importances = {
+        "GOHSP flow graph (default, sketched)": lambda: tpv.GraphHeadImportance(progress=False),
+        "GOHSP flow graph, exact": lambda: tpv.GraphHeadImportance(progress=False, flow_sketch=None),
+        "GOHSP similarity graph (paper preset)": lambda: tpv.GraphHeadImportance(progress=False, preset="paper"),
+        "CP-ViT cumulative head score": lambda: tpv.CumulativeHeadImportance(progress=False),
+    }
+    scores = {}
+    for label, make in importances.items():
+        if "exact" in label and "large" in name:
+            continue
+        holder = {}
+        t = _median_time(lambda make=make, holder=holder: holder.__setitem__("imp", make().calibrate(model, data)), repeats)
+        scores[label] = holder["imp"]
+        rows.append(f"| {name} | calibration: {label} | {t:.2f} s | {t / fwd:.2f} |")
+        print(rows[-1], flush=True)
+    exact = scores.get("GOHSP flow graph, exact")
+    if exact is not None:
+        sketched = scores["GOHSP flow graph (default, sketched)"]
+        rho = min(spearmanr(a.numpy(), b.numpy())[0] for a, b in zip(exact.pagerank.values(), sketched.pagerank.values()))
+        rows.append(f"| {name} | flow ranking: sketched vs exact, smallest per-block Spearman | – | {rho:.3f} |")
+        print(rows[-1], flush=True)
+    cascade = tpv.apply_cascade(model, keep_ratio=1.0)
+    t = _median_time(forward, repeats)
+    cascade.remove()
+    rows.append(f"| {name} | CP-ViT cascade at keep_ratio 1.0 (forward) | {t:.2f} s | {t / fwd:.2f} |")
+    print(rows[-1], flush=True)
+    return [f"| {name} | no-grad forward, 2 x 8 images | {fwd:.2f} s | 1.00 |", *rows]
+
+
+def zoo_agreement_rows() -> list[str]:
+    """Smallest per-block Spearman correlation of sketched and exact flow rankings on the quick zoo (trained) models."""
+    from tp_vit_plugins.demo.zoo import QUICK_ZOO, load_zoo_model
+
+    rows = []
+    for member in QUICK_ZOO:
+        model, split, _ = load_zoo_model(member, progress=False)
+        model.eval()
+        idx = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(0))[:64]
+        data = [split.x_train[idx[i : i + 16]] for i in range(0, 64, 16)]
+        exact = tpv.GraphHeadImportance(progress=False, flow_sketch=None).calibrate(model, data).pagerank.values()
+        sketched = tpv.GraphHeadImportance(progress=False).calibrate(model, data).pagerank.values()
+        rho = min(spearmanr(a.numpy(), b.numpy())[0] for a, b in zip(exact, sketched))
+        rows.append(
+            f"| zoo {member.name} (trained) | flow ranking: sketched vs exact, smallest per-block Spearman | – | {rho:.3f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def training_rows(repeats: int) -> list[str]:
+    name = "deit_small_patch16_224"
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 224, 224), torch.randint(0, 1000, (8,))
+    rows, base = [], None
+    for label in ("plain AdamW step", "with GOHSPPruner.regularize", "with VTPPruner.regularize"):
+        model = timm.create_model(name, pretrained=False)
+        if "GOHSP" in label:
+            imp = tpv.GraphHeadImportance(progress=False).calibrate(model, [x])
+            pruner = tpv.GOHSPPruner(model, x[:1], imp, pruning_ratio=0.4)
+        elif "VTP" in label:
+            pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.4)
+        else:
+            pruner = None
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, pruner=pruner, opt=opt) -> None:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if pruner is not None:
+                pruner.regularize(model)
+            opt.step()
+            opt.zero_grad()
+
+        step()  # warm-up (GOHSP: its first Fisher step)
+        t = _median_time(step, repeats)
+        base = t if base is None else base
+        rows.append(f"| {name} | training step, batch 8: {label} | {t:.2f} s | {t / base:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models.split(","):
+        rows.extend(calibration_rows(name, args.repeats))
+    rows.extend(zoo_agreement_rows())
+    rows.extend(training_rows(args.repeats))
+    body = "\n".join(
+        [
+            f"Random-weight timm models at 224 px, {torch.get_num_threads()} threads, medians of {args.repeats} timings; "
+            "every ratio against the first row of its model (a no-grad forward over the same 2 x 8 images, or a plain "
+            "AdamW step). `python benchmarks/calibration_cost.py` rewrites this section. Random weights make heads nearly "
+            "alike, so their Spearman rows are a floor; the zoo rows compare the rankings on trained models (4 x 16 "
+            "training images).",
+            "",
+            "| model | what | time | ÷ forward (or plain step) |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+    if not args.no_write:
+        write_section("Cost", body)
+    return body
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
