@@ -45,6 +45,16 @@ the heads skipped per input, the attention-range adjustment `beta=0.5` calibrate
 attention-range adjustment (`beta=0.5`); `cpvit-random` the recommended schedule with random
 scores; `tome` / `evit` ToMe- and EViT-style peers written here from their papers. One seed:
 only the calibration of `beta` depends on it.""",
+    "Zoo: tokens, CP-ViT paper preset": _ZOO
+    + """
+
+The CP-ViT paper preset as it now is (`keep_ratio` the mean patch share over the blocks on a
+cascade from block 0, dropped tokens after whole blocks, 25 % of the heads skipped per input by the
+cumulative head score, the attention-range adjustment `beta=0.5` calibrated), at 80 / 70 / 60 / 50 %
+of the dense MACs, no fine-tune, beside the recommended preset (`cpvit`), the paper preset with
+random token scores (`cpvit-paper-random`), without head skipping (`cpvit-paper-noheads`, and its
+random twin), with per-block head scores (`cpvit-paper-blockheads`), and ToMe- / EViT-style peers.
+Run on the quick zoo's two models only.""",
     "Zoo: pipeline, 2 epochs": _ZOO
     + """
 
