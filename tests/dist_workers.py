@@ -56,6 +56,7 @@ def ranking_worker(rank: int, world: int, port: int, out: str, empty_rank: int |
             saved["fisher"] = [pruner._fisher[p] for p in pruner.Z]
         if rank == 0:
             torch.save(saved, out)
+        dist.barrier()  # every rank done before any tears its gloo group down (an early teardown aborted a peer)
     finally:
         dist.destroy_process_group()
 
@@ -88,5 +89,6 @@ def ddp_step_worker(rank: int, world: int, port: int, kind: str, out: str) -> No
         finetune(model, loader, epochs=1, lr=1e-3, progress=False, step_hook=pruner.regularize if pruner else None)
         if rank == 0:
             torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+        dist.barrier()  # every rank done before any tears its gloo group down (an early teardown aborted a peer)
     finally:
         dist.destroy_process_group()
