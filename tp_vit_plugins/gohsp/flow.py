@@ -23,9 +23,11 @@ heads, while a forward grows with depth. By default each reader's weights are re
 Gaussian sketch (Johnson–Lindenstrauss): ``||W_h x||`` of a head's ``3d`` q, k, v rows is
 estimated by ``||Pi_h W_h x||`` with ``Pi_h`` of ``sketch`` rows (``E ||Pi v||^2 = ||v||^2``), an
 MLP's by ``4 * sketch`` rows; the sketch is drawn once per calibration from a fixed seed
-(deterministic), and the contributors of a reader go through one matmul. ``sketch=None`` is the
-exact statistic. ``benchmarks/calibration_cost.py`` measures both against a forward pass and
-the ranking's agreement.
+(deterministic). A head's term is its output projection applied to its ``d`` inputs, so the
+reader's (sketched) weights, norm weight and the centring are folded into that projection first
+(``M = Pi W_r diag(gamma) W~_o,h``; ``1 / sigma`` is a per-token scalar): a contributor head then
+costs ``d`` rather than ``C`` per token and sketch row. ``sketch=None`` is the exact statistic.
+``benchmarks/calibration_cost.py`` measures both against a forward pass and the rankings' agreement.
 
 Maths on captured tensors; the layers come from the model's host (:meth:`~tp_vit_plugins.hosts.Host.block_layers`,
 :meth:`~tp_vit_plugins.hosts.Host.readout`).
@@ -50,8 +52,6 @@ __all__ = ["FlowUsage", "TOKENS_PER_IMAGE", "SKETCH_ROWS"]
 TOKENS_PER_IMAGE = 16
 #: Sketch rows per reader head (an MLP reader gets 4x); ``FlowUsage(sketch=None)``: exact.
 SKETCH_ROWS = 32
-#: Contributor rows per matmul (bounds the memory of the exact statistic).
-_CHUNK_ROWS = 64
 
 
 def _norm_map(norm: nn.Module | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -202,13 +202,15 @@ class FlowUsage:
         sel = torch.tensor(sorted({*range(min(N, 2)), *range(0, N, stride)}), device=x0.device)  # tokens 0, 1 always
         # contributors in forward order: (node, block, kind, term [K, B, S, C]) with kind 'embed' / 'attn' / 'mlp'
         terms: list[tuple[int, str, torch.Tensor]] = [(-1, "embed", x0[:, sel][None])]
+        heads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block -> (head inputs [B, S, H, d], writer [C, H, d])
         for i, b in enumerate(self.blocks):
             a = cap[("proj", i)][:, sel]  # [B, S, A]
             H, d = self.host.head_layout(b.attn)
             wp = b.proj.weight.detach().view(-1, H, d)  # [C, H, d]
-            o = torch.einsum("bshd,chd->hbsc", a.reshape(B, len(sel), H, d), wp)  # [H, B, S, C]
             g1, g2 = self.host.residual_scales(b.block)
-            o = o * g1 if g1 is not None else o
+            wp = wp * g1[:, None, None] if g1 is not None else wp  # LayerScale folded into the writer
+            heads[i] = (a.reshape(B, len(sel), H, d), wp)
+            o = torch.einsum("bshd,chd->hbsc", heads[i][0], wp)  # [H, B, S, C]
             terms.append((i, "attn", o))
             if ("fc2", i) in cap:
                 m = cap[("fc2", i)][:, sel]
@@ -223,13 +225,19 @@ class FlowUsage:
                 gamma, inv, centred = _norm_map(norm, cap[key][:, sel])
                 P, rows = self._projection(kind, r, w, H, d)
                 groups = P.shape[0] // rows
+                Q = P * gamma  # [groups * rows, C]: the norm's weight folded into the reader
                 before = [(blk, ck, t) for blk, ck, t in terms if blk < r or (kind == "mlp" and blk == r and ck == "attn")]
                 nodes = [self._node(blk, ck, k) for blk, ck, t in before for k in range(t.shape[0])]
-                stacked = torch.cat([t for _, _, t in before])  # [U, B, S, C]: every earlier contributor
                 uses = []
-                for chunk in stacked.split(_CHUNK_ROWS):
-                    t = chunk - chunk.mean(-1, keepdim=True) if centred else chunk
-                    y = (t * gamma * inv) @ P.T  # [u, B, S, groups * rows]
+                for blk, ck, t in before:
+                    if ck == "attn":  # a head's term is W_o,h a_h: fold the writer into the reader, y = a_h (Q W~_o,h)^T / sigma
+                        a_h, wp = heads[blk]
+                        wc = wp - wp.mean(0, keepdim=True) if centred else wp  # centring over C is linear in a_h
+                        M = torch.einsum("rc,chd->hdr", Q, wc)  # [H', d', groups * rows]
+                        y = torch.einsum("bshd,hdr->hbsr", a_h, M) * inv  # [H', B, S, groups * rows]
+                    else:
+                        t = t - t.mean(-1, keepdim=True) if centred else t
+                        y = (t * inv) @ Q.T  # [1, B, S, groups * rows]
                     uses.append(y.view(*y.shape[:-1], groups, rows).pow(2).sum(-1).sqrt().sum((1, 2)))  # [u, groups]
                 self._add_block((("head", r, h) for h in range(H)) if kind == "attn" else [("mlp", r)], nodes,
                                 torch.cat(uses))  # fmt: skip
