@@ -54,6 +54,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..core.inputs import prune_block_inputs
 from ..core.metrics import count_params
 from ..core.options import split_options
 from ..core.pruner import ViTPruner, check_ratio
@@ -173,7 +174,7 @@ class VTPPruner(ViTPruner):
         )  # fmt: skip
         if threshold is not None and not global_pruning:
             raise ValueError(f"threshold={threshold} needs global_pruning=True (one threshold across layers)")
-        if cfg.prune_inputs and (prune_embed_dim or close or cfg.close is None or not global_pruning):
+        if cfg.prune_inputs and (prune_embed_dim or close is not False or not global_pruning):
             raise ValueError(
                 "prune_inputs removes each block's own input dims by one global ranking of the gates: use "
                 "prune_embed_dim=False, close=False and global_pruning=True (the paper preset)"
@@ -517,7 +518,6 @@ class VTPPruner(ViTPruner):
     @torch.no_grad()
     def _prune_inputs(self, inputs: list[tuple[torch.Tensor, torch.Tensor | None]], cut: float) -> None:
         """Remove, block by block, the input dims scored at or below ``cut`` (each block keeps its best one)."""
-        from ..core.inputs import prune_block_inputs
 
         def gone(scores: torch.Tensor | None) -> list[int]:
             if scores is None:
