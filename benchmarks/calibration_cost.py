@@ -64,7 +64,7 @@ def calibration_rows(name: str, repeats: int) -> list[str]:
     importances = {
         "GOHSP flow graph (default, sketched)": lambda: tpv.GraphHeadImportance(progress=False),
         "GOHSP flow graph, exact": lambda: tpv.GraphHeadImportance(progress=False, flow_sketch=None),
-        "GOHSP similarity graph (paper preset)": lambda: tpv.GraphHeadImportance(progress=False, preset="paper"),
+        "GOHSP similarity graph (paper preset)": lambda: tpv.GraphHeadImportance(progress=False, config="paper"),
         "CP-ViT cumulative head score": lambda: tpv.CumulativeHeadImportance(progress=False),
     }
     scores = {}

@@ -30,7 +30,7 @@ INTROS = {
 
 Uniform head removal at 30 / 50 / 70 % of each block's heads, no fine-tune. `gohsp` is
 `GraphHeadImportance()` (the recommended flow graph), `gohsp-paper` is
-`GraphHeadImportance(preset="paper")` (attention-map correlation graph, heads ranked by
+`GraphHeadImportance(config="paper")` (attention-map correlation graph, heads ranked by
 redundancy); `l2` / `taylor` / `lamp` are tp's group importances (LAMP: layer-adaptive magnitude).
 tp ranks attention heads in their own scope, so its isomorphic pruning keeps the same heads as
 plain tp here (`tests/test_tp_seams.py`); it is a peer in the pipeline protocol.""",

@@ -120,7 +120,7 @@ def test_budget_latency_with_the_real_timer_runs_and_reports():
     res = fit_budget(
         model,
         x,
-        target=0.5,
+        keep_ratio=0.5,
         structure="width",
         metric="latency",
         latency_batch_size=2,
@@ -156,12 +156,10 @@ def test_fit_keep_ratio_matches_the_cascade_macs():
         fit_keep_ratio(model, (3, 64, 64), 0.7, keep_tokens=3)  # unknown options are not swallowed
 
 
-def test_fit_budget_keep_ratio_counts_what_is_kept_and_target_warns():
+def test_fit_budget_keep_ratio_counts_what_is_kept():
     model = make_model(num_heads=4)
     x = torch.randn(1, 3, 32, 32)
-    with pytest.warns(DeprecationWarning, match="keep_ratio"):
-        old = fit_budget(model, x, target=0.8, structure="width")
     new = fit_budget(model, x, keep_ratio=0.8, structure="width")
-    assert old.ratio == new.ratio and new.achieved <= 0.8 + 0.01 * 0.8
+    assert new.achieved <= 0.8 + 0.01 * 0.8 and new.target == 0.8
     with pytest.raises(TypeError, match="keep_ratio"):
         fit_budget(model, x)

@@ -272,11 +272,11 @@ def test_an_unreadable_checkpoint_is_refused_in_words_before_any_work(tmp_path, 
     assert "is not a torch.save file or a safetensors file of weights" in err[0] and str(text) in err[0]
 
 
-def test_old_flag_spellings_still_work_and_name_the_new_one(capsys):
-    args = cli.build_parser().parse_args(["prune", "--head-ratio", "0.25", "--target-macs", "0.6", "--keep", "0.4"])
-    assert (args.head_pruning_ratio, args.macs_keep_ratio, args.keep_ratio) == (0.25, 0.6, 0.4)
-    err = capsys.readouterr().err
-    assert "--head-ratio is deprecated; use --head-pruning-ratio" in err and "use --macs-keep-ratio" in err
+@pytest.mark.parametrize("old", ["--head-ratio", "--width-ratio", "--target-params", "--target-macs", "--targets"])
+def test_flag_spellings_removed_in_0_4_are_refused(old, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["prune", old, "0.25"])
+    assert e.value.code == 2 and f"unrecognized arguments: {old}" in capsys.readouterr().err
 
 
 def test_help_shows_defaults():

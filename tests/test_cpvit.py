@@ -733,10 +733,9 @@ def test_cascade_config_refuses_bad_options_before_anything_changes():
     with pytest.raises(TypeError, match="schedule_power"):
         apply_cascade(model, schedule_power=0.5)
     assert find_cascade(model) is None and "forward" not in vars(model.blocks[0].attn)
-    with pytest.warns(DeprecationWarning, match="keep_ratio by keyword"):
-        c = apply_cascade(model, 0.5)
-    assert c.config.keep_ratio == 0.5
-    c.remove()
+    with pytest.raises(TypeError, match="config must be a CascadeConfig"):  # 0.4: keep_ratio is keyword-only
+        apply_cascade(model, 0.5)
+    assert find_cascade(model) is None and "forward" not in vars(model.blocks[0].attn)
 
 
 def test_random_scores_with_a_calibrated_range_run_in_batch_chunks(x64, monkeypatch):

@@ -410,15 +410,14 @@ def test_flow_graph_gives_an_unwritten_head_no_mass_and_cleans_up(x):
         tpv.GraphHeadImportance(graph="tree")
 
 
-def test_removed_options_warn_at_their_old_default_and_refuse_other_values(x):
+def test_options_removed_in_0_4_are_refused_before_anything_changes(x):
     model = make_model("vit", depth=2, num_heads=4)
-    for name, old in (("normalize", "heads-block"), ("fisher_decay", None), ("budget_ramp", 0)):
-        with pytest.warns(DeprecationWarning, match=name):
-            tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.2, **{name: old})
-    for name, other in (("normalize", "type"), ("fisher_decay", 0.1), ("budget_ramp", 5)):
-        with pytest.raises(TypeError, match=f"{name}.*removed"):
-            tpv.GOHSPPruner(model, x, None, pruning_ratio=0.2, **{name: other})
-    assert all(type(b.attn).__name__ == "Attention" for b in model.blocks)  # refused before anything changed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, old in (("normalize", "heads-block"), ("fisher_decay", None), ("budget_ramp", 0), ("target_params_ratio", 0.3)):
+        with pytest.raises(TypeError, match=name):
+            tpv.GOHSPPruner(model, x, None, pruning_ratio=0.2, **{name: old})
+    assert all(type(b.attn).__name__ == "Attention" for b in model.blocks)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_config_object_and_keywords_give_the_same_pruner(x):
@@ -453,12 +452,10 @@ def test_heads_compete_within_their_block_and_neurons_across_blocks(x):
     assert len(after[1]) < len(before[1]) and sum(map(len, after)) == sum(map(len, before))
 
 
-def test_pruning_ratio_counts_removed_parameters_and_the_old_name_warns(x):
+def test_pruning_ratio_counts_removed_parameters(x):
     model = make_model("vit", depth=2, num_heads=4)
     pruner = tpv.GOHSPPruner(copy.deepcopy(model), x, None, pruning_ratio=0.3, metric="euclidean")
-    with pytest.warns(DeprecationWarning, match="pruning_ratio"):
-        old = tpv.GOHSPPruner(copy.deepcopy(model), x, None, target_params_ratio=0.3, metric="euclidean")
-    assert pruner.budget == old.budget == round(0.3 * tpv.utils.count_params(model))
+    assert pruner.budget == round(0.3 * tpv.utils.count_params(model))
     n0 = tpv.utils.count_params(pruner.model)
     pruner.step()
     assert n0 - tpv.utils.count_params(pruner.model) >= pruner.budget  # removed, not kept

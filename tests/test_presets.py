@@ -81,10 +81,10 @@ def test_paper_vtp_learns_its_gates_under_l1_and_some_reach_exactly_zero():
 def test_paper_gohsp_ranks_heads_by_an_attention_graph_that_changes_what_the_optimisation_keeps():
     model = make_model("vit", depth=3, num_heads=4)
     data = _batches(2)
-    imp = tpv.GraphHeadImportance(preset="paper", progress=False).calibrate(model, data)
+    imp = tpv.GraphHeadImportance(config="paper", progress=False).calibrate(model, data)
     assert (imp.graph_kind, imp.mode) == ("similarity", "redundancy")
     assert (tpv.GraphHeadImportance().graph_kind, tpv.GraphHeadImportance().mode) == ("flow", "importance")
-    assert tpv.GraphHeadImportance(preset="paper", mode="importance").mode == "importance"  # an option overrides
+    assert tpv.GraphHeadImportance(config="paper", mode="importance").mode == "importance"  # an option overrides
     x = data[0][0][:1]
     kw = dict(pruning_ratio=0.15, config="paper", structures=("heads",))  # only heads: where the graph acts
     guided = tpv.GOHSPPruner(model, x, imp, **kw)  # the importance is keyed by this model's modules

@@ -128,7 +128,7 @@ def test_a_stock_tp_pruner_with_the_kwargs_and_sync():
 def test_methods_run():
     data = [(X, torch.randint(0, 10, (3,)))]
     model = make("vit")
-    imp = tpv.GraphHeadImportance(preset="paper", progress=False).calibrate(model, data)
+    imp = tpv.GraphHeadImportance(config="paper", progress=False).calibrate(model, data)
     pruner = tpv.GOHSPPruner(model, X[:1], imp, pruning_ratio=0.3)
     pruner.calibrate_fisher(data, progress=False)
     pruner.step()

@@ -36,6 +36,12 @@ def test_gates_at_one_are_exact_identity(family, x):
         assert torch.equal(model(x), ref)
 
 
+def test_positional_arguments_follow_tp_model_example_importance_ratio(x):
+    a = tpv.VTPPruner(make_model(), x, tpv.GateImportance(), 0.3)
+    b = tpv.VTPPruner(make_model(), x, pruning_ratio=0.3)
+    assert isinstance(a.importance, tpv.GateImportance) and a.pruning_ratio == b.pruning_ratio == 0.3
+
+
 def test_folding_preserves_kept_dims_exactly(family, x):
     """Pruned model == gated dense model with the pruned gates set to 0 (MLP dims)."""
     model = make_model(family)
@@ -257,7 +263,9 @@ def test_vtp_errors_leave_model_untouched(x):
     before, n_hooks = snapshot(model), hooks(model)
     with pytest.raises(ValueError, match="reg"):
         tpv.VTPPruner(model, x, reg=-1)
-    with pytest.raises(TypeError, match="head_dim_gate.*removed"):
+    with pytest.raises(TypeError, match="importance third.*pruning_ratio=0.3"):  # the 0.3 order: ratio third
+        tpv.VTPPruner(model, x, 0.3)
+    with pytest.raises(TypeError, match="unknown keyword.*head_dim_gate.*VTPConfig"):
         tpv.VTPPruner(model, x, head_dim_gate="qkv_out")
     with pytest.raises(ValueError, match="sparse_steps"):
         tpv.VTPPruner(model, x, sparse_steps=0)
@@ -303,13 +311,13 @@ def test_rank_only_gates_prune_the_smallest_and_keep_the_rest_ungated(family, x)
         torch.testing.assert_close(model(x), dense(x), atol=1e-5, rtol=1e-5)
 
 
-def test_config_object_and_keywords_give_the_same_pruner_and_removed_options_warn(x):
+def test_config_object_and_keywords_give_the_same_pruner_and_removed_options_are_refused(x):
     cfg = tpv.vtp.VTPConfig(reg=0.3, sparse_steps=10, score="magnitude", close=False)
     a = tpv.VTPPruner(make_model(), x, pruning_ratio=0.3, config=cfg)
     b = tpv.VTPPruner(make_model(), x, pruning_ratio=0.3, reg=0.3, sparse_steps=10, score="magnitude", close=False)
     assert a.config == b.config == cfg and (a.gate_lr, a.reg, a.score) == (b.gate_lr, b.reg, b.score)
     assert tpv.VTPPruner(make_model(), x, config=cfg, reg=0.1).config.reg == 0.1  # a keyword overrides the object
-    with pytest.warns(DeprecationWarning, match="close_until"):
+    with pytest.raises(TypeError, match="close_until"):  # removed in 0.4: tp refuses an unknown keyword
         tpv.VTPPruner(make_model(), x, close_until=0.5)
     with pytest.raises(ValueError, match="score"):
         tpv.vtp.VTPConfig(score="l1")

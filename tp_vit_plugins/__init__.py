@@ -29,10 +29,9 @@ not load torch; type checkers read the explicit imports under ``TYPE_CHECKING``.
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 if TYPE_CHECKING:  # what the lazy loader below returns, spelled out for type checkers and IDEs
     from .budget import fit_budget as fit_budget
@@ -70,22 +69,6 @@ _EXPORTS = {
     "export_onnx": ".export",
 }
 
-#: Names that moved: old top-level name -> (module, attribute, the new spelling). They keep
-#: working for one release and warn with a DeprecationWarning that names the new place.
-_MOVED = {
-    "finetune": (".utils", "finetune", "tp_vit_plugins.utils.finetune"),
-    "evaluate": (".utils", "evaluate", "tp_vit_plugins.utils.evaluate"),
-    "measure_latency": (".utils", "measure_latency", "tp_vit_plugins.utils.measure_latency"),
-    "count_params": (".utils", "count_params", "tp_vit_plugins.utils.count_params"),
-    "attention_maps": (".utils", "attention_maps", "tp_vit_plugins.utils.attention_maps"),
-    "eager_attention": (".utils", "eager_attention", "tp_vit_plugins.utils.eager_attention"),
-    "check_supported": (".utils", "check_supported", "tp_vit_plugins.utils.check_supported"),
-    "is_timm_vit": (".utils", "is_supported", "tp_vit_plugins.utils.is_supported"),
-    "BudgetResult": (".budget", "BudgetResult", "tp_vit_plugins.budget.BudgetResult"),
-    "fit_keep_ratio": (".cpvit", "fit_keep_ratio", "tp_vit_plugins.cpvit.fit_keep_ratio"),
-    "tokens": (".tokens", None, "tp_vit_plugins.cpvit (apply_cascade is also tp_vit_plugins.apply_cascade)"),
-}
-
 #: Subpackages reachable as attributes (``tpv.utils``, ``tpv.cpvit``, ...).
 _SUBMODULES = ("budget", "core", "cpvit", "export", "gohsp", "hosts", "utils", "vtp")
 
@@ -97,15 +80,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     elif name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)
-    elif name in _MOVED:
-        module, attr, new = _MOVED[name]
-        warnings.warn(
-            f"tp_vit_plugins.{name} moved to {new}; the old name will be removed in the next release",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        mod = importlib.import_module(module, __name__)
-        return mod if attr is None else getattr(mod, attr)  # not cached: every use warns
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # resolved once

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -238,7 +237,6 @@ def fit_budget(
     latency_min_run_time: float = 0.1,
     latency_rounds: int = 7,
     progress: bool = False,
-    target: float | None = None,
     **pruner_kwargs: Any,
 ) -> BudgetResult:
     """Find the pruning ratio whose result keeps ``keep_ratio`` of the dense MACs (or latency).
@@ -279,9 +277,6 @@ def fit_budget(
     Raises:
         ValueError: Bad target, structure, metric, ratio bounds or latency settings.
     """
-    if target is not None:
-        warnings.warn("fit_budget(target=) is now fit_budget(keep_ratio=) (the share of the cost kept)", DeprecationWarning, 2)
-        keep_ratio = target if keep_ratio is None else keep_ratio
     if keep_ratio is None:
         raise TypeError("fit_budget needs keep_ratio, the share of the dense MACs (or latency) to keep, e.g. keep_ratio=0.6")
     target = keep_ratio

@@ -26,6 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..hosts import host_for
+from .options import check_pruner_kwargs
 from .search import round_half_up
 from .snapshot import ModuleSnapshot
 from .tp_seams import check_pruner_state, check_tp_seams
@@ -133,6 +134,7 @@ class ViTPruner(tp.pruner.BasePruner):
     ) -> None:
         pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
         head_pruning_ratio = check_ratio("head_pruning_ratio", head_pruning_ratio)
+        check_pruner_kwargs(type(self).__name__, kwargs, tp.pruner.BasePruner.__init__)
         for key in _OWN_KWARGS:
             if key in kwargs:
                 raise TypeError(f"ViTPruner sets {key!r} itself; do not pass it")

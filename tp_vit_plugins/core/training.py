@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -228,7 +227,6 @@ def finetune(
     schedule_span: tuple[int, int] | None = None,
     desc: str = "fine-tune",
     progress: bool = True,
-    max_shift: int | None = None,
 ) -> dict:
     """Train ``model`` (dense, gated or pruned), optionally distilling from ``teacher``.
 
@@ -260,7 +258,6 @@ def finetune(
             restarting at the peak. ``None``: the schedule spans this call (``(0, epochs)``).
         desc: Progress-bar label.
         progress: Show a tqdm bar (rank 0 only).
-        max_shift: Deprecated: ``augment=functools.partial(random_shift, max_shift=...)``.
 
     Returns:
         ``{"loss": [per-epoch mean loss], "val_acc": [per-epoch accuracy or None], "resumed_from": int}``.
@@ -294,10 +291,6 @@ def finetune(
         run.load(ckpt_path)
     if teacher is not None:
         teacher.eval()
-    if max_shift is not None:
-        warnings.warn("finetune(max_shift=) is now finetune(augment=functools.partial(random_shift, max_shift=...))",
-                      DeprecationWarning, 2)  # fmt: skip
-        augment = partial(random_shift, max_shift=max_shift) if max_shift > 0 else augment
     loss_fn = partial(distillation_loss, kd=kd, alpha=kd_alpha, temperature=kd_temperature, label_smoothing=label_smoothing)
     was_training = base.training
     show = progress and is_main()

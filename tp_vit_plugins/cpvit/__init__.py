@@ -7,7 +7,6 @@
 * :mod:`.budget` — :func:`cascade_macs` and :func:`fit_keep_ratio` (a keep ratio for a MACs target).
 """
 
-from ..core._moved import moved
 from .budget import cascade_macs, fit_keep_ratio
 from .config import CascadeConfig
 from .importance import CumulativeHeadImportance
@@ -23,6 +22,3 @@ __all__ = [
     "fit_keep_ratio",
     "remove_cascade",
 ]
-
-#: Names that left this package's top level: they warn for one release.
-__getattr__ = moved(__name__, ["tp_vit_plugins.cpvit.config", "tp_vit_plugins.hosts.timm.blocks"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,7 +90,6 @@ def fit_keep_ratio(
     config: CascadeConfig | str | None = None,
     *,
     iterations: int = 30,
-    target: float | None = None,
     **options: Any,
 ) -> float:
     """Largest CP-ViT ``keep_ratio`` whose cascade keeps at most ``macs_keep_ratio`` of ``model``'s MACs.
@@ -111,7 +109,6 @@ def fit_keep_ratio(
         macs_keep_ratio: Fraction of the cascade-free MACs to keep, in ``(0, 1]``.
         config: The cascade's other options (its ``keep_ratio`` is what is searched).
         iterations: Bisection steps.
-        target: Deprecated spelling of ``macs_keep_ratio``.
         **options: :class:`~tp_vit_plugins.cpvit.CascadeConfig` fields overriding ``config``.
 
     Returns:
@@ -121,9 +118,6 @@ def fit_keep_ratio(
     Raises:
         ValueError: ``macs_keep_ratio`` outside ``(0, 1]``, or ``mode="mask"`` (masked tokens keep their MACs).
     """
-    if target is not None:
-        warnings.warn("fit_keep_ratio(target=) is now fit_keep_ratio(macs_keep_ratio=)", DeprecationWarning, 2)
-        macs_keep_ratio = target if macs_keep_ratio is None else macs_keep_ratio
     if macs_keep_ratio is None or not 0.0 < macs_keep_ratio <= 1.0:
         raise ValueError(f"macs_keep_ratio (the share of MACs kept) must lie in (0, 1], got {macs_keep_ratio}")
     cfg = with_options(config, options)

@@ -180,18 +180,11 @@ def _one_of(name: str, value: object, choices: tuple) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-#: Cascade options that left the API: name -> (its old default, what to do instead).
-_REMOVED = {
-    "schedule_power": (1.0, "the ramp is linear; use schedule_steps (a stepped schedule) to drop tokens earlier"),
-}
-
-
 def with_options(config: CascadeConfig | str | None, options: dict[str, Any]) -> CascadeConfig:
     """``config`` (default :class:`CascadeConfig`; a string names a preset) with keyword ``options`` applied, validated.
 
     Raises:
-        TypeError: An option that is not a :class:`CascadeConfig` field (the message lists them), or a removed one
-            with a value other than its old default.
+        TypeError: An option that is not a :class:`CascadeConfig` field (the message lists them).
     """
     options = dict(options)
     base_mode = (
@@ -203,7 +196,7 @@ def with_options(config: CascadeConfig | str | None, options: dict[str, Any]) ->
     )
     if "mode" in options and "fold" not in options and options["mode"] != base_mode:
         options["fold"] = None  # re-derived from the new mode
-    cfg, unknown = split_options(CascadeConfig, config, options, _REMOVED, "the cascade")
+    cfg, unknown = split_options(CascadeConfig, config, options, "the cascade")
     if unknown:
         names = sorted(f.name for f in dataclasses.fields(CascadeConfig))
         raise TypeError(f"unknown cascade option(s) {sorted(unknown)}; CascadeConfig has {names}")

@@ -44,7 +44,6 @@ keep the grid position of the kept token they merge into.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -53,7 +52,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core._moved import moved
 from ..core.calibration import iter_batches
 from ..hosts import BlockHalves, Host, UnsupportedModelError, host_for
 from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES, CascadeConfig, with_options  # noqa: F401 (their old place)
@@ -488,10 +486,6 @@ def apply_cascade(
         TypeError: Not a supported timm ViT, an unknown option, or a cascade is already applied.
         ValueError: Invalid option values or block indices, or ``beta > 0`` without ``calib``.
     """
-    if isinstance(config, (int, float)) and not isinstance(config, bool):  # the old positional keep_ratio
-        warnings.warn("pass keep_ratio by keyword (apply_cascade(model, keep_ratio=...)); positional use will be removed",
-                      DeprecationWarning, 2)  # fmt: skip
-        config, options = None, {"keep_ratio": float(config), **options}
     cfg = with_options(config, options)
     host = host_for(model)
     blocks = host.token_blocks(model)
@@ -536,7 +530,3 @@ def remove_cascade(model: nn.Module) -> None:
     cascade = find_cascade(model)
     if cascade is not None:
         cascade.detach()
-
-
-#: Names that moved out of this module (the host adapter, the maths): they warn for one release.
-__getattr__ = moved(__name__, ["tp_vit_plugins.hosts.timm.blocks", "tp_vit_plugins.cpvit.maths"])

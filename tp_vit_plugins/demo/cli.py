@@ -39,38 +39,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-#: Old flag -> its new name; the old spelling works for one release and warns.
-RENAMED_FLAGS = {
-    "--head-ratio": "--head-pruning-ratio",
-    "--width-ratio": "--pruning-ratio",
-    "--target-params": "--params-pruning-ratio",
-    "--keep": "--keep-ratio",
-    "--head-keep": "--head-keep-ratio",
-    "--target-macs": "--macs-keep-ratio",
-    "--target-latency": "--latency-keep-ratio",
-    "--targets": "--macs-keep-ratios",
-}
-
-
-def _add_renamed(parser: argparse.ArgumentParser) -> None:
-    """Hidden old spellings of renamed flags: same destination, a warning on stderr naming the new one."""
-    for action in list(parser._actions):
-        for old, new in RENAMED_FLAGS.items():
-            if new in action.option_strings:
-                parser.add_argument(old, dest=action.dest, type=action.type, nargs=action.nargs, default=argparse.SUPPRESS,
-                                    help=argparse.SUPPRESS, action=_Renamed, new=new)  # fmt: skip
-
-
-class _Renamed(argparse.Action):
-    def __init__(self, *args: typing.Any, new: str, **kwargs: typing.Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: D102
-        print(f"warning: {option_string} is deprecated; use {self.new} (same meaning)", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default unless it is ``None`` (the help then says what applies) or a switch's implied value."""
 
@@ -237,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", dest="json_path", default=None, help="also write the report as JSON to this file")
     _add_common(p)
-    _add_renamed(p)
     p.set_defaults(subparser=p)
 
     e = sub.add_parser(
@@ -269,7 +236,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--token-methods", default=None, help=f"with --zoo: comma list from {','.join(ZOO_TOKEN_METHODS)}")
     b.add_argument("--zoo-epochs", type=_positive_int, default=2, help="with --zoo: total training epochs per pipeline method")
     _add_common(b)
-    _add_renamed(b)
     b.set_defaults(subparser=b)
     return parser
 
@@ -395,7 +361,7 @@ def _check_ignored(args: argparse.Namespace, given: set[str], parser: argparse.A
     if not ignored:
         return
     actions = parser._actions if parser is not None else []
-    names = {a.dest: a.option_strings[0] for a in actions if a.option_strings and not isinstance(a, _Renamed)}
+    names = {a.dest: a.option_strings[0] for a in actions if a.option_strings}
     flags = ", ".join(names.get(d, d) for d in ignored)
     why = " (with --admm-epochs GOHSP decides the structure from --params-pruning-ratio)" if args.method == "gohsp" else ""
     raise ValueError(f"--method {args.method} does not use {flags}{why}; drop it or choose another method")

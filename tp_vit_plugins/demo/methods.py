@@ -199,7 +199,7 @@ class GOHSP(Method):
 
     def prepare(self, model, example, calib, s):
         imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  normalize_per_layer=s.graph_per_block, preset=s.preset)  # fmt: skip
+                                  normalize_per_layer=s.graph_per_block, config=s.preset)  # fmt: skip
         imp.calibrate(model, calib, max_batches=s.calib_batches)
         if s.admm or s.params_budget is not None:
             # 10 dual updates over the sparse phase unless told otherwise, the Z-step's Fisher norm from

@@ -154,7 +154,7 @@ def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.impor
     if name == "gohsp-l2":  # the flow score times the head's tp group-L2 magnitude
         return GraphHeadImportance(progress=False, combine="product").calibrate(model, calib)
     if name == "gohsp-paper":  # the paper preset: attention-map correlation graph, heads ranked by redundancy
-        return GraphHeadImportance(progress=False, preset="paper").calibrate(model, calib)
+        return GraphHeadImportance(progress=False, config="paper").calibrate(model, calib)
     if name == "cpvit":
         return CumulativeHeadImportance(progress=False).calibrate(model, calib)
     if name == "hessian":

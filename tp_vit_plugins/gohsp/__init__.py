@@ -6,7 +6,6 @@
 * :mod:`.pruner` — :class:`GOHSPPruner`, the ADMM stage and the hard prune through tp.
 """
 
-from ..core._moved import moved
 from .config import GOHSPConfig
 from .graph import build_head_graph, head_similarity, pagerank_head_scores
 from .importance import GraphHeadImportance
@@ -21,6 +20,3 @@ __all__ = [
     "head_similarity",
     "pagerank_head_scores",
 ]
-
-#: Names that left this package's top level: they warn for one release.
-__getattr__ = moved(__name__, ["tp_vit_plugins.gohsp.graph", "tp_vit_plugins.gohsp.importance", "tp_vit_plugins.gohsp.config"])

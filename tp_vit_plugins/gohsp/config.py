@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 __all__ = ["GOHSPConfig", "PRESETS", "UNIT_TYPES", "METRICS"]
 
-#: Named option sets (``GOHSPPruner(..., config="paper")``; ``GraphHeadImportance(preset=...)``).
+#: Named option sets (``GOHSPPruner(..., config="paper")``; ``GraphHeadImportance(config=...)``).
 PRESETS = ("paper", "recommended")
 
 #: Unit types GOHSP can remove.
@@ -84,7 +84,7 @@ class GOHSPConfig:
           exact nearest point would compare raw energies), with the graph ranking as
           a soft guideline (``graph_guide="zscore"``: a head one standard deviation above its
           block's mean counts ``e`` times its weight energy). Pair it with
-          ``GraphHeadImportance(preset="paper")`` (PageRank over an attention-correlation head
+          ``GraphHeadImportance(config="paper")`` (PageRank over an attention-correlation head
           graph, correlated heads ranked redundant). Reconstructed: the W-step as a proximal
           step (``proximal=0.2``; ``proximal=None`` puts ``rho (W - Z + U)`` into the
           optimizer's gradient instead, which does not converge within short fine-tuning

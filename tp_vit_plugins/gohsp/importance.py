@@ -144,7 +144,8 @@ class GraphHeadImportance(HeadImportance):
             ``"similarity"``: an undirected graph of attention-map similarities between heads
             of consecutive blocks (the paper's "inter-head correlation"); ``statistic`` and
             ``similarity`` apply to it only. ``None``: the preset's graph.
-        preset: ``"paper"`` (``graph="similarity"``, ranked by redundancy) or ``"recommended"``
+        config: A preset's name, the keyword every pruner and the cascade take:
+            ``"paper"`` (``graph="similarity"``, ranked by redundancy) or ``"recommended"``
             (``graph="flow"``, the default); an explicit ``graph`` overrides it.
         flow_sketch: Sketch rows per reader head of the flow graph's usage (its cost grows like
             a forward pass; :mod:`.flow`); ``None``: the exact statistic.
@@ -168,17 +169,18 @@ class GraphHeadImportance(HeadImportance):
         normalize_per_layer: bool = True,
         progress: bool = True,
         graph: str | None = None,
-        preset: str | None = None,
+        config: str | None = None,
         flow_sketch: int | None = SKETCH_ROWS,
     ) -> None:
         super().__init__(base_importance, combine, head_weight, normalize_per_layer)
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        if config is not None and config not in PRESETS:
+            raise ValueError(f"config must be a preset's name, one of {PRESETS}, got {config!r}")
         #: ``graph`` left to the preset: a transformers model without a classifier (nothing to walk from) uses "similarity".
         self._graph_from_preset = graph is None
         if graph is None:  # the preset's graph: the paper's attention correlation, or the recommended flow graph
-            graph = "similarity" if preset == "paper" else "flow"
-        self.preset = preset
+            graph = "similarity" if config == "paper" else "flow"
+        #: The preset's name (``None``: the defaults).
+        self.config = config
         if graph not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
         self.graph_kind = graph

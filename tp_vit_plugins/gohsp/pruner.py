@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import sys
 import typing
-import warnings
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,7 +50,7 @@ from torch.nn import functional as F
 
 from ..core.calibration import accumulate_gradients
 from ..core.distributed import all_reduce_sum, is_distributed
-from ..core.options import split_options
+from ..core.options import check_pruner_kwargs, split_options
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..core.training import add_to_grad
@@ -59,13 +58,6 @@ from ..hosts import BlockLayers, host_for, split_qkv, unit_param_costs
 from .config import METRICS, UNIT_TYPES, GOHSPConfig
 
 __all__ = ["GOHSPPruner", "GOHSPConfig", "StructurePlan", "UNIT_TYPES", "METRICS"]
-
-#: Options that left GOHSPPruner: name -> (its old default, why).
-_REMOVED = {
-    "normalize": ("heads-block", "heads are normalised per block, head dims and neurons over the model"),
-    "fisher_decay": (None, "the Fisher estimate is the cumulative mean over calibration and training steps"),
-    "budget_ramp": (0, "the Z-step projects onto the full budget from the first dual update"),
-}
 
 
 @dataclass
@@ -126,14 +118,8 @@ class GOHSPPruner(ViTPruner):
         config: GOHSPConfig | str | None = None,
         **kwargs: typing.Any,
     ) -> None:
-        if "target_params_ratio" in kwargs:
-            warnings.warn(
-                "GOHSPPruner(target_params_ratio=) is now GOHSPPruner(pruning_ratio=) (the share of parameters removed)",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            pruning_ratio = kwargs.pop("target_params_ratio")
-        cfg, kwargs = split_options(GOHSPConfig, config, kwargs, _REMOVED, "GOHSPPruner")
+        cfg, kwargs = split_options(GOHSPConfig, config, kwargs, "GOHSPPruner")
+        check_pruner_kwargs("GOHSPPruner", kwargs, ViTPruner.__init__, tp.pruner.BasePruner.__init__, config_cls=GOHSPConfig)
         self.config = cfg
         self.params_pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
         for key in ("head_pruning_ratio", "pruning_ratio_dict", "head_pruning_ratio_dict"):

@@ -7,13 +7,9 @@
 * :mod:`.pruner` — :class:`VTPPruner`, gates + regulariser + fold + prune through tp.
 """
 
-from ..core._moved import moved
 from .config import VTPConfig
 from .gates import GateSet, soft_threshold
 from .importance import GateImportance, NoGateError
 from .pruner import VTPPruner
 
 __all__ = ["GateImportance", "GateSet", "NoGateError", "VTPConfig", "VTPPruner", "soft_threshold"]
-
-#: Names that left this package's top level: they warn for one release.
-__getattr__ = moved(__name__, ["tp_vit_plugins.vtp.gates", "tp_vit_plugins.vtp.config", "tp_vit_plugins.vtp.pruner"])

@@ -56,7 +56,7 @@ from torch import nn
 
 from ..core.inputs import prune_block_inputs
 from ..core.metrics import count_params
-from ..core.options import split_options
+from ..core.options import check_pruner_kwargs, split_options
 from ..core.pruner import ViTPruner, check_ratio
 from ..core.snapshot import ModuleSnapshot
 from ..hosts import host_for, unit_param_costs
@@ -67,12 +67,6 @@ from .importance import GateImportance
 
 __all__ = ["VTPPruner", "VTPConfig", "GATED_LAYERS", "GATE_SCORES", "default_gated_layers"]
 
-#: Options that left VTPPruner: name -> (its old default, why).
-_REMOVED = {
-    "head_dim_gate": ("proj", "head dims are gated at the proj input"),
-    "close_until": (0.5, "the closing rounds run over the first half of the sparse phase"),
-    "close_start": (0.0, "the closing rounds start with the sparse phase"),
-}
 #: Gate positions per prunable structure (the default: gate exactly what may be pruned).
 GATES_FOR = {"mlp": ("fc2",), "embed": ("qkv", "fc1")}
 
@@ -132,8 +126,8 @@ class VTPPruner(ViTPruner):
     Args:
         model: A timm ViT-family model (gates are attached at construction).
         example_inputs: Input for tp's graph tracing.
+        importance: Defaults to :class:`~tp_vit_plugins.GateImportance` (third, as in tp's pruners).
         pruning_ratio: Share of dimensions removed, in ``[0, 1)`` (ignored with ``threshold``).
-        importance: Defaults to :class:`~tp_vit_plugins.GateImportance`.
         config: The method's options (:class:`~tp_vit_plugins.vtp.VTPConfig`), or a preset's name
             (``"paper"``, ``"closing"`` = ``"recommended"``: :meth:`~tp_vit_plugins.vtp.VTPConfig.preset`).
         global_pruning: One ranking across all layers and structure types (heterogeneous widths).
@@ -148,15 +142,15 @@ class VTPPruner(ViTPruner):
             asked for (``close=True`` or ``close_params``) with settings it cannot serve
             (embedding dims, whole heads, rotary head dims, blocks without a two-layer MLP);
             the model is left as it was.
-        TypeError: The model is not a timm ViT, or a removed option with a non-default value.
+        TypeError: The model is not a supported ViT, a number where the importance goes, or an unknown keyword.
     """
 
     def __init__(
         self,
         model: nn.Module,
         example_inputs: torch.Tensor | Sequence,
-        pruning_ratio: float = 0.4,
         importance: tp.importance.Importance | None = None,
+        pruning_ratio: float = 0.4,
         config: VTPConfig | str | None = None,
         *,
         global_pruning: bool = True,
@@ -165,8 +159,14 @@ class VTPPruner(ViTPruner):
         prune_embed_dim: bool = False,
         **kwargs: typing.Any,
     ) -> None:
+        if isinstance(importance, (int, float)):
+            raise TypeError(
+                f"VTPPruner takes importance third, as tp's pruners do; got {importance!r}: "
+                f"pass it as pruning_ratio={importance!r}"
+            )
         pruning_ratio = check_ratio("pruning_ratio", pruning_ratio)
-        cfg, kwargs = split_options(VTPConfig, config, kwargs, _REMOVED, "VTPPruner")
+        cfg, kwargs = split_options(VTPConfig, config, kwargs, "VTPPruner")
+        check_pruner_kwargs("VTPPruner", kwargs, ViTPruner.__init__, tp.pruner.BasePruner.__init__, config_cls=VTPConfig)
         self.config = cfg
         reg, gate_lr, sparse_steps, threshold, shrink = cfg.reg, cfg.gate_lr, cfg.sparse_steps, cfg.threshold, cfg.shrink
         fold_values, gated_layers, score, close, close_params = (
