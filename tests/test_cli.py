@@ -341,3 +341,25 @@ def test_the_vtp_paper_preset_keeps_every_head_and_prunes_block_inputs(cache):
     r = prune(*QUIET, "--method", "vtp", "--preset", "paper", "--sparse-epochs", "1", "--no-latency")
     assert r.after.heads == r.before.heads  # VTP prunes dimensions, never whole heads
     assert any(a < 96 or m < 96 for a, m in r.after.inputs) and r.after.inputs != r.before.inputs
+
+
+@pytest.mark.slow
+def test_a_cascade_pruned_with_the_cli_is_saved_loaded_and_exported_with_its_cascade(cache, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    saved = tmp_path / "saved"
+    r = prune(*QUIET, "--method", "cpvit", "--keep-ratio", "0.5", "--out", str(saved))
+    loaded = tpv.load_pruned(saved)
+    cascade = tpv.cpvit.find_cascade(loaded)
+    assert cascade is not None and cascade.counts == r.token_schedule
+    capsys.readouterr()
+    assert cli.main(["export", str(saved), str(tmp_path / "c.onnx"), "--latency-batch-sizes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"with its CP-ViT cascade (patch tokens per block {r.token_schedule})" in out
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        want = loaded(x).numpy()
+    session = tpv.export.onnx_session(str(tmp_path / "c.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - want).max() <= 1e-4
+    assert cli.main(["export", str(saved), str(tmp_path / "d.onnx"), "--latency-batch-sizes", "2", "--no-cascade"]) == 0
+    assert "CP-ViT cascade" not in capsys.readouterr().out

@@ -82,3 +82,48 @@ def test_save_rejects_unsupported_or_unsynced(tmp_path, x):
     model.blocks[0].attn.num_heads = 2
     with pytest.raises(ValueError, match="sync_attention"):
         tpv.save_pruned(model, tmp_path / "b")
+
+
+@pytest.mark.parametrize("preset", ["recommended", "paper"])
+def test_a_saved_model_carries_its_cascade(tmp_path, x, preset):
+    """save_pruned records the applied cascade (options + calibrated counts); load_pruned applies it again."""
+    model = make_model("vit", depth=4)
+    tpv.ViTPruner(model, x, head_pruning_ratio=0.34, global_head_pruning=True).step()
+    calib = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    cascade = tpv.apply_cascade(model, preset, calib=calib, keep_ratio=0.5)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = model(images)
+    tpv.save_pruned(model, tmp_path / "m")
+    spec = json.loads((tmp_path / "m" / "spec.json").read_text())
+    assert spec["cascade"]["counts"] == cascade.counts and spec["cascade"]["config"]["keep_ratio"] == 0.5
+    loaded = tpv.load_pruned(tmp_path / "m")
+    again = tpv.cpvit.find_cascade(loaded)
+    assert again is not None and again.config == cascade.config and again.counts == cascade.counts
+    assert again.localities == pytest.approx(cascade.localities)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), want)
+    assert again.last.counts == cascade.counts and len(again.last.counts) == len(loaded.blocks)
+    bare = tpv.load_pruned(tmp_path / "m", cascade=False)
+    assert tpv.cpvit.find_cascade(bare) is None
+    cascade.remove()
+    with torch.no_grad():
+        assert torch.equal(bare(images), model(images))
+
+
+def test_a_cascade_that_cannot_be_stored_is_refused_before_anything_is_written(tmp_path, x):
+    model = make_model("vit")
+    cascade = tpv.apply_cascade(model, keep_ratio=0.5, score=lambda probs, p: probs[:, :, 0, p:].mean(1))
+    with pytest.raises(ValueError, match="custom token scorer"):
+        tpv.save_pruned(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    cascade.remove()
+
+
+def test_counts_that_do_not_fit_the_model_are_refused(x):
+    model = make_model("vit", depth=4)
+    with pytest.raises(ValueError, match="non-increasing patch-token counts"):
+        tpv.apply_cascade(model, "paper", counts=[16, 12, 8])
+    with pytest.raises(ValueError, match="not a cascade record"):
+        tpv.cpvit.restore_cascade(model, {"counts": [16, 16, 16, 16]})
+    assert tpv.cpvit.find_cascade(model) is None

@@ -192,6 +192,9 @@ def test_the_cascade_on_transformers_models(family, tmp_path):
     assert cascade.last.heads_kept and max(cascade.last.heads_kept) < 4  # heads skipped per input
     cascade.remove()
     tpv.apply_cascade(model, keep_ratio=0.5, fold="drop")
+    want = logits(model, X)
+    loaded = tpv.load_pruned(tpv.save_pruned(model, tmp_path / "saved"))  # the cascade travels with the save
+    assert tpv.cpvit.find_cascade(loaded) is not None and torch.equal(logits(loaded, X), want)
     pytest.importorskip("onnxruntime")
     assert tpv.export_onnx(model, X, tmp_path / "m.onnx").max_abs_diff <= 1e-4
 

@@ -4,12 +4,13 @@
 
     path/
       model.safetensors   every parameter and persistent buffer
-      spec.json           the host, its class + structural description + every pruned dimension
+      spec.json           the host, its class + structural description + every pruned dimension,
+                          and an applied CP-ViT cascade (its options and fixed token counts)
 
 ``load_pruned(path)`` asks the host named in the spec (:meth:`~tp_vit_plugins.hosts.Host.rebuild`)
 to rebuild the skeleton (allow-listed classes only, never unpickling anything), resize every
 tensor and module attribute to the saved shapes, restore each attention's layout, and load the
-weights strictly, so outputs are identical to the saved model.
+weights strictly, then applies the saved cascade again, so outputs are identical to the saved model.
 """
 
 from __future__ import annotations
@@ -42,15 +43,23 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
             :func:`~tp_vit_plugins.sync_attention` after pruning first.
         path: Directory to create (existing files of the same names are overwritten).
 
+    An applied CP-ViT cascade (:func:`~tp_vit_plugins.apply_cascade`) is saved with the model:
+    its options and its calibrated per-block token counts.
+
     Returns:
         The directory path.
 
     Raises:
         TypeError: ``model`` is not a class its host can save.
-        ValueError: An attention module is out of sync with its weights.
+        ValueError: An attention module is out of sync with its weights, or the applied cascade
+            cannot be stored (a custom token scorer); nothing is written then.
         NotImplementedError: A layer variant the spec cannot describe (custom norm/MLP).
     """
+    from ..cpvit.patch import find_cascade  # the methods build on core: imported when used
+
     host = host_for(model)
+    cascade = find_cascade(model)
+    record = cascade.record() if cascade is not None else None  # refused before anything is written
     spec, tensors = host.save_spec(model)
     selected = {}  # per-block input dims (core.inputs): the host rebuilds the norms, the selection is applied after
     for name, module in model.named_modules():
@@ -62,6 +71,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike) -> str:
             selected[name] = [int(i) for i in keep.tolist()]
     if selected:
         spec["selected_outputs"] = selected
+    if record is not None:
+        spec["cascade"] = record
     return _write(path, tensors, {"format": FORMAT, "host": host.name, **spec})
 
 
@@ -82,12 +93,14 @@ def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], spec: dict
     return os.fspath(path)
 
 
-def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu", cascade: bool = True) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`; no pickle is involved.
 
     Args:
         path: Directory written by :func:`save_pruned`.
         map_location: Device for the weights.
+        cascade: Apply the saved CP-ViT cascade again (with its saved token counts; find it with
+            :func:`tp_vit_plugins.cpvit.find_cascade`); ``False``: the model without it.
 
     Returns:
         The model in eval mode, with outputs identical to the saved one.
@@ -124,4 +137,14 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
             select_outputs(model.get_submodule(norm_name), keep)
     except (ValueError, AttributeError) as e:
         raise ValueError(f"{spath}: {e}") from e
-    return model.to(map_location).eval()
+    model = model.to(map_location).eval()
+    if cascade and spec.get("cascade") is not None:
+        from ..cpvit.patch import restore_cascade
+
+        try:
+            restore_cascade(model, spec["cascade"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"{spath}: the saved cascade cannot be applied ({e}); load_pruned(path, cascade=False) loads the model without it"
+            ) from e
+    return model

@@ -10,15 +10,17 @@
 from .budget import cascade_macs, fit_keep_ratio
 from .config import CascadeConfig
 from .importance import CumulativeHeadImportance
-from .patch import Cascade, apply_cascade, find_cascade, remove_cascade
+from .patch import Cascade, CascadeState, apply_cascade, find_cascade, remove_cascade, restore_cascade
 
 __all__ = [
     "Cascade",
     "CascadeConfig",
+    "CascadeState",
     "CumulativeHeadImportance",
     "apply_cascade",
     "cascade_macs",
     "find_cascade",
     "fit_keep_ratio",
     "remove_cascade",
+    "restore_cascade",
 ]

@@ -44,7 +44,8 @@ keep the grid position of the kept token they merge into.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -54,7 +55,7 @@ from torch import nn
 
 from ..core.calibration import iter_batches
 from ..hosts import BlockHalves, Host, UnsupportedModelError, host_for
-from .config import PRUNE_SITES, SCORE_SITES, TOKEN_FOLDS, TOKEN_MODES, TOKEN_SCORES, CascadeConfig, with_options  # noqa: F401 (their old place)
+from .config import CascadeConfig, with_options
 from .maths import (
     _merge,
     attention_range,
@@ -69,7 +70,7 @@ from .maths import (
     topk_sorted,
 )
 
-__all__ = ["Cascade", "apply_cascade", "remove_cascade", "find_cascade"]
+__all__ = ["Cascade", "CascadeState", "apply_cascade", "remove_cascade", "find_cascade", "restore_cascade"]
 
 
 def select_heads(probs: torch.Tensor, num_prefix: int, k: int) -> torch.Tensor:
@@ -78,17 +79,29 @@ def select_heads(probs: torch.Tensor, num_prefix: int, k: int) -> torch.Tensor:
 
 
 @dataclass
-class _ForwardState:
-    """What one forward pass carries from block to block."""
+class CascadeState:
+    """What one forward pass carries from block to block; :attr:`Cascade.last` is the latest one.
 
-    scores: torch.Tensor | None = None  # [B, P_cur] cumulative token scores
-    positions: torch.Tensor | None = None  # [B, P_cur] original grid index of each patch token
-    key_mask: torch.Tensor | None = None  # [B, P] True = masked (mask mode)
-    counts: list[int] = field(default_factory=list)  # patch tokens entering each block
+    Attributes:
+        counts: Patch tokens entering each block, one entry per block (``len == depth``; the
+            same for every image of the batch).
+        heads_kept: Heads each head-skipping block ran (one entry per such block, in order).
+        localities: Attention range measured at each pruning point (calibration only).
+        scores: ``[B, P_cur]`` cumulative token scores of the tokens still alive.
+        positions: ``[B, P_cur]`` original grid index of each patch token still alive.
+        key_mask: ``[B, P]`` True = masked (``mode="mask"``).
+        sizes: ``[B, P_cur]`` patches each token stands for (``fold="merge"``).
+        bias: ``[B, 1, 1, N]`` ``log(size)`` attention logit bias, made once per merge.
+    """
+
+    scores: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None
+    counts: list[int] = field(default_factory=list)
     localities: list[float] = field(default_factory=list)
     heads_kept: list[int] = field(default_factory=list)
-    sizes: torch.Tensor | None = None  # [B, P_cur] patches each token stands for (fold="merge")
-    bias: torch.Tensor | None = None  # [B, 1, 1, N] log(size) logit bias, made once per merge
+    sizes: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
 
 
 class _AfterBlock:
@@ -220,7 +233,7 @@ class Cascade:
         scoring = set(prune_points) if score_at == "prune" else set(range(self.last_point + 1))
         self.score_blocks = scoring if score != "random" or beta > 0 else set()
         self.head_blocks = set(range(head_start_block, self.depth)) if head_keep_ratio < 1.0 else set()
-        self.state = _ForwardState()
+        self.state = CascadeState()
         self._handles: list = []
         #: Fixed patch-token count entering every block (``beta`` calibrated in; see :meth:`calibrate`).
         self.counts = list(self.schedule) if beta == 0 else None
@@ -230,9 +243,34 @@ class Cascade:
         self._random_table = torch.rand(self.num_patches, generator=self._generator)
 
     @property
-    def last(self) -> _ForwardState:
-        """What the latest forward did: ``counts`` (patch tokens entering each block), ``heads_kept``, ..."""
-        return self.state
+    def last(self) -> CascadeState:
+        """What the latest forward did: ``counts`` (patch tokens entering each of the ``depth`` blocks), ``heads_kept``, ..."""
+        st = self.state
+        if st.counts and len(st.counts) < self.depth:  # blocks after the last pruning point keep the last count
+            st.counts.extend([st.counts[-1]] * (self.depth - len(st.counts)))
+        return st
+
+    def record(self) -> dict:
+        """The cascade as JSON data: its options, fixed counts and calibrated attention ranges.
+
+        :func:`~tp_vit_plugins.save_pruned` stores it; :func:`restore_cascade` (and
+        :func:`~tp_vit_plugins.load_pruned`) apply it again without calibration data.
+
+        Raises:
+            ValueError: A custom token scorer (a function is not data) or an uncalibrated ``beta > 0``.
+        """
+        if callable(self.config.score):
+            raise ValueError(
+                "a cascade with a custom token scorer cannot be saved (a function is not data): "
+                "cascade.remove() first, save, and apply the cascade again after loading"
+            )
+        if self.counts is None:
+            raise ValueError("this cascade has beta > 0 and is not calibrated: call cascade.calibrate(loader) first")
+        return {
+            "config": dataclasses.asdict(self.config),
+            "counts": [int(c) for c in self.counts],
+            "localities": {str(k): float(v) for k, v in self.localities.items()},
+        }
 
     # -------------------------------------------------------------- lifecycle
     def _attach(self) -> None:
@@ -336,7 +374,7 @@ class Cascade:
         pos = None
         if self.score == "random" or self._calibrating is not None or self.positional:  # these read grid positions
             pos = torch.arange(self.num_patches, device=x.device).expand(B, -1)
-        self.state = _ForwardState(positions=pos, counts=[self.num_patches])
+        self.state = CascadeState(positions=pos, counts=[self.num_patches])
 
     def _statistic(self, probs: torch.Tensor) -> torch.Tensor | None:
         """The token statistic ``[b, P]`` from probabilities ``[b, H, N, N]`` (per image)."""
@@ -448,6 +486,7 @@ def apply_cascade(
     *,
     calib: Iterable | None = None,
     calib_batches: int | None = 8,
+    counts: Sequence[int] | None = None,
     **options: Any,
 ) -> Cascade:
     """Attach a CP-ViT cascade to a timm ViT (inference-time, per input).
@@ -475,6 +514,9 @@ def apply_cascade(
         calib: Calibration batches, required when ``beta > 0`` (the attention-range
             adjustment is calibrated once into fixed per-block counts).
         calib_batches: Use at most this many of them.
+        counts: Fixed patch-token counts per block from an earlier calibration of the same
+            model and options (``cascade.counts``), used instead of calibrating: ``calib`` is
+            then not needed.
         **options: :class:`~tp_vit_plugins.cpvit.CascadeConfig` fields overriding ``config``
             (e.g. ``keep_ratio=0.6``).
 
@@ -484,7 +526,8 @@ def apply_cascade(
 
     Raises:
         TypeError: Not a supported timm ViT, an unknown option, or a cascade is already applied.
-        ValueError: Invalid option values or block indices, or ``beta > 0`` without ``calib``.
+        ValueError: Invalid option values, block indices or ``counts``, or ``beta > 0`` without
+            ``calib`` or ``counts``.
     """
     cfg = with_options(config, options)
     host = host_for(model)
@@ -503,10 +546,11 @@ def apply_cascade(
     start_block, head_start_block = cfg.start_blocks(depth)
     if not 0 <= head_start_block < depth:
         raise ValueError(f"head_start_block must lie in [0, {depth - 1}], got {head_start_block}")
-    if cfg.beta > 0 and calib is None:
+    if cfg.beta > 0 and calib is None and counts is None:
         raise ValueError(
             f"beta={cfg.beta} adjusts the schedule by attention range, which is calibrated once so every image gets "
-            "the same counts whatever its batch: pass calib=<calibration loader> (or beta=0)"
+            "the same counts whatever its batch: pass calib=<calibration loader>, counts from an earlier calibration, "
+            "or beta=0"
         )
     keep_schedule(1, depth, cfg.keep_ratio, start_block, steps=cfg.schedule_steps, mean=cfg.keep_mean)  # validates the schedule
     talking = [host.head_layout(a)[0] for b in blocks if host.head_mixers(a := host.block_attention(b))]
@@ -515,8 +559,17 @@ def apply_cascade(
             f"head_keep_ratio={cfg.head_keep_ratio} skips heads, which talking-heads attention (CaiT) mixes; use 1.0"
         )
     cascade = Cascade(model, cfg)
+    if counts is not None:
+        fixed = [int(c) for c in counts]
+        n = cascade.num_patches
+        if len(fixed) != depth or fixed[0] != n or any(not 1 <= b <= a for a, b in zip(fixed, fixed[1:])):
+            raise ValueError(
+                f"counts must be {depth} non-increasing patch-token counts starting at {n} (this model's patches), "
+                f"got {list(counts)}; were they calibrated on another model?"
+            )
+        cascade.counts = fixed
     cascade._attach()
-    if cfg.beta > 0:
+    if cfg.beta > 0 and counts is None:
         try:
             cascade.calibrate(calib, calib_batches)
         except Exception:
@@ -530,3 +583,27 @@ def remove_cascade(model: nn.Module) -> None:
     cascade = find_cascade(model)
     if cascade is not None:
         cascade.detach()
+
+
+def restore_cascade(model: nn.Module, record: dict) -> Cascade:
+    """Apply a cascade from :meth:`Cascade.record` (what :func:`~tp_vit_plugins.save_pruned` stores).
+
+    Args:
+        model: The model the record was made on (or one loaded from its save).
+        record: ``{"config": CascadeConfig fields, "counts": [...], "localities": {...}}``.
+
+    Returns:
+        The applied :class:`Cascade`, with the recorded counts (no calibration).
+
+    Raises:
+        ValueError: The record is malformed or does not fit ``model``.
+    """
+    try:
+        cfg = CascadeConfig(**record["config"])
+        counts = record["counts"]
+        localities = {int(k): float(v) for k, v in (record.get("localities") or {}).items()}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a cascade record ({e}); it is written by Cascade.record()") from e
+    cascade = apply_cascade(model, cfg, counts=counts)
+    cascade.localities = localities
+    return cascade

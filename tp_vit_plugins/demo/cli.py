@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-batch-sizes", type=_positive_int, nargs="*", default=[1, 64], help="onnxruntime batch sizes to time"
     )
     e.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime / torch CPU threads")
+    e.add_argument("--no-cascade", dest="cascade", action="store_false", help="export without the saved CP-ViT cascade (if any)")
     e.set_defaults(subparser=e)
 
     b = sub.add_parser("bench", help="compare every method at the same MACs budgets", formatter_class=fmt)
@@ -508,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export":
         from .export_cmd import cmd_export
 
-        return cmd_export(args.saved_dir, args.onnx_path, tuple(args.latency_batch_sizes), args.threads)
+        return cmd_export(args.saved_dir, args.onnx_path, tuple(args.latency_batch_sizes), args.threads, args.cascade)
     from .bench import cmd_bench
 
     return cmd_bench(bench_options(args, "tp-vit " + " ".join(argv)))

@@ -283,12 +283,7 @@ def run_prune(opts: PruneOptions) -> PruneResult:
     if opts.export_path:
         _export(opts, w, model, result)
     if opts.out:
-        result.saved_to = save_pruned(model, opts.out)
-        if recipe.drops_tokens:
-            result.notes.append(
-                "the cascade is a runtime setting: save_pruned stores the weights only; "
-                "call tpv.apply_cascade again after loading"
-            )
+        result.saved_to = save_pruned(model, opts.out)  # the cascade included: load_pruned applies it again
     return result
 
 
