@@ -1,8 +1,8 @@
 """A plain Torch-Pruning script on a timm ViT, with tp_vit_plugins supplying the ViT glue.
 
-Runs offline on random weights: prunes half the heads and 30 % of the MLP neurons of
-deit_tiny_patch16_224 with tp's group-L2 criterion, then checks the model still runs with
-fused and eager attention.
+Runs offline on random weights: prunes heads at head_pruning_ratio=0.5 (3 -> 1 per block:
+tp keeps the rounded-down half) and 30 % of the MLP neurons of deit_tiny_patch16_224 with tp's
+group-L2 criterion, then checks the model still runs with fused and eager attention.
 
     python examples/tp_script.py [--model deit_small_patch16_224]
 """

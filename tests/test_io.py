@@ -45,6 +45,8 @@ def test_files_are_safetensors_and_json(tmp_path, x):
     tpv.ViTPruner(model, x, pruning_ratio=0.25, prune_head_dims=True).step()
     path = tpv.save_pruned(model, tmp_path / "m")
     assert sorted(os.listdir(path)) == ["model.safetensors", "spec.json"]
+    modes = {name: os.stat(os.path.join(path, name)).st_mode & 0o777 for name in os.listdir(path)}
+    assert modes["model.safetensors"] == modes["spec.json"]  # both follow the umask (safetensors alone writes 0600)
     spec = json.loads((tmp_path / "m" / "spec.json").read_text())
     assert spec["class"] == "VisionTransformer"
     assert spec["attention"]["blocks.0.attn"]["head_dim"] == 12

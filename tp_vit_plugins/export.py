@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .core.extras import install_hint
+
 __all__ = ["OnnxExport", "export_onnx", "onnx_session", "onnx_latency", "alternated_onnx_speedup"]
 
-_INSTALL = "pip install 'tp-vit-plugins[export]'"
+_INSTALL = install_hint("export")
 
 
 def _require(*modules: str) -> None:

@@ -84,6 +84,8 @@ def _write(path: str | os.PathLike, tensors: dict[str, torch.Tensor], spec: dict
         save_file(tensors, weights + ".tmp", metadata={"format": FORMAT})
         with open(spec_file + ".tmp", "w") as f:
             json.dump(spec, f, indent=1)
+        # safetensors writes 0600; the weights get the spec's mode (the user's umask), as any file they write
+        os.chmod(weights + ".tmp", os.stat(spec_file + ".tmp").st_mode & 0o777)
         os.replace(weights + ".tmp", weights)
         os.replace(spec_file + ".tmp", spec_file)
     finally:

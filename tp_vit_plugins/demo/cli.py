@@ -26,6 +26,7 @@ import typing
 from collections.abc import Sequence
 
 from .. import __version__
+from ..core.extras import install_hint
 from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS, ZOO_TOKEN_METHODS
 from .options import BenchOptions, PruneOptions, default_admm_epochs, default_head_ratio, from_namespace
 
@@ -280,7 +281,7 @@ def check_export(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path!r} must name a .onnx file")
     missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ValueError(f"{flag} needs {', '.join(missing)}: pip install 'tp-vit-plugins[export]'")
+        raise ValueError(f"{flag} needs {', '.join(missing)}: {install_hint('export')}")
     check_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
 
 

@@ -152,7 +152,7 @@ def image_folder_loaders(
     root: str,
     model: torch.nn.Module,
     batch_size: int = 64,
-    workers: int = 4,
+    workers: int | None = None,
     data_config: dict | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """ImageFolder loaders for real data (e.g. ImageNet) with the model's own transforms.
@@ -165,7 +165,7 @@ def image_folder_loaders(
         root: Dataset root with ``train`` and ``val`` sub-folders.
         model: The timm model whose pretrained config defines the transforms.
         batch_size: Batch size of both loaders.
-        workers: DataLoader worker processes.
+        workers: DataLoader worker processes; ``None``: one per CPU core beyond the first, at most 4.
         data_config: timm data config (input size, mean, std, ...) instead of the one resolved from ``model``.
 
     Returns:
@@ -179,6 +179,8 @@ def image_folder_loaders(
     for sub in ("train", "val"):
         if not os.path.isdir(os.path.join(root, sub)):
             raise FileNotFoundError(f"expected an ImageFolder at {os.path.join(root, sub)!r}")
+    if workers is None:
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
     cfg = timm.data.resolve_data_config(data_config or {}, model=None if data_config else model)
     train_tf = timm.data.create_transform(**cfg, is_training=True)
     val_tf = timm.data.create_transform(**cfg)

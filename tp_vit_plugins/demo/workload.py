@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.extras import install_hint
 from ..core.io import load_pruned
 from .data import image_folder_loaders, make_loaders
 from .embedded import EmbeddedRecipe, embedded_model
@@ -113,7 +114,7 @@ def _transformers_workload(path: str, data_path: str | None, batch_size: int, ev
     try:
         from transformers import AutoModelForImageClassification
     except ImportError as e:
-        raise ValueError(f"--model {path!r} is a transformers model directory: pip install 'tp-vit-plugins[hf]'") from e
+        raise ValueError(f"--model {path!r} is a transformers model directory: {install_hint('hf')}") from e
     model = AutoModelForImageClassification.from_pretrained(path, local_files_only=True).eval()
     cfg = model.config
     size, chans = int(cfg.image_size), int(getattr(cfg, "num_channels", 3))

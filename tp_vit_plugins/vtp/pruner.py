@@ -54,6 +54,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..core.extras import install_hint
 from ..core.inputs import prune_block_inputs
 from ..core.metrics import count_params
 from ..core.options import check_pruner_kwargs, split_options
@@ -404,12 +405,12 @@ class VTPPruner(ViTPruner):
         """Write a histogram of the gate values (PNG; needs ``matplotlib``) and return ``path``.
 
         Raises:
-            ImportError: matplotlib is not installed (``pip install tp-vit-plugins[plot]``).
+            ImportError: matplotlib is not installed (the ``[plot]`` extra).
         """
         try:
             import matplotlib
         except ImportError as e:
-            raise ImportError("the gate histogram needs matplotlib: pip install 'tp-vit-plugins[plot]'") from e
+            raise ImportError(f"the gate histogram needs matplotlib: {install_hint('plot')}") from e
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
