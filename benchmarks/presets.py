@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 
 from common import write_section
+from zoo_runs import load_runs
 
-from tp_vit_plugins.demo.zoo_report import _by, _diff, _interval, load_runs, paired_bootstrap
+from tp_vit_plugins.demo.zoo_report import by_method, format_interval, paired_bootstrap, paired_diff
 
 #: (method, other, what the difference means), per protocol.
 PAIRS = {
@@ -48,22 +49,24 @@ def main(heads: str, tokens: str, *pipelines: str) -> str:
     below: list[str] = []
     for protocol, paths in (("heads", [heads]), ("tokens", [tokens]), ("pipeline", list(pipelines))):
         rows = load_runs(paths)[0]
-        for (proto, setting), methods in _by(rows).items():
+        for (proto, setting), methods in by_method(rows).items():
             if proto != protocol:
                 continue
             for a, b, what in PAIRS[protocol]:
                 if a not in methods or b not in methods:
                     continue
                 models = sorted(set(methods[a]) & set(methods[b]))
-                diffs = [_diff(methods[a][m], methods[b][m]) for m in models]
+                diffs = [paired_diff(methods[a][m], methods[b][m]) for m in models]
                 worse = [m for m, d in zip(models, diffs) if paired_bootstrap([d], 1000)[0] < 0]
-                lines.append(f"| {what} | {setting} | {_interval(paired_bootstrap(diffs, 1000))} | {', '.join(worse) or '–'} |")
+                lines.append(
+                    f"| {what} | {setting} | {format_interval(paired_bootstrap(diffs, 1000))} | {', '.join(worse) or '–'} |"
+                )
             if protocol == "heads":
                 for m in ("gohsp", "gohsp-paper", "taylor"):
                     for model in sorted(methods.get(m, {})):
-                        t = paired_bootstrap([_diff(methods[m][model], methods["l2"][model])], 1000)
+                        t = paired_bootstrap([paired_diff(methods[m][model], methods["l2"][model])], 1000)
                         if t[0] < 0:
-                            below.append(f"| {m} | {setting} | {model} | {_interval(t)} |")
+                            below.append(f"| {m} | {setting} | {model} | {format_interval(t)} |")
     lines += ["", "One-shot head rankings below tp's L2 criterion on a model (per-model paired intervals):", ""]
     lines += ["| ranking | setting | model | − L2 |", "|---|---|---|---|", *below]
     body = "\n".join(lines)

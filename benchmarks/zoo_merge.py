@@ -16,9 +16,8 @@ import os
 import shlex
 import sys
 
+from zoo_runs import merge_runs
 from zoo_section import zoo_section
-
-from tp_vit_plugins.demo.zoo_report import merge_runs
 
 if __name__ == "__main__":
     args = sys.argv[1:]

@@ -106,3 +106,11 @@ def test_mypy_resolves_the_public_names(tmp_path):
         capture_output=True, text=True, cwd=root, check=False,
     ).stdout  # fmt: skip
     assert "tp_vit_plugins.core.pruner.ViTPruner" in out and "tp_vit_plugins.cpvit.patch.Cascade" in out, out
+
+
+def test_benchmarks_use_public_names_only():
+    for path in (ROOT.parent / "benchmarks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tp_vit_plugins"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"

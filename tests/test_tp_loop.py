@@ -7,6 +7,8 @@ closing rounds from the training steps they see (the steps before the first
 
 from __future__ import annotations
 
+import pathlib
+import sys
 import warnings
 
 import pytest
@@ -159,7 +161,8 @@ def test_tp_loop_defaults_reach_the_documented_recipe_on_real_digits():
 
     ``benchmarks/tp_loop.py``'s protocol, one seed: 3 sparse + 3 fine-tune epochs at -40 %.
     """
-    from tp_vit_plugins.demo.tp_loop import run
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+    from tp_loop import run
 
     rows = run(seed=0)
     for method in ("GOHSP", "VTP"):

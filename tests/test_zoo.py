@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -13,6 +15,9 @@ from conftest import make_model
 from tp_vit_plugins.demo import zoo_bench, zoo_report
 from tp_vit_plugins.demo.peers import apply_evit, apply_tome, bipartite_merge, evit_blocks, remove_peer
 from tp_vit_plugins.demo.zoo import ZOO, ZooModel
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+zoo_runs = importlib.import_module("zoo_runs")  # the benchmarks' merging of saved runs
 
 
 def test_zoo_spans_what_the_issue_asks_for():
@@ -123,15 +128,15 @@ def test_tiny_zoo_run_writes_tables_json_and_heatmap(tmp_path, monkeypatch):
     assert "mean rank" in (tmp_path / "out" / "ZOO.md").read_text()
     assert (tmp_path / "out" / "zoo_ranks.png").stat().st_size > 1000
     # the per-image outcomes are kept, so runs merge with the same paired intervals
-    merged = zoo_report.merge_runs(str(tmp_path / "merged"), [str(tmp_path / "out" / "zoo.json")], "merge", boot=settings.boot)
+    merged = zoo_runs.merge_runs(str(tmp_path / "merged"), [str(tmp_path / "out" / "zoo.json")], "merge", boot=settings.boot)
     assert merged["heads | 50% heads removed"]["versus_best_peer"] == heads["versus_best_peer"]
     assert merged["tokens | 70% MACs"]["accuracy"] == summary["tokens | 70% MACs"]["accuracy"]
     source = f"{tmp_path / 'out' / 'zoo.json'}:gohsp=gohsp-renamed"
-    only = zoo_report.merge_runs(str(tmp_path / "only"), [source], "merge", boot=settings.boot, methods=["gohsp-renamed", "l2"])
+    only = zoo_runs.merge_runs(str(tmp_path / "only"), [source], "merge", boot=settings.boot, methods=["gohsp-renamed", "l2"])
     assert set(only["heads | 50% heads removed"]["accuracy"]) == {"gohsp-renamed", "l2"}
     assert only["heads | 50% heads removed"]["accuracy"]["gohsp-renamed"] == heads["accuracy"]["gohsp"]
     with pytest.raises(ValueError, match="no records"):
-        zoo_report.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
+        zoo_runs.merge_runs(str(tmp_path / "none"), [source], "merge", methods=["nothing"])
 
 
 def test_summary_of_a_method_measured_on_some_models_only(tmp_path):

@@ -12,7 +12,7 @@ candidate is timed alternately with the dense model (``measure_latency``, same b
 thread count) for ``latency_rounds`` rounds and the median of the per-round ratios is its kept
 fraction, so drifts of the machine cancel in the ratio. The returned model is timed once more
 for ``achieved`` (the measurement that selected it is biased toward the target). Timing noise
-still limits how close a latency target can be hit (``python benchmarks/budget.py`` measures it).
+still limits how close a latency target can be hit.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ MACs ratio. Every method is a recipe of :mod:`.methods` (the same table ``tp-vit
   (global heads + width + head dims);
 * ``gohsp`` — heads ranked by :class:`~tp_vit_plugins.GraphHeadImportance` (normalised per
   block), widths and dims inside heads by L2 (the one-shot graph ranking; the ADMM stage is
-  benchmarked in ``benchmarks/gohsp.py``);
+  in the zoo's pipeline protocol);
 * ``vtp`` — gated proximal-L1 sparse training for half of the epoch budget (at least one
   epoch: untrained gates are all 1 and rank nothing), |gate| ranking, the rest fine-tuning;
   the share of gates at exactly 0 is a column and ``vtp_gates_<target>_s<seed>.png`` a histogram;

@@ -68,7 +68,7 @@ from .data import calibration_loader
 from .methods import MethodSettings, get_method, run_recipe
 from .peers import apply_evit, apply_tome, remove_peer
 from .zoo import QUICK_ZOO, ZOO, ZooModel, load_zoo
-from .zoo_report import Record, _write_outputs, summarize
+from .zoo_report import Record, summarize, write_outputs
 
 __all__ = ["ZooSettings", "run_zoo", "register_variants", "PROTOCOLS", "HEAD_METHODS"]
 
@@ -231,7 +231,7 @@ def register_variants(
         table.update(new or {})
 
 
-def _prune_to_params(
+def prune_to_params(
     model: nn.Module, example: torch.Tensor, imp, target_params: float, prune_embed_dim: bool = False, **kwargs
 ) -> nn.Module:
     """Global heads + width + head dims at the scalar ratio whose model has at most ``target_params`` parameters.
@@ -289,9 +289,9 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         finetune(m, loader, epochs=E, **train)
         return m, extra
     if name in ("l2", "taylor", "lamp"):
-        m = _prune_to_params(m, example, _head_importance(name, m, calib), target)
+        m = prune_to_params(m, example, _head_importance(name, m, calib), target)
     elif name in ISOMORPHIC:  # tp's isomorphic pruning (Fang et al., ECCV 2024)
-        m = _prune_to_params(m, example, _head_importance(ISOMORPHIC[name], m, calib), target, isomorphic=True)
+        m = prune_to_params(m, example, _head_importance(ISOMORPHIC[name], m, calib), target, isomorphic=True)
     elif name.endswith(TP_LOOP):
         sparse = E // 2
         pruner = _tp_loop_pruner(name.removesuffix(TP_LOOP), m, example, calib, cut)
@@ -307,7 +307,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         if sparse:
             span = (0, E) if suffix else None
             finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: gnp.regularize(mm), schedule_span=span, **train)
-        m = _prune_to_params(m, example, tp_importance("l2"), target)
+        m = prune_to_params(m, example, tp_importance("l2"), target)
     elif name in GOHSP_VARIANTS or name in VTP_VARIANTS:
         recipe = get_method("gohsp" if name in GOHSP_VARIANTS else "vtp")
         opts = dict(GOHSP_VARIANTS.get(name, VTP_VARIANTS.get(name)))
@@ -328,7 +328,7 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         if run.reaches_budget:  # GOHSP: the hard prune removes Z's support, the parameter budget
             run.pruner.step()
         else:  # VTP: the gate ranking, fitted to the parameter budget
-            m = _prune_to_params(m, example, run.pruner.importance, target, prune_embed_dim=settings.prune_embed_dim)
+            m = prune_to_params(m, example, run.pruner.importance, target, prune_embed_dim=settings.prune_embed_dim)
     m.zero_grad(set_to_none=True)
     finetune(m, loader, epochs=E - sparse, schedule_span=(sparse, E) if one_schedule else None, **train)
     return m, extra
@@ -531,6 +531,6 @@ def run_zoo(
             json.dump([asdict(r) for r in rows], f)
     summary = summarize(rows, s.boot)
     zoo_meta = {member.name: meta["test_accuracy"] for member, _, _, meta in zoo}
-    _write_outputs(out_dir, rows, summary, zoo_meta, command, {**asdict(s), "command": command})
+    write_outputs(out_dir, rows, summary, zoo_meta, command, {**asdict(s), "command": command})
     os.remove(os.path.join(out_dir, "zoo_partial.json"))
     return summary

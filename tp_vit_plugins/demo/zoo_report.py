@@ -1,4 +1,4 @@
-"""The zoo's records and reports: paired bootstrap intervals, ``ZOO.md`` tables, ``zoo.json``, the rank heat map, merging runs.
+"""The zoo's records and reports: paired bootstrap intervals, ``ZOO.md`` tables, ``zoo.json``, the rank heat map.
 
 :mod:`.zoo_bench` measures (one :class:`Record` per model, method, setting and seed, with every
 test image's outcome); this module summarises: mean ranks, each library method against the
@@ -11,20 +11,18 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-
-from .zoo import ZOO, load_zoo
 
 __all__ = [
     "Record",
     "summarize",
     "render",
-    "rerender",
-    "merge_runs",
-    "load_runs",
+    "write_outputs",
+    "by_method",
+    "paired_diff",
+    "format_interval",
     "paired_bootstrap",
     "SEED_METHODS",
     "RANDOM_PEER",
@@ -78,7 +76,8 @@ def paired_bootstrap(diffs: list[torch.Tensor], boot: int, seed: int = 0) -> tup
     return point, low, high
 
 
-def _by(rows: list[Record]) -> dict:
+def by_method(rows: list[Record]) -> dict:
+    """``{(protocol, setting): {method: {model: [records over seeds]}}}``."""
     out: dict = {}
     for r in rows:
         out.setdefault((r.protocol, r.setting), {}).setdefault(r.method, {}).setdefault(r.model, []).append(r)
@@ -95,7 +94,7 @@ def _is_seed(protocol: str, method: str) -> bool:
 def summarize(rows: list[Record], boot: int) -> dict:
     """Per (protocol, setting): accuracy table, mean ranks, seed-vs-best-peer intervals and flags."""
     summary = {}
-    for (protocol, setting), methods in _by(rows).items():
+    for (protocol, setting), methods in by_method(rows).items():
         if protocol == "latency":
             summary[f"{protocol} | {setting}"] = {
                 m: {model: statistics.mean(r.kept for r in rs) for model, rs in per.items()} for m, per in methods.items()
@@ -117,7 +116,7 @@ def summarize(rows: list[Record], boot: int) -> dict:
             if best is None:
                 continue
             shared = [model for model in models if model in methods[m]]
-            diffs = [_diff(methods[m][model], methods[best][model]) for model in shared]
+            diffs = [paired_diff(methods[m][model], methods[best][model]) for model in shared]
             point, low, high = paired_bootstrap(diffs, boot)
             per_model = {model: paired_bootstrap([d], boot) for model, d in zip(shared, diffs)}
             versus[m] = {"peer": best, "zoo_mean": (point, low, high), "per_model": per_model}
@@ -131,7 +130,10 @@ def summarize(rows: list[Record], boot: int) -> dict:
             if rnd in methods:
                 below = [model for model in models if model in acc[m] and model in acc[rnd] and acc[m][model] < acc[rnd][model]]
                 if below:  # each with its paired interval: a tie within noise reads differently from a deficit
-                    where = [f"{x} {_interval(paired_bootstrap([_diff(methods[m][x], methods[rnd][x])], boot))}" for x in below]
+                    where = [
+                        f"{x} {format_interval(paired_bootstrap([paired_diff(methods[m][x], methods[rnd][x])], boot))}"
+                        for x in below
+                    ]
                     flags.append(f"{m} is below {rnd} on {', '.join(where)}")
         kept = {m: statistics.mean(r.kept for rs in per.values() for r in rs) for m, per in methods.items()}
         reported: dict[str, dict[str, float]] = {}  # what methods report about themselves (ADMM residual, zero gates)
@@ -154,7 +156,8 @@ def summarize(rows: list[Record], boot: int) -> dict:
     return summary
 
 
-def _diff(a: list[Record], b: list[Record]) -> torch.Tensor:
+def paired_diff(a: list[Record], b: list[Record]) -> torch.Tensor:
+    """Per-image outcome differences ``a - b`` over the seeds both measured, ``[seeds * images]``."""
     by_seed_a = {r.seed: r.correct for r in a}
     by_seed_b = {r.seed: r.correct for r in b}
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
@@ -168,7 +171,7 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _interval(t: tuple[float, float, float]) -> str:
+def format_interval(t: tuple[float, float, float]) -> str:
     """A paired difference in points with its 95 % interval: ``-0.42 [-1.53, +0.56]``."""
     point, low, high = t
     return f"{100 * point:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
@@ -215,7 +218,7 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
         lines.append("")
         for m, v in block["versus_best_peer"].items():
             point, low, high = v["zoo_mean"]
-            per = ", ".join(f"{x} {_interval(t)}" for x, t in v["per_model"].items())
+            per = ", ".join(f"{x} {format_interval(t)}" for x, t in v["per_model"].items())
             lines.append(
                 f"- **{m}** vs best peer **{v['peer']}**: zoo mean {100 * point:+.2f} pt, "
                 f"95 % CI [{100 * low:+.2f}, {100 * high:+.2f}]; per model: {per}"
@@ -226,23 +229,6 @@ def render(summary: dict, zoo_meta: dict, command: str) -> str:
             lines.append(f"- {m} reports (mean over models and seeds): " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         lines.append("")
     return "\n".join(lines)
-
-
-def rerender(out_dir: str) -> None:
-    """Rewrite ``ZOO.md`` from ``zoo.json`` (e.g. after the renderer changed); intervals are not recomputed."""
-    with open(os.path.join(out_dir, "zoo.json")) as f:
-        data = json.load(f)
-    summary = data["summary"]
-    groups: dict = {}
-    for r in data["records"]:
-        groups.setdefault(f"{r['protocol']} | {r['setting']}", {}).setdefault(r["method"], []).append(r["kept"])
-    for key, block in summary.items():
-        if not key.startswith("latency") and "kept" not in block:
-            block["kept"] = {m: statistics.mean(v) for m, v in groups.get(key, {}).items()}
-    with open(os.path.join(out_dir, "ZOO.md")) as f:
-        command = f.read().split("Command: `", 1)[1].split("`", 1)[0]
-    with open(os.path.join(out_dir, "ZOO.md"), "w") as f:
-        f.write("# tp-vit bench --zoo\n\n" + render(summary, data["zoo"], command) + "\n")
 
 
 def _heatmap(summary: dict, path: str) -> None:
@@ -277,108 +263,14 @@ def _heatmap(summary: dict, path: str) -> None:
     plt.close(fig)
 
 
-def _write_outputs(out_dir: str, rows: list[Record], summary: dict, zoo_meta: dict, command: str, settings: dict) -> None:
+def write_outputs(out_dir: str, rows: list[Record], summary: dict, zoo_meta: dict, command: str, settings: dict) -> None:
+    """Write ``zoo.json`` (records with per-image outcomes, mergeable), ``ZOO.md`` and ``zoo_ranks.png`` into ``out_dir``."""
     with open(os.path.join(out_dir, "zoo.json"), "w") as f:  # per-image outcomes as "0"/"1" strings: runs can be merged
         records = [{**asdict(r), "correct": "".join("1" if c else "0" for c in r.correct)} for r in rows]
         json.dump({"settings": settings, "zoo": zoo_meta, "summary": _jsonable(summary), "records": records}, f, indent=1)
     with open(os.path.join(out_dir, "ZOO.md"), "w") as f:
         f.write("# tp-vit bench --zoo\n\n" + render(summary, zoo_meta, command) + "\n")
     _heatmap(summary, os.path.join(out_dir, "zoo_ranks.png"))
-
-
-def _load_records(path: str) -> tuple[list[Record], dict]:
-    """Records (with per-image outcomes) and the zoo accuracies of a ``zoo.json`` or ``zoo_partial.json``."""
-    with open(path) as f:
-        data = json.load(f)
-    raw, zoo_meta = (data, {}) if isinstance(data, list) else (data["records"], data.get("zoo", {}))
-    rows = []
-    for r in raw:
-        correct = r.get("correct") or ""
-        if not correct and r["protocol"] != "latency":  # latency rows carry no per-image outcome
-            raise ValueError(f"{path} holds no per-image outcomes (written before they were kept); rerun it")
-        r = {**r, "correct": [c in ("1", True) for c in correct]}
-        rows.append(Record(**r))
-    return rows, zoo_meta
-
-
-def _run_commands(path: str) -> list[str]:
-    """The commands recorded in a ``zoo.json`` (its own run, or the runs a merge combined); none in a partial file."""
-    with open(path) as f:
-        data = json.load(f)
-    settings = data.get("settings", {}) if isinstance(data, dict) else {}
-    own = [settings["command"]] if settings.get("command") else []
-    return [*settings.get("runs", []), *own]
-
-
-def load_runs(
-    sources: Sequence[str], methods: Sequence[str] | None = None, runs: Sequence[str] = ()
-) -> tuple[list[Record], dict, list[str]]:
-    """The records of several zoo runs, a later source's record replacing an earlier one with the same key.
-
-    Args:
-        sources: ``zoo.json`` / ``zoo_partial.json`` paths, each optionally followed by
-            ``:old=new,old2=new2`` to relabel methods.
-        methods: Keep only these methods (after relabelling); ``None`` keeps all.
-        runs: Commands that made sources which record none, listed first.
-
-    Returns:
-        The records (one per protocol, setting, model, method and seed), the zoo's dense
-        accuracies the sources record, and the commands that made the sources.
-    """
-    merged: dict[tuple, Record] = {}
-    zoo_meta: dict = {}
-    runs = list(dict.fromkeys(runs))  # the commands that made the sources (zoo runs record theirs)
-    for spec in sources:
-        path, _, renames = spec.partition(":")
-        rename = dict(pair.split("=", 1) for pair in renames.split(",") if pair)
-        rows, meta = _load_records(path)
-        runs.extend(c for c in _run_commands(path) if c not in runs)
-        zoo_meta.update(meta)
-        for r in rows:
-            r.method = rename.get(r.method, r.method)
-            if methods is None or r.method in methods:
-                merged[(r.protocol, r.setting, r.model, r.method, r.seed)] = r
-    return list(merged.values()), zoo_meta, runs
-
-
-def merge_runs(
-    out_dir: str,
-    sources: Sequence[str],
-    command: str,
-    boot: int = 1000,
-    methods: Sequence[str] | None = None,
-    runs: Sequence[str] = (),
-) -> dict:
-    """Summarise several zoo runs together (e.g. new variants against peers measured earlier).
-
-    Every run's records are deterministic functions of (model, method, seed, setting), so the
-    paired intervals stay valid across runs made with the same code and settings; a
-    (protocol, setting, model, method, seed) measured twice keeps the last source's record.
-
-    Args:
-        out_dir: Where ``ZOO.md``, ``zoo.json`` and ``zoo_ranks.png`` go.
-        sources: ``zoo.json`` / ``zoo_partial.json`` paths, each optionally followed by
-            ``:old=new,old2=new2`` to relabel methods (e.g. a variant that became the default).
-        command: The command lines written into ``ZOO.md``.
-        boot: Bootstrap resamples.
-        methods: Keep only these methods (after relabelling); ``None`` keeps all.
-        runs: Commands that made sources which record none (a ``zoo_partial.json`` of a stopped
-            run); listed first, before the commands the sources record.
-
-    Returns:
-        The summary.
-    """
-    rows, zoo_meta, runs = load_runs(sources, methods, runs)
-    if not rows:
-        raise ValueError(f"no records left from {list(sources)} (methods={methods})")
-    summary = summarize(rows, boot)
-    missing = {r.model for r in rows} - set(zoo_meta)  # a partial file records no dense accuracies
-    if missing:
-        members = tuple(z for z in ZOO if z.name in missing)
-        zoo_meta.update({m.name: meta["test_accuracy"] for m, _, _, meta in load_zoo(members, False)})
-    os.makedirs(out_dir, exist_ok=True)
-    _write_outputs(out_dir, rows, summary, zoo_meta, command, {"merged_from": list(sources), "runs": runs})
-    return summary
 
 
 def _jsonable(x):

@@ -255,8 +255,7 @@ def cascade_attention(
 
 #: CPU cache budget of the scoring attention (:func:`cascade_attention`'s ``reduce_probs``): when the
 #: batch's ``[B, H, N, N]`` probabilities exceed ``4 * CHUNK_BYTES``, they are computed for as many
-#: images at a time as fit in ``CHUNK_BYTES`` (at least one), so they stay in a typical L2 cache
-#: (``python benchmarks/cascade_ops.py`` measures both ways).
+#: images at a time as fit in ``CHUNK_BYTES`` (at least one), so they stay in a typical L2 cache.
 CHUNK_BYTES = 1 << 20
 
 
