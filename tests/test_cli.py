@@ -363,3 +363,39 @@ def test_a_cascade_pruned_with_the_cli_is_saved_loaded_and_exported_with_its_cas
     assert abs(got - want).max() <= 1e-4
     assert cli.main(["export", str(saved), str(tmp_path / "d.onnx"), "--latency-batch-sizes", "2", "--no-cascade"]) == 0
     assert "CP-ViT cascade" not in capsys.readouterr().out
+
+
+def test_a_method_option_is_declared_once_in_its_dataclass(monkeypatch, capsys):
+    """A field with a Flag is the whole declaration: flag, help with each preset's value, mapping, validation."""
+    import dataclasses
+
+    from tp_vit_plugins.core.options import Flag, option
+    from tp_vit_plugins.demo import names
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyConfig:
+        strength: float = option(0.25, Flag("--toy-strength", "how hard the toy method prunes"))
+        stages: int | None = option(2, Flag("--toy-stages", "stages, 0: continuous", none_at=0))
+
+        @classmethod
+        def preset(cls, name: str) -> ToyConfig:
+            return cls() if name == "recommended" else cls(strength=0.5, stages=None)
+
+        def __post_init__(self) -> None:
+            if self.strength < 0:
+                raise ValueError(f"strength must be >= 0, got {self.strength}")
+
+    monkeypatch.setitem(names.REGISTRY, "toy", names.MethodEntry("toy", ToyConfig, structure=False))
+    parser = cli.build_parser()
+    text = " ".join(parser._subparsers._group_actions[0].choices["prune"].format_help().split())
+    assert "toy: how hard the toy method prunes (preset: 0.25, paper 0.5)" in text
+    assert "toy: stages, 0: continuous (preset: 2, paper 0)" in text
+    args = parser.parse_args(["prune", "--method", "toy", "--toy-strength", "0.1", "--toy-stages", "0"])
+    cli.validate_prune(args, {"toy.strength", "toy.stages"})
+    assert cli.prune_options(args).method_options == {"strength": 0.1, "stages": None}
+    assert cli.method_config(args) == ToyConfig(strength=0.1, stages=None)
+    with pytest.raises(ValueError, match="--toy-strength: strength must be >= 0"):
+        cli.method_config(parser.parse_args(["prune", "--method", "toy", "--toy-strength", "-1"]))
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--method", "l2", "--toy-strength", "0.1"])
+    assert "--method l2 does not use --toy-strength" in capsys.readouterr().err

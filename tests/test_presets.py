@@ -122,8 +122,10 @@ def test_cli_help_states_the_presets_values_as_the_code_has_them():
         recommended, paper = found.group(1), found.group(2) or found.group(1)
         assert parse(recommended) == getattr(cls.preset("recommended"), field), flag
         assert parse(paper) == getattr(cls.preset("paper"), field), flag
-    args = cli.build_parser().parse_args(["prune"])
-    assert args.preset is None and all(getattr(args, d) is None for d in ("keep_ratio", "token_fold", "gate_score", "reg"))
+    args = cli.build_parser().parse_args(["prune", "--method", "cpvit"])
+    assert args.preset is None and cli.method_options(args) == {}  # nothing given: the preset's values
+    args = cli.build_parser().parse_args(["prune", "--method", "cpvit", "--schedule-steps", "0", "--token-fold", "drop"])
+    assert cli.method_options(args) == {"schedule_steps": None, "fold": "drop"}  # 0 stages: the ramp
 
 
 def test_the_cp_vit_abstracts_relation_holds_on_deit_s_and_vit_b():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-__all__ = ["check_pruner_kwargs", "split_options"]
+__all__ = ["Flag", "check_pruner_kwargs", "flags_of", "option", "split_options"]
 
 T = TypeVar("T")
 
@@ -54,3 +54,65 @@ def check_pruner_kwargs(owner: str, kwargs: dict[str, Any], *takers: Any, config
     if unknown:
         where = f"a field of {config_cls.__name__}, " if config_cls is not None else ""
         raise TypeError(f"{owner}: unknown keyword(s) {unknown}: not {where}an argument of {owner} nor of tp.pruner.BasePruner")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How an option appears on a command line: declared on the option's dataclass field.
+
+    ``tp-vit`` builds its method flags, their help (with each preset's value) and the mapping
+    back to the option from these declarations (:func:`option`, :func:`flags_of`), so an option
+    is declared once, in its method's config dataclass.
+
+    Attributes:
+        name: The flag, e.g. ``"--keep-ratio"``.
+        help: What it does (the CLI appends each preset's value).
+        choices: Allowed values (default: any value of the field's type).
+        value: For a switch (a flag without an argument): the value it sets.
+        none_at: A command-line value that means ``None`` (e.g. ``0`` schedule steps: the ramp).
+    """
+
+    name: str
+    help: str
+    choices: tuple[Any, ...] | None = None
+    value: Any = _UNSET
+    none_at: Any = _UNSET
+
+    @property
+    def is_switch(self) -> bool:
+        """A flag without an argument (it sets :attr:`value`)."""
+        return self.value is not _UNSET
+
+    def to_option(self, given: Any) -> Any:
+        """The option's value for a command-line value."""
+        if self.none_at is not _UNSET and given == self.none_at:
+            return None
+        return given
+
+    def to_text(self, value: Any) -> str:
+        """An option value as the command line writes it (for help texts)."""
+        if value is None and self.none_at is not _UNSET:
+            return str(self.none_at)
+        return str(value)
+
+
+def option(default: Any, *flags: Flag) -> Any:
+    """A dataclass field with ``default`` and the command-line ``flags`` that set it."""
+    return dataclasses.field(default=default, metadata={"flags": flags})
+
+
+def flags_of(cls: type) -> list[tuple[str, Flag, str]]:
+    """``(field name, flag, the field's annotation as text)`` for every flag declared on ``cls``'s fields."""
+    return [
+        (f.name, flag, str(f.type))
+        for f in dataclasses.fields(cls)
+        for flag in f.metadata.get("flags", ())  # type: ignore[arg-type]
+    ]

@@ -7,11 +7,37 @@
 * :mod:`.budget` — :func:`cascade_macs` and :func:`fit_keep_ratio` (a keep ratio for a MACs target).
 """
 
-from .budget import cascade_macs, fit_keep_ratio
-from .config import CascadeConfig
-from .importance import CumulativeHeadImportance
-from .patch import Cascade, CascadeState, apply_cascade, find_cascade, remove_cascade, restore_cascade
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..core.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy loader returns, for type checkers and IDEs
+    from .budget import cascade_macs as cascade_macs
+    from .budget import fit_keep_ratio as fit_keep_ratio
+    from .config import CascadeConfig as CascadeConfig
+    from .importance import CumulativeHeadImportance as CumulativeHeadImportance
+    from .patch import Cascade as Cascade
+    from .patch import CascadeState as CascadeState
+    from .patch import apply_cascade as apply_cascade
+    from .patch import find_cascade as find_cascade
+    from .patch import remove_cascade as remove_cascade
+    from .patch import restore_cascade as restore_cascade
+
+#: Public name -> submodule: resolved on first use, so ``from .config import ...`` loads no torch.
+_EXPORTS = {
+    "cascade_macs": ".budget",
+    "fit_keep_ratio": ".budget",
+    "CascadeConfig": ".config",
+    "CumulativeHeadImportance": ".importance",
+    "Cascade": ".patch",
+    "CascadeState": ".patch",
+    "apply_cascade": ".patch",
+    "find_cascade": ".patch",
+    "remove_cascade": ".patch",
+    "restore_cascade": ".patch",
+}
 __all__ = [
     "Cascade",
     "CascadeConfig",
@@ -24,3 +50,4 @@ __all__ = [
     "remove_cascade",
     "restore_cascade",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

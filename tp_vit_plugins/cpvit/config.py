@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..core.options import split_options
+from ..core.options import Flag, option, split_options
 
 if TYPE_CHECKING:
     import torch
@@ -92,20 +92,26 @@ class CascadeConfig:
         seed: Seed of the ``"random"`` scorer.
     """
 
-    keep_ratio: float = 0.5
+    keep_ratio: float = option(
+        0.5, Flag("--keep-ratio", "share of patch tokens kept (paper: the mean share the blocks see; else in the last block)")
+    )
     keep_mean: bool = False
-    head_keep_ratio: float = 1.0
-    start_block: int | None = 0
+    head_keep_ratio: float = option(1.0, Flag("--head-keep-ratio", "share of heads each input keeps"))
+    start_block: int | None = option(0, Flag("--start-block", "first block whose scores drop tokens"))
     head_start_block: int | None = None
     head_score: str = "block"
-    schedule_steps: int | None = 3
-    fold: str | None = None
+    schedule_steps: int | None = option(
+        3, Flag("--schedule-steps", "pruning stages of the stepped schedule, 0: the progressive ramp", none_at=0)
+    )
+    fold: str | None = option(
+        None, Flag("--token-fold", "merge pruned tokens into their most similar kept token, or drop them", TOKEN_FOLDS)
+    )
     prune_at: str = "mlp"
     trim_last: bool = True
     weighted_pool: bool = True
     score: str | TokenScorer = "cumulative"
     score_at: str = "all"
-    beta: float = 0.0
+    beta: float = option(0.0, Flag("--attention-range", "strength of the attention-range adjustment, calibrated on the data"))
     radius: int = 1
     mode: str = "drop"
     seed: int = 0

@@ -114,7 +114,7 @@ def _bench_one(setup: _Setup, name: str, target: float, seed: int) -> BenchRow:
         recipe = None
     else:
         recipe = get_method(name)
-        settings = MethodSettings(head_ratio=0.0, width_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
+        settings = MethodSettings(head_pruning_ratio=0.0, pruning_ratio=0.0, calib_batches=setup.calib_batches, progress=False)
     if recipe is not None and recipe.prunes_structure:
 
         def train(n: int, one: bool, step_hook, epoch_hook) -> None:  # the sparse phase counts against the epochs

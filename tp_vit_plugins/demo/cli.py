@@ -18,6 +18,7 @@ at once, exit code 2, one line saying what to change); the work is in :mod:`.pru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 import sys
@@ -27,8 +28,16 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..core.extras import install_hint
-from .names import BENCH_METHODS, PRUNE_METHODS, ZOO_PIPELINE_METHODS, ZOO_PROTOCOLS, ZOO_TOKEN_METHODS
-from .options import BenchOptions, PruneOptions, default_admm_epochs, default_head_ratio, from_namespace
+from ..core.options import Flag, flags_of
+from .names import (
+    BENCH_METHODS,
+    REGISTRY,
+    STRUCTURE_FLAGS,
+    ZOO_PIPELINE_METHODS,
+    ZOO_PROTOCOLS,
+    ZOO_TOKEN_METHODS,
+)
+from .options import BenchOptions, PruneOptions, from_namespace
 
 __all__ = ["main", "build_parser", "validate_prune", "validate_bench", "budget_of", "prune_options", "bench_options"]
 
@@ -82,6 +91,92 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars or phase lines")
 
 
+def _per_method(dest: str, fallback: object) -> str:
+    """``(default: 0.5; vtp: 0)``: a shared flag's default and the methods (or presets) that change it."""
+    parts = [f"default: {fallback}"]
+    for e in REGISTRY.values():
+        if dest in e.defaults and e.defaults[dest] != fallback:
+            parts.append(
+                f"{e.name}: {e.defaults[dest]:g}" if isinstance(e.defaults[dest], float) else f"{e.name}: {e.defaults[dest]}"
+            )
+        for preset, values in e.preset_defaults.items():
+            if dest in values:
+                parts.append(f"{e.name} --preset {preset}: {values[dest]}")
+    return "(" + "; ".join(parts) + ")"
+
+
+def _type_of(annotation: str) -> type:
+    for name, kind in (("float", float), ("int", int), ("str", str)):
+        if name in annotation.split(" | "):
+            return kind
+    raise TypeError(f"no command-line type for an option annotated {annotation!r}")
+
+
+def _preset_values(cls: type, name: str, flag: Flag) -> str:
+    """``(preset: X, paper Y)`` from the options dataclass's presets (a switch: which preset sets it)."""
+    recommended, paper = getattr(cls.preset("recommended"), name), getattr(cls.preset("paper"), name)
+    if flag.is_switch:
+        if recommended == flag.value:
+            return " (the default)"
+        return " (the paper preset's)" if paper == flag.value else ""
+    if recommended is None and paper is None:
+        return ""  # off unless given
+    shown = flag.to_text(recommended)
+    return f" (preset: {shown})" if paper == recommended else f" (preset: {shown}, paper {flag.to_text(paper)})"
+
+
+def method_dest(method: str, name: str) -> str:
+    """The parser destination of option ``name`` of ``method``'s options dataclass."""
+    return f"{method}.{name}"
+
+
+def _add_method_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per option field that declares one, for every registered method with an options dataclass."""
+    for entry in REGISTRY.values():
+        if entry.config is None or not flags_of(entry.config):
+            continue
+        group = p.add_argument_group(f"{entry.name} options ({entry.config.__name__}; they override --preset)")
+        for name, flag, annotation in flags_of(entry.config):
+            help_text = f"{entry.name}: {flag.help}{_preset_values(entry.config, name, flag)}"
+            dest = method_dest(entry.name, name)
+            if flag.is_switch:
+                group.add_argument(flag.name, dest=dest, action="store_const", const=flag.value, default=None, help=help_text)
+            else:
+                group.add_argument(flag.name, dest=dest, type=_type_of(annotation), choices=flag.choices, default=None,
+                                   metavar=None if flag.choices else name.upper(), help=help_text)  # fmt: skip
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The options of ``args.method``'s dataclass given on the command line (field -> value)."""
+    entry = REGISTRY[args.method]
+    if entry.config is None:
+        return {}
+    given = {}
+    for name, flag, _ in flags_of(entry.config):
+        value = getattr(args, method_dest(args.method, name), None)
+        if value is not None:
+            given[name] = flag.to_option(value)
+    return given
+
+
+def method_config(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> object | None:
+    """``args.method``'s options: its preset with the given flags applied, validated by the dataclass itself.
+
+    Raises:
+        ValueError: The dataclass refuses a value; the message starts with the flags given.
+    """
+    entry = REGISTRY[args.method]
+    if entry.config is None:
+        return None
+    given = method_options(args)
+    try:
+        return dataclasses.replace(entry.config.preset(args.preset or "recommended"), **given)
+    except (ValueError, TypeError) as e:
+        names = {method_dest(args.method, n): f.name for n, f, _ in flags_of(entry.config)}
+        flags = ", ".join(sorted({names[method_dest(args.method, n)] for n in given})) or "--preset"
+        raise ValueError(f"{flags}: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tp-vit`` argument parser (no torch import)."""
     parser = _Parser(prog="tp-vit", description=__doc__.split("\n")[0])
@@ -89,10 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fmt = _DefaultsFormatter
     p = sub.add_parser("prune", help="prune a model and print a before/after table", formatter_class=fmt)
-    p.add_argument("--method", default="taylor", choices=PRUNE_METHODS, help="importance criterion / method")
+    p.add_argument("--method", default="taylor", choices=tuple(REGISTRY), help="importance criterion / method")
     p.add_argument(
-        "--head-pruning-ratio", type=float, default=None, help="share of attention heads removed (default: 0.5; vtp: 0)"
-    )
+        "--head-pruning-ratio", type=float, default=None,
+        help="share of attention heads removed " + _per_method("head_pruning_ratio", 0.5),
+    )  # fmt: skip
     p.add_argument("--pruning-ratio", type=float, default=0.3, help="share of width channels removed (MLP neurons by default)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--macs-keep-ratio", type=float, default=None, help="share of the dense MACs kept (ratios fitted)")
@@ -118,74 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         "by |g|, no whole heads; cpvit: cumulative scores, progressive token drop, head skipping, attention-range "
         "adjustment); 'recommended' the library's defaults (default); method flags override either",
     )
-    p.add_argument(
-        "--keep-ratio", type=float, default=None, help="cpvit: share of patch tokens kept in the last block (preset: 0.5)"
-    )
-    p.add_argument(
-        "--head-keep-ratio", type=float, default=None, help="cpvit: share of heads each input keeps (preset: 1, paper 0.75)"
-    )
-    p.add_argument(
-        "--start-block", type=int, default=None, help="cpvit: first block whose scores drop tokens (preset: 0, paper depth/4)"
-    )
-    p.add_argument(
-        "--schedule-steps",
-        type=_non_negative_int,
-        default=None,
-        help="cpvit: pruning stages of the stepped schedule, 0: the ramp (preset: 3, paper 0)",
-    )
-    p.add_argument(
-        "--token-fold",
-        default=None,
-        choices=["merge", "drop"],
-        help="cpvit: merge pruned tokens into their most similar kept token, or drop them (preset: merge, paper drop)",
-    )
-    p.add_argument(
-        "--attention-range", dest="beta", type=float, default=None,
-        help="cpvit: strength of the attention-range adjustment, calibrated on the data (preset: 0, paper 0.5)",
-    )  # fmt: skip
     p.add_argument("--sparse-epochs", type=_non_negative_int, default=3, help="vtp: epochs of gated L1 sparse training")
-    p.add_argument("--reg", type=float, default=None, help="vtp: L1 strength, relative to the mean gate gradient (preset: 0.5)")
-    p.add_argument("--shrink", type=float, default=None, help="vtp: how far the L1 step alone moves a gate (preset: 1.0)")
-    p.add_argument(
-        "--gate-score",
-        default=None,
-        choices=["taylor", "magnitude"],
-        help="vtp: rank dims by mean |g * dL/dg| over sparse training, or by |g| (preset: taylor, paper magnitude)",
-    )
-    p.add_argument(
-        "--no-gate-closing",
-        dest="gate_closing",
-        action="store_const",
-        const=False,
-        default=None,
-        help="vtp: plain L1 sparse training instead of closing the lowest-scoring gates in rounds (the paper preset's)",
-    )
-    p.add_argument(
-        "--gate-threshold",
-        type=float,
-        default=None,
-        help="vtp: prune every dim whose gate is <= this (0 = the zeroed gates) instead of --pruning-ratio",
-    )
-    p.add_argument(
-        "--fold-gate-values",
-        dest="fold_gate_values",
-        action="store_true",
-        default=None,
-        help="vtp: fold the trained gate values into the weights (the paper) instead of ranking only",
-    )
-    p.add_argument(
-        "--gates-rank-only",
-        dest="fold_gate_values",
-        action="store_false",
-        help="vtp: the gates only choose what goes; kept dims keep their ungated scale",
-    )
     p.add_argument("--gate-histogram", default=None, help="vtp: write a PNG histogram of the trained gates here")
     p.add_argument(
-        "--admm-epochs",
-        type=_non_negative_int,
-        default=None,
-        help="gohsp: ADMM epochs (>0: GOHSPPruner to --params-pruning-ratio; default: 2 with --preset paper, else 0)",
-    )
+        "--admm-epochs", type=_non_negative_int, default=None,
+        help="gohsp: ADMM epochs (>0: GOHSPPruner to --params-pruning-ratio) " + _per_method("admm_epochs", 0),
+    )  # fmt: skip
     p.add_argument(
         "--admm-rounds",
         type=_positive_int,
@@ -206,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", dest="json_path", default=None, help="also write the report as JSON to this file")
     _add_common(p)
+    _add_method_flags(p)
     p.set_defaults(subparser=p)
 
     e = sub.add_parser(
@@ -332,23 +367,21 @@ def _check_common(args: argparse.Namespace) -> None:
         read_checkpoint(args.checkpoint)  # a file that cannot be read is refused before any work
 
 
-#: ``tp-vit prune`` flags (destinations) by the methods that read them.
-_STRUCTURE_FLAGS = ("head_pruning_ratio", "pruning_ratio", "global_pruning", "prune_head_dims", "prune_embed_dim", "prune_mlp")
-_CPVIT_FLAGS = ("keep_ratio", "head_keep_ratio", "start_block", "schedule_steps", "token_fold", "beta")
-_VTP_FLAGS = ("sparse_epochs", "reg", "shrink", "gate_score", "gate_closing", "gate_threshold",
-              "fold_gate_values", "gate_histogram")  # fmt: skip
-_GOHSP_FLAGS = ("admm_epochs", "admm_rounds", "params_pruning_ratio")
-
-
 def used_flags(args: argparse.Namespace) -> set[str]:
     """The method-specific ``tp-vit prune`` flags (destinations) that ``args.method`` reads."""
-    if args.method == "cpvit":
-        return {*_CPVIT_FLAGS, "preset"}
-    if args.method == "gohsp":
-        return {*_GOHSP_FLAGS, "preset"} if args.admm_epochs else {*_STRUCTURE_FLAGS, "admm_epochs", "preset"}
-    if args.method == "vtp":
-        return {*_STRUCTURE_FLAGS, *_VTP_FLAGS, "preset"}
-    return set(_STRUCTURE_FLAGS)
+    entry = REGISTRY[args.method]
+    own = {method_dest(entry.name, name) for name, _, _ in flags_of(entry.config)} if entry.config is not None else set()
+    return {*entry.reads(vars(args)), *own}
+
+
+def _method_specific() -> set[str]:
+    """Every destination that some method reads and another may not."""
+    dests = {*STRUCTURE_FLAGS, "preset"}
+    for e in REGISTRY.values():
+        dests.update(e.flags)
+        if e.config is not None:
+            dests.update(method_dest(e.name, name) for name, _, _ in flags_of(e.config))
+    return dests
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
@@ -358,14 +391,17 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str
 
 
 def _check_ignored(args: argparse.Namespace, given: set[str], parser: argparse.ArgumentParser | None) -> None:
-    method_specific = {*_STRUCTURE_FLAGS, *_CPVIT_FLAGS, *_VTP_FLAGS, *_GOHSP_FLAGS, "preset"}
-    ignored = sorted((given & method_specific) - used_flags(args))
+    ignored = sorted((given & _method_specific()) - used_flags(args))
     if not ignored:
         return
     actions = parser._actions if parser is not None else []
     names = {a.dest: a.option_strings[0] for a in actions if a.option_strings}
     flags = ", ".join(names.get(d, d) for d in ignored)
-    why = " (with --admm-epochs GOHSP decides the structure from --params-pruning-ratio)" if args.method == "gohsp" else ""
+    entry = REGISTRY[args.method]
+    why = ""
+    if entry.replaces_structure and getattr(args, entry.replaces_structure, None):
+        reads = ", ".join(names.get(d, d) for d in entry.flags if d != entry.replaces_structure)
+        why = f" (with {names.get(entry.replaces_structure)} {entry.name} decides the structure; it reads {reads})"
     raise ValueError(f"--method {args.method} does not use {flags}{why}; drop it or choose another method")
 
 
@@ -383,20 +419,16 @@ def validate_prune(
     Raises:
         ValueError: With one line that says what to change.
     """
-    if args.head_pruning_ratio is None:
-        args.head_pruning_ratio = default_head_ratio(args.method)
-    if args.admm_epochs is None:
-        args.admm_epochs = default_admm_epochs(args.method, args.preset)
+    entry = REGISTRY[args.method]
+    for dest, fallback in (("head_pruning_ratio", 0.5), ("admm_epochs", 0)):
+        if getattr(args, dest) is None:
+            setattr(args, dest, entry.default(dest, args.preset, fallback))
     _check_ignored(args, given or set(), parser)
     _check_common(args)
     _check_ratio("--head-pruning-ratio", args.head_pruning_ratio)
     _check_ratio("--pruning-ratio", args.pruning_ratio)
     _check_ratio("--params-pruning-ratio", args.params_pruning_ratio)
-    for flag, value in (("--keep-ratio", args.keep_ratio), ("--head-keep-ratio", args.head_keep_ratio)):
-        if value is not None:
-            _check_ratio(flag, value, low_open=True)
-    if args.beta is not None and not 0.0 <= args.beta <= 1.0:
-        raise ValueError(f"--attention-range must lie in [0, 1], got {args.beta}")
+    config = method_config(args)  # the method's options dataclass validates its own flags
     budget = budget_of(args)
     if budget is not None:
         metric, target = budget
@@ -405,26 +437,18 @@ def validate_prune(
             raise ValueError(
                 "--admm-epochs prunes to --params-pruning-ratio; drop either it or --macs-keep-ratio/--latency-keep-ratio"
             )
-        if args.method == "cpvit" and args.preset == "paper" and args.beta != 0:
+        if args.method == "cpvit" and getattr(config, "beta", 0) > 0:
             raise ValueError(
-                "the cpvit paper preset's attention-range adjustment is calibrated on data, so no keep ratio can be fitted "
-                "to --macs-keep-ratio beforehand: give --keep-ratio, or add --attention-range 0 to fit the plain schedule"
+                "the attention-range adjustment (--attention-range > 0; the cpvit paper preset's) is calibrated on data, so "
+                "no keep ratio can be fitted to --macs-keep-ratio beforehand: give --keep-ratio, or add --attention-range 0 "
+                "to fit the plain schedule"
             )
         if args.method == "cpvit" and metric == "latency":
             raise ValueError("--method cpvit takes --macs-keep-ratio (the cascade's MACs are exact); use --keep-ratio otherwise")
         if metric == "latency" and not args.latency:
             raise ValueError("--latency-keep-ratio measures latency: drop --no-latency")
-    if (args.reg is not None and args.reg < 0) or (args.shrink is not None and args.shrink <= 0):
-        raise ValueError(f"--reg must be >= 0 and --shrink > 0, got {args.reg} and {args.shrink}")
-    if args.gate_threshold is not None:
-        if args.method != "vtp" or args.gate_threshold < 0:
-            raise ValueError("--gate-threshold is VTP's selection rule: use it with --method vtp and a value >= 0")
-        if budget is not None:
-            raise ValueError(
-                "--gate-threshold decides how much goes; drop --macs-keep-ratio/--latency-keep-ratio (or the threshold)"
-            )
-    if args.gate_histogram and args.method != "vtp":
-        raise ValueError("--gate-histogram plots VTP gates: use it with --method vtp")
+    if getattr(config, "threshold", None) is not None and budget is not None:
+        raise ValueError("--gate-threshold decides how much goes; drop --macs-keep-ratio/--latency-keep-ratio (or the threshold)")
     needs_data = args.method in ("taylor", "gohsp", "vtp") or args.finetune_epochs > 0
     if args.model and not args.data_path and needs_data:
         raise ValueError(
@@ -518,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def prune_options(args: argparse.Namespace) -> PruneOptions:
     """The typed options of parsed ``tp-vit prune`` arguments (the work layer reads nothing else)."""
-    return from_namespace(PruneOptions, args)
+    return from_namespace(PruneOptions, args, method_options=method_options(args))
 
 
 def bench_options(args: argparse.Namespace, command: str = "") -> BenchOptions:

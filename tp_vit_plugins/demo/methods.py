@@ -42,12 +42,14 @@ class MethodSettings:
     """Everything a recipe may read (the CLI fills it from its flags, the bench from its protocol).
 
     ``preset`` names the method's option set (``"paper"`` / ``"recommended"``; ``None``: the
-    library's defaults); a method option left at ``None`` takes the preset's value.
+    library's defaults); ``config_options`` are fields of the method's options dataclass
+    (``CascadeConfig``, ``VTPConfig``, ``GOHSPConfig``) that override the preset.
     """
 
     preset: str | None = None
-    head_ratio: float = 0.5
-    width_ratio: float = 0.3
+    config_options: dict = field(default_factory=dict)
+    head_pruning_ratio: float = 0.5
+    pruning_ratio: float = 0.3
     global_pruning: bool = False
     prune_head_dims: bool = False
     prune_mlp: bool = True
@@ -56,7 +58,7 @@ class MethodSettings:
     progress: bool = True
     # GOHSP
     admm: bool = False
-    target_params: float = 0.4
+    params_pruning_ratio: float = 0.4
     admm_rounds: int | None = None  # dual updates over the sparse steps; None: 10
     fisher_labels: str | None = "data"  # calibrate_fisher's labels ("data" / "model"); None: no calibration
     graph_per_block: bool = True  # GraphHeadImportance(normalize_per_layer=...)
@@ -66,23 +68,10 @@ class MethodSettings:
     params_budget: float | None = None
     #: Extra GOHSPConfig / VTPConfig fields (the zoo's method variants), applied last.
     options: dict = field(default_factory=dict)
-    # VTP (None: the preset's)
-    reg: float | None = None
-    shrink: float | None = None
-    gate_score: str | None = None
-    gate_threshold: float | None = None
-    gate_closing: bool | None = None  # False: VTPPruner(close=False), the paper's plain sparse training
-    fold_gate_values: bool | None = None
+    # VTP
     gate_aggregation: str = "mean"  # GateImportance(aggregation=...) for embedding dims
     sparse_steps: int | None = None  # set by plan_sparse once the sparse epochs and loader are known
     planned_sparse_epochs: int = 0  # likewise
-    # CP-ViT (None: the preset's; schedule_steps 0: the ramp)
-    keep: float | None = None
-    head_keep: float | None = None
-    start_block: int | None = None
-    schedule_steps: int | None = None
-    token_fold: str | None = None
-    beta: float | None = None  # > 0: calibrated into fixed counts on the calibration data
 
     def plan_sparse(self, epochs: int, loader: Iterable | None) -> None:
         """Record the sparse phase (VTP sets its gate step size, GOHSP its ADMM cadence from it).
@@ -93,20 +82,16 @@ class MethodSettings:
         self.sparse_steps = max(1, epochs * len(loader)) if epochs else None
 
     def cascade_config(self) -> CascadeConfig:
-        """The CP-ViT cascade's options: the preset's, with every option the settings give."""
-        given = dict(keep_ratio=self.keep, head_keep_ratio=self.head_keep, start_block=self.start_block, fold=self.token_fold,
-                     beta=self.beta, schedule_steps=self.schedule_steps)  # fmt: skip
-        opts = {k: v for k, v in given.items() if v is not None}
-        if opts.get("schedule_steps") == 0:
-            opts["schedule_steps"] = None  # 0 on the command line: the ramp
-        return CascadeConfig.preset(self.preset or "recommended").replace(**opts)
+        """The CP-ViT cascade's options: the preset's, with ``config_options`` applied."""
+        return CascadeConfig.preset(self.preset or "recommended").replace(**self.config_options)
 
     def vtp_config(self) -> VTPConfig:
-        """VTP's options: the preset's, with every option the settings give."""
-        given = dict(reg=self.reg, shrink=self.shrink, score=self.gate_score, threshold=self.gate_threshold,
-                     close=None if self.gate_closing is not False else False, fold_values=self.fold_gate_values)  # fmt: skip
-        cfg = VTPConfig.preset(self.preset or "recommended")
-        return dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+        """VTP's options: the preset's, with ``config_options`` applied."""
+        return dataclasses.replace(VTPConfig.preset(self.preset or "recommended"), **self.config_options)
+
+    def ratios(self) -> dict:
+        """The :class:`ViTPruner` ratios."""
+        return dict(pruning_ratio=self.pruning_ratio, head_pruning_ratio=self.head_pruning_ratio)
 
     def pruner_kwargs(self) -> dict:
         """The :class:`ViTPruner` structure switches."""
@@ -173,7 +158,7 @@ class Method:
         target: float | None,
         calib: Iterable | None = None,
     ) -> Cascade:
-        """Attach the token cascade (token methods only; ``calib`` calibrates ``s.beta > 0``)."""
+        """Attach the token cascade (token methods only; ``calib`` calibrates an attention-range adjustment, ``beta > 0``)."""
         raise TypeError(f"{self.name} drops no tokens")
 
 
@@ -189,11 +174,11 @@ class TPCriterion(Method):
         imp = tp_importance(self.name)
         if self.name == "taylor":
             accumulate_gradients(model, calib, max_batches=s.calib_batches, progress=s.progress)
-        return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
+        return ViTPruner(model, example, imp, **s.ratios(), **s.pruner_kwargs())
 
 
 class GOHSP(Method):
-    """GOHSP: graph-ranked heads; with ``admm`` the ADMM stage prunes to ``target_params``."""
+    """GOHSP: graph-ranked heads; with ``admm`` the ADMM stage prunes to ``params_pruning_ratio``."""
 
     name, summary, needs_data = "gohsp", "GOHSP graph head ranking (+ ADMM with --admm-epochs)", True
 
@@ -206,13 +191,14 @@ class GOHSP(Method):
             # the calibration batches (GOHSPPruner's defaults otherwise)
             rounds = s.admm_rounds or 10
             interval = max(1, (s.sparse_steps or rounds) // rounds)
-            budget = s.target_params if s.params_budget is None else s.params_budget
-            pruner = GOHSPPruner(model, example, imp, pruning_ratio=budget, config=s.preset, admm_interval=interval, **s.options)
+            budget = s.params_pruning_ratio if s.params_budget is None else s.params_budget
+            pruner = GOHSPPruner(model, example, imp, pruning_ratio=budget, config=s.preset, admm_interval=interval,
+                                 **{**s.config_options, **s.options})  # fmt: skip
             if pruner.metric == "fisher" and s.fisher_labels:
                 pruner.calibrate_fisher(calib, max_batches=s.calib_batches, progress=s.progress, labels=s.fisher_labels,
                                         seed=s.seed)  # fmt: skip
             return pruner
-        return ViTPruner(model, example, imp, pruning_ratio=s.width_ratio, head_pruning_ratio=s.head_ratio, **s.pruner_kwargs())
+        return ViTPruner(model, example, imp, **s.ratios(), **s.pruner_kwargs())
 
     def sparse_epochs(self, s, requested, budget=None):
         if s.params_budget is not None:  # the zoo: half of the epoch budget on ADMM
@@ -260,8 +246,8 @@ class VTP(Method):
                              sparse_steps=s.sparse_steps or 1, importance=GateImportance(aggregation=s.gate_aggregation),
                              close_params=close, **opts)  # fmt: skip
         # one global ranking over MLP and head dims (VTP's own defaults)
-        return VTPPruner(model, example, pruning_ratio=s.width_ratio, config=cfg, sparse_steps=s.sparse_steps,
-                         head_pruning_ratio=s.head_ratio)  # fmt: skip
+        return VTPPruner(model, example, pruning_ratio=s.pruning_ratio, config=cfg, sparse_steps=s.sparse_steps,
+                         head_pruning_ratio=s.head_pruning_ratio)  # fmt: skip
 
     def sparse_epochs(self, s, requested, budget=None):
         # the bench spends half of its epoch budget on sparse training, at least one (untrained gates rank

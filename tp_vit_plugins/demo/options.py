@@ -8,25 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["WorkloadOptions", "PruneOptions", "BenchOptions", "from_namespace", "default_head_ratio", "default_admm_epochs",
-           "PAPER_ADMM_EPOCHS"]  # fmt: skip
+from .names import REGISTRY
 
-#: Share of heads removed when none is given, per method (VTP prunes dimensions, never whole heads).
-_HEAD_RATIO = {"vtp": 0.0}
-#: ADMM epochs of GOHSP's paper preset when none are given (the paper's method is the ADMM phase).
-PAPER_ADMM_EPOCHS = 2
-
-
-def default_head_ratio(method: str) -> float:
-    """``--head-pruning-ratio`` when none is given: 0 for ``vtp`` (it prunes dimensions), else 0.5."""
-    return _HEAD_RATIO.get(method, 0.5)
-
-
-def default_admm_epochs(method: str, preset: str | None) -> int:
-    """``--admm-epochs`` when none is given: :data:`PAPER_ADMM_EPOCHS` for GOHSP's paper preset, else 0 (no ADMM)."""
-    return PAPER_ADMM_EPOCHS if method == "gohsp" and preset == "paper" else 0
+__all__ = ["WorkloadOptions", "PruneOptions", "BenchOptions", "from_namespace"]
 
 
 @dataclass(frozen=True)
@@ -62,9 +50,10 @@ class WorkloadOptions:
 class PruneOptions(WorkloadOptions):
     """``tp-vit prune``: one method, one budget, a before/after report (``tp-vit prune --help`` documents each).
 
-    ``None`` in a method option means "the preset's value" (``preset=None``: the library's defaults);
-    ``head_pruning_ratio`` and ``admm_epochs`` left ``None`` get the method's default
-    (:func:`default_head_ratio`, :func:`default_admm_epochs`).
+    ``method_options`` are fields of the method's options dataclass given on the command line
+    (they override the preset's; ``preset=None``: the library's defaults). ``head_pruning_ratio``
+    and ``admm_epochs`` left ``None`` get the method's default (its entry in
+    :data:`~tp_vit_plugins.demo.names.REGISTRY`).
     """
 
     method: str = "taylor"
@@ -78,19 +67,8 @@ class PruneOptions(WorkloadOptions):
     prune_embed_dim: bool = False
     prune_mlp: bool = True
     preset: str | None = None
-    keep_ratio: float | None = None
-    head_keep_ratio: float | None = None
-    start_block: int | None = None
-    schedule_steps: int | None = None
-    token_fold: str | None = None
-    beta: float | None = None
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     sparse_epochs: int = 3
-    reg: float | None = None
-    shrink: float | None = None
-    gate_score: str | None = None
-    gate_closing: bool | None = None
-    gate_threshold: float | None = None
-    fold_gate_values: bool | None = None
     gate_histogram: str | None = None
     admm_epochs: int | None = None
     admm_rounds: int | None = None
@@ -107,10 +85,11 @@ class PruneOptions(WorkloadOptions):
     export_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.head_pruning_ratio is None:
-            object.__setattr__(self, "head_pruning_ratio", default_head_ratio(self.method))
-        if self.admm_epochs is None:
-            object.__setattr__(self, "admm_epochs", default_admm_epochs(self.method, self.preset))
+        entry = REGISTRY.get(self.method)
+        for dest, fallback in (("head_pruning_ratio", 0.5), ("admm_epochs", 0)):
+            if getattr(self, dest) is None:
+                value = entry.default(dest, self.preset, fallback) if entry is not None else fallback
+                object.__setattr__(self, dest, value)
 
     @property
     def budget(self) -> tuple[str, float] | None:

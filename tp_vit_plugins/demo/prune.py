@@ -141,8 +141,10 @@ def _export(opts: PruneOptions, w: Workload, model: nn.Module, result: PruneResu
 
 def _settings(opts: PruneOptions) -> MethodSettings:
     return MethodSettings(
-        head_ratio=opts.head_pruning_ratio,
-        width_ratio=opts.pruning_ratio,
+        preset=opts.preset,
+        config_options=dict(opts.method_options),
+        head_pruning_ratio=opts.head_pruning_ratio,
+        pruning_ratio=opts.pruning_ratio,
         global_pruning=opts.global_pruning,
         prune_head_dims=opts.prune_head_dims,
         prune_mlp=opts.prune_mlp,
@@ -151,25 +153,12 @@ def _settings(opts: PruneOptions) -> MethodSettings:
         progress=show_bars(opts),
         admm=opts.admm_epochs > 0,
         admm_rounds=opts.admm_rounds,
-        target_params=opts.params_pruning_ratio,
-        reg=opts.reg,
-        shrink=opts.shrink,
-        gate_score=opts.gate_score,
-        gate_threshold=opts.gate_threshold,
-        gate_closing=opts.gate_closing,
-        **({} if opts.fold_gate_values is None else {"fold_gate_values": opts.fold_gate_values}),
-        keep=opts.keep_ratio,
-        head_keep=opts.head_keep_ratio,
-        start_block=opts.start_block,
-        schedule_steps=opts.schedule_steps,
-        token_fold=opts.token_fold,
-        beta=opts.beta,
-        preset=opts.preset,
+        params_pruning_ratio=opts.params_pruning_ratio,
     )
 
 
 def _fit_structure(opts: PruneOptions, model: nn.Module, w: Workload, importance, result: PruneResult) -> nn.Module:
-    """Prune a copy of ``model`` to the ``--target-*`` budget with ``importance``; return it."""
+    """Prune a copy of ``model`` to the ``--macs-keep-ratio`` / ``--latency-keep-ratio`` budget with ``importance``; return it."""
     metric, target = opts.budget
     res = fit_budget(
         model,

@@ -7,9 +7,28 @@
 * :mod:`.pruner` — :class:`VTPPruner`, gates + regulariser + fold + prune through tp.
 """
 
-from .config import VTPConfig
-from .gates import GateSet, soft_threshold
-from .importance import GateImportance, NoGateError
-from .pruner import VTPPruner
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..core.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy loader returns, for type checkers and IDEs
+    from .config import VTPConfig as VTPConfig
+    from .gates import GateSet as GateSet
+    from .gates import soft_threshold as soft_threshold
+    from .importance import GateImportance as GateImportance
+    from .importance import NoGateError as NoGateError
+    from .pruner import VTPPruner as VTPPruner
+
+#: Public name -> submodule: resolved on first use, so ``from .config import ...`` loads no torch.
+_EXPORTS = {
+    "VTPConfig": ".config",
+    "GateSet": ".gates",
+    "soft_threshold": ".gates",
+    "GateImportance": ".importance",
+    "NoGateError": ".importance",
+    "VTPPruner": ".pruner",
+}
 __all__ = ["GateImportance", "GateSet", "NoGateError", "VTPConfig", "VTPPruner", "soft_threshold"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..core.options import Flag, option
+
 __all__ = ["VTPConfig", "PRESETS", "GATE_SCORES", "GATED_LAYERS"]
 
 #: Named option sets (``VTPPruner(..., config="paper")``); ``"recommended"`` is ``"closing"``.
@@ -55,15 +57,25 @@ class VTPConfig:
             Needs ``close=False`` and ``prune_embed_dim=False``.
     """
 
-    reg: float = 0.5
+    reg: float = option(0.5, Flag("--reg", "L1 strength, relative to the mean gate gradient"))
     gate_lr: float | None = None
     sparse_steps: int | None = None
-    threshold: float | None = None
-    shrink: float = 1.0
-    fold_values: bool = False
+    threshold: float | None = option(
+        None, Flag("--gate-threshold", "prune every dim whose gate is <= this (0: the zeroed gates) instead of --pruning-ratio")
+    )
+    shrink: float = option(1.0, Flag("--shrink", "how far the L1 step alone moves a gate over the sparse phase"))
+    fold_values: bool = option(
+        False,
+        Flag("--fold-gate-values", "fold the trained gate values into the weights (the paper's VTP)", value=True),
+        Flag("--gates-rank-only", "the gates only choose what goes; kept dims keep their ungated scale", value=False),
+    )
     gated_layers: Sequence[str] | None = None
-    score: str = "taylor"
-    close: bool | None = None
+    score: str = option(
+        "taylor", Flag("--gate-score", "rank dims by mean |g * dL/dg| over sparse training, or by |g|", GATE_SCORES)
+    )
+    close: bool | None = option(
+        None, Flag("--no-gate-closing", "plain L1 sparse training instead of closing the lowest gates in rounds", value=False)
+    )
     close_params: float | None = None
     close_rounds: int = 4
     prune_inputs: bool = False
