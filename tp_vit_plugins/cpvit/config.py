@@ -106,7 +106,9 @@ class CascadeConfig:
     fold: str | None = option(
         None, Flag("--token-fold", "merge pruned tokens into their most similar kept token, or drop them", TOKEN_FOLDS)
     )
-    prune_at: str = "mlp"
+    prune_at: str = option(
+        "mlp", Flag("--prune-at", "where tokens leave a pruning block: before its MLP, or after it", PRUNE_SITES)
+    )
     trim_last: bool = True
     weighted_pool: bool = True
     score: str | TokenScorer = "cumulative"
