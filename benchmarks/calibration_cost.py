@@ -27,6 +27,8 @@ import torch
 from common import tpv, write_section
 from scipy.stats import spearmanr
 
+from tp_vit_plugins.core.metrics import alternate
+
 MODELS = ("deit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224")
 
 
@@ -41,11 +43,8 @@ def _median_time(fn, repeats: int) -> float:
 
 def _alternated(base, fn, repeats: int) -> tuple[float, float]:
     """Medians of ``base`` and ``fn`` timed alternately (``base, fn, base, fn, ...``): drifts hit both alike."""
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_median_time(base, 1))
-        b.append(_median_time(fn, 1))
-    return statistics.median(a), statistics.median(b)
+    timing = alternate(lambda warm: _median_time(base, 1), lambda warm: _median_time(fn, 1), repeats)
+    return timing.dense, timing.reduced
 
 
 def calibration_rows(name: str, repeats: int) -> list[str]:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .core.extras import install_hint
+from .core.metrics import Timing, alternate, as_logits
 
 __all__ = ["OnnxExport", "export_onnx", "onnx_session", "onnx_latency", "alternated_onnx_speedup"]
 
@@ -62,17 +63,6 @@ class OnnxExport:
     size_bytes: int
 
 
-def _logits(out: Any) -> torch.Tensor:
-    """The tensor a model returns (or its ``logits`` / first element)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise TypeError(f"the model returns {type(out).__name__}; export_onnx expects a tensor (or .logits)")
-
-
 class _Logits(nn.Module):
     """Wraps a model whose output is not a plain tensor, so the ONNX graph has one output."""
 
@@ -81,7 +71,7 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _logits(self.model(x))
+        return as_logits(self.model(x))
 
 
 @contextlib.contextmanager
@@ -197,7 +187,7 @@ def export_onnx(
             diffs = []
             for b in checked:
                 xb = torch.randn(b, *x.shape[1:], generator=gen, dtype=x.dtype)
-                diffs.append(float((_run(session, xb) - _logits(model(xb)).float()).abs().max()))
+                diffs.append(float((_run(session, xb) - as_logits(model(xb)).float()).abs().max()))
             diff = max(diffs)
     report = OnnxExport(path, diff, checked, os.path.getsize(path))
     if atol is not None and checked and not diff <= atol:
@@ -238,24 +228,18 @@ def alternated_onnx_speedup(
     rounds: int = 5,
     threads: int | None = None,
     min_run_time: float = 0.2,
-) -> dict[int, tuple[float, float, float, float]]:
+) -> dict[int, Timing]:
     """Dense and reduced ONNX files timed one after the other in every round (drift cancels).
 
     Returns:
-        ``{batch_size: (dense_s, reduced_s, speedup, spread)}``: medians, the median per-round
-        ratio ``dense / reduced``, and ``(max - min) / median`` of those ratios.
+        ``{batch_size: Timing(dense, reduced, speedup, spread)}`` (:func:`~tp_vit_plugins.core.metrics.alternate`).
     """
     dense, reduced = onnx_session(dense_path, threads), onnx_session(reduced_path, threads)
-    out = {}
-    for bs in batch_sizes:
-        d_t, r_t, ratios = [], [], []
-        for i in range(rounds):
-            warm = 2 if i == 0 else 0
-            d = _time_session(dense, example_inputs, bs, min_run_time, warm)
-            r = _time_session(reduced, example_inputs, bs, min_run_time, warm)
-            d_t.append(d)
-            r_t.append(r)
-            ratios.append(d / r)
-        mid = statistics.median(ratios)
-        out[bs] = (statistics.median(d_t), statistics.median(r_t), mid, (max(ratios) - min(ratios)) / mid)
-    return out
+    return {
+        bs: alternate(
+            lambda warm, bs=bs: _time_session(dense, example_inputs, bs, min_run_time, warm),
+            lambda warm, bs=bs: _time_session(reduced, example_inputs, bs, min_run_time, warm),
+            rounds,
+        )
+        for bs in batch_sizes
+    }

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..hosts import host_for
-from .metrics import as_logits
+from .metrics import as_logits, model_device
 
 __all__ = ["iter_batches", "collect_attention", "accumulate_gradients"]
 
@@ -78,11 +78,6 @@ def iter_batches(
         raise ValueError("the calibration loader yielded no batches; pass a non-empty loader")
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def collect_attention(
     model: nn.Module,
@@ -119,7 +114,7 @@ def collect_attention(
     host = host_for(model)
     host.check_global_sequence(model, f"attention calibration ({desc})")
     was_training = model.training
-    device = _device(model)
+    device = model_device(model)
     seen = 0
     model.eval()
     try:
@@ -160,7 +155,7 @@ def accumulate_gradients(
     _check_max_batches(max_batches)
     host_for(model).check_global_sequence(model, f"attention calibration ({desc})")
     was_training = model.training
-    device = _device(model)
+    device = model_device(model)
     model.eval()
     model.zero_grad(set_to_none=True)
     seen = 0

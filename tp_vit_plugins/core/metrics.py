@@ -21,7 +21,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..hosts import fused_attn_off, host_for
 
-__all__ = ["as_logits", "count_macs", "count_params", "measure_latency", "alternated_speedup", "Timing", "fused_attn_off"]
+__all__ = [
+    "as_logits",
+    "model_device",
+    "count_macs",
+    "count_params",
+    "measure_latency",
+    "alternate",
+    "alternated_speedup",
+    "Timing",
+    "fused_attn_off",
+]
 
 
 @contextlib.contextmanager
@@ -176,13 +186,21 @@ def measure_latency(
 
 
 def as_logits(output: object) -> torch.Tensor:
-    """The logits of a model's output: the tensor itself, or a ``ModelOutput``'s ``logits`` (transformers)."""
+    """The logits of a model's output: the tensor, a ``ModelOutput``'s ``logits`` (transformers), or a tuple's first tensor."""
     if isinstance(output, torch.Tensor):
         return output
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
-    raise TypeError(f"expected logits (a tensor or an output with .logits), got {type(output).__name__}")
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"expected logits (a tensor, an output with .logits, or a tuple of tensors), got {type(output).__name__}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 class Timing(NamedTuple):
@@ -217,18 +235,39 @@ def alternated_speedup(
     Raises:
         ValueError: ``rounds`` below 1 (and whatever :func:`measure_latency` refuses).
     """
+    return {
+        bs: alternate(
+            lambda warm, bs=bs: measure_latency(dense, example_input, (bs,), min_run_time=min_run_time, warmup=warm)[bs],
+            lambda warm, bs=bs: measure_latency(reduced, example_input, (bs,), min_run_time=min_run_time, warmup=warm)[bs],
+            rounds,
+        )
+        for bs in batch_sizes
+    }
+
+
+def alternate(time_dense: Callable[[int], float], time_reduced: Callable[[int], float], rounds: int = 3) -> Timing:
+    """Two timings taken one after the other in every round, so machine drift hits both alike.
+
+    Args:
+        time_dense: ``time_dense(warmup) -> seconds`` (``warmup`` untimed runs first: 2 in the first round, then 0).
+        time_reduced: The same for the other model.
+        rounds: Alternating rounds.
+
+    Returns:
+        :class:`Timing`: the medians of each, the median per-round ratio ``dense / reduced`` and
+        ``(max - min) / median`` of those ratios.
+
+    Raises:
+        ValueError: ``rounds`` below 1.
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    out = {}
-    for bs in batch_sizes:
-        d_times, r_times, ratios = [], [], []
-        for i in range(rounds):
-            warm = 2 if i == 0 else 0
-            d = measure_latency(dense, example_input, (bs,), min_run_time=min_run_time, warmup=warm)[bs]
-            r = measure_latency(reduced, example_input, (bs,), min_run_time=min_run_time, warmup=warm)[bs]
-            d_times.append(d)
-            r_times.append(r)
-            ratios.append(d / r)
-        mid = statistics.median(ratios)
-        out[bs] = Timing(statistics.median(d_times), statistics.median(r_times), mid, (max(ratios) - min(ratios)) / mid)
-    return out
+    d_times, r_times, ratios = [], [], []
+    for i in range(rounds):
+        warm = 2 if i == 0 else 0
+        d, r = time_dense(warm), time_reduced(warm)
+        d_times.append(d)
+        r_times.append(r)
+        ratios.append(d / r)
+    mid = statistics.median(ratios)
+    return Timing(statistics.median(d_times), statistics.median(r_times), mid, (max(ratios) - min(ratios)) / mid)

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum, barrier, is_distributed, is_main, rank
-from .metrics import as_logits
+from .metrics import as_logits, model_device
 
 __all__ = ["finetune", "evaluate", "distillation_loss", "random_shift", "add_to_grad", "KD_MODES", "CHECKPOINT_NAME"]
 
@@ -183,7 +183,7 @@ def _new_run(
 ) -> _Run:
     """Optimizer, schedule, generators and (under torchrun) the DDP wrapper of one :func:`finetune` call."""
     base = _unwrap(model)
-    device = next(base.parameters()).device
+    device = model_device(base)
     net = base
     if is_distributed():
         net = nn.parallel.DistributedDataParallel(base, device_ids=[device.index] if device.type == "cuda" else None)
@@ -384,7 +384,7 @@ def evaluate(model: nn.Module, loader: Iterable, desc: str = "eval", progress: b
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     correct = total = 0
     try:
         for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):

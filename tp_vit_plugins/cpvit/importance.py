@@ -18,9 +18,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.calibration import _device, collect_attention
+from ..core.calibration import collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
+from ..core.metrics import model_device
 from ..hosts import host_for
 from .maths import head_scores
 
@@ -65,7 +66,7 @@ class CumulativeHeadImportance(HeadImportance):
         seen = collect_attention(model, loader, accumulate, max_batches=max_batches, desc="CP-ViT head scores: attention maps",
                                  progress=self.progress, allow_empty=is_distributed())  # fmt: skip
         # sums over ranks: split loaders rank like one loader (a rank that saw no batch adds zeros)
-        stats, total = all_reduce_counted(sums, seen, _device(model))
+        stats, total = all_reduce_counted(sums, seen, model_device(model))
         if not total:
             raise ValueError("the calibration loaders of all processes yielded no batches")
         return [stats[b] / total for b in sorted(stats)]

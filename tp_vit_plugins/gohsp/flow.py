@@ -41,8 +41,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..core.calibration import _device, iter_batches
+from ..core.calibration import iter_batches
 from ..core.distributed import all_reduce_counted, is_distributed
+from ..core.metrics import model_device
 from ..hosts import host_for
 from .graph import EMBED, OUT
 
@@ -162,7 +163,7 @@ class FlowUsage:
             for key, norm in norms.items():
                 handles.append(norm.register_forward_pre_hook(pre(("readout", key))))
             self.model.eval()
-            device = _device(self.model)
+            device = model_device(self.model)
             empty_ok = is_distributed()  # the total is checked after the sum over processes
             for x in iter_batches(
                 loader, max_batches, desc="GOHSP flow graph: who reads each head", progress=progress, allow_empty=empty_ok
@@ -187,7 +188,7 @@ class FlowUsage:
         if not is_distributed():
             return
         stats = {(r, c): torch.tensor(v, dtype=torch.float64) for r, row in self.sums.items() for c, v in row.items()}
-        stats, count = all_reduce_counted(stats, self.count, _device(self.model))
+        stats, count = all_reduce_counted(stats, self.count, model_device(self.model))
         self.count = int(count)
         self.sums = {}
         for (r, c), v in stats.items():

@@ -49,9 +49,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..core.calibration import _device, collect_attention
+from ..core.calibration import collect_attention
 from ..core.distributed import all_reduce_counted, is_distributed
 from ..core.head_importance import HeadImportance
+from ..core.metrics import model_device
 from ..hosts import host_for
 from .config import PRESETS
 from .flow import SKETCH_ROWS, FlowUsage
@@ -218,7 +219,7 @@ class GraphHeadImportance(HeadImportance):
         acc = _MapAccumulator(self.statistic, self.similarity)
         collect_attention(model, loader, acc, max_batches=max_batches, desc="GOHSP head graph: attention maps",
                           progress=self.progress, allow_empty=is_distributed())  # fmt: skip
-        acc.all_reduce(_device(model))
+        acc.all_reduce(model_device(model))
         if not acc.count:
             raise ValueError("the calibration loaders of all processes yielded no batches")
         sims = acc.similarities()
