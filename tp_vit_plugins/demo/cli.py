@@ -449,7 +449,7 @@ def validate_prune(
             raise ValueError("--latency-keep-ratio measures latency: drop --no-latency")
     if getattr(config, "threshold", None) is not None and budget is not None:
         raise ValueError("--gate-threshold decides how much goes; drop --macs-keep-ratio/--latency-keep-ratio (or the threshold)")
-    needs_data = args.method in ("taylor", "gohsp", "vtp") or args.finetune_epochs > 0
+    needs_data = REGISTRY[args.method].needs_data or args.finetune_epochs > 0
     if args.model and not args.data_path and needs_data:
         raise ValueError(
             f"--method {args.method} / fine-tuning need calibration data: add --data-path "

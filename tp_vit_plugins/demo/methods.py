@@ -108,8 +108,6 @@ class Method:
 
     name = ""
     summary = ""
-    #: Needs calibration / training data (gradients, attention statistics, sparse training).
-    needs_data = False
     #: Changes the weights' structure (tp) / drops tokens at run time (CP-ViT cascade).
     prunes_structure = True
     drops_tokens = False
@@ -168,7 +166,6 @@ class TPCriterion(Method):
     def __init__(self, name: str) -> None:
         self.name = name
         self.summary = f"tp {name} importance"
-        self.needs_data = name == "taylor"
 
     def prepare(self, model, example, calib, s):
         imp = tp_importance(self.name)
@@ -180,7 +177,7 @@ class TPCriterion(Method):
 class GOHSP(Method):
     """GOHSP: graph-ranked heads; with ``admm`` the ADMM stage prunes to ``params_pruning_ratio``."""
 
-    name, summary, needs_data = "gohsp", "GOHSP graph head ranking (+ ADMM with --admm-epochs)", True
+    name, summary = "gohsp", "GOHSP graph head ranking (+ ADMM with --admm-epochs)"
 
     def prepare(self, model, example, calib, s):
         imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2),
@@ -232,7 +229,7 @@ class GOHSP(Method):
 class VTP(Method):
     """VTP: gates + L1 sparse training, gate ranking (``|g * dL/dg|`` by default, ``|g|`` with magnitude)."""
 
-    name, summary, needs_data = "vtp", "VTP gates + L1 sparse training", True
+    name, summary = "vtp", "VTP gates + L1 sparse training"
 
     def prepare(self, model, example, calib, s):
         cfg = s.vtp_config()

@@ -38,6 +38,8 @@ class MethodEntry:
 
     Attributes:
         name: The method's name on the command line.
+        needs_data: It needs calibration / training data (gradients, attention statistics,
+            sparse training), so a ``--model`` needs ``--data-path``.
         config: Its options dataclass (with a ``preset(name)`` classmethod); each field that
             declares a :class:`~tp_vit_plugins.core.options.Flag` becomes a flag of this method.
         structure: Reads the structure flags (:data:`STRUCTURE_FLAGS`).
@@ -52,6 +54,7 @@ class MethodEntry:
 
     name: str
     config: type | None = None
+    needs_data: bool = False
     structure: bool = True
     flags: tuple[str, ...] = ()
     defaults: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
@@ -77,16 +80,19 @@ REGISTRY: dict[str, MethodEntry] = {
         MethodEntry("random"),
         MethodEntry("l1"),
         MethodEntry("l2"),
-        MethodEntry("taylor"),
+        MethodEntry("taylor", needs_data=True),
         MethodEntry(
             "gohsp",
             GOHSPConfig,
+            needs_data=True,
             flags=("admm_epochs", "admm_rounds", "params_pruning_ratio"),
             defaults={"admm_epochs": 0},
             preset_defaults={"paper": {"admm_epochs": 2}},
             replaces_structure="admm_epochs",
         ),
-        MethodEntry("vtp", VTPConfig, flags=("sparse_epochs", "gate_histogram"), defaults={"head_pruning_ratio": 0.0}),
+        MethodEntry(
+            "vtp", VTPConfig, needs_data=True, flags=("sparse_epochs", "gate_histogram"), defaults={"head_pruning_ratio": 0.0}
+        ),
         MethodEntry("cpvit", CascadeConfig, structure=False),
     )
 }

@@ -23,6 +23,7 @@ from ..core.training import evaluate, finetune
 from ..export import alternated_onnx_speedup, export_onnx
 from .common import Structure, load_options_workload, phase, show_bars, usage_error
 from .methods import MethodSettings, get_method, run_recipe
+from .names import REGISTRY
 from .options import PruneOptions
 from .workload import Workload
 
@@ -252,7 +253,7 @@ def run_prune(opts: PruneOptions) -> PruneResult:
     torch.manual_seed(opts.seed)
     w = load_options_workload(opts)
     recipe = get_method(opts.method)
-    if w.train_loader is None and (recipe.needs_data or opts.finetune_epochs):
+    if w.train_loader is None and (REGISTRY[opts.method].needs_data or opts.finetune_epochs):
         usage_error(f"--method {opts.method} / fine-tuning need calibration data: add --data-path")
     w.model.to(opts.device).eval()
     w.example = w.example.to(opts.device)
