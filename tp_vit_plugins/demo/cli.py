@@ -1,4 +1,4 @@
-"""``tp-vit`` command line: prune a timm ViT and print a before/after table, or run the bench.
+"""``tp-vit`` command line: prune a ViT (timm or transformers) and print a before/after table, or run the bench.
 
 Examples::
 
@@ -348,7 +348,9 @@ def check_model_name(name: str) -> None:
 
 def _check_common(args: argparse.Namespace) -> None:
     if (args.pretrained or args.data_path or args.checkpoint) and not args.model:
-        raise ValueError("--pretrained, --checkpoint and --data-path need a timm model name: add --model NAME")
+        raise ValueError(
+            "--pretrained, --checkpoint and --data-path need --model (a timm model name or a transformers directory)"
+        )
     if args.model and os.path.isdir(args.model) and (args.pretrained or args.checkpoint):
         raise ValueError("a transformers model directory brings its own weights: drop --pretrained / --checkpoint")
     if args.model and args.embedded_epochs is not None:

@@ -22,7 +22,7 @@ class WorkloadOptions:
     """What both commands load and how they run.
 
     Attributes:
-        model: timm model name; ``None``: the embedded MNIST ViT.
+        model: timm model name or a transformers ``save_pretrained`` directory; ``None``: the embedded MNIST ViT.
         pretrained: Load timm's pretrained weights.
         checkpoint: Local weights (safetensors / torch state dict / ``save_pruned`` directory).
         data_path: ImageFolder root with ``train/`` and ``val/``.

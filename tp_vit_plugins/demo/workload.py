@@ -1,4 +1,4 @@
-"""What a prune, bench or example runs on: the embedded default or a timm model + ImageFolder.
+"""What a prune, bench or example runs on: the embedded default, or a timm model / transformers directory + ImageFolder.
 
 One loader for the CLI and the example scripts, so "embedded MNIST ViT by default, real
 ImageNet with ``--model NAME --pretrained --data-path ROOT``" behaves the same everywhere.
@@ -64,7 +64,7 @@ def load_workload(
     """Load the embedded MNIST ViT (default) or ``timm.create_model(model_name)`` with data.
 
     Args:
-        model_name: timm model name; ``None`` = the embedded MNIST ViT and its split.
+        model_name: timm model name or transformers directory; ``None`` = the embedded MNIST ViT and its split.
         pretrained: Load timm pretrained weights.
         data_path: ImageFolder root with ``train/`` and ``val/`` (for ``model_name``); without
             it the workload has no data (MACs / latency only).
@@ -87,7 +87,7 @@ def load_workload(
     """
     if model_name is None:
         if pretrained or data_path or checkpoint:
-            raise ValueError("pretrained weights, --checkpoint and --data-path need a timm model name")
+            raise ValueError("pretrained weights, --checkpoint and --data-path need --model (timm name or transformers dir)")
         return _embedded_workload(embedded_epochs, retrain, batch_size, seed, progress)
     if is_transformers_dir(model_name):
         return _transformers_workload(model_name, data_path, batch_size, eval_batches)
@@ -203,7 +203,9 @@ def load_checkpoint(model: nn.Module, path: str) -> nn.Module:
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the example scripts' ``--model``, ``--pretrained``, ``--data-path`` and ``--eval-batches``."""
-    parser.add_argument("--model", default=None, help="timm model name (default: the embedded MNIST ViT)")
+    parser.add_argument(
+        "--model", default=None, help="timm model name or transformers directory (default: the embedded MNIST ViT)"
+    )
     parser.add_argument("--pretrained", action="store_true", help="load timm pretrained weights")
     parser.add_argument("--data-path", default=None, help="ImageFolder root with train/ and val/ (needed with --model)")
     parser.add_argument("--eval-batches", type=int, default=None, help="limit evaluation batches (real data)")
