@@ -3,15 +3,16 @@
     python benchmarks/calibration_cost.py                 # writes the "Cost" section of RESULTS.md
     python benchmarks/calibration_cost.py --models deit_small_patch16_224 --no-write
 
-Random-weight timm models at 224 px, 2 batches of 8 images, the machine's threads; every ratio is
+Random-weight timm models at 224 px (DeiT-S, ViT-B, ViT-L, ViT-H), 2 batches of 8 images, the machine's threads; every ratio is
 measured in one run against the model's own no-grad forward over the same images, the two timed
 alternately (medians of ``--repeats`` pairs). Calibration: the default GOHSP flow graph (sketched), the exact
-flow graph (``flow_sketch=None``; not on ViT-L, where it alone takes minutes), the paper preset's
+flow graph (``flow_sketch=None``; not on ViT-L / ViT-H, where it alone takes minutes), the paper preset's
 similarity graph and CP-ViT's cumulative head score. Training: an AdamW step with GOHSP's and
 VTP's ``regularize`` against a plain AdamW step (deit_small; the three timed one after the other,
 medians of ``--repeats``). The cascade at ``keep_ratio=1.0``
 against the plain forward. Flow rankings: the smallest per-block Spearman correlation of the
-sketched and exact flow-graph head scores.
+sketched and exact flow-graph head scores. Peak memory of calibration and each pruner's
+``step()`` against stock tp's at the same ratios.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import time
 
 import timm
 import torch
+import torch_pruning
 from common import tpv, write_section
 from scipy.stats import spearmanr
 
 from tp_vit_plugins.core.metrics import alternate
 
-MODELS = ("deit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224")
+MODELS = ("deit_small_patch16_224", "vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch14_224")
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -68,7 +70,7 @@ def calibration_rows(name: str, repeats: int) -> list[str]:
     }
     scores = {}
     for label, make in importances.items():
-        if "exact" in label and "large" in name:
+        if "exact" in label and ("large" in name or "huge" in name):
             continue
         holder = {}
         fwd, t = _alternated(forward, lambda make=make, holder=holder: holder.__setitem__("imp", make().calibrate(model, data)),
@@ -99,11 +101,11 @@ def calibration_rows(name: str, repeats: int) -> list[str]:
 
 
 def zoo_agreement_rows() -> list[str]:
-    """Smallest per-block Spearman correlation of sketched and exact flow rankings on the quick zoo (trained) models."""
-    from tp_vit_plugins.demo.zoo import QUICK_ZOO, load_zoo_model
+    """Smallest per-block Spearman correlation of sketched and exact flow rankings on every zoo (trained) model."""
+    from tp_vit_plugins.demo.zoo import ZOO, load_zoo_model
 
     rows = []
-    for member in QUICK_ZOO:
+    for member in ZOO:
         model, split, _ = load_zoo_model(member, progress=False)
         model.eval()
         idx = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(0))[:64]
@@ -114,6 +116,71 @@ def zoo_agreement_rows() -> list[str]:
         rows.append(
             f"| zoo {member.name} (trained) | flow ranking: sketched vs exact, smallest per-block Spearman | – | {rho:.3f} |"
         )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _peak_rss_child(name: str, label: str, queue) -> None:
+    """In a fresh process: peak RSS after a forward over the images, and after calibrating on them (bytes)."""
+    import resource
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False).eval()
+    data = [torch.randn(8, 3, 224, 224) for _ in range(2)]
+    with torch.no_grad():
+        for x in data:
+            model(x)
+    after_forward = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    make = {
+        "GOHSP flow graph (default, sketched)": lambda: tpv.GraphHeadImportance(progress=False),
+        "CP-ViT cumulative head score": lambda: tpv.CumulativeHeadImportance(progress=False),
+    }[label]
+    make().calibrate(model, data)
+    queue.put((after_forward, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def memory_rows(name: str) -> list[str]:
+    """Peak resident memory of calibration against that of the no-grad forward over the same images."""
+    import multiprocessing as mp
+
+    rows = []
+    ctx = mp.get_context("spawn")
+    for label in ("GOHSP flow graph (default, sketched)", "CP-ViT cumulative head score"):
+        queue = ctx.Queue()
+        child = ctx.Process(target=_peak_rss_child, args=(name, label, queue))
+        child.start()
+        forward_peak, calib_peak = queue.get()
+        child.join()
+        rows.append(
+            f"| {name} | peak memory: {label} (process peak after the forward: {forward_peak / 2**30:.2f} GiB) "
+            f"| {calib_peak / 2**30:.2f} GiB | {calib_peak / forward_peak:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def step_rows(name: str) -> list[str]:
+    """``step()`` of each pruner against stock tp ``BasePruner.step()`` at the same ratios (heads 0.5, MLP 0.3)."""
+    x = torch.randn(1, 3, 224, 224)
+    rows, base = [], None
+    builds = {
+        "stock tp BasePruner.step()": lambda m: torch_pruning.pruner.BasePruner(
+            m, x, importance=torch_pruning.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.3,
+            prune_num_heads=True, head_pruning_ratio=0.5, **tpv.vit_pruning_kwargs(m)),
+        "ViTPruner.step()": lambda m: tpv.ViTPruner(m, x, pruning_ratio=0.3, head_pruning_ratio=0.5),
+        "GOHSPPruner.step() (40 % of the parameters)": lambda m: tpv.GOHSPPruner(
+            m, x, tpv.GraphHeadImportance(progress=False).calibrate(m, [x]), pruning_ratio=0.4, metric="euclidean"),
+        "VTPPruner.step() (40 % of the dims)": lambda m: tpv.VTPPruner(m, x, pruning_ratio=0.4),
+    }  # fmt: skip
+    for label, build in builds.items():
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).eval()
+        pruner = build(model)
+        start = time.perf_counter()
+        pruner.step()
+        t = time.perf_counter() - start
+        base = t if base is None else base
+        rows.append(f"| {name} | {label} | {t:.2f} s | {t / base:.2f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -158,15 +225,19 @@ def main(argv: list[str] | None = None) -> str:
     rows = []
     for name in args.models.split(","):
         rows.extend(calibration_rows(name, args.repeats))
+        rows.extend(memory_rows(name))
+        rows.extend(step_rows(name))
     rows.extend(zoo_agreement_rows())
     rows.extend(training_rows(args.repeats))
     body = "\n".join(
         [
             f"Random-weight timm models at 224 px, {torch.get_num_threads()} threads, medians of {args.repeats} timings; "
             "every ratio against the first row of its model (a no-grad forward over the same 2 x 8 images, or a plain "
-            "AdamW step). `python benchmarks/calibration_cost.py` rewrites this section. Random weights make heads nearly "
-            "alike, so their Spearman rows are a floor; the zoo rows compare the rankings on trained models (4 x 16 "
-            "training images).",
+            "AdamW step); `step()` rows against stock tp's `BasePruner.step()` at the same ratios (one timing each, pruner "
+            "built untimed); peak-memory rows: a fresh process's peak resident memory after calibrating ÷ its peak after "
+            "the forward over the same images. `python benchmarks/calibration_cost.py` rewrites this section. Random "
+            "weights make heads nearly alike, so their Spearman rows are a floor; the zoo rows compare the rankings on the "
+            "six trained zoo models (4 x 16 training images).",
             "",
             "| model | what | time | ÷ forward (or plain step) |",
             "|---|---|---|---|",
