@@ -317,7 +317,7 @@ def test_config_object_and_keywords_give_the_same_pruner_and_removed_options_are
     b = tpv.VTPPruner(make_model(), x, pruning_ratio=0.3, reg=0.3, sparse_steps=10, score="magnitude", close=False)
     assert a.config == b.config == cfg and (a.gate_lr, a.reg, a.score) == (b.gate_lr, b.reg, b.score)
     assert tpv.VTPPruner(make_model(), x, config=cfg, reg=0.1).config.reg == 0.1  # a keyword overrides the object
-    with pytest.raises(TypeError, match="close_until"):  # removed in 0.4: tp refuses an unknown keyword
+    with pytest.raises(TypeError, match="close_until"):  # removed in 0.4: refused by name
         tpv.VTPPruner(make_model(), x, close_until=0.5)
     with pytest.raises(ValueError, match="score"):
         tpv.vtp.VTPConfig(score="l1")

@@ -55,7 +55,7 @@ def test_closed_gates_stay_exactly_zero_and_reach_the_budget(x):
     model = make_model("vit")
     y = torch.arange(x.shape[0]) % 10
     total = count_params(model)
-    pruner = tpv.VTPPruner(model, x[:1], sparse_steps=8, close_params=0.3, close_rounds=2, close_until=0.5)
+    pruner = tpv.VTPPruner(model, x[:1], sparse_steps=8, close_params=0.3, close_rounds=2)
     assert not pruner.fold_values and pruner.threshold == 0.0  # a parameter budget: remove the zero gates
     _train(model, pruner, x, y, 2)  # round 1 after step 2: 1 - 0.5^3 = 87.5 % of the budget
     cell, neuron = unit_param_costs(block_layers(model)[0])
