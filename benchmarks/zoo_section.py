@@ -52,9 +52,9 @@ The CP-ViT paper preset as it now is (`keep_ratio` the mean patch share over the
 cascade from block 0, dropped tokens after whole blocks, 25 % of the heads skipped per input by the
 cumulative head score, the attention-range adjustment `beta=0.5` calibrated), at 80 / 70 / 60 / 50 %
 of the dense MACs, no fine-tune, beside the recommended preset (`cpvit`), the paper preset with
-random token scores (`cpvit-paper-random`), without head skipping (`cpvit-paper-noheads`, and its
-random twin), with per-block head scores (`cpvit-paper-blockheads`), and ToMe- / EViT-style peers.
-Run on the quick zoo's two models only.""",
+random token scores (`cpvit-paper-random`), without head skipping (`cpvit-paper-noheads`), and
+ToMe- / EViT-style peers, on all six zoo models. The paper preset runs only where its schedule
+reaches the MACs target (a setting it cannot reach has no row for it).""",
     "Zoo: pipeline, 2 epochs": _ZOO
     + """
 

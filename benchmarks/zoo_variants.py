@@ -8,7 +8,10 @@ learning-rate schedule.
 
 from __future__ import annotations
 
-from tp_vit_plugins.demo.zoo_bench import register_variants
+import tp_vit_plugins as tpv
+from tp_vit_plugins.core.training import finetune
+from tp_vit_plugins.demo.methods import get_method
+from tp_vit_plugins.demo.zoo_bench import PIPELINE_METHODS_EXTRA, head_importance, prune_to_params, register_variants
 
 _DEFAULT_GOHSP = dict(rounds=10, calibrate="data")
 GOHSP = {
@@ -68,6 +71,47 @@ CPVIT = {
 }
 
 
+def _isomorphic(criterion: str):
+    """tp's isomorphic pruning (Fang et al., ECCV 2024) with a tp criterion, then the fine-tune."""
+
+    def run(model, step):
+        imp = head_importance(criterion, model, step.calib)
+        return prune_to_params(model, step.example, imp, step.target_params, isomorphic=True), 0, {}
+
+    return run
+
+
+def _tp_loop(method: str):
+    """The library default built as a tp user builds a pruner (model, example, importance, a ratio) and driven by
+    tp's calls only: ``regularize`` after every backward, ``update_regularizer()`` per epoch of the sparse half, ``step()``."""
+
+    def run(model, step):
+        if method == "gohsp":
+            imp = tpv.GraphHeadImportance(progress=False).calibrate(model, step.calib)
+            pruner = tpv.GOHSPPruner(model, step.example, imp, pruning_ratio=step.cut)
+        else:  # the budget as VTP's parameter ratio (its pruning_ratio counts dims)
+            pruner = tpv.VTPPruner(model, step.example, close_params=step.cut)
+        sparse = step.epochs // 2
+        span = (0, step.epochs) if step.one_schedule else None
+        finetune(model, step.loader, epochs=sparse, step_hook=lambda m, loss: pruner.regularize(m),
+                 epoch_hook=lambda epoch: pruner.update_regularizer(), schedule_span=span, **step.train)  # fmt: skip
+        extra = get_method(method).stats(pruner)
+        pruner.step()
+        return model, sparse, extra
+
+    return run
+
+
+#: Pipeline methods the zoo's RESULTS sections compare with (tp's isomorphic pruning, the tp-loop driving).
+PIPELINE = {
+    "l2-iso": _isomorphic("l2"),
+    "taylor-iso": _isomorphic("taylor"),
+    "gohsp@tp": _tp_loop("gohsp"),
+    "vtp@tp": _tp_loop("vtp"),
+}
+
+
 def register() -> None:
     """Make every setting above runnable by the zoo's protocols."""
     register_variants(gohsp=GOHSP, vtp=VTP, cpvit=CPVIT)
+    PIPELINE_METHODS_EXTRA.update(PIPELINE)

@@ -185,6 +185,8 @@ def test_tp_loop_and_isomorphic_peers_reach_the_parameter_budget(tmp_path, monke
     monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
     tiny = (ZooModel("tiny-a", "digits", 8, dict(patch_size=2, embed_dim=32, depth=4, num_heads=2), epochs=1),)
     methods = ("l2-iso", "taylor-iso", "lamp", "gohsp@tp", "vtp@tp")
+    variants = importlib.import_module("zoo_variants")  # benchmarks/: the package runs the defaults and peers only
+    monkeypatch.setattr(zoo_bench, "PIPELINE_METHODS_EXTRA", dict(variants.PIPELINE))
     settings = dataclasses.replace(zoo_bench.ZooSettings.quick(("pipeline",)), pipeline_methods=methods)
     summary = zoo_bench.run_zoo(str(tmp_path / "out"), settings, progress=False, members=tiny)
     block = summary["pipeline | -40% params, 2 epochs"]
@@ -204,6 +206,7 @@ def test_the_package_runs_the_library_defaults_and_the_peers_only():
     assert set(zoo_bench.PIPELINE_METHODS) <= set(ZOO_PIPELINE_METHODS) and zoo_bench.VTP_VARIANTS["vtp"] == {}
     assert set(ZOO_TOKEN_METHODS) == {*zoo_bench.CPVIT_VARIANTS, "tome", "evit"}
     assert zoo_bench.CPVIT_VARIANTS["cpvit"] == {}  # cpvit = apply_cascade's defaults
+    assert zoo_bench.PIPELINE_METHODS_EXTRA == {}  # isomorphic / tp-loop peers live in benchmarks/zoo_variants.py
 
 
 def test_benchmark_variants_register_and_every_one_builds(monkeypatch):
@@ -215,7 +218,7 @@ def test_benchmark_variants_register_and_every_one_builds(monkeypatch):
     import tp_vit_plugins as tpv
     from tp_vit_plugins.demo.zoo_bench import _cascade_config
 
-    for table in ("GOHSP_VARIANTS", "VTP_VARIANTS", "CPVIT_VARIANTS"):
+    for table in ("GOHSP_VARIANTS", "VTP_VARIANTS", "CPVIT_VARIANTS", "PIPELINE_METHODS_EXTRA"):
         monkeypatch.setattr(zoo_bench, table, dict(getattr(zoo_bench, table)))
     path = pathlib.Path(__file__).parents[1] / "benchmarks" / "zoo_variants.py"
     spec = importlib.util.spec_from_file_location("zoo_variants", path)

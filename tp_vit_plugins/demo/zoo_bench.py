@@ -7,12 +7,12 @@ shared by every method):
   training. Peers: tp random, L1, L2, Taylor, Hessian (squared-gradient OBD); seed methods:
   GOHSP ``GraphHeadImportance`` and CP-ViT ``CumulativeHeadImportance`` (their defaults).
 * ``pipeline`` — −40 % and −70 % parameters with **equal total epochs** ``E`` for every
-  method: tp L2 / Taylor / LAMP prune (also isomorphic: ``l2-iso``, ``taylor-iso``) then fine-tune
+  method: tp L2 / Taylor / LAMP prune then fine-tune
   ``E``; tp ``GroupNormPruner`` sparse training
   ``E // 2`` then L2 prune and fine-tune the rest; GOHSP ADMM ``E // 2`` then prune and
   fine-tune; VTP gates ``E // 2`` then prune and fine-tune; and a "dense + E epochs" control.
-  ``gohsp@tp`` / ``vtp@tp`` drive the library defaults through tp's own loop instead of the
-  recipe (construct, ``regularize`` per step, ``update_regularizer`` per epoch, ``step``).
+  Benchmark scripts add methods (:data:`PIPELINE_METHODS_EXTRA`: tp's isomorphic pruning, the
+  library defaults driven through tp's own loop, in ``benchmarks/zoo_variants.py``).
   tp criteria prune heads, head dims and MLP neurons globally at one scalar ratio bisected to
   the parameter budget.
 * ``tokens`` — token reduction at equal measured MACs (FlopCounterMode, one image), no
@@ -61,9 +61,8 @@ from ..cpvit import (
     fit_keep_ratio,
     remove_cascade,
 )
-from ..gohsp import GOHSPPruner, GraphHeadImportance
+from ..gohsp import GraphHeadImportance
 from ..hosts import host_for
-from ..vtp import VTPPruner
 from .data import calibration_loader
 from .methods import MethodSettings, get_method, run_recipe
 from .peers import apply_evit, apply_tome, remove_peer
@@ -148,7 +147,8 @@ def hessian_importance(model: nn.Module, loader: Iterable) -> tp.importance.Grou
     return imp
 
 
-def _head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.importance.Importance:
+def head_importance(name: str, model: nn.Module, calib: DataLoader) -> tp.importance.Importance:
+    """The calibrated importance the zoo's protocols name ``name`` (tp criteria by name, the library's, Hessian, LAMP)."""
     if name == "gohsp":  # the library default: the directed "who reads whom" chain (gohsp/flow.py)
         return GraphHeadImportance(progress=False).calibrate(model, calib)
     if name == "gohsp-l2":  # the flow score times the head's tp group-L2 magnitude
@@ -179,7 +179,7 @@ def protocol_heads(member: ZooModel, model: nn.Module, split, s: ZooSettings, te
         for name in s.head_methods:
             torch.manual_seed(seed)
             base = copy.deepcopy(model)
-            imp = _head_importance(name, base, calib)
+            imp = head_importance(name, base, calib)
             for r in s.head_ratios:
                 pruned = clone_with_grads(base)
                 ViTPruner(pruned, example, remap_state(imp, base, pruned), head_pruning_ratio=r).step()
@@ -251,22 +251,35 @@ def prune_to_params(
     return build(hi)
 
 
-#: tp criteria run with ``isomorphic=True``, by name.
-ISOMORPHIC = {"l2-iso": "l2", "taylor-iso": "taylor"}
-#: Suffix of a method driven exactly as tp drives its sparse-training pruners: built from the
-#: model, an example, an importance and a ratio only, ``regularize`` after every backward,
-#: ``update_regularizer()`` after every epoch of the sparse half, then ``step()``.
-TP_LOOP = "@tp"
+@dataclass
+class PipelineStep:
+    """What a registered pipeline method (:data:`PIPELINE_METHODS_EXTRA`) gets: one model copy to prune and train.
+
+    Attributes:
+        example: ``[1, C, H, W]`` input for tracing.
+        calib: The seed's calibration batches.
+        loader: The training loader.
+        target_params: Parameters to keep at most.
+        cut: The share of parameters removed.
+        epochs: The total epoch budget ``E`` (the method spends ``sparse`` of it before pruning).
+        train: ``finetune`` keyword arguments of this seed (lr, seed, ...).
+        one_schedule: The sparse phase and the fine-tune share one learning-rate schedule.
+    """
+
+    example: torch.Tensor
+    calib: DataLoader
+    loader: DataLoader
+    target_params: float
+    cut: float
+    epochs: int
+    train: dict
+    one_schedule: bool
 
 
-def _tp_loop_pruner(name: str, model: nn.Module, example: torch.Tensor, calib: Iterable, cut: float):
-    """GOHSP or VTP built as a tp user builds a pruner: model, example, importance, a ratio (library defaults)."""
-    if name == "gohsp":
-        imp = GraphHeadImportance(progress=False).calibrate(model, calib)
-        return GOHSPPruner(model, example, imp, pruning_ratio=cut)
-    if name == "vtp":  # the budget as VTP's parameter ratio (its pruning_ratio counts dims)
-        return VTPPruner(model, example, close_params=cut)
-    raise ValueError(f"no tp-loop driving for {name!r}; choose gohsp{TP_LOOP} or vtp{TP_LOOP}")
+#: Pipeline methods benchmark scripts register (``benchmarks/zoo_variants.py``): name ->
+#: ``fn(model_copy, step) -> (pruned model, sparse epochs spent, what it reports)``; the
+#: fine-tune of the remaining epochs follows in the protocol.
+PIPELINE_METHODS_EXTRA: dict[str, Callable[[nn.Module, PipelineStep], tuple[nn.Module, int, dict]]] = {}
 
 
 def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: ZooSettings) -> tuple[nn.Module, dict]:
@@ -289,17 +302,10 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         finetune(m, loader, epochs=E, **train)
         return m, extra
     if name in ("l2", "taylor", "lamp"):
-        m = prune_to_params(m, example, _head_importance(name, m, calib), target)
-    elif name in ISOMORPHIC:  # tp's isomorphic pruning (Fang et al., ECCV 2024)
-        m = prune_to_params(m, example, _head_importance(ISOMORPHIC[name], m, calib), target, isomorphic=True)
-    elif name.endswith(TP_LOOP):
-        sparse = E // 2
-        pruner = _tp_loop_pruner(name.removesuffix(TP_LOOP), m, example, calib, cut)
-        span = (0, E) if suffix else None
-        finetune(m, loader, epochs=sparse, step_hook=lambda mm, loss: pruner.regularize(mm),
-                 epoch_hook=lambda epoch: pruner.update_regularizer(), schedule_span=span, **train)  # fmt: skip
-        extra = get_method(name.removesuffix(TP_LOOP)).stats(pruner)
-        pruner.step()
+        m = prune_to_params(m, example, head_importance(name, m, calib), target)
+    elif name in PIPELINE_METHODS_EXTRA:
+        step = PipelineStep(example, calib, loader, target, cut, E, train, suffix)
+        m, sparse, extra = PIPELINE_METHODS_EXTRA[name](m, step)
     elif name == "group_norm":
         sparse = E // 2
         imp = tp.importance.GroupMagnitudeImportance(p=2)
