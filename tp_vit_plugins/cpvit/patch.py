@@ -247,7 +247,7 @@ class Cascade:
         """What the latest forward did: ``counts`` (patch tokens entering each of the ``depth`` blocks), ``heads_kept``, ..."""
         st = self.state
         if st.counts and len(st.counts) < self.depth:  # blocks after the last pruning point keep the last count
-            st.counts.extend([st.counts[-1]] * (self.depth - len(st.counts)))
+            return dataclasses.replace(st, counts=st.counts + [st.counts[-1]] * (self.depth - len(st.counts)))
         return st
 
     def record(self) -> dict:
