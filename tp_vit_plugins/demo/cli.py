@@ -159,7 +159,7 @@ def method_options(args: argparse.Namespace) -> dict:
     return given
 
 
-def method_config(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> object | None:
+def method_config(args: argparse.Namespace) -> object | None:
     """``args.method``'s options: its preset with the given flags applied, validated by the dataclass itself.
 
     Raises:
@@ -172,8 +172,8 @@ def method_config(args: argparse.Namespace, parser: argparse.ArgumentParser | No
     try:
         return dataclasses.replace(entry.config.preset(args.preset or "recommended"), **given)
     except (ValueError, TypeError) as e:
-        names = {method_dest(args.method, n): f.name for n, f, _ in flags_of(entry.config)}
-        flags = ", ".join(sorted({names[method_dest(args.method, n)] for n in given})) or "--preset"
+        names = {n: f.name for n, f, _ in flags_of(entry.config)}
+        flags = ", ".join(sorted({names[n] for n in given})) or "--preset"
         raise ValueError(f"{flags}: {e}") from None
 
 
