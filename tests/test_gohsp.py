@@ -479,3 +479,23 @@ def test_the_flow_sketch_estimates_the_exact_usage_and_is_deterministic():
     assert 0.8 < float(ratios.mean()) < 1.2 and float(ratios.std()) < 0.35  # an estimate of ||W x||, not a bias
     with pytest.raises(ValueError, match="sketch"):
         FlowUsage(model, sketch=0)
+
+
+def test_the_flow_sketch_is_exact_on_its_top_directions_and_unbiased_on_the_rest():
+    from tp_vit_plugins.gohsp.flow import FlowUsage
+
+    torch.manual_seed(0)
+    x = torch.randn(24, 10)
+    low = torch.randn(3, 40, 4) @ torch.randn(3, 4, 24)  # [G, R, C] of rank 4 <= 8 // 2 exact rows
+    state = torch.random.get_rng_state()
+    P = FlowUsage._sketch(low, 8, seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global generator is left as it was
+    assert P.shape == (3, 8, 24)
+    assert torch.allclose((P @ x).norm(dim=1), (low @ x).norm(dim=1), rtol=1e-4)  # nothing left to estimate
+    torch.manual_seed(5)
+    assert torch.equal(FlowUsage._sketch(low, 8, seed=1), P)  # the seed, not the global state, decides
+    full = torch.randn(2, 40, 24)
+    mean = torch.stack([(FlowUsage._sketch(full, 8, seed=s) @ x).pow(2).sum(1) for s in range(2000)]).mean(0)
+    assert torch.allclose(mean, (full @ x).pow(2).sum(1), rtol=0.05)  # E ||P x||^2 = ||W x||^2
+    one = FlowUsage._sketch(full, 1, seed=0)  # one row: no exact part, a plain Gaussian row
+    assert one.shape == (2, 1, 24) and torch.isfinite(one).all()

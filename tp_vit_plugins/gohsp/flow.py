@@ -19,14 +19,16 @@ mass ranks heads.
 
 **Cost.** Every reader reads every earlier contributor, so the exact statistic costs a matmul
 of each contributor's term with each later reader's input weights: it grows with depth² ×
-heads, while a forward grows with depth. By default each reader's weights are replaced by a
-Gaussian sketch (Johnson–Lindenstrauss): ``||W_h x||`` of a head's ``3d`` q, k, v rows is
-estimated by ``||Pi_h W_h x||`` with ``Pi_h`` of ``sketch`` rows (``E ||Pi v||^2 = ||v||^2``), an
-MLP's by ``4 * sketch`` rows; the sketch is drawn once per calibration from a fixed seed
-(deterministic). A head's term is its output projection applied to its ``d`` inputs, so the
-reader's (sketched) weights, norm weight and the centring are folded into that projection first
-(``M = Pi W_r diag(gamma) W~_o,h``; ``1 / sigma`` is a per-token scalar): a contributor head then
-costs ``d`` rather than ``C`` per token and sketch row. ``sketch=None`` is the exact statistic.
+heads, while a forward grows with depth. By default each reader's weights are replaced by
+``sketch`` rows (an MLP's by ``4 * sketch``) that estimate ``||W_h x||`` of a head's ``3d`` q, k, v
+rows without bias: half are exact, ``U^T W_h`` for ``W_h``'s top left singular directions ``U``,
+half a Gaussian sketch (Johnson–Lindenstrauss, ``E ||Pi v||^2 = ||v||^2``) of the remainder
+``(I - U U^T) W_h``, whose energy is small on trained weights, so the estimate's variance is too.
+The sketch is drawn once per calibration from a fixed seed (deterministic). A head's term is
+its output projection applied to its ``d`` inputs, so the reader's (sketched) weights, norm
+weight and the centring are folded into that projection first (``M = P_r diag(gamma) W~_o,h``,
+``P_r`` the reader's rows; ``1 / sigma`` is a per-token scalar): a contributor head then costs
+``d`` rather than ``C`` per token and sketch row. ``sketch=None`` is the exact statistic.
 ``benchmarks/calibration_cost.py`` measures both against a forward pass and the rankings' agreement.
 
 Maths on captured tensors; the layers come from the model's host (:meth:`~tp_vit_plugins.hosts.Host.block_layers`,
@@ -52,7 +54,7 @@ __all__ = ["FlowUsage", "TOKENS_PER_IMAGE", "SKETCH_ROWS"]
 #: Tokens per image the usage is measured on (a fixed stride over the sequence).
 TOKENS_PER_IMAGE = 16
 #: Sketch rows per reader head (an MLP reader gets 4x); ``FlowUsage(sketch=None)``: exact.
-SKETCH_ROWS = 32
+SKETCH_ROWS = 24
 
 
 def _norm_map(norm: nn.Module | None, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -131,12 +133,30 @@ class FlowUsage:
         rows = groups.shape[1]
         k = None if self.sketch is None else (self.sketch if kind == "attn" else 4 * self.sketch)
         if k is not None and k < rows:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 2 * r + (kind == "mlp"))
-            pi = torch.randn(groups.shape[0], k, rows, generator=gen, dtype=torch.float64) / math.sqrt(k)
-            groups = torch.einsum("gkr,grc->gkc", pi.to(groups), groups)
+            groups = self._sketch(groups, k, seed=self.seed * 1_000_003 + 2 * r + (kind == "mlp"))
         P = groups.reshape(-1, C).contiguous()
         self._projections[key] = P
         return P, groups.shape[1]
+
+    @staticmethod
+    def _sketch(groups: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+        """``[G, k, C]`` rows whose norms on any ``x`` estimate ``||W_g x||`` of ``groups [G, R, C]`` without bias.
+
+        The first ``k // 2`` rows are exact: ``U^T W_g`` for an orthonormal ``U [R, k // 2]`` spanning
+        (approximately: a randomized range finder) ``W_g``'s top left singular directions; the rest is a
+        Gaussian sketch of the remainder ``(I - U U^T) W_g``. Since ``||W_g x||^2 = ||U^T W_g x||^2 +
+        ||(I - U U^T) W_g x||^2`` for any orthonormal ``U``, only the remainder's (small) energy is estimated.
+        """
+        G, R, C = groups.shape
+        a = k // 2
+        w = groups.detach().double().cpu()  # float64: the same rows whatever the thread count (ranks agree)
+        gen = torch.Generator().manual_seed(seed)
+        # randomized range finder with one power iteration: U spans W_g's top left singular directions
+        U = torch.linalg.qr(w @ torch.randn(G, C, a, generator=gen, dtype=torch.float64)).Q  # [G, R, a]
+        U = torch.linalg.qr(w @ (w.transpose(-1, -2) @ U)).Q
+        top = U.transpose(-1, -2) @ w  # [G, a, C]
+        pi = torch.randn(G, k - a, R, generator=gen, dtype=torch.float64) / math.sqrt(k - a)
+        return torch.cat([top, pi @ w - (pi @ U) @ top], 1).to(groups)
 
     @torch.no_grad()
     def run(self, loader: Iterable, max_batches: int | None = None, progress: bool = True) -> FlowUsage:
