@@ -229,13 +229,14 @@ def main(argv: list[str] | None = None) -> str:
         rows.extend(step_rows(name))
     rows.extend(zoo_agreement_rows())
     rows.extend(training_rows(args.repeats))
+    command = "python benchmarks/calibration_cost.py" + (f" --models {args.models}" if args.models != ",".join(MODELS) else "")
     body = "\n".join(
         [
             f"Random-weight timm models at 224 px, {torch.get_num_threads()} threads, medians of {args.repeats} timings; "
             "every ratio against the first row of its model (a no-grad forward over the same 2 x 8 images, or a plain "
             "AdamW step); `step()` rows against stock tp's `BasePruner.step()` at the same ratios (one timing each, pruner "
             "built untimed); peak-memory rows: a fresh process's peak resident memory after calibrating ÷ its peak after "
-            "the forward over the same images. `python benchmarks/calibration_cost.py` rewrites this section. Random "
+            f"the forward over the same images. `{command}` rewrites this section. Random "
             "weights make heads nearly alike, so their Spearman rows are a floor; the zoo rows compare the rankings on the "
             "six trained zoo models (4 x 16 training images).",
             "",
