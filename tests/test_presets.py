@@ -171,6 +171,33 @@ def test_paper_vtp_gates_every_projections_inputs_and_prunes_them_per_block(tmp_
         tpv.VTPPruner(make_model("vit", depth=2, num_heads=4), x[:1], pruning_ratio=0.3, prune_inputs=True)
 
 
+def test_the_paper_vtp_pruner_fits_its_own_step_to_a_parameter_budget():
+    """``fit_params``: the ratio whose step (block inputs included) leaves at most the budget, the model untouched."""
+    from tp_vit_plugins.utils import count_params
+
+    model = make_model("vit", depth=3, num_heads=4)
+    data = _batches(2)
+    x = data[0][0]
+    pruner = tpv.VTPPruner(model, x[:1], pruning_ratio=0.0, config="paper", sparse_steps=4, reg=4.0)
+    _sparse_train(model, pruner, data, 2)
+    dense = count_params(model) - sum(g.numel() for g in pruner.gates.parameters())
+    target = 0.6 * dense
+    ratio = pruner.fit_params(target)
+    assert 0 < ratio < 1 and pruner.pruning_ratio == ratio
+    assert count_params(model) == dense  # the gates folded; only copies were pruned
+    pruner.step()
+    kept = count_params(model)
+    assert kept <= target and kept > 0.5 * dense  # at the budget, not far below it
+    assert any(a > 0 or m > 0 for a, m in pruner.inputs_removed)  # the paper preset's own per-block input dims
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(x)).all()
+    with pytest.raises(ValueError, match="already pruned"):
+        pruner.fit_params(target)
+    closing = tpv.VTPPruner(make_model("vit", depth=2, num_heads=4), x[:1], pruning_ratio=0.3, sparse_steps=4)
+    with pytest.raises(ValueError, match="closing"):
+        closing.fit_params(target)
+
+
 def test_removing_a_blocks_input_dims_equals_zeroing_those_columns():
     import copy
 

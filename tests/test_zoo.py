@@ -198,6 +198,19 @@ def test_tp_loop_and_isomorphic_peers_reach_the_parameter_budget(tmp_path, monke
     assert vtp["extra"]["gate_zero_share"] > 0  # closing rounds ran from update_regularizer() alone
 
 
+def test_the_vtp_paper_preset_reaches_the_parameter_budget_with_its_own_step(tmp_path, monkeypatch):
+    """The pipeline prunes ``vtp-paper`` by its pruner's fitted step: per-block input dims go too, at the budget."""
+    monkeypatch.setenv("TPV_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo_bench, "VTP_VARIANTS", dict(zoo_bench.VTP_VARIANTS))
+    zoo_bench.register_variants(vtp={"vtp-paper": {"preset": "paper"}})
+    tiny = (ZooModel("tiny-a", "digits", 8, dict(patch_size=2, embed_dim=32, depth=4, num_heads=2), epochs=1),)
+    settings = dataclasses.replace(zoo_bench.ZooSettings.quick(("pipeline",)), pipeline_methods=("vtp-paper",))
+    zoo_bench.run_zoo(str(tmp_path / "out"), settings, progress=False, members=tiny)
+    (record,) = json.loads((tmp_path / "out" / "zoo.json").read_text())["records"]
+    assert 0.55 <= record["kept"] <= 0.6 + 1e-3
+    assert record["extra"]["input_dims_removed"] > 0
+
+
 def test_the_package_runs_the_library_defaults_and_the_peers_only():
     from tp_vit_plugins.demo.names import ZOO_PIPELINE_METHODS, ZOO_TOKEN_METHODS
 

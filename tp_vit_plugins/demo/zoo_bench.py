@@ -333,6 +333,10 @@ def _pipeline_one(name: str, model: nn.Module, split, seed: int, cut: float, s: 
         extra, one_schedule = dict(run.stats), run.one_schedule or suffix
         if run.reaches_budget:  # GOHSP: the hard prune removes Z's support, the parameter budget
             run.pruner.step()
+        elif run.pruner.prune_inputs:  # VTP's paper preset: its own step (per-block input dims), fitted to the budget
+            run.pruner.fit_params(target)
+            run.pruner.step()
+            extra["input_dims_removed"] = sum(a + b for a, b in run.pruner.inputs_removed)
         else:  # VTP: the gate ranking, fitted to the parameter budget
             m = prune_to_params(m, example, run.pruner.importance, target, prune_embed_dim=settings.prune_embed_dim)
     m.zero_grad(set_to_none=True)

@@ -201,6 +201,11 @@ class VTPPruner(ViTPruner):
                 gated_layers = (*gated_layers, *(n for n in ("qkv", "fc1") if n not in gated_layers))
         if not gated_layers:
             raise ValueError("nothing to gate: enable prune_mlp, prune_head_dims or prune_embed_dim (or give gated_layers)")
+        #: What :meth:`fit_params` builds its trial pruners from (the keywords still refer to ``model``'s modules).
+        self._rebuild = dict(
+            example_inputs=example_inputs, config=cfg, global_pruning=global_pruning, prune_mlp=prune_mlp,
+            prune_head_dims=prune_head_dims, prune_embed_dim=prune_embed_dim, gated_layers=gated_layers, **kwargs,
+        )  # fmt: skip
         super().__init__(
             model,
             example_inputs,
@@ -478,6 +483,55 @@ class VTPPruner(ViTPruner):
         scores = self.width_scores()
         k = int((scores <= threshold).sum())
         return 0.0 if k == 0 else min((k - 0.5) / scores.numel(), 0.99)  # tp keeps int(n * (1 - r)) = n - k
+
+    def fit_params(self, max_params: float, iterations: int = 10) -> float:
+        """Set ``pruning_ratio`` so that :meth:`step` leaves at most ``max_params`` parameters; return it.
+
+        Folds the gates (as :meth:`step` would first), then bisects the ratio on pruned copies of the
+        model, each by a pruner of the same options ranking by these gates' scores (the per-block
+        input dims of ``prune_inputs`` included, which a :class:`~tp_vit_plugins.ViTPruner` fitted by
+        :func:`~tp_vit_plugins.fit_budget` does not remove). The model itself is not pruned.
+
+        Args:
+            max_params: Parameters to keep at most (a count, e.g. ``0.6 * count_params(model)``).
+            iterations: Bisection steps (each prunes one copy).
+
+        Raises:
+            ValueError: Gate closing is on (it reaches ``close_params`` itself), the pruner has
+                already pruned, ``score="taylor"`` (its saliency sums stay with this pruner), or no
+                ratio below 1 reaches ``max_params``.
+        """
+        from ..budget import clone_with_grads, remap_state  # budget imports the pruners' module tree
+        from ..core.search import bisect_threshold
+
+        if self.closing:
+            raise ValueError("fit_params: gate closing removes close_params itself; use step()")
+        if self.current_step > 0:
+            raise ValueError("fit_params: this pruner has already pruned; fit before step()")
+        if self.score == "taylor":
+            raise ValueError('fit_params ranks copies by the gate values: use score="magnitude" (the paper preset)')
+        self.fold_gates()
+
+        def params_after(ratio: float) -> int:
+            twin = clone_with_grads(self.model)
+            options = remap_state(self._rebuild, self.model, twin)
+            trial = VTPPruner(twin, importance=remap_state(self.importance, self.model, twin), pruning_ratio=ratio, **options)
+            trial.remove_gates(fold=False)  # its fresh gates (all 1) must not replace the folded scores
+            trial._inputs = self._inputs
+            for _ in range(trial.iterative_steps):
+                trial.step()
+            return count_params(twin)
+
+        top = 0.99
+        if params_after(top) > max_params:
+            raise ValueError(f"fit_params: even pruning_ratio={top} keeps more than {max_params:.0f} parameters")
+        ratio = 0.0 if count_params(self.model) <= max_params else bisect_threshold(
+            lambda r: params_after(r) > max_params, 0.0, top, iterations
+        )[1]  # fmt: skip
+        self.pruning_ratio = ratio
+        self.per_step_pruning_ratio = self.iterative_pruning_ratio_scheduler(ratio, self.iterative_steps)
+        self._width_active = ratio > 0
+        return ratio
 
     def _prune(self) -> Generator[tp.Group, None, None]:
         if self.gates.active and self.closing and (self._close_plan or self._epoch_rounds) and self.steps_done:
