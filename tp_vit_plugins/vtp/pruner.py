@@ -522,12 +522,13 @@ class VTPPruner(ViTPruner):
                 trial.step()
             return count_params(twin)
 
-        top = 0.99
-        if params_after(top) > max_params:
-            raise ValueError(f"fit_params: even pruning_ratio={top} keeps more than {max_params:.0f} parameters")
-        ratio = 0.0 if count_params(self.model) <= max_params else bisect_threshold(
-            lambda r: params_after(r) > max_params, 0.0, top, iterations
-        )[1]  # fmt: skip
+        if count_params(self.model) <= max_params:
+            ratio = 0.0
+        else:  # the first upper end that reaches the budget (near 1 tp leaves a group whole rather than empty it)
+            top = next((r for r in (0.5, 0.8, 0.9, 0.95, 0.99) if params_after(r) <= max_params), None)
+            if top is None:
+                raise ValueError(f"fit_params: even pruning_ratio=0.99 keeps more than {max_params:.0f} parameters")
+            ratio = bisect_threshold(lambda r: params_after(r) > max_params, 0.0, top, iterations)[1]
         self.pruning_ratio = ratio
         self.per_step_pruning_ratio = self.iterative_pruning_ratio_scheduler(ratio, self.iterative_steps)
         self._width_active = ratio > 0
