@@ -358,3 +358,27 @@ def test_vit_pruner_keeps_head_scores_aligned_over_iterative_steps(kind, x):
         assert sorted(v.tolist()) == pytest.approx(kept)
     with torch.no_grad():
         model(x)
+
+
+def test_a_width_layer_the_global_ranking_would_empty_keeps_its_best_channel():
+    """tp skips a group it would empty (the layer keeps all its channels); ViTPruner keeps the best one instead."""
+    torch.manual_seed(0)
+    model = make_model("vit", depth=2, num_heads=4)
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.weight.mul_(1e-3)  # every hidden unit of block 0 under any global threshold
+        model.blocks[0].mlp.fc1.weight[5].mul_(10.0)  # its best one
+        model.blocks[0].mlp.fc2.weight.mul_(1e-3)
+    x = torch.randn(1, 3, 32, 32)
+    width = model.blocks[0].mlp.fc1.out_features
+    ratio = (width + 1) / (2 * width)  # the global cut: block 0's whole MLP and one unit of block 1's
+    imp = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)  # raw magnitudes, comparable across blocks
+    pruner = tpv.ViTPruner(model, x, imp, global_pruning=True, pruning_ratio=ratio, prune_head_dims=False)
+    whole = pruner.DG.get_pruning_group(model.blocks[0].mlp.fc1, tp.prune_linear_out_channels, list(range(width)))
+    assert not pruner._tp_check(whole)  # tp's own check: it would skip the group, keeping all its units
+    keep = model.blocks[0].mlp.fc1.weight[5].clone()
+    pruner.step()
+    assert model.blocks[0].mlp.fc1.out_features == 1  # the best unit stays
+    assert model.blocks[1].mlp.fc1.out_features == width - 1
+    torch.testing.assert_close(model.blocks[0].mlp.fc1.weight[0], keep)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()

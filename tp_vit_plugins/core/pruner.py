@@ -201,6 +201,10 @@ class ViTPruner(tp.pruner.BasePruner):
         self._rope_head_dim0 = {self._key(a): int(self.host.head_layout(a)[1]) for _, a in self._attentions}
         self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
         self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
+        # tp skips a group its global ranking would empty (the layer keeps every channel, so a higher
+        # ratio can keep more): such a group keeps its best channel instead (:meth:`_keep_best`)
+        self._tp_check = self.DG.check_pruning_group
+        self.DG.check_pruning_group = lambda group: self._tp_check(group) or self._keep_best(group) is not None
 
     # ------------------------------------------------------------------ layout
     def _key(self, attn: nn.Module) -> nn.Module:
@@ -341,13 +345,30 @@ class ViTPruner(tp.pruner.BasePruner):
         self.host.sync(self.model, self.num_heads)  # head norms need the new layout
         if self._width_active:
             for group in super()._prune():
-                yield from self._floored(group)
+                yield from self._floored(group if self._tp_check(group) else self._keep_best(group))
             if self._rope_pairs:
                 yield from self._prune_rope_head_dims()
         self.host.sync(self.model, self.num_heads)
         follow = getattr(self.importance, "follow", None)
         if callable(follow):  # calibrated head scores: up to date with this step's prunes
             follow(self.DG)
+
+    def _keep_best(self, group: tp.Group) -> tp.Group | None:
+        """``group`` without its best root channel, where it would empty a width layer (``None``: not such a group).
+
+        Attention groups are left to the head floor and ``min_heads``; the best channel is the
+        group's highest importance.
+        """
+        dep, idxs = group[0]
+        if dep.target.module in self._attention_of_proj or not self.DG.is_out_channel_pruning_fn(dep.handler):
+            return None
+        idxs = [int(i) for i in idxs]
+        if len(set(idxs)) != self.DG.get_out_channels(dep.target.module) or len(idxs) < 2:
+            return None
+        imp = self.estimate_importance(group)
+        best = idxs[int(torch.argmax(imp.detach().float().cpu()))] if imp is not None and len(imp) == len(idxs) else idxs[-1]
+        trimmed = self.DG.get_pruning_group(dep.target.module, dep.handler, [i for i in idxs if i != best])
+        return trimmed if self._tp_check(trimmed) else None
 
     def _floored(self, group: tp.Group) -> Generator[tp.Group, None, None]:
         """``group``, or, where it would leave heads narrower than their floor, whole heads and then fewer dims.
