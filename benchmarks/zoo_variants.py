@@ -81,13 +81,14 @@ def _isomorphic(criterion: str):
     return run
 
 
-def _tp_loop(method: str):
+def _tp_loop(method: str, **graph):
     """The library default built as a tp user builds a pruner (model, example, importance, a ratio) and driven by
-    tp's calls only: ``regularize`` after every backward, ``update_regularizer()`` per epoch of the sparse half, ``step()``."""
+    tp's calls only: ``regularize`` after every backward, ``update_regularizer()`` per epoch of the sparse half, ``step()``.
+    ``graph``: GOHSP's head-graph options (``flow_sketch=None``: the exact flow statistic)."""
 
     def run(model, step):
         if method == "gohsp":
-            imp = tpv.GraphHeadImportance(progress=False).calibrate(model, step.calib)
+            imp = tpv.GraphHeadImportance(progress=False, **graph).calibrate(model, step.calib)
             pruner = tpv.GOHSPPruner(model, step.example, imp, pruning_ratio=step.cut)
         else:  # the budget as VTP's parameter ratio (its pruning_ratio counts dims)
             pruner = tpv.VTPPruner(model, step.example, close_params=step.cut)
@@ -107,6 +108,7 @@ PIPELINE = {
     "l2-iso": _isomorphic("l2"),
     "taylor-iso": _isomorphic("taylor"),
     "gohsp@tp": _tp_loop("gohsp"),
+    "gohsp@tp-exactflow": _tp_loop("gohsp", flow_sketch=None),  # the sketch's twin
     "vtp@tp": _tp_loop("vtp"),
 }
 
