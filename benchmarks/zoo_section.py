@@ -71,6 +71,20 @@ dense model trained for the same epochs.""",
 
 The pipeline protocol at a longer budget, `E = 12` epochs in all (methods as in the 2-epoch
 section).""",
+    "Zoo: pipeline, VTP paper preset": _ZOO
+    + """
+
+The 2-epoch pipeline protocol with the VTP paper preset as it is now (`vtp-paper`: L1-trained gates
+on the inputs of qkv, proj, fc1 and fc2, `|g|` ranking with each block's own input dims, folding),
+pruned by its own `step()` at the ratio `VTPPruner.fit_params` fits to the parameter budget, beside
+the recommended preset (`vtp`) and the best tp peer of the 2-epoch section (`taylor`).""",
+    "Zoo: pipeline, GOHSP flow sketch": _ZOO
+    + """
+
+The 2-epoch pipeline protocol with GOHSP driven by tp's calls (`gohsp@tp`) on the default sketched
+flow graph and on the exact flow statistic (`gohsp@tp-exactflow`, `flow_sketch=None`): the sketch's
+effect on a pipeline result. Paired intervals of the two: `python benchmarks/zoo_pair.py gohsp@tp
+gohsp@tp-exactflow OUT/zoo.json`.""",
 }
 
 
