@@ -524,7 +524,7 @@ class VTPPruner(ViTPruner):
 
         if count_params(self.model) <= max_params:
             ratio = 0.0
-        else:  # the first upper end that reaches the budget (near 1 tp leaves a group whole rather than empty it)
+        else:  # the first upper end that reaches the budget (near 1 the count need not fall with the ratio)
             top = next((r for r in (0.5, 0.8, 0.9, 0.95, 0.99) if params_after(r) <= max_params), None)
             if top is None:
                 raise ValueError(f"fit_params: even pruning_ratio=0.99 keeps more than {max_params:.0f} parameters")
