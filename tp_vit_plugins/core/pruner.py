@@ -202,9 +202,10 @@ class ViTPruner(tp.pruner.BasePruner):
         self._head_schedule = self.iterative_pruning_ratio_scheduler(head_pruning_ratio, self.iterative_steps)
         self._width_active = pruning_ratio > 0 or bool(kwargs.get("pruning_ratio_dict"))
         # tp skips a group its global ranking would empty (the layer keeps every channel, so a higher
-        # ratio can keep more): such a group keeps its best channel instead (:meth:`_keep_best`)
+        # ratio can keep more): such a group keeps its best channel instead (:meth:`_check_group`)
         self._tp_check = self.DG.check_pruning_group
-        self.DG.check_pruning_group = lambda group: self._tp_check(group) or self._keep_best(group) is not None
+        self.DG.check_pruning_group = self._check_group
+        self._trimmed: tuple[tp.Group, tp.Group] | None = None  # (group tp checked, what replaces it)
 
     # ------------------------------------------------------------------ layout
     def _key(self, attn: nn.Module) -> nn.Module:
@@ -345,13 +346,26 @@ class ViTPruner(tp.pruner.BasePruner):
         self.host.sync(self.model, self.num_heads)  # head norms need the new layout
         if self._width_active:
             for group in super()._prune():
-                yield from self._floored(group if self._tp_check(group) else self._keep_best(group))
+                trimmed = self._trimmed[1] if self._trimmed is not None and self._trimmed[0] is group else group
+                self._trimmed = None
+                yield from self._floored(trimmed)
             if self._rope_pairs:
                 yield from self._prune_rope_head_dims()
         self.host.sync(self.model, self.num_heads)
         follow = getattr(self.importance, "follow", None)
         if callable(follow):  # calibrated head scores: up to date with this step's prunes
             follow(self.DG)
+
+    def _check_group(self, group: tp.Group) -> bool:
+        """The check tp runs, passing a width group that would empty its layer; remembers its trimmed twin (:meth:`_keep_best`).
+
+        tp yields the group right after checking it, so :meth:`_prune` takes the twin by identity.
+        """
+        if self._tp_check(group):
+            return True
+        trimmed = self._keep_best(group)
+        self._trimmed = (group, trimmed) if trimmed is not None else None
+        return trimmed is not None
 
     def _keep_best(self, group: tp.Group) -> tp.Group | None:
         """``group`` without its best root channel, where it would empty a width layer (``None``: not such a group).
