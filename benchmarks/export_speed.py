@@ -1,20 +1,22 @@
 """What pruning buys when deployed: onnxruntime (1 and 2 threads), eager and torch.compile, dense vs reduced alternated.
 
     python benchmarks/export_speed.py [--models deit_small_patch16_224,eva02_small_patch14_224,deit3_small_patch16_224]
-        [--rounds 5] [--batch-sizes 1 16] [--ort-threads 1 2] [--no-compile]
+        [--rounds 5] [--batch-sizes 1 16] [--ort-threads 1 2] [--no-compile] [--round-to 8]
+        [--section "Deployment speed"]
 
 Random weights (timing needs no trained weights). Per model: "pruned" = ``tpv.ViTPruner`` with
 ``pruning_ratio=0.3`` (MLP width) and ``head_pruning_ratio=0.5``; on ``--sparse-models`` also
 "GOHSP" / "VTP" = ``tpv.GOHSPPruner(pruning_ratio=0.4)`` / ``tpv.VTPPruner(close_params=0.4)``
 after ``--sparse-steps`` steps of tp's loop on random images (their structures: heterogeneous
-heads, head dims and MLP widths); "cascade 80 %" / "cascade 60 %" =
+heads, head dims and MLP widths), and with ``--round-to N`` their twins pruned with tp's
+``round_to=N`` (every width a multiple of ``N``); "cascade 80 %" / "cascade 60 %" =
 ``tpv.apply_cascade`` with the keep ratio fitted by ``tpv.cpvit.fit_keep_ratio`` to keep 80 / 60 %
 of the MACs (library defaults otherwise). Every reduced model and the dense one are exported
 with ``tpv.export_onnx`` (checked in onnxruntime), then timed one after the other in every round
 (onnxruntime: ``alternated_onnx_speedup``; eager and ``torch.compile``: ``alternated_speedup``,
 with torch at 2 threads). Reports the median speed-up, the MACs ratio (``count_macs``, dense /
 reduced) and their quotient, and the spread of the per-round speed-ups. Writes the "Deployment
-speed" section of RESULTS.md.
+speed" section of RESULTS.md (or ``--section``).
 """
 
 from __future__ import annotations
@@ -50,22 +52,32 @@ def _sparse_phase(pruner, model: torch.nn.Module, example: torch.Tensor, steps: 
     pruner.step()
 
 
-def sparse_variants(model: torch.nn.Module, example: torch.Tensor, steps: int) -> dict[str, torch.nn.Module]:
-    """GOHSP and VTP (recommended presets), 40 % of the parameters, after ``steps`` sparse-training steps."""
+def sparse_variants(
+    model: torch.nn.Module, example: torch.Tensor, steps: int, round_to: int | None = None
+) -> dict[str, torch.nn.Module]:
+    """GOHSP and VTP (recommended presets), 40 % of the parameters, after ``steps`` sparse-training steps.
+
+    ``round_to``: tp's ``round_to`` (every pruned width a multiple of it); named in the row labels.
+    """
+    kw, tag = ({}, "") if round_to is None else ({"round_to": round_to}, f", round_to={round_to}")
     gohsp = copy.deepcopy(model)
     imp = tpv.GraphHeadImportance(progress=False).calibrate(gohsp, [torch.randn(8, *example.shape[1:])])
-    _sparse_phase(tpv.GOHSPPruner(gohsp, example, imp, pruning_ratio=0.4), gohsp, example, steps)
+    _sparse_phase(tpv.GOHSPPruner(gohsp, example, imp, pruning_ratio=0.4, **kw), gohsp, example, steps)
     vtp = copy.deepcopy(model)
-    _sparse_phase(tpv.VTPPruner(vtp, example, close_params=0.4), vtp, example, steps)
-    return {"GOHSP (40 % params)": gohsp, "VTP (40 % params)": vtp}
+    _sparse_phase(tpv.VTPPruner(vtp, example, close_params=0.4, **kw), vtp, example, steps)
+    return {f"GOHSP (40 % params{tag})": gohsp, f"VTP (40 % params{tag})": vtp}
 
 
-def variants(model: torch.nn.Module, example: torch.Tensor, sparse_steps: int = 0) -> dict[str, torch.nn.Module]:
+def variants(
+    model: torch.nn.Module, example: torch.Tensor, sparse_steps: int = 0, round_to: int | None = None
+) -> dict[str, torch.nn.Module]:
     pruned = copy.deepcopy(model)
     tpv.ViTPruner(pruned, example, pruning_ratio=0.3, head_pruning_ratio=0.5).step()
     out = {"pruned (30 % width, 50 % heads)": pruned}
     if sparse_steps:
         out.update(sparse_variants(model, example, sparse_steps))
+        if round_to is not None:
+            out.update(sparse_variants(model, example, sparse_steps, round_to))
     for target in (0.8, 0.6):
         keep = tpv.cpvit.fit_keep_ratio(model, tuple(example.shape[1:]), target)
         cascaded = copy.deepcopy(model)
@@ -83,11 +95,11 @@ def rows_for(name: str, args: argparse.Namespace, tmp: str) -> list[str]:
     dense_path = tpv.export_onnx(model, example, os.path.join(tmp, f"{name}-dense.onnx"), check_batch_sizes=(2,)).path
     out = []
     steps = args.sparse_steps if name in args.sparse_models.split(",") else 0
-    for label, reduced in variants(model, example, steps).items():
+    for label, reduced in variants(model, example, steps, args.round_to).items():
         heads = tpv.hosts.host_for(reduced).attention_modules(reduced)
         print(f"# {name} {label}: heads {[int(a.num_heads) for _, a in heads]}, head dims {[int(a.head_dim) for _, a in heads]}")
         macs_ratio = dense_macs / tpv.count_macs(reduced, example)
-        slug = label.split()[0] + label.split()[1]
+        slug = "".join(c for c in label if c.isalnum())
         report = tpv.export_onnx(reduced, example, os.path.join(tmp, f"{name}-{slug}.onnx"), check_batch_sizes=(2,))
         runs = []
         for threads in args.ort_threads:
@@ -123,6 +135,8 @@ def main() -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--sparse-models", default="deit_small_patch16_224", help="models that also get GOHSP / VTP rows")
     p.add_argument("--sparse-steps", type=int, default=20, help="sparse-training steps before GOHSP / VTP prune")
+    p.add_argument("--round-to", type=int, default=None, help="also time GOHSP / VTP pruned with tp's round_to=N")
+    p.add_argument("--section", default="Deployment speed", help="RESULTS.md section to write")
     args = p.parse_args()
     lines = [
         "| model | reduced | runtime | batch | dense ms | reduced ms | speed-up | MACs ratio | speed-up ÷ MACs | spread |",
@@ -135,9 +149,9 @@ def main() -> None:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if k != "compile" and v != p.get_default(k)
-    )
+    ).replace(f"--section {args.section}", f'--section "{args.section}"')
     command = "python benchmarks/export_speed.py" + (f" {flags}" if flags else "") + ("" if args.compile else " --no-compile")
-    write_section("Deployment speed", f"`{command}`\n\n" + "\n".join(lines))
+    write_section(args.section, f"`{command}`\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch_pruning as tp
-from conftest import make_model, snapshot, state_equal
+from conftest import fused_and_eager, make_model, snapshot, state_equal
 from torch.utils.data import DataLoader, TensorDataset
 
 import tp_vit_plugins as tpv
@@ -152,6 +152,25 @@ def test_gohsp_projection_counts_and_budget(x):
     assert [4 - h for h in heads] == pruner.heads_per_layer()
     assert [b.mlp.fc1.out_features for b in model.blocks] == [192 - len(n) for n in plan.neurons]
     assert all(a.num_heads >= 1 for _, a in attention_modules(model))
+
+
+def test_gohsp_rounds_kept_widths_down_to_tps_round_to(x):
+    def widths(round_to):
+        model = make_model("vit", depth=3, num_heads=4, embed_dim=64)  # head dims 16, MLP 256
+        imp = tpv.GraphHeadImportance(progress=False).calibrate(model, loader())
+        pruner = tpv.GOHSPPruner(model, x, imp, pruning_ratio=0.5, round_to=round_to)
+        plan = pruner.project(use_dual=False)
+        n0 = tpv.utils.count_params(model)
+        pruner.step()
+        assert n0 - tpv.utils.count_params(model) == plan.removed_params >= pruner.budget
+        heads = attention_modules(model)
+        return [int(a.head_dim) for _, a in heads] + [b.mlp.fc1.out_features for b in model.blocks], model
+
+    plain, _ = widths(None)
+    assert any(w % 8 for w in plain)  # the ranking alone leaves odd widths here
+    rounded, model = widths(8)
+    assert all(w % 8 == 0 for w in rounded), rounded
+    torch.testing.assert_close(*fused_and_eager(model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_gohsp_step_yields_the_z_support(x):

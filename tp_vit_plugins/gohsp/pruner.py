@@ -305,6 +305,21 @@ class GOHSPPruner(ViTPruner):
                 plan.neurons[li].append(idx)
                 neurons_left[li] -= 1
                 removed += ncost
+        if self.round_to:  # tp's round_to: kept widths rounded down to a multiple, by the same ranking
+            r = int(self.round_to)
+            for li in range(len(self._blocks)):
+                cell, ncost = unit_param_costs(self._blocks[li])
+                for kind, left, chosen, floor in (
+                    ("neuron", neurons_left, plan.neurons[li], 1),
+                    ("dim", dims_left, plan.head_dims[li], floors[li]),
+                ):
+                    extra = left[li] % r
+                    if not extra or left[li] - extra < max(r, floor):
+                        continue
+                    more = [idx for _, lj, k, idx in units if lj == li and k == kind and idx not in chosen][:extra]
+                    chosen.extend(more)
+                    left[li] -= len(more)
+                    removed += len(more) * (ncost if kind == "neuron" else heads_left[li] * cell)
         plan.removed_params = removed
         return plan
 
