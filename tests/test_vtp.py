@@ -92,6 +92,31 @@ def test_proximal_step_closed_form_and_model_optimizer_skips_gates(x):
         assert torch.equal(g.detach(), a)
 
 
+def test_position_grad_scale_measures_each_gate_position_against_its_own_mean_gradient(x):
+    model = make_model()
+    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale="position")
+    gated = pruner.gates._gated()
+    before = {pair: getattr(*pair).detach().clone() for pair in gated}
+    model(x).square().mean().backward()
+    grads = {pair: getattr(*pair).grad.clone() for pair in gated}
+    positions = {
+        "qkv": [b.attn.qkv for b in model.blocks], "proj": [b.attn.proj for b in model.blocks],
+        "fc1": [b.mlp.fc1 for b in model.blocks], "fc2": [b.mlp.fc2 for b in model.blocks],
+    }  # fmt: skip
+    scale = {}
+    for layers in positions.values():
+        gs = [grads[(lin, GATE_NAME)] for lin in layers]
+        mean = float(torch.cat(gs).abs().mean())  # the first EMA value of this position
+        scale.update({(lin, GATE_NAME): mean for lin in layers})
+    assert len(set(scale.values())) == 4 and set(scale) == set(gated)  # four positions, four scales
+    pruner.regularize(model)
+    for pair in gated:
+        want = soft_threshold(before[pair] - 0.2 * grads[pair] / scale[pair], 0.2 * 0.5)
+        torch.testing.assert_close(getattr(*pair).detach(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_scale must be one of"):
+        tpv.vtp.VTPConfig(grad_scale="layer")
+
+
 def test_short_run_drives_dead_units_gates_to_exactly_zero(tmp_path):
     """Hidden units with no input get no gate gradient: the L1 step alone moves them, 1 -> 0 in 4 steps."""
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..core.options import Flag, option
 
-__all__ = ["VTPConfig", "PRESETS", "GATE_SCORES", "GATED_LAYERS"]
+__all__ = ["VTPConfig", "PRESETS", "GATE_SCORES", "GATED_LAYERS", "GRAD_SCALES"]
 
 #: Named option sets (``VTPPruner(..., config="paper")``); ``"recommended"`` is ``"closing"``.
 PRESETS = ("paper", "closing", "recommended")
@@ -18,6 +18,11 @@ GATED_LAYERS = ("qkv", "proj", "fc1", "fc2", "qkv_out")
 #: What ranks the dims at pruning time: ``"magnitude"`` (``|g|``, the paper's) or
 #: ``"taylor"`` (mean ``|g * dL/dg|`` over sparse training; this library's extension).
 GATE_SCORES = ("magnitude", "taylor")
+#: What the gates' gradient (and so ``reg``) is measured against: ``"model"`` — one running
+#: mean ``|dL/dg|`` over every gate; ``"position"`` — one per gate position (the ``qkv``,
+#: ``proj``, ``fc1``, ``fc2`` inputs, each over all blocks), so each position's gates are
+#: thresholded against their own typical gradient.
+GRAD_SCALES = ("model", "position")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class VTPConfig:
     Attributes:
         reg: L1 strength, relative to the running mean gate gradient (dimensionless; see
             :mod:`tp_vit_plugins.vtp.pruner`).
+        grad_scale: Which running mean gate gradient, one of :data:`GRAD_SCALES`.
         gate_lr: Learning rate of the gates' own proximal SGD step; one step shrinks a gate by
             ``gate_lr * reg`` besides the (normalised) loss gradient. ``None``: 0 while closing
             (the gates are held at 1 unless closed), else from ``sparse_steps`` and ``shrink``,
@@ -58,6 +64,9 @@ class VTPConfig:
     """
 
     reg: float = option(0.5, Flag("--reg", "L1 strength, relative to the mean gate gradient"))
+    grad_scale: str = option(
+        "model", Flag("--gate-grad-scale", "measure gate gradients (and --reg) per model or per gate position", GRAD_SCALES)
+    )
     gate_lr: float | None = None
     sparse_steps: int | None = None
     threshold: float | None = option(
@@ -115,6 +124,8 @@ class VTPConfig:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if self.shrink <= 0:
             raise ValueError(f"shrink must be > 0, got {self.shrink}")
+        if self.grad_scale not in GRAD_SCALES:
+            raise ValueError(f"grad_scale must be one of {GRAD_SCALES}, got {self.grad_scale!r}")
         if self.score not in GATE_SCORES:
             raise ValueError(f"score must be one of {GATE_SCORES}, got {self.score!r}")
         if self.close_params is not None and not 0.0 <= self.close_params < 1.0:

@@ -19,7 +19,7 @@ not do (Adam rescales ``reg * sign(g)`` to a step of size ``lr`` whatever ``reg`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -108,17 +108,26 @@ class GateSet:
         return torch.cat([p.detach().flatten().cpu() for p in params]) if params else torch.zeros(0)
 
     @torch.no_grad()
-    def proximal_step(self, lr: float, strength: float, grad_scale: float = 1.0) -> None:
+    def proximal_step(self, lr: float, strength: float, grad_scale: float | Mapping[tuple[nn.Linear, str], float] = 1.0) -> None:
         """Proximal SGD on the gates, then their gradients are cleared.
 
         ``g <- soft_threshold(g - lr * grad / grad_scale, lr * strength)`` for every gate.
         Call after ``loss.backward()`` and before the model optimizer's step: with the
         gradients set to ``None`` that optimizer skips the gates (torch optimizers skip
         parameters without a gradient), so only this plain-SGD step moves them.
+
+        Args:
+            lr: Step size.
+            strength: L1 strength (the threshold is ``lr * strength``).
+            grad_scale: One scale for every gate, or one per ``(layer, gate name)`` (missing pairs: 1).
         """
-        for g in self.parameters():
+        for lin, name in self._gated():
+            if name not in lin._parameters:
+                continue
+            g = getattr(lin, name)
+            scale = grad_scale if isinstance(grad_scale, (int, float)) else grad_scale.get((lin, name), 1.0)
             if g.grad is not None:
-                g.sub_(g.grad, alpha=lr / grad_scale)
+                g.sub_(g.grad, alpha=lr / scale)
             g.copy_(soft_threshold(g, lr * strength))
             g.grad = None
         self._hold_closed()
@@ -143,9 +152,15 @@ class GateSet:
             if g is not None:
                 g.masked_fill_(mask.to(g.device), 0.0)
 
-    def mean_abs_grad(self) -> float:
-        """Mean ``|dL/dg|`` over every gate entry that has a gradient (0 when none has)."""
-        grads = [p.grad.detach().abs().flatten() for p in self.parameters() if p.grad is not None]
+    def mean_abs_grad(self, layers: Iterable[tuple[nn.Linear, str]] | None = None) -> float:
+        """Mean ``|dL/dg|`` over every gate entry that has a gradient (0 when none has).
+
+        Args:
+            layers: Only these ``(layer, gate name)`` pairs (``GATE_NAME`` / ``OUT_GATE_NAME``); ``None``: every gate.
+        """
+        pairs = self._gated() if layers is None else layers
+        params = [getattr(lin, name) for lin, name in pairs if name in lin._parameters]
+        grads = [p.grad.detach().abs().flatten() for p in params if p.grad is not None]
         return float(torch.cat(grads).mean()) if grads else 0.0
 
     @torch.no_grad()

@@ -18,9 +18,10 @@ fine-tuning. This library's reconstructions and extensions (listed in the README
   take their own plain-SGD step at ``gate_lr`` and a soft threshold ``gate_lr * reg``, outside
   the model's optimizer, so gates reach exactly 0 whatever that optimizer is.
 * **Units.** Gate gradients of a mean loss are tiny and model-dependent, so the gradient is
-  divided by a running mean of ``|dL/dg|`` over all gates (an EMA, one scalar): ``reg`` is
+  divided by a running mean of ``|dL/dg|`` over all gates (an EMA, one scalar; with
+  ``grad_scale="position"`` one per gate position, e.g. all ``fc1`` inputs): ``reg`` is
   then dimensionless — a gate whose mean gradient stays below ``reg`` times the average
-  gate's is driven to 0. ``gate_lr`` is per step; give ``sparse_steps`` and it is set from
+  gate's (of its position) is driven to 0. ``gate_lr`` is per step; give ``sparse_steps`` and it is set from
   ``shrink``, the distance the L1 term alone moves a gate over the run
   (``gate_lr = shrink / (reg * sparse_steps)``).
 * **Ratio as well as threshold.** ``pruning_ratio`` ranks the dims globally across MLP and
@@ -90,16 +91,23 @@ def _closing_problem(prune_embed_dim: bool, head_ratio: float) -> str | None:
     return None
 
 
-def _block_linears(model: nn.Module, names: Sequence[str]) -> tuple[list[nn.Linear], list[nn.Linear]]:
-    """``(input-gated layers, output-gated layers)`` of every block."""
-    ins, outs = [], []
+def _block_linears(
+    model: nn.Module, names: Sequence[str]
+) -> tuple[list[nn.Linear], list[nn.Linear], dict[str, list[tuple[nn.Linear, str]]]]:
+    """``(input-gated layers, output-gated layers, {gate position: [(layer, gate name)] over the blocks})``."""
+    ins, outs, positions = [], [], {}
     for b in host_for(model).block_layers(model):
         for n in names:  # "qkv": the fused qkv, or q, k and v (each its own gate)
             if n in ("qkv", "qkv_out"):
-                (outs if n == "qkv_out" else ins).extend(b.in_projs)
+                layers = list(b.in_projs)
             elif isinstance(getattr(b, n), nn.Linear):
-                ins.append(getattr(b, n))
-    return ins, outs
+                layers = [getattr(b, n)]
+            else:
+                continue
+            (outs if n == "qkv_out" else ins).extend(layers)
+            gate = OUT_GATE_NAME if n == "qkv_out" else GATE_NAME
+            positions.setdefault(n, []).extend((lin, gate) for lin in layers)
+    return ins, outs, positions
 
 
 class VTPPruner(ViTPruner):
@@ -231,9 +239,12 @@ class VTPPruner(ViTPruner):
         self.sparse_steps, self.steps_done = sparse_steps, 0
         self.fold_values, self.score = fold_values, score
         self.grad_ema_decay = 0.9
-        self._grad_ema = self._grad_ema_weight = 0.0
-        ins, outs = _block_linears(model, gated_layers)
+        ins, outs, positions = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
+        #: The gates each running gradient mean covers (``grad_scale``): ``{name: [(layer, gate name)]}``.
+        self._grad_groups = positions if cfg.grad_scale == "position" else {"model": self.gates._gated()}
+        #: Per group: ``[EMA of the mean |dL/dg|, its bias-correction weight]``.
+        self._grad_ema = {name: [0.0, 0.0] for name in self._grad_groups}
         #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
         self._saliency: dict[nn.Parameter, torch.Tensor] = {}
         self._saliency_steps = 0
@@ -285,15 +296,17 @@ class VTPPruner(ViTPruner):
         ``|dL/dg|``), then are soft-thresholded by ``gate_lr * reg``; their gradients are
         cleared so the model's optimizer leaves them alone.
         """
-        current = self.gates.mean_abs_grad()
-        if current > 0:
-            d = self.grad_ema_decay
-            self._grad_ema = d * self._grad_ema + (1 - d) * current
-            self._grad_ema_weight = d * self._grad_ema_weight + (1 - d)
-        scale = self._grad_ema / self._grad_ema_weight if self._grad_ema_weight > 0 else 1.0
+        d, scales = self.grad_ema_decay, {}
+        for name, pairs in self._grad_groups.items():
+            ema = self._grad_ema[name]
+            current = self.gates.mean_abs_grad(pairs)
+            if current > 0:
+                ema[0], ema[1] = d * ema[0] + (1 - d) * current, d * ema[1] + (1 - d)
+            scale = ema[0] / ema[1] if ema[1] > 0 and ema[0] > 0 else 1.0
+            scales.update(dict.fromkeys(pairs, scale))
         if self.score == "taylor":
             self._accumulate_saliency()
-        self.gates.proximal_step(self.gate_lr, self.reg, grad_scale=scale)
+        self.gates.proximal_step(self.gate_lr, self.reg, grad_scale=scales)
         self.steps_done += 1
         while self._close_plan and self.steps_done >= self._close_plan[0][0]:
             self._close(self._close_plan.pop(0)[1])
