@@ -69,6 +69,7 @@ def test_paper_vtp_learns_its_gates_under_l1_and_some_reach_exactly_zero():
     data = _batches(4)
     pruner = tpv.VTPPruner(model, data[0][0][:1], pruning_ratio=0.3, config="paper", sparse_steps=4 * 4, reg=4.0)
     assert (pruner.closing, pruner.score, pruner.fold_values) == (False, "magnitude", True) and pruner.gate_lr > 0
+    assert sorted(pruner._grad_groups) == ["fc1", "fc2", "proj", "qkv"]  # one gradient scale per gate position
     _sparse_train(model, pruner, data, 4)
     gates = torch.cat([g.detach().flatten() for g in pruner.gate_parameters()])
     assert (gates != 1).all() and (gates > 0).any()  # every gate moved; not all collapsed

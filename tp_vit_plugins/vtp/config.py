@@ -99,7 +99,9 @@ class VTPConfig:
           ``close=False``), dims ranked by gate magnitude ``|g|`` (``score="magnitude"``) and
           removed per layer, surviving gate values folded into the weights
           (``fold_values=True``), then fine-tuning. Give ``sparse_steps`` so the gate
-          step size follows the run's length.
+          step size follows the run's length. ``reg`` is relative to each gate position's own
+          mean gradient (``grad_scale="position"``, this library's: the qkv / fc1 input gates
+          see smaller gradients than the proj / fc2 ones, and one scale zeroed them first).
         * ``"closing"`` (= ``"recommended"``, the defaults, chosen on the zoo) — the lowest-scoring
           gates closed in rounds during sparse training while the others are held at 1, dims
           ranked by ``|g * dL/dg|``, gate values not folded.
@@ -110,7 +112,7 @@ class VTPConfig:
         if name in ("recommended", "closing"):
             return cls()
         if name == "paper":
-            return cls(close=False, score="magnitude", fold_values=True, prune_inputs=True)
+            return cls(close=False, score="magnitude", fold_values=True, prune_inputs=True, grad_scale="position")
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def __post_init__(self) -> None:
