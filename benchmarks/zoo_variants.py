@@ -52,7 +52,6 @@ CPVIT = {
     "cpvit-paper-noheads-random": {"preset": "paper", "head_keep_ratio": 1.0, "score": "random"},
     "cpvit-paper-blockheads": {"preset": "paper", "head_score": "block"},
     "cpvit-paper-cumheads": {"preset": "paper", "head_score": "cumulative"},
-    "cpvit-paper-infoheads": {"preset": "paper", "head_score": "informative"},
     # the paper's two contributions the recommended preset leaves off, each added to it alone
     "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping
     "cpvit-range": {"beta": 0.5},  # the calibrated attention-range adjustment

@@ -763,19 +763,6 @@ def test_cumulative_head_scores_weigh_each_patch_by_its_cumulative_score():
     assert torch.equal(tpv.cpvit.maths.cumulative_head_scores(probs, None, 1), plain)  # nothing accumulated yet
 
 
-def test_informative_head_scores_count_the_patches_at_or_above_the_mean_cumulative_score():
-    torch.manual_seed(0)
-    probs = torch.rand(2, 3, 5, 5).softmax(-1)
-    plain = head_scores(probs, 1)
-    informative = tpv.cpvit.maths.informative_head_scores
-    torch.testing.assert_close(informative(probs, torch.ones(2, 4), 1), plain)  # equal scores: every patch counts
-    s = torch.tensor([[1.0, 9.0, 3.0, 3.0], [0.0, 0.0, 0.0, 8.0]])  # means 4 and 2
-    col = probs[..., 1:].amax(2)
-    torch.testing.assert_close(informative(probs, s, 1), torch.stack([col[0, :, 1], col[1, :, 3]]))
-    torch.testing.assert_close(informative(probs, s * 100, 1), informative(probs, s, 1))  # counted once, unweighted
-    assert torch.equal(informative(probs, None, 1), plain)
-
-
 def test_the_cascade_schedule_keeps_a_mean_share():
     counts = keep_schedule(196, 12, 0.5, 0, mean=True)
     assert counts[0] == 196 and all(a >= b for a, b in zip(counts, counts[1:]))

@@ -26,10 +26,9 @@ TOKEN_FOLDS = ("drop", "merge")
 #: Token scorers: CP-ViT's cumulative score, and two baselines on the same schedule —
 #: EViT-style attention of the class token in the current block, and random scores.
 TOKEN_SCORES = ("cumulative", "cls", "random")
-#: Per-input head scores for head skipping: the block's own attention (``"block"``), weighted by the
-#: cumulative patch score so it accumulates across blocks (``"cumulative"``), or over the patches
-#: whose cumulative score is at least its mean (``"informative"``).
-HEAD_SCORES = ("block", "cumulative", "informative")
+#: Per-input head scores for head skipping: the block's own attention (``"block"``), or weighted by the
+#: cumulative patch score so it accumulates across blocks (``"cumulative"``, the paper preset's).
+HEAD_SCORES = ("block", "cumulative")
 #: A custom token scorer: ``scorer(probs [B, H, N, N], num_prefix) -> [B, N - num_prefix]``
 #: (higher = keep); see :class:`CascadeConfig` ``score``.
 TokenScorer = Callable[["torch.Tensor", int], "torch.Tensor"]

@@ -34,7 +34,6 @@ __all__ = [
     "token_scores",
     "head_scores",
     "cumulative_head_scores",
-    "informative_head_scores",
     "cascade_share",
     "range_adjusted_counts",
     "attention_range",
@@ -85,28 +84,6 @@ def cumulative_head_scores(attn: torch.Tensor, token_scores: torch.Tensor | None
     w = token_scores.to(col.dtype).clamp_min(0)
     w = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(col.dtype).tiny)
     return (col * w[:, None, :]).sum(dim=-1)
-
-
-def informative_head_scores(attn: torch.Tensor, token_scores: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
-    """Per-head score over the informative patches: ``sum_{p: s[b, p] >= mean_p s[b, p]} max_i A[b, h, i, p]``, ``[B, H]``.
-
-    The patches whose cumulative score (summed over the blocks so far) is at least its mean
-    over the patches are the informative ones; a head scores by the attention it pays to them,
-    each counted once however high its score (unlike :func:`cumulative_head_scores`, which
-    weights every patch by its score). Without a token score (``None`` or another length) it
-    is :func:`head_scores`.
-
-    Args:
-        attn: ``[B, H, N, N]`` probabilities.
-        token_scores: ``[B, N - num_prefix]`` cumulative patch scores, or ``None``.
-        num_prefix: Leading prefix tokens.
-    """
-    col = attn[..., num_prefix:].amax(dim=2)  # [B, H, P]
-    if token_scores is None or token_scores.shape[-1] != col.shape[-1]:
-        return col.sum(dim=-1)
-    s = token_scores.to(col.dtype)
-    informative = (s >= s.mean(-1, keepdim=True)).to(col.dtype)  # [B, P]: the argmax patch always qualifies
-    return (col * informative[:, None, :]).sum(dim=-1)
 
 
 def range_adjusted_counts(schedule: list[int], localities: dict[int, float], beta: float) -> list[int]:

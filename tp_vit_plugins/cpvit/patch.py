@@ -63,7 +63,6 @@ from .maths import (
     gather_tokens,
     head_scores,
     heads_kept,
-    informative_head_scores,
     keep_schedule,
     range_adjusted_counts,
     split_ranked,
@@ -397,8 +396,6 @@ class Cascade:
         """The ``k`` heads each input keeps, ascending ``[B, k]``: by its block's attention or its cumulative score."""
         if self.head_score == "cumulative":
             return topk_sorted(cumulative_head_scores(probs, self.state.scores, num_prefix), k)
-        if self.head_score == "informative":
-            return topk_sorted(informative_head_scores(probs, self.state.scores, num_prefix), k)
         return select_heads(probs, num_prefix, k)
 
     def _accumulate(self, index: int, s: torch.Tensor | None) -> None:
