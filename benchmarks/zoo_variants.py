@@ -29,8 +29,7 @@ GOHSP = {
 _PLAIN = dict(reg=0.5, shrink=1.0, close=False)  # the paper's plain sparse training
 VTP = {
     "vtp-paper": {"preset": "paper"},  # gates learned under L1, |g| ranking, folded
-    "vtp-paper-model": {"preset": "paper", "grad_scale": "model"},  # one gradient scale for every gate
-    "vtp-paper-pos": {"preset": "paper", "grad_scale": "position"},  # one per gate position
+    "vtp-paper-model": {"preset": "paper", "grad_scale": "model"},  # one gradient scale for every gate, not per position
     "vtp-noclose": {"close": False},
     "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking
     "vtp-fold": {**_PLAIN, "fold_values": True},  # the paper's folding
@@ -51,7 +50,6 @@ CPVIT = {
     "cpvit-paper-noheads": {"preset": "paper", "head_keep_ratio": 1.0},
     "cpvit-paper-noheads-random": {"preset": "paper", "head_keep_ratio": 1.0, "score": "random"},
     "cpvit-paper-blockheads": {"preset": "paper", "head_score": "block"},
-    "cpvit-paper-cumheads": {"preset": "paper", "head_score": "cumulative"},
     # the paper's two contributions the recommended preset leaves off, each added to it alone
     "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping
     "cpvit-range": {"beta": 0.5},  # the calibrated attention-range adjustment
