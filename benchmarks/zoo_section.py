@@ -75,7 +75,8 @@ section).""",
     + """
 
 The 2-epoch pipeline protocol with the VTP paper preset as it is now (`vtp-paper`: L1-trained gates
-on the inputs of qkv, proj, fc1 and fc2, `|g|` ranking with each block's own input dims, folding),
+on the inputs of qkv, proj, fc1 and fc2, `reg` relative to each gate position's mean gradient, `|g|`
+ranking with each block's own input dims, folding),
 pruned by its own `step()` at the ratio `VTPPruner.fit_params` fits to the parameter budget, beside
 the recommended preset (`vtp`) and the best tp peer of the 2-epoch section (`taylor`).""",
     "Zoo: pipeline, GOHSP flow sketch": _ZOO
