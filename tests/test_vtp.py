@@ -95,7 +95,7 @@ def test_proximal_step_closed_form_and_model_optimizer_skips_gates(x):
 def test_position_grad_scale_measures_each_gate_position_against_its_own_mean_gradient(x):
     model = make_model()
     pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale="position")
-    gated = pruner.gates._gated()
+    gated = pruner.gates.pairs()
     before = {pair: getattr(*pair).detach().clone() for pair in gated}
     model(x).square().mean().backward()
     grads = {pair: getattr(*pair).grad.clone() for pair in gated}

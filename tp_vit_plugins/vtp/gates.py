@@ -85,6 +85,10 @@ class GateSet:
     def _gated(self) -> list[tuple[nn.Linear, str]]:
         return [(lin, GATE_NAME) for lin in self.layers] + [(lin, OUT_GATE_NAME) for lin in self.out_layers]
 
+    def pairs(self) -> list[tuple[nn.Linear, str]]:
+        """Every gate as ``(layer, gate name)`` (``GATE_NAME`` / ``OUT_GATE_NAME``): the keys :meth:`proximal_step` scales by."""
+        return self._gated()
+
     @property
     def active(self) -> bool:
         """Whether the gates are still attached."""

@@ -242,7 +242,7 @@ class VTPPruner(ViTPruner):
         ins, outs, positions = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
         #: The gates each running gradient mean covers (``grad_scale``): ``{name: [(layer, gate name)]}``.
-        self._grad_groups = positions if cfg.grad_scale == "position" else {"model": self.gates._gated()}
+        self._grad_groups = positions if cfg.grad_scale == "position" else {"model": self.gates.pairs()}
         #: Per group: ``[EMA of the mean |dL/dg|, its bias-correction weight]``.
         self._grad_ema = {name: [0.0, 0.0] for name in self._grad_groups}
         #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
