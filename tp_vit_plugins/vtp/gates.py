@@ -94,9 +94,9 @@ class GateSet:
         """Whether the gates are still attached."""
         return any(name in lin._parameters for lin, name in self._gated())
 
-    def parameters(self) -> list[nn.Parameter]:
-        """The gate parameters of every gated layer (input gates first, then output gates)."""
-        return [getattr(lin, name) for lin, name in self._gated() if name in lin._parameters]
+    def parameters(self, pairs: Iterable[tuple[nn.Linear, str]] | None = None) -> list[nn.Parameter]:
+        """The gate parameters of every gated layer (input gates first, then output gates), or of ``pairs`` (:meth:`pairs`)."""
+        return [getattr(lin, name) for lin, name in (self._gated() if pairs is None else pairs) if name in lin._parameters]
 
     def values(self) -> dict[nn.Linear, torch.Tensor]:
         """Detached copies of the input gates, keyed by layer."""
@@ -162,9 +162,7 @@ class GateSet:
         Args:
             layers: Only these ``(layer, gate name)`` pairs (``GATE_NAME`` / ``OUT_GATE_NAME``); ``None``: every gate.
         """
-        pairs = self._gated() if layers is None else layers
-        params = [getattr(lin, name) for lin, name in pairs if name in lin._parameters]
-        grads = [p.grad.detach().abs().flatten() for p in params if p.grad is not None]
+        grads = [p.grad.detach().abs().flatten() for p in self.parameters(layers) if p.grad is not None]
         return float(torch.cat(grads).mean()) if grads else 0.0
 
     @torch.no_grad()

@@ -302,7 +302,7 @@ class VTPPruner(ViTPruner):
             current = self.gates.mean_abs_grad(pairs)
             if current > 0:
                 ema[0], ema[1] = d * ema[0] + (1 - d) * current, d * ema[1] + (1 - d)
-            scale = ema[0] / ema[1] if ema[1] > 0 and ema[0] > 0 else 1.0
+            scale = ema[0] / ema[1] if ema[1] > 0 else 1.0  # a weight > 0 only after a gradient > 0
             scales.update(dict.fromkeys(pairs, scale))
         if self.score == "taylor":
             self._accumulate_saliency()
