@@ -30,6 +30,8 @@ _PLAIN = dict(reg=0.5, shrink=1.0, close=False)  # the paper's plain sparse trai
 VTP = {
     "vtp-paper": {"preset": "paper"},  # gates learned under L1, |g| ranking, folded
     "vtp-paper-model": {"preset": "paper", "grad_scale": "model"},  # one gradient scale for every gate, not per position
+    "vtp-paper-gate": {"preset": "paper", "grad_scale": "gate"},  # each gate's own RMS gradient as its scale
+    "vtp-paper-gate-s0.5": {"preset": "paper", "grad_scale": "gate", "shrink": 0.5},
     "vtp-noclose": {"close": False},
     "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking
     "vtp-fold": {**_PLAIN, "fold_values": True},  # the paper's folding
@@ -50,6 +52,7 @@ CPVIT = {
     "cpvit-paper-noheads": {"preset": "paper", "head_keep_ratio": 1.0},
     "cpvit-paper-noheads-random": {"preset": "paper", "head_keep_ratio": 1.0, "score": "random"},
     "cpvit-paper-blockheads": {"preset": "paper", "head_score": "block"},
+    "cpvit-paper-blockheads-random": {"preset": "paper", "head_score": "block", "score": "random"},
     # the paper's two contributions the recommended preset leaves off, each added to it alone
     "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping
     "cpvit-range": {"beta": 0.5},  # the calibrated attention-range adjustment

@@ -117,6 +117,27 @@ def test_position_grad_scale_measures_each_gate_position_against_its_own_mean_gr
         tpv.vtp.VTPConfig(grad_scale="layer")
 
 
+def test_gate_grad_scale_divides_each_gate_by_its_own_rms_gradient(x):
+    model = make_model()
+    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale="gate")
+    gated = pruner.gates.pairs()
+    d = pruner.grad_ema_decay
+    sq = {pair: torch.zeros_like(getattr(*pair)) for pair in gated}
+    for step in range(1, 3):  # the second step checks the bias-corrected EMA of the squares
+        before = {pair: getattr(*pair).detach().clone() for pair in gated}
+        model(x * step).square().mean().backward()
+        grads = {pair: getattr(*pair).grad.clone() for pair in gated}
+        pruner.regularize(model)
+        for pair in gated:
+            sq[pair] = d * sq[pair] + (1 - d) * grads[pair].square()
+            rms = (sq[pair] / (1 - d**step)).sqrt()
+            want = soft_threshold(before[pair] - 0.2 * grads[pair] / rms, 0.2 * 0.5)
+            torch.testing.assert_close(getattr(*pair).detach(), want, rtol=1e-5, atol=1e-6)
+            if step == 1:  # one step: each gate moves by exactly gate_lr against its gradient's sign
+                torch.testing.assert_close(want, soft_threshold(before[pair] - 0.2 * grads[pair].sign(), 0.1))
+        model.zero_grad(set_to_none=True)
+
+
 def test_short_run_drives_dead_units_gates_to_exactly_zero(tmp_path):
     """Hidden units with no input get no gate gradient: the L1 step alone moves them, 1 -> 0 in 4 steps."""
     torch.manual_seed(0)

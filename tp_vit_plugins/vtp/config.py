@@ -21,8 +21,10 @@ GATE_SCORES = ("magnitude", "taylor")
 #: What the gates' gradient (and so ``reg``) is measured against: ``"model"`` — one running
 #: mean ``|dL/dg|`` over every gate; ``"position"`` — one per gate position (the ``qkv``,
 #: ``proj``, ``fc1``, ``fc2`` inputs, each over all blocks), so each position's gates are
-#: thresholded against their own typical gradient.
-GRAD_SCALES = ("model", "position")
+#: thresholded against their own typical gradient; ``"gate"`` — each gate's own running RMS
+#: gradient (RMSprop's scale), so no gate's step exceeds a few ``gate_lr`` however heavy-tailed
+#: the gradients are, and a gate survives the L1 term only while its gradient keeps one sign.
+GRAD_SCALES = ("model", "position", "gate")
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,9 @@ class GateSet:
         return torch.cat([p.detach().flatten().cpu() for p in params]) if params else torch.zeros(0)
 
     @torch.no_grad()
-    def proximal_step(self, lr: float, strength: float, grad_scale: float | Mapping[tuple[nn.Linear, str], float] = 1.0) -> None:
+    def proximal_step(
+        self, lr: float, strength: float, grad_scale: float | Mapping[tuple[nn.Linear, str], float | torch.Tensor] = 1.0
+    ) -> None:
         """Proximal SGD on the gates, then their gradients are cleared.
 
         ``g <- soft_threshold(g - lr * grad / grad_scale, lr * strength)`` for every gate.
@@ -123,7 +125,8 @@ class GateSet:
         Args:
             lr: Step size.
             strength: L1 strength (the threshold is ``lr * strength``).
-            grad_scale: One scale for every gate, or one per ``(layer, gate name)`` (missing pairs: 1).
+            grad_scale: One scale for every gate, or one per ``(layer, gate name)``: a float or a
+                tensor shaped like that gate (one scale per entry); missing pairs: 1.
         """
         for lin, name in self._gated():
             if name not in lin._parameters:
@@ -131,7 +134,7 @@ class GateSet:
             g = getattr(lin, name)
             scale = grad_scale if isinstance(grad_scale, (int, float)) else grad_scale.get((lin, name), 1.0)
             if g.grad is not None:
-                g.sub_(g.grad, alpha=lr / scale)
+                g.sub_(g.grad / scale, alpha=lr)
             g.copy_(soft_threshold(g, lr * strength))
             g.grad = None
         self._hold_closed()

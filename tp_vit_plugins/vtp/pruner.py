@@ -242,7 +242,12 @@ class VTPPruner(ViTPruner):
         ins, outs, positions = _block_linears(model, gated_layers)
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
         #: The gates each running gradient mean covers (``grad_scale``): ``{name: [(layer, gate name)]}``.
-        self._grad_groups = positions if cfg.grad_scale == "position" else {"model": self.gates.pairs()}
+        self._grad_groups = {
+            "model": {"model": self.gates.pairs()}, "position": positions, "gate": {},
+        }[cfg.grad_scale]  # fmt: skip
+        #: ``grad_scale="gate"``: per gate, the EMA of ``(dL/dg)^2`` (and its bias-correction weight).
+        self._grad_sq: dict[nn.Parameter, torch.Tensor] | None = {} if cfg.grad_scale == "gate" else None
+        self._grad_sq_weight = 0.0
         #: Per group: ``[EMA of the mean |dL/dg|, its bias-correction weight]``.
         self._grad_ema = {name: [0.0, 0.0] for name in self._grad_groups}
         #: Running sums of ``|g * dL/dg|`` per gate entry (``score="taylor"``), and the steps summed.
@@ -297,6 +302,15 @@ class VTPPruner(ViTPruner):
         cleared so the model's optimizer leaves them alone.
         """
         d, scales = self.grad_ema_decay, {}
+        if self._grad_sq is not None:  # grad_scale="gate": each gate's own RMS gradient
+            self._grad_sq_weight = d * self._grad_sq_weight + (1 - d)
+            for lin, name in self.gates.pairs():
+                g = lin._parameters.get(name)
+                if g is None or g.grad is None:
+                    continue
+                sq = self._grad_sq.setdefault(g, torch.zeros_like(g, requires_grad=False))
+                sq.mul_(d).add_(g.grad.detach().square(), alpha=1 - d)
+                scales[(lin, name)] = (sq / self._grad_sq_weight).sqrt().clamp_min(1e-30)
         for name, pairs in self._grad_groups.items():
             ema = self._grad_ema[name]
             current = self.gates.mean_abs_grad(pairs)
