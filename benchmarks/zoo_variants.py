@@ -31,7 +31,7 @@ VTP = {
     "vtp-paper": {"preset": "paper"},  # gates learned under L1, |g| ranking, folded
     "vtp-paper-model": {"preset": "paper", "grad_scale": "model"},  # one gradient scale for every gate, not per position
     "vtp-paper-gate": {"preset": "paper", "grad_scale": "gate"},  # each gate's own RMS gradient as its scale
-    "vtp-paper-gate-s0.5": {"preset": "paper", "grad_scale": "gate", "shrink": 0.5},
+    "vtp-paper-capped": {"preset": "paper", "grad_scale": "capped"},  # per position, no gate below its own RMS
     "vtp-noclose": {"close": False},
     "vtp-magnitude": {"score": "magnitude", "close": False},  # the paper's |g| ranking
     "vtp-fold": {**_PLAIN, "fold_values": True},  # the paper's folding

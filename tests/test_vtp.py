@@ -138,6 +138,29 @@ def test_gate_grad_scale_divides_each_gate_by_its_own_rms_gradient(x):
         model.zero_grad(set_to_none=True)
 
 
+def test_capped_grad_scale_is_the_position_mean_raised_to_each_gates_rms(x):
+    model = make_model()
+    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale="capped")
+    gated = pruner.gates.pairs()
+    before = {pair: getattr(*pair).detach().clone() for pair in gated}
+    model(x).square().mean().backward()
+    grads = {pair: getattr(*pair).grad.clone() for pair in gated}
+    pruner.regularize(model)
+    capped = 0
+    for lin_name in ("qkv", "proj", "fc1", "fc2"):
+        layers = [getattr(b.attn if lin_name in ("qkv", "proj") else b.mlp, lin_name) for b in model.blocks]
+        mean = float(torch.cat([grads[(lin, GATE_NAME)] for lin in layers]).abs().mean())  # the position's scale
+        for lin in layers:
+            gr = grads[(lin, GATE_NAME)]
+            scale = gr.abs().clamp_min(mean)  # after one step a gate's RMS gradient is |dL/dg|
+            want = soft_threshold(before[(lin, GATE_NAME)] - 0.2 * gr / scale, 0.1)
+            torch.testing.assert_close(getattr(lin, GATE_NAME).detach(), want, rtol=1e-5, atol=1e-6)
+            moved = (getattr(lin, GATE_NAME).detach() - before[(lin, GATE_NAME)]).abs()
+            assert bool((moved <= 0.2 + 0.1 + 1e-6).all())  # no gate moves more than gate_lr (+ the L1 step)
+            capped += int((gr.abs() > mean).sum())
+    assert capped > 0  # some gates' gradients exceed their position's mean: the cap is exercised
+
+
 def test_short_run_drives_dead_units_gates_to_exactly_zero(tmp_path):
     """Hidden units with no input get no gate gradient: the L1 step alone moves them, 1 -> 0 in 4 steps."""
     torch.manual_seed(0)

@@ -24,7 +24,9 @@ GATE_SCORES = ("magnitude", "taylor")
 #: thresholded against their own typical gradient; ``"gate"`` — each gate's own running RMS
 #: gradient (RMSprop's scale), so no gate's step exceeds a few ``gate_lr`` however heavy-tailed
 #: the gradients are, and a gate survives the L1 term only while its gradient keeps one sign.
-GRAD_SCALES = ("model", "position", "gate")
+#: ``"capped"`` — per position, but no gate's scale below its own RMS gradient, so a gate with a
+#: heavy-tailed gradient moves at most a few ``gate_lr`` per step (short runs, large ``gate_lr``).
+GRAD_SCALES = ("model", "position", "gate", "capped")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class VTPConfig:
     Attributes:
         reg: L1 strength, relative to the running mean gate gradient (dimensionless; see
             :mod:`tp_vit_plugins.vtp.pruner`).
-        grad_scale: Which running mean gate gradient, one of :data:`GRAD_SCALES`.
+        grad_scale: What each gate's gradient is divided by, one of :data:`GRAD_SCALES`.
         gate_lr: Learning rate of the gates' own proximal SGD step; one step shrinks a gate by
             ``gate_lr * reg`` besides the (normalised) loss gradient. ``None``: 0 while closing
             (the gates are held at 1 unless closed), else from ``sparse_steps`` and ``shrink``,
@@ -67,7 +69,8 @@ class VTPConfig:
 
     reg: float = option(0.5, Flag("--reg", "L1 strength, relative to the mean gate gradient"))
     grad_scale: str = option(
-        "model", Flag("--gate-grad-scale", "measure gate gradients (and --reg) per model or per gate position", GRAD_SCALES)
+        "model",
+        Flag("--gate-grad-scale", "what gate gradients (and --reg) are measured against (see VTPConfig)", GRAD_SCALES),
     )
     gate_lr: float | None = None
     sparse_steps: int | None = None

@@ -19,7 +19,9 @@ fine-tuning. This library's reconstructions and extensions (listed in the README
   the model's optimizer, so gates reach exactly 0 whatever that optimizer is.
 * **Units.** Gate gradients of a mean loss are tiny and model-dependent, so the gradient is
   divided by a running mean of ``|dL/dg|`` over all gates (an EMA, one scalar; with
-  ``grad_scale="position"`` one per gate position, e.g. all ``fc1`` inputs): ``reg`` is
+  ``grad_scale="position"`` one per gate position, e.g. all ``fc1`` inputs; ``"gate"`` each
+  gate's own running RMS gradient; ``"capped"`` the position's, raised to the gate's RMS where
+  that is larger, so no gate steps more than ``gate_lr`` per step): ``reg`` is
   then dimensionless — a gate whose mean gradient stays below ``reg`` times the average
   gate's (of its position) is driven to 0. ``gate_lr`` is per step; give ``sparse_steps`` and it is set from
   ``shrink``, the distance the L1 term alone moves a gate over the run
@@ -243,10 +245,10 @@ class VTPPruner(ViTPruner):
         self.gates = GateSet(ins, outs)  # after tracing: tp never sees the gates
         #: The gates each running gradient mean covers (``grad_scale``): ``{name: [(layer, gate name)]}``.
         self._grad_groups = {
-            "model": {"model": self.gates.pairs()}, "position": positions, "gate": {},
+            "model": {"model": self.gates.pairs()}, "position": positions, "gate": {}, "capped": positions,
         }[cfg.grad_scale]  # fmt: skip
-        #: ``grad_scale="gate"``: per gate, the EMA of ``(dL/dg)^2`` (and its bias-correction weight).
-        self._grad_sq: dict[nn.Parameter, torch.Tensor] | None = {} if cfg.grad_scale == "gate" else None
+        #: ``grad_scale="gate"`` / ``"capped"``: per gate, the EMA of ``(dL/dg)^2`` (and its bias-correction weight).
+        self._grad_sq: dict[nn.Parameter, torch.Tensor] | None = {} if cfg.grad_scale in ("gate", "capped") else None
         self._grad_sq_weight = 0.0
         #: Per group: ``[EMA of the mean |dL/dg|, its bias-correction weight]``.
         self._grad_ema = {name: [0.0, 0.0] for name in self._grad_groups}
@@ -301,8 +303,8 @@ class VTPPruner(ViTPruner):
         ``|dL/dg|``), then are soft-thresholded by ``gate_lr * reg``; their gradients are
         cleared so the model's optimizer leaves them alone.
         """
-        d, scales = self.grad_ema_decay, {}
-        if self._grad_sq is not None:  # grad_scale="gate": each gate's own RMS gradient
+        d, scales, rms = self.grad_ema_decay, {}, {}
+        if self._grad_sq is not None:  # "gate" / "capped": each gate's own RMS gradient
             self._grad_sq_weight = d * self._grad_sq_weight + (1 - d)
             for lin, name in self.gates.pairs():
                 g = lin._parameters.get(name)
@@ -310,14 +312,16 @@ class VTPPruner(ViTPruner):
                     continue
                 sq = self._grad_sq.setdefault(g, torch.zeros_like(g, requires_grad=False))
                 sq.mul_(d).add_(g.grad.detach().square(), alpha=1 - d)
-                scales[(lin, name)] = (sq / self._grad_sq_weight).sqrt().clamp_min(1e-30)
+                rms[(lin, name)] = (sq / self._grad_sq_weight).sqrt().clamp_min(1e-30)
         for name, pairs in self._grad_groups.items():
             ema = self._grad_ema[name]
             current = self.gates.mean_abs_grad(pairs)
             if current > 0:
                 ema[0], ema[1] = d * ema[0] + (1 - d) * current, d * ema[1] + (1 - d)
             scale = ema[0] / ema[1] if ema[1] > 0 else 1.0  # a weight > 0 only after a gradient > 0
-            scales.update(dict.fromkeys(pairs, scale))
+            scales.update({pair: rms[pair].clamp_min(scale) if pair in rms else scale for pair in pairs})
+        if not self._grad_groups:
+            scales = rms
         if self.score == "taylor":
             self._accumulate_saliency()
         self.gates.proximal_step(self.gate_lr, self.reg, grad_scale=scales)
