@@ -79,6 +79,20 @@ on the inputs of qkv, proj, fc1 and fc2, `reg` relative to each gate position's 
 ranking with each block's own input dims, folding),
 pruned by its own `step()` at the ratio `VTPPruner.fit_params` fits to the parameter budget, beside
 the recommended preset (`vtp`) and the best tp peer of the 2-epoch section (`taylor`).""",
+    "Zoo: pipeline, VTP paper preset, 6 epochs": _ZOO
+    + """
+
+The pipeline protocol at `E = 6` epochs (3 of L1 sparse training, 3 of fine-tuning) for the VTP
+paper preset (`vtp-paper`, `reg` relative to each gate position's mean gradient) and two other
+gradient scales for its gates: `vtp-paper-gate` (each gate's own running RMS gradient, RMSprop's
+scale) and `vtp-paper-capped` (the position's mean, raised to the gate's RMS where larger, so no
+gate steps more than `gate_lr`). At 2 epochs (17 to 47 sparse steps) both bounded scales avoid the
+preset's collapse on digits16-gap-d6 (zoo mean +8.4 / +7.5 pt for `capped`, `python
+benchmarks/zoo_pair.py vtp-paper-capped vtp-paper RUN1/zoo.json RUN2/zoo.json` on
+`zoo_run.py pipeline all vtp-paper-capped 1 1 OUT 2` and the 2-epoch section's run); here, at 6 epochs,
+both lose to the per-position scale (paired, −40 / −70 %: `capped` −1.56 [−1.97, −1.15] /
+−3.48 [−3.95, −3.00], `gate` −1.33 [−1.74, −0.91] / −5.47 [−6.05, −4.89], `python
+benchmarks/zoo_pair.py vtp-paper-capped vtp-paper RUN3/zoo.json RUN1/zoo.json`), so the preset keeps it.""",
     "Zoo: pipeline, GOHSP flow sketch": _ZOO
     + """
 
