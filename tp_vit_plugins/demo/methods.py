@@ -177,7 +177,7 @@ class TPCriterion(Method):
 class GOHSP(Method):
     """GOHSP: graph-ranked heads; with ``admm`` the ADMM stage prunes to ``params_pruning_ratio``."""
 
-    name, summary = "gohsp", "GOHSP graph head ranking (+ ADMM with --admm-epochs)"
+    name, summary = "gohsp", "GOHSP graph head ranking + ADMM towards heterogeneous sparsity (--admm-epochs)"
 
     def prepare(self, model, example, calib, s):
         imp = GraphHeadImportance(progress=s.progress, base_importance=tp.importance.GroupMagnitudeImportance(p=2),
