@@ -49,12 +49,18 @@ only the calibration of `beta` depends on it.""",
     + """
 
 The CP-ViT paper preset as it now is (`keep_ratio` the mean patch share over the blocks on a
-cascade from block 0, dropped tokens after whole blocks, 25 % of the heads skipped per input by the
-cumulative head score, the attention-range adjustment `beta=0.5` calibrated), at 80 / 70 / 60 / 50 %
+cascade from block 0, dropped tokens after whole blocks, 25 % of the heads skipped per input by their
+attention to the kept patches, the attention-range adjustment `beta=0.5` calibrated), at 80 / 70 / 60 / 50 %
 of the dense MACs, no fine-tune, beside the recommended preset (`cpvit`), the paper preset with
-random token scores (`cpvit-paper-random`), without head skipping (`cpvit-paper-noheads`), and
+random token scores (`cpvit-paper-random`), without head skipping (`cpvit-paper-noheads`), with the
+head score weighted by the cumulative patch score (`cpvit-paper-cumheads`, and its random twin), and
 ToMe- / EViT-style peers, on all six zoo models. The paper preset runs only where its schedule
-reaches the MACs target (a setting it cannot reach has no row for it).""",
+reaches the MACs target (a setting it cannot reach has no row for it). The preset's head score was
+chosen on this table: `cpvit-paper` − `cpvit-paper-cumheads` +0.83 [+0.30, +1.41], +1.16 [+0.62, +1.72],
++1.56 [+1.01, +2.16], +1.38 [+0.67, +2.10] at 80 / 70 / 60 / 50 % MACs (`python benchmarks/zoo_pair.py
+cpvit-paper cpvit-paper-cumheads OUT/zoo.json`). The first run's `cpvit-paper` / `cpvit-paper-random` records
+ran the cumulative head score and are relabelled `cpvit-paper-cumheads` / `-random`; the later runs ran
+today's preset under the variant names `cpvit-paper-blockheads` / `-random`, relabelled `cpvit-paper` / `-random`.""",
     "Zoo: pipeline, 2 epochs": _ZOO
     + """
 

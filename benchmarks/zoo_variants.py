@@ -47,12 +47,12 @@ _Q = "depth//4"  # the paper's start block, resolved per model
 _BLOCK = dict(prune_at="block", weighted_pool=False)  # tokens leave after the whole block, plain mean pool
 _RAMP_DROP = dict(start_block=_Q, schedule_steps=None, fold="drop", **_BLOCK)  # the paper's pipeline
 CPVIT = {
-    "cpvit-paper": {"preset": "paper"},  # mean-share cascade, dropped tokens, cumulative head skipping, attention range
+    "cpvit-paper": {"preset": "paper"},  # mean-share cascade, dropped tokens, head skipping, attention range
     "cpvit-paper-random": {"preset": "paper", "score": "random"},
     "cpvit-paper-noheads": {"preset": "paper", "head_keep_ratio": 1.0},
     "cpvit-paper-noheads-random": {"preset": "paper", "head_keep_ratio": 1.0, "score": "random"},
-    "cpvit-paper-blockheads": {"preset": "paper", "head_score": "block"},
-    "cpvit-paper-blockheads-random": {"preset": "paper", "head_score": "block", "score": "random"},
+    "cpvit-paper-cumheads": {"preset": "paper", "head_score": "cumulative"},  # heads weighted by the patch score
+    "cpvit-paper-cumheads-random": {"preset": "paper", "head_score": "cumulative", "score": "random"},
     # the paper's two contributions the recommended preset leaves off, each added to it alone
     "cpvit-heads": {"head_keep_ratio": 0.75},  # per-input head skipping
     "cpvit-range": {"beta": 0.5},  # the calibrated attention-range adjustment

@@ -37,7 +37,7 @@ def test_paper_cascade_skips_heads_per_input_and_its_attention_range_moves_the_s
     cascade = tpv.apply_cascade(model, "paper", calib=calib)
     cfg = cascade.config
     assert (cfg.fold, cfg.prune_at, cfg.schedule_steps, cfg.beta, cfg.head_keep_ratio) == ("drop", "block", None, 0.5, 0.75)
-    assert cascade.start_block == 0 and cfg.keep_mean and cfg.head_score == "cumulative"
+    assert cascade.start_block == 0 and cfg.keep_mean and cfg.head_score == "block"
     assert abs(sum(cascade.schedule) / (4 * cascade.num_patches) - 0.5) < 0.05  # half of the patch-block work
     with torch.no_grad():
         model(calib[0])

@@ -27,7 +27,7 @@ TOKEN_FOLDS = ("drop", "merge")
 #: EViT-style attention of the class token in the current block, and random scores.
 TOKEN_SCORES = ("cumulative", "cls", "random")
 #: Per-input head scores for head skipping: the block's own attention (``"block"``), or weighted by the
-#: cumulative patch score so it accumulates across blocks (``"cumulative"``, the paper preset's).
+#: cumulative patch score so it accumulates across blocks (``"cumulative"``; on the zoo below ``"block"``).
 HEAD_SCORES = ("block", "cumulative")
 #: A custom token scorer: ``scorer(probs [B, H, N, N], num_prefix) -> [B, N - num_prefix]``
 #: (higher = keep); see :class:`CascadeConfig` ``score``.
@@ -155,15 +155,17 @@ class CascadeConfig:
     def preset(cls, name: str) -> CascadeConfig:
         """A named set of options, one of :data:`PRESETS`; individual options still override it.
 
-        * ``"paper"`` — CP-ViT as its abstract describes it: the cumulative score of patches
-          and of heads (``head_score="cumulative"``), tokens dropped progressively after every
-          block from the first on as a cascade whose ``keep_ratio`` is the mean share of
-          patches the blocks see (``keep_mean=True``: ``keep_ratio=0.5`` prunes half of the
-          patch-block work, which cuts over 40 % of DeiT-S's MACs with head skipping), whole
-          blocks (``fold="drop"``, ``prune_at="block"``), a quarter of the heads skipped per
-          input (``head_keep_ratio=0.75``), each layer's ratio raised or lowered by its
-          attention range (``beta=0.5``, calibrated; needs ``calib=``). The cascade's shape,
-          the start block, the head share and ``beta`` are this library's reading (the
+        * ``"paper"`` — CP-ViT as its abstract describes it: the cumulative score of patches,
+          tokens dropped progressively after every block from the first on as a cascade whose
+          ``keep_ratio`` is the mean share of patches the blocks see (``keep_mean=True``:
+          ``keep_ratio=0.5`` prunes half of the patch-block work, which cuts over 40 % of
+          DeiT-S's MACs with head skipping), whole blocks (``fold="drop"``,
+          ``prune_at="block"``), a quarter of the heads skipped per input (``head_keep_ratio=0.75``),
+          ranked by their attention to the patches the cumulative score kept
+          (``head_score="block"``; the head score weighted by the cumulative patch score,
+          ``"cumulative"``, measured below it on the zoo), each layer's ratio raised or lowered
+          by its attention range (``beta=0.5``, calibrated; needs ``calib=``). The cascade's
+          shape, the start block, the head share and ``beta`` are this library's reading (the
           abstract gives no values).
         * ``"recommended"`` — the defaults (chosen on the zoo): merged tokens, pruned before the
           pruning block's MLP in 3 stages from block 0, no head skipping, no range adjustment.
@@ -175,7 +177,7 @@ class CascadeConfig:
             return cls()
         if name == "paper":
             return cls(start_block=0, schedule_steps=None, keep_mean=True, fold="drop", prune_at="block", trim_last=False,
-                       weighted_pool=False, head_keep_ratio=0.75, head_score="cumulative", beta=0.5)  # fmt: skip
+                       weighted_pool=False, head_keep_ratio=0.75, head_score="block", beta=0.5)  # fmt: skip
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
 
     def replace(self, **changes: Any) -> CascadeConfig:
