@@ -92,13 +92,19 @@ def test_proximal_step_closed_form_and_model_optimizer_skips_gates(x):
         assert torch.equal(g.detach(), a)
 
 
-def test_position_grad_scale_measures_each_gate_position_against_its_own_mean_gradient(x):
+def _gated_step_inputs(x, grad_scale: str):
+    """A paper-style pruner (every input gated, ``gate_lr=0.2``, ``reg=0.5``) after one backward: model, pruner, gates, grads."""
     model = make_model()
-    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale="position")
-    gated = pruner.gates.pairs()
-    before = {pair: getattr(*pair).detach().clone() for pair in gated}
+    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale=grad_scale)
+    before = {pair: getattr(*pair).detach().clone() for pair in pruner.gates.pairs()}
     model(x).square().mean().backward()
-    grads = {pair: getattr(*pair).grad.clone() for pair in gated}
+    grads = {pair: getattr(*pair).grad.clone() for pair in before}
+    return model, pruner, before, grads
+
+
+def test_position_grad_scale_measures_each_gate_position_against_its_own_mean_gradient(x):
+    model, pruner, before, grads = _gated_step_inputs(x, "position")
+    gated = list(before)
     positions = {
         "qkv": [b.attn.qkv for b in model.blocks], "proj": [b.attn.proj for b in model.blocks],
         "fc1": [b.mlp.fc1 for b in model.blocks], "fc2": [b.mlp.fc2 for b in model.blocks],
@@ -139,12 +145,7 @@ def test_gate_grad_scale_divides_each_gate_by_its_own_rms_gradient(x):
 
 
 def test_capped_grad_scale_is_the_position_mean_raised_to_each_gates_rms(x):
-    model = make_model()
-    pruner = tpv.VTPPruner(model, x, reg=0.5, gate_lr=0.2, close=False, prune_inputs=True, grad_scale="capped")
-    gated = pruner.gates.pairs()
-    before = {pair: getattr(*pair).detach().clone() for pair in gated}
-    model(x).square().mean().backward()
-    grads = {pair: getattr(*pair).grad.clone() for pair in gated}
+    model, pruner, before, grads = _gated_step_inputs(x, "capped")
     pruner.regularize(model)
     capped = 0
     for lin_name in ("qkv", "proj", "fc1", "fc2"):
