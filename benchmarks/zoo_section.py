@@ -92,7 +92,7 @@ The pipeline protocol at `E = 6` epochs (3 of L1 sparse training, 3 of fine-tuni
 paper preset (`vtp-paper`, `reg` relative to each gate position's mean gradient) and two other
 gradient scales for its gates: `vtp-paper-gate` (each gate's own running RMS gradient, RMSprop's
 scale) and `vtp-paper-capped` (the position's mean, raised to the gate's RMS where larger, so no
-gate steps more than `gate_lr`). At 2 epochs (17 to 47 sparse steps) both bounded scales avoid the
+gate steps more than a few `gate_lr`). At 2 epochs (17 to 47 sparse steps) both bounded scales avoid the
 preset's collapse on digits16-gap-d6 (zoo mean +8.4 / +7.5 pt for `capped`, `python
 benchmarks/zoo_pair.py vtp-paper-capped vtp-paper RUN1/zoo.json RUN2/zoo.json` on
 `zoo_run.py pipeline all vtp-paper-capped 1 1 OUT 2` and the 2-epoch section's run); here, at 6 epochs,

@@ -21,7 +21,7 @@ fine-tuning. This library's reconstructions and extensions (listed in the README
   divided by a running mean of ``|dL/dg|`` over all gates (an EMA, one scalar; with
   ``grad_scale="position"`` one per gate position, e.g. all ``fc1`` inputs; ``"gate"`` each
   gate's own running RMS gradient; ``"capped"`` the position's, raised to the gate's RMS where
-  that is larger, so no gate steps more than ``gate_lr`` per step): ``reg`` is
+  that is larger, so no gate steps more than a few ``gate_lr``): ``reg`` is
   then dimensionless — a gate whose mean gradient stays below ``reg`` times the average
   gate's (of its position) is driven to 0. ``gate_lr`` is per step; give ``sparse_steps`` and it is set from
   ``shrink``, the distance the L1 term alone moves a gate over the run
