@@ -299,9 +299,10 @@ class VTPPruner(ViTPruner):
     def regularize(self, model: nn.Module | None = None, loss: torch.Tensor | None = None) -> None:
         """The proximal L1 step on the gates (``step_hook``: after ``backward``, before the optimizer step).
 
-        Gates move by ``-gate_lr * dL/dg / s`` (``s``: bias-corrected EMA of the mean
-        ``|dL/dg|``), then are soft-thresholded by ``gate_lr * reg``; their gradients are
-        cleared so the model's optimizer leaves them alone.
+        Gates move by ``-gate_lr * dL/dg / s`` (``s``: a bias-corrected EMA of the mean
+        ``|dL/dg|``, or of each gate's own squared gradient, as ``grad_scale`` says), then are
+        soft-thresholded by ``gate_lr * reg``; their gradients are cleared so the model's
+        optimizer leaves them alone.
         """
         d, scales, rms = self.grad_ema_decay, {}, {}
         if self._grad_sq is not None:  # "gate" / "capped": each gate's own RMS gradient
