@@ -82,21 +82,18 @@ class GateSet:
             lin.register_parameter(OUT_GATE_NAME, nn.Parameter(lin.weight.new_ones(lin.out_features)))
             lin.register_forward_hook(_OutGateHook())
 
-    def _gated(self) -> list[tuple[nn.Linear, str]]:
-        return [(lin, GATE_NAME) for lin in self.layers] + [(lin, OUT_GATE_NAME) for lin in self.out_layers]
-
     def pairs(self) -> list[tuple[nn.Linear, str]]:
         """Every gate as ``(layer, gate name)`` (``GATE_NAME`` / ``OUT_GATE_NAME``): the keys :meth:`proximal_step` scales by."""
-        return self._gated()
+        return [(lin, GATE_NAME) for lin in self.layers] + [(lin, OUT_GATE_NAME) for lin in self.out_layers]
 
     @property
     def active(self) -> bool:
         """Whether the gates are still attached."""
-        return any(name in lin._parameters for lin, name in self._gated())
+        return any(name in lin._parameters for lin, name in self.pairs())
 
     def parameters(self, pairs: Iterable[tuple[nn.Linear, str]] | None = None) -> list[nn.Parameter]:
         """The gate parameters of every gated layer (input gates first, then output gates), or of ``pairs`` (:meth:`pairs`)."""
-        return [getattr(lin, name) for lin, name in (self._gated() if pairs is None else pairs) if name in lin._parameters]
+        return [getattr(lin, name) for lin, name in (self.pairs() if pairs is None else pairs) if name in lin._parameters]
 
     def values(self) -> dict[nn.Linear, torch.Tensor]:
         """Detached copies of the input gates, keyed by layer."""
@@ -128,7 +125,7 @@ class GateSet:
             grad_scale: One scale for every gate, or one per ``(layer, gate name)``: a float or a
                 tensor shaped like that gate (one scale per entry); missing pairs: 1.
         """
-        for lin, name in self._gated():
+        for lin, name in self.pairs():
             if name not in lin._parameters:
                 continue
             g = getattr(lin, name)
@@ -190,7 +187,7 @@ class GateSet:
         """Detach the gates (folding them into the weights first unless ``fold=False``)."""
         if fold:
             self.fold()
-        for lin, name in self._gated():  # by type, not by handle: robust to snapshot rollbacks
+        for lin, name in self.pairs():  # by type, not by handle: robust to snapshot rollbacks
             for hooks, kind in ((lin._forward_pre_hooks, _GateHook), (lin._forward_hooks, _OutGateHook)):
                 for key in [k for k, hook in hooks.items() if isinstance(hook, kind)]:
                     del hooks[key]
